@@ -1,0 +1,98 @@
+"""ArcFace alignment: the 112x112 template and the similarity warp. The only copy in kface.
+
+Every stage that turns a face into network input (crop, enroll, identify, evaluate, train-time
+validation) calls :func:`norm_crop`, so training and inference see faces aligned the same way.
+It reproduces insightface's ``norm_crop``: a least-squares similarity transform (rotation, uniform
+scale, translation; Umeyama 1991) from the 5 points to the template, bilinear warp, black border.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: ArcFace 112x112 template (x, y): image-left eye, image-right eye, nose tip,
+#: image-left mouth corner, image-right mouth corner.
+ARCFACE_TEMPLATE = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float64,
+)
+TEMPLATE_SIZE = 112
+
+
+def template_for(size: int = TEMPLATE_SIZE) -> np.ndarray:
+    """The template scaled to a ``size`` x ``size`` crop (insightface scales it the same way)."""
+    return ARCFACE_TEMPLATE * (size / TEMPLATE_SIZE)
+
+
+def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transform mapping ``src`` points onto ``dst`` (both (N, 2)).
+
+    Returns the 2x3 matrix ``M`` with ``dst ~= M[:, :2] @ src + M[:, 2]``. Reflections are
+    excluded (det > 0), as in Umeyama's paper and skimage's SimilarityTransform.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
+        raise ValueError(f"need two (N, 2) point sets with N >= 2, got {src.shape} and {dst.shape}")
+    n = src.shape[0]
+    src_mean = src.mean(axis=0)
+    dst_mean = dst.mean(axis=0)
+    src_c = src - src_mean
+    dst_c = dst - dst_mean
+    cov = dst_c.T @ src_c / n  # (2, 2)
+    d = np.ones(2)
+    if np.linalg.det(cov) < 0:
+        d[1] = -1.0
+    u, s, vt = np.linalg.svd(cov)
+    rot = u @ np.diag(d) @ vt
+    var_src = (src_c**2).sum() / n
+    if var_src <= 1e-12:
+        raise ValueError("source points are degenerate (all at one place)")
+    scale = (s * d).sum() / var_src
+    m = np.empty((2, 3), dtype=np.float64)
+    m[:, :2] = scale * rot
+    m[:, 2] = dst_mean - scale * rot @ src_mean
+    return m
+
+
+def estimate_norm(points5: np.ndarray, size: int = TEMPLATE_SIZE) -> np.ndarray:
+    """The 2x3 similarity matrix that maps 5 ArcFace-ordered points onto the template."""
+    points5 = np.asarray(points5, dtype=np.float64).reshape(5, 2)
+    return umeyama_similarity(points5, template_for(size))
+
+
+def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Apply a 2x3 affine matrix to (N, 2) points."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def norm_crop(image: np.ndarray, points5: np.ndarray, size: int = TEMPLATE_SIZE) -> np.ndarray:
+    """Warp ``image`` so that the 5 landmarks land on the ArcFace template: a ``size`` x ``size`` crop."""
+    import cv2
+
+    m = estimate_norm(points5, size)
+    return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def is_degenerate(points5: np.ndarray, min_eye_distance: float = 4.0, min_ratio: float = 0.25) -> bool:
+    """True when 5 points cannot define a sensible similarity alignment (profile views).
+
+    In a profile both eyes (and both mouth corners) nearly coincide. We call the points degenerate
+    when the eye distance is under ``min_eye_distance`` pixels or under ``min_ratio`` times the
+    eye-to-mouth distance (a frontal face has a ratio of about 1.2; a 60-degree yaw about 0.5).
+    """
+    p = np.asarray(points5, dtype=np.float64).reshape(5, 2)
+    eye_dist = float(np.linalg.norm(p[1] - p[0]))
+    eye_mid = (p[0] + p[1]) / 2
+    mouth_mid = (p[3] + p[4]) / 2
+    eye_mouth = float(np.linalg.norm(mouth_mid - eye_mid))
+    if eye_dist < min_eye_distance:
+        return True
+    return eye_mouth > 0 and eye_dist / eye_mouth < min_ratio

@@ -1,0 +1,102 @@
+"""Where each stage reads and writes inside a workspace folder.
+
+Commands chain without repeating paths: ``--workdir`` (default: ``$KFACE_WORKDIR`` or the current
+folder) holds every stage's output at a fixed place::
+
+    raw/<Res>/<ID>/<S>/<L>/<E>/<C>.jpg (+ .txt)      extract
+    faces/<Res>/<ID>/<ID>_<S>_<L>_<E>_<C>.jpg        crop (112x112), faces/<Res>/manifest.csv
+    split/train/<ID>/*.jpg, split/val/<ID>/*.jpg     split, split/classes.csv, split/val_pairs.csv
+    runs/<name>/                                     train (config, backbone.pth, checkpoint.pt, logs)
+    gallery.h5 (+ gallery.faiss)                     enroll
+    reports/<name>/                                  evaluate
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kface_cli.errors import InputError
+
+RESOLUTIONS = ("High", "Middle", "Low")
+DEFAULT_RESOLUTION = "Middle"
+
+
+def normalise_resolution(res: str) -> str:
+    """``middle``, ``Middle``, ``Middle_Resolution`` -> ``Middle``."""
+    key = res.strip().split("_")[0].capitalize()
+    if key not in RESOLUTIONS:
+        raise InputError(f"{res!r} is not a K-Face resolution", hint="Use one of High, Middle, Low.")
+    return key
+
+
+@dataclass(frozen=True)
+class Workspace:
+    root: Path
+
+    @classmethod
+    def resolve(cls, workdir: str | Path | None = None) -> "Workspace":
+        """``--workdir`` if given, else ``$KFACE_WORKDIR``, else the current folder."""
+        chosen = workdir if workdir is not None else os.environ.get("KFACE_WORKDIR") or "."
+        return cls(Path(chosen).expanduser().resolve())
+
+    # stage outputs -------------------------------------------------------------------------
+    def raw(self, res: str) -> Path:
+        return self.root / "raw" / normalise_resolution(res)
+
+    def faces(self, res: str) -> Path:
+        return self.root / "faces" / normalise_resolution(res)
+
+    def manifest(self, res: str) -> Path:
+        return self.faces(res) / "manifest.csv"
+
+    @property
+    def split(self) -> Path:
+        return self.root / "split"
+
+    @property
+    def train_dir(self) -> Path:
+        return self.split / "train"
+
+    @property
+    def val_dir(self) -> Path:
+        return self.split / "val"
+
+    @property
+    def classes_csv(self) -> Path:
+        return self.split / "classes.csv"
+
+    @property
+    def val_pairs(self) -> Path:
+        return self.split / "val_pairs.csv"
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def run(self, name: str) -> Path:
+        return self.runs / name
+
+    @property
+    def gallery(self) -> Path:
+        return self.root / "gallery.h5"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+    def latest_run(self) -> Path | None:
+        """The most recently modified run folder that holds a ``backbone.pth``, or None."""
+        if not self.runs.is_dir():
+            return None
+        runs = [p for p in self.runs.iterdir() if (p / "backbone.pth").is_file()]
+        if not runs:
+            return None
+        return max(runs, key=lambda p: (p / "backbone.pth").stat().st_mtime)
+
+    def require(self, path: Path, what: str, produced_by: str) -> Path:
+        """Return ``path`` if it exists, else raise a clear error naming the stage that makes it."""
+        if not path.exists():
+            raise InputError(f"{what} not found: {path}", hint=f"Run `{produced_by}` first, or pass the path explicitly.")
+        return path
