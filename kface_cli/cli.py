@@ -93,6 +93,79 @@ def _main(
 # ============================================================================================
 
 
+@command("sample-data")
+def sample_data_cmd(
+    out: Annotated[Optional[Path], typer.Argument(help="Folder to write the K-Face tree to [default: <workdir>/source, where `kface extract` looks].", show_default=False)] = None,
+    ids: Annotated[int, typer.Option("--ids", "-n", help="Number of synthetic identities.")] = 40,
+    seed: SeedOpt = 0,
+    res: Annotated[str, typer.Option("--res", help="Resolutions, comma-separated; RES:N writes only the first N identities at RES (e.g. Middle,Low:8,High:2).")] = "Middle",
+    grid: Annotated[str, typer.Option("--grid", help="Images per identity: tutorial (S001 x L1,L3 x E01-E03 x C6-C9: 24), sample (tutorial + dark lights, wider angles, a profile, glasses: 30), full (10,800).")] = "sample",
+    workers: Annotated[int, typer.Option("--workers", "-j", help="Parallel processes (0: one per CPU core).")] = 0,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Generate synthetic identities in K-Face's exact layout (zips, image sizes, annotations)."""
+    from kface_cli.data.extract import default_source
+    from kface_cli.kface.synth import generate_sample_data, parse_resolution_limits
+
+    resolutions, limits = parse_resolution_limits(res)
+    target = out if out is not None else default_source(workdir)
+    result = generate_sample_data(target, n_ids=ids, seed=seed, resolutions=resolutions, grid_preset=grid,
+                                  ids_per_resolution=limits, workers=workers)
+    if json_output:
+        console.print_json(result)
+        return
+    rows = [[r, sum(1 for z in result.zips if z.parent.name == f"{r}_Resolution")] for r in result.resolutions]
+    console.show(console.table(f"Synthetic K-Face written to {result.root}", ["resolution", "identity zips"], rows))
+    console.info(f"{result.identities} identities, {result.images} images ({result.grid} grid, seed {result.seed}), "
+                 f"{result.bytes / 1e6:.1f} MB. Next: kface extract {result.root}")
+
+
+@command("extract")
+def extract_cmd(
+    source: Annotated[Optional[Path], typer.Argument(help="K-Face folder holding <Res>_Resolution/ with <ID>.zip files or unpacked <ID>/ folders [default: <workdir>/source].", show_default=False)] = None,
+    res: ResOpt = "Middle",
+    acc: Annotated[Optional[str], typer.Option("--acc", help="Accessories, e.g. S001 or S001-S003 [default: S001].", show_default=False)] = None,
+    lux: Annotated[Optional[str], typer.Option("--lux", help="Lights, e.g. L1,L3 or L1-L7 [default: L1,L3].", show_default=False)] = None,
+    expr: Annotated[Optional[str], typer.Option("--expr", help="Expressions, e.g. E01-E03 [default: E01-E03].", show_default=False)] = None,
+    angle: Annotated[Optional[str], typer.Option("--angle", help="Cameras, e.g. C6-C9 or C1,C7,C13 [default: C6-C9].", show_default=False)] = None,
+    ids: Annotated[Optional[str], typer.Option("--ids", help="Only these identities: comma-separated IDs, or a file with one ID per line [default: all].", show_default=False)] = None,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="Identities extracted in parallel (0: one per CPU core, at most 8).")] = 0,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Extract the chosen images and annotations from K-Face zips into raw/<Res> (re-runs skip finished work)."""
+    from kface_cli.data.extract import Selection, extract
+    from kface_cli.kface.codes import describe
+    from kface_cli.kface.source import parse_id_list
+
+    selection = Selection.parse(acc, lux, expr, angle)
+    result = extract(source, workdir=workdir, res=res, selection=selection, ids=parse_id_list(ids), workers=workers)
+    if json_output:
+        console.print_json(result)
+    else:
+        rows = [
+            ["identities", f"{result.identities} ({result.extracted} extracted, {result.skipped} already complete, {result.failed} failed)"],
+            ["images", f"{result.images} ({len(selection)} per identity selected; {result.written} files written this run)"],
+            ["annotations", f"{result.annotations}" + (f" ({result.missing_annotations} missing)" if result.missing_annotations else "")],
+            ["missing images", str(result.missing_images)],
+            ["output", str(result.out)],
+            ["time", f"{result.seconds:.1f} s"],
+        ]
+        console.show(console.table(f"Extracted {result.res} from {result.source}", ["", ""], rows, justify_numbers=False))
+        if result.missing_by_code:
+            kinds = {"S": "acc", "L": "light", "E": "expr", "C": "cam"}
+            miss = [[code, describe(kinds[code[0]], code), n] for code, n in result.missing_by_code.items()]
+            console.show(console.table("Missing images per code", ["code", "meaning", "images"], miss))
+        if result.failures:
+            console.show(console.table("Failed identities", ["id", "problem"], [[f["id"], f["error"]] for f in result.failures]))
+    if result.failed:
+        console.error(f"{result.failed} of {result.identities} identities failed; the others were extracted. "
+                      "Replace the damaged zips and run the same command again (finished identities are skipped).")
+        raise typer.Exit(1)
+    console.info(f"Next: kface crop -w {result.out.parent.parent}" if workdir else "Next: kface crop")
+
+
 # ============================================================================================
 # Models and training: train
 # ============================================================================================
@@ -103,14 +176,225 @@ def _main(
 # ============================================================================================
 
 
+@command("export")
+def export_cmd(
+    model: Annotated[Optional[str], typer.Argument(help="Run folder or name, checkpoint.pt or backbone.pth [default: the latest run].", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file to write [default: <run>/model.onnx, or model.pt for torchscript].", show_default=False)] = None,
+    fmt: Annotated[str, typer.Option("--format", "-f", help="onnx (ONNX Runtime, TensorRT, OpenVINO; insightface-compatible) or torchscript (libtorch).")] = "onnx",
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 17,
+    network: NetworkOpt = None,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Export a trained model for deployment (input `data` [N,3,112,112], metadata inside), checked against torch."""
+    from kface_cli.embed import _resolve_model_path
+    from kface_cli.export import export_model
+
+    if out is None:
+        source = _resolve_model_path(model, workdir)
+        folder = source if source.is_dir() else source.parent
+        out = folder / ("model.onnx" if fmt == "onnx" else "model.pt")
+    result = export_model(model, out, fmt=fmt, opset=opset, workdir=workdir, network=network)  # type: ignore[arg-type]
+    if json_output:
+        console.print_json(result.to_dict())
+        return
+    rows = [
+        ["file", str(result.path)],
+        ["format", result.format + (f" (opset {result.opset})" if result.opset else "")],
+        ["network", result.network],
+        ["embedding size", str(result.embedding_size)],
+        ["input", "data [N, 3, 112, 112] float32 RGB, (x - 127.5) / 127.5"],
+        ["size", f"{result.size_bytes / 1e6:.1f} MB"],
+        ["fingerprint", result.fingerprint],
+        ["source", str(result.source)],
+    ]
+    console.show(console.table("Exported model", ["field", "value"], rows, justify_numbers=False))
+    console.info(
+        f"self-check passed: {result.check_faces} faces, min cosine vs torch {result.min_cosine:.6f} (>= 0.9999), "
+        f"max |diff| {result.max_abs_diff:.2e}; {result.seconds:.1f} s"
+    )
+
+
 # ============================================================================================
 # Gallery: enroll, identify, gallery
 # ============================================================================================
+
+GalleryOpt = Annotated[
+    Optional[Path],
+    typer.Option("--gallery", "-g", help="Gallery file [default: gallery.h5 in the workspace].", show_default=False),
+]
+LandmarksOpt = Annotated[
+    str,
+    typer.Option("--landmarks", help="Where the 5 face points come from: auto (K-Face .txt sidecar when present, else the detector), detect, sidecar."),
+]
+IndexOpt = Annotated[
+    str,
+    typer.Option("--index", help="Search index: auto (exact up to 50k templates, then IVF), flat (exact), ivf, hnsw."),
+]
+
+
+def _gallery_path(gallery: Optional[Path], workdir: Optional[Path]) -> Path:
+    from kface_cli.workspace import Workspace
+
+    return gallery if gallery is not None else Workspace.resolve(workdir).gallery
+
+
+@command("enroll")
+def enroll_cmd(
+    folder: Annotated[Path, typer.Argument(help="Photos of known people: DIR/<name>.jpg (one each) and/or DIR/<name>/*.jpg (several).", show_default=False)],
+    gallery: GalleryOpt = None,
+    model: ModelOpt = None,
+    network: NetworkOpt = None,
+    aligned: Annotated[bool, typer.Option("--aligned", help="The photos are 112x112 aligned crops (e.g. `kface crop` output): no detection.")] = False,
+    per_identity: Annotated[str, typer.Option("--per-identity", help="Templates kept per person: all (one per photo) or mean (one averaged template).")] = "all",
+    replace: Annotated[bool, typer.Option("--replace", help="First remove the existing templates of every person in DIR.")] = False,
+    landmarks: LandmarksOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Photos embedded and committed together (an interrupted run keeps every committed batch).")] = 32,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Add the faces of known people to the gallery (re-enrolling a photo is a no-op)."""
+    from kface_cli.embed import load_embedder
+    from kface_cli.gallery.enroll import enroll_folder, summary_rows
+    from kface_cli.workspace import Workspace
+
+    ws = Workspace.resolve(workdir)
+    result = enroll_folder(
+        folder, _gallery_path(gallery, workdir), lambda: load_embedder(model, workdir=ws.root, network=network),
+        aligned=aligned, per_identity=per_identity, replace=replace, landmarks=landmarks, batch_size=batch_size,
+    )
+    if json_output:
+        console.print_json({**result.totals(), "gallery": result.gallery, "model": result.model, "per_identity": result.per_identity,
+                            "seconds": round(result.seconds, 3), "identities": result.identities,
+                            "problems": [{"path": p.path, "name": p.name, "status": p.status.value, "note": p.note} for p in result.problems]})
+        return
+    columns, rows = summary_rows(result)
+    console.show(console.table(f"Enrolled into {result.gallery}", columns, rows))
+    t = result.totals()
+    removed = f", {t['templates_removed']} replaced" if t["templates_removed"] else ""
+    console.info(f"{t['templates_added']} templates added{removed} from {t['photos']} photos in {result.seconds:.1f} s "
+                 f"({result.photos_per_second:.1f} photos/s); model {result.model.get('network')} {str(result.model.get('fingerprint'))[:12]}")
+
+
+@command("identify")
+def identify_cmd(
+    paths: Annotated[Optional[list[Path]], typer.Argument(help="Photos, folders of photos, or video files.", show_default=False)] = None,
+    gallery: GalleryOpt = None,
+    model: ModelOpt = None,
+    network: NetworkOpt = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Squared L2 distance (2 - 2 cos) below which a face is named [default: the model's calibrated threshold, else 1.5 = cosine 0.25].", show_default=False)] = None,
+    top_k: Annotated[int, typer.Option("--top-k", "-k", help="Identities listed per face (the best and the next candidates).")] = 3,
+    every: Annotated[int, typer.Option("--every", help="Videos and camera: use one frame in N.")] = 1,
+    camera: Annotated[Optional[int], typer.Option("--camera", help="Read frames from this webcam (e.g. 0) until Ctrl-C or --max-frames.", show_default=False)] = None,
+    max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after this many frames (camera or videos).", show_default=False)] = None,
+    aligned: Annotated[bool, typer.Option("--aligned", help="The inputs are 112x112 aligned crops: no detection.")] = False,
+    landmarks: LandmarksOpt = "auto",
+    index: IndexOpt = "auto",
+    csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Also write one row per face to this CSV file.", show_default=False)] = None,
+    annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Write copies of the images with boxes and names drawn into this folder.", show_default=False)] = None,
+    fail_unknown: Annotated[bool, typer.Option("--fail-unknown", help="Exit with code 1 when no face matched anyone in the gallery.")] = False,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Name the faces in photos, videos or a webcam (exit 0; 1 with --fail-unknown when nobody matched; 2 on errors)."""
+    from kface_cli.embed import load_embedder
+    from kface_cli.errors import InputError
+    from kface_cli.gallery.identify import identify, table_rows, write_csv
+    from kface_cli.workspace import Workspace
+
+    if camera is None and not paths:
+        raise InputError("nothing to identify", hint="Pass photos, folders or videos, or --camera 0.")
+    if camera is not None and paths:
+        raise InputError("pass either photos/videos or --camera, not both")
+    ws = Workspace.resolve(workdir)
+    result = identify(
+        paths or [], _gallery_path(gallery, workdir), lambda: load_embedder(model, workdir=ws.root, network=network),
+        threshold=threshold, top_k=top_k, every=every, camera=camera, max_frames=max_frames, aligned=aligned,
+        landmarks=landmarks, index_kind=index, annotate=annotate,
+    )
+    if csv_path is not None:
+        write_csv(result, csv_path)
+    if json_output:
+        console.print_json(result.to_json())
+    else:
+        columns, rows = table_rows(result)
+        console.show(console.table(f"Faces (threshold {result.threshold:.3f}, {result.threshold_source})", columns, rows))
+        named = sum(1 for i in result.images for f in i.faces if f.name != "unknown")
+        console.info(f"{result.faces} faces in {len(result.images)} images, {named} named, in {result.seconds:.2f} s; "
+                     f"index {result.index['kind']} over {result.index['templates']:,} templates"
+                     + (f"; annotated images in {annotate}" if annotate is not None else ""))
+    if fail_unknown and not result.matched_any():
+        raise typer.Exit(1)
+
+
+@command("gallery")
+def gallery_cmd(
+    gallery: GalleryOpt = None,
+    remove: Annotated[Optional[list[str]], typer.Option("--remove", help="Remove every template of this person (repeatable).", show_default=False)] = None,
+    rebuild_index: Annotated[bool, typer.Option("--rebuild-index", help="Rebuild the search index now (it is also rebuilt automatically when stale).")] = False,
+    index: IndexOpt = "auto",
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Show the gallery: its facts and identities with template counts; remove people; rebuild the index."""
+    from kface_cli.gallery.manage import manage_gallery
+
+    report = manage_gallery(_gallery_path(gallery, workdir), remove=remove or [], rebuild_index=rebuild_index, index_kind=index)
+    if json_output:
+        console.print_json(report)
+        return
+    for name, n in report["removed"].items():
+        console.info(f"removed {n} templates of {name}")
+    facts = report["facts"]
+    console.show(console.table(f"Gallery {facts['path']}", ["fact", "value"], [[k, str(v)] for k, v in facts.items() if k != "path"], justify_numbers=False))
+    console.show(console.table("Identities", ["identity", "templates"], [[i["name"], i["templates"]] for i in report["identities"]]))
 
 
 # ============================================================================================
 # Evaluation: evaluate
 # ============================================================================================
+
+
+@command("evaluate")
+def evaluate_cmd(
+    model: ModelOpt = None,
+    network: NetworkOpt = None,
+    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="Pairs CSV (path1,path2,same[,codes]) [default: split/val_pairs.csv].", show_default=False)] = None,
+    lfw_pairs: Annotated[Optional[Path], typer.Option("--lfw-pairs", help="LFW-style pairs.txt (needs --root).", show_default=False)] = None,
+    root: Annotated[Optional[Path], typer.Option("--root", help="Image folder for --lfw-pairs: <root>/<name>/<name>_0001.jpg.", show_default=False)] = None,
+    bin_file: Annotated[Optional[Path], typer.Option("--bin", help="insightface verification .bin (lfw.bin, cfp_fp.bin, agedb_30.bin).", show_default=False)] = None,
+    gallery_dir: Annotated[Optional[Path], typer.Option("--gallery-dir", help="Identification gallery: one sub-folder of images per identity.", show_default=False)] = None,
+    probe_dir: Annotated[Optional[Path], typer.Option("--probe-dir", help="Identification probes, one sub-folder per identity; identities absent from the gallery are the open-set unknowns.", show_default=False)] = None,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Flip-sum embeddings as in insightface's protocol (2x compute) [default: on; off with --save-threshold, to match `kface identify`].", show_default=False)] = None,
+    target_far: Annotated[Optional[float], typer.Option("--target-far", help="Report the squared-L2 threshold whose FAR on these pairs is at most this (e.g. 1e-3).", show_default=False)] = None,
+    save_threshold: Annotated[bool, typer.Option("--save-threshold", help="Store that threshold beside the model (best-accuracy threshold without --target-far); `kface identify` uses it.")] = False,
+    name: Annotated[Optional[str], typer.Option("--name", help="Report folder name under reports/ [default: <model>-<protocol>].", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per forward pass.", min=1)] = 64,
+    conditions: Annotated[bool, typer.Option("--conditions/--no-conditions", help="Show the per-condition (light, expression, camera, accessory) table.")] = True,
+    workdir: WorkdirOpt = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Verification and identification metrics, by K-Face condition, with a report folder and plots."""
+    from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate
+    from kface_cli.evaluate.report import CONDITION_COLUMNS, condition_rows, summary_rows
+
+    result = evaluate(
+        EvaluateOptions(
+            model=model, workdir=workdir, network=network, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
+            bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
+            save_threshold=save_threshold, name=name, batch_size=batch_size,
+        )
+    )  # fmt: skip
+    if json_output:
+        console.print_json(result.summary)
+        return
+    model_info = result.summary.get("model") or {}
+    console.show(console.table(f"Evaluation: {model_info.get('network', '')} ({result.summary['protocol']})", ["metric", "value", "note"], summary_rows(result.summary)))
+    rows = condition_rows(result.summary.get("per_condition"))
+    if conditions and rows:
+        console.show(console.table("By condition (a pair counts under every code either image has; acc@thr at the best threshold)", CONDITION_COLUMNS, rows))
+    if result.report_dir is not None:
+        console.show(f"Report: {result.report_dir}")
 
 
 def main() -> None:

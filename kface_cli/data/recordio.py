@@ -1,0 +1,267 @@
+"""insightface's MXNet RecordIO datasets (``train.rec`` + ``train.idx`` + ``property``), without MXNet.
+
+Format (see insightface-compat.md):
+
+* ``.idx``: text lines ``key<TAB>byte_offset``.
+* each record: uint32 magic ``0xced7230a``, uint32 ``lrec`` (upper 3 bits: continuation flag,
+  lower 29 bits: length), ``length`` bytes, zero-padded to a multiple of 4. Flag 0 = whole
+  record; 1/2/3 = first/middle/last part of a record the writer split where the magic number
+  appeared in the data (at 4-byte aligned offsets): the reader joins the parts and puts the 4
+  magic bytes back between them.
+* payload: a 24-byte little-endian header ``<IfQQ`` (flag, label, id, id2); if flag > 0, ``flag``
+  float32 labels follow (the scalar label is unused); the rest is the encoded image (JPEG from
+  BGR via OpenCV).
+* insightface datasets: record 0 has flag 2 and labels [A, B]: images are keys 1..A-1 and keys
+  A..B-1 hold each identity's [start, end) image-key range. If record 0's flag is 0, every key
+  is an image. ``property`` holds ``num_classes,112,112``.
+
+:class:`RecordIOWriter` writes the same format (used by tests and for exporting a folder tree).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from kface_cli.atomic import atomic_path
+from kface_cli.errors import InputError
+
+MAGIC = 0xCED7230A
+MAGIC_BYTES = struct.pack("<I", MAGIC)
+HEADER_FORMAT = "<IfQQ"  # flag, label, id, id2
+HEADER_SIZE = struct.calcsize(HEADER_FORMAT)  # 24
+_LENGTH_MASK = (1 << 29) - 1
+# continuation flags of a record part
+WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class RecordHeader:
+    flag: int = 0
+    label: float | tuple[float, ...] = 0.0  # a tuple when flag > 0
+    id: int = 0
+    id2: int = 0
+
+    @property
+    def labels(self) -> tuple[float, ...]:
+        return self.label if isinstance(self.label, tuple) else (float(self.label),)
+
+
+def pack(header: RecordHeader, data: bytes) -> bytes:
+    """Header + data as one record payload (``label`` tuple -> flag = its length)."""
+    if isinstance(header.label, tuple):
+        values = np.asarray(header.label, dtype="<f4")
+        return struct.pack(HEADER_FORMAT, len(values), 0.0, header.id, header.id2) + values.tobytes() + data
+    return struct.pack(HEADER_FORMAT, 0, float(header.label), header.id, header.id2) + data
+
+
+def unpack(payload: bytes) -> tuple[RecordHeader, bytes]:
+    """Record payload -> (header, the rest: usually encoded image bytes)."""
+    if len(payload) < HEADER_SIZE:
+        raise InputError(f"RecordIO payload of {len(payload)} bytes is shorter than the {HEADER_SIZE}-byte header")
+    flag, label, id_, id2 = struct.unpack_from(HEADER_FORMAT, payload)
+    rest = payload[HEADER_SIZE:]
+    if flag > 0:
+        need = 4 * flag
+        if len(rest) < need:
+            raise InputError(f"RecordIO header announces {flag} labels but the payload is too short")
+        labels = tuple(float(v) for v in np.frombuffer(rest[:need], dtype="<f4"))
+        return RecordHeader(flag, labels, id_, id2), rest[need:]
+    return RecordHeader(0, float(label), id_, id2), rest
+
+
+def read_index(idx_path: str | Path) -> dict[int, int]:
+    """``.idx`` -> {key: byte offset}."""
+    idx_path = Path(idx_path)
+    if not idx_path.is_file():
+        raise InputError(f"RecordIO index not found: {idx_path}", hint="A .rec needs its .idx beside it (same name).")
+    index: dict[int, int] = {}
+    with open(idx_path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.split("\t")
+            if len(parts) != 2:
+                parts = line.split()
+            try:
+                index[int(parts[0])] = int(parts[1])
+            except (ValueError, IndexError):
+                raise InputError(f"{idx_path}:{lineno}: expected 'key<TAB>offset', got {line[:60]!r}") from None
+    return index
+
+
+class RecordIOReader:
+    """Random access to records by key. Safe with DataLoader workers: the file is (re)opened in
+    each process on first use."""
+
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None):
+        self.rec_path = Path(rec_path)
+        if not self.rec_path.is_file():
+            raise InputError(f"RecordIO file not found: {self.rec_path}")
+        self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
+        self.index = read_index(self.idx_path)
+        self.keys = sorted(self.index)
+        self._file = None
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _handle(self):
+        if self._file is None or self._pid != os.getpid():
+            self._file = open(self.rec_path, "rb")
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self):  # DataLoader pickles datasets for spawn-started workers
+        state = dict(self.__dict__)
+        state["_file"], state["_pid"] = None, -1
+        return state
+
+    def read(self, key: int) -> bytes:
+        """The payload of record ``key`` (parts rejoined)."""
+        if key not in self.index:
+            raise InputError(f"key {key} is not in {self.idx_path}")
+        f = self._handle()
+        f.seek(self.index[key])
+        return self._read_at(f)
+
+    def _read_at(self, f) -> bytes:
+        chunks: list[bytes] = []
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                raise InputError(f"{self.rec_path} ends in the middle of a record", hint="The file is truncated; re-copy it.")
+            magic, lrec = struct.unpack("<II", head)
+            if magic != MAGIC:
+                raise InputError(f"{self.rec_path}: bad magic 0x{magic:08x} at byte {f.tell() - 8}",
+                                 hint="The .idx does not match this .rec, or the file is corrupt.")
+            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            data = f.read(length)
+            if len(data) < length:
+                raise InputError(f"{self.rec_path} is truncated inside a record")
+            f.seek((4 - length % 4) % 4, os.SEEK_CUR)
+            if cflag == WHOLE:
+                if chunks:
+                    raise InputError(f"{self.rec_path}: whole record inside a split record at byte {f.tell()}")
+                return data
+            if cflag == FIRST:
+                chunks = [data]
+            elif cflag in (MIDDLE, LAST):
+                if not chunks:
+                    raise InputError(f"{self.rec_path}: continuation part without a first part")
+                chunks += [MAGIC_BYTES, data]
+                if cflag == LAST:
+                    return b"".join(chunks)
+            else:
+                raise InputError(f"{self.rec_path}: unknown continuation flag {cflag}")
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        for key in self.keys:
+            yield key, self.read(key)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class RecordIOWriter:
+    """Write ``.rec`` + ``.idx`` (atomically, on :meth:`close` / leaving the ``with`` block)."""
+
+    def __init__(self, rec_path: str | Path, idx_path: str | Path | None = None):
+        self.rec_path = Path(rec_path)
+        self.idx_path = Path(idx_path) if idx_path is not None else self.rec_path.with_suffix(".idx")
+        self._rec_ctx = atomic_path(self.rec_path)
+        self._tmp = self._rec_ctx.__enter__()
+        self._f = open(self._tmp, "wb")
+        self._index: list[tuple[int, int]] = []
+
+    def write(self, key: int, payload: bytes) -> None:
+        self._index.append((int(key), self._f.tell()))
+        # split where the magic number appears at a 4-byte aligned offset (as dmlc-core does)
+        parts: list[bytes] = []
+        start = 0
+        for i in range(0, len(payload) - 3, 4):
+            if payload[i:i + 4] == MAGIC_BYTES:
+                parts.append(payload[start:i])
+                start = i + 4
+        parts.append(payload[start:])
+        for n, part in enumerate(parts):
+            if len(parts) == 1:
+                cflag = WHOLE
+            else:
+                cflag = FIRST if n == 0 else (LAST if n == len(parts) - 1 else MIDDLE)
+            assert len(part) <= _LENGTH_MASK, "record part too large for RecordIO"
+            self._f.write(struct.pack("<II", MAGIC, (cflag << 29) | len(part)))
+            self._f.write(part)
+            self._f.write(b"\0" * ((4 - len(part) % 4) % 4))
+
+    def close(self) -> None:
+        if self._f.closed:
+            return
+        self._f.close()
+        self._rec_ctx.__exit__(None, None, None)
+        with atomic_path(self.idx_path) as tmp:
+            tmp.write_text("".join(f"{k}\t{off}\n" for k, off in self._index), encoding="utf-8")
+
+    def __enter__(self) -> "RecordIOWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._f.close()
+            self._rec_ctx.__exit__(exc_type, exc, tb)
+
+
+@dataclass(frozen=True)
+class RecDatasetIndex:
+    """Where the images of an insightface ``train.rec`` are: image keys and their labels."""
+
+    image_keys: tuple[int, ...]
+    num_classes: int
+    identity_ranges: tuple[tuple[int, int], ...] = field(default=())
+
+
+def read_property(folder: str | Path) -> tuple[int, int, int] | None:
+    """``property`` -> (num_classes, height, width), or None when there is no such file."""
+    p = Path(folder) / "property"
+    if not p.is_file():
+        return None
+    try:
+        values = [int(v) for v in p.read_text(encoding="utf-8").strip().split(",")]
+        return values[0], values[1], values[2]
+    except (ValueError, IndexError):
+        raise InputError(f"{p}: expected 'num_classes,112,112'", path=p) from None
+
+
+def dataset_index(reader: RecordIOReader, folder: str | Path | None = None) -> RecDatasetIndex:
+    """Image keys of an insightface dataset (record 0's [A, B] when present) and its class count
+    (from ``property``, else the identity ranges, else the largest label + 1)."""
+    if not reader.keys:
+        raise InputError(f"{reader.rec_path} holds no records")
+    first = reader.keys[0]
+    header0, _ = unpack(reader.read(first))
+    ranges: tuple[tuple[int, int], ...] = ()
+    if first == 0 and header0.flag > 0:
+        a, b = (int(v) for v in header0.labels[:2])
+        keys = tuple(range(1, a))
+        ranges = tuple(tuple(int(v) for v in unpack(reader.read(k))[0].labels[:2]) for k in range(a, b))  # type: ignore[misc]
+    else:
+        keys = tuple(reader.keys)
+    prop = read_property(folder if folder is not None else reader.rec_path.parent)
+    if prop is not None:
+        num_classes = prop[0]
+    elif ranges:
+        num_classes = len(ranges)
+    else:
+        num_classes = 1 + max(int(unpack(reader.read(k))[0].labels[0]) for k in keys)
+    return RecDatasetIndex(keys, num_classes, ranges)

@@ -1,0 +1,650 @@
+"""Embedder: aligned 112x112 faces in, L2-normalised embeddings out, whatever the model file.
+
+One interface for every model kface can use::
+
+    emb = load_embedder("runs/r50")            # our run folder (config.json + backbone.pth)
+    emb = load_embedder("runs/r50/checkpoint.pt")
+    emb = load_embedder("backbone.pth", network="r100")   # insightface model-zoo weights
+    emb = load_embedder("w600k_r50.onnx")      # insightface's ONNX models, or ours (kface export)
+    vectors = emb.embed(faces_bgr)             # (N, 112, 112, 3) uint8 -> (N, D) float32, unit norm
+
+Every embedder carries a ``fingerprint``: a hash of the weights, the preprocessing spec and the
+flip flag. Galleries and calibration files record it, so embeddings of different models (or of
+the same model with and without flip test-time augmentation) are never mixed.
+
+Backends. Weights in torch format run on torch (``backend="torch"``), or on ONNX Runtime after an
+in-memory ONNX export (``backend="onnx"``); ``.onnx`` files always run on ONNX Runtime. With
+``backend="auto"`` (the default) the choice is the one benchmarks/bench_embed.py measured to be
+faster on CPU: see :data:`AUTO_PREFERS_ONNX`. On a CUDA machine torch models stay on torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, get_args
+
+import numpy as np
+
+from kface_cli.errors import InputError, KFaceError, ModelMismatchError
+from kface_cli.preprocess import INPUT_SIZE, PREPROCESS_SPEC, faces_to_input
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+Backend = Literal["auto", "torch", "onnx"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+#: Name of the network input in every ONNX model we write (insightface uses the same).
+ONNX_INPUT_NAME = "data"
+ONNX_OUTPUT_NAME = "embedding"
+DEFAULT_OPSET = 17
+#: ONNX metadata key holding the weights digest of the torch model an ONNX file was exported from,
+#: so an exported model keeps the fingerprint of its run (its embeddings match to cosine >= 0.9999).
+META_WEIGHTS_DIGEST = "kface.weights_digest"
+#: With backend="auto", torch weights run on ONNX Runtime (exported in memory) on CPU.
+#: Measured by benchmarks/bench_embed.py on a 2-core x86 CPU: see the README's benchmark table.
+AUTO_PREFERS_ONNX = True
+#: Number of hex digits in a fingerprint (80 bits: collisions are not a practical concern).
+FINGERPRINT_HEX_DIGITS = 20
+RUN_CONFIG = "config.json"
+RUN_BACKBONE = "backbone.pth"
+RUN_CHECKPOINT = "checkpoint.pt"
+
+ForwardFn = Callable[[np.ndarray], np.ndarray]  # (B, 3, 112, 112) float32 -> (B, D) float32
+
+
+def make_fingerprint(weights_digest: str, flip: bool) -> str:
+    """Fingerprint of an embedder: its weights digest + the preprocessing spec + the flip flag."""
+    text = f"{weights_digest}|{PREPROCESS_SPEC}|flip={int(bool(flip))}"
+    return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_HEX_DIGITS]
+
+
+def state_dict_digest(state_dict: dict[str, Any]) -> str:
+    """sha256 over the (name, shape, float32 bytes) of every tensor of a state_dict, in key order.
+
+    ``num_batches_tracked`` is skipped (it does not change the function the network computes), and
+    tensors are hashed as float32, so the same weights saved in fp16 or loaded on GPU hash alike.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        if name.endswith("num_batches_tracked") or not isinstance(tensor, torch.Tensor):
+            continue
+        t = tensor.detach().to("cpu", torch.float32).contiguous()
+        h.update(name.encode())
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def onnx_digest(model_proto: Any) -> str:
+    """Weights digest of an ONNX model: the stored torch digest of a kface export, else the graph's hash.
+
+    The graph (nodes, initializers, inputs, outputs) is hashed without the model-level metadata,
+    so editing metadata does not change the fingerprint, but changing a weight does.
+    """
+    for prop in model_proto.metadata_props:
+        if prop.key == META_WEIGHTS_DIGEST and prop.value:
+            return prop.value
+    return hashlib.sha256(model_proto.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+class Embedder:
+    """Turns aligned faces into unit-length embeddings. Build one with :func:`load_embedder`.
+
+    Attributes:
+        source: run folder or model file it was loaded from (None for in-memory modules).
+        network: backbone name ("r50", "mbf", ...; "onnx" when an ONNX file does not say).
+        embedding_size: D, the length of each embedding.
+        fingerprint: stable hex id of (weights, preprocessing, flip); equal fingerprints mean
+            interchangeable embeddings.
+        flip: flip test-time augmentation on (embedding of the face + of its mirror image).
+        backend: "torch" or "onnx" (what actually runs).
+    """
+
+    def __init__(
+        self,
+        forward: ForwardFn,
+        *,
+        network: str,
+        embedding_size: int,
+        weights_digest: str,
+        flip: bool = False,
+        backend: str = "torch",
+        source: Path | None = None,
+        metadata: dict[str, str] | None = None,
+    ):
+        self._forward = forward
+        self.source = Path(source) if source is not None else None
+        self.network = network
+        self.embedding_size = int(embedding_size)
+        self.flip = bool(flip)
+        self.backend = backend
+        self.weights_digest = weights_digest
+        self.fingerprint = make_fingerprint(weights_digest, self.flip)
+        self.metadata = dict(metadata or {})
+
+    def __repr__(self) -> str:
+        return (
+            f"Embedder(network={self.network!r}, embedding_size={self.embedding_size}, flip={self.flip}, "
+            f"backend={self.backend!r}, fingerprint={self.fingerprint!r}, source={str(self.source) if self.source else None!r})"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Plain dict for tables, JSON output and gallery/report metadata."""
+        return {
+            "source": str(self.source) if self.source else None,
+            "network": self.network,
+            "embedding_size": self.embedding_size,
+            "flip": self.flip,
+            "backend": self.backend,
+            "fingerprint": self.fingerprint,
+            "preprocess": PREPROCESS_SPEC,
+        }
+
+    def embed(self, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """(N, 112, 112, 3) BGR uint8 aligned faces -> (N, D) float32 unit vectors.
+
+        Faces must be aligned to the ArcFace template (``kface_cli.face.pipeline`` does that).
+        A larger ``batch_size`` is faster per image on CPU up to about 32-64; memory grows with it.
+        """
+        faces = np.asarray(faces)
+        if faces.ndim == 3:
+            faces = faces[None]
+        if faces.ndim != 4 or faces.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+            raise InputError(
+                f"embed() expects aligned faces of shape (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), got {faces.shape}",
+                hint="Align faces first with kface_cli.face.pipeline (faces_in_image or load_aligned).",
+            )
+        if faces.dtype != np.uint8:
+            raise InputError(f"embed() expects uint8 BGR images, got dtype {faces.dtype}", hint="Read images with kface_cli.face.imageio.read_image.")
+        assert batch_size >= 1, "batch_size must be >= 1"
+        n = faces.shape[0]
+        out = np.empty((n, self.embedding_size), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            chunk = faces[start : start + batch_size]
+            x = faces_to_input(chunk)  # (B, 3, 112, 112) float32 in [-1, 1]
+            if self.flip:
+                b = x.shape[0]
+                both = self._run(np.concatenate([x, x[:, :, :, ::-1]], axis=0))  # (2B, D)
+                emb = both[:b] + both[b:]
+            else:
+                emb = self._run(x)
+            out[start : start + chunk.shape[0]] = _l2_normalise(emb)
+        return out
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        emb = np.asarray(self._forward(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
+        assert emb.shape == (x.shape[0], self.embedding_size), f"model returned {emb.shape}, expected ({x.shape[0]}, {self.embedding_size})"
+        return emb
+
+
+def _l2_normalise(v: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return (v / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# torch modules
+# ------------------------------------------------------------------------------------------
+
+
+def _torch_forward(module: "torch.nn.Module", channels_last: bool = False) -> ForwardFn:
+    """A forward function that runs ``module`` in eval mode (restoring its mode afterwards).
+
+    ``channels_last``: feed NHWC-strided input (for a module converted with
+    ``module.to(memory_format=torch.channels_last)``, 1.1-1.5x faster convolutions on CPU).
+    """
+    import torch
+
+    try:
+        device = next(module.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.inference_mode():
+                t = torch.from_numpy(x).to(device)
+                if channels_last:
+                    t = t.contiguous(memory_format=torch.channels_last)
+                return module(t).float().cpu().numpy()
+        finally:
+            module.train(was_training)
+
+    return forward
+
+
+def _onnx_bytes_from_module(module: "torch.nn.Module", opset: int = DEFAULT_OPSET) -> bytes:
+    """Export a torch backbone to ONNX in memory (legacy exporter: one self-contained graph)."""
+    import io
+
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
+        buf = io.BytesIO()
+        torch.onnx.export(
+            module,
+            (dummy,),
+            buf,
+            dynamo=False,
+            input_names=[ONNX_INPUT_NAME],
+            output_names=[ONNX_OUTPUT_NAME],
+            dynamic_axes={ONNX_INPUT_NAME: {0: "batch"}, ONNX_OUTPUT_NAME: {0: "batch"}},
+            opset_version=opset,
+            do_constant_folding=True,
+        )
+    finally:
+        module.train(was_training)
+    return buf.getvalue()
+
+
+def default_cache_dir() -> Path:
+    """Where ONNX exports made for the ONNX Runtime backend are cached: $KFACE_CACHE or ~/.cache/kface."""
+    env = os.environ.get("KFACE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "kface"
+
+
+def _cached_onnx_bytes(module: "torch.nn.Module", digest: str) -> bytes:
+    """ONNX bytes of ``module``, exported once per weights digest and cached on disk.
+
+    Exporting takes 1-6 s (mbf-r50); the cache makes later loads of the same model instant.
+    An unwritable cache folder only costs the export time.
+    """
+    from kface_cli.atomic import write_bytes
+
+    cached = default_cache_dir() / "onnx" / f"{digest[:32]}-opset{DEFAULT_OPSET}.onnx"
+    if cached.is_file():
+        try:
+            return cached.read_bytes()
+        except OSError:
+            pass
+    data = _onnx_bytes_from_module(module)
+    try:
+        write_bytes(cached, data)
+    except OSError:
+        pass
+    return data
+
+
+def _module_output_size(module: "torch.nn.Module") -> int:
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        device = next(module.parameters()).device
+        with torch.inference_mode():
+            return int(module(torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE, device=device)).shape[1])
+    finally:
+        module.train(was_training)
+
+
+def embedder_from_module(
+    module: "torch.nn.Module",
+    *,
+    flip: bool = False,
+    network: str = "in-memory",
+    backend: Backend = "torch",
+    source: Path | None = None,
+    embedding_size: int | None = None,
+    cache_onnx: bool = False,
+    channels_last: bool = False,
+) -> Embedder:
+    """An Embedder over a torch backbone held in memory (train-time validation, tests).
+
+    The module is run in eval mode and put back in its previous mode after each batch, so this is
+    safe to call in the middle of training. The fingerprint is a snapshot of the weights at the
+    time of the call: build a new embedder after the weights change.
+    ``backend="onnx"`` exports the module to ONNX in memory and runs it with ONNX Runtime
+    (``cache_onnx=True``: keep the export in :func:`default_cache_dir`, keyed by the weights).
+    ``channels_last=True`` when the module was converted to the channels-last memory format.
+    """
+    _check_backend(backend)
+    if embedding_size is None:
+        embedding_size = _module_output_size(module)
+    digest = state_dict_digest(module.state_dict())
+    use_onnx = backend == "onnx" or (backend == "auto" and _auto_onnx_for(module))
+    if use_onnx:
+        data = _cached_onnx_bytes(module, digest) if cache_onnx else _onnx_bytes_from_module(module)
+        session = _ort_session(data)
+        return Embedder(_ort_forward(session), network=network, embedding_size=embedding_size, weights_digest=digest, flip=flip, backend="onnx", source=source)
+    return Embedder(
+        _torch_forward(module, channels_last), network=network, embedding_size=embedding_size, weights_digest=digest, flip=flip, backend="torch", source=source
+    )
+
+
+def _auto_onnx_for(module: "torch.nn.Module") -> bool:
+    try:
+        device = next(module.parameters()).device
+    except StopIteration:
+        return False
+    return AUTO_PREFERS_ONNX and device.type == "cpu"
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise KFaceError(f"unknown backend {backend!r}", hint=f"Use one of: {', '.join(BACKENDS)}.")
+
+
+# ------------------------------------------------------------------------------------------
+# ONNX Runtime
+# ------------------------------------------------------------------------------------------
+
+
+def _ort_session(model: bytes | str | Path) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only
+    threads = os.environ.get("KFACE_THREADS")
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=providers)
+
+
+def _ort_forward(session: Any) -> ForwardFn:
+    input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[0].name
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return session.run([output_name], {input_name: x})[0]
+
+    return forward
+
+
+def _load_onnx(path: Path, flip: bool) -> Embedder:
+    import onnx
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError, OSError...
+        raise InputError(f"cannot read ONNX model {path}: {e}", hint="Check that the file is a complete .onnx model (re-export or re-download it).") from None
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    inputs = [i for i in proto.graph.input if i.name not in {init.name for init in proto.graph.initializer}]
+    if len(inputs) != 1:
+        raise ModelMismatchError(f"{path.name} has {len(inputs)} inputs; a face embedding model has one ([N, 3, 112, 112])", path=path)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[1] not in (3, None) or dims[2] not in (INPUT_SIZE, None) or dims[3] not in (INPUT_SIZE, None):
+        raise ModelMismatchError(
+            f"{path.name} takes input of shape {dims}; kface needs [N, 3, {INPUT_SIZE}, {INPUT_SIZE}] (ArcFace-aligned faces)", path=path
+        )
+    digest = onnx_digest(proto)
+    model_bytes = proto.SerializeToString()
+    del proto
+    try:
+        session = _ort_session(model_bytes)
+    except Exception as e:
+        raise InputError(f"ONNX Runtime cannot load {path}: {e}", hint="Export it again with `kface export`.") from None
+    out_shape = session.get_outputs()[0].shape
+    size = metadata.get("kface.embedding_size") or (out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None)
+    if size is None:
+        forward = _ort_forward(session)
+        size = forward(np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)).shape[-1]
+    network = metadata.get("kface.network") or "onnx"
+    return Embedder(
+        _ort_forward(session), network=network, embedding_size=int(size), weights_digest=digest, flip=flip, backend="onnx", source=path, metadata=metadata
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# torch weights: run folders, checkpoints, bare backbone.pth, TorchScript
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TorchWeights:
+    """A backbone state_dict and what we know about it."""
+
+    state_dict: dict[str, Any]
+    network: str | None
+    embedding_size: int | None
+    source: Path
+
+
+def _torch_load(path: Path, trusted: bool) -> Any:
+    """torch.load on CPU; weights-only unpickling first, full unpickling only for our own run files."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError) as e:
+        if trusted:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        raise InputError(
+            f"cannot load {path} as torch weights: {str(e).splitlines()[0]}",
+            hint="kface reads state_dicts (insightface backbone.pth), kface checkpoints and .onnx files.",
+        ) from None
+    except (EOFError, OSError, zipfile.BadZipFile) as e:
+        raise InputError(f"cannot read {path}: {e}", hint="The file is truncated or not a torch file.") from None
+
+
+def _strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Remove DDP/compile wrappers' key prefixes ("module.", "_orig_mod.")."""
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = v
+    return out
+
+
+def _read_run_config(folder: Path) -> dict[str, Any]:
+    cfg_path = folder / RUN_CONFIG
+    if not cfg_path.is_file():
+        return {}
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot parse {cfg_path}: {e}", hint="The run's config.json is damaged; pass --network with the backbone.pth instead.") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _config_network(cfg: Any) -> tuple[str | None, int | None]:
+    if not isinstance(cfg, dict):
+        return None, None
+    if isinstance(cfg.get("model"), dict):  # nested config layouts
+        n, e = _config_network(cfg["model"])
+        if n:
+            return n, e
+    network = cfg.get("network") or cfg.get("backbone_name")
+    size = cfg.get("embedding_size")
+    return (str(network) if network else None), (int(size) if size else None)
+
+
+def _weights_from_state(obj: Any, path: Path, cfg: dict[str, Any]) -> TorchWeights:
+    import torch
+
+    network, size = _config_network(cfg)
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and "backbone" in obj and isinstance(obj["backbone"], dict):
+        n2, s2 = _config_network(obj.get("config"))
+        network, size = network or n2, size or s2
+        obj = obj["backbone"]
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(
+            f"{path} holds no backbone weights",
+            hint="Expected a state_dict (insightface backbone.pth), a kface checkpoint.pt (with 'backbone') or a run folder.",
+        )
+    return TorchWeights(_strip_prefixes(obj), network, size, path)
+
+
+def _resolve_model_path(model: str | Path | None, workdir: Path | None) -> Path:
+    from kface_cli.workspace import Workspace
+
+    ws = Workspace.resolve(workdir)
+    if model is None:
+        run = ws.latest_run()
+        if run is None:
+            raise InputError(
+                f"no trained model in workspace {ws.root} (no runs/<name>/backbone.pth)",
+                hint="Run `kface train` first, or pass a model with --model (run folder, checkpoint.pt, backbone.pth or .onnx).",
+            )
+        return run
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if not path.is_absolute() and len(path.parts) == 1 and ws.run(str(model)).exists():
+        return ws.run(str(model))  # a run name: runs/<name>
+    raise InputError(
+        f"model not found: {model}",
+        hint=f"Pass a run folder, a run name under {ws.runs}, a checkpoint.pt, a backbone.pth or an .onnx file.",
+    )
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def _load_torch_weights(path: Path) -> TorchWeights:
+    if path.is_dir():
+        cfg = _read_run_config(path)
+        for name in (RUN_BACKBONE, RUN_CHECKPOINT):
+            if (path / name).is_file():
+                return _weights_from_state(_torch_load(path / name, trusted=True), path, cfg)
+        raise InputError(
+            f"{path} is not a run folder: it has no {RUN_BACKBONE} or {RUN_CHECKPOINT}",
+            hint="Pass a folder made by `kface train`, or a model file.",
+        )
+    cfg = _read_run_config(path.parent)  # backbone.pth / checkpoint.pt inside a run folder
+    trusted = bool(cfg) or path.name == RUN_CHECKPOINT
+    return _weights_from_state(_torch_load(path, trusted=trusted), path, cfg)
+
+
+def infer_embedding_size(state_dict: dict[str, Any]) -> int | None:
+    """Embedding size of a backbone state_dict (its final BatchNorm1d), or None when unclear."""
+    from kface_cli.models import registry
+
+    try:
+        return registry.infer_embedding_size(state_dict)
+    except KFaceError:
+        pass
+    last = None  # fallback: the last BatchNorm's width
+    for k, v in state_dict.items():
+        if k.endswith("running_mean") and getattr(v, "ndim", 0) == 1:
+            last = int(v.shape[0])
+    return last
+
+
+def build_backbone(weights: TorchWeights, network: str | None = None) -> tuple["torch.nn.Module", str, int]:
+    """Instantiate the backbone for ``weights`` and load them strictly. Returns (module, network, D)."""
+    from kface_cli.models import registry
+
+    network = network or weights.network
+    if not network:
+        try:
+            network = registry.infer_network(weights.state_dict)
+        except KFaceError as e:
+            raise ModelMismatchError(
+                f"cannot tell which backbone {weights.source.name} is: {e.message}",
+                hint=f"{e.hint + ' ' if e.hint else ''}Pass --network ({', '.join(registry.list_backbones())}).",
+                path=weights.source,
+            ) from None
+    size = weights.embedding_size or infer_embedding_size(weights.state_dict) or 512
+    module = registry.get_backbone(network, size)  # unknown name -> KFaceError listing the names
+    missing, unexpected, bad_shapes = _compare_keys(module.state_dict(), weights.state_dict)
+    if missing or unexpected or bad_shapes:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})" if missing else "",
+                f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
+                f"{len(bad_shapes)} shape mismatches (e.g. {bad_shapes[0]})" if bad_shapes else "",
+            )
+            if part
+        )
+        raise ModelMismatchError(
+            f"{weights.source.name} does not fit backbone {network!r} (embedding size {size}): {detail}",
+            hint="Pass the right --network (the model's architecture, e.g. r50 for insightface's ms1mv3_arcface_r50).",
+            path=weights.source,
+        )
+    module.load_state_dict(weights.state_dict, strict=True)
+    module.eval()
+    return module, registry.canonical_name(network), size
+
+
+def _compare_keys(expected: dict[str, Any], given: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    bad = [f"{k}: model {tuple(expected[k].shape)} vs file {tuple(given[k].shape)}" for k in expected if k in given and tuple(expected[k].shape) != tuple(given[k].shape)]
+    return missing, unexpected, bad
+
+
+def _load_torchscript(path: Path, flip: bool) -> Embedder:
+    import torch
+
+    extra = {"kface.json": ""}
+    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    meta = json.loads(extra["kface.json"]) if extra["kface.json"] else {}
+    digest = meta.get(META_WEIGHTS_DIGEST) or state_dict_digest(module.state_dict())
+    size = int(meta.get("kface.embedding_size") or _module_output_size(module))
+    return Embedder(
+        _torch_forward(module), network=meta.get("kface.network", "torchscript"), embedding_size=size, weights_digest=digest, flip=flip, backend="torch", source=path, metadata=meta
+    )
+
+
+def load_embedder(
+    model: str | Path | None = None,
+    *,
+    workdir: Path | None = None,
+    network: str | None = None,
+    flip: bool = False,
+    backend: Backend = "auto",
+) -> Embedder:
+    """Load any supported face model as an :class:`Embedder`.
+
+    Args:
+        model: a run folder (``runs/<name>``) or run name, a ``checkpoint.pt``, a bare insightface
+            ``backbone.pth``, a TorchScript file from ``kface export --format torchscript``, or an
+            ``.onnx`` file (ours or insightface's, e.g. ``w600k_r50.onnx``). None: the workspace's
+            latest run.
+        workdir: workspace used to find the latest run / run names.
+        network: backbone name for a bare ``backbone.pth`` (r18, r34, r50, r100, r200, mbf);
+            read from the run's config.json when there is one, else inferred from the weights.
+        flip: flip test-time augmentation (about +0.1-0.3% verification accuracy, 2x the compute).
+        backend: "torch", "onnx" (ONNX Runtime) or "auto" (the faster one; ONNX on CPU).
+    """
+    _check_backend(backend)
+    path = _resolve_model_path(model, workdir)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        if backend == "torch":
+            raise KFaceError(f"{path.name} is an ONNX model; it runs on ONNX Runtime only", hint="Use backend 'onnx' or 'auto'.")
+        return _load_onnx(path, flip)
+    if path.is_file() and _is_torchscript(path):
+        return _load_torchscript(path, flip)
+    weights = _load_torch_weights(path)
+    module, name, size = build_backbone(weights, network)
+    channels_last = next(module.parameters()).device.type == "cpu"
+    if channels_last:
+        import torch
+
+        module = module.to(memory_format=torch.channels_last)
+    return embedder_from_module(
+        module, flip=flip, network=name, backend=backend, source=path, embedding_size=size, cache_onnx=True, channels_last=channels_last
+    )

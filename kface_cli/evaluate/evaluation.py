@@ -1,0 +1,350 @@
+"""``kface evaluate``: one model, one protocol, every metric, a report folder.
+
+Protocols (pick one pair source; identification can run alongside):
+
+- ``val`` (default in a workspace): ``split/val_pairs.csv`` for verification, plus identification
+  on ``split/val/``: each identity's most canonical image (S001, L1, E01, C7 when present, else the
+  first by name) is enrolled and every other image is a probe; the last 20% of identities (sorted
+  by ID, at least one, when there are 5 or more) are *not* enrolled, so their probes are the
+  unknowns of the open-set metrics.
+- ``pairs``: any pairs CSV (``--pairs``); ``lfw``: an LFW ``pairs.txt`` + image root;
+  ``bin``: an insightface verification ``.bin``.
+- ``identification``: ``--gallery-dir`` and ``--probe-dir`` (one sub-folder per identity); probes
+  of identities without a gallery folder are the unknowns.
+
+Use :func:`evaluate` from Python with an :class:`EvaluateOptions`, or :func:`evaluate_embedder` with an
+:class:`~kface_cli.embed.Embedder` you already hold (e.g. a model in memory).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kface_cli.errors import InputError, KFaceError
+from kface_cli.evaluate import conditions as C
+from kface_cli.evaluate import metrics as M
+
+#: The canonical K-Face image enrolled per identity in the val-split identification protocol.
+CANONICAL_CODES = {"acc": "S001", "light": "L1", "expr": "E01", "cam": "C7"}
+#: Fraction of val identities kept out of the gallery as open-set unknowns.
+UNKNOWN_FRACTION = 0.2
+#: Fewest val identities for which some are held out as unknowns.
+MIN_IDENTITIES_FOR_UNKNOWNS = 5
+
+
+class Protocol(str, Enum):
+    VAL = "val"
+    PAIRS = "pairs"
+    LFW = "lfw"
+    BIN = "bin"
+    IDENTIFICATION = "identification"
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """What to evaluate. Exactly one pair source at most (pairs / lfw_pairs / bin_file); with none
+    and no gallery/probe folders, the workspace's val split is used."""
+
+    model: str | None = None
+    workdir: Path | None = None
+    network: str | None = None
+    #: Flip-sum embeddings (insightface protocol: normalize(emb(x) + emb(mirror x))). None: on,
+    #: except with ``save_threshold`` (``kface identify`` embeds without flip, and a calibration
+    #: is keyed by the embedder's fingerprint, which includes the flip flag).
+    flip: bool | None = None
+    backend: str = "auto"
+    pairs: Path | None = None
+    lfw_pairs: Path | None = None
+    root: Path | None = None
+    bin_file: Path | None = None
+    gallery_dir: Path | None = None
+    probe_dir: Path | None = None
+    target_far: float | None = None
+    save_threshold: bool = False
+    name: str | None = None
+    batch_size: int = 64
+    landmarks: str = "auto"
+    write_report: bool = True
+    fars: tuple[float, ...] = M.DEFAULT_FARS
+    fpirs: tuple[float, ...] = M.DEFAULT_FPIRS
+
+
+@dataclass
+class Evaluation:
+    """The result: ``summary`` is JSON-ready (what ``--json`` prints); arrays are kept for plots."""
+
+    summary: dict
+    dist: np.ndarray | None = None  # (N,) squared L2 per pair
+    issame: np.ndarray | None = None  # (N,) bool
+    report_dir: Path | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def protocol_of(options: EvaluateOptions) -> Protocol | None:
+    """The pair protocol chosen by the options (None: identification folders only)."""
+    chosen = [p for p, v in ((Protocol.PAIRS, options.pairs), (Protocol.LFW, options.lfw_pairs), (Protocol.BIN, options.bin_file)) if v is not None]
+    if len(chosen) > 1:
+        raise InputError(f"choose one pair source, got {', '.join(p.value for p in chosen)}", hint="Pass only one of --pairs, --lfw-pairs, --bin.")
+    if (options.gallery_dir is None) != (options.probe_dir is None):
+        raise InputError("identification needs both --gallery-dir and --probe-dir")
+    if options.lfw_pairs is not None and options.root is None:
+        raise InputError("--lfw-pairs needs --root, the folder holding <name>/<name>_0001.jpg", hint="Pass --root path/to/lfw.")
+    if chosen:
+        return chosen[0]
+    if options.gallery_dir is not None:
+        return None
+    return Protocol.VAL
+
+
+def evaluate(options: EvaluateOptions) -> Evaluation:
+    """Load the model (``options.model``; default: the workspace's latest run) and evaluate it."""
+    from kface_cli.embed import load_embedder
+    from kface_cli.workspace import Workspace
+
+    protocol_of(options)  # validate before the (slow) model load
+    ws = Workspace.resolve(options.workdir)
+    flip = resolve_flip(options)
+    embedder = load_embedder(options.model, workdir=ws.root, network=options.network, flip=flip, backend=options.backend)  # type: ignore[arg-type]
+    return evaluate_embedder(embedder, options)
+
+
+def resolve_flip(options: EvaluateOptions) -> bool:
+    """``options.flip``, or by default: on, off when saving a threshold for ``kface identify``."""
+    from kface_cli.console import warn
+
+    if options.flip is None:
+        return not options.save_threshold
+    if options.flip and options.save_threshold:
+        warn("--flip with --save-threshold: the threshold is stored for flip-sum embeddings; `kface identify` embeds "
+             "without flip and will not use it (drop --flip to calibrate for identify)")
+    return options.flip
+
+
+def _sanitise(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "report"
+
+
+def default_report_name(embedder: Any, protocol: Protocol | None, options: EvaluateOptions) -> str:
+    src = getattr(embedder, "source", None)
+    model = Path(src).stem if src is not None and Path(src).suffix else (Path(src).name if src is not None else "model")
+    if protocol is Protocol.BIN:
+        what = Path(options.bin_file).stem  # type: ignore[arg-type]
+    elif protocol is Protocol.PAIRS:
+        what = "pairs-" + Path(options.pairs).stem  # type: ignore[arg-type]
+    elif protocol is None:
+        what = "identification"
+    else:
+        what = protocol.value
+    return _sanitise(f"{model}-{what}")
+
+
+# ------------------------------------------------------------------------------------------
+# verification
+# ------------------------------------------------------------------------------------------
+
+
+def _load_pairs(options: EvaluateOptions, protocol: Protocol, ws: Any):
+    """Pair list (or prepared PairFaces for .bin) and a description of the source."""
+    from kface_cli.data.pairs import read_pairs_csv
+
+    if protocol is Protocol.VAL:
+        path = ws.require(ws.val_pairs, "val pairs", "kface split")
+        return read_pairs_csv(path), str(path)
+    if protocol is Protocol.PAIRS:
+        return read_pairs_csv(options.pairs), str(options.pairs)
+    if protocol is Protocol.LFW:
+        from kface_cli.data.lfw import read_lfw_pairs
+
+        root = Path(options.root)  # type: ignore[arg-type]
+        if not root.is_dir():
+            raise InputError(f"LFW image root not found: {root}", hint="Pass --root, the folder holding <name>/<name>_0001.jpg.")
+        return read_lfw_pairs(options.lfw_pairs, root).pairs, str(options.lfw_pairs)  # type: ignore[arg-type]
+    from kface_cli.data.binset import read_bin
+
+    return read_bin(options.bin_file), str(options.bin_file)  # type: ignore[arg-type]
+
+
+def _verify(embedder: Any, options: EvaluateOptions, protocol: Protocol, ws: Any, cache: dict, loader: Any) -> dict:
+    from kface_cli.evaluate.protocols import PairFaces, embed_pairs_detailed, prepare_pairs
+
+    source, description = _load_pairs(options, protocol, ws)
+    t0 = time.perf_counter()
+    prepared = source if isinstance(source, PairFaces) else prepare_pairs(source, loader=loader)
+    res = embed_pairs_detailed(embedder, prepared, batch_size=options.batch_size)
+    t_embed = time.perf_counter() - t0
+    if not isinstance(source, PairFaces):  # reuse these embeddings for identification
+        ok = ~res.faces.failed  # type: ignore[operator]
+        cache.update({n: e for n, e, k in zip(res.faces.names, res.embeddings, ok) if k})
+    t1 = time.perf_counter()
+    ver = M.verification_metrics(res.dist, res.issame, fars=options.fars)
+    per_condition: dict = {}
+    if not isinstance(source, PairFaces):
+        c1, c2 = C.pair_codes(source)
+        per_condition = C.verification_breakdown(res.dist, res.issame, c1, c2, threshold=ver["threshold"], fars=options.fars)
+    t_metrics = time.perf_counter() - t1
+    ver.update(
+        pairs_source=description,
+        n_images=len(res.faces.names),
+        n_failed_images=int(res.faces.failed.sum()),  # type: ignore[union-attr]
+        per_condition_verification=per_condition,
+        timing={"embed_s": t_embed, "metrics_s": t_metrics},
+    )
+    return {"metrics": ver, "dist": res.dist, "issame": res.issame}
+
+
+# ------------------------------------------------------------------------------------------
+# identification
+# ------------------------------------------------------------------------------------------
+
+
+def _canonical_rank(path: Path) -> tuple:
+    codes = C.codes_of(path)
+    return tuple(codes.get(k) != v for k, v in CANONICAL_CODES.items()) + (path.name,)
+
+
+def val_identification_split(val_dir: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
+    """(gallery, probes) from ``split/val/<id>/``: see the module docstring for the rule."""
+    from kface_cli.evaluate.protocols import list_identity_folder
+
+    items = list_identity_folder(val_dir)
+    by_id: dict[str, list[Path]] = {}
+    for ident, path in items:
+        by_id.setdefault(ident, []).append(path)
+    ids = sorted(by_id)
+    n_unknown = max(1, int(round(len(ids) * UNKNOWN_FRACTION))) if len(ids) >= MIN_IDENTITIES_FOR_UNKNOWNS else 0
+    unknown = set(ids[len(ids) - n_unknown :])
+    gallery, probes = [], []
+    for ident in ids:
+        paths = by_id[ident]
+        if ident in unknown:
+            probes += [(ident, p) for p in paths]
+            continue
+        enrolled = min(paths, key=_canonical_rank)
+        gallery.append((ident, enrolled))
+        probes += [(ident, p) for p in paths if p != enrolled]
+    return gallery, probes
+
+
+def _identify(embedder: Any, gallery: list[tuple[str, Path]], probes: list[tuple[str, Path]], options: EvaluateOptions, cache: dict, loader: Any) -> dict:
+    from kface_cli.evaluate.protocols import embed_paths
+
+    if not probes:
+        raise InputError("no probe images to identify", hint="Each identity needs more than one image, or pass --probe-dir.")
+    t0 = time.perf_counter()
+    g_emb, g_ok = embed_paths(embedder, [p for _, p in gallery], loader=loader, cache=cache, batch_size=options.batch_size, description="Gallery faces")
+    p_emb, p_ok = embed_paths(embedder, [p for _, p in probes], loader=loader, cache=cache, batch_size=options.batch_size, description="Probe faces")
+    t_embed = time.perf_counter() - t0
+    if not g_ok.any():
+        raise InputError("no face found in any gallery image")
+    g_labels = [lab for (lab, _), k in zip(gallery, g_ok) if k]
+    kept = [(lab, p) for (lab, p), k in zip(probes, p_ok) if k]
+    t1 = time.perf_counter()
+    ident = M.identification_metrics(p_emb[p_ok], [lab for lab, _ in kept], g_emb[g_ok], g_labels, fpirs=options.fpirs)
+    ident["per_condition_identification"] = C.identification_breakdown([C.codes_of(p) for _, p in kept], ident["probe_ranks"])
+    ident["n_gallery_images"] = int(g_ok.sum())
+    ident["timing"] = {"embed_s": t_embed, "metrics_s": time.perf_counter() - t1}
+    return ident
+
+
+# ------------------------------------------------------------------------------------------
+# the whole evaluation
+# ------------------------------------------------------------------------------------------
+
+#: Keys of the JSON summary that are always present (None when a protocol does not produce them).
+SUMMARY_KEYS = ("accuracy", "accuracy_std", "threshold", "auc", "eer", "tar_at_far", "rank1", "rank5", "per_condition")
+
+
+def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
+    """Evaluate an already loaded embedder (see :func:`evaluate`)."""
+    from kface_cli.evaluate.protocols import FaceLoader, list_identity_folder
+    from kface_cli.workspace import Workspace
+
+    protocol = protocol_of(options)
+    if options.target_far is not None and not 0 < options.target_far < 1:
+        raise InputError(f"--target-far must be between 0 and 1, got {options.target_far}", hint="e.g. --target-far 1e-3.")
+    ws = Workspace.resolve(options.workdir)
+    cache: dict[str, np.ndarray] = {}
+    loader = FaceLoader(options.landmarks)
+    describe = embedder.describe() if hasattr(embedder, "describe") else {"network": getattr(embedder, "network", None)}
+    summary: dict[str, Any] = {"model": describe, "protocol": protocol.value if protocol else Protocol.IDENTIFICATION.value}
+    summary.update({k: None for k in SUMMARY_KEYS})
+    dist = issame = None
+
+    ver_conditions: dict = {}
+    if protocol is not None:
+        v = _verify(embedder, options, protocol, ws, cache, loader)
+        ver = v["metrics"]
+        dist, issame = v["dist"], v["issame"]
+        ver_conditions = ver.pop("per_condition_verification")
+        summary["timing_verification"] = ver.pop("timing")
+        summary.update(ver)
+
+    gallery = probes = None
+    if options.gallery_dir is not None:
+        gallery = list_identity_folder(options.gallery_dir)
+        probes = list_identity_folder(options.probe_dir)  # type: ignore[arg-type]
+    elif protocol is Protocol.VAL and ws.val_dir.is_dir():
+        gallery, probes = val_identification_split(ws.val_dir)
+    id_conditions: dict = {}
+    if gallery is not None and probes is not None:
+        ident = _identify(embedder, gallery, probes, options, cache, loader)
+        id_conditions = ident.pop("per_condition_identification")
+        summary["timing_identification"] = ident.pop("timing")
+        probe_ranks = ident.pop("probe_ranks")
+        summary.update({k: v for k, v in ident.items()})
+        summary["identification"] = {"gallery": str(options.gallery_dir or ws.val_dir), "probes": str(options.probe_dir or ws.val_dir), "n_probe_ranks": len(probe_ranks)}
+    summary["per_condition"] = C.merge_breakdowns(ver_conditions, id_conditions) or None
+    summary["condition_rule"] = (
+        "verification: a pair counts under a condition when either image has it; identification: by the probe image"
+    )
+
+    if options.target_far is not None or options.save_threshold:
+        summary["calibration"] = _calibrate(embedder, options, dist, issame, summary)
+
+    evaluation = Evaluation(summary=summary, dist=dist, issame=issame)
+    if options.write_report:
+        from kface_cli.evaluate.report import write_report
+
+        name = _sanitise(options.name) if options.name else default_report_name(embedder, protocol, options)
+        evaluation.report_dir = write_report(evaluation, ws.reports / name)
+        summary["report_dir"] = str(evaluation.report_dir)
+    return evaluation
+
+
+def _calibrate(embedder: Any, options: EvaluateOptions, dist: np.ndarray | None, issame: np.ndarray | None, summary: dict) -> dict:
+    """The threshold meeting ``--target-far`` (or the best-accuracy one), saved with the model on request."""
+    if dist is None or issame is None:
+        raise InputError("threshold calibration needs verification pairs", hint="Evaluate on pairs (val split, --pairs, --lfw-pairs or --bin).")
+    if options.target_far is not None:
+        n_neg = int((~issame).sum())
+        reason = M.far_unsupported_reason(n_neg, options.target_far)
+        res = None if reason else M.tar_at_far(dist, issame, options.target_far)
+        if res is None:
+            raise KFaceError(
+                f"cannot calibrate for FAR {options.target_far:g}: {reason or 'no same pairs'}",
+                hint="Use a larger --target-far or more pairs (e.g. a larger val split).",
+            )
+        tar, threshold = res
+        cal = {"criterion": "target_far", "target_far": options.target_far, "threshold": threshold, "tar": tar,
+               "achieved_far": float(np.mean(dist[~issame] < threshold)), "n_diff": n_neg}
+    else:
+        threshold = summary["threshold"]
+        if threshold is None:
+            raise KFaceError("no best-accuracy threshold to save (too few pairs)", hint="Pass --target-far or use more pairs.")
+        cal = {"criterion": "best_accuracy", "target_far": None, "threshold": threshold, "tar": None,
+               "achieved_far": float(np.mean(dist[~issame] < threshold)) if (~issame).any() else None}
+    if options.save_threshold:
+        from kface_cli.calibration import save_threshold
+
+        path = save_threshold(embedder, cal["threshold"], cal["target_far"],
+                              criterion=cal["criterion"], tar=cal["tar"], achieved_far=cal["achieved_far"],
+                              pairs=summary.get("pairs_source"), n_pairs=summary.get("n_pairs"))
+        cal["saved_to"] = str(path)
+    return cal

@@ -1,0 +1,204 @@
+"""The evaluation report: ``reports/<name>/`` with ``metrics.json`` and PNG plots, plus table rows.
+
+Files (written atomically; plots with matplotlib's Agg backend, no display needed):
+
+- ``metrics.json``: the summary printed by ``kface evaluate --json``;
+- ``roc.png``: TAR against FAR, log FAR axis, with the TAR@FAR points marked;
+- ``distances.png``: histograms of same-person and different-person squared-L2 distances with the
+  best-accuracy threshold (and the calibrated one, when there is one);
+- ``cmc.png``: the CMC curve (identification rate by rank), when identification ran;
+- ``conditions.png``: accuracy at the overall threshold per light / expression / camera / accessory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kface_cli.evaluate import metrics as M
+
+METRICS_FILE = "metrics.json"
+
+
+def write_report(evaluation: Any, folder: str | Path) -> Path:
+    """Write the JSON summary and every plot that applies; returns the folder."""
+    from kface_cli.atomic import write_text
+    from kface_cli.console import to_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    summary = dict(evaluation.summary)
+    plots: list[str] = []
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    if evaluation.dist is not None and evaluation.issame is not None and 0 < int(np.sum(evaluation.issame)) < evaluation.issame.size:
+        plot_roc(evaluation.dist, evaluation.issame, summary, folder / "roc.png")
+        plot_distances(evaluation.dist, evaluation.issame, summary, folder / "distances.png")
+        plots += ["roc.png", "distances.png"]
+    if summary.get("cmc"):
+        plot_cmc(summary["cmc"], folder / "cmc.png")
+        plots.append("cmc.png")
+    if summary.get("per_condition") and any("accuracy_at_threshold" in r for rows in summary["per_condition"].values() for r in rows.values()):
+        plot_conditions(summary["per_condition"], folder / "conditions.png")
+        plots.append("conditions.png")
+    summary["plots"] = plots
+    write_text(folder / METRICS_FILE, to_json(summary) + "\n")
+    return folder
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from kface_cli.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_roc(dist: np.ndarray, issame: np.ndarray, summary: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    r = M.roc(dist, issame)
+    n_neg = int((~np.asarray(issame, bool)).sum())
+    keep = r.far > 0
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(r.far[keep], r.tar[keep], lw=1.8, label=f"AUC {summary.get('auc') or 0:.4f}")
+    for key, item in (summary.get("tar_at_far") or {}).items():
+        if item.get("tar") is not None:
+            ax.plot([item["far"]], [item["tar"]], "o", ms=5)
+            ax.annotate(f"{item['tar']:.3f} @ {key}", (item["far"], item["tar"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(max(1.0 / max(n_neg, 1), 1e-6), 1.0)
+    ax.set_ylim(0, 1.01)
+    ax.set_xlabel("false accept rate (FAR, log scale)")
+    ax.set_ylabel("true accept rate (TAR)")
+    ax.set_title("ROC: squared-L2 distance")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="lower right")
+    _save(fig, path)
+
+
+def plot_distances(dist: np.ndarray, issame: np.ndarray, summary: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    issame = np.asarray(issame, bool)
+    bins = np.linspace(0, 4, 81)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.hist(dist[issame], bins=bins, alpha=0.6, density=True, label=f"same person ({int(issame.sum())})")
+    ax.hist(dist[~issame], bins=bins, alpha=0.6, density=True, label=f"different people ({int((~issame).sum())})")
+    if summary.get("threshold") is not None:
+        ax.axvline(summary["threshold"], color="k", ls="--", label=f"best-accuracy threshold {summary['threshold']:.2f}")
+    cal = summary.get("calibration") or {}
+    if cal.get("threshold") is not None and cal.get("target_far") is not None:
+        ax.axvline(cal["threshold"], color="r", ls=":", label=f"FAR {cal['target_far']:g} threshold {cal['threshold']:.3f}")
+    ax.set_xlabel("squared L2 distance (0 = identical, 4 = opposite)")
+    ax.set_ylabel("density")
+    ax.set_title("Pair distances")
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def plot_cmc(cmc: list[float], path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    ranks = np.arange(1, len(cmc) + 1)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.plot(ranks, cmc, "o-", ms=3)
+    ax.set_xlabel("rank")
+    ax.set_ylabel("identification rate")
+    ax.set_ylim(0, 1.01)
+    ax.set_xticks(ranks if len(ranks) <= 20 else ranks[:: max(1, len(ranks) // 10)])
+    ax.set_title("CMC (closed set)")
+    ax.grid(True, alpha=0.3)
+    _save(fig, path)
+
+
+def plot_conditions(per_condition: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from kface_cli.evaluate.conditions import FACTORS
+
+    factors = [(k, label) for k, label in FACTORS if k in per_condition]
+    fig, axes = plt.subplots(len(factors), 1, figsize=(8, 2.2 * len(factors)), squeeze=False)
+    for ax, (key, label) in zip(axes[:, 0], factors):
+        rows = {c: r for c, r in per_condition[key].items() if r.get("accuracy_at_threshold") is not None}
+        ax.bar(list(rows), [r["accuracy_at_threshold"] for r in rows.values()], color="tab:blue")
+        ax.set_ylim(0, 1.0)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"by {label} (pairs where either image has the code)", fontsize=9)
+        ax.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------
+# rows for the CLI's rich tables
+# ------------------------------------------------------------------------------------------
+
+
+def _pct(x: float | None) -> str | None:
+    return None if x is None else f"{100 * x:.2f}%"
+
+
+def summary_rows(summary: dict) -> list[list[Any]]:
+    """``[metric, value, note]`` rows for the main table."""
+    rows: list[list[Any]] = []
+    if summary.get("n_pairs") is not None:
+        rows.append(["pairs", f"{summary['n_pairs']} ({summary['n_same']} same, {summary['n_diff']} different)", summary.get("pairs_source", "")])
+        if summary.get("accuracy") is not None:
+            rows.append(["accuracy (10-fold)", f"{_pct(summary['accuracy'])} +- {_pct(summary['accuracy_std'])}", "insightface protocol"])
+            rows.append(["best threshold", f"{summary['threshold']:.2f}", f"squared L2; accuracy {_pct(summary['best_accuracy'])} on all pairs"])
+        elif summary.get("accuracy_note"):
+            rows.append(["accuracy (10-fold)", "-", summary["accuracy_note"]])
+        if summary.get("auc") is not None:
+            rows.append(["ROC AUC", f"{summary['auc']:.4f}", ""])
+            rows.append(["EER", _pct(summary["eer"]), f"at threshold {summary['eer_threshold']:.3f}"])
+        for key, item in (summary.get("tar_at_far") or {}).items():
+            if item.get("tar") is None:
+                rows.append([f"TAR @ FAR {key}", "-", item.get("reason", "")])
+            else:
+                rows.append([f"TAR @ FAR {key}", _pct(item["tar"]), f"threshold {item['threshold']:.4f}"])
+        if summary.get("n_failed_images"):
+            rows.append(["images without a face", str(summary["n_failed_images"]), "their pairs count as rejected"])
+    if summary.get("rank1") is not None:
+        rows.append(["probes", f"{summary['n_probes']} ({summary['n_known']} known, {summary['n_unknown']} unknown)", f"{summary['n_identities']} enrolled identities"])
+        rows.append(["rank-1 (closed set)", _pct(summary["rank1"]), ""])
+        rows.append(["rank-5 (closed set)", _pct(summary.get("rank5")), ""])
+        for key, item in (summary.get("dir_at_fpir") or {}).items():
+            if item.get("dir") is None:
+                rows.append([f"DIR @ FPIR {key}", "-", item.get("reason", "")])
+            else:
+                rows.append([f"DIR @ FPIR {key}", _pct(item["dir"]), f"threshold {item['threshold']:.4f}"])
+    cal = summary.get("calibration")
+    if cal:
+        note = f"saved to {cal['saved_to']}" if cal.get("saved_to") else "not saved (add --save-threshold)"
+        what = f"FAR {cal['target_far']:g}" if cal.get("target_far") is not None else "best accuracy"
+        rows.append([f"threshold for {what}", f"{cal['threshold']:.4f}", note])
+    return rows
+
+
+CONDITION_COLUMNS = ["condition", "description", "pairs", "acc@thr", "10-fold", "AUC", "EER", "probes", "rank-1"]
+
+
+def condition_rows(per_condition: dict | None) -> list[list[Any]]:
+    """One row per condition code, in factor order (light, expression, camera, accessory).
+
+    ``acc@thr`` is the accuracy at the overall best threshold (comparable across rows);
+    ``10-fold`` the subset's own 10-fold accuracy. TAR@FAR per condition is in the JSON.
+    """
+    from kface_cli.evaluate.conditions import FACTORS
+
+    rows: list[list[Any]] = []
+    for key, label in FACTORS:
+        for code, r in ((per_condition or {}).get(key) or {}).items():
+            rows.append([
+                f"{label} {code}", r.get("description", ""), r.get("n_pairs", "-"),
+                _pct(r.get("accuracy_at_threshold")), _pct(r.get("accuracy")),
+                None if r.get("auc") is None else f"{r['auc']:.4f}", _pct(r.get("eer")),
+                r.get("n_probes", "-"), _pct(r.get("rank1")),
+            ])  # fmt: skip
+    return rows

@@ -1,0 +1,336 @@
+"""Enrolment: photos of known people in, face templates in the gallery out.
+
+Folder layouts (both may be mixed in one folder)::
+
+    people/김철수.jpg            one photo per person: the name is the file stem
+    people/김철수/*.jpg          several photos per person: the name is the folder
+                                 (photos in sub-folders count too, e.g. K-Face's raw tree)
+
+With ``aligned=True`` the photos are already aligned 112x112 crops (``kface crop`` output,
+``faces/<Res>/<ID>/*.jpg``): no detection, the name comes from the folder as above.
+
+Every photo is read once, hashed (SHA-256 of its bytes) and skipped when the gallery already
+holds that hash: running the same enrolment twice adds nothing. A photo with no face, or one that
+cannot be read, is reported and skipped; with several faces the largest is used and a warning
+names the photo. Templates are committed in batches of ``batch_size`` photos, so an interrupted
+run keeps everything committed before it (see :mod:`kface_cli.gallery.store`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from kface_cli.errors import InputError, KFaceError
+from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+
+DEFAULT_BATCH_SIZE = 32
+
+
+class PerIdentity(str, Enum):
+    """Templates kept per person: every photo's (``all``), or one mean of them (``mean``)."""
+
+    ALL = "all"
+    MEAN = "mean"
+
+    @classmethod
+    def parse(cls, value: "str | PerIdentity") -> "PerIdentity":
+        try:
+            return cls(str(getattr(value, "value", value)).lower())
+        except ValueError:
+            raise InputError(f"unknown --per-identity {value!r}", hint=f"Use one of {', '.join(k.value for k in cls)}.") from None
+
+
+class Status(str, Enum):
+    ADDED = "added"
+    DUPLICATE = "duplicate"  # content hash already in the gallery
+    NO_FACE = "no face"
+    UNREADABLE = "unreadable"
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class PhotoOutcome:
+    name: str
+    path: Path
+    status: Status
+    note: str = ""  # e.g. "3 faces: used the largest"
+
+
+@dataclass(frozen=True)
+class IdentitySummary:
+    name: str
+    photos: int
+    added: int
+    duplicates: int
+    skipped: int  # no face or unreadable
+    templates: int  # in the gallery after the run
+
+
+@dataclass
+class EnrollResult:
+    gallery: Path
+    model: dict[str, Any]
+    per_identity: str
+    identities: list[IdentitySummary]
+    problems: list[PhotoOutcome] = field(default_factory=list)  # skipped photos and warnings
+    photos: int = 0
+    added_templates: int = 0
+    removed_templates: int = 0  # --replace
+    seconds: float = 0.0
+
+    @property
+    def photos_per_second(self) -> float:
+        return self.photos / self.seconds if self.seconds > 0 else float("nan")
+
+    def totals(self) -> dict[str, int]:
+        return {
+            "photos": self.photos,
+            "added": sum(i.added for i in self.identities),
+            "duplicates": sum(i.duplicates for i in self.identities),
+            "skipped": sum(i.skipped for i in self.identities),
+            "templates_added": self.added_templates,
+            "templates_removed": self.removed_templates,
+        }
+
+
+def find_photos(folder: str | Path) -> list[Photo]:
+    """Photos of ``folder`` with their identity names (layouts in the module docstring), sorted."""
+    from kface_cli.face.imageio import is_image_file
+
+    folder = Path(folder)
+    if not folder.exists():
+        raise InputError(f"folder not found: {folder}", hint="Pass a folder of photos: DIR/<name>.jpg or DIR/<name>/*.jpg.")
+    if not folder.is_dir():
+        raise InputError(f"expected a folder of photos, got a file: {folder}", hint="Pass the folder that holds it.")
+    photos: list[Photo] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() and is_image_file(entry):
+            photos.append(Photo(entry.stem, entry))
+        elif entry.is_dir():
+            for p in sorted(entry.rglob("*")):
+                if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(entry).parts):
+                    photos.append(Photo(entry.name, p))
+    if not photos:
+        raise InputError(f"no photos found in {folder}", hint="Expected DIR/<name>.jpg or DIR/<name>/*.jpg (JPEG, PNG, BMP, WebP, TIFF).")
+    return photos
+
+
+@dataclass
+class _Pending:
+    photo: Photo
+    face: np.ndarray  # (112, 112, 3) BGR uint8 aligned
+    digest: str
+    box: tuple[float, float, float, float]
+    score: float
+
+
+def enroll_folder(
+    folder: str | Path,
+    gallery_path: str | Path,
+    embedder,
+    *,
+    aligned: bool = False,
+    per_identity: PerIdentity | str = PerIdentity.ALL,
+    replace: bool = False,
+    landmarks: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    detector=None,
+    update_index: bool = True,
+) -> EnrollResult:
+    """Enroll every person in ``folder`` into the gallery (created if missing).
+
+    Args:
+        embedder: a :class:`kface_cli.embed.Embedder`, or a function returning one (called once
+            the folder has been checked, so a typo is reported before the slow model load). The
+            gallery must have been made with the same model (fingerprint), else :class:`ModelMismatchError`.
+        aligned: the photos are 112x112 aligned crops (skip detection).
+        per_identity: ``all`` keeps one template per photo (best accuracy, more rows), ``mean``
+            one normalised mean per person and run (smallest gallery).
+        replace: first remove every template of the people found in ``folder``.
+        landmarks: ``auto`` | ``detect`` | ``sidecar`` (see :func:`kface_cli.face.detect.get_detector`).
+        batch_size: photos embedded and committed together (a crash loses at most one batch).
+        detector: an object with ``detect(image, path=None)`` to use instead of ``get_detector``.
+        update_index: rebuild the search index at the end, so the first identify is fast.
+    """
+    from kface_cli.console import progress, warn
+
+    started = time.perf_counter()
+    mode = PerIdentity.parse(per_identity)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    photos = find_photos(folder)
+    embedder = resolve_embedder(embedder)
+    gallery = Gallery(gallery_path)
+    model = ModelInfo.of(embedder)
+    if gallery.exists():
+        gallery.check_model(model)
+    removed = 0
+    if replace and gallery.exists():
+        removed = gallery.remove(sorted({p.name for p in photos}))
+    known = gallery.hashes() if gallery.exists() and mode is PerIdentity.ALL else set()
+    if not aligned and detector is None:
+        from kface_cli.face.detect import get_detector
+
+        detector = get_detector(landmarks)
+
+    counts: dict[str, dict[str, int]] = {}
+    problems: list[PhotoOutcome] = []
+    pending: list[_Pending] = []
+    added_templates = 0
+    mean_groups: dict[str, list[tuple[np.ndarray, str]]] = {}  # name -> [(embedding, digest)]
+
+    def count(name: str, key: str, n: int = 1) -> None:
+        c = counts.setdefault(name, {"photos": 0, "added": 0, "duplicates": 0, "skipped": 0})
+        c[key] += n
+
+    def commit() -> None:
+        nonlocal added_templates
+        if not pending:
+            return
+        faces = np.stack([p.face for p in pending])  # (B, 112, 112, 3)
+        emb = embedder.embed(faces, batch_size=max(1, min(batch_size, 64)))  # (B, D) unit
+        if mode is PerIdentity.MEAN:
+            for p, e in zip(pending, emb):
+                mean_groups.setdefault(p.photo.name, []).append((e, p.digest))
+                count(p.photo.name, "added")
+        else:
+            templates = [Template(p.photo.name, e, str(p.photo.path), p.digest, p.box, p.score) for p, e in zip(pending, emb)]
+            result = gallery.append(templates, model)
+            added_templates += result.added
+            dup = set(result.duplicates)
+            for p in pending:
+                count(p.photo.name, "duplicates" if str(p.photo.path) in dup else "added")
+        pending.clear()
+
+    with progress("Enrolling", total=len(photos)) as bar:
+        for photo in photos:
+            count(photo.name, "photos")
+            outcome = _prepare(photo, aligned, detector, known, pending)
+            if outcome is not None:
+                if outcome.status is Status.DUPLICATE:
+                    count(photo.name, "duplicates")
+                elif outcome.status is Status.ADDED:  # added with a note (several faces)
+                    problems.append(outcome)
+                    warn(f"{photo.path}: {outcome.note}")
+                else:
+                    count(photo.name, "skipped")
+                    problems.append(outcome)
+                    what = outcome.note if str(photo.path) in outcome.note else f"{photo.path}: {outcome.status.value}" + (f" ({outcome.note})" if outcome.note else "")
+                    warn(f"{what}: skipped")
+            if len(pending) >= batch_size:
+                commit()
+            bar.advance()
+        commit()
+
+    if mode is PerIdentity.MEAN and mean_groups:
+        templates = []
+        for name, items in mean_groups.items():
+            mean = np.mean([e for e, _ in items], axis=0)
+            mean = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+            digest = hashlib.sha256("\n".join(sorted(d for _, d in items)).encode()).hexdigest()
+            source = str(next(p.path.parent for p in photos if p.name == name)) if len(items) > 1 else str(next(p.path for p in photos if p.name == name))
+            templates.append(Template(name, mean, source, digest))
+        result = gallery.append(templates, model)
+        added_templates += result.added
+        for name in {t.name for t in templates if t.source in set(result.duplicates)}:
+            c = counts[name]
+            c["duplicates"] += c["added"]
+            c["added"] = 0
+
+    in_gallery = gallery.identities() if gallery.exists() else {}
+    summaries = [
+        IdentitySummary(name, c["photos"], c["added"], c["duplicates"], c["skipped"], in_gallery.get(name, 0))
+        for name, c in sorted(counts.items())
+    ]
+    if update_index and gallery.exists():
+        from kface_cli.gallery.index import load_index
+
+        load_index(gallery)
+    return EnrollResult(
+        gallery=gallery.path,
+        model=_describe(embedder),
+        per_identity=mode.value,
+        identities=summaries,
+        problems=problems,
+        photos=len(photos),
+        added_templates=added_templates,
+        removed_templates=removed,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _prepare(photo: Photo, aligned: bool, detector, known: set[str], pending: list[_Pending]) -> PhotoOutcome | None:
+    """Read, hash, detect and align one photo; queue it in ``pending`` or say why not."""
+    from kface_cli.face.imageio import decode_image
+
+    try:
+        data = photo.path.read_bytes()
+    except OSError as e:
+        return PhotoOutcome(photo.name, photo.path, Status.UNREADABLE, e.strerror or str(e))
+    digest = content_hash(data)
+    if digest in known:
+        return PhotoOutcome(photo.name, photo.path, Status.DUPLICATE)
+    nan4 = (float("nan"),) * 4
+    try:
+        if aligned:
+            from kface_cli.face.pipeline import load_aligned
+
+            face = load_aligned(photo.path)
+            known.add(digest)
+            pending.append(_Pending(photo, face, digest, nan4, float("nan")))
+            return None
+        image = decode_image(data, photo.path)
+    except KFaceError as e:
+        return PhotoOutcome(photo.name, photo.path, Status.UNREADABLE, e.message)
+    try:
+        found = detector.detect(image, path=photo.path)
+    except KFaceError as e:  # e.g. --landmarks sidecar and no .txt beside this photo
+        return PhotoOutcome(photo.name, photo.path, Status.NO_FACE, e.message)
+    if not found:
+        note = ""
+        if image.shape[:2] == (112, 112):
+            note = "looks like an aligned crop: use --aligned"
+        return PhotoOutcome(photo.name, photo.path, Status.NO_FACE, note)
+    largest = found[0]  # detectors return faces largest first
+    from kface_cli.face.align import norm_crop
+
+    face = norm_crop(image, largest.points5)
+    known.add(digest)
+    pending.append(_Pending(photo, face, digest, tuple(float(v) for v in largest.box), float(largest.score)))
+    if len(found) > 1:
+        return PhotoOutcome(photo.name, photo.path, Status.ADDED, f"{len(found)} faces: used the largest")
+    return None
+
+
+def resolve_embedder(embedder):
+    """An embedder, or the result of calling a loader that returns one."""
+    return embedder() if callable(embedder) and not hasattr(embedder, "embed") else embedder
+
+
+def _describe(embedder) -> dict[str, Any]:
+    if hasattr(embedder, "describe"):
+        return dict(embedder.describe())
+    return {"network": getattr(embedder, "network", None), "fingerprint": embedder.fingerprint}
+
+
+def summary_rows(result: EnrollResult) -> tuple[list[str], list[Sequence[Any]]]:
+    """Columns and rows of the summary table (the CLI prints them)."""
+    columns = ["identity", "photos", "added", "duplicates", "skipped", "templates in gallery"]
+    rows = [[i.name, i.photos, i.added, i.duplicates, i.skipped, i.templates] for i in result.identities]
+    t = result.totals()
+    rows.append(["[bold]total[/bold]", t["photos"], t["added"], t["duplicates"], t["skipped"], sum(i.templates for i in result.identities)])
+    return columns, rows

@@ -1,0 +1,373 @@
+"""Identification: name the faces in photos, folders, videos or a webcam against the gallery.
+
+Each face travels: image -> detector (box, 5 points) -> ``norm_crop`` (112x112) -> embedder (unit
+vector) -> index search (batched over many faces at once) -> the closest identities. The best one
+is reported when its squared-L2 distance is below the threshold, otherwise ``unknown``.
+
+Threshold (squared L2 between unit vectors, ``2 - 2 cos``): ``--threshold`` when given, else the
+value calibrated for this model by ``kface evaluate --save-threshold``, else
+:data:`~kface_cli.gallery.index.DEFAULT_THRESHOLD` (1.5, i.e. cosine 0.25, as the tutorial).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from kface_cli.errors import InputError, KFaceError
+from kface_cli.gallery.enroll import resolve_embedder
+from kface_cli.gallery.index import DEFAULT_THRESHOLD, Candidate, IndexKind, load_index, search_identities
+from kface_cli.gallery.store import Gallery, ModelInfo
+
+UNKNOWN = "unknown"
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
+DEFAULT_TOP_K = 3
+#: Photos (or frames) whose faces are embedded and searched together.
+FRAMES_PER_BATCH = 16
+
+
+@dataclass(frozen=True)
+class FaceMatch:
+    box: tuple[float, float, float, float]  # x, y, w, h in the image
+    score: float  # detection score (NaN for aligned crops)
+    name: str  # best identity, or "unknown"
+    distance: float  # squared L2 to the best identity's closest template
+    candidates: list[Candidate]  # the next closest identities after the best
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "box": [round(float(v), 2) for v in self.box],
+            "score": None if not np.isfinite(self.score) else round(float(self.score), 4),
+            "name": self.name,
+            "distance": None if not np.isfinite(self.distance) else round(float(self.distance), 4),
+            "candidates": [{"name": c.name, "distance": round(c.distance, 4)} for c in self.candidates],
+        }
+
+
+@dataclass
+class ImageResult:
+    image: str  # photo path, or "<video>#frame=<n>" / "camera<k>#frame=<n>"
+    faces: list[FaceMatch] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"image": self.image, "faces": [f.to_json() for f in self.faces]}
+        if self.error:
+            d["error"] = self.error
+        return d
+
+
+@dataclass
+class IdentifyResult:
+    images: list[ImageResult]
+    threshold: float
+    threshold_source: str  # "given", "calibrated" or "default"
+    gallery: Path
+    index: dict[str, Any]
+    seconds: float = 0.0
+    annotated: list[Path] = field(default_factory=list)
+
+    @property
+    def faces(self) -> int:
+        return sum(len(i.faces) for i in self.images)
+
+    def matched_any(self) -> bool:
+        return any(f.name != UNKNOWN for i in self.images for f in i.faces)
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [i.to_json() for i in self.images]
+
+
+@dataclass
+class _Frame:
+    label: str
+    image: np.ndarray | None  # BGR; None when it could not be read
+    path: Path | None  # for sidecar landmarks
+    annotate_name: str
+    error: str | None = None
+
+
+def resolve_threshold(threshold: float | None, embedder) -> tuple[float, str]:
+    """``threshold`` if given, else the model's calibrated one, else the default (1.5)."""
+    if threshold is not None:
+        if not 0.0 <= threshold <= 4.0:
+            raise InputError(f"--threshold {threshold} is outside 0..4", hint="It is a squared L2 distance between unit vectors (2 - 2 cos).")
+        return float(threshold), "given"
+    try:
+        from kface_cli.calibration import load_threshold
+
+        calibrated = load_threshold(embedder)
+    except ImportError:  # pragma: no cover - calibration module absent
+        calibrated = None
+    if calibrated is not None:
+        return float(calibrated), "calibrated"
+    return DEFAULT_THRESHOLD, "default"
+
+
+def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
+    """Photos and videos named on the command line; folders are searched recursively."""
+    from kface_cli.face.imageio import is_image_file
+
+    if not paths:
+        raise InputError("no photos given", hint="Pass photos, folders or videos, or --camera 0.")
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if not p.exists():
+            raise InputError(f"not found: {p}", hint="Check the path.")
+        if p.is_dir():
+            found = [f for f in sorted(p.rglob("*")) if f.is_file() and (is_image_file(f) or _is_video(f))]
+            if not found:
+                raise InputError(f"no photos or videos in {p}")
+            out.extend(found)
+        elif is_image_file(p) or _is_video(p):
+            out.append(p)
+        else:
+            raise InputError(f"{p} is neither a photo nor a video", hint="Photos: JPEG, PNG, BMP, WebP, TIFF; videos: " + ", ".join(VIDEO_EXTENSIONS))
+    return out
+
+
+def _is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _annotate_name(path: Path, used: set[str]) -> str:
+    name = path.name if path.suffix.lower() in (".jpg", ".jpeg", ".png") else path.stem + ".jpg"
+    stem, suffix = Path(name).stem, Path(name).suffix
+    k = 1
+    while name in used:
+        k += 1
+        name = f"{stem}_{k}{suffix}"
+    used.add(name)
+    return name
+
+
+def _photo_frames(files: Sequence[Path], every: int) -> Iterator[_Frame]:
+    from kface_cli.face.imageio import read_image
+
+    used: set[str] = set()
+    for f in files:
+        if _is_video(f):
+            yield from _video_frames(f, every, label=str(f))
+            continue
+        try:
+            yield _Frame(str(f), read_image(f), f, _annotate_name(f, used))
+        except KFaceError as e:
+            yield _Frame(str(f), None, f, "", error=e.message)
+
+
+def _video_frames(source: Path | int, every: int, label: str, max_frames: int | None = None) -> Iterator[_Frame]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(source) if isinstance(source, Path) else source)
+    if not cap.isOpened():
+        if isinstance(source, int):
+            raise InputError(f"no camera {source} could be opened", hint="Check that a webcam is connected and not in use (try --camera 1), or pass photos instead.")
+        raise InputError(f"cannot read video {source}", hint="OpenCV could not open it; convert it to MP4 (H.264) or extract frames.")
+    stem = source.stem if isinstance(source, Path) else f"camera{source}"
+    n = 0
+    yielded = 0
+    try:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if n % every == 0:
+                yield _Frame(f"{label}#frame={n}", frame, None, f"{stem}_frame{n:06d}.jpg")
+                yielded += 1
+                if max_frames is not None and yielded >= max_frames:
+                    break
+            n += 1
+    finally:
+        cap.release()
+    if n == 0 and isinstance(source, Path):
+        raise InputError(f"video {source} has no readable frames")
+
+
+def identify(
+    paths: Sequence[str | Path],
+    gallery_path: str | Path,
+    embedder,
+    *,
+    threshold: float | None = None,
+    top_k: int = DEFAULT_TOP_K,
+    every: int = 1,
+    camera: int | None = None,
+    max_frames: int | None = None,
+    aligned: bool = False,
+    landmarks: str = "auto",
+    index_kind: IndexKind | str = IndexKind.AUTO,
+    annotate: str | Path | None = None,
+    batch_size: int = 64,
+    detector=None,
+) -> IdentifyResult:
+    """Identify every face in ``paths`` (photos, folders, videos) or in ``camera`` frames.
+
+    Args:
+        embedder: an :class:`~kface_cli.embed.Embedder` (the gallery's model), or a function
+            returning one (called after the inputs and the gallery are checked).
+        threshold: squared-L2 distance below which the best identity is reported (None: the
+            calibrated threshold of the model, else 1.5).
+        top_k: identities listed per face (the best plus ``top_k - 1`` candidates).
+        every: for videos and the camera, use one frame in ``every``.
+        max_frames: stop a camera (or video) after this many used frames.
+        aligned: inputs are 112x112 aligned crops (the whole image is the face).
+        annotate: folder to write copies of the images with boxes and names drawn.
+        detector: an object with ``detect(image, path=None)`` instead of ``get_detector(landmarks)``.
+    """
+    from kface_cli.console import progress, warn
+
+    started = time.perf_counter()
+    if top_k < 1:
+        raise InputError(f"--top-k must be at least 1, got {top_k}")
+    if every < 1:
+        raise InputError(f"--every must be at least 1, got {every}")
+    if camera is None:
+        files = expand_inputs(paths)  # before the slow model load: typos fail fast
+    gallery = Gallery(gallery_path)
+    gallery.model()  # missing / corrupt gallery: fail before loading the model
+    embedder = resolve_embedder(embedder)
+    gallery.check_model(ModelInfo.of(embedder))
+    loaded = load_index(gallery, index_kind)
+    if not loaded.names:
+        raise InputError(f"gallery {gallery.path} is empty", hint="Enroll people first with `kface enroll DIR`.")
+    per_identity = max(Counter(loaded.names).values())
+    thr, thr_source = resolve_threshold(threshold, embedder)
+    if not aligned and detector is None:
+        from kface_cli.face.detect import get_detector
+
+        detector = get_detector(landmarks)
+    out_dir = Path(annotate) if annotate is not None else None
+    if out_dir is not None:
+        if out_dir.exists() and not out_dir.is_dir():
+            raise InputError(f"--annotate needs a folder, got a file: {out_dir}")
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    if camera is not None:
+        frames: Iterable[_Frame] = _video_frames(camera, every, label=f"camera{camera}", max_frames=max_frames)
+        total = max_frames
+    else:
+        frames = _photo_frames(files, every)
+        total = len(files) if not any(_is_video(f) for f in files) else None
+
+    result = IdentifyResult([], thr, thr_source, gallery.path, {"kind": loaded.index.kind.value, "templates": len(loaded.index), **loaded.index.params})
+    warned_glyphs: set[str] = set()
+    batch: list[tuple[_Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]] = []
+
+    def flush() -> None:
+        faces = [crop for _, found in batch for (_, _, crop) in found]
+        emb = embedder.embed(np.stack(faces), batch_size=batch_size) if faces else np.zeros((0, 1), np.float32)  # (F, D)
+        ranked = search_identities(loaded, emb, top_k=top_k, templates_per_identity=per_identity) if faces else []
+        k = 0
+        for frame, found in batch:
+            res = ImageResult(frame.label, error=frame.error)
+            for box, score, _ in found:
+                cands = ranked[k]
+                k += 1
+                best = cands[0] if cands else None
+                if best is not None and best.distance < thr:
+                    res.faces.append(FaceMatch(box, score, best.name, best.distance, cands[1:]))
+                else:
+                    res.faces.append(FaceMatch(box, score, UNKNOWN, best.distance if best else float("inf"), cands))
+            result.images.append(res)
+            if out_dir is not None and frame.image is not None:
+                result.annotated.append(_write_annotated(frame, res, out_dir, warned_glyphs))
+        batch.clear()
+
+    with progress("Identifying", total=total) as bar:
+        try:
+            for frame in frames:
+                found = []
+                if frame.image is not None:
+                    try:
+                        found = _faces_of(frame, detector, aligned)
+                    except KFaceError as e:
+                        frame.error = e.message
+                if frame.error:
+                    warn(f"{frame.label}: {frame.error}: skipped")
+                batch.append((frame, found))
+                if len(batch) >= FRAMES_PER_BATCH:
+                    flush()
+                bar.advance()
+        except KeyboardInterrupt:
+            if camera is None:
+                raise
+        flush()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _faces_of(frame: _Frame, detector, aligned: bool) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
+    """(box, score, aligned 112x112 crop) of every face in the frame, largest first."""
+    from kface_cli.face.align import norm_crop
+
+    image = frame.image
+    assert image is not None
+    if aligned:
+        from kface_cli.face.pipeline import load_aligned
+
+        if frame.path is None:
+            raise InputError("--aligned applies to photos of aligned crops, not to video or camera frames")
+        crop = load_aligned(frame.path)
+        return [((0.0, 0.0, float(image.shape[1]), float(image.shape[0])), float("nan"), crop)]
+    found = detector.detect(image, path=frame.path)
+    return [(tuple(float(v) for v in f.box), float(f.score), norm_crop(image, f.points5)) for f in found]
+
+
+def _write_annotated(frame: _Frame, res: ImageResult, out_dir: Path, warned: set[str]) -> Path:
+    from kface_cli.console import warn
+    from kface_cli.face.imageio import write_image
+    from kface_cli.gallery.annotate import draw_faces, missing_glyphs
+
+    for f in res.faces:
+        missing = missing_glyphs(f.name)
+        if missing and f.name not in warned:
+            warned.add(f.name)
+            warn(f"no installed font can draw {missing!r} of {f.name!r}: the annotated images show placeholders "
+                 "(install a font with those characters, e.g. fonts-noto-cjk for Korean; JSON/CSV hold the exact names)")
+    target = out_dir / frame.annotate_name
+    assert frame.image is not None
+    write_image(target, draw_faces(frame.image, res.faces))
+    return target
+
+
+def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
+    """Columns and rows of the results table (one row per face; images without faces too)."""
+    columns = ["image", "face", "box (x, y, w, h)", "name", "distance", "candidates"]
+    rows: list[list[Any]] = []
+    for img in result.images:
+        if img.error:
+            rows.append([img.image, "-", "-", f"[red]{img.error}[/red]", None, ""])
+            continue
+        if not img.faces:
+            rows.append([img.image, "-", "-", "[dim]no face[/dim]", None, ""])
+        for k, f in enumerate(img.faces, 1):
+            box = ", ".join(f"{v:.0f}" for v in f.box)
+            name = f.name if f.name != UNKNOWN else f"[yellow]{UNKNOWN}[/yellow]"
+            cands = ", ".join(f"{c.name} {c.distance:.3f}" for c in f.candidates)
+            rows.append([img.image, k, box, name, f.distance if np.isfinite(f.distance) else None, cands])
+    return columns, rows
+
+
+def write_csv(result: IdentifyResult, path: str | Path) -> Path:
+    """One row per face: image, face, x, y, w, h, name, distance, candidates (``name:dist;...``)."""
+    import csv
+    import io
+
+    from kface_cli.atomic import write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["image", "face", "x", "y", "w", "h", "name", "distance", "candidates"])
+    for img in result.images:
+        for k, f in enumerate(img.faces, 1):
+            w.writerow([img.image, k, *(f"{v:.1f}" for v in f.box), f.name,
+                        f"{f.distance:.4f}" if np.isfinite(f.distance) else "",
+                        ";".join(f"{c.name}:{c.distance:.4f}" for c in f.candidates)])
+    write_text(path, buf.getvalue())
+    return Path(path)

@@ -1,0 +1,65 @@
+"""Looking after a gallery: its facts, who is in it, removing people, rebuilding the index."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Any, Sequence
+
+from kface_cli.errors import InputError
+from kface_cli.gallery.index import IndexKind, index_paths, load_index
+from kface_cli.gallery.store import Gallery
+
+
+def manage_gallery(path: str | Path, *, remove: Sequence[str] = (), rebuild_index: bool = False, index_kind: IndexKind | str = IndexKind.AUTO) -> dict[str, Any]:
+    """Apply the requested changes, then report ``{facts, identities, removed, index}``.
+
+    Removing a name that is not in the gallery is an error (nothing is changed then).
+    """
+    gallery = Gallery(path)
+    kind = IndexKind.parse(index_kind)
+    removed: dict[str, int] = {}
+    if remove:
+        present = gallery.identities()
+        unknown = [n for n in remove if n not in present]
+        if unknown:
+            raise InputError(f"not in the gallery: {', '.join(unknown)}", hint="`kface gallery` lists the identities.", path=gallery.path)
+        removed = {n: present[n] for n in remove}
+        gallery.remove(list(remove))
+    index_info: dict[str, Any] = {}
+    if rebuild_index or removed:
+        loaded = load_index(gallery, kind, rebuild=True)
+        index_info = {"rebuilt": True, **loaded.index.meta()}
+    else:
+        meta = index_paths(gallery.path)[1]
+        index_info = {"rebuilt": False, "file": str(index_paths(gallery.path)[0]) if meta.is_file() else None}
+    facts = gallery.facts()
+    identities = gallery.identities()
+    index_file = index_paths(gallery.path)[0]
+    return {
+        "facts": {
+            "path": str(facts.path),
+            "templates": facts.templates,
+            "identities": facts.identities,
+            "embedding size": facts.embedding_size,
+            "network": facts.network,
+            "fingerprint": facts.fingerprint,
+            "model": facts.model_source,
+            "created": _dt.datetime.fromtimestamp(facts.created, _dt.timezone.utc).isoformat(timespec="seconds") if facts.created else None,
+            "schema version": facts.schema_version,
+            "capacity": facts.capacity,
+            "file size": _size(facts.file_bytes),
+            "index file": f"{index_file.name} ({_size(index_file.stat().st_size)})" if index_file.is_file() else "none yet (built on first identify)",
+        },
+        "identities": [{"name": n, "templates": c} for n, c in identities.items()],
+        "removed": removed,
+        "index": index_info,
+    }
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"

@@ -1,0 +1,189 @@
+"""Reading a K-Face download: per-identity zips, or the same tree already unpacked.
+
+Accepted layouts (the root folder's name does not matter)::
+
+    ROOT/Middle_Resolution/19062531.zip          as distributed (zip members S001/L1/E01/C7.jpg)
+    ROOT/Middle_Resolution/19062531/S001/...     unpacked
+    ROOT/face_recognition/Middle_Resolution/...  one extra level is found too
+    ROOT = .../Middle_Resolution                 the resolution folder itself
+
+:func:`open_identity` returns a reader that opens a zip ONCE and reads members one by one (the
+original tutorial opened the zip again for every image, which re-reads its central directory of
+~22,000 entries each time). Members are looked up by their K-Face codes, never by trusting their
+names: a member called ``../../etc/x`` or ``/S001/L1/E01/C7.jpg`` can never make a writer escape
+its output folder (see :func:`is_safe_member_name`).
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Iterator, Literal
+
+from kface_cli.errors import InputError
+from kface_cli.kface.codes import ID_PATTERN, is_identity_id, parse_member_path
+from kface_cli.workspace import RESOLUTIONS, normalise_resolution
+
+SourceKind = Literal["zip", "dir"]
+#: (acc, light, expr, cam, ext) -> where it is inside the identity's zip or folder
+MemberKey = tuple[str, str, str, str, str]
+
+
+@dataclass(frozen=True)
+class IdentitySource:
+    id: str
+    res: str
+    path: Path
+    kind: SourceKind
+
+
+def resolution_dir(root: str | Path, res: str) -> Path:
+    """The ``<Res>_Resolution`` folder of a K-Face root (see the module doc for accepted layouts)."""
+    root = Path(root).expanduser()
+    res = normalise_resolution(res)
+    if not root.exists():
+        raise InputError(f"K-Face folder not found: {root}", hint="Pass the folder that holds High_Resolution/, Middle_Resolution/, Low_Resolution/.")
+    if not root.is_dir():
+        raise InputError(f"expected a folder, got a file: {root}", hint="Pass the folder that holds the <Res>_Resolution folders, not a single zip.")
+    want = f"{res}_resolution"
+    if root.name.lower() == want:
+        return root
+    for parent in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
+        for child in parent.iterdir() if parent.is_dir() else ():
+            if child.is_dir() and child.name.lower() == want:
+                return child
+    present = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.lower().endswith("_resolution"))
+    hint = f"It holds {', '.join(present)}; choose one with --res." if present else (
+        "Expected High_Resolution/, Middle_Resolution/ or Low_Resolution/ inside it (zips or unpacked folders).")
+    raise InputError(f"no {res}_Resolution folder in {root}", hint=hint)
+
+
+def list_identities(root: str | Path, res: str) -> list[IdentitySource]:
+    """All identities of a resolution, sorted by ID: ``<ID>.zip`` files and ``<ID>/`` folders.
+
+    When both exist for one ID, the unpacked folder wins (no decompression needed).
+    """
+    res = normalise_resolution(res)
+    folder = resolution_dir(root, res)
+    found: dict[str, IdentitySource] = {}
+    for p in folder.iterdir():
+        if p.is_file() and p.suffix.lower() == ".zip" and is_identity_id(p.stem):
+            found.setdefault(p.stem, IdentitySource(p.stem, res, p, "zip"))
+        elif p.is_dir() and is_identity_id(p.name):
+            found[p.name] = IdentitySource(p.name, res, p, "dir")
+    if not found:
+        raise InputError(f"no identities in {folder}", hint="Expected <8-digit ID>.zip files (e.g. 19062531.zip) or unpacked <ID>/ folders.")
+    return [found[k] for k in sorted(found)]
+
+
+def is_safe_member_name(name: str) -> bool:
+    """False for names that would escape an output folder if trusted: absolute, drive, or ``..``."""
+    text = name.replace("\\", "/")
+    if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
+        return False
+    return ".." not in PurePosixPath(text).parts
+
+
+class IdentityReader:
+    """One identity's images and annotations, read member by member (zip opened once).
+
+    Use as a context manager::
+
+        with open_identity(src) as reader:
+            data = reader.read(("S001", "L1", "E01", "C7", ".jpg"))
+    """
+
+    def __init__(self, source: IdentitySource):
+        self.source = source
+        self._zip: zipfile.ZipFile | None = None
+        self.index: dict[MemberKey, str] = {}
+        #: Member names skipped because they would escape the output folder.
+        self.unsafe: list[str] = []
+        self.sizes: dict[MemberKey, int] = {}
+
+    def __enter__(self) -> "IdentityReader":
+        src = self.source
+        if src.kind == "zip":
+            try:
+                self._zip = zipfile.ZipFile(src.path)
+                infos = self._zip.infolist()
+            except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+                self.close()
+                raise InputError(f"corrupt or unreadable zip {src.path.name}: {e}", path=src.path,
+                                 hint="Download this identity's zip again.") from None
+            for info in infos:
+                if info.is_dir():
+                    continue
+                self._add(info.filename, info.file_size)
+        else:
+            for p in sorted(src.path.rglob("*")):
+                if p.is_file():
+                    self._add(p.relative_to(src.path).as_posix(), p.stat().st_size)
+        return self
+
+    def _add(self, name: str, size: int) -> None:
+        if not is_safe_member_name(name):
+            self.unsafe.append(name)
+            return
+        codes = parse_member_path(name)
+        ext = PurePosixPath(name.replace("\\", "/")).suffix.lower()
+        if codes is None or ext not in (".jpg", ".jpeg", ".txt"):
+            return
+        key = (codes["acc"], codes["light"], codes["expr"], codes["cam"], ".txt" if ext == ".txt" else ".jpg")
+        if key not in self.index:
+            self.index[key] = name
+            self.sizes[key] = size
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+            self._zip = None
+
+    def has(self, key: MemberKey) -> bool:
+        return key in self.index
+
+    def read(self, key: MemberKey) -> bytes:
+        """The bytes of one member; a damaged member raises InputError naming the zip."""
+        name = self.index[key]
+        try:
+            if self._zip is not None:
+                return self._zip.read(name)
+            return (self.source.path / name).read_bytes()
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:  # CRC, deflate, truncation
+            raise InputError(f"cannot read {name} from {self.source.path.name}: {e}", path=self.source.path,
+                             hint="The file is damaged; download this identity again.") from None
+
+    def keys(self) -> Iterator[MemberKey]:
+        return iter(self.index)
+
+
+def open_identity(source: IdentitySource) -> IdentityReader:
+    return IdentityReader(source)
+
+
+def parse_id_list(text: str | Path | None) -> tuple[str, ...] | None:
+    """``--ids``: comma/space-separated IDs, or a file with one ID per line (``#`` comments allowed)."""
+    if text is None or not str(text).strip():
+        return None
+    raw = str(text)
+    path = Path(raw).expanduser()
+    if not ID_PATTERN.match(raw.strip()) and path.is_file():
+        raw = "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8", errors="replace").splitlines())
+    tokens = [t for t in re.split(r"[\s,;]+", raw) if t]
+    bad = [t for t in tokens if not is_identity_id(t)]
+    if bad:
+        from kface_cli.errors import CodeError
+
+        hint = "K-Face IDs are 8 digits, e.g. 19062531." if Path(raw).suffix == "" or path.is_file() else f"No file {raw} either."
+        raise CodeError(f"{bad[0]!r} is not a K-Face identity ID", hint=hint)
+    return tuple(dict.fromkeys(tokens))
+
+
+__all__ = ["IdentityReader", "IdentitySource", "RESOLUTIONS", "is_safe_member_name", "list_identities", "open_identity",
+           "parse_id_list", "resolution_dir"]

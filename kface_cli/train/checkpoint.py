@@ -1,0 +1,92 @@
+"""What a run folder holds, and how it is written (atomically) and read back.
+
+``runs/<name>/``:
+
+* ``config.json``   the resolved config (+ num_classes, world size, data source)
+* ``checkpoint.pt`` everything needed to continue exactly: backbone, head (all classes, gathered
+  from every rank), optimizer (head states gathered too), scheduler, grad scaler, RNG states of
+  every rank, completed epochs and steps, best accuracy so far, per-epoch history. Loadable
+  with ``torch.load(..., weights_only=True)``.
+* ``backbone.pth``  the best backbone alone: a plain state_dict in insightface's layout.
+* ``log.jsonl``     one JSON object per line: ``{"type": "step"|"epoch"|"stopped", ...}``.
+* ``loss.png``, ``lr.png``, ``val_accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kface_cli.errors import InputError
+
+CHECKPOINT_NAME = "checkpoint.pt"
+BACKBONE_NAME = "backbone.pth"
+CONFIG_NAME = "config.json"
+LOG_NAME = "log.jsonl"
+CHECKPOINT_FORMAT = "kface-checkpoint/1"
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    """``torch.save`` through a temporary file and a rename: never a half-written file."""
+    import torch
+
+    from kface_cli.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A checkpoint written by :func:`save_torch` (loaded on the CPU, tensors only)."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"checkpoint not found: {path}", hint="Nothing to resume; start the run without --resume.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, or not ours
+        raise InputError(f"cannot read checkpoint {path}: {e}", hint="The file is damaged or was not written by kface.") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise InputError(f"{path} is not a kface checkpoint", hint="Pass a run folder made by `kface train`.")
+    return ckpt
+
+
+def capture_rng(device: Any = None) -> dict[str, Any]:
+    """Every RNG the training touches, in a form ``weights_only`` loading accepts."""
+    import torch
+
+    state = np.random.get_state()
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [state[0], state[1].tolist(), int(state[2]), int(state[3]), float(state[4])],
+        "python": random.getstate(),
+    }
+    if device is not None and getattr(device, "type", "cpu") == "cuda":
+        out["cuda"] = torch.cuda.get_rng_state(device)
+    return out
+
+
+def restore_rng(state: dict[str, Any], device: Any = None) -> None:
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and device is not None and getattr(device, "type", "cpu") == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def unwrap(model: Any) -> Any:
+    """The module inside DistributedDataParallel (or the module itself)."""
+    return getattr(model, "module", model)
+
+
+def backbone_state_dict(model: Any) -> dict[str, Any]:
+    """Plain insightface-layout state_dict (no ``module.`` prefix), on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}

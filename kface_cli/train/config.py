@@ -1,0 +1,235 @@
+"""The training configuration: one frozen dataclass, from defaults < a TOML file < the command line.
+
+Every field can be set in a TOML file (``kface train --config FILE.toml``; keys are the field
+names, ``-`` or ``_``), and any option given on the command line overrides the file. The
+resolved configuration (with "auto" values filled in) is saved as ``runs/<name>/config.json``
+and inside every checkpoint; ``--resume`` rebuilds the run from it.
+
+Shipped configs live in ``kface_cli/configs/`` and can be named without a path:
+``kface train --config tutorial_r50`` (see :func:`shipped_configs`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Mapping, get_args
+
+from kface_cli.errors import KFaceError
+
+Optimizer = Literal["sgd", "adamw"]
+Precision = Literal["fp32", "fp16", "bf16"]
+OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+AUTO = "auto"
+GRAD_CLIP_NORM = 5.0  # insightface's clip norm
+SGD_REFERENCE_LR, SGD_REFERENCE_BATCH = 0.1, 1024  # insightface: lr 0.1 for a global batch of 1024
+ADAMW_DEFAULT_LR = 1e-3
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Defaults follow insightface's arcface_torch."""
+
+    # data ---------------------------------------------------------------------------------
+    data: str | None = None  # identity folders or a folder with train.rec; None: workspace split/train
+    val_pairs: str | None = None  # pairs CSV; None: workspace split/val_pairs.csv when present; "none": no validation
+    workers: int = 2  # DataLoader worker processes (0: load in the training process)
+    flip: bool = True  # random horizontal flips
+    # model --------------------------------------------------------------------------------
+    network: str = AUTO  # r18 r34 r50 r100 r200 mbf mbf_small; auto: r50 on a GPU, mbf on a CPU
+    embedding_size: int = 512
+    init: str | None = None  # backbone.pth to start from (insightface's or ours)
+    freeze: int = 0  # number of early stages kept frozen (0: none; the stem is stage 1)
+    # loss ---------------------------------------------------------------------------------
+    loss: str = "arcface"  # arcface cosface sphereface combined subcenter softmax normsoftmax
+    scale: float = 64.0
+    margin: tuple[float, ...] = ()  # (): the loss's default; one value, or m1,m2,m3 for "combined"
+    subcenters: int = 1  # K sub-centres per class (subcenter: 3 unless set)
+    sample_rate: float = 1.0  # Partial FC: fraction of negative class centres per step
+    # optimisation -------------------------------------------------------------------------
+    optimizer: str = "sgd"
+    lr: float | None = None  # None: 0.1 x global batch / 1024 (sgd) or 1e-3 (adamw)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    batch_size: int = 128  # per process
+    epochs: int = 20
+    warmup_epochs: float = 0.0  # linear warm-up, then polynomial (power 1) decay per iteration
+    grad_clip: float = GRAD_CLIP_NORM
+    precision: str = "fp32"  # fp16/bf16: the layers before fc under autocast
+    # run ----------------------------------------------------------------------------------
+    device: str = AUTO  # auto, cpu, cuda, cuda:1, ...
+    seed: int = 0
+    name: str | None = None  # run folder runs/<name>; None: <network>-<date>-<time>
+    workdir: str | None = None  # workspace; None: $KFACE_WORKDIR or the current folder
+    log_every: int = 10  # steps between JSONL log lines
+    val_batch_size: int = 64
+    max_steps_per_epoch: int = 0  # 0: the whole epoch (a cap, for smoke tests and benchmarks)
+    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
+
+    # ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["margin"] = list(self.margin)
+        return d
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> "TrainConfig":
+        """Raise :class:`KFaceError` for values that cannot work (listing the valid choices)."""
+        from kface_cli.models.heads import check_loss
+
+        check_loss(self.loss)
+        if self.optimizer not in OPTIMIZERS:
+            raise KFaceError(f"unknown optimizer {self.optimizer!r}", hint=f"Valid optimizers: {', '.join(OPTIMIZERS)}.")
+        if self.precision not in PRECISIONS:
+            raise KFaceError(f"unknown precision {self.precision!r}", hint=f"Valid precisions: {', '.join(PRECISIONS)}.")
+        if self.network != AUTO:
+            from kface_cli.models.registry import canonical_name
+
+            canonical_name(self.network)
+        for key in ("batch_size", "epochs", "embedding_size", "log_every", "val_batch_size"):
+            if getattr(self, key) < 1:
+                raise KFaceError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
+        for key in ("workers", "freeze", "max_steps_per_epoch"):
+            if getattr(self, key) < 0:
+                raise KFaceError(f"--{key.replace('_', '-')} must not be negative, got {getattr(self, key)}")
+        if self.lr is not None and self.lr <= 0:
+            raise KFaceError(f"--lr must be positive, got {self.lr}")
+        if not 0 < self.sample_rate <= 1:
+            raise KFaceError(f"--sample-rate must be in (0, 1], got {self.sample_rate}")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise KFaceError(f"--warmup-epochs must be between 0 and --epochs ({self.epochs}), got {self.warmup_epochs}")
+        if self.name is not None and (not self.name or "/" in self.name or "\\" in self.name or self.name.startswith(".")):
+            raise KFaceError(f"--name {self.name!r} must be a plain folder name")
+        self.head_config().margins()  # margin count matches the loss
+        return self
+
+    def head_config(self):
+        from kface_cli.models.heads import HeadConfig
+
+        return HeadConfig(loss=self.loss, scale=self.scale, margin=tuple(self.margin), subcenters=self.subcenters, sample_rate=self.sample_rate)
+
+    def base_lr(self, world_size: int = 1) -> float:
+        """``lr``, or insightface's linear scaling rule for the global batch."""
+        if self.lr is not None:
+            return float(self.lr)
+        if self.optimizer == "adamw":
+            return ADAMW_DEFAULT_LR
+        return SGD_REFERENCE_LR * self.batch_size * world_size / SGD_REFERENCE_BATCH
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check/convert one value against the field's type; errors name the key and the source."""
+    hint = typing.get_type_hints(TrainConfig)[key]
+    args = get_args(hint)
+    optional = type(None) in args
+    if value is None:
+        if optional:
+            return None
+        raise KFaceError(f"{source}: {key} cannot be empty")
+    if isinstance(value, str) and optional and value.strip().lower() in ("", "null"):
+        return None
+    non_none = [a for a in args if a is not type(None)]
+    base = non_none[0] if optional else hint
+    try:
+        if key == "margin":
+            if isinstance(value, (int, float)):
+                return (float(value),)
+            if isinstance(value, str):
+                return tuple(float(v) for v in value.replace(" ", "").split(",") if v)
+            return tuple(float(v) for v in value)
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if value.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            if not isinstance(value, bool):
+                raise ValueError(value)
+            return value
+        if base is int:
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if base is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise KFaceError(f"{source}: {key} = {value!r} is not a valid {getattr(base, '__name__', base)}") from None
+    return value
+
+
+def normalise_keys(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``{"batch-size": 16}`` -> ``{"batch_size": 16}``; unknown keys raise, listing the valid ones."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        key = str(k).replace("-", "_")
+        if key not in FIELDS:
+            raise KFaceError(f"{source}: unknown option {k!r}", hint="Valid options: " + ", ".join(FIELDS) + ".")
+        out[key] = _coerce(key, v, source)
+    return out
+
+
+def shipped_configs() -> dict[str, Path]:
+    """Configs that ship with kface: name -> path (``kface train --config NAME``)."""
+    return {p.stem: p for p in sorted(CONFIG_DIR.glob("*.toml"))}
+
+
+def find_config_file(spec: str | Path) -> Path:
+    """A path, or the name of a shipped config."""
+    p = Path(spec).expanduser()
+    if p.is_file():
+        return p
+    shipped = shipped_configs()
+    if str(spec) in shipped:
+        return shipped[str(spec)]
+    raise KFaceError(f"config file not found: {spec}", hint="Pass a TOML file, or one of the shipped configs: " + ", ".join(shipped) + ".")
+
+
+def read_config_file(spec: str | Path) -> dict[str, Any]:
+    """Options from a TOML file (a ``[train]`` table, or top-level keys)."""
+    import tomllib
+
+    path = find_config_file(spec)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise KFaceError(f"{path} is not valid TOML: {e}", path=path) from None
+    if "train" in data and isinstance(data["train"], dict):
+        data = data["train"]
+    return normalise_keys(data, str(path))
+
+
+def resolve_config(config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Defaults < ``config_file`` < ``overrides`` (only the options the user gave), validated."""
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(read_config_file(config_file))
+    if overrides:
+        values.update(normalise_keys({k: v for k, v in overrides.items() if v is not None}, "command line"))
+    return TrainConfig(**values).validate()
+
+
+def config_from_dict(d: Mapping[str, Any]) -> TrainConfig:
+    """Rebuild a config saved with :meth:`TrainConfig.to_dict` (extra keys are ignored)."""
+    return TrainConfig(**normalise_keys({k: v for k, v in d.items() if k in FIELDS}, "saved config"))
+
+
+def save_config_json(path: str | Path, config: TrainConfig, **extra: Any) -> None:
+    """``config.json``: the resolved config plus derived facts (num_classes, world size...)."""
+    from kface_cli.atomic import write_text
+
+    write_text(path, json.dumps({**config.to_dict(), **extra}, indent=2) + "\n")

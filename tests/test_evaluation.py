@@ -1,0 +1,169 @@
+"""`kface evaluate` end to end: protocols, breakdown, calibration, CLI output."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from evaldata import FakeEmbedder, make_identities, make_pairs, make_workspace
+from kface_cli.calibration import load_threshold
+from kface_cli.data.binset import write_bin
+from kface_cli.data.pairs import write_pairs_csv
+from kface_cli.errors import InputError, KFaceError
+from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate_embedder, val_identification_split
+
+
+def _ws(tmp_path, n_ids=10):
+    return make_workspace(tmp_path / "ws", n_ids=n_ids)
+
+
+def test_val_protocol_every_metric_and_dark_light_costs_accuracy(tmp_path):
+    ws = _ws(tmp_path)
+    emb = FakeEmbedder(source=tmp_path / "m.onnx")
+    ev = evaluate_embedder(emb, EvaluateOptions(workdir=ws, write_report=False))
+    s = ev.summary
+    for key in ("accuracy", "accuracy_std", "threshold", "auc", "eer", "tar_at_far", "rank1", "rank5", "per_condition"):
+        assert s[key] is not None, key
+    assert s["n_pairs"] == 120 and s["protocol"] == "val"
+    assert emb.embedded == 40  # 40 unique images; identification reused the cached embeddings
+    light = s["per_condition"]["light"]
+    assert light["L7"]["accuracy_at_threshold"] < light["L1"]["accuracy_at_threshold"]
+    assert light["L7"]["rank1"] < light["L1"]["rank1"]
+    assert s["n_identities"] == 8 and s["n_unknown"] == 8  # 2 of 10 identities held out as unknowns
+    assert "report_dir" not in s and ev.report_dir is None
+
+
+def test_val_identification_split_enrols_the_canonical_image(tmp_path):
+    ws = _ws(tmp_path, n_ids=5)
+    gallery, probes = val_identification_split(ws / "split" / "val")
+    assert len(gallery) == 4 and all(p.name.endswith("_S001_L1_E01_C7.png") for _, p in gallery)
+    assert len(probes) == 4 * 3 + 4  # three probes per enrolled identity, all four of the unknown one
+    assert {lab for lab, _ in gallery}.isdisjoint({"19060004"}) and sum(lab == "19060004" for lab, _ in probes) == 4
+
+
+def test_pairs_csv_bin_and_lfw_protocols_agree(tmp_path):
+    by_id = make_identities(tmp_path / "imgs", n_ids=4)
+    pairs = make_pairs(by_id)
+    write_pairs_csv(tmp_path / "p.csv", pairs)
+    images = [cv2.imencode(".png", cv2.imread(str(p)))[1].tobytes() for pr in pairs for p in (pr.path1, pr.path2)]
+    write_bin(tmp_path / "p.bin", images, [p.same for p in pairs])
+    lfw_root = tmp_path / "lfw"
+    lines = [f"1\t{len(pairs) // 2}"]
+    for same in (True, False):
+        for k, pr in enumerate(p for p in pairs if p.same == same):
+            for side, path in ((1, pr.path1), (2, pr.path2)):
+                name = f"P{k}_{side}" if not same else f"S{k}"
+                dst = lfw_root / name / f"{name}_{side:04d}.jpg"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                cv2.imwrite(str(dst.with_suffix(".png")), cv2.imread(str(path)))
+                dst.with_suffix(".png").rename(dst)  # PNG bytes under a .jpg name: decoded by content
+            lines.append(f"S{k}\t1\t2" if same else f"P{k}_1\t1\tP{k}_2\t2")
+    (tmp_path / "pairs.txt").write_text("\n".join(lines) + "\n")
+    opts = dict(workdir=tmp_path / "ws", write_report=False)
+    csv = evaluate_embedder(FakeEmbedder(), EvaluateOptions(pairs=tmp_path / "p.csv", **opts)).summary
+    binr = evaluate_embedder(FakeEmbedder(), EvaluateOptions(bin_file=tmp_path / "p.bin", **opts)).summary
+    lfw = evaluate_embedder(FakeEmbedder(), EvaluateOptions(lfw_pairs=tmp_path / "pairs.txt", root=lfw_root, **opts)).summary
+    assert csv["n_pairs"] == binr["n_pairs"] == lfw["n_pairs"] == len(pairs)
+    assert csv["auc"] == pytest.approx(binr["auc"]) and csv["eer"] == pytest.approx(binr["eer"])
+    assert lfw["auc"] == pytest.approx(csv["auc"])  # same pairs regrouped (same first): same ROC
+    assert csv["per_condition"] and binr["per_condition"] is None and csv["rank1"] is None
+
+
+def test_gallery_and_probe_folders(tmp_path):
+    import shutil
+
+    by_id = make_identities(tmp_path / "probes", n_ids=5, lights=("L1",), cams=("C7", "C8", "C9"), seed=1)
+    for ident in sorted(by_id)[:3]:  # enrol the C7 image of three identities; the other two are unknown
+        (tmp_path / "gallery" / ident).mkdir(parents=True)
+        shutil.copy(by_id[ident][0], tmp_path / "gallery" / ident / "enrolled.png")
+    s = evaluate_embedder(FakeEmbedder(), EvaluateOptions(workdir=tmp_path, gallery_dir=tmp_path / "gallery", probe_dir=tmp_path / "probes")).summary
+    assert s["protocol"] == "identification" and s["accuracy"] is None
+    assert (s["n_known"], s["n_unknown"], s["n_identities"]) == (9, 6, 3)
+    assert s["rank1"] == 1.0 and s["cmc"][-1] == 1.0
+    assert "unknown probes" in s["dir_at_fpir"]["1e-01"]["reason"]
+
+
+def test_calibration_saved_and_used(tmp_path):
+    ws = _ws(tmp_path)
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    emb = FakeEmbedder(source=model)
+    s = evaluate_embedder(emb, EvaluateOptions(workdir=ws, target_far=0.05, save_threshold=True, write_report=False)).summary
+    cal = s["calibration"]
+    assert cal["target_far"] == 0.05 and cal["achieved_far"] <= 0.05 and cal["saved_to"].endswith("m.onnx.calibration.json")
+    # a looser FAR never gets a stricter (smaller) threshold
+    assert cal["threshold"] <= s["tar_at_far"]["1e-01"]["threshold"]
+    assert load_threshold(emb) == pytest.approx(cal["threshold"])
+    with pytest.raises(KFaceError, match="at least 1000 different pairs"):
+        evaluate_embedder(emb, EvaluateOptions(workdir=ws, target_far=1e-3, write_report=False))
+
+
+@pytest.mark.parametrize(
+    "opts,match",
+    [
+        (dict(pairs="a.csv", bin_file="b.bin"), "choose one pair source"),
+        (dict(lfw_pairs="pairs.txt"), "needs --root"),
+        (dict(gallery_dir="g"), "both --gallery-dir and --probe-dir"),
+        (dict(target_far=2.0), "between 0 and 1"),
+        (dict(), "val pairs not found"),
+    ],
+)
+def test_option_errors(tmp_path, opts, match):
+    with pytest.raises(InputError, match=match):
+        evaluate_embedder(FakeEmbedder(), EvaluateOptions(workdir=tmp_path, **opts))
+
+
+@pytest.fixture
+def fake_model(monkeypatch, tmp_path):
+    import kface_cli.embed
+
+    seen = {}
+
+    def load_embedder(model=None, **kw):
+        seen.update(kw, model=model)
+        return FakeEmbedder(source=tmp_path / "m.onnx")
+
+    monkeypatch.setattr(kface_cli.embed, "load_embedder", load_embedder)
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    return seen
+
+
+def test_cli_table_and_json(tmp_path, fake_model):
+    from kface_cli.cli import app
+
+    ws = _ws(tmp_path)
+    runner = CliRunner()
+    res = runner.invoke(app, ["evaluate", "-w", str(ws), "--name", "demo"], env={"COLUMNS": "200", "KFACE_NO_PROGRESS": "1"})
+    assert res.exit_code == 0, res.output
+    assert "accuracy (10-fold)" in res.output and "light L7" in res.output and "reports/demo" in res.output
+    assert sorted(p.name for p in (ws / "reports" / "demo").iterdir()) == ["cmc.png", "conditions.png", "distances.png", "metrics.json", "roc.png"]
+    assert fake_model["flip"] is True
+    res = runner.invoke(app, ["evaluate", "-w", str(ws), "--json", "--target-far", "0.1", "--save-threshold"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert {"accuracy", "accuracy_std", "threshold", "auc", "eer", "tar_at_far", "rank1", "rank5", "per_condition"} <= set(out)
+    assert out["calibration"]["saved_to"].endswith("m.onnx.calibration.json")
+    assert fake_model["flip"] is False  # calibrating for identify: no flip by default
+    res = runner.invoke(app, ["evaluate", "-w", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "val pairs not found" in res.output
+
+
+def test_cli_with_a_real_random_weight_model(tmp_path):
+    """The real loading path (load_embedder, latest run of the workspace): a tiny mbf backbone.pth."""
+    import torch
+
+    from kface_cli.evaluate.evaluation import evaluate
+    from kface_cli.models.registry import get_backbone
+
+    torch.manual_seed(0)
+    ws = make_workspace(tmp_path / "ws", n_ids=5)
+    run = ws / "runs" / "tiny"
+    run.mkdir(parents=True)
+    torch.save(get_backbone("mbf", embedding_size=32).state_dict(), run / "backbone.pth")
+    (run / "config.json").write_text(json.dumps({"network": "mbf", "embedding_size": 32}))
+    out = evaluate(EvaluateOptions(workdir=ws, flip=False, backend="torch", write_report=False)).summary
+    assert out["model"]["network"] == "mbf" and out["model"]["embedding_size"] == 32 and out["model"]["flip"] is False
+    assert out["model"]["source"].endswith("tiny") and 0.0 <= out["accuracy"] <= 1.0 and out["n_pairs"] == 60

@@ -1,0 +1,161 @@
+"""Identification: names, unknowns, candidates, thresholds, JSON/CSV, annotation, video, errors, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gallery_helpers import CODES, FakeFace, PixelEmbedder, SidecarDetector, mbf_model, people_folder, render_photo  # noqa: F401 (fixture)
+
+from kface_cli.errors import InputError, ModelMismatchError
+from kface_cli.gallery.enroll import enroll_folder
+from kface_cli.gallery.identify import UNKNOWN, identify, table_rows, write_csv
+from kface_cli.gallery.index import DEFAULT_THRESHOLD
+
+PEOPLE = {"김철수": "19072651", "Alice": "19072652", "Bob": "19072653"}
+STRANGER = "19072659"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A gallery of three people (3 photos each) and held-out probe photos (another expression)."""
+    root = tmp_path_factory.mktemp("world")
+    people = people_folder(root / "people", PEOPLE, photos_each=3)
+    probes = root / "probes"
+    for name, ident in PEOPLE.items():
+        render_photo(probes / f"{name}.jpg", ident, CODES[3])
+    render_photo(root / "stranger" / "x.jpg", STRANGER, CODES[3])
+    gallery = root / "gallery.h5"
+    enroll_folder(people, gallery, PixelEmbedder(), detector=SidecarDetector())
+    return {"root": root, "people": people, "probes": probes, "gallery": gallery, "stranger": root / "stranger" / "x.jpg"}
+
+
+def _identify(world, paths, **kw):
+    kw.setdefault("detector", SidecarDetector())
+    return identify(paths, world["gallery"], PixelEmbedder(), **kw)
+
+
+def test_held_out_photos_are_named(world):
+    result = _identify(world, [world["probes"]], top_k=3)
+    assert result.threshold == DEFAULT_THRESHOLD and result.threshold_source == "default"
+    named = {Path(i.image).stem: i.faces[0] for i in result.images}
+    assert {k: f.name for k, f in named.items()} == {n: n for n in PEOPLE}
+    for face in named.values():
+        assert len(face.candidates) == 2 and face.name not in {c.name for c in face.candidates}
+        assert face.distance <= min(c.distance for c in face.candidates)
+        assert 0.0 <= face.distance < DEFAULT_THRESHOLD
+    assert result.matched_any()
+
+
+def test_threshold_decides_unknown(world):
+    loose = _identify(world, [world["stranger"]])
+    best = loose.images[0].faces[0]
+    strict = _identify(world, [world["stranger"]], threshold=best.distance * 0.5)
+    face = strict.images[0].faces[0]
+    assert face.name == UNKNOWN and strict.threshold_source == "given"
+    assert face.distance == pytest.approx(best.distance) and len(face.candidates) == 3  # all nearest listed
+    assert not strict.matched_any()
+    with pytest.raises(InputError, match="outside 0..4"):
+        _identify(world, [world["stranger"]], threshold=7.0)
+
+
+def test_calibrated_threshold_is_used(world, monkeypatch):
+    import kface_cli.calibration as calibration
+
+    monkeypatch.setattr(calibration, "load_threshold", lambda embedder: 0.0123)
+    result = _identify(world, [world["stranger"]])
+    assert (result.threshold, result.threshold_source) == (0.0123, "calibrated")
+    assert result.images[0].faces[0].name == UNKNOWN
+
+
+def test_json_csv_and_table(world, tmp_path):
+    (tmp_path / "empty.jpg").write_bytes(b"not an image")
+    result = _identify(world, [world["probes"] / "김철수.jpg", tmp_path / "empty.jpg", world["people"] / "Bob" / "0.jpg"])
+    data = json.loads(json.dumps(result.to_json(), ensure_ascii=False))
+    assert [Path(d["image"]).name for d in data] == ["김철수.jpg", "empty.jpg", "0.jpg"]
+    face = data[0]["faces"][0]
+    assert set(face) >= {"box", "name", "distance", "candidates"} and face["name"] == "김철수" and len(face["box"]) == 4
+    assert data[1]["faces"] == [] and "cannot read image" in data[1]["error"]
+    assert data[2]["faces"][0]["name"] == "Bob" and data[2]["faces"][0]["distance"] < 1e-3  # an enrolled photo
+    rows = list(csv.DictReader(write_csv(result, tmp_path / "out.csv").open(encoding="utf-8")))
+    assert [r["name"] for r in rows] == ["김철수", "Bob"] and rows[0]["candidates"].count(":") == 2
+    columns, table = table_rows(result)
+    assert len(table) == 3 and "cannot read image" in table[1][3]
+
+
+def test_annotate_draws_korean_names_without_crashing(world, tmp_path):
+    from kface_cli.face.imageio import read_image
+
+    out = tmp_path / "annotated"
+    result = _identify(world, [world["probes"]], annotate=out)
+    assert sorted(p.name for p in result.annotated) == sorted(f"{n}.jpg" for n in PEOPLE)
+    src = read_image(world["probes"] / "김철수.jpg")
+    drawn = read_image(out / "김철수.jpg")
+    assert drawn.shape == src.shape and np.abs(drawn.astype(int) - src.astype(int)).sum() > 1000
+
+
+def test_video_frames(world, tmp_path):
+    import cv2
+
+    from kface_cli.face.imageio import read_image
+    from kface_cli.kface.annotation import read_annotation
+
+    probe = world["probes"] / "Alice.jpg"
+    image = read_image(probe)
+    ann = read_annotation(probe.with_suffix(".txt"))
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (image.shape[1], image.shape[0]))
+    for _ in range(6):
+        writer.write(image)
+    writer.release()
+
+    class Fixed:  # video frames have no sidecar: always "detect" the probe's face
+        def detect(self, img, path=None):
+            return [FakeFace(tuple(ann.face_box), 0.9, np.asarray(ann.points5, np.float32))]
+
+    result = _identify(world, [video], every=2, detector=Fixed())
+    assert [i.image.split("#")[1] for i in result.images] == ["frame=0", "frame=2", "frame=4"]
+    assert all(i.faces[0].name == "Alice" for i in result.images)
+
+
+def test_errors_are_clear(world, tmp_path):
+    with pytest.raises(InputError, match="no camera 97"):
+        _identify(world, [], camera=97)
+    with pytest.raises(InputError, match="not found"):
+        _identify(world, [tmp_path / "nope.jpg"])
+    with pytest.raises(InputError, match="gallery not found"):
+        identify([world["stranger"]], tmp_path / "none.h5", PixelEmbedder(), detector=SidecarDetector())
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    with pytest.raises(InputError, match="cannot open gallery"):
+        identify([world["stranger"]], junk, PixelEmbedder(), detector=SidecarDetector())
+    with pytest.raises(ModelMismatchError, match="another model"):
+        identify([world["stranger"]], world["gallery"], PixelEmbedder(seed=5), detector=SidecarDetector())
+
+
+def test_cli_identify(world, tmp_path, mbf_model):
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+    from kface_cli.embed import load_embedder
+
+    gallery = tmp_path / "g.h5"
+    enroll_folder(world["people"], gallery, load_embedder(mbf_model, network="mbf"), landmarks="sidecar")
+    runner = CliRunner()
+    base = ["identify", "--model", str(mbf_model), "--network", "mbf", "--landmarks", "sidecar", "-g", str(gallery)]
+    probe = world["people"] / "김철수" / "1.jpg"  # enrolled: distance ~0 whatever the weights
+    r = runner.invoke(app, [*base, str(probe), "--json", "--csv", str(tmp_path / "o.csv"), "--annotate", str(tmp_path / "ann")])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data[0]["faces"][0]["name"] == "김철수" and data[0]["faces"][0]["distance"] < 1e-3
+    assert (tmp_path / "o.csv").is_file() and (tmp_path / "ann" / "1.jpg").is_file()
+    r = runner.invoke(app, [*base, str(probe), "--threshold", "0", "--fail-unknown"])
+    assert r.exit_code == 1, r.output
+    assert UNKNOWN in r.stdout
+    r = runner.invoke(app, [*base[:-1], str(tmp_path / "missing.h5"), str(probe)])
+    assert r.exit_code == 2 and "gallery not found" in r.output
+    r = runner.invoke(app, ["identify", "-g", str(gallery)])
+    assert r.exit_code == 2 and "nothing to identify" in r.output

@@ -1,0 +1,114 @@
+"""The FAISS index: distances, exactness, approximate kinds, size-based choice, staleness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kface_cli.errors import InputError
+from kface_cli.gallery import index as index_mod
+from kface_cli.gallery.index import (
+    DEFAULT_THRESHOLD,
+    IndexKind,
+    build_index,
+    distance_to_cosine,
+    index_paths,
+    load_index,
+    rank_identities,
+    resolve_kind,
+    search_identities,
+)
+from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+
+
+def _unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _clustered(n_ids=300, per_id=6, dim=64, noise=0.04, seed=0):
+    rng = np.random.default_rng(seed)
+    centres = _unit(rng.standard_normal((n_ids, dim)))
+    x = _unit(np.repeat(centres, per_id, axis=0) + noise * rng.standard_normal((n_ids * per_id, dim)))
+    q = _unit(centres + noise * rng.standard_normal((n_ids, dim)))
+    return x, q
+
+
+def test_flat_distances_are_squared_l2_between_unit_vectors():
+    x, q = _clustered(50, 2)
+    res = build_index(x, "flat").search(q, 5)
+    brute = ((q[:, None, :] - x[None, :, :]) ** 2).sum(-1)  # (Q, N)
+    np.testing.assert_array_equal(res.rows[:, 0], brute.argmin(1))
+    np.testing.assert_allclose(res.distances, np.take_along_axis(brute, res.rows, 1), atol=1e-5)
+    assert np.all(np.diff(res.distances, axis=1) >= -1e-6)
+
+
+def test_default_threshold_is_cosine_quarter():
+    assert DEFAULT_THRESHOLD == pytest.approx(1.5)
+    assert distance_to_cosine(DEFAULT_THRESHOLD) == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_kinds_agree_with_exact_search(kind):
+    x, q = _clustered()
+    exact = build_index(x, "flat").search(q, 1)
+    approx = build_index(x, kind).search(q, 1)
+    agree = (approx.rows[:, 0] == exact.rows[:, 0]).mean()
+    assert agree >= 0.99, f"{kind} top-1 agreement {agree:.3f}"
+
+
+def test_auto_picks_by_size(monkeypatch):
+    assert resolve_kind("auto", 10) is IndexKind.FLAT
+    assert resolve_kind("auto", index_mod.AUTO_FLAT_MAX + 1) is IndexKind.IVF
+    assert resolve_kind("HNSW", 10) is IndexKind.HNSW
+    with pytest.raises(InputError, match="flat, ivf, hnsw|auto, flat"):
+        IndexKind.parse("annoy")
+    monkeypatch.setattr(index_mod, "AUTO_FLAT_MAX", 100)
+    x, _ = _clustered(40, 6)
+    assert build_index(x, "auto").kind is IndexKind.IVF
+
+
+def test_rank_identities_merges_templates_of_one_person():
+    x, q = _clustered(30, 4)
+    names = [f"id{i // 4}" for i in range(len(x))]
+    loaded = index_mod.LoadedIndex(build_index(x, "flat"), names, rebuilt=True)
+    ranked = search_identities(loaded, q[:5], top_k=3, templates_per_identity=4)
+    for i, cands in enumerate(ranked):
+        assert [c.name for c in cands][0] == f"id{i}"
+        assert len({c.name for c in cands}) == 3
+        assert [c.distance for c in cands] == sorted(c.distance for c in cands)
+    empty = rank_identities(index_mod.SearchResult(np.array([[-1, -1]]), np.array([[np.inf, np.inf]])), names, 3)
+    assert empty == [[]]
+
+
+def _gallery(tmp_path, n=20, dim=32):
+    g = Gallery(tmp_path / "gallery.h5")
+    model = ModelInfo("a" * 20, dim)
+    rng = np.random.default_rng(1)
+    emb = _unit(rng.standard_normal((n, dim)))
+    g.append([Template(f"p{i % 5}", e, f"s{i}", content_hash(f"{i}".encode())) for i, e in enumerate(emb)], model)
+    return g, model, emb
+
+
+def test_index_is_saved_reused_and_rebuilt_when_stale(tmp_path):
+    g, model, emb = _gallery(tmp_path)
+    first = load_index(g)
+    assert first.rebuilt and all(p.is_file() for p in index_paths(g.path))
+    again = load_index(g)
+    assert not again.rebuilt and again.names == first.names
+    # the gallery changes: count and checksum no longer match
+    g.append([Template("new", emb[0], "x", content_hash(b"new"))], model)
+    stale = load_index(g)
+    assert stale.rebuilt and len(stale.index) == 21
+    assert stale.index.search(emb[:1], 1).rows[0, 0] in (0, 20)
+    # same count, different content (remove one, add another): the checksum catches it
+    g.remove(["new"])
+    g.append([Template("other", emb[1], "y", content_hash(b"other"))], model)
+    swapped = load_index(g)
+    assert swapped.rebuilt and swapped.names[-1] == "other"
+    # a damaged index file is rebuilt, not trusted
+    index_paths(g.path)[0].write_bytes(b"garbage")
+    assert load_index(g).rebuilt
+    # another kind asked for: rebuilt as that kind; auto keeps it afterwards
+    assert load_index(g, "hnsw").index.kind is IndexKind.HNSW
+    kept = load_index(g, "auto")
+    assert not kept.rebuilt and kept.index.kind is IndexKind.HNSW

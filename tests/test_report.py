@@ -1,0 +1,62 @@
+"""Report folder (JSON + PNG plots) and table rows."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from kface_cli.evaluate import metrics as M
+from kface_cli.evaluate.conditions import verification_breakdown
+from kface_cli.evaluate.evaluation import Evaluation
+from kface_cli.evaluate.report import condition_rows, summary_rows, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _evaluation(with_identification: bool) -> Evaluation:
+    rng = np.random.default_rng(0)
+    issame = rng.random(400) < 0.5
+    dist = np.where(issame, rng.normal(0.9, 0.3, 400), rng.normal(1.7, 0.3, 400)).clip(0, 4)
+    summary = M.verification_metrics(dist, issame)
+    codes = [{"light": "L1" if i % 2 else "L7", "cam": "C7"} for i in range(400)]
+    summary["per_condition"] = verification_breakdown(dist, issame, codes, codes, threshold=summary["threshold"])
+    summary["calibration"] = {"target_far": 0.01, "threshold": summary["tar_at_far"]["1e-02"]["threshold"]}
+    if with_identification:
+        summary.update(rank1=0.8, rank5=0.95, cmc=[0.8, 0.9, 0.95], n_probes=20, n_known=20, n_unknown=0, n_identities=3,
+                       dir_at_fpir={"1e-01": {"fpir": 0.1, "dir": None, "reason": "needs at least 10 unknown probes"}})
+    return Evaluation(summary=summary, dist=dist, issame=issame)
+
+
+def test_write_report_files(tmp_path):
+    folder = write_report(_evaluation(True), tmp_path / "reports" / "r1")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["cmc.png", "conditions.png", "distances.png", "metrics.json", "roc.png"]
+    for png in ("cmc.png", "conditions.png", "distances.png", "roc.png"):
+        data = (folder / png).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 5000
+    saved = json.loads((folder / "metrics.json").read_text())
+    assert saved["plots"] == ["roc.png", "distances.png", "cmc.png", "conditions.png"]
+    assert saved["accuracy"] == _evaluation(True).summary["accuracy"]
+    assert saved["per_condition"]["light"]["L7"]["n_pairs"] == 200
+
+
+def test_no_cmc_without_identification_and_no_roc_without_pairs(tmp_path):
+    folder = write_report(_evaluation(False), tmp_path / "a")
+    assert not (folder / "cmc.png").exists() and (folder / "roc.png").exists()
+    ident_only = Evaluation(summary={"rank1": 1.0, "cmc": [1.0], "per_condition": None})
+    folder = write_report(ident_only, tmp_path / "b")
+    assert sorted(p.name for p in folder.iterdir()) == ["cmc.png", "metrics.json"]
+
+
+def test_summary_and_condition_rows():
+    ev = _evaluation(True)
+    rows = {r[0]: r for r in summary_rows(ev.summary)}
+    assert rows["accuracy (10-fold)"][1].endswith("%") and "+-" in rows["accuracy (10-fold)"][1]
+    assert rows["TAR @ FAR 1e-03"][1] == "-" and "1000 different pairs" in rows["TAR @ FAR 1e-03"][2]
+    assert rows["TAR @ FAR 1e-01"][1].endswith("%")
+    assert rows["DIR @ FPIR 1e-01"][1] == "-"
+    assert rows["threshold for FAR 0.01"][2].startswith("not saved")
+    crow = condition_rows(ev.summary["per_condition"])
+    assert [r[0] for r in crow] == ["light L1", "light L7", "camera C7"]
+    assert crow[1][1] == "0 lux, all lamps (dark)" and crow[1][2] == 200

@@ -1,0 +1,199 @@
+"""The HDF5 gallery store: schema, unicode, duplicates, model checks, damage, crashes, concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from kface_cli.errors import InputError, ModelMismatchError
+from kface_cli.gallery.store import SCHEMA_VERSION, Gallery, ModelInfo, Template, content_hash
+
+MODEL = ModelInfo("f" * 20, 16, "mbf", "/runs/a")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _templates(names, start=0, dim=16, seed=0):
+    rng = np.random.default_rng(seed + start)
+    out = []
+    for i, name in enumerate(names, start):
+        e = rng.standard_normal(dim).astype(np.float32)
+        out.append(Template(name, e / np.linalg.norm(e), f"/photos/{name}/{i}.jpg", content_hash(f"{name}-{i}".encode()), (1.0, 2.0, 3.0, 4.0), 0.9))
+    return out
+
+
+def test_append_and_read_round_trip_with_korean_names(tmp_path):
+    g = Gallery(tmp_path / "gallery.h5")
+    ts = _templates(["김철수", "이영희", "Zoë"])
+    assert g.append(ts, MODEL).added == 3
+    rows = g.read(details=True)
+    assert rows.names == ["김철수", "이영희", "Zoë"]
+    np.testing.assert_array_equal(rows.embeddings, np.stack([t.embedding for t in ts]))
+    assert rows.sources == [t.source for t in ts]
+    assert rows.hashes == [t.content_hash for t in ts]
+    np.testing.assert_allclose(rows.boxes[0], [1, 2, 3, 4])
+    assert np.all(rows.added > 0)
+    facts = g.facts()
+    assert (facts.templates, facts.identities, facts.embedding_size, facts.fingerprint, facts.schema_version) == (3, 3, 16, MODEL.fingerprint, SCHEMA_VERSION)
+    with h5py.File(g.path) as f:  # a plain HDF5 reader sees the same
+        assert f["name"][0].decode("utf-8") == "김철수"
+        assert f.attrs["count"] == 3
+
+
+def test_file_is_private(tmp_path):
+    g = Gallery(tmp_path / "gallery.h5")
+    g.append(_templates(["a"]), MODEL)
+    assert stat.S_IMODE(os.stat(g.path).st_mode) == 0o600
+    g.remove(["a"])  # rewritten files too
+    assert stat.S_IMODE(os.stat(g.path).st_mode) == 0o600
+
+
+def test_duplicate_content_hash_is_skipped(tmp_path):
+    g = Gallery(tmp_path / "gallery.h5")
+    ts = _templates(["a", "b"])
+    g.append(ts, MODEL)
+    again = g.append(ts + _templates(["c"], start=5), MODEL)
+    assert again.added == 1 and sorted(again.duplicates) == sorted(t.source for t in ts)
+    assert g.identities() == {"a": 1, "b": 1, "c": 1}
+
+
+def test_growth_keeps_rows_and_checksum_changes(tmp_path):
+    g = Gallery(tmp_path / "gallery.h5")
+    first = _templates([f"p{i % 7}" for i in range(1000)])
+    g.append(first, MODEL)
+    before = g.facts()
+    second = _templates([f"q{i % 5}" for i in range(1500)], start=1000)
+    g.append(second, MODEL)
+    after = g.facts()
+    assert after.templates == 2500 and after.capacity >= 2500 and after.capacity > before.capacity
+    assert after.checksum != before.checksum
+    rows = g.read()
+    np.testing.assert_array_equal(rows.embeddings, np.stack([t.embedding for t in first + second]))
+
+
+def test_remove_rewrites_without_the_person(tmp_path):
+    g = Gallery(tmp_path / "gallery.h5")
+    ts = _templates(["a", "b", "a", "c"])
+    g.append(ts, MODEL)
+    assert g.remove(["a"]) == 2
+    rows = g.read()
+    assert rows.names == ["b", "c"]
+    np.testing.assert_array_equal(rows.embeddings, np.stack([ts[1].embedding, ts[3].embedding]))
+    assert g.remove(["nobody"]) == 0
+
+
+def test_other_model_is_refused(tmp_path):
+    g = Gallery(tmp_path / "gallery.h5")
+    g.append(_templates(["a"]), MODEL)
+    other = ModelInfo("0" * 20, 16, "r50", "/runs/b")
+    with pytest.raises(ModelMismatchError, match="another model") as e:
+        g.append(_templates(["b"], start=3), other)
+    assert "r50" in str(e.value) and "mbf" in str(e.value)
+    assert g.facts().templates == 1
+
+
+def test_missing_and_damaged_galleries_are_clear_errors(tmp_path):
+    with pytest.raises(InputError, match="gallery not found"):
+        Gallery(tmp_path / "none.h5").facts()
+    junk = tmp_path / "junk.h5"
+    junk.write_bytes(b"not an hdf5 file at all" * 10)
+    with pytest.raises(InputError, match="not a readable HDF5"):
+        Gallery(junk).read()
+    foreign = tmp_path / "foreign.h5"
+    with h5py.File(foreign, "w") as f:
+        f["x"] = np.zeros(3)
+    with pytest.raises(InputError, match="not a kface gallery"):
+        Gallery(foreign).facts()
+    g = Gallery(tmp_path / "gallery.h5")
+    g.append(_templates(["a"]), MODEL)
+    data = bytearray(g.path.read_bytes())
+    data[:64] = b"\0" * 64  # superblock gone
+    g.path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="cannot open gallery"):
+        g.read()
+
+
+def test_name_too_long_is_a_clear_error(tmp_path):
+    g = Gallery(tmp_path / "gallery.h5")
+    with pytest.raises(InputError, match="too long"):
+        g.append(_templates(["김" * 200]), MODEL)
+
+
+# -- real processes: kill -9 in the middle of writes, and two writers at once -----------------
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+    path, tag, batches, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    model = ModelInfo("f" * 20, 64, "mbf", "x")
+    rng = np.random.default_rng(sum(map(ord, tag)))
+    for b in range(batches):
+        emb = rng.standard_normal((rows, 64)).astype(np.float32)
+        ts = [Template(f"{tag}-{b}", e, f"{tag}/{b}/{i}", content_hash(f"{tag}-{b}-{i}".encode())) for i, e in enumerate(emb)]
+        Gallery(path).append(ts, model)
+        print(b, flush=True)
+    """
+)
+
+
+def _expected(tag: str, batches: int, rows: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(sum(map(ord, tag)))
+    return [rng.standard_normal((rows, 64)).astype(np.float32) for _ in range(batches)]
+
+
+def _spawn(script: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "KFACE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_sigkill_mid_append_leaves_every_committed_batch(tmp_path):
+    """Kill a writer at several moments (during row writes and file growth); every committed batch survives."""
+    path = tmp_path / "gallery.h5"
+    rows = 3000  # ~0.8 MB per batch, so kills land inside writes too
+    done = 0
+    for round_, delay in enumerate((0.0, 0.013, 0.031)):
+        tag = f"r{round_}"
+        proc = _spawn(_WRITER, path, tag, 1000, rows)
+        printed = 0
+        while printed < 2:  # two batches committed
+            line = proc.stdout.readline()
+            assert line, f"writer died: {proc.stderr.read()}"
+            printed += 1
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        g = Gallery(path)
+        rows_read = g.read()  # opens cleanly
+        n = len(rows_read) - done
+        assert n % rows == 0 and n >= 2 * rows, f"partial batch visible: {n} rows"
+        expected = _expected(tag, n // rows, rows)
+        np.testing.assert_array_equal(rows_read.embeddings[done:], np.concatenate(expected))
+        assert rows_read.names[done:] == [f"{tag}-{b}" for b in range(n // rows) for _ in range(rows)]
+        done += n
+    # and the file still takes appends
+    assert Gallery(path).append(_templates(["after"], dim=64), ModelInfo("f" * 20, 64, "mbf", "x")).added == 1
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    path = tmp_path / "gallery.h5"
+    batches, rows = 12, 200
+    procs = [_spawn(_WRITER, path, tag, batches, rows) for tag in ("A", "B")]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    rows_read = Gallery(path).read()
+    assert len(rows_read) == 2 * batches * rows
+    for tag in ("A", "B"):
+        mine = [i for i, n in enumerate(rows_read.names) if n.startswith(tag + "-")]
+        np.testing.assert_array_equal(rows_read.embeddings[mine], np.concatenate(_expected(tag, batches, rows)))
