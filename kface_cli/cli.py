@@ -163,12 +163,130 @@ def extract_cmd(
         console.error(f"{result.failed} of {result.identities} identities failed; the others were extracted. "
                       "Replace the damaged zips and run the same command again (finished identities are skipped).")
         raise typer.Exit(1)
-    console.info(f"Next: kface crop -w {result.out.parent.parent}" if workdir else "Next: kface crop")
+    console.info(f"Next: kface crop -w {workdir}" if workdir else "Next: kface crop")
+
+
+@command("crop")
+def crop_cmd(
+    res: ResOpt = "Middle",
+    mode: Annotated[str, typer.Option("--mode", help="align: ArcFace 5-point similarity alignment (profiles fall back to the face box); box: the tutorial's face-box crop.")] = "align",
+    size: Annotated[int, typer.Option("--size", help="Output size in pixels (ArcFace models expect 112).")] = 112,
+    margin: Annotated[float, typer.Option("--margin", help="box mode: fraction of the face box added on every side.")] = 0.0,
+    square: Annotated[bool, typer.Option("--square", help="box mode: grow the face box's short side to make it square.")] = False,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="Parallel threads (0: one per CPU core, at most 8).")] = 0,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Crop the extracted faces to 112x112 (aligned like insightface) into faces/<Res>, with a manifest."""
+    from kface_cli.data.crop import CropConfig, crop, parse_mode
+
+    config = CropConfig(mode=parse_mode(mode), size=size, margin=margin, square=square)
+    result = crop(workdir, res=res, config=config, workers=workers)
+    if json_output:
+        console.print_json(result)
+        return
+    labels = {"align": "aligned (5 points -> ArcFace template)", "box": "face box", "box-fallback": "face box (profile: points degenerate)"}
+    rows = [[labels.get(m, m), n] for m, n in sorted(result.methods.items())]
+    rows += [[f"skipped: {status}", n] for status, n in sorted(result.problems.items())]
+    console.show(console.table(f"Cropped {result.cropped} of {result.images} images ({result.identities} identities) to {result.size}x{result.size}",
+                               ["", "images"], rows))
+    for status, examples in result.examples.items():
+        for ex in examples:
+            console.warn(f"{status}: {ex}")
+    console.info(f"faces in {result.out}, manifest {result.manifest} ({result.seconds:.1f} s). Next: kface split")
+
+
+@command("split")
+def split_cmd(
+    res: ResOpt = "Middle",
+    val_ids: Annotated[Optional[int], typer.Option("--val-ids", help="Number of validation identities [default: 10, or a quarter of a small set].", show_default=False)] = None,
+    val_frac: Annotated[Optional[float], typer.Option("--val-frac", help="Fraction of identities for validation (instead of --val-ids).", show_default=False)] = None,
+    order: Annotated[str, typer.Option("--order", help="random: draw val identities with --seed; sorted: the last ones by ID (the tutorial: first 390 of 400 train).")] = "random",
+    max_pairs: Annotated[Optional[int], typer.Option("--max-pairs", help="Cap on same-identity val pairs (as many different-identity pairs are drawn) [default: all].", show_default=False)] = None,
+    seed: SeedOpt = 0,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Split the crops into identity-disjoint train/val folders, classes.csv and val_pairs.csv."""
+    from kface_cli.data.split import split
+
+    result = split(workdir, res=res, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order, max_pairs=max_pairs)  # type: ignore[arg-type]
+    if json_output:
+        console.print_json(result)
+        return
+    rows = [
+        ["train", len(result.train_ids), result.train_images, f"{result.out / 'train'}"],
+        ["val", len(result.val_ids), result.val_images, f"{result.out / 'val'}"],
+    ]
+    console.show(console.table(f"Identity-disjoint split ({result.order}, seed {result.seed})", ["part", "identities", "images", "folder"], rows))
+    console.info(f"val pairs: {result.same_pairs} same + {result.diff_pairs} different -> {result.pairs_csv}; "
+                 f"classes -> {result.classes_csv}; files {'hard-linked' if result.linked else 'copied'}. Next: kface train")
 
 
 # ============================================================================================
 # Models and training: train
 # ============================================================================================
+
+
+def _opt(help_text: str, *names: str) -> typer.Option:
+    return typer.Option(*names, help=help_text, show_default=False)
+
+
+@command("train")
+def train_cmd(
+    data: Annotated[Optional[Path], _opt("Identity folders (ROOT/<id>/*.jpg) or a folder with insightface train.rec/train.idx/property \\[default: split/train].", "--data")] = None,
+    network: Annotated[Optional[str], _opt("Backbone: r18, r34, r50, r100, r200, mbf, mbf_small \\[default: r50 on a GPU, mbf on a CPU].", "--network")] = None,
+    loss: Annotated[Optional[str], _opt("arcface, cosface, sphereface, combined, subcenter, softmax or normsoftmax \\[default: arcface].", "--loss")] = None,
+    margin: Annotated[Optional[str], _opt("Margin: one value (ArcFace m, CosFace m, SphereFace m) or m1,m2,m3 for combined \\[default: the loss's own, e.g. 0.5].", "--margin")] = None,
+    scale: Annotated[Optional[float], _opt("Logit scale s \\[default: 64].", "--scale")] = None,
+    subcenters: Annotated[Optional[int], _opt("Sub-centres K per class (sub-center ArcFace) \\[default: 1; 3 with --loss subcenter].", "--subcenters")] = None,
+    embedding_size: Annotated[Optional[int], _opt("Embedding size \\[default: 512].", "--embedding-size")] = None,
+    batch_size: Annotated[Optional[int], _opt("Images per step and process \\[default: 128].", "--batch-size", "-b")] = None,
+    lr: Annotated[Optional[float], _opt("Learning rate \\[default: 0.1 x global batch / 1024 for sgd, 1e-3 for adamw].", "--lr")] = None,
+    momentum: Annotated[Optional[float], _opt("SGD momentum \\[default: 0.9].", "--momentum")] = None,
+    weight_decay: Annotated[Optional[float], _opt("Weight decay \\[default: 5e-4].", "--weight-decay")] = None,
+    warmup_epochs: Annotated[Optional[float], _opt("Linear warm-up epochs before the polynomial decay \\[default: 0].", "--warmup-epochs")] = None,
+    optimizer: Annotated[Optional[str], _opt("sgd or adamw \\[default: sgd].", "--optimizer")] = None,
+    epochs: Annotated[Optional[int], _opt("Epochs \\[default: 20]; with --resume, raise it to train further.", "--epochs", "-e")] = None,
+    init: Annotated[Optional[Path], _opt("Start from these backbone weights (insightface backbone.pth or a kface run).", "--init")] = None,
+    freeze: Annotated[Optional[int], _opt("Keep the first N stages frozen (1 = the stem) \\[default: 0].", "--freeze")] = None,
+    precision: Annotated[Optional[str], _opt("fp32, fp16 or bf16 (layers before fc under autocast) \\[default: fp32].", "--precision")] = None,
+    sample_rate: Annotated[Optional[float], _opt("Partial FC: fraction of negative class centres per step \\[default: 1].", "--sample-rate")] = None,
+    val_pairs: Annotated[Optional[str], _opt("Validation pairs CSV, or 'none' \\[default: split/val_pairs.csv when present].", "--val-pairs")] = None,
+    workers: Annotated[Optional[int], _opt("DataLoader worker processes \\[default: 2].", "--workers")] = None,
+    device: Annotated[Optional[str], _opt("auto, cpu, cuda, cuda:N \\[default: auto].", "--device")] = None,
+    seed: Annotated[Optional[int], _opt("Random seed \\[default: 0].", "--seed")] = None,
+    config: Annotated[Optional[str], _opt("TOML file with any of these options (the command line overrides it), or a shipped config: tutorial_r50, demo_mbf.", "--config", "-c")] = None,
+    name: Annotated[Optional[str], _opt("Run folder runs/<name> \\[default: <network>-<date>-<time>].", "--name", "-n")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue run --name exactly where it stopped.")] = False,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Train a backbone with an ArcFace-family loss; runs/<name> gets backbone.pth, checkpoint, log and plots.
+
+    Multi-GPU: torchrun --nproc_per_node N -m kface_cli train ...
+    """
+    from kface_cli.train.loop import train_from_options
+
+    overrides = dict(
+        data=str(data) if data else None, network=network, loss=loss, margin=margin, scale=scale, subcenters=subcenters,
+        embedding_size=embedding_size, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        warmup_epochs=warmup_epochs, optimizer=optimizer, epochs=epochs, init=str(init) if init else None, freeze=freeze,
+        precision=precision, sample_rate=sample_rate, val_pairs=val_pairs, workers=workers, device=device, seed=seed, name=name,
+        workdir=str(workdir) if workdir else None,
+    )
+    result = train_from_options(config, overrides, resume=resume)
+    if json_output:
+        console.print_json(result)
+        return
+    rows = []
+    for r in result.history:
+        v = r.get("val") or {}
+        rows.append([r["epoch"], r.get("loss"), v.get("accuracy"), v.get("threshold"), v.get("tar_at_far_1e-2"), round(r.get("samples_per_s") or 0, 1), "*" if r.get("best") else ""])
+    console.show(console.table(f"{result.network} on {result.num_images} images of {result.num_classes} identities ({result.world_size} x {result.device})",
+                               ["epoch", "loss", "val acc", "threshold", "TAR@FAR=1e-2", "samples/s", "best"], rows))
+    best = f"best epoch {result.best_epoch}" + (f" (val accuracy {100 * result.best_accuracy:.2f}%)" if result.best_accuracy is not None else "")
+    console.info(f"{best}; {result.elapsed_s:.0f} s. Run folder {result.run_dir} (backbone.pth, checkpoint.pt, log.jsonl, *.png). Next: kface export")
 
 
 # ============================================================================================
@@ -376,7 +494,7 @@ def evaluate_cmd(
 ) -> None:
     """Verification and identification metrics, by K-Face condition, with a report folder and plots."""
     from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate
-    from kface_cli.evaluate.report import CONDITION_COLUMNS, condition_rows, summary_rows
+    from kface_cli.evaluate.report import condition_table, summary_rows
 
     result = evaluate(
         EvaluateOptions(
@@ -390,9 +508,9 @@ def evaluate_cmd(
         return
     model_info = result.summary.get("model") or {}
     console.show(console.table(f"Evaluation: {model_info.get('network', '')} ({result.summary['protocol']})", ["metric", "value", "note"], summary_rows(result.summary)))
-    rows = condition_rows(result.summary.get("per_condition"))
+    title, columns, rows = condition_table(result.summary.get("per_condition"))
     if conditions and rows:
-        console.show(console.table("By condition (a pair counts under every code either image has; acc@thr at the best threshold)", CONDITION_COLUMNS, rows))
+        console.show(console.table(title, columns, rows))
     if result.report_dir is not None:
         console.show(f"Report: {result.report_dir}")
 

@@ -34,6 +34,8 @@ def test_codes_are_sorted_numerically_and_parsed_from_names_when_missing(tmp_pat
     assert list(out["light"]) == ["L1", "L2", "L10"]
     assert C.codes_of(tmp_path / "19062531_S002_L7_E03_C9.jpg")["light"] == "L7"
     assert C.codes_of(tmp_path / "Abel_Pacheco_0001.jpg") == {}
+    raw = C.codes_of(tmp_path / "19062531" / "S001" / "L30" / "E02" / "C13.jpg")
+    assert raw == {"id": "19062531", "acc": "S001", "light": "L30", "expr": "E02", "cam": "C13"}
     assert C.codes_of("x.jpg", {"light": "L3"}) == {"light": "L3"}
 
 

@@ -14,23 +14,23 @@ from kface_cli.evaluate import metrics as M
 
 
 def ref_ten_fold(dist, issame, nfolds=10):
-    """insightface's calculate_roc accuracy, with explicit loops and sklearn-KFold fold sizes."""
+    """insightface's calculate_roc accuracy: loops over folds and thresholds, sklearn-KFold fold sizes."""
     thresholds = np.arange(0, 4, 0.01)
     n = len(dist)
     sizes = [n // nfolds + (1 if i < n % nfolds else 0) for i in range(nfolds)]
     accs, chosen = [], []
     start = 0
 
-    def accuracy(t, idx):
-        correct = 0
-        for i in idx:
-            predict = dist[i] < t
-            correct += int(predict == bool(issame[i]))
-        return correct / len(idx)
+    def accuracy(t, idx):  # as insightface's calculate_accuracy: np.less, float(tp + tn) / size
+        predict = np.less(dist[idx], t)
+        actual = issame[idx]
+        tp = np.sum(predict & actual)
+        tn = np.sum(~predict & ~actual)
+        return float(tp + tn) / len(idx)
 
     for size in sizes:
-        test = list(range(start, start + size))
-        train = [i for i in range(n) if i < start or i >= start + size]
+        test = np.array([i for i in range(n) if start <= i < start + size])
+        train = np.array([i for i in range(n) if i < start or i >= start + size])
         start += size
         best_t, best_acc = None, -1.0
         for t in thresholds:  # first best on ties (strictly greater replaces)
@@ -96,7 +96,7 @@ def test_kfold_bounds_match_sklearn_kfold_sizes():
         M.kfold_bounds(9, 10)
 
 
-@pytest.mark.parametrize("n,grid,seed", [(37, None, 0), (200, 0.01, 1), (203, 0.05, 2), (120, 0.25, 3)])
+@pytest.mark.parametrize("n,grid,seed", [(37, None, 0), (200, 0.01, 1), (203, 0.05, 2), (120, 0.25, 3), (1003, 0.01, 14)])
 def test_ten_fold_matches_brute_force(n, grid, seed):
     dist, issame = synthetic(n, np.random.default_rng(seed), grid=grid)
     acc, std, chosen = ref_ten_fold(dist, issame)

@@ -9,7 +9,7 @@ import numpy as np
 from kface_cli.evaluate import metrics as M
 from kface_cli.evaluate.conditions import verification_breakdown
 from kface_cli.evaluate.evaluation import Evaluation
-from kface_cli.evaluate.report import condition_rows, summary_rows, write_report
+from kface_cli.evaluate.report import condition_table, summary_rows, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -57,6 +57,10 @@ def test_summary_and_condition_rows():
     assert rows["TAR @ FAR 1e-01"][1].endswith("%")
     assert rows["DIR @ FPIR 1e-01"][1] == "-"
     assert rows["threshold for FAR 0.01"][2].startswith("not saved")
-    crow = condition_rows(ev.summary["per_condition"])
+    title, columns, crow = condition_table(ev.summary["per_condition"])
+    assert columns == ["condition", "description", "pairs", "acc@thr", "10-fold", "AUC", "EER"] and "either image" in title
     assert [r[0] for r in crow] == ["light L1", "light L7", "camera C7"]
     assert crow[1][1] == "0 lux, all lamps (dark)" and crow[1][2] == 200
+    per_probe = {"light": {"L7": {"n_probes": 4, "rank1": 0.5, "rank5": 1.0, "description": "dark"}}}
+    title, columns, crow = condition_table(per_probe)
+    assert columns == ["condition", "description", "probes", "rank-1", "rank-5"] and crow == [["light L7", "dark", 4, "50.00%", "100.00%"]]

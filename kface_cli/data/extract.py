@@ -9,8 +9,10 @@ identity). Practical notes:
 
 - Each zip is opened once and read member by member; identities run in parallel threads
   (decompression and file writes release the GIL).
-- Re-running is cheap and safe: an identity whose files are all present (checked by size) is
-  skipped; one that was interrupted is completed. Every file is written atomically.
+- Re-running is cheap and safe: an identity whose files are all present with the right sizes
+  (recorded in ``raw/<Res>/<ID>/.extract.json``) is skipped without opening its zip; one that was
+  interrupted or damaged is completed, rewriting only missing or wrong files. Every file is
+  written atomically.
 - Output paths are built from the K-Face codes, never from member names, so a hostile member name
   (``../x``, ``/etc/x``) cannot write outside the workspace; such members are counted as unsafe.
 - A corrupt zip is reported and skipped; the other identities finish and the result lists it in
@@ -120,7 +122,15 @@ def _is_complete(dest: Path, key: dict) -> bool:
         saved = json.loads(marker.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return saved.get("key") == key and all((dest / rel).is_file() for rel in saved.get("files", []))
+    files = saved.get("files", {})
+    return saved.get("key") == key and isinstance(files, dict) and all(_size(dest / rel) == size for rel, size in files.items())
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
 
 
 def extract_identity(src: IdentitySource, dest: Path, sel: Selection) -> IdentityOutcome:
@@ -133,7 +143,7 @@ def extract_identity(src: IdentitySource, dest: Path, sel: Selection) -> Identit
         return IdentityOutcome(src.id, "skipped", images=saved.get("images", 0), annotations=saved.get("annotations", 0),
                                missing=[tuple(m) for m in saved.get("missing", [])], missing_annotations=saved.get("missing_annotations", 0))
     out = IdentityOutcome(src.id, "extracted")
-    files: list[str] = []
+    files: dict[str, int] = {}  # relative path -> size, for the completeness check of re-runs
     try:
         with open_identity(src) as reader:
             out.unsafe_members = len(reader.unsafe)
@@ -152,7 +162,7 @@ def extract_identity(src: IdentitySource, dest: Path, sel: Selection) -> Identit
                     if not (target.is_file() and target.stat().st_size == reader.sizes[k]):
                         write_bytes(target, reader.read(k))
                         out.written += 1
-                    files.append(rel)
+                    files[rel] = reader.sizes[k]
                     if ext == ".jpg":
                         out.images += 1
                     else:

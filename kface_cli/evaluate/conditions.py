@@ -9,7 +9,7 @@ overlap and do not sum to the total.
 **Identification**: a probe counts under the values of its own image (the gallery side is fixed).
 
 Codes come from the pair list (``val_pairs.csv`` columns ``light1, light2, ...``) or, when absent,
-from kface face file names ``<ID>_<S>_<L>_<E>_<C>.jpg``. Pairs without codes are left out of
+from kface face file names ``<ID>_<S>_<L>_<E>_<C>.jpg`` or the raw layout ``<ID>/S001/L1/E01/C7.jpg``. Pairs without codes are left out of
 the breakdown (LFW and ``.bin`` files have none).
 
 Each row holds, for its subset: ``n_pairs, n_same, n_diff``, ``accuracy_at_threshold`` (accuracy
@@ -33,16 +33,26 @@ FACTORS: tuple[tuple[str, str], ...] = (("light", "light"), ("expr", "expression
 
 
 def codes_of(path: str | Path, given: dict | None = None) -> dict[str, str]:
-    """The K-Face codes of one image: ``given`` (from a pairs CSV) if it has them, else parsed from the file name."""
+    """The K-Face codes of one image: ``given`` (from a pairs CSV) if it has them, else parsed from
+    the file name (``<ID>_<S>_<L>_<E>_<C>.jpg``) or the raw layout (``<ID>/S001/L1/E01/C7.jpg``)."""
     if given and any(k in given for k, _ in FACTORS):
         return dict(given)
     from kface_cli.errors import KFaceError
     from kface_cli.kface.codes import parse_face_filename
 
+    path = Path(path)
     try:
-        return parse_face_filename(Path(path).name)
+        return parse_face_filename(path.name)
     except KFaceError:
-        return {}
+        pass
+    # raw K-Face layout: .../<ID>/S001/L1/E01/C7.jpg
+    parts = path.parts[-5:]
+    if len(parts) == 5:
+        try:
+            return parse_face_filename("_".join([*parts[:4], path.stem]) + path.suffix)
+        except KFaceError:
+            pass
+    return {}
 
 
 def pair_codes(pairs: Sequence[Any]) -> tuple[list[dict], list[dict]]:

@@ -235,13 +235,13 @@ def embed_paths(
 
 
 def list_identity_folder(folder: str | Path) -> list[tuple[str, Path]]:
-    """``(identity, image path)`` for every image in ``folder/<identity>/``, sorted."""
+    """``(identity, image path)`` for every image under ``folder/<identity>/`` (sub-folders too), sorted."""
     from kface_cli.face.imageio import is_image_file
 
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"folder not found: {folder}", hint="Pass a folder with one sub-folder per identity.")
-    items = [(d.name, f) for d in sorted(folder.iterdir()) if d.is_dir() for f in sorted(d.iterdir()) if f.is_file() and is_image_file(f)]
+    items = [(d.name, f) for d in sorted(folder.iterdir()) if d.is_dir() for f in sorted(d.rglob("*")) if f.is_file() and is_image_file(f)]
     if not items:
         raise InputError(f"no images in {folder}", hint="Expected <folder>/<identity>/<image>.jpg.")
     return items

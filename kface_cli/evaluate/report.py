@@ -42,7 +42,7 @@ def write_report(evaluation: Any, folder: str | Path) -> Path:
         plot_cmc(summary["cmc"], folder / "cmc.png")
         plots.append("cmc.png")
     if summary.get("per_condition") and any("accuracy_at_threshold" in r for rows in summary["per_condition"].values() for r in rows.values()):
-        plot_conditions(summary["per_condition"], folder / "conditions.png")
+        plot_conditions(summary["per_condition"], folder / "conditions.png", overall=summary.get("best_accuracy"))
         plots.append("conditions.png")
     summary["plots"] = plots
     write_text(folder / METRICS_FILE, to_json(summary) + "\n")
@@ -117,7 +117,7 @@ def plot_cmc(cmc: list[float], path: Path) -> None:
     _save(fig, path)
 
 
-def plot_conditions(per_condition: dict, path: Path) -> None:
+def plot_conditions(per_condition: dict, path: Path, overall: float | None = None) -> None:
     import matplotlib.pyplot as plt
 
     from kface_cli.evaluate.conditions import FACTORS
@@ -127,6 +127,9 @@ def plot_conditions(per_condition: dict, path: Path) -> None:
     for ax, (key, label) in zip(axes[:, 0], factors):
         rows = {c: r for c, r in per_condition[key].items() if r.get("accuracy_at_threshold") is not None}
         ax.bar(list(rows), [r["accuracy_at_threshold"] for r in rows.values()], color="tab:blue")
+        if overall is not None:
+            ax.axhline(overall, color="k", ls="--", lw=1, label=f"all pairs {overall:.3f}")
+            ax.legend(loc="lower right", fontsize=8)
         ax.set_ylim(0, 1.0)
         ax.set_ylabel("accuracy")
         ax.set_title(f"by {label} (pairs where either image has the code)", fontsize=9)
@@ -181,24 +184,35 @@ def summary_rows(summary: dict) -> list[list[Any]]:
     return rows
 
 
-CONDITION_COLUMNS = ["condition", "description", "pairs", "acc@thr", "10-fold", "AUC", "EER", "probes", "rank-1"]
+VERIFICATION_CONDITION_COLUMNS = ["pairs", "acc@thr", "10-fold", "AUC", "EER"]
+IDENTIFICATION_CONDITION_COLUMNS = ["probes", "rank-1", "rank-5"]
 
 
-def condition_rows(per_condition: dict | None) -> list[list[Any]]:
-    """One row per condition code, in factor order (light, expression, camera, accessory).
+def condition_table(per_condition: dict | None) -> tuple[str, list[str], list[list[Any]]]:
+    """``(title, columns, rows)``: one row per condition code, in factor order (light, expression,
+    camera, accessory); verification and/or identification columns, whichever ran.
 
     ``acc@thr`` is the accuracy at the overall best threshold (comparable across rows);
     ``10-fold`` the subset's own 10-fold accuracy. TAR@FAR per condition is in the JSON.
     """
     from kface_cli.evaluate.conditions import FACTORS
 
+    rows_in = [(label, code, r) for key, label in FACTORS for code, r in ((per_condition or {}).get(key) or {}).items()]
+    has_ver = any("n_pairs" in r for _, _, r in rows_in)
+    has_id = any("n_probes" in r for _, _, r in rows_in)
+    columns = ["condition", "description"] + (VERIFICATION_CONDITION_COLUMNS if has_ver else []) + (IDENTIFICATION_CONDITION_COLUMNS if has_id else [])
     rows: list[list[Any]] = []
-    for key, label in FACTORS:
-        for code, r in ((per_condition or {}).get(key) or {}).items():
-            rows.append([
-                f"{label} {code}", r.get("description", ""), r.get("n_pairs", "-"),
-                _pct(r.get("accuracy_at_threshold")), _pct(r.get("accuracy")),
-                None if r.get("auc") is None else f"{r['auc']:.4f}", _pct(r.get("eer")),
-                r.get("n_probes", "-"), _pct(r.get("rank1")),
-            ])  # fmt: skip
-    return rows
+    for label, code, r in rows_in:
+        row: list[Any] = [f"{label} {code}", r.get("description", "")]
+        if has_ver:
+            row += [r.get("n_pairs", "-"), _pct(r.get("accuracy_at_threshold")), _pct(r.get("accuracy")),
+                    None if r.get("auc") is None else f"{r['auc']:.4f}", _pct(r.get("eer"))]
+        if has_id:
+            row += [r.get("n_probes", "-"), _pct(r.get("rank1")), _pct(r.get("rank5"))]
+        rows.append(row)
+    parts = []
+    if has_ver:
+        parts.append("a pair counts under every code either image has; acc@thr at the overall best threshold")
+    if has_id:
+        parts.append("probes by their own codes")
+    return f"By condition ({'; '.join(parts)})", columns, rows

@@ -168,12 +168,12 @@ def enroll_folder(
     """
     from kface_cli.console import progress, warn
 
-    started = time.perf_counter()
     mode = PerIdentity.parse(per_identity)
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     photos = find_photos(folder)
     embedder = resolve_embedder(embedder)
+    started = time.perf_counter()  # after the model load: throughput is about the photos
     gallery = Gallery(gallery_path)
     model = ModelInfo.of(embedder)
     if gallery.exists():

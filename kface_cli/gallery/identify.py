@@ -147,13 +147,13 @@ def _annotate_name(path: Path, used: set[str]) -> str:
     return name
 
 
-def _photo_frames(files: Sequence[Path], every: int) -> Iterator[_Frame]:
+def _photo_frames(files: Sequence[Path], every: int, max_frames: int | None = None) -> Iterator[_Frame]:
     from kface_cli.face.imageio import read_image
 
     used: set[str] = set()
     for f in files:
         if _is_video(f):
-            yield from _video_frames(f, every, label=str(f))
+            yield from _video_frames(f, every, label=str(f), max_frames=max_frames)
             continue
         try:
             yield _Frame(str(f), read_image(f), f, _annotate_name(f, used))
@@ -215,14 +215,13 @@ def identify(
             calibrated threshold of the model, else 1.5).
         top_k: identities listed per face (the best plus ``top_k - 1`` candidates).
         every: for videos and the camera, use one frame in ``every``.
-        max_frames: stop a camera (or video) after this many used frames.
+        max_frames: stop a camera (or each video) after this many used frames.
         aligned: inputs are 112x112 aligned crops (the whole image is the face).
         annotate: folder to write copies of the images with boxes and names drawn.
         detector: an object with ``detect(image, path=None)`` instead of ``get_detector(landmarks)``.
     """
     from kface_cli.console import progress, warn
 
-    started = time.perf_counter()
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
     if every < 1:
@@ -252,9 +251,10 @@ def identify(
         frames: Iterable[_Frame] = _video_frames(camera, every, label=f"camera{camera}", max_frames=max_frames)
         total = max_frames
     else:
-        frames = _photo_frames(files, every)
+        frames = _photo_frames(files, every, max_frames)
         total = len(files) if not any(_is_video(f) for f in files) else None
 
+    started = time.perf_counter()  # after the model and index are loaded: the time per photo
     result = IdentifyResult([], thr, thr_source, gallery.path, {"kind": loaded.index.kind.value, "templates": len(loaded.index), **loaded.index.params})
     warned_glyphs: set[str] = set()
     batch: list[tuple[_Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]] = []
@@ -325,11 +325,10 @@ def _write_annotated(frame: _Frame, res: ImageResult, out_dir: Path, warned: set
     from kface_cli.gallery.annotate import draw_faces, missing_glyphs
 
     for f in res.faces:
-        missing = missing_glyphs(f.name)
-        if missing and f.name not in warned:
-            warned.add(f.name)
-            warn(f"no installed font can draw {missing!r} of {f.name!r}: the annotated images show placeholders "
-                 "(install a font with those characters, e.g. fonts-noto-cjk for Korean; JSON/CSV hold the exact names)")
+        if not warned and missing_glyphs(f.name):
+            warned.add(f.name)  # once per run
+            warn(f"no installed font can draw some names (e.g. {f.name!r}): the annotated images show placeholder boxes "
+                 "for those characters (install a font that has them, e.g. fonts-noto-cjk for Korean; JSON/CSV hold the exact names)")
     target = out_dir / frame.annotate_name
     assert frame.image is not None
     write_image(target, draw_faces(frame.image, res.faces))

@@ -41,7 +41,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 128
 #: IVF: cells scanned per query, and training points per cell (a sample, to build fast).
-IVF_NPROBE = 24
+IVF_NPROBE = 32
 IVF_TRAIN_PER_CELL = 48
 
 

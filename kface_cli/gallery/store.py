@@ -93,7 +93,7 @@ class ModelInfo:
             fingerprint=str(embedder.fingerprint),
             embedding_size=int(embedder.embedding_size),
             network=str(getattr(embedder, "network", "") or ""),
-            source=str(src) if src is not None else "",
+            source=str(Path(src).resolve()) if src is not None else "",
         )
 
 
@@ -332,7 +332,7 @@ class Gallery:
                 f"gallery {self.path} was made with another model "
                 f"({ours.network or '?'} {ours.fingerprint[:12]}, {ours.embedding_size}-d, from {ours.source or '?'}) "
                 f"than the one given ({model.network or '?'} {model.fingerprint[:12]}, {model.embedding_size}-d, from {model.source or '?'})",
-                hint="Use the gallery's model (--model), or enroll with the new model into another --gallery (or re-enroll everyone with --replace into a new file).",
+                hint=f"Use the model the gallery was made with (--model {ours.source or '...'}), or enroll everyone again with this model into a new --gallery.",
             )
 
     # reading ------------------------------------------------------------------------------

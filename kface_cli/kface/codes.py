@@ -74,8 +74,10 @@ class Camera:
     @property
     def description(self) -> str:
         if self.pitch == 0 and self.yaw == 0:
-            return "frontal (0, 0)"
-        return f"vertical {self.pitch:+d}, horizontal {self.yaw:+d} deg"
+            return "frontal"
+        if self.pitch == 0:
+            return f"{self.yaw:+d} deg horizontal" + (" (profile)" if self.is_profile else "")
+        return f"{self.pitch:+d} deg vertical, {self.yaw:+d} deg horizontal"
 
     @property
     def is_profile(self) -> bool:

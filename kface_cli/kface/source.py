@@ -48,7 +48,7 @@ def resolution_dir(root: str | Path, res: str) -> Path:
         raise InputError(f"K-Face folder not found: {root}", hint="Pass the folder that holds High_Resolution/, Middle_Resolution/, Low_Resolution/.")
     if not root.is_dir():
         raise InputError(f"expected a folder, got a file: {root}", hint="Pass the folder that holds the <Res>_Resolution folders, not a single zip.")
-    want = f"{res}_resolution"
+    want = f"{res}_resolution".lower()
     if root.name.lower() == want:
         return root
     for parent in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:

@@ -63,7 +63,7 @@ from kface_cli.kface.annotation import format_annotation
 IMAGE_SIZES: dict[str, tuple[int, int]] = {"High": (864, 576), "Middle": (346, 230), "Low": (173, 115)}
 #: Render at this multiple of the output size and downsample (anti-aliasing).
 SUPERSAMPLE: dict[str, int] = {"High": 1, "Middle": 2, "Low": 2}
-JPEG_QUALITY = 88
+JPEG_QUALITY = 75
 #: Pixels per identity length unit, as a multiple of the image height (a face box is about half
 #: the image height, as in K-Face).
 HEAD_SCALE = 1.45
@@ -592,9 +592,11 @@ def render_face(ident: Identity, acc: str, light: str, expr: str, cam: str, res:
     # camera: exposure, white balance, downsample, blur, noise, gamma
     img *= np.float32(brightness * scene.uniform(0.85, 1.15)) * scene.uniform(0.9, 1.1, 3).astype(np.float32)
     img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA) if ss > 1 else img
-    sigma = scene.uniform(0.3, 1.0) * height / 230
+    # sensor noise, mostly smoothed by the lens blur (sharp noise would bloat the JPEGs)
+    img = img + noise_rng.normal(0, scene.uniform(0.005, 0.02), img.shape).astype(np.float32)
+    sigma = scene.uniform(0.5, 1.1) * height / 230
     img = cv2.GaussianBlur(img, (0, 0), sigma)
-    img = img + noise_rng.normal(0, scene.uniform(0.01, 0.03), img.shape).astype(np.float32)
+    img = img + noise_rng.normal(0, 0.002, img.shape).astype(np.float32)
     img = np.clip(img, 0, 1) ** scene.uniform(0.85, 1.15)
     image = (img * 255 + 0.5).astype(np.uint8)
 
@@ -756,12 +758,13 @@ def generate_sample_data(
     grid_preset: GridPreset | str = "sample",
     ids_per_resolution: dict[str, int] | None = None,
     workers: int = 1,
+    combos: Sequence[tuple[str, str, str, str]] | None = None,
 ) -> SampleDataResult:
     """Write a synthetic K-Face tree under ``out`` and return what was written.
 
     ``ids_per_resolution`` limits some resolutions to the first N identities (e.g. High for 2 of
     40) to keep the tree small. ``workers`` > 1 renders identities in parallel processes (0: one
-    per CPU core).
+    per CPU core). ``combos`` (a list of (acc, light, expr, cam)) replaces the preset's grid.
     """
     import os
 
@@ -770,7 +773,8 @@ def generate_sample_data(
 
     out = Path(out)
     res_list = tuple(dict.fromkeys(normalise_resolution(r) for r in resolutions))
-    combos = grid(grid_preset)
+    grid_name = str(grid_preset) if combos is None else "custom"
+    combos = list(combos) if combos is not None else grid(grid_preset)
     ids = identity_ids(n_ids, seed)
     limits = ids_per_resolution or {}
     jobs = [(str(out), i, r, seed, combos) for r in res_list for i in ids[: limits.get(r, len(ids))]]
@@ -792,5 +796,5 @@ def generate_sample_data(
                 paths.append(Path(path))
                 bar.advance()
                 images, total = images + n, total + size
-    return SampleDataResult(root=out, identities=len(ids), images=images, resolutions=res_list, grid=str(grid_preset),
+    return SampleDataResult(root=out, identities=len(ids), images=images, resolutions=res_list, grid=grid_name,
                             seed=seed, bytes=total, zips=tuple(paths))

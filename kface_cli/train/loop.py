@@ -89,7 +89,8 @@ def train(config: TrainConfig, *, resume: bool = False, on_step: Callable[[int, 
     """Train a backbone + margin head as ``config`` says; returns a :class:`TrainResult`.
 
     ``on_step(epoch, step_in_epoch)`` is called after every optimizer step (tests use it to
-    simulate Ctrl-C by raising KeyboardInterrupt).
+    simulate Ctrl-C by raising KeyboardInterrupt). ``resume``: continue run ``config.name`` from
+    its checkpoint (use :func:`train_from_options` to get the saved config).
     """
     info = distributed.setup(config.device)
     quiet_before = console.MODE.quiet
@@ -429,8 +430,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                         loss = head(embeddings, y)  # () global-batch mean
                         if not torch.isfinite(loss):
                             kept = "the last good checkpoint is kept" if (run_dir / ck.CHECKPOINT_NAME).exists() else "no checkpoint was written yet"
-                            write_log({"type": "stopped", "reason": "non-finite loss", "epoch": epoch + 1, "step": step, "loss": float(loss)})
-                            raise TrainingError(f"loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}: training stopped ({kept} in {run_dir})",
+                            write_log({"type": "stopped", "reason": "non-finite loss", "epoch": epoch + 1, "step": step, "loss": loss.item()})
+                            raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped ({kept} in {run_dir})",
                                                 hint="Lower --lr, add --warmup-epochs, or use --precision fp32.")
                         optimizer.zero_grad(set_to_none=True)
                         scaler.scale(loss).backward()
@@ -442,7 +443,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                         global_step += 1
                         n_epoch += config.batch_size * info.world_size
                         samples_seen += config.batch_size * info.world_size
-                        losses.append(float(loss))
+                        losses.append(loss.item())
                         cur_step = step + 1
                         rate = n_epoch / max(time.perf_counter() - t_epoch, 1e-9)
                         bar.advance()
@@ -487,6 +488,12 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                     from kface_cli.train.plots import write_plots
 
                     write_plots(run_dir)
+        # -- DDP sanity check: every rank must end with the same backbone ----------------------
+        digests = distributed.all_gather_object(info, _digest(ck.backbone_state_dict(backbone)))
+        if info.is_main:
+            write_log({"type": "end", "epochs": len(history), "backbone_digest_per_rank": digests, "time": time.time()})
+            if len(set(digests)) > 1:
+                console.warn(f"ranks ended with different backbone weights: {digests}")
     except KeyboardInterrupt:
         # Single process: always safe to save. Under torchrun only when every rank agreed to stop
         # at this step (the checkpoint gathers the head shards from all ranks).
@@ -510,6 +517,17 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
         best_epoch=best["epoch"], best_accuracy=best["accuracy"], last=last_record, history=history, elapsed_s=elapsed,
         samples_per_s=samples_seen / max(time.perf_counter() - t_train, 1e-9), world_size=info.world_size, device=str(device),
     )
+
+
+def _digest(state: Mapping[str, Any]) -> str:
+    """Hex digest of a state_dict's names and bytes (to compare ranks)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _agree(info: distributed.DistInfo, flag: bool) -> bool:

@@ -1,0 +1,200 @@
+"""``kface split``: identity-disjoint train/val folders and verification pairs from the crops.
+
+Reads ``faces/<Res>/<ID>/*.jpg`` and writes::
+
+    split/train/<ID>/*.jpg     training identities (hard links to the crops; copies if linking fails)
+    split/val/<ID>/*.jpg       validation identities: never seen in training
+    split/classes.csv          id,label for the training identities (label = index in sorted order)
+    split/val_pairs.csv        path1,path2,same + both images' K-Face codes (kface_cli.data.pairs)
+
+Choosing the validation identities: ``val_ids`` (a count) or ``val_frac`` (a fraction); with
+``order="random"`` (default) they are drawn with ``seed``; ``order="sorted"`` takes the LAST ones
+in ID order, which reproduces the original tutorial (400 identities: the first 390 train, the
+last 10 validate).
+
+Pairs: every same-identity pair among the val images (or ``max_pairs`` of them, drawn with
+``seed``) and as many different-identity pairs, drawn with ``seed`` without repeats. Because each
+row keeps both images' codes, ``kface evaluate`` can break accuracy down by light, expression and
+camera. A previous split is replaced as a whole (written beside it, then swapped in).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from kface_cli.errors import InputError
+from kface_cli.kface import codes as kc
+from kface_cli.workspace import Workspace, normalise_resolution
+
+SplitOrder = Literal["random", "sorted"]
+SPLIT_ORDERS = ("random", "sorted")
+DEFAULT_VAL_IDS = 10  # the tutorial's 10 validation identities
+
+
+@dataclass(frozen=True)
+class SplitResult:
+    out: Path
+    train_ids: tuple[str, ...]
+    val_ids: tuple[str, ...]
+    train_images: int
+    val_images: int
+    same_pairs: int
+    diff_pairs: int
+    linked: bool  # True when every file is a hard link (no extra disk space)
+    classes_csv: Path
+    pairs_csv: Path
+    seed: int
+    order: str
+    seconds: float
+
+
+def _identity_images(faces: Path) -> dict[str, list[Path]]:
+    groups: dict[str, list[Path]] = {}
+    for d in sorted(p for p in faces.iterdir() if p.is_dir() and kc.is_identity_id(p.name)):
+        imgs = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png") and not p.name.startswith("."))
+        if imgs:
+            groups[d.name] = imgs
+    return groups
+
+
+def choose_val_ids(ids: list[str], *, val_ids: int | None, val_frac: float | None, seed: int, order: SplitOrder) -> tuple[str, ...]:
+    """Pick the validation identities (see module doc). ``ids`` must be sorted."""
+    if order not in SPLIT_ORDERS:
+        raise InputError(f"unknown --order {order!r}", hint=f"Use one of {', '.join(SPLIT_ORDERS)}.")
+    if val_ids is not None and val_frac is not None:
+        raise InputError("give either --val-ids or --val-frac, not both")
+    n = len(ids)
+    if val_frac is not None:
+        if not 0 < val_frac < 1:
+            raise InputError(f"--val-frac must be between 0 and 1, got {val_frac}")
+        k = max(1, int(round(n * val_frac)))
+    else:
+        k = DEFAULT_VAL_IDS if val_ids is None else val_ids
+        if val_ids is None:
+            k = min(k, max(2, n // 4))  # small sets: keep three quarters for training
+    if k < 2 or k > n - 1:
+        raise InputError(f"cannot hold out {k} of {n} identities for validation",
+                         hint="Validation needs at least 2 identities (for different-identity pairs) and training at least 1.")
+    if order == "sorted":
+        return tuple(ids[n - k:])
+    rng = np.random.default_rng(seed)
+    chosen = rng.choice(n, size=k, replace=False)
+    return tuple(sorted(ids[i] for i in chosen))
+
+
+def _place(src: Path, dst: Path) -> bool:
+    """Hard-link ``src`` at ``dst`` (True), or copy it when linking is impossible (False)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+        return True
+    except OSError:
+        shutil.copy2(src, dst)
+        return False
+
+
+def make_pairs(val: dict[str, list[Path]], *, seed: int, max_pairs: int | None = None) -> tuple[list, int, int]:
+    """Same-identity pairs (all, or ``max_pairs`` drawn) and as many different-identity pairs."""
+    from kface_cli.data.pairs import Pair
+
+    rng = np.random.default_rng([seed, 1])
+    same = [(a, b) for imgs in val.values() for a, b in combinations(imgs, 2)]
+    if max_pairs is not None and len(same) > max_pairs:
+        keep = np.sort(rng.choice(len(same), size=max_pairs, replace=False))
+        same = [same[i] for i in keep]
+    flat = [(i, p) for i, imgs in val.items() for p in imgs]
+    owners = np.array([i for i, _ in flat])
+    n_diff_possible = sum(len(a) * len(b) for x, a in enumerate(val.values()) for b in list(val.values())[x + 1:])
+    target = min(len(same), n_diff_possible)
+    diff: list[tuple[Path, Path]] = []
+    seen: set[tuple[int, int]] = set()
+    while len(diff) < target:
+        i, j = (int(v) for v in rng.integers(0, len(flat), 2))
+        if owners[i] == owners[j]:
+            continue
+        key = (min(i, j), max(i, j))
+        if key in seen:
+            continue
+        seen.add(key)
+        diff.append((flat[i][1], flat[j][1]))
+
+    def codes(p: Path) -> dict:
+        try:
+            return kc.parse_face_filename(p.name)
+        except kc.CodeError:
+            return {"id": p.parent.name}
+
+    pairs = [Pair(a, b, True, codes(a), codes(b)) for a, b in same] + [Pair(a, b, False, codes(a), codes(b)) for a, b in diff]
+    order = rng.permutation(len(pairs))  # interleave, so any contiguous fold holds both kinds
+    return [pairs[i] for i in order], len(same), len(diff)
+
+
+def split(
+    workdir: str | Path | None = None,
+    *,
+    res: str = "Middle",
+    faces_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    val_ids: int | None = None,
+    val_frac: float | None = None,
+    seed: int = 0,
+    order: SplitOrder = "random",
+    max_pairs: int | None = None,
+) -> SplitResult:
+    """Split the crops into identity-disjoint train/val folders and write classes and val pairs."""
+    from kface_cli.atomic import atomic_open
+    from kface_cli.console import progress
+    from kface_cli.data.pairs import write_pairs_csv
+
+    t0 = time.perf_counter()
+    ws = Workspace.resolve(workdir)
+    faces = Path(faces_dir) if faces_dir is not None else ws.require(ws.faces(normalise_resolution(res)), f"{res} face crops", "kface crop")
+    out = Path(out_dir) if out_dir is not None else ws.split
+    groups = _identity_images(faces)
+    if len(groups) < 3:
+        raise InputError(f"{len(groups)} identit{'y' if len(groups) == 1 else 'ies'} with crops in {faces}",
+                         hint="A train/val split needs at least 3 identities; run `kface crop` on more data.")
+    if max_pairs is not None and max_pairs < 1:
+        raise InputError(f"--max-pairs must be positive, got {max_pairs}")
+    ids = sorted(groups)
+    val = choose_val_ids(ids, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order)
+    train = tuple(i for i in ids if i not in set(val))
+    assert not set(train) & set(val), "train and val identities must be disjoint"
+
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    linked = True
+    n_files = sum(len(groups[i]) for i in ids)
+    counts = {"train": 0, "val": 0}
+    with progress("Splitting", total=n_files) as bar:
+        for part, members in (("train", train), ("val", val)):
+            for ident in members:
+                for img in groups[ident]:
+                    linked &= _place(img, staging / part / ident / img.name)
+                    counts[part] += 1
+                    bar.advance()
+    with atomic_open(staging / "classes.csv", "w", newline="") as f:
+        f.write("id,label\n")
+        for label, ident in enumerate(train):
+            f.write(f"{ident},{label}\n")
+    val_groups = {i: sorted((staging / "val" / i).iterdir()) for i in val}
+    pairs, n_same, n_diff = make_pairs(val_groups, seed=seed, max_pairs=max_pairs)
+    write_pairs_csv(staging / "val_pairs.csv", pairs)
+    # swap the finished split in; the pairs hold paths relative to the CSV, so they survive the move
+    old = out.with_name(out.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if out.exists():
+        out.rename(old)
+    staging.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+    return SplitResult(out=out, train_ids=train, val_ids=val, train_images=counts["train"], val_images=counts["val"],
+                       same_pairs=n_same, diff_pairs=n_diff, linked=linked, classes_csv=out / "classes.csv",
+                       pairs_csv=out / "val_pairs.csv", seed=seed, order=order, seconds=time.perf_counter() - t0)

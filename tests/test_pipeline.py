@@ -1,0 +1,98 @@
+"""Photo -> aligned faces: detection + norm_crop, already aligned crops, and their detection."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from kface_cli.errors import InputError
+from kface_cli.face.align import ARCFACE_TEMPLATE, norm_crop, transform_points
+from kface_cli.face.detect import DetectedFace, get_detector
+from kface_cli.face.pipeline import faces_in_image, is_aligned_crop, load_aligned
+
+FIXTURE = Path(__file__).parent / "fixtures" / "astronaut.jpg"
+
+
+class _FixedDetector:
+    """A stand-in detector that returns known points (and records the path it was given)."""
+
+    def __init__(self, points: list[np.ndarray]):
+        self.points = points
+        self.paths: list[Path | None] = []
+
+    def detect(self, image: np.ndarray, path=None) -> list[DetectedFace]:
+        self.paths.append(path)
+        return [DetectedFace(box=(0.0, 0.0, 10.0, 10.0), score=0.9, points5=p.astype(np.float32)) for p in self.points]
+
+
+def _face_like_aligned(seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return cv2.GaussianBlur(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8), (0, 0), 1.5)
+
+
+def test_faces_in_image_aligns_each_detected_face(tmp_path):
+    aligned = _face_like_aligned()
+    a = math.radians(-12)
+    m = np.array([[2.5 * math.cos(a), -2.5 * math.sin(a), 200.0], [2.5 * math.sin(a), 2.5 * math.cos(a), 90.0]])
+    photo = cv2.warpAffine(aligned, m, (640, 480), flags=cv2.INTER_CUBIC)
+    points = transform_points(ARCFACE_TEMPLATE, m)
+    path = tmp_path / "photo.png"
+    cv2.imwrite(str(path), photo)
+    det = _FixedDetector([points, points + 5])
+    found = faces_in_image(path, det)
+    assert det.paths == [path]  # the detector receives the path (for sidecars)
+    assert len(found) == 2
+    face, crop = found[0]
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+    np.testing.assert_array_equal(crop, norm_crop(photo, face.points5))  # the one alignment function
+    inner = (slice(10, 102), slice(10, 102))
+    assert np.abs(crop[inner].astype(float) - aligned[inner].astype(float)).mean() < 4.0
+    # an array input works too (no path)
+    assert len(faces_in_image(photo, _FixedDetector([points]))) == 1
+
+
+def test_real_photo_gives_an_arcface_crop():
+    found = faces_in_image(FIXTURE, get_detector("detect"))
+    assert len(found) == 1
+    _, crop = found[0]
+    # the aligned crop holds a face where the template expects it: detect again on a padded copy
+    padded = cv2.copyMakeBorder(cv2.resize(crop, (224, 224)), 112, 112, 112, 112, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    again = get_detector("detect").detect(padded)
+    assert len(again) == 1
+    points = (again[0].points5 - 112) / 2  # back to crop coordinates
+    iod = np.linalg.norm(ARCFACE_TEMPLATE[1] - ARCFACE_TEMPLATE[0])
+    assert (np.linalg.norm(points - ARCFACE_TEMPLATE, axis=1) / iod).max() < 0.2
+
+
+def test_no_face_gives_empty_list(tmp_path):
+    path = tmp_path / "wall.jpg"
+    cv2.imwrite(str(path), np.full((200, 300, 3), 180, np.uint8))
+    assert faces_in_image(path, get_detector("detect")) == []
+
+
+def test_is_aligned_crop():
+    assert is_aligned_crop(np.zeros((112, 112, 3), np.uint8))
+    assert is_aligned_crop(np.zeros((224, 224, 3), np.uint8))
+    assert not is_aligned_crop(np.zeros((112, 96, 3), np.uint8))
+    assert not is_aligned_crop(np.zeros((512, 512, 3), np.uint8))
+
+
+def test_load_aligned_resizes_and_converts(tmp_path):
+    crop = _face_like_aligned(1)
+    big = cv2.resize(crop, (224, 224), interpolation=cv2.INTER_CUBIC)
+    cv2.imwrite(str(tmp_path / "big.png"), big)
+    out = load_aligned(tmp_path / "big.png")
+    assert out.shape == (112, 112, 3)
+    assert np.abs(out.astype(float) - crop.astype(float)).mean() < 6.0
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(tmp_path / "grey.png"), grey)
+    out = load_aligned(tmp_path / "grey.png")
+    assert out.shape == (112, 112, 3)
+    np.testing.assert_array_equal(out[:, :, 0], grey)
+    cv2.imwrite(str(tmp_path / "wide.png"), np.zeros((112, 150, 3), np.uint8))
+    with pytest.raises(InputError, match="not a square"):
+        load_aligned(tmp_path / "wide.png")

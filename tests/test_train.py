@@ -1,0 +1,174 @@
+"""The training loop: a real short run, exact resume, Ctrl-C, NaN stop, --init/--freeze, config, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
+from kface_cli.train import checkpoint as ck
+from kface_cli.train.config import TrainConfig, resolve_config
+from kface_cli.train.loop import EpochBatches, read_log, train, train_from_options
+from kface_cli.train.schedule import lr_factor
+from trainingdata import make_workspace
+
+
+@pytest.fixture(autouse=True)
+def _quiet_single_thread(monkeypatch):
+    # one thread: five test suites share two cores, and oversubscribed BLAS threads crawl
+    monkeypatch.setenv("KFACE_NO_PROGRESS", "1")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    return make_workspace(tmp_path_factory.mktemp("ws"))
+
+
+def tiny(ws, **kw) -> TrainConfig:
+    base = dict(workdir=str(ws), network="mbf_small", embedding_size=32, batch_size=6, epochs=2, workers=0,
+                scale=16.0, lr=0.05, val_pairs="none", log_every=1)
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+def test_schedule_warmup_then_linear_decay():
+    assert [lr_factor(s, 10, 2) for s in (0, 1, 2, 6, 10)] == [0.0, 0.5, 1.0, 0.5, 0.0]
+    assert lr_factor(0, 5, 0) == 1.0 and lr_factor(4, 5, 0) == pytest.approx(0.2)
+
+
+def test_epoch_batches_shard_global_batches_and_resume_mid_epoch():
+    one = list(EpochBatches(20, 4, seed=1, epoch=3))
+    r0 = list(EpochBatches(20, 2, seed=1, epoch=3, rank=0, world_size=2))
+    r1 = list(EpochBatches(20, 2, seed=1, epoch=3, rank=1, world_size=2))
+    assert len(one) == 5 and [a + b for a, b in zip(r0, r1)] == one  # same global batches
+    assert list(EpochBatches(20, 4, seed=1, epoch=3, start_step=2)) == one[2:]
+    assert list(EpochBatches(20, 4, seed=1, epoch=4)) != one
+    assert len({i for batch in one for i, _ in batch}) == 20
+
+
+def test_config_file_then_command_line(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('[train]\nnetwork = "r18"\nbatch-size = 16\nmargin = [1.0, 0.3, 0.2]\nloss = "combined"\nlr = 0.02\n')
+    cfg = resolve_config(f, {"batch_size": 8, "lr": None})
+    assert (cfg.network, cfg.batch_size, cfg.lr, cfg.margin) == ("r18", 8, 0.02, (1.0, 0.3, 0.2))
+    with pytest.raises(KFaceError, match="Valid options"):
+        resolve_config(None, {"batchsize": 3})
+    with pytest.raises(KFaceError, match="Valid optimizers"):
+        resolve_config(None, {"optimizer": "adam"})
+    tut = resolve_config("tutorial_r50")
+    assert (tut.network, tut.loss, tut.scale, tut.margin, tut.batch_size, tut.lr, tut.epochs, tut.init) == \
+        ("r50", "arcface", 64.0, (0.5,), 16, 0.02, 20, "backbone.pth")
+    assert resolve_config(None, {"batch_size": 256}).base_lr() == pytest.approx(0.025)  # 0.1 * 256 / 1024
+
+
+def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
+    result = train(tiny(ws, name="rise", epochs=4, val_pairs=None, warmup_epochs=1))
+    accs = [r["val"]["accuracy"] for r in result.history]
+    assert len(accs) == 4
+    assert accs[-1] > accs[0] and max(accs) > 0.7, accs
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    run = result.run_dir
+    for f in ("config.json", "backbone.pth", "checkpoint.pt", "log.jsonl", "loss.png", "lr.png", "val_accuracy.png"):
+        assert (run / f).is_file(), f
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["network"] == "mbf_small" and cfg["embedding_size"] == 32 and cfg["num_classes"] == 6
+    # backbone.pth is the best epoch, insightface layout, loadable strictly
+    from kface_cli.models.registry import get_backbone
+
+    net = get_backbone("mbf_small", embedding_size=32)
+    net.load_state_dict(torch.load(run / "backbone.pth", weights_only=True), strict=True)
+    assert result.best_epoch == 1 + max(range(4), key=lambda i: (accs[i], -i))
+    ckpt = ck.load_checkpoint(run / "checkpoint.pt")
+    assert {"config", "backbone", "head", "optimizer", "scheduler", "epoch", "rng"} <= set(ckpt)
+    assert ckpt["epoch"] == 4 and ckpt["head"]["weight"].shape == (6, 32)
+    kinds = [r["type"] for r in read_log(run)]
+    assert kinds.count("epoch") == 4 and kinds.count("step") == 4 * 6 and kinds[-1] == "end"
+
+
+def _weights(run_dir):
+    c = ck.load_checkpoint(run_dir / ck.CHECKPOINT_NAME)
+    return c["backbone"], c["head"], c["optimizer"]
+
+
+def test_interrupt_then_resume_equals_uninterrupted_run(ws):
+    train(tiny(ws, name="straight"))
+
+    def ctrl_c(epoch, step):
+        if (epoch, step) == (0, 4):  # in the middle of the first of two epochs
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(ws, name="cut"), on_step=ctrl_c)
+    saved = ck.load_checkpoint(ws / "runs" / "cut" / ck.CHECKPOINT_NAME)
+    assert (saved["epoch"], saved["step_in_epoch"]) == (0, 4)
+    assert read_log(ws / "runs" / "cut")[-1]["type"] == "stopped"
+    result = train_from_options(None, {"workdir": str(ws), "name": "cut", "batch_size": 99}, resume=True)  # batch ignored
+    assert result.epochs == 2
+    a_bb, a_head, a_opt = _weights(ws / "runs" / "straight")
+    b_bb, b_head, b_opt = _weights(ws / "runs" / "cut")
+    for k in a_bb:
+        assert torch.equal(a_bb[k], b_bb[k]), k
+    assert torch.equal(a_head["weight"], b_head["weight"])
+    for pid, st in a_opt["state"].items():
+        assert torch.equal(st["momentum_buffer"], b_opt["state"][pid]["momentum_buffer"])
+    with pytest.raises(KFaceError, match="already finished"):
+        train_from_options(None, {"workdir": str(ws), "name": "cut"}, resume=True)
+    with pytest.raises(KFaceError, match="already exists"):
+        train(tiny(ws, name="cut"))
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(ws, monkeypatch):
+    from kface_cli.models import heads
+
+    real = heads.MarginHead.forward
+    calls = {"n": 0}
+
+    def poisoned(self, emb, labels):
+        calls["n"] += 1
+        loss = real(self, emb, labels)
+        return loss * float("nan") if calls["n"] == 8 else loss  # epoch 2, step 2
+
+    monkeypatch.setattr(heads.MarginHead, "forward", poisoned)
+    with pytest.raises(TrainingError, match="loss became nan at epoch 2, step 2") as e:
+        train(tiny(ws, name="nan"))
+    assert "last good checkpoint" in str(e.value)
+    assert ck.load_checkpoint(ws / "runs" / "nan" / ck.CHECKPOINT_NAME)["epoch"] == 1
+
+
+def test_init_loads_weights_and_freeze_keeps_them(ws, tmp_path):
+    from kface_cli.models.registry import get_backbone
+
+    torch.manual_seed(3)
+    start = get_backbone("mbf_small", embedding_size=32).state_dict()
+    torch.save(start, tmp_path / "backbone.pth")
+    result = train(tiny(ws, name="ft", epochs=1, init=str(tmp_path / "backbone.pth"), freeze=2))
+    after = torch.load(result.run_dir / "backbone.pth", weights_only=True)
+    assert torch.equal(after["layers.0.layers.0.weight"], start["layers.0.layers.0.weight"])  # stage 1 frozen
+    assert torch.equal(after["layers.2.layers.0.layers.0.weight"], start["layers.2.layers.0.layers.0.weight"])  # stage 2 frozen
+    assert torch.equal(after["layers.1.layers.1.running_mean"], start["layers.1.layers.1.running_mean"])  # frozen BN stats
+    assert not torch.equal(after["conv_sep.layers.0.weight"], start["conv_sep.layers.0.weight"])  # the rest trains
+    torch.save(get_backbone("mbf", embedding_size=32).state_dict(), tmp_path / "mbf.pth")
+    with pytest.raises(ModelMismatchError, match="--network mbf"):
+        train(tiny(ws, name="wrong", init=str(tmp_path / "mbf.pth")))
+
+
+def test_cli_train_json(ws):
+    from kface_cli.cli import app
+
+    res = CliRunner().invoke(app, ["train", "--workdir", str(ws), "--network", "mobilefacenet_small", "--embedding-size", "16",
+                                   "--batch-size", "12", "--epochs", "1", "--workers", "0", "--loss", "cosface", "--margin", "0.2",
+                                   "--scale", "8", "--val-pairs", "none", "--name", "cli", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["network"] == "mbf_small" and out["epochs"] == 1 and out["num_classes"] == 6
+    cfg = json.loads((ws / "runs" / "cli" / "config.json").read_text())
+    assert cfg["loss"] == "cosface" and cfg["margin"] == [0.2] and cfg["scale"] == 8.0
+    bad = CliRunner().invoke(app, ["train", "--workdir", str(ws), "--network", "r51"])
+    assert bad.exit_code == 2 and "Valid networks" in bad.output
