@@ -99,12 +99,14 @@ def gallery_cost(n: int) -> tuple[int, int]:
 
 
 _LOAD_IN_FRESH_PROCESS = """
-import resource, sys, time
+import sys, time
 from kface_cli.gallery.index import load_index
 from kface_cli.gallery.store import Gallery
 t = time.perf_counter()
 loaded = load_index(Gallery(sys.argv[1]))
-print(f"{time.perf_counter() - t:.2f} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} {loaded.rebuilt}")
+# VmHWM: this process's peak RSS (ru_maxrss would include the parent's, inherited across fork)
+hwm_kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(f"{time.perf_counter() - t:.2f} {hwm_kib / 2**20:.2f} {loaded.rebuilt}")
 """
 
 

@@ -286,7 +286,7 @@ def train_cmd(
     console.show(console.table(f"{result.network} on {result.num_images} images of {result.num_classes} identities ({result.world_size} x {result.device})",
                                ["epoch", "loss", "val acc", "threshold", "TAR@FAR=1e-2", "samples/s", "best"], rows))
     best = f"best epoch {result.best_epoch}" + (f" (val accuracy {100 * result.best_accuracy:.2f}%)" if result.best_accuracy is not None else "")
-    console.info(f"{best}; {result.elapsed_s:.0f} s. Run folder {result.run_dir} (backbone.pth, checkpoint.pt, log.jsonl, *.png). Next: kface export")
+    console.info(f"{best}; {result.elapsed_s:.0f} s. Run folder {result.run_dir} (backbone.pth, checkpoint.pt, log.jsonl, plots.png). Next: kface export")
 
 
 # ============================================================================================
@@ -347,7 +347,7 @@ LandmarksOpt = Annotated[
 ]
 IndexOpt = Annotated[
     str,
-    typer.Option("--index", help="Search index: auto (exact up to 50k templates, then IVF), flat (exact), ivf, hnsw."),
+    typer.Option("--index", help="Search index kind: auto (exact up to 50k templates, then IVF), flat (exact), ivf, hnsw; built when the saved one differs."),
 ]
 
 
@@ -463,6 +463,8 @@ def gallery_cmd(
         return
     for name, n in report["removed"].items():
         console.info(f"removed {n} templates of {name}")
+    if report["index"].get("rebuilt"):
+        console.info(f"rebuilt the {report['index']['kind']} search index over {report['index']['count']:,} templates")
     facts = report["facts"]
     console.show(console.table(f"Gallery {facts['path']}", ["fact", "value"], [[k, str(v)] for k, v in facts.items() if k != "path"], justify_numbers=False))
     console.show(console.table("Identities", ["identity", "templates"], [[i["name"], i["templates"]] for i in report["identities"]]))

@@ -75,7 +75,7 @@ def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
     assert accs[-1] > accs[0] and max(accs) > 0.7, accs
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     run = result.run_dir
-    for f in ("config.json", "backbone.pth", "checkpoint.pt", "log.jsonl", "loss.png", "lr.png", "val_accuracy.png"):
+    for f in ("config.json", "backbone.pth", "checkpoint.pt", "log.jsonl", "plots.png"):
         assert (run / f).is_file(), f
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["network"] == "mbf_small" and cfg["embedding_size"] == 32 and cfg["num_classes"] == 6

@@ -15,7 +15,8 @@ How a photo is searched (:class:`MediaPipeDetector`):
    around the face: iris centres 468 (image-left eye, the subject's right) and 473, nose tip 1,
    mouth corners 61 (image-left) and 291. On the reference photos in ../shared/faces these lie
    within 10% of the inter-ocular distance of MTCNN's points. When Face Mesh finds no face in
-   the crop, BlazeFace's own keypoints are used (eyes, nose; mouth corners estimated).
+   the crop, BlazeFace's own keypoints are used (eyes, nose; mouth corners estimated), but only
+   for confident detections: Face Mesh doubles as a check that weeds out face-like textures.
 
 Sidecar mode (``landmarks="sidecar"``): images with a K-Face annotation beside them
 (``C7.txt`` next to ``C7.jpg``) use the annotated points; no detector runs.
@@ -51,14 +52,22 @@ DEFAULT_MAX_SIDE = 1600
 _DETECTABLE_FRACTION = 0.1
 #: BlazeFace full-range's input side; larger tiles are downscaled to it here (area filter).
 _DETECTOR_INPUT = 192
-#: Tiles overlap by this fraction of their side, so a face cut by one tile is whole in the next.
-_TILE_OVERLAP = 0.5
+#: Tiles overlap by this fraction of their side: more than the largest face a tile level is for
+#: (twice the smallest, 0.2 of the side; larger ones are found at the previous level), so a face
+#: cut by one tile is whole in its neighbour.
+_TILE_OVERLAP = 0.25
 #: Two detections whose boxes overlap more than this (IoU) are the same face.
 _NMS_IOU = 0.3
 #: Face Mesh runs on a square crop this many times the face box's larger side...
 _MESH_CROP_SCALE = 2.0
 #: ...resized so that its side is this many pixels.
 _MESH_CROP_SIDE = 256
+#: Face Mesh confirms a detection when its eyes and nose lie within this fraction of BlazeFace's
+#: eye distance from BlazeFace's keypoints (real faces: <= 0.3; false detections: >= 0.4 or no mesh).
+_MESH_AGREEMENT = 0.35
+#: A detection that Face Mesh does not confirm is kept only with at least this score (strong
+#: profiles, where the mesh fails, score 0.8+; textures that fool BlazeFace score 0.5-0.7).
+_UNCONFIRMED_MIN_SCORE = 0.8
 #: Mediapipe Face Mesh indices of the ArcFace points (image-left eye = subject's right eye).
 #: Nose: point 4 (just above the tip) matches MTCNN/RetinaFace's nose point better than the tip (1):
 #: median error 4.4% vs 6.7% of the inter-ocular distance on the reference photos.
@@ -207,6 +216,12 @@ def _tile_origins(length: int, tile: int) -> list[int]:
     return starts
 
 
+def _disagreement(points5: np.ndarray, kps: np.ndarray) -> float:
+    """Largest distance between mesh eyes/nose and BlazeFace's, over BlazeFace's eye distance."""
+    iod = max(float(np.linalg.norm(kps[1] - kps[0])), 1e-6)
+    return float(np.linalg.norm(points5[:3] - kps[:3], axis=1).max() / iod)
+
+
 def _estimate_mouth_corners(kps: np.ndarray) -> np.ndarray:
     """BlazeFace gives eyes, nose tip and mouth centre; corners lie along the eye line."""
     right_eye, left_eye, _nose, mouth = kps[0], kps[1], kps[2], kps[3]
@@ -267,7 +282,11 @@ class MediaPipeDetector:
             if max(box[2], box[3]) < min_face:
                 continue
             points, source = (self._mesh_points(image, box), "mesh") if self.refine else (None, "detector")
+            if points is not None and _disagreement(points, kps) > _MESH_AGREEMENT:
+                points = None  # the mesh found another face (or none) in the crop
             if points is None:
+                if self.refine and score < _UNCONFIRMED_MIN_SCORE:
+                    continue  # unconfirmed and not confident: most likely a face-like texture
                 points, source = np.concatenate([kps[[0, 1, 2]], _estimate_mouth_corners(kps)]).astype(np.float32), "detector"
             faces.append(DetectedFace(box=box, score=float(score), points5=points.astype(np.float32), landmarks=source))  # type: ignore[arg-type]
         faces.sort(key=lambda f: -f.box[2] * f.box[3])

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -159,7 +160,8 @@ def enroll_folder(
             gallery must have been made with the same model (fingerprint), else :class:`ModelMismatchError`.
         aligned: the photos are 112x112 aligned crops (skip detection).
         per_identity: ``all`` keeps one template per photo (best accuracy, more rows), ``mean``
-            one normalised mean per person and run (smallest gallery).
+            one normalised mean per person and run (smallest gallery; committed as soon as all
+            of that person's photos are embedded).
         replace: first remove every template of the people found in ``folder``.
         landmarks: ``auto`` | ``detect`` | ``sidecar`` (see :func:`kface_cli.face.detect.get_detector`).
         batch_size: photos embedded and committed together (a crash loses at most one batch).
@@ -197,9 +199,35 @@ def enroll_folder(
         c = counts.setdefault(name, {"photos": 0, "added": 0, "duplicates": 0, "skipped": 0})
         c[key] += n
 
+    remaining = Counter(p.name for p in photos)  # photos not yet processed, per identity
+
+    def commit_means() -> None:
+        """Mean mode: one template per identity whose photos are all embedded."""
+        nonlocal added_templates
+        done = [name for name in mean_groups if remaining[name] == 0]
+        if not done:
+            return
+        templates = []
+        for name in done:
+            items = mean_groups.pop(name)
+            mean = np.mean([e for e, _ in items], axis=0)  # (D,)
+            mean = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+            digest = hashlib.sha256("\n".join(sorted(d for _, d in items)).encode()).hexdigest()
+            own = [p.path for p in photos if p.name == name]
+            source = str(own[0]) if len(own) == 1 else str(own[0].parent)
+            templates.append(Template(name, mean, source, digest))
+        result = gallery.append(templates, model)
+        added_templates += result.added
+        for t in templates:
+            if t.source in result.duplicates:  # the same photos were enrolled before: a no-op
+                c = counts[t.name]
+                c["duplicates"] += c["added"]
+                c["added"] = 0
+
     def commit() -> None:
         nonlocal added_templates
         if not pending:
+            commit_means()
             return
         faces = np.stack([p.face for p in pending])  # (B, 112, 112, 3)
         emb = embedder.embed(faces, batch_size=max(1, min(batch_size, 64)))  # (B, D) unit
@@ -215,11 +243,14 @@ def enroll_folder(
             for p in pending:
                 count(p.photo.name, "duplicates" if str(p.photo.path) in dup else "added")
         pending.clear()
+        if mode is PerIdentity.MEAN:
+            commit_means()
 
     with progress("Enrolling", total=len(photos)) as bar:
         for photo in photos:
             count(photo.name, "photos")
             outcome = _prepare(photo, aligned, detector, known, pending)
+            remaining[photo.name] -= 1
             if outcome is not None:
                 if outcome.status is Status.DUPLICATE:
                     count(photo.name, "duplicates")
@@ -235,21 +266,6 @@ def enroll_folder(
                 commit()
             bar.advance()
         commit()
-
-    if mode is PerIdentity.MEAN and mean_groups:
-        templates = []
-        for name, items in mean_groups.items():
-            mean = np.mean([e for e, _ in items], axis=0)
-            mean = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
-            digest = hashlib.sha256("\n".join(sorted(d for _, d in items)).encode()).hexdigest()
-            source = str(next(p.path.parent for p in photos if p.name == name)) if len(items) > 1 else str(next(p.path for p in photos if p.name == name))
-            templates.append(Template(name, mean, source, digest))
-        result = gallery.append(templates, model)
-        added_templates += result.added
-        for name in {t.name for t in templates if t.source in set(result.duplicates)}:
-            c = counts[name]
-            c["duplicates"] += c["added"]
-            c["added"] = 0
 
     in_gallery = gallery.identities() if gallery.exists() else {}
     summaries = [

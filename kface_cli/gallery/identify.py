@@ -161,14 +161,27 @@ def _photo_frames(files: Sequence[Path], every: int, max_frames: int | None = No
             yield _Frame(str(f), None, f, "", error=e.message)
 
 
-def _video_frames(source: Path | int, every: int, label: str, max_frames: int | None = None) -> Iterator[_Frame]:
+def _open_capture(source: Path | int):
+    """An opened ``cv2.VideoCapture`` on a video file or a camera index (clear error otherwise)."""
     import cv2
 
-    cap = cv2.VideoCapture(str(source) if isinstance(source, Path) else source)
-    if not cap.isOpened():
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # no V4L/FFmpeg noise for a missing camera
+    try:
+        cap = cv2.VideoCapture(str(source) if isinstance(source, Path) else source)
+        opened = cap.isOpened()
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if not opened:
         if isinstance(source, int):
-            raise InputError(f"no camera {source} could be opened", hint="Check that a webcam is connected and not in use (try --camera 1), or pass photos instead.")
+            raise InputError(f"no camera {source} could be opened", hint="Check that a webcam is connected and not in use (try --camera 1), or pass photos or a video file instead.")
         raise InputError(f"cannot read video {source}", hint="OpenCV could not open it; convert it to MP4 (H.264) or extract frames.")
+    return cap
+
+
+def _video_frames(source: Path | int, every: int, label: str, max_frames: int | None = None, cap=None) -> Iterator[_Frame]:
+    """Every ``every``-th frame of a video file or camera (``cap``: an already opened capture)."""
+    cap = cap if cap is not None else _open_capture(source)
     stem = source.stem if isinstance(source, Path) else f"camera{source}"
     n = 0
     yielded = 0
@@ -226,8 +239,11 @@ def identify(
         raise InputError(f"--top-k must be at least 1, got {top_k}")
     if every < 1:
         raise InputError(f"--every must be at least 1, got {every}")
+    capture = None
     if camera is None:
         files = expand_inputs(paths)  # before the slow model load: typos fail fast
+    else:
+        capture = _open_capture(camera)
     gallery = Gallery(gallery_path)
     gallery.model()  # missing / corrupt gallery: fail before loading the model
     embedder = resolve_embedder(embedder)
@@ -248,7 +264,7 @@ def identify(
         out_dir.mkdir(parents=True, exist_ok=True)
 
     if camera is not None:
-        frames: Iterable[_Frame] = _video_frames(camera, every, label=f"camera{camera}", max_frames=max_frames)
+        frames: Iterable[_Frame] = _video_frames(camera, every, label=f"camera{camera}", max_frames=max_frames, cap=capture)
         total = max_frames
     else:
         frames = _photo_frames(files, every, max_frames)

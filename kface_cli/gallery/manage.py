@@ -14,6 +14,8 @@ from kface_cli.gallery.store import Gallery
 def manage_gallery(path: str | Path, *, remove: Sequence[str] = (), rebuild_index: bool = False, index_kind: IndexKind | str = IndexKind.AUTO) -> dict[str, Any]:
     """Apply the requested changes, then report ``{facts, identities, removed, index}``.
 
+    The index is rebuilt when asked, after removals, and when ``index_kind`` names a kind.
+
     Removing a name that is not in the gallery is an error (nothing is changed then).
     """
     gallery = Gallery(path)
@@ -27,7 +29,7 @@ def manage_gallery(path: str | Path, *, remove: Sequence[str] = (), rebuild_inde
         removed = {n: present[n] for n in remove}
         gallery.remove(list(remove))
     index_info: dict[str, Any] = {}
-    if rebuild_index or removed:
+    if rebuild_index or removed or kind is not IndexKind.AUTO:  # asking for a kind means building it
         loaded = load_index(gallery, kind, rebuild=True)
         index_info = {"rebuilt": True, **loaded.index.meta()}
     else:

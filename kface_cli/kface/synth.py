@@ -396,7 +396,7 @@ def _backdrop(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     gy, gx = np.mgrid[0:6, 0:9]
     grad = rng.uniform(-0.25, 0.25, 2)
     small *= (1 + grad[0] * (gy / 5 - 0.5) + grad[1] * (gx / 8 - 0.5))[..., None]
-    small += rng.normal(0, 0.05, (6, 9, 1)) + rng.normal(0, 0.02, small.shape)
+    small += rng.normal(0, 0.03, (6, 9, 1)) + rng.normal(0, 0.01, small.shape)
     return cv2.resize(np.clip(small, 0, 1).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
 
 
@@ -593,7 +593,7 @@ def render_face(ident: Identity, acc: str, light: str, expr: str, cam: str, res:
     img *= np.float32(brightness * scene.uniform(0.85, 1.15)) * scene.uniform(0.9, 1.1, 3).astype(np.float32)
     img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA) if ss > 1 else img
     # sensor noise, mostly smoothed by the lens blur (sharp noise would bloat the JPEGs)
-    img = img + noise_rng.normal(0, scene.uniform(0.005, 0.02), img.shape).astype(np.float32)
+    img = img + noise_rng.normal(0, scene.uniform(0.004, 0.012), img.shape).astype(np.float32)
     sigma = scene.uniform(0.5, 1.1) * height / 230
     img = cv2.GaussianBlur(img, (0, 0), sigma)
     img = img + noise_rng.normal(0, 0.002, img.shape).astype(np.float32)

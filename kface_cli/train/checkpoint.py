@@ -9,7 +9,7 @@
   with ``torch.load(..., weights_only=True)``.
 * ``backbone.pth``  the best backbone alone: a plain state_dict in insightface's layout.
 * ``log.jsonl``     one JSON object per line: ``{"type": "step"|"epoch"|"stopped", ...}``.
-* ``loss.png``, ``lr.png``, ``val_accuracy.png``.
+* ``plots.png``     training loss, learning rate and validation accuracy.
 """
 
 from __future__ import annotations

@@ -68,6 +68,7 @@ class TrainConfig:
     workdir: str | None = None  # workspace; None: $KFACE_WORKDIR or the current folder
     log_every: int = 10  # steps between JSONL log lines
     val_batch_size: int = 64
+    bn_recalibration: int = 512  # before validating, re-estimate BatchNorm statistics on this many training images (0: off)
     max_steps_per_epoch: int = 0  # 0: the whole epoch (a cap, for smoke tests and benchmarks)
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
 
@@ -96,7 +97,7 @@ class TrainConfig:
         for key in ("batch_size", "epochs", "embedding_size", "log_every", "val_batch_size"):
             if getattr(self, key) < 1:
                 raise KFaceError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
-        for key in ("workers", "freeze", "max_steps_per_epoch"):
+        for key in ("workers", "freeze", "max_steps_per_epoch", "bn_recalibration"):
             if getattr(self, key) < 0:
                 raise KFaceError(f"--{key.replace('_', '-')} must not be negative, got {getattr(self, key)}")
         if self.lr is not None and self.lr <= 0:

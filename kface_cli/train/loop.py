@@ -35,6 +35,7 @@ from kface_cli.train.config import AUTO, TrainConfig, config_from_dict, resolve_
 #: Options that may change when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = ("epochs", "workers", "device", "log_every", "val_batch_size", "val_pairs")
 VAL_FAR = 1e-2  # TAR is reported at this FAR after every epoch
+PLOT_EVERY_S = 30.0  # redraw plots.png at most this often (and after the last epoch)
 
 
 @dataclass
@@ -223,6 +224,47 @@ def validate(backbone: Any, pair_faces: Any, *, network: str, batch_size: int = 
     }
 
 
+def recalibrate_batchnorm(backbone: Any, dataset: Any, *, num_images: int, batch_size: int, device: Any, seed: int,
+                          frozen: list[Any] = ()) -> None:
+    """Re-estimate BatchNorm running statistics with the current weights ("precise BN").
+
+    Running statistics lag the weights (momentum 0.1) and start from mean 0 / variance 1, which
+    is far from the truth of a freshly initialised MobileFaceNet (its depthwise layers shrink
+    activations); in a short run eval-mode embeddings then collapse and validation says nothing.
+    This resets them and averages ``num_images`` training images (fixed ones, no flips, no grad).
+    Training itself never reads running statistics, so the optimisation is unchanged; frozen
+    stages keep their loaded statistics.
+    """
+    import torch
+
+    skip = {id(m) for f in frozen for m in f.modules()}
+    bns = [m for m in backbone.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and id(m) not in skip]
+    n = min(num_images, len(dataset))
+    if not bns or n < 2:
+        return
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed)).tolist()[:n]
+    momenta = [m.momentum for m in bns]
+    was_training = backbone.training
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+        backbone.train()
+        for f in frozen:
+            f.eval()
+        with torch.no_grad():
+            for lo in range(0, n, batch_size):
+                idx = order[lo:lo + batch_size]
+                if len(idx) < 2:
+                    break
+                x = torch.stack([dataset[(i, False)][0] for i in idx]).to(device)  # (b, 3, 112, 112)
+                backbone(x)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        backbone.train(was_training)
+
+
 class _StopFlag:
     """Ctrl-C during training sets a flag; the loop stops after the current step, at a consistent
     point, and leaves a checkpoint. A second Ctrl-C interrupts at once."""
@@ -407,6 +449,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
     partial_losses: list[float] = list(ckpt.get("partial_losses", [])) if ckpt is not None else []
     stopped_cleanly = False
     losses: list[float] = []
+    last_plot = -math.inf
     try:
         with _StopFlag() as stop:
             for epoch in range(start_epoch, config.epochs):
@@ -462,6 +505,10 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                                           "lr": scheduler.get_last_lr()[0], "samples_per_s": n_epoch / max(time.perf_counter() - t_epoch, 1e-9),
                                           "elapsed_s": time.perf_counter() - t_start}
                 improved = True
+                if config.bn_recalibration and (pair_faces is not None or epoch + 1 == config.epochs):
+                    # every rank, same images: BatchNorm buffers stay identical across ranks
+                    recalibrate_batchnorm(backbone, dataset, num_images=config.bn_recalibration, batch_size=config.batch_size,
+                                          device=device, seed=config.seed, frozen=frozen)
                 if info.is_main and pair_faces is not None:
                     val = validate(model, pair_faces, network=network, batch_size=config.val_batch_size)
                     record["val"] = val
@@ -484,10 +531,11 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                 save_checkpoint(epoch + 1, 0)
                 cur_epoch, cur_step = epoch + 1, 0
                 write_log(record)
-                if info.is_main:
+                if info.is_main and (epoch + 1 == config.epochs or time.perf_counter() - last_plot > PLOT_EVERY_S):
                     from kface_cli.train.plots import write_plots
 
                     write_plots(run_dir)
+                    last_plot = time.perf_counter()
         # -- DDP sanity check: every rank must end with the same backbone ----------------------
         digests = distributed.all_gather_object(info, _digest(ck.backbone_state_dict(backbone)))
         if info.is_main:

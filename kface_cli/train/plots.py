@@ -1,14 +1,14 @@
-"""PNG plots of a run, drawn from its ``log.jsonl``: loss, learning rate, validation accuracy."""
+"""``runs/<name>/plots.png``: training loss, learning rate and validation accuracy, from ``log.jsonl``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-PLOT_FILES = ("loss.png", "lr.png", "val_accuracy.png")
+PLOT_FILE = "plots.png"
 
 
-def write_plots(run_dir: str | Path) -> list[Path]:
-    """(Re)draw ``loss.png``, ``lr.png`` and ``val_accuracy.png`` in ``run_dir``; returns the paths."""
+def write_plots(run_dir: str | Path) -> Path:
+    """(Re)draw ``plots.png`` in ``run_dir`` (three panels: loss, learning rate, validation)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -21,47 +21,30 @@ def write_plots(run_dir: str | Path) -> list[Path]:
     records = read_log(run_dir)
     steps = [r for r in records if r.get("type") == "step"]
     epochs = [r for r in records if r.get("type") == "epoch"]
-    written: list[Path] = []
+    fig, (ax_loss, ax_lr, ax_val) = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig.suptitle(run_dir.name)
 
-    def save(fig, name: str) -> None:
-        with atomic_path(run_dir / name) as tmp:
-            fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(run_dir / name)
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     if steps:
-        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, label="training loss (per log interval)")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(f"{run_dir.name}: loss")
-    ax.grid(alpha=0.3)
-    if steps:
-        ax.legend()
-    save(fig, "loss.png")
+        ax_loss.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1)
+        ax_lr.plot([r["step"] for r in steps], [r["lr"] for r in steps], lw=1)
+    ax_loss.set(xlabel="step", ylabel="training loss", title="loss")
+    ax_lr.set(xlabel="step", ylabel="learning rate", title="learning rate")
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    if steps:
-        ax.plot([r["step"] for r in steps], [r["lr"] for r in steps], lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
-    ax.set_title(f"{run_dir.name}: learning rate")
-    ax.grid(alpha=0.3)
-    save(fig, "lr.png")
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
     val = [(r["epoch"], r["val"]) for r in epochs if r.get("val") and r["val"].get("accuracy") is not None]
     if val:
-        ax.plot([e for e, _ in val], [100 * v["accuracy"] for _, v in val], marker="o", label="10-fold accuracy")
-        tar = [(e, v.get("tar_at_far_1e-2")) for e, v in val if v.get("tar_at_far_1e-2") is not None]
+        ax_val.plot([e for e, _ in val], [100 * v["accuracy"] for _, v in val], marker="o", label="10-fold accuracy")
+        tar = [(e, v["tar_at_far_1e-2"]) for e, v in val if v.get("tar_at_far_1e-2") is not None]
         if tar:
-            ax.plot([e for e, _ in tar], [100 * t for _, t in tar], marker="s", label="TAR @ FAR 1e-2")
-        ax.legend()
+            ax_val.plot([e for e, _ in tar], [100 * t for _, t in tar], marker="s", label="TAR @ FAR 1e-2")
+        ax_val.legend()
     else:
-        ax.text(0.5, 0.5, "no validation pairs", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("%")
-    ax.set_title(f"{run_dir.name}: validation")
-    ax.grid(alpha=0.3)
-    save(fig, "val_accuracy.png")
-    return written
+        ax_val.text(0.5, 0.5, "no validation pairs", ha="center", va="center", transform=ax_val.transAxes)
+    ax_val.set(xlabel="epoch", ylabel="%", title="validation")
+    for ax in (ax_loss, ax_lr, ax_val):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    target = run_dir / PLOT_FILE
+    with atomic_path(target) as tmp:
+        fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    return target

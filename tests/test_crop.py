@@ -1,0 +1,164 @@
+"""`kface crop`: exact alignment geometry, profile fallback, box mode, bad annotations, manifest."""
+
+import csv
+
+import cv2
+import numpy as np
+import pytest
+
+from kface_cli.data.crop import MANIFEST_COLUMNS, CropConfig, CropMode, box_crop, crop, crop_face
+from kface_cli.data.extract import Selection, extract
+from kface_cli.errors import InputError
+from kface_cli.face.align import ARCFACE_TEMPLATE
+from kface_cli.kface.annotation import format_annotation, parse_annotation
+
+from synth_helpers import make_source
+
+W, H = 346, 230
+KFACE_FROM_ARCFACE = [2, 0, 1, 3, 4]  # K-Face point k is ArcFace point KFACE_FROM_ARCFACE[k]
+
+
+def _similarity(scale: float, degrees: float, tx: float, ty: float) -> np.ndarray:
+    t = np.radians(degrees)
+    return np.array([[scale * np.cos(t), -scale * np.sin(t), tx], [scale * np.sin(t), scale * np.cos(t), ty]])
+
+
+def _marker_scene(m: np.ndarray) -> tuple[np.ndarray, str]:
+    """A black image with white discs where the template points land under ``m``, and its annotation."""
+    pts5 = ARCFACE_TEMPLATE @ m[:, :2].T + m[:, 2]  # ArcFace order, image coordinates
+    img = np.zeros((H, W, 3), np.uint8)
+    for x, y in pts5:  # sub-pixel centres (shift=4: 1/16 px)
+        cv2.circle(img, (int(round(x * 16)), int(round(y * 16))), 3 * 16, (255, 255, 255), -1, cv2.LINE_AA, shift=4)
+    kface = np.vstack([pts5[KFACE_FROM_ARCFACE], [[pts5[:, 0].min() - 30, pts5[0, 1]], [pts5[:, 0].max() + 30, pts5[1, 1]]]])
+    x0, y0 = pts5.min(0) - 25
+    x1, y1 = pts5.max(0) + 25
+    boxes = {"face": (x0, y0, x1 - x0, y1 - y0), "eye_left": (1, 1, 5, 5), "eye_right": (1, 1, 5, 5), "nose": (1, 1, 5, 5),
+             "mouth": (1, 1, 5, 5), "ear_left": (1, 1, 5, 5), "ear_right": (1, 1, 5, 5)}
+    return img, format_annotation(kface, boxes)
+
+
+def _blob_centres(img: np.ndarray) -> np.ndarray:
+    grey = img if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    n, labels = cv2.connectedComponents((grey > 40).astype(np.uint8))
+    centres = []
+    for k in range(1, n):
+        ys, xs = np.nonzero(labels == k)
+        w = grey[ys, xs].astype(float)
+        centres.append([(xs * w).sum() / w.sum(), (ys * w).sum() / w.sum()])
+    return np.array(centres)
+
+
+def _match(found: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    assert len(found) == len(expected), f"found {len(found)} markers, expected {len(expected)}"
+    return np.array([np.linalg.norm(found - e, axis=1).min() for e in expected])
+
+
+@pytest.mark.parametrize("m", [_similarity(1.0, 0, 100, 60), _similarity(1.6, 14, 120, 20), _similarity(0.7, -20, 150, 90)])
+def test_align_puts_landmarks_on_the_template(m):
+    img, text = _marker_scene(m)
+    face, method = crop_face(img, parse_annotation(text))
+    assert method == "align" and face.shape == (112, 112, 3)
+    err = _match(_blob_centres(face), ARCFACE_TEMPLATE)
+    assert err.max() < 1.0, err  # "within a pixel"
+
+
+def test_align_geometry_through_the_stage(tmp_path):
+    """The same check end to end: raw JPEG + .txt -> kface crop -> 112x112 JPEG on disk."""
+    img, text = _marker_scene(_similarity(1.25, 9, 110, 40))
+    folder = tmp_path / "raw" / "Middle" / "19062531" / "S001" / "L1" / "E01"
+    folder.mkdir(parents=True)
+    cv2.imwrite(str(folder / "C7.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 100])
+    (folder / "C7.txt").write_text(text)
+    r = crop(tmp_path, res="Middle")
+    assert r.cropped == 1 and r.methods == {"align": 1}
+    out = cv2.imread(str(tmp_path / "faces" / "Middle" / "19062531" / "19062531_S001_L1_E01_C7.jpg"))
+    err = _match(_blob_centres(out), ARCFACE_TEMPLATE)
+    assert err.max() < 1.0, err  # within a pixel after two JPEG round trips
+
+
+def test_other_sizes_scale_the_template():
+    img, text = _marker_scene(_similarity(1.0, 5, 100, 60))
+    face, _ = crop_face(img, parse_annotation(text), CropConfig(size=224))
+    assert face.shape == (224, 224, 3)
+    assert _match(_blob_centres(face), ARCFACE_TEMPLATE * 2).max() < 0.8
+
+
+def test_profile_points_fall_back_to_the_square_face_box():
+    img = np.zeros((H, W, 3), np.uint8)
+    img[60:160, 150:230] = 200  # the face box region: 80 x 100
+    pts = [[160, 110], [175, 95], [177, 95], [172, 130], [173, 131], [220, 100], [224, 100]]
+    ann = parse_annotation(format_annotation(np.array(pts), {"face": (150, 60, 80, 100), "eye_right": (170, 90, 10, 8),
+                                                              "nose": (155, 100, 15, 20), "mouth": (165, 125, 12, 10), "ear_right": (215, 90, 15, 25)}))
+    face, method = crop_face(img, ann)
+    assert method == "box-fallback"
+    np.testing.assert_array_equal(face, box_crop(img, ann.face_box, 112, square=True))
+    # squared: the 80-wide region covers 80/100 of the width, all of the height
+    row = face[56, :, 0] > 100
+    assert abs(row.sum() - 112 * 0.8) <= 2 and (face[:, 56, 0] > 100).all()
+
+
+def test_box_mode_margin_and_square():
+    img = np.full((H, W, 3), 50, np.uint8)
+    img[50:150, 100:200] = 200  # a 100 x 100 face box
+    box = (100, 50, 100, 100)
+    plain = box_crop(img, box, 112)
+    assert (plain > 150).all()
+    with_margin = box_crop(img, box, 112, margin=0.25)  # 150 x 150 around it: face is the middle 2/3
+    assert abs((with_margin[56, :, 0] > 125).sum() - 112 / 1.5) <= 2
+    assert (with_margin[:5] < 100).all() and (with_margin[:, -5:] < 100).all()
+    wide = box_crop(img, (100, 75, 100, 50), 112, square=True)  # 100 x 50 grown to 100 x 100: all inside the bright area
+    assert (wide > 150).all()
+    corner = box_crop(img, (-20, -20, 60, 60), 112)  # outside the image: black padding
+    assert corner[:20, :20].max() == 0 and corner[-10:, -10:].min() == 50
+    with pytest.raises(InputError, match="zero size"):
+        box_crop(img, (10, 10, 0, 20))
+
+
+def _write(folder, name, img=None, text=None, raw_bytes=None):
+    folder.mkdir(parents=True, exist_ok=True)
+    if raw_bytes is not None:
+        (folder / f"{name}.jpg").write_bytes(raw_bytes)
+    elif img is not None:
+        cv2.imwrite(str(folder / f"{name}.jpg"), img)
+    if text is not None:
+        (folder / f"{name}.txt").write_text(text)
+
+
+def test_bad_annotations_are_counted_never_fatal(tmp_path):
+    img, good = _marker_scene(_similarity(1.0, 0, 100, 60))
+    base = tmp_path / "raw" / "Low" / "19062531" / "S001" / "L1" / "E01"
+    _write(base, "C6", img, good)
+    _write(base, "C7", img, None)  # missing annotation
+    _write(base, "C8", img, "\n".join(good.splitlines()[:9]))  # too few lines
+    lines = good.splitlines()
+    _write(base, "C9", img, "\n".join(lines[:7] + ["400 300 50 50"] + lines[8:]))  # box outside the image
+    _write(base, "C10", img, "\n".join(lines[:7] + ["100 50 0 80"] + lines[8:]))  # zero size
+    _write(base, "C11", text=good, raw_bytes=b"\xff\xd8 not really a jpeg")
+    r = crop(tmp_path, res="Low", config=CropConfig(mode=CropMode.align))
+    assert r.images == 6 and r.cropped == 1
+    assert r.problems == {"missing-annotation": 1, "malformed-annotation": 3, "unreadable-image": 1}
+    with open(r.manifest, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == MANIFEST_COLUMNS
+    by_cam = {row["cam"]: row for row in rows}
+    assert by_cam["C6"]["status"] == "ok" and by_cam["C6"]["path"] == "19062531/19062531_S001_L1_E01_C6.jpg"
+    assert "outside" in by_cam["C9"]["detail"] and "zero size" in by_cam["C10"]["detail"]
+    assert by_cam["C8"]["status"] == "malformed-annotation" and by_cam["C7"]["path"] == ""
+    assert len(list((tmp_path / "faces" / "Low").rglob("*.jpg"))) == 1
+
+
+def test_crop_of_synthetic_kface(tmp_path):
+    source = make_source(tmp_path / "kface", n_ids=2)
+    ws = tmp_path / "ws"
+    extract(source, workdir=ws, res="Low", selection=Selection.parse("S001-S002", "L1,L3,L7", "all", "C1,C6-C9"))
+    r = crop(ws, res="Low")
+    # per identity: 5 aligned (C6-C9, L7 C7), C1 profile -> box fallback, S002 has no annotation
+    assert r.identities == 2 and r.methods == {"align": 10, "box-fallback": 2}
+    assert r.problems == {"missing-annotation": 2}
+    faces = list((ws / "faces" / "Low").rglob("*.jpg"))
+    assert len(faces) == 12 and all(cv2.imread(str(p)).shape == (112, 112, 3) for p in faces)
+
+
+def test_missing_raw_folder_names_the_stage(tmp_path):
+    with pytest.raises(InputError, match="kface extract"):
+        crop(tmp_path, res="Middle")
