@@ -1,12 +1,12 @@
-"""Two CPU processes with gloo: the sharded Partial FC head is exact, and `torchrun ... kface_cli
-train` keeps both ranks identical and learns in the same direction as one process."""
+"""Two CPU processes with gloo (as ``torchrun --nproc_per_node 2 -m kface_cli train`` starts them):
+the sharded Partial FC head is exact, both ranks end with identical weights, and they learn at the
+same pace as one process seeing the same global batches."""
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
+import socket
 
 import torch
 import torch.multiprocessing as mp
@@ -25,30 +25,50 @@ def _inputs():
     return emb, labels, weight
 
 
-def _sharded_worker(rank: int, init_file: str, out_dir: str) -> None:
+def _train_args(ws, name, batch):
+    return ["train", "--workdir", str(ws), "--network", "mbf_small", "--embedding-size", "16", "--batch-size", str(batch),
+            "--epochs", "2", "--workers", "0", "--lr", "0.05", "--scale", "16", "--val-pairs", "none", "--name", name,
+            "--sample-rate", "0.5", "--device", "cpu"]
+
+
+def _worker(rank: int, init_file: str, out_dir: str, ws: str, port: int) -> None:
     import torch.distributed as dist
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
 
     torch.set_num_threads(1)
+    # 1. the sharded head alone, against the single-process head (checked in the parent)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
-    try:
-        emb, labels, weight = _inputs()
-        head = build_head(C, D, HeadConfig(loss="arcface", scale=16.0))
-        assert head.num_local == (4 if rank == 0 else 3)
-        with torch.no_grad():
-            head.weight.copy_(head.local_rows(weight))
-        mine = emb[rank * N_PER_RANK:(rank + 1) * N_PER_RANK].clone().requires_grad_(True)
-        loss = head(mine, labels[rank * N_PER_RANK:(rank + 1) * N_PER_RANK])
-        loss.backward()
-        full_w_grad = head.gather_rows(head.weight.grad)
-        full_state = head.full_state_dict()
-        torch.save({"loss": loss.detach(), "emb_grad": mine.grad, "w_grad": full_w_grad, "weight": full_state["weight"]},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    emb, labels, weight = _inputs()
+    head = build_head(C, D, HeadConfig(loss="arcface", scale=16.0))
+    assert head.num_local == (4 if rank == 0 else 3)
+    with torch.no_grad():
+        head.weight.copy_(head.local_rows(weight))
+    mine = emb[rank * N_PER_RANK:(rank + 1) * N_PER_RANK].clone().requires_grad_(True)
+    loss = head(mine, labels[rank * N_PER_RANK:(rank + 1) * N_PER_RANK])
+    loss.backward()
+    torch.save({"loss": loss.detach(), "emb_grad": mine.grad, "w_grad": head.gather_rows(head.weight.grad),
+                "weight": head.full_state_dict()["weight"]}, os.path.join(out_dir, f"rank{rank}.pt"))
+    dist.destroy_process_group()
+    # 2. `kface train` with the environment torchrun sets
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), KFACE_NO_PROGRESS="1")
+    res = CliRunner().invoke(app, _train_args(ws, "ddp", 4))
+    assert res.exit_code == 0, res.output
 
 
-def test_sharded_head_equals_single_process(tmp_path):
-    mp.spawn(_sharded_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes(tmp_path, monkeypatch):
+    ws = make_workspace(tmp_path / "ws", train_ids=6, val_ids=0, per_id=4)
+    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path), str(ws), _free_port()), nprocs=WORLD, join=True)
+
+    # -- the sharded head equals one process holding every class ----------------------------
     emb, labels, weight = _inputs()
     head = build_head(C, D, HeadConfig(loss="arcface", scale=16.0))
     with torch.no_grad():
@@ -64,43 +84,26 @@ def test_sharded_head_equals_single_process(tmp_path):
     # each rank gets world_size x its slice of the gradient: DDP's averaging over ranks undoes it
     torch.testing.assert_close(torch.cat([r0["emb_grad"], r1["emb_grad"]]) / WORLD, e.grad)
 
-
-def _train_args(ws, name, batch):
-    return ["train", "--workdir", str(ws), "--network", "mbf_small", "--embedding-size", "16", "--batch-size", str(batch),
-            "--epochs", "2", "--workers", "0", "--lr", "0.05", "--scale", "16", "--val-pairs", "none", "--name", name,
-            "--sample-rate", "0.5", "--device", "cpu"]
-
-
-def _run(cmd, env):
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-
-
-def test_torchrun_two_processes_match_one(tmp_path, monkeypatch):
-    ws = make_workspace(tmp_path, train_ids=6, val_ids=0, per_id=4)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "KFACE_NO_PROGRESS": "1"}
-    env.pop("WORLD_SIZE", None)
-    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "kface_cli",
-          *_train_args(ws, "ddp", 4)], env)
-    from kface_cli.cli import app
+    # -- the same training in one process (batch 8 = 2 x 4) ---------------------------------
     from typer.testing import CliRunner
+
+    from kface_cli.cli import app
 
     monkeypatch.setenv("KFACE_NO_PROGRESS", "1")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        res = CliRunner().invoke(app, _train_args(ws, "one", 8))  # the same run in this one process
+        res = CliRunner().invoke(app, _train_args(ws, "one", 8))
     finally:
         torch.set_num_threads(threads)
     assert res.exit_code == 0, res.output
 
-    logs = {n: [json.loads(l) for l in (ws / "runs" / n / "log.jsonl").read_text().splitlines()] for n in ("ddp", "one")}
+    logs = {n: [json.loads(line) for line in (ws / "runs" / n / "log.jsonl").read_text().splitlines()] for n in ("ddp", "one")}
     end = logs["ddp"][-1]
     assert end["type"] == "end" and len(end["backbone_digest_per_rank"]) == 2
     assert len(set(end["backbone_digest_per_rank"])) == 1, "both ranks must end with identical weights"
     cfg = json.loads((ws / "runs" / "ddp" / "config.json").read_text())
     assert cfg["world_size"] == 2 and cfg["steps_per_epoch"] == 3
-
     # one process with batch 8 sees the same global batches (and learning rate) as two with 4:
     # both must learn, at the same pace (BatchNorm statistics are per process, so not bit-equal)
     losses = {n: [r["loss"] for r in logs[n] if r["type"] == "epoch"] for n in logs}

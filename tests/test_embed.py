@@ -17,6 +17,7 @@ from kface_cli.embed import (
 )
 from kface_cli.errors import InputError, KFaceError, ModelMismatchError
 from kface_cli.models.registry import get_backbone
+from model_helpers import calibrated
 
 NETWORK = "mbf_small"
 EMB = 32
@@ -30,14 +31,9 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="module")
 def backbone() -> torch.nn.Module:
     torch.manual_seed(0)
-    net = get_backbone(NETWORK, EMB)
-    # give BatchNorm non-trivial statistics so eval-mode outputs differ between faces
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    return net.eval()
+    return calibrated(get_backbone(NETWORK, EMB))
+
+
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +136,7 @@ def test_fingerprint_stability(backbone, workspace):
     assert a.fingerprint == b.fingerprint == c.fingerprint
     assert len(a.fingerprint) == 20 and int(a.fingerprint, 16) >= 0
     assert load_embedder(workspace / "runs" / "demo", flip=True, backend="torch").fingerprint != a.fingerprint
-    changed = get_backbone(NETWORK, EMB)
+    changed = get_backbone(NETWORK, EMB).eval()
     changed.load_state_dict(backbone.state_dict())
     with torch.no_grad():
         changed.state_dict()["features.layers.3.weight"][0] += 1e-3  # one weight

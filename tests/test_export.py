@@ -16,6 +16,7 @@ from kface_cli.embed import load_embedder
 from kface_cli.errors import KFaceError
 from kface_cli.export import export_model, synthetic_faces
 from kface_cli.models.registry import get_backbone
+from model_helpers import calibrated
 
 NETWORK, EMB = "mbf_small", 32
 
@@ -26,7 +27,7 @@ def workspace(tmp_path_factory) -> Path:
     run = root / "runs" / "tiny"
     run.mkdir(parents=True)
     torch.manual_seed(1)
-    net = get_backbone(NETWORK, EMB)
+    net = calibrated(get_backbone(NETWORK, EMB))
     torch.save(net.state_dict(), run / "backbone.pth")
     (run / "config.json").write_text(json.dumps({"network": NETWORK, "embedding_size": EMB, "seed": 1}))
     return root
@@ -85,7 +86,7 @@ def test_failed_self_check_writes_nothing(workspace, tmp_path, monkeypatch):
     real_write = export_mod._write_onnx
 
     def corrupt(module, path, opset, meta):
-        broken = get_backbone(NETWORK, EMB)  # other (random) weights, same metadata
+        broken = calibrated(get_backbone(NETWORK, EMB))  # other (random) weights, same metadata
         real_write(broken, path, opset, meta)
 
     monkeypatch.setattr(export_mod, "_write_onnx", corrupt)

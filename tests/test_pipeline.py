@@ -96,3 +96,35 @@ def test_load_aligned_resizes_and_converts(tmp_path):
     cv2.imwrite(str(tmp_path / "wide.png"), np.zeros((112, 150, 3), np.uint8))
     with pytest.raises(InputError, match="not a square"):
         load_aligned(tmp_path / "wide.png")
+
+
+def _exif_rotated_jpeg(upright: np.ndarray) -> bytes:
+    """A phone-style JPEG: pixels stored turned 90 degrees counter-clockwise, EXIF orientation 6."""
+    import struct
+
+    stored = np.ascontiguousarray(np.rot90(upright, 1))
+    ok, enc = cv2.imencode(".jpg", stored, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    assert ok
+    tiff = b"MM" + struct.pack(">HI", 42, 8) + struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack(">I", 0)
+    payload = b"Exif\x00\x00" + tiff
+    data = enc.tobytes()
+    return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]
+
+
+@pytest.mark.parametrize("kind", ["exif-jpeg", "grey-png", "rgba-png", "16bit-png"])
+def test_odd_photo_formats_find_the_face(tmp_path, kind):
+    photo = cv2.imread(str(FIXTURE))
+    path = tmp_path / ("photo.jpg" if kind == "exif-jpeg" else "photo.png")
+    if kind == "exif-jpeg":
+        path.write_bytes(_exif_rotated_jpeg(photo))
+    elif kind == "grey-png":
+        cv2.imwrite(str(path), cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))
+    elif kind == "rgba-png":
+        cv2.imwrite(str(path), np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)]))
+    else:
+        cv2.imwrite(str(path), photo.astype(np.uint16) * 257)
+    found = faces_in_image(path, get_detector("detect"))
+    assert len(found) == 1
+    face, _ = found[0]
+    left_eye, right_eye = face.points5[0], face.points5[1]
+    assert left_eye[0] < right_eye[0] and abs(left_eye[1] - right_eye[1]) < 10  # upright, not rotated

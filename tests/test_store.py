@@ -78,6 +78,9 @@ def test_growth_keeps_rows_and_checksum_changes(tmp_path):
     assert after.checksum != before.checksum
     rows = g.read()
     np.testing.assert_array_equal(rows.embeddings, np.stack([t.embedding for t in first + second]))
+    g.reserve(5000, MODEL)  # one rewrite to the size asked for, rows kept
+    assert g.facts().capacity == 5120 and g.facts().checksum == after.checksum
+    np.testing.assert_array_equal(g.read().embeddings, rows.embeddings)
 
 
 def test_remove_rewrites_without_the_person(tmp_path):

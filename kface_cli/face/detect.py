@@ -63,8 +63,13 @@ _MESH_CROP_SCALE = 2.0
 #: ...resized so that its side is this many pixels.
 _MESH_CROP_SIDE = 256
 #: Face Mesh confirms a detection when its eyes and nose lie within this fraction of BlazeFace's
-#: eye distance from BlazeFace's keypoints (real faces: <= 0.3; false detections: >= 0.4 or no mesh).
+#: eye distance from BlazeFace's keypoints (real faces: <= 0.3; false detections: >= 0.4 or no mesh)...
 _MESH_AGREEMENT = 0.35
+#: ...or, as BlazeFace's keypoints are poor on faces turned 90 degrees, when the mesh's 5 points
+#: are centred in the box (offset <= this fraction of its side; real faces <= 0.08, textures 0.15)
+_MESH_MAX_CENTRE_OFFSET = 0.1
+#: with an eye distance in this range of fractions of the box side (real faces 0.19-0.42).
+_MESH_EYE_RANGE = (0.15, 0.6)
 #: A detection that Face Mesh does not confirm is kept only with at least this score (strong
 #: profiles, where the mesh fails, score 0.8+; textures that fool BlazeFace score 0.5-0.7).
 _UNCONFIRMED_MIN_SCORE = 0.8
@@ -98,7 +103,7 @@ class DetectedFace:
         return {
             "box": [round(float(v), 1) for v in self.box],
             "score": round(float(self.score), 4),
-            "points5": np.round(self.points5, 1).tolist(),
+            "points5": np.round(self.points5.astype(np.float64), 1).tolist(),
             "landmarks": self.landmarks,
         }
 
@@ -222,6 +227,17 @@ def _disagreement(points5: np.ndarray, kps: np.ndarray) -> float:
     return float(np.linalg.norm(points5[:3] - kps[:3], axis=1).max() / iod)
 
 
+def _mesh_confirms(points5: np.ndarray, kps: np.ndarray, box: Box) -> bool:
+    """Whether Face Mesh's points describe the face BlazeFace found (see _MESH_AGREEMENT)."""
+    if _disagreement(points5, kps) <= _MESH_AGREEMENT:
+        return True
+    side = max(box[2], box[3], 1e-6)
+    centre = np.array([box[0] + box[2] / 2, box[1] + box[3] / 2])
+    offset = float(np.linalg.norm(points5.mean(axis=0) - centre)) / side
+    eyes = float(np.linalg.norm(points5[1] - points5[0])) / side
+    return offset <= _MESH_MAX_CENTRE_OFFSET and _MESH_EYE_RANGE[0] <= eyes <= _MESH_EYE_RANGE[1]
+
+
 def _estimate_mouth_corners(kps: np.ndarray) -> np.ndarray:
     """BlazeFace gives eyes, nose tip and mouth centre; corners lie along the eye line."""
     right_eye, left_eye, _nose, mouth = kps[0], kps[1], kps[2], kps[3]
@@ -282,7 +298,7 @@ class MediaPipeDetector:
             if max(box[2], box[3]) < min_face:
                 continue
             points, source = (self._mesh_points(image, box), "mesh") if self.refine else (None, "detector")
-            if points is not None and _disagreement(points, kps) > _MESH_AGREEMENT:
+            if points is not None and not _mesh_confirms(points, kps, box):
                 points = None  # the mesh found another face (or none) in the crop
             if points is None:
                 if self.refine and score < _UNCONFIRMED_MIN_SCORE:

@@ -184,6 +184,8 @@ def enroll_folder(
     if replace and gallery.exists():
         removed = gallery.remove(sorted({p.name for p in photos}))
     known = gallery.hashes() if gallery.exists() and mode is PerIdentity.ALL else set()
+    if mode is PerIdentity.ALL:  # grow the file once, to the size this run can reach
+        gallery.reserve((gallery.facts().templates if gallery.exists() else 0) + len(photos), model)
     if not aligned and detector is None:
         from kface_cli.face.detect import get_detector
 

@@ -8,9 +8,10 @@ Kinds (``--index``):
 
 * ``flat``: exact inner-product search (``IndexFlatIP``). The right choice up to ~50k templates
   (a query scans everything: ~2 ms per 10k 512-d templates on one core).
-* ``ivf``: inverted lists (``IndexIVFFlat``), ``nlist ~ 2 sqrt(N)`` k-means cells trained on a
-  sample, ``nprobe`` cells scanned per query. Builds in seconds to a minute even at 1M; the
-  default for large galleries.
+* ``ivf``: inverted lists with 8-bit scalar-quantised vectors (``IndexIVFScalarQuantizer``),
+  ``nlist ~ 2 sqrt(N)`` k-means cells trained on a sample, ``nprobe`` = 64 cells scanned per
+  query. Builds in a few minutes at 1M templates on 2 cores, takes a quarter of the RAM of the
+  float vectors; the default for large galleries. Distances are within ~0.002 of exact.
 * ``hnsw``: a graph (``IndexHNSWFlat``, M=32). Fast queries, slow to build on few cores.
 * ``auto``: ``flat`` below :data:`AUTO_FLAT_MAX` templates, else ``ivf``.
 
@@ -41,7 +42,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 40
 HNSW_EF_SEARCH = 128
 #: IVF: cells scanned per query, and training points per cell (a sample, to build fast).
-IVF_NPROBE = 32
+IVF_NPROBE = 64
 IVF_TRAIN_PER_CELL = 48
 
 
@@ -145,7 +146,9 @@ def build_index(embeddings: np.ndarray, kind: IndexKind | str = IndexKind.AUTO, 
     else:
         nlist = ivf_nlist(n)
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        # 8-bit codes: a quarter of the memory and memory traffic of float32 vectors, so twice
+        # the cells can be scanned in the same time (distances stay within ~0.002 of exact).
+        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
         n_train = min(n, max(nlist * IVF_TRAIN_PER_CELL, 1000))
         sample = x[np.sort(rng.choice(n, n_train, replace=False))] if n_train < n else x
@@ -154,7 +157,7 @@ def build_index(embeddings: np.ndarray, kind: IndexKind | str = IndexKind.AUTO, 
         index.add(x)
         nprobe = min(nlist, IVF_NPROBE)
         index.nprobe = nprobe
-        params = {"nlist": nlist, "nprobe": nprobe, "trained_on": int(n_train)}
+        params = {"nlist": nlist, "nprobe": nprobe, "codes": "sq8", "trained_on": int(n_train)}
     return SearchIndex(index, chosen, n, checksum, params)
 
 
@@ -184,7 +187,9 @@ def _load_saved(gallery: Path, kind: IndexKind, count: int, checksum: str) -> Se
             return None
         if kind is not IndexKind.AUTO and saved_kind is not resolve_kind(kind, count):
             return None  # "auto" keeps whatever kind was built last (e.g. a forced hnsw)
-        index = faiss.read_index(str(path))
+        # Memory-mapped: a fresh `kface identify` on a million-template IVF index reads only the
+        # lists it probes instead of loading gigabytes first.
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         if index.ntotal != count:
             return None
     except (OSError, ValueError, KeyError, RuntimeError, InputError):
