@@ -156,7 +156,8 @@ def extract_cmd(
         if result.missing_by_code:
             kinds = {"S": "acc", "L": "light", "E": "expr", "C": "cam"}
             miss = [[code, describe(kinds[code[0]], code), n] for code, n in result.missing_by_code.items()]
-            console.show(console.table("Missing images per code", ["code", "meaning", "images"], miss))
+            shown = miss if len(miss) <= 14 else miss[:13] + [["...", f"{len(miss) - 13} more codes (see --json)", ""]]
+            console.show(console.table("Missing images per code (selected but not in the source)", ["code", "meaning", "images"], shown))
         if result.failures:
             console.show(console.table("Failed identities", ["id", "problem"], [[f["id"], f["error"]] for f in result.failures]))
     if result.failed:
@@ -305,11 +306,11 @@ def export_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Export a trained model for deployment (input `data` [N,3,112,112], metadata inside), checked against torch."""
-    from kface_cli.embed import _resolve_model_path
+    from kface_cli.embed import resolve_model_path
     from kface_cli.export import export_model
 
     if out is None:
-        source = _resolve_model_path(model, workdir)
+        source = resolve_model_path(model, workdir)
         folder = source if source.is_dir() else source.parent
         out = folder / ("model.onnx" if fmt == "onnx" else "model.pt")
     result = export_model(model, out, fmt=fmt, opset=opset, workdir=workdir, network=network)  # type: ignore[arg-type]

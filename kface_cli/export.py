@@ -175,16 +175,16 @@ def export_model(
     if not 11 <= int(opset) <= 21:
         raise KFaceError(f"ONNX opset {opset} is out of range", hint="Use an opset between 11 and 21 (17 is the default).")
     t0 = time.perf_counter()
-    out = Path(out).expanduser()
+    out = Path(out).expanduser().resolve()
     if out.is_dir():
         raise KFaceError(f"--out must be a file, got a folder: {out}", hint="Pass e.g. --out model.onnx.")
     expected_suffix = ".onnx" if fmt == "onnx" else ".pt"
     if out.suffix.lower() != expected_suffix:
         raise KFaceError(f"{fmt} models are written as {expected_suffix} files, got {out.name}", hint=f"Use --out {out.with_suffix(expected_suffix).name}.")
-    source = embed._resolve_model_path(model, workdir)
+    source = embed.resolve_model_path(model, workdir)
     if source.is_file() and source.suffix.lower() == ".onnx":
         raise KFaceError(f"{source.name} is already an ONNX model", hint="Export from a run folder, checkpoint.pt or backbone.pth.")
-    weights = embed._load_torch_weights(source)
+    weights = embed.load_torch_weights(source)
     module, name, size = embed.build_backbone(weights, network)
     module = module.float().eval()
     reference = embed.embedder_from_module(module, network=name, backend="torch", source=source, embedding_size=size)

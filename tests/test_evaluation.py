@@ -167,3 +167,18 @@ def test_cli_with_a_real_random_weight_model(tmp_path):
     out = evaluate(EvaluateOptions(workdir=ws, flip=False, backend="torch", write_report=False)).summary
     assert out["model"]["network"] == "mbf" and out["model"]["embedding_size"] == 32 and out["model"]["flip"] is False
     assert out["model"]["source"].endswith("tiny") and 0.0 <= out["accuracy"] <= 1.0 and out["n_pairs"] == 60
+
+
+def test_default_report_names_do_not_collide(tmp_path):
+    from kface_cli.evaluate.evaluation import Protocol, default_report_name
+
+    emb = FakeEmbedder(source=tmp_path / "runs" / "demo")
+    names = {
+        default_report_name(emb, Protocol.VAL, EvaluateOptions()),
+        default_report_name(emb, Protocol.BIN, EvaluateOptions(bin_file=tmp_path / "val.bin")),
+        default_report_name(emb, Protocol.PAIRS, EvaluateOptions(pairs=tmp_path / "val.csv")),
+        default_report_name(emb, Protocol.LFW, EvaluateOptions(lfw_pairs=tmp_path / "val.txt", root=tmp_path)),
+        default_report_name(emb, None, EvaluateOptions()),
+    }
+    assert names == {"demo-val", "demo-bin-val", "demo-pairs-val", "demo-lfw-val", "demo-identification"}
+    assert default_report_name(FakeEmbedder(source=tmp_path / "w600k r50.onnx"), Protocol.VAL, EvaluateOptions()) == "w600k-r50-val"

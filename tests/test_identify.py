@@ -159,3 +159,32 @@ def test_cli_identify(world, tmp_path, mbf_model):
     assert r.exit_code == 2 and "gallery not found" in r.output
     r = runner.invoke(app, ["identify", "-g", str(gallery)])
     assert r.exit_code == 2 and "nothing to identify" in r.output
+
+
+def test_camera_frames_stream_until_max_frames(world, monkeypatch, capsys):
+    import kface_cli.gallery.identify as identify_mod
+    from kface_cli.face.imageio import read_image
+    from kface_cli.kface.annotation import read_annotation
+
+    probe = world["probes"] / "Bob.jpg"
+    image = read_image(probe)
+    ann = read_annotation(probe.with_suffix(".txt"))
+
+    class FakeCamera:  # stands in for cv2.VideoCapture(0) on a machine without a webcam
+        released = False
+
+        def read(self):
+            return True, image.copy()
+
+        def release(self):
+            FakeCamera.released = True
+
+    class Fixed:
+        def detect(self, img, path=None):
+            return [FakeFace(tuple(ann.face_box), 0.9, np.asarray(ann.points5, np.float32))]
+
+    monkeypatch.setattr(identify_mod, "_open_capture", lambda source: FakeCamera())
+    result = _identify(world, [], camera=0, every=3, max_frames=2, detector=Fixed())
+    assert [i.image for i in result.images] == ["camera0#frame=0", "camera0#frame=3"]
+    assert all(i.faces[0].name == "Bob" for i in result.images) and FakeCamera.released
+    assert "camera0#frame=3: Bob" in capsys.readouterr().err

@@ -89,3 +89,16 @@ def test_bad_requests(ws):
         split(ws, val_ids=3, order="alphabetical")
     with pytest.raises(InputError, match="kface crop"):
         split(ws / "elsewhere")
+
+
+def test_manifest_decides_which_crops_count(ws):
+    faces = ws / "faces" / "Middle"
+    header = "path,id,acc,light,expr,cam,source,method,status,detail\n"
+    rows = []
+    for ident in IDS:
+        for acc, light, expr, cam in CODES[:3]:  # pretend the last crop used a smaller selection
+            rows.append(f"{ident}/{ident}_{acc}_{light}_{expr}_{cam}.jpg,{ident},{acc},{light},{expr},{cam},x,align,ok,\n")
+    rows.append(f",{IDS[0]},S001,L1,E01,C9,x,,missing-annotation,no C9.txt\n")
+    (faces / "manifest.csv").write_text(header + "".join(rows))
+    r = split(ws, val_ids=3, seed=0)
+    assert r.train_images == 9 * 3 and r.val_images == 3 * 3  # stale crops from earlier runs are left out

@@ -168,8 +168,29 @@ class RecordDataset(_BaseDataset):
         return decode_image(data, f"{self.source}#{int(self.keys[i])}")
 
 
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+def synthetic_dataset(spec: str, *, flip: bool = True, seed: int = 0) -> ArrayDataset:
+    """``synthetic:<ids>x<images>`` (e.g. ``synthetic:100x10``): random faces of random classes,
+    generated in memory. For throughput checks and smoke tests only; nothing useful is learned."""
+    try:
+        ids, per_id = (int(v) for v in spec[len(SYNTHETIC_PREFIX):].lower().split("x"))
+        assert ids >= 2 and per_id >= 1
+    except (ValueError, AssertionError):
+        raise InputError(f"bad synthetic data spec {spec!r}", hint="Use synthetic:<identities>x<images per identity>, e.g. synthetic:100x10.") from None
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (ids * per_id, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    ds = ArrayDataset(images, np.repeat(np.arange(ids), per_id), num_classes=ids, flip=flip)
+    ds.source = spec
+    return ds
+
+
 def open_training_data(path: str | Path, *, flip: bool = True, preload: bool | None = None):
-    """The dataset at ``path``: a ``train.rec`` folder or an identity-folder tree."""
+    """The dataset at ``path``: a ``train.rec`` folder, an identity-folder tree, or
+    ``synthetic:<ids>x<images>`` (random data for throughput checks)."""
+    if str(path).startswith(SYNTHETIC_PREFIX):
+        return synthetic_dataset(str(path), flip=flip)
     path = Path(path)
     if path.is_file() and path.suffix == ".rec":
         return RecordDataset(path, flip=flip)

@@ -1,6 +1,7 @@
 """``kface split``: identity-disjoint train/val folders and verification pairs from the crops.
 
-Reads ``faces/<Res>/<ID>/*.jpg`` and writes::
+Reads the crops listed in ``faces/<Res>/manifest.csv`` (or, without a manifest, every
+``faces/<Res>/<ID>/*.jpg``) and writes::
 
     split/train/<ID>/*.jpg     training identities (hard links to the crops; copies if linking fails)
     split/val/<ID>/*.jpg       validation identities: never seen in training
@@ -57,7 +58,21 @@ class SplitResult:
 
 
 def _identity_images(faces: Path) -> dict[str, list[Path]]:
-    groups: dict[str, list[Path]] = {}
+    """Images per identity: the manifest's successful crops when there is one (stale files from an
+    earlier crop with another selection are ignored), else every image in ``<ID>/`` folders."""
+    manifest = faces / "manifest.csv"
+    if manifest.is_file():
+        from kface_cli.data.crop import read_manifest
+
+        rows = [r for r in read_manifest(manifest) if r.get("status") == "ok" and r.get("path")]
+        if rows:
+            groups: dict[str, list[Path]] = {}
+            for r in rows:
+                p = faces / r["path"]
+                if p.is_file():
+                    groups.setdefault(r["id"], []).append(p)
+            return {k: sorted(v) for k, v in sorted(groups.items())}
+    groups = {}
     for d in sorted(p for p in faces.iterdir() if p.is_dir() and kc.is_identity_id(p.name)):
         imgs = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png") and not p.name.startswith("."))
         if imgs:

@@ -132,12 +132,15 @@ def _sanitise(name: str) -> str:
 
 
 def default_report_name(embedder: Any, protocol: Protocol | None, options: EvaluateOptions) -> str:
+    """``<model>-<protocol>``: ``demo-val``, ``demo-bin-lfw``, ``demo-lfw-pairs``, ``demo-pairs-mine``, ``demo-identification``."""
     src = getattr(embedder, "source", None)
     model = Path(src).stem if src is not None and Path(src).suffix else (Path(src).name if src is not None else "model")
     if protocol is Protocol.BIN:
-        what = Path(options.bin_file).stem  # type: ignore[arg-type]
+        what = "bin-" + Path(options.bin_file).stem  # type: ignore[arg-type]
     elif protocol is Protocol.PAIRS:
         what = "pairs-" + Path(options.pairs).stem  # type: ignore[arg-type]
+    elif protocol is Protocol.LFW:
+        what = "lfw-" + Path(options.lfw_pairs).stem  # type: ignore[arg-type]
     elif protocol is None:
         what = "identification"
     else:

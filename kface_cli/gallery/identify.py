@@ -233,7 +233,7 @@ def identify(
         annotate: folder to write copies of the images with boxes and names drawn.
         detector: an object with ``detect(image, path=None)`` instead of ``get_detector(landmarks)``.
     """
-    from kface_cli.console import progress, warn
+    from kface_cli.console import info, progress, warn
 
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
@@ -291,6 +291,8 @@ def identify(
                 else:
                     res.faces.append(FaceMatch(box, score, UNKNOWN, best.distance if best else float("inf"), cands))
             result.images.append(res)
+            if camera is not None:  # live: a line per frame as it comes
+                info(f"{res.image}: " + (", ".join(f"{f.name} {f.distance:.2f}" for f in res.faces) or "no face"))
             if out_dir is not None and frame.image is not None:
                 result.annotated.append(_write_annotated(frame, res, out_dir, warned_glyphs))
         batch.clear()
@@ -307,7 +309,7 @@ def identify(
                 if frame.error:
                     warn(f"{frame.label}: {frame.error}: skipped")
                 batch.append((frame, found))
-                if len(batch) >= FRAMES_PER_BATCH:
+                if len(batch) >= (1 if camera is not None else FRAMES_PER_BATCH):
                     flush()
                 bar.advance()
         except KeyboardInterrupt:

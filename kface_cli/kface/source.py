@@ -171,17 +171,20 @@ def parse_id_list(text: str | Path | None) -> tuple[str, ...] | None:
     """``--ids``: comma/space-separated IDs, or a file with one ID per line (``#`` comments allowed)."""
     if text is None or not str(text).strip():
         return None
-    raw = str(text)
-    path = Path(raw).expanduser()
-    if not ID_PATTERN.match(raw.strip()) and path.is_file():
+    given = str(text).strip()
+    raw = given
+    path = Path(given).expanduser()
+    from_file = not ID_PATTERN.match(given) and path.is_file()
+    if from_file:
         raw = "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8", errors="replace").splitlines())
     tokens = [t for t in re.split(r"[\s,;]+", raw) if t]
     bad = [t for t in tokens if not is_identity_id(t)]
     if bad:
         from kface_cli.errors import CodeError
 
-        hint = "K-Face IDs are 8 digits, e.g. 19062531." if Path(raw).suffix == "" or path.is_file() else f"No file {raw} either."
-        raise CodeError(f"{bad[0]!r} is not a K-Face identity ID", hint=hint)
+        where = f" in {path}" if from_file else ""
+        hint = "K-Face IDs are 8 digits, e.g. 19062531" + ("" if from_file or "," in given or len(tokens) > 1 else f"; and there is no file {given}")
+        raise CodeError(f"{bad[0]!r}{where} is not a K-Face identity ID", hint=hint + ".")
     return tuple(dict.fromkeys(tokens))
 
 

@@ -400,7 +400,7 @@ def _backdrop(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return cv2.resize(np.clip(small, 0, 1).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
 
 
-def _paint_face(head: _Head, p: np.ndarray, albedo: np.ndarray, rng: np.random.Generator) -> None:
+def _paint_face(head: _Head, p: np.ndarray, albedo: np.ndarray) -> None:
     """Paint skin features onto cranium/jaw/nose points ``p`` (N, 3) -> ``albedo`` (N, 3) in place."""
     i, e, b, a = head.i, head.e, head.i.b, head.i.a
     x, y, z = p[:, 0], p[:, 1], p[:, 2]
@@ -485,17 +485,16 @@ def render_face(ident: Identity, acc: str, light: str, expr: str, cam: str, res:
     noise_rng = _rng("noise", seed, ident.id, acc, light, expr, cam, res)
 
     camera = kc.CAMERAS[cam]
-    strength = scene.uniform(0.8, 1.15)
+    strength = scene.uniform(0.8, 1.15)  # how strongly this take shows the expression
     base = _EXPRESSIONS[expr]
-    jitter = _Expression(
+    expression = _Expression(
         mouth_w=1 + (base.mouth_w - 1) * strength, lift=base.lift * strength, open=base.open * strength,
         eye_open=1 - (1 - base.eye_open) * strength, brow_raise=base.brow_raise * strength, brow_inner=base.brow_inner * strength,
     )
-    head = _Head(ident, jitter, acc)
+    head = _Head(ident, expression, acc)
     rot = head_rotation(camera.pitch + scene.normal(0, 2.0), camera.yaw + scene.normal(0, 2.5), scene.normal(0, 3.0))
     scale = H * HEAD_SCALE * scene.uniform(0.96, 1.04)  # pixels per unit
     centre = np.array([W / 2 + (ident.centre[0] + scene.normal(0, 0.01)) * H, H / 2 + (ident.centre[1] + scene.normal(0, 0.01)) * H])
-    # head centre sits in front of the neck pivot: rotating cameras see it slightly displaced
     view = rot.T @ np.array([0.0, 0.0, 1.0])  # direction to the camera, head frame
 
     # ray casting, per object inside its projected bounding box: pixel (u, v) -> camera ray
@@ -563,7 +562,7 @@ def render_face(ident: Identity, acc: str, light: str, expr: str, cam: str, res:
     alb = albedo[face_mask]
     # hair covers the cranium above the hairline even where the shell is cut away
     covered = (obj_of[face_mask] == k_cranium) & (pts[:, 1] < head.hair_limit(pts[:, 0], pts[:, 2]))
-    _paint_face(head, pts, alb, scene)
+    _paint_face(head, pts, alb)
     alb[covered] = ident.hair
     nose_mask = obj_of[face_mask] == k_nose
     if nose_mask.any():  # nostrils

@@ -320,7 +320,10 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
     random.seed(config.seed)
 
     # -- data --------------------------------------------------------------------------------
-    data_path = Path(config.data).expanduser() if config.data else ws.require(ws.train_dir, "training data", "kface split")
+    if config.data and config.data.startswith("synthetic:"):
+        data_path: Any = config.data  # random in-memory data (throughput checks)
+    else:
+        data_path = Path(config.data).expanduser() if config.data else ws.require(ws.train_dir, "training data", "kface split")
     dataset = open_training_data(data_path, flip=False)
     num_images, num_classes = len(dataset), dataset.num_classes
     steps = steps_per_epoch(num_images, config.batch_size, info.world_size, config.max_steps_per_epoch)
@@ -532,9 +535,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                 cur_epoch, cur_step = epoch + 1, 0
                 write_log(record)
                 if info.is_main and (epoch + 1 == config.epochs or time.perf_counter() - last_plot > PLOT_EVERY_S):
-                    from kface_cli.train.plots import write_plots
-
-                    write_plots(run_dir)
+                    _plot(run_dir)
                     last_plot = time.perf_counter()
         # -- DDP sanity check: every rank must end with the same backbone ----------------------
         digests = distributed.all_gather_object(info, _digest(ck.backbone_state_dict(backbone)))
@@ -565,6 +566,16 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
         best_epoch=best["epoch"], best_accuracy=best["accuracy"], last=last_record, history=history, elapsed_s=elapsed,
         samples_per_s=samples_seen / max(time.perf_counter() - t_train, 1e-9), world_size=info.world_size, device=str(device),
     )
+
+
+def _plot(run_dir: Path) -> None:
+    """Redraw plots.png; a missing or broken matplotlib never stops training."""
+    try:
+        from kface_cli.train.plots import write_plots
+
+        write_plots(run_dir)
+    except Exception as e:  # noqa: BLE001 - plots are a convenience
+        console.warn(f"could not draw {run_dir / 'plots.png'}: {e}")
 
 
 def _digest(state: Mapping[str, Any]) -> str:
