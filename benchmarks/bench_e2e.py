@@ -50,6 +50,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--gallery-size", type=int, default=10_000)
     ap.add_argument("--enroll-photos", type=int, default=40)
+    ap.add_argument("--min-face", type=int, default=None, help="detector's smallest face (kface identify --min-face); default: the detector's")
     args = ap.parse_args()
     os.environ.setdefault("KFACE_NO_PROGRESS", "1")
 
@@ -72,7 +73,7 @@ def main() -> None:
     else:
         embedder = embedder_from_module(get_backbone("mbf", embedding_size=512), network="mbf", backend="auto")
     print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; model {embedder.network} ({embedder.backend}) loaded in {time.perf_counter() - t:.1f} s")
-    detector = get_detector("detect")
+    detector = get_detector("detect", min_face=args.min_face) if args.min_face else get_detector("detect")
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -95,26 +96,33 @@ def main() -> None:
         gallery.append([Template("Eileen Collins", me[0], str(photo), content_hash(photo.read_bytes()))], model)
         loaded = load_index(gallery)
 
-        stages: dict[str, list[float]] = {k: [] for k in ("read", "detect", "align", "embed", "search", "total")}
+        names = ("read", "detect", "align", "embed", "search", "total")
+        stages: dict[str, list[float]] = {k: [] for k in names}
+        cpu: dict[str, list[float]] = {k: [] for k in names}
         for r in range(args.runs + 3):
-            t0 = time.perf_counter()
+            marks = [(time.perf_counter(), time.process_time())]
             img = read_image(photo)
-            t1 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             faces = detector.detect(img, path=photo)
-            t2 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             crop = norm_crop(img, faces[0].points5)
-            t3 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             emb = embedder.embed(crop[None])
-            t4 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             best = search_identities(loaded, emb, top_k=3)[0][0]
-            t5 = time.perf_counter()
+            marks.append((time.perf_counter(), time.process_time()))
             if r >= 3:  # warm-up done
-                for k, v in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t5 - t0)):
-                    stages[k].append(v)
+                spans = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(marks, marks[1:])]
+                spans.append((marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1]))
+                for k, (wall, c) in zip(names, spans):
+                    stages[k].append(wall)
+                    cpu[k].append(c)
         assert best.name == "Eileen Collins", best
-        print(f"\nOne 640x480 photo, one face, gallery of {len(loaded.names):,} templates ({loaded.index.kind.value} index); median of {args.runs} runs:")
-        for k, v in stages.items():
-            print(f"  {k:8s} {median_ms(v):8.1f} ms")
+        print(f"\nOne 640x480 photo, one face, gallery of {len(loaded.names):,} templates ({loaded.index.kind.value} index), "
+              f"min face {args.min_face or 'default'}; median of {args.runs} runs")
+        print("  (CPU time: all threads of this process; on a busy machine it shows the work itself, wall time the wait too)")
+        for k in names:
+            print(f"  {k:8s} {median_ms(stages[k]):8.1f} ms wall {median_ms(cpu[k]):8.1f} ms CPU")
         total = median_ms(stages["total"])
         print(f"  => {total:.1f} ms per photo ({'within' if total <= BUDGET_MS else 'OVER'} the {BUDGET_MS:.0f} ms budget)")
 
@@ -131,8 +139,9 @@ def main() -> None:
         for i in range(args.enroll_photos):
             im = canvas_photo(shift=(int(rng.integers(-60, 60)), int(rng.integers(-40, 40))), gain=float(rng.uniform(0.8, 1.1)))
             write_image(people / f"p{i:03d}" / "a.jpg", im)
-            f = detector.detect(im)[0]
-            write_image(crops / f"p{i:03d}" / "a.jpg", norm_crop(im, f.points5))
+            found = detector.detect(im)
+            if found:
+                write_image(crops / f"p{i:03d}" / "a.jpg", norm_crop(im, found[0].points5))
         res = enroll_folder(people, tmp / "g2.h5", embedder, detector=detector, update_index=False)
         res_aligned = enroll_folder(crops, tmp / "g3.h5", embedder, aligned=True, update_index=False)
         print(f"\nEnrolment ({args.enroll_photos} photos, batch 32): photos {res.photos_per_second:.1f} photos/s; "

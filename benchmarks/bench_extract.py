@@ -1,6 +1,6 @@
 """Extraction speed: kface's extract (each zip opened once) vs the tutorial's way (a new ZipFile per member).
 
-A real K-Face identity zip lists about 21,840 members (10,800 images per resolution's grid plus
+A real K-Face identity zip lists about 11,040 members (the 10,800-image grid plus 240
 annotations). Opening a ``ZipFile`` parses that whole central directory, so the tutorial, which
 opened the zip again for each of the 48 files it wanted (24 images + 24 annotations), parsed it
 48 times per identity. This script builds zips with K-Face's full member list (the 24 tutorial

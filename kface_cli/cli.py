@@ -95,7 +95,7 @@ def _main(
 
 @command("sample-data")
 def sample_data_cmd(
-    out: Annotated[Optional[Path], typer.Argument(help="Folder to write the K-Face tree to [default: <workdir>/source, where `kface extract` looks].", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Argument(help="Folder to write the K-Face tree to \\[default: <workdir>/source, where `kface extract` looks].", show_default=False)] = None,
     ids: Annotated[int, typer.Option("--ids", "-n", help="Number of synthetic identities.")] = 40,
     seed: SeedOpt = 0,
     res: Annotated[str, typer.Option("--res", help="Resolutions, comma-separated; RES:N writes only the first N identities at RES (e.g. Middle,Low:8,High:2).")] = "Middle",
@@ -117,19 +117,21 @@ def sample_data_cmd(
         return
     rows = [[r, sum(1 for z in result.zips if z.parent.name == f"{r}_Resolution")] for r in result.resolutions]
     console.show(console.table(f"Synthetic K-Face written to {result.root}", ["resolution", "identity zips"], rows))
+    res_flag = "" if "Middle" in result.resolutions else f" --res {result.resolutions[0]}"
+    next_cmd = f"kface extract{res_flag}" + (f" -w {workdir}" if workdir else "") if out is None else f"kface extract {result.root}{res_flag}"
     console.info(f"{result.identities} identities, {result.images} images ({result.grid} grid, seed {result.seed}), "
-                 f"{result.bytes / 1e6:.1f} MB. Next: kface extract {result.root}")
+                 f"{result.bytes / 1e6:.1f} MB. Next: {next_cmd}")
 
 
 @command("extract")
 def extract_cmd(
-    source: Annotated[Optional[Path], typer.Argument(help="K-Face folder holding <Res>_Resolution/ with <ID>.zip files or unpacked <ID>/ folders [default: <workdir>/source].", show_default=False)] = None,
+    source: Annotated[Optional[Path], typer.Argument(help="K-Face folder holding <Res>_Resolution/ with <ID>.zip files or unpacked <ID>/ folders \\[default: <workdir>/source].", show_default=False)] = None,
     res: ResOpt = "Middle",
-    acc: Annotated[Optional[str], typer.Option("--acc", help="Accessories, e.g. S001 or S001-S003 [default: S001].", show_default=False)] = None,
-    lux: Annotated[Optional[str], typer.Option("--lux", help="Lights, e.g. L1,L3 or L1-L7 [default: L1,L3].", show_default=False)] = None,
-    expr: Annotated[Optional[str], typer.Option("--expr", help="Expressions, e.g. E01-E03 [default: E01-E03].", show_default=False)] = None,
-    angle: Annotated[Optional[str], typer.Option("--angle", help="Cameras, e.g. C6-C9 or C1,C7,C13 [default: C6-C9].", show_default=False)] = None,
-    ids: Annotated[Optional[str], typer.Option("--ids", help="Only these identities: comma-separated IDs, or a file with one ID per line [default: all].", show_default=False)] = None,
+    acc: Annotated[Optional[str], typer.Option("--acc", help="Accessories, e.g. S001 or S001-S003 \\[default: S001].", show_default=False)] = None,
+    lux: Annotated[Optional[str], typer.Option("--lux", help="Lights, e.g. L1,L3 or L1-L7 \\[default: L1,L3].", show_default=False)] = None,
+    expr: Annotated[Optional[str], typer.Option("--expr", help="Expressions, e.g. E01-E03 \\[default: E01-E03].", show_default=False)] = None,
+    angle: Annotated[Optional[str], typer.Option("--angle", help="Cameras, e.g. C6-C9 or C1,C7,C13 \\[default: C6-C9].", show_default=False)] = None,
+    ids: Annotated[Optional[str], typer.Option("--ids", help="Only these identities: comma-separated IDs, or a file with one ID per line \\[default: all].", show_default=False)] = None,
     workers: Annotated[int, typer.Option("--workers", "-j", help="Identities extracted in parallel (0: one per CPU core, at most 8).")] = 0,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
@@ -164,7 +166,8 @@ def extract_cmd(
         console.error(f"{result.failed} of {result.identities} identities failed; the others were extracted. "
                       "Replace the damaged zips and run the same command again (finished identities are skipped).")
         raise typer.Exit(1)
-    console.info(f"Next: kface crop -w {workdir}" if workdir else "Next: kface crop")
+    res_flag = "" if result.res == "Middle" else f" --res {result.res}"
+    console.info(f"Next: kface crop{res_flag}" + (f" -w {workdir}" if workdir else ""))
 
 
 @command("crop")
@@ -194,16 +197,18 @@ def crop_cmd(
     for status, examples in result.examples.items():
         for ex in examples:
             console.warn(f"{status}: {ex}")
-    console.info(f"faces in {result.out}, manifest {result.manifest} ({result.seconds:.1f} s). Next: kface split")
+    res_flag = "" if result.out.name == "Middle" else f" --res {result.out.name}"
+    console.info(f"faces in {result.out}, manifest {result.manifest} ({result.seconds:.1f} s). "
+                 f"Next: kface split{res_flag}" + (f" -w {workdir}" if workdir else ""))
 
 
 @command("split")
 def split_cmd(
     res: ResOpt = "Middle",
-    val_ids: Annotated[Optional[int], typer.Option("--val-ids", help="Number of validation identities [default: 10, or a quarter of a small set].", show_default=False)] = None,
+    val_ids: Annotated[Optional[int], typer.Option("--val-ids", help="Number of validation identities \\[default: 10, or a quarter of a small set].", show_default=False)] = None,
     val_frac: Annotated[Optional[float], typer.Option("--val-frac", help="Fraction of identities for validation (instead of --val-ids).", show_default=False)] = None,
     order: Annotated[str, typer.Option("--order", help="random: draw val identities with --seed; sorted: the last ones by ID (the tutorial: first 390 of 400 train).")] = "random",
-    max_pairs: Annotated[Optional[int], typer.Option("--max-pairs", help="Cap on same-identity val pairs (as many different-identity pairs are drawn) [default: all].", show_default=False)] = None,
+    max_pairs: Annotated[Optional[int], typer.Option("--max-pairs", help="Cap on same-identity val pairs (as many different-identity pairs are drawn) \\[default: all].", show_default=False)] = None,
     seed: SeedOpt = 0,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
@@ -236,14 +241,14 @@ def _opt(help_text: str, *names: str) -> typer.Option:
 @command("train")
 def train_cmd(
     data: Annotated[Optional[Path], _opt("Identity folders (ROOT/<id>/*.jpg) or a folder with insightface train.rec/train.idx/property \\[default: split/train].", "--data")] = None,
-    network: Annotated[Optional[str], _opt("Backbone: r18, r34, r50, r100, r200, mbf, mbf_small \\[default: r50 on a GPU, mbf on a CPU].", "--network")] = None,
+    network: Annotated[Optional[str], _opt("Backbone: r18, r34, r50, r100, r200, mbf, mbf_small \\[default: that of --init, else r50 on a GPU, mbf_small on a CPU].", "--network")] = None,
     loss: Annotated[Optional[str], _opt("arcface, cosface, sphereface, combined, subcenter, softmax or normsoftmax \\[default: arcface].", "--loss")] = None,
     margin: Annotated[Optional[str], _opt("Margin: one value (ArcFace m, CosFace m, SphereFace m) or m1,m2,m3 for combined \\[default: the loss's own, e.g. 0.5].", "--margin")] = None,
     scale: Annotated[Optional[float], _opt("Logit scale s \\[default: 64].", "--scale")] = None,
     subcenters: Annotated[Optional[int], _opt("Sub-centres K per class (sub-center ArcFace) \\[default: 1; 3 with --loss subcenter].", "--subcenters")] = None,
-    embedding_size: Annotated[Optional[int], _opt("Embedding size \\[default: 512].", "--embedding-size")] = None,
-    batch_size: Annotated[Optional[int], _opt("Images per step and process \\[default: 128].", "--batch-size", "-b")] = None,
-    lr: Annotated[Optional[float], _opt("Learning rate \\[default: 0.1 x global batch / 1024 for sgd, 1e-3 for adamw].", "--lr")] = None,
+    embedding_size: Annotated[Optional[int], _opt("Embedding size \\[default: that of --init, else 512].", "--embedding-size")] = None,
+    batch_size: Annotated[Optional[int], _opt("Images per step and process \\[default: 128 on a GPU, 32 on a CPU, at most a quarter of the data].", "--batch-size", "-b")] = None,
+    lr: Annotated[Optional[float], _opt("Learning rate \\[default: 0.1 x global batch / 1024 but at least 0.02 for sgd, 1e-3 for adamw].", "--lr")] = None,
     momentum: Annotated[Optional[float], _opt("SGD momentum \\[default: 0.9].", "--momentum")] = None,
     weight_decay: Annotated[Optional[float], _opt("Weight decay \\[default: 5e-4].", "--weight-decay")] = None,
     warmup_epochs: Annotated[Optional[float], _opt("Linear warm-up epochs before the polynomial decay \\[default: 0].", "--warmup-epochs")] = None,
@@ -346,6 +351,10 @@ LandmarksOpt = Annotated[
     str,
     typer.Option("--landmarks", help="Where the 5 face points come from: auto (K-Face .txt sidecar when present, else the detector), detect, sidecar."),
 ]
+MinFaceOpt = Annotated[
+    Optional[int],
+    typer.Option("--min-face", help="Smallest face to look for, in pixels (default: the detector's, which also searches zoomed tiles for small faces); e.g. 64 for webcam frames is several times faster.", show_default=False),
+]
 IndexOpt = Annotated[
     str,
     typer.Option("--index", help="Search index kind: auto (exact up to 50k templates, then IVF), flat (exact), ivf, hnsw; built when the saved one differs."),
@@ -368,6 +377,7 @@ def enroll_cmd(
     per_identity: Annotated[str, typer.Option("--per-identity", help="Templates kept per person: all (one per photo) or mean (one averaged template).")] = "all",
     replace: Annotated[bool, typer.Option("--replace", help="First remove the existing templates of every person in DIR.")] = False,
     landmarks: LandmarksOpt = "auto",
+    min_face: MinFaceOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Photos embedded and committed together (an interrupted run keeps every committed batch).")] = 32,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
@@ -380,7 +390,7 @@ def enroll_cmd(
     ws = Workspace.resolve(workdir)
     result = enroll_folder(
         folder, _gallery_path(gallery, workdir), lambda: load_embedder(model, workdir=ws.root, network=network),
-        aligned=aligned, per_identity=per_identity, replace=replace, landmarks=landmarks, batch_size=batch_size,
+        aligned=aligned, per_identity=per_identity, replace=replace, landmarks=landmarks, min_face=min_face, batch_size=batch_size,
     )
     if json_output:
         console.print_json({**result.totals(), "gallery": result.gallery, "model": result.model, "per_identity": result.per_identity,
@@ -408,6 +418,7 @@ def identify_cmd(
     max_frames: Annotated[Optional[int], typer.Option("--max-frames", help="Stop after this many frames (camera or videos).", show_default=False)] = None,
     aligned: Annotated[bool, typer.Option("--aligned", help="The inputs are 112x112 aligned crops: no detection.")] = False,
     landmarks: LandmarksOpt = "auto",
+    min_face: MinFaceOpt = None,
     index: IndexOpt = "auto",
     csv_path: Annotated[Optional[Path], typer.Option("--csv", help="Also write one row per face to this CSV file.", show_default=False)] = None,
     annotate: Annotated[Optional[Path], typer.Option("--annotate", help="Write copies of the images with boxes and names drawn into this folder.", show_default=False)] = None,
@@ -429,7 +440,7 @@ def identify_cmd(
     result = identify(
         paths or [], _gallery_path(gallery, workdir), lambda: load_embedder(model, workdir=ws.root, network=network),
         threshold=threshold, top_k=top_k, every=every, camera=camera, max_frames=max_frames, aligned=aligned,
-        landmarks=landmarks, index_kind=index, annotate=annotate,
+        landmarks=landmarks, min_face=min_face, index_kind=index, annotate=annotate,
     )
     if csv_path is not None:
         write_csv(result, csv_path)

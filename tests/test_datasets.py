@@ -76,3 +76,12 @@ def test_missing_or_empty_data_is_a_user_error(tmp_path):
         open_training_data(tmp_path / "nope")
     with pytest.raises(InputError, match="no identity folders"):
         open_training_data(tmp_path)
+
+
+def test_synthetic_data_for_throughput_checks():
+    ds = open_training_data("synthetic:5x3", flip=False)
+    assert len(ds) == 15 and ds.num_classes == 5 and sorted(set(ds.labels.tolist())) == [0, 1, 2, 3, 4]
+    x, y = ds[4]
+    assert x.shape == (3, 112, 112) and y == 1 and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
+    with pytest.raises(InputError, match="synthetic:<identities>x"):
+        open_training_data("synthetic:lots")

@@ -66,6 +66,7 @@ def test_config_file_then_command_line(tmp_path):
     assert (tut.network, tut.loss, tut.scale, tut.margin, tut.batch_size, tut.lr, tut.epochs, tut.init) == \
         ("r50", "arcface", 64.0, (0.5,), 16, 0.02, 20, "backbone.pth")
     assert resolve_config(None, {"batch_size": 256}).base_lr() == pytest.approx(0.025)  # 0.1 * 256 / 1024
+    assert resolve_config(None, {"batch_size": 64}).base_lr() == pytest.approx(0.02)  # floor for small batches
 
 
 def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
@@ -148,7 +149,10 @@ def test_init_loads_weights_and_freeze_keeps_them(ws, tmp_path):
     torch.manual_seed(3)
     start = get_backbone("mbf_small", embedding_size=32).state_dict()
     torch.save(start, tmp_path / "backbone.pth")
-    result = train(tiny(ws, name="ft", epochs=1, init=str(tmp_path / "backbone.pth"), freeze=2))
+    # network and embedding size "auto": taken from the --init file
+    result = train(tiny(ws, name="ft", epochs=1, init=str(tmp_path / "backbone.pth"), freeze=2, network="auto", embedding_size=None))
+    assert result.network == "mbf_small"
+    assert json.loads((result.run_dir / "config.json").read_text())["embedding_size"] == 32
     after = torch.load(result.run_dir / "backbone.pth", weights_only=True)
     assert torch.equal(after["layers.0.layers.0.weight"], start["layers.0.layers.0.weight"])  # stage 1 frozen
     assert torch.equal(after["layers.2.layers.0.layers.0.weight"], start["layers.2.layers.0.layers.0.weight"])  # stage 2 frozen
@@ -172,3 +176,29 @@ def test_cli_train_json(ws):
     assert cfg["loss"] == "cosface" and cfg["margin"] == [0.2] and cfg["scale"] == 8.0
     bad = CliRunner().invoke(app, ["train", "--workdir", str(ws), "--network", "r51"])
     assert bad.exit_code == 2 and "Valid networks" in bad.output
+
+
+def test_real_ctrl_c_leaves_a_checkpoint(tmp_path):
+    """SIGINT to a real `kface train` process (with a DataLoader worker) stops it cleanly."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ws = make_workspace(tmp_path, train_ids=4, val_ids=0, per_id=4)
+    env = {**os.environ, "KFACE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "kface_cli", "train", "--workdir", str(ws), "--network", "mbf_small",
+                             "--embedding-size", "16", "--batch-size", "4", "--epochs", "50", "--workers", "1",
+                             "--val-pairs", "none", "--name", "sig"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = ws / "runs" / "sig" / "log.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (log.is_file() and '"step"' in log.read_text()):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in err
+    saved = ck.load_checkpoint(ws / "runs" / "sig" / ck.CHECKPOINT_NAME)
+    assert saved["epoch"] * 4 + saved["step_in_epoch"] >= 1
+    assert read_log(ws / "runs" / "sig")[-1]["type"] == "stopped"

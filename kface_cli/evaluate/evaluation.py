@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -84,7 +84,6 @@ class Evaluation:
     dist: np.ndarray | None = None  # (N,) squared L2 per pair
     issame: np.ndarray | None = None  # (N,) bool
     report_dir: Path | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def protocol_of(options: EvaluateOptions) -> Protocol | None:

@@ -254,8 +254,9 @@ class MediaPipeDetector:
     """BlazeFace full-range (whole image + zoomed tiles) + Face Mesh landmarks per face.
 
     Args:
-        min_face: smallest face to find, in pixels (larger side of the box) of the original photo.
-            Smaller values search more tiles: slower. 24 suits group photos; use 80+ for portraits.
+        min_face: smallest face to find, in pixels (larger side of the box) of the original photo;
+            default 40 or 3% of the photo's longer side. Each halving searches 4x more tiles
+            (slower): lower it for crowds far away, raise it (e.g. 150) for portraits.
         score_threshold: BlazeFace confidence to keep a face (0-1). Lower finds more faces and
             more false ones.
         max_side: photos larger than this are searched on a downscaled copy.

@@ -148,6 +148,7 @@ def enroll_folder(
     per_identity: PerIdentity | str = PerIdentity.ALL,
     replace: bool = False,
     landmarks: str = "auto",
+    min_face: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     detector=None,
     update_index: bool = True,
@@ -164,6 +165,7 @@ def enroll_folder(
             of that person's photos are embedded).
         replace: first remove every template of the people found in ``folder``.
         landmarks: ``auto`` | ``detect`` | ``sidecar`` (see :func:`kface_cli.face.detect.get_detector`).
+        min_face: smallest face to look for, in pixels (None: the detector's default).
         batch_size: photos embedded and committed together (a crash loses at most one batch).
         detector: an object with ``detect(image, path=None)`` to use instead of ``get_detector``.
         update_index: rebuild the search index at the end, so the first identify is fast.
@@ -189,7 +191,7 @@ def enroll_folder(
     if not aligned and detector is None:
         from kface_cli.face.detect import get_detector
 
-        detector = get_detector(landmarks)
+        detector = get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)
 
     counts: dict[str, dict[str, int]] = {}
     problems: list[PhotoOutcome] = []

@@ -115,13 +115,31 @@ class SearchIndex:
         k = max(1, min(int(k), self.count)) if self.count else 1
         if self.count == 0 or len(q) == 0:
             return SearchResult(np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), np.inf, dtype=np.float32))
-        sims, rows = self.index.search(q, k)  # (Q, k) inner products, descending
+        sims, rows = _search_few_threads(self.index, q, k)  # (Q, k) inner products, descending
         dist = np.clip(cosine_to_distance(sims.astype(np.float32)), 0.0, 4.0)
         dist[rows < 0] = np.inf
         return SearchResult(rows.astype(np.int64), dist)
 
     def meta(self) -> dict:
         return {"count": self.count, "checksum": self.checksum, "kind": self.kind.value, "params": self.params}
+
+
+#: Below this many queries FAISS runs on one thread: a handful of queries gains nothing from
+#: OpenMP, and on a busy machine its spinning threads multiply the latency.
+FEW_QUERIES = 8
+
+
+def _search_few_threads(index, q: np.ndarray, k: int):
+    import faiss
+
+    if len(q) >= FEW_QUERIES:
+        return index.search(q, k)
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return index.search(q, k)
+    finally:
+        faiss.omp_set_num_threads(threads)
 
 
 def build_index(embeddings: np.ndarray, kind: IndexKind | str = IndexKind.AUTO, *, checksum: str = "", seed: int = 0) -> SearchIndex:

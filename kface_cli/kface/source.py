@@ -9,7 +9,7 @@ Accepted layouts (the root folder's name does not matter)::
 
 :func:`open_identity` returns a reader that opens a zip ONCE and reads members one by one (the
 original tutorial opened the zip again for every image, which re-reads its central directory of
-~22,000 entries each time). Members are looked up by their K-Face codes, never by trusting their
+~11,000 entries each time). Members are looked up by their K-Face codes, never by trusting their
 names: a member called ``../../etc/x`` or ``/S001/L1/E01/C7.jpg`` can never make a writer escape
 its output folder (see :func:`is_safe_member_name`).
 """
@@ -24,10 +24,12 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Literal
 
 from kface_cli.errors import InputError
-from kface_cli.kface.codes import ID_PATTERN, is_identity_id, parse_member_path
-from kface_cli.workspace import RESOLUTIONS, normalise_resolution
+from kface_cli.kface.codes import ACCESSORIES, CAMERAS, EXPRESSIONS, ID_PATTERN, LIGHTS, is_identity_id, parse_member_path
+from kface_cli.workspace import normalise_resolution
 
 SourceKind = Literal["zip", "dir"]
+#: A member named exactly as K-Face names them, optionally under one plain folder (e.g. the ID).
+_CANONICAL = re.compile(r"^(?:[A-Za-z0-9_\-]+/)?(S\d{3})/(L\d{1,2})/(E\d{2})/(C\d{1,2})\.(jpg|txt)$")
 #: (acc, light, expr, cam, ext) -> where it is inside the identity's zip or folder
 MemberKey = tuple[str, str, str, str, str]
 
@@ -125,14 +127,20 @@ class IdentityReader:
         return self
 
     def _add(self, name: str, size: int) -> None:
-        if not is_safe_member_name(name):
-            self.unsafe.append(name)
-            return
-        codes = parse_member_path(name)
-        ext = PurePosixPath(name.replace("\\", "/")).suffix.lower()
-        if codes is None or ext not in (".jpg", ".jpeg", ".txt"):
-            return
-        key = (codes["acc"], codes["light"], codes["expr"], codes["cam"], ".txt" if ext == ".txt" else ".jpg")
+        # A K-Face zip lists ~11,000 members and only a few dozen are wanted: canonical names
+        # (S001/L1/E01/C7.jpg) take a fast path; anything else gets the full, tolerant parse.
+        m = _CANONICAL.match(name)
+        if m is not None and m.group(1) in ACCESSORIES and m.group(2) in LIGHTS and m.group(3) in EXPRESSIONS and m.group(4) in CAMERAS:
+            key = (m.group(1), m.group(2), m.group(3), m.group(4), ".txt" if m.group(5) == "txt" else ".jpg")
+        else:
+            if not is_safe_member_name(name):
+                self.unsafe.append(name)
+                return
+            codes = parse_member_path(name)
+            ext = PurePosixPath(name.replace("\\", "/")).suffix.lower()
+            if codes is None or ext not in (".jpg", ".jpeg", ".txt"):
+                return
+            key = (codes["acc"], codes["light"], codes["expr"], codes["cam"], ".txt" if ext == ".txt" else ".jpg")
         if key not in self.index:
             self.index[key] = name
             self.sizes[key] = size
@@ -188,5 +196,5 @@ def parse_id_list(text: str | Path | None) -> tuple[str, ...] | None:
     return tuple(dict.fromkeys(tokens))
 
 
-__all__ = ["IdentityReader", "IdentitySource", "RESOLUTIONS", "is_safe_member_name", "list_identities", "open_identity",
+__all__ = ["IdentityReader", "IdentitySource", "is_safe_member_name", "list_identities", "open_identity",
            "parse_id_list", "resolution_dir"]

@@ -28,6 +28,7 @@ AUTO = "auto"
 GRAD_CLIP_NORM = 5.0  # insightface's clip norm
 SGD_REFERENCE_LR, SGD_REFERENCE_BATCH = 0.1, 1024  # insightface: lr 0.1 for a global batch of 1024
 ADAMW_DEFAULT_LR = 1e-3
+SGD_MIN_AUTO_LR = 0.02  # the tutorial's fine-tuning lr; floor of the automatic sgd lr
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -41,8 +42,8 @@ class TrainConfig:
     workers: int = 2  # DataLoader worker processes (0: load in the training process)
     flip: bool = True  # random horizontal flips
     # model --------------------------------------------------------------------------------
-    network: str = AUTO  # r18 r34 r50 r100 r200 mbf mbf_small; auto: r50 on a GPU, mbf on a CPU
-    embedding_size: int = 512
+    network: str = AUTO  # r18 r34 r50 r100 r200 mbf mbf_small; auto: that of --init, else r50 on a GPU, mbf_small on a CPU
+    embedding_size: int | None = None  # None: that of --init, else 512
     init: str | None = None  # backbone.pth to start from (insightface's or ours)
     freeze: int = 0  # number of early stages kept frozen (0: none; the stem is stage 1)
     # loss ---------------------------------------------------------------------------------
@@ -53,10 +54,10 @@ class TrainConfig:
     sample_rate: float = 1.0  # Partial FC: fraction of negative class centres per step
     # optimisation -------------------------------------------------------------------------
     optimizer: str = "sgd"
-    lr: float | None = None  # None: 0.1 x global batch / 1024 (sgd) or 1e-3 (adamw)
+    lr: float | None = None  # None: 0.1 x global batch / 1024 but at least 0.02 (sgd), 1e-3 (adamw)
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    batch_size: int = 128  # per process
+    batch_size: int | None = None  # per process; None: 128 on a GPU, 32 on a CPU, at most a quarter of the data
     epochs: int = 20
     warmup_epochs: float = 0.0  # linear warm-up, then polynomial (power 1) decay per iteration
     grad_clip: float = GRAD_CLIP_NORM
@@ -95,7 +96,7 @@ class TrainConfig:
 
             canonical_name(self.network)
         for key in ("batch_size", "epochs", "embedding_size", "log_every", "val_batch_size"):
-            if getattr(self, key) < 1:
+            if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise KFaceError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         for key in ("workers", "freeze", "max_steps_per_epoch", "bn_recalibration"):
             if getattr(self, key) < 0:
@@ -117,12 +118,15 @@ class TrainConfig:
         return HeadConfig(loss=self.loss, scale=self.scale, margin=tuple(self.margin), subcenters=self.subcenters, sample_rate=self.sample_rate)
 
     def base_lr(self, world_size: int = 1) -> float:
-        """``lr``, or insightface's linear scaling rule for the global batch."""
+        """``lr``, or insightface's linear scaling rule for the global batch (lr 0.1 at 1024),
+        floored at the tutorial's fine-tuning rate 0.02 (the rule is made for millions of images;
+        K-Face-sized runs with small batches would barely move)."""
         if self.lr is not None:
             return float(self.lr)
         if self.optimizer == "adamw":
             return ADAMW_DEFAULT_LR
-        return SGD_REFERENCE_LR * self.batch_size * world_size / SGD_REFERENCE_BATCH
+        assert self.batch_size is not None, "batch_size is resolved before the learning rate"
+        return max(SGD_REFERENCE_LR * self.batch_size * world_size / SGD_REFERENCE_BATCH, SGD_MIN_AUTO_LR)
 
 
 FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(TrainConfig)}

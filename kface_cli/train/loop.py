@@ -147,14 +147,18 @@ class EpochBatches:
 
 
 def _default_network(device: Any) -> str:
-    return "r50" if device.type == "cuda" else "mbf"
+    return "r50" if device.type == "cuda" else "mbf_small"
 
 
-def _load_init(backbone: Any, path: str) -> None:
-    """Load ``--init`` weights (insightface backbone.pth, our backbone.pth or checkpoint.pt) strictly."""
+def _auto_batch_size(device: Any, num_images: int, world_size: int) -> int:
+    """128 on a GPU, 32 on a CPU; at most a quarter of the data per global batch (>= 2 for BatchNorm)."""
+    preferred = 128 if device.type == "cuda" else 32
+    return max(2, min(preferred, num_images // (4 * world_size)))
+
+
+def _read_init(path: str) -> tuple[dict[str, Any], Path]:
+    """``--init`` weights: insightface backbone.pth, our backbone.pth, a run folder or checkpoint.pt."""
     import torch
-
-    from kface_cli.models.registry import infer_network
 
     p = Path(path).expanduser()
     if p.is_dir():
@@ -167,7 +171,15 @@ def _load_init(backbone: Any, path: str) -> None:
         raise KFaceError(f"cannot read --init weights {p}: {e}", hint="Expected a plain state_dict (insightface backbone.pth).") from None
     if isinstance(sd, dict) and isinstance(sd.get("backbone"), dict):
         sd = sd["backbone"]  # a kface checkpoint.pt
-    sd = {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    if not isinstance(sd, dict):
+        raise KFaceError(f"--init {p} holds no state_dict", hint="Expected a plain state_dict (insightface backbone.pth).")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}, p
+
+
+def _apply_init(backbone: Any, sd: dict[str, Any], p: Path) -> None:
+    """Load ``--init`` weights strictly; a mismatch names the network the file is for."""
+    from kface_cli.models.registry import infer_network
+
     want = backbone.state_dict()
     if set(sd) != set(want) or any(tuple(sd[k].shape) != tuple(want[k].shape) for k in want):
         try:
@@ -265,6 +277,12 @@ def recalibrate_batchnorm(backbone: Any, dataset: Any, *, num_images: int, batch
         backbone.train(was_training)
 
 
+def _ignore_sigint(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the training process (which stops cleanly, see
+    :class:`_StopFlag`); otherwise they would die and take the run down without a checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class _StopFlag:
     """Ctrl-C during training sets a flag; the loop stops after the current step, at a consistent
     point, and leaves a checkpoint. A second Ctrl-C interrupts at once."""
@@ -296,7 +314,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
 
     from kface_cli.data.datasets import open_training_data
     from kface_cli.models.heads import build_head
-    from kface_cli.models.registry import canonical_name, get_backbone
+    from kface_cli.models.registry import DEFAULT_EMBEDDING_SIZE, canonical_name, get_backbone, infer_embedding_size, infer_network
     from kface_cli.workspace import Workspace
 
     t_start = time.perf_counter()
@@ -326,18 +344,26 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
         data_path = Path(config.data).expanduser() if config.data else ws.require(ws.train_dir, "training data", "kface split")
     dataset = open_training_data(data_path, flip=False)
     num_images, num_classes = len(dataset), dataset.num_classes
+
+    # -- model: "auto" values follow --init, the device and the data -----------------------
+    init = _read_init(config.init) if config.init and ckpt is None else None
+    if config.network != AUTO:
+        network = canonical_name(config.network)
+    elif init is not None:
+        network = infer_network(init[0])
+    else:
+        network = _default_network(device)
+    embedding_size = config.embedding_size or (infer_embedding_size(init[0]) if init is not None else DEFAULT_EMBEDDING_SIZE)
+    batch_size = config.batch_size or _auto_batch_size(device, num_images, info.world_size)
+    config = config.replace(network=network, name=name, embedding_size=embedding_size, batch_size=batch_size)
     steps = steps_per_epoch(num_images, config.batch_size, info.world_size, config.max_steps_per_epoch)
     if steps == 0:
         raise TrainingError(f"the global batch ({config.batch_size} x {info.world_size} processes) is larger than the data ({num_images} images)",
                             hint="Lower --batch-size.")
-
-    # -- model -------------------------------------------------------------------------------
-    network = canonical_name(_default_network(device) if config.network == AUTO else config.network)
-    config = config.replace(network=network, name=name)
     lowp = config.precision != "fp32"
     backbone = get_backbone(network, config.embedding_size, fp16=lowp, autocast_dtype="bfloat16" if config.precision == "bf16" else "float16")
-    if config.init and ckpt is None:
-        _load_init(backbone, config.init)
+    if init is not None:
+        _apply_init(backbone, *init)
     frozen = _freeze(backbone, config.freeze)
     head = build_head(num_classes, config.embedding_size, config.head_config())
     backbone.to(device)
@@ -460,7 +486,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                 sampler = EpochBatches(num_images, config.batch_size, seed=config.seed, epoch=epoch, rank=info.rank,
                                        world_size=info.world_size, flip=config.flip, start_step=first, max_steps=config.max_steps_per_epoch)
                 loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers,
-                                                     pin_memory=device.type == "cuda", persistent_workers=False)
+                                                     pin_memory=device.type == "cuda", persistent_workers=False,
+                                                     worker_init_fn=_ignore_sigint if config.workers else None)
                 model.train()
                 for m in frozen:
                     m.eval()  # frozen BatchNorm statistics stay as loaded
@@ -517,10 +544,10 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                     record["val"] = val
                     acc = val["accuracy"]
                     improved = acc is not None and (best["accuracy"] is None or acc > best["accuracy"])
-                    console.info(f"epoch {epoch + 1}: loss {console._fmt(record['loss'])}, val accuracy {_pct(acc)} +- {_pct(val['accuracy_std'])}, "
-                                 f"threshold {val['threshold']}, TAR@FAR=1e-2 {_pct(val['tar_at_far_1e-2'])}" + ("  (best)" if improved else ""))
+                    console.info(f"epoch {epoch + 1}: loss {_num(record['loss'])}, val accuracy {_pct(acc)} +- {_pct(val['accuracy_std'])}, "
+                                 f"threshold {_num(val['threshold'])}, TAR@FAR=1e-2 {_pct(val['tar_at_far_1e-2'])}" + ("  (best)" if improved else ""))
                 elif info.is_main:
-                    console.info(f"epoch {epoch + 1}: loss {console._fmt(record['loss'])}")
+                    console.info(f"epoch {epoch + 1}: loss {_num(record['loss'])}")
                 improved = bool(distributed.broadcast_object(info, improved))
                 if improved:
                     best = {"epoch": epoch + 1, "accuracy": (record.get("val") or {}).get("accuracy")}
@@ -599,6 +626,10 @@ def _agree(info: distributed.DistInfo, flag: bool) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def _num(v: float | None) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"
 
 
 def _pct(v: float | None) -> str:
