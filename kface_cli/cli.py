@@ -30,13 +30,13 @@ app = typer.Typer(
 # Shared option aliases (defined once, used by every command) ---------------------------------
 WorkdirOpt = Annotated[
     Optional[Path],
-    typer.Option("--workdir", "-w", help="Workspace folder holding every stage's output [default: $KFACE_WORKDIR or .]", show_default=False),
+    typer.Option("--workdir", "-w", help="Workspace folder holding every stage's output \\[default: $KFACE_WORKDIR or .]", show_default=False),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (progress and warnings go to stderr).")]
 ResOpt = Annotated[str, typer.Option("--res", help="K-Face resolution: High, Middle or Low.")]
 ModelOpt = Annotated[
     Optional[str],
-    typer.Option("--model", "-m", help="Run folder, checkpoint, insightface backbone.pth or ONNX file [default: best model of the latest run].", show_default=False),
+    typer.Option("--model", "-m", help="Run folder, checkpoint, insightface backbone.pth or ONNX file \\[default: best model of the latest run].", show_default=False),
 ]
 NetworkOpt = Annotated[
     Optional[str],
@@ -302,8 +302,8 @@ def train_cmd(
 
 @command("export")
 def export_cmd(
-    model: Annotated[Optional[str], typer.Argument(help="Run folder or name, checkpoint.pt or backbone.pth [default: the latest run].", show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file to write [default: <run>/model.onnx, or model.pt for torchscript].", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Argument(help="Run folder or name, checkpoint.pt or backbone.pth \\[default: the latest run].", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Model file to write \\[default: <run>/model.onnx, or model.pt for torchscript].", show_default=False)] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="onnx (ONNX Runtime, TensorRT, OpenVINO; insightface-compatible) or torchscript (libtorch).")] = "onnx",
     opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 17,
     network: NetworkOpt = None,
@@ -345,7 +345,7 @@ def export_cmd(
 
 GalleryOpt = Annotated[
     Optional[Path],
-    typer.Option("--gallery", "-g", help="Gallery file [default: gallery.h5 in the workspace].", show_default=False),
+    typer.Option("--gallery", "-g", help="Gallery file \\[default: gallery.h5 in the workspace].", show_default=False),
 ]
 LandmarksOpt = Annotated[
     str,
@@ -411,7 +411,7 @@ def identify_cmd(
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
-    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Squared L2 distance (2 - 2 cos) below which a face is named [default: the model's calibrated threshold, else 1.5 = cosine 0.25].", show_default=False)] = None,
+    threshold: Annotated[Optional[float], typer.Option("--threshold", "-t", help="Squared L2 distance (2 - 2 cos) below which a face is named \\[default: the model's calibrated threshold, else 1.5 = cosine 0.25].", show_default=False)] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Identities listed per face (the best and the next candidates).")] = 3,
     every: Annotated[int, typer.Option("--every", help="Videos and camera: use one frame in N.")] = 1,
     camera: Annotated[Optional[int], typer.Option("--camera", help="Read frames from this webcam (e.g. 0) until Ctrl-C or --max-frames.", show_default=False)] = None,
@@ -491,16 +491,16 @@ def gallery_cmd(
 def evaluate_cmd(
     model: ModelOpt = None,
     network: NetworkOpt = None,
-    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="Pairs CSV (path1,path2,same[,codes]) [default: split/val_pairs.csv].", show_default=False)] = None,
+    pairs: Annotated[Optional[Path], typer.Option("--pairs", help="Pairs CSV (path1,path2,same[,codes]) \\[default: split/val_pairs.csv].", show_default=False)] = None,
     lfw_pairs: Annotated[Optional[Path], typer.Option("--lfw-pairs", help="LFW-style pairs.txt (needs --root).", show_default=False)] = None,
     root: Annotated[Optional[Path], typer.Option("--root", help="Image folder for --lfw-pairs: <root>/<name>/<name>_0001.jpg.", show_default=False)] = None,
     bin_file: Annotated[Optional[Path], typer.Option("--bin", help="insightface verification .bin (lfw.bin, cfp_fp.bin, agedb_30.bin).", show_default=False)] = None,
     gallery_dir: Annotated[Optional[Path], typer.Option("--gallery-dir", help="Identification gallery: one sub-folder of images per identity.", show_default=False)] = None,
     probe_dir: Annotated[Optional[Path], typer.Option("--probe-dir", help="Identification probes, one sub-folder per identity; identities absent from the gallery are the open-set unknowns.", show_default=False)] = None,
-    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Flip-sum embeddings as in insightface's protocol (2x compute) [default: on; off with --save-threshold, to match `kface identify`].", show_default=False)] = None,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Flip-sum embeddings as in insightface's protocol (2x compute) \\[default: on; off with --save-threshold, to match `kface identify`].", show_default=False)] = None,
     target_far: Annotated[Optional[float], typer.Option("--target-far", help="Report the squared-L2 threshold whose FAR on these pairs is at most this (e.g. 1e-3).", show_default=False)] = None,
     save_threshold: Annotated[bool, typer.Option("--save-threshold", help="Store that threshold beside the model (best-accuracy threshold without --target-far); `kface identify` uses it.")] = False,
-    name: Annotated[Optional[str], typer.Option("--name", help="Report folder name under reports/ [default: <model>-<protocol>].", show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Report folder name under reports/ \\[default: <model>-<protocol>].", show_default=False)] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per forward pass.", min=1)] = 64,
     conditions: Annotated[bool, typer.Option("--conditions/--no-conditions", help="Show the per-condition (light, expression, camera, accessory) table.")] = True,
     workdir: WorkdirOpt = None,

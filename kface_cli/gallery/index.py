@@ -186,7 +186,8 @@ def save_index(index: SearchIndex, gallery: Path) -> None:
     from kface_cli.atomic import atomic_path, write_text
 
     path, meta = index_paths(gallery)
-    with atomic_path(path) as tmp:
+    # The index holds the embeddings too (biometric data): private, like the gallery itself.
+    with atomic_path(path, mode=0o600) as tmp:
         faiss.write_index(index.index, str(tmp))
     write_text(meta, json.dumps(index.meta(), indent=2) + "\n")
 

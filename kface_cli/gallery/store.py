@@ -501,8 +501,7 @@ class Gallery:
         n_src = int(source.attrs["count"]) if source is not None else 0
         n_keep = int(keep.sum()) if keep is not None else n_src
         capacity = _round_capacity(max(capacity, n_keep))
-        with atomic_path(self.path) as tmp:
-            os.chmod(tmp, FILE_MODE)
+        with atomic_path(self.path, mode=FILE_MODE) as tmp:
             with h5py.File(tmp, "w") as g:
                 _create_datasets(g, capacity, model.embedding_size)
                 g.attrs["schema_version"] = SCHEMA_VERSION
