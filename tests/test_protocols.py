@@ -56,19 +56,16 @@ def test_photos_go_through_detection_and_alignment_and_faceless_pairs_are_reject
     crop = tmp_path / "crop.png"
     cv2.imwrite(str(crop), aligned)
     seen = []
-    fake_pipeline = types.ModuleType("kface_cli.face.pipeline")
-    fake_pipeline.is_aligned_crop = lambda image: False
-    fake_pipeline.load_aligned = lambda path: pytest.fail("not an aligned crop")
+    from kface_cli.face import detect, pipeline
 
     def faces_in_image(path, detector):
         seen.append((path.name, detector))
         return [] if path.name == "blank.png" else [("face", aligned)]
 
-    fake_pipeline.faces_in_image = faces_in_image
-    fake_detect = types.ModuleType("kface_cli.face.detect")
-    fake_detect.get_detector = lambda landmarks="auto": f"detector:{landmarks}"
-    monkeypatch.setitem(sys.modules, "kface_cli.face.pipeline", fake_pipeline)
-    monkeypatch.setitem(sys.modules, "kface_cli.face.detect", fake_detect)
+    monkeypatch.setattr(pipeline, "is_aligned_crop", lambda image: False)
+    monkeypatch.setattr(pipeline, "load_aligned", lambda path: pytest.fail("not an aligned crop"))
+    monkeypatch.setattr(pipeline, "faces_in_image", faces_in_image)
+    monkeypatch.setattr(detect, "get_detector", lambda landmarks="auto": f"detector:{landmarks}")
     dist, issame = P.embed_pairs(FakeEmbedder(), [(photo, crop, True), (blank, crop, True), (blank, photo, False)])
     assert seen == [("photo.png", "detector:auto"), ("blank.png", "detector:auto")]
     assert dist[0] == pytest.approx(0.0, abs=1e-6)  # the photo's aligned face equals the crop
