@@ -288,7 +288,7 @@ def train_cmd(
     rows = []
     for r in result.history:
         v = r.get("val") or {}
-        rows.append([r["epoch"], r.get("loss"), v.get("accuracy"), v.get("threshold"), v.get("tar_at_far_1e-2"), round(r.get("samples_per_s") or 0, 1), "*" if r.get("best") else ""])
+        rows.append([r["epoch"], r.get("loss"), v.get("accuracy"), v.get("threshold"), v.get("tar_at_far_1e-2"), int(round(r.get("samples_per_s") or 0)), "*" if r.get("best") else ""])
     console.show(console.table(f"{result.network} on {result.num_images} images of {result.num_classes} identities ({result.world_size} x {result.device})",
                                ["epoch", "loss", "val acc", "threshold", "TAR@FAR=1e-2", "samples/s", "best"], rows))
     best = f"best epoch {result.best_epoch}" + (f" (val accuracy {100 * result.best_accuracy:.2f}%)" if result.best_accuracy is not None else "")

@@ -168,12 +168,13 @@ def test_cli_train_json(ws):
 
     res = CliRunner().invoke(app, ["train", "--workdir", str(ws), "--network", "mobilefacenet_small", "--embedding-size", "16",
                                    "--batch-size", "12", "--epochs", "1", "--workers", "0", "--loss", "cosface", "--margin", "0.2",
-                                   "--scale", "8", "--val-pairs", "none", "--name", "cli", "--json"])
+                                   "--scale", "8", "--val-pairs", "none", "--name", "cli", "--precision", "bf16", "--json"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["network"] == "mbf_small" and out["epochs"] == 1 and out["num_classes"] == 6
     cfg = json.loads((ws / "runs" / "cli" / "config.json").read_text())
-    assert cfg["loss"] == "cosface" and cfg["margin"] == [0.2] and cfg["scale"] == 8.0
+    assert cfg["loss"] == "cosface" and cfg["margin"] == [0.2] and cfg["scale"] == 8.0 and cfg["precision"] == "bf16"
+    assert out["history"][0]["loss"] > 0  # a finite loss under bfloat16 autocast
     bad = CliRunner().invoke(app, ["train", "--workdir", str(ws), "--network", "r51"])
     assert bad.exit_code == 2 and "Valid networks" in bad.output
 

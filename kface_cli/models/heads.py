@@ -58,6 +58,7 @@ DEFAULT_MARGINS: dict[str, tuple[float, float, float]] = {
 }
 DEFAULT_SUBCENTERS = 3  # K in the sub-center ArcFace paper
 _EPS = 1e-7
+FULL_INIT_MAX = 1 << 26  # class-centre values drawn in full on every rank (256 MB of float32)
 
 
 @dataclass(frozen=True)
@@ -279,10 +280,20 @@ class MarginHead(nn.Module):
         self.num_local = base + (1 if self.rank < extra else 0)
         self.class_start = base * self.rank + min(self.rank, extra)
         self.plain_softmax = config.loss == "softmax"
-        self.weight = nn.Parameter(torch.normal(0, 0.01, (self.num_local * self.K, self.embedding_size)))  # (C_local*K, D)
+        self.weight = nn.Parameter(self._initial_weight())  # (C_local*K, D)
         self.bias = nn.Parameter(torch.zeros(self.num_local)) if self.plain_softmax else None
         m1, m2, m3 = config.margins()
         self.margin = None if self.plain_softmax else CombinedMargin(config.scale, m1, m2, m3)
+
+    def _initial_weight(self) -> torch.Tensor:
+        """N(0, 0.01) class centres. Up to FULL_INIT_MAX values, every rank draws the whole matrix
+        and keeps its block, so a sharded run starts exactly where a single process would; beyond
+        that (millions of classes) each rank draws only its block."""
+        rows_total = self.num_classes * self.K
+        if rows_total * self.embedding_size <= FULL_INIT_MAX:
+            full = torch.normal(0, 0.01, (rows_total, self.embedding_size))
+            return full[self.class_start * self.K:(self.class_start + self.num_local) * self.K].clone()
+        return torch.normal(0, 0.01, (self.num_local * self.K, self.embedding_size))
 
     # -- pieces, usable on their own (tests, analysis) ----------------------------------------
     def class_logits(self, embeddings: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
