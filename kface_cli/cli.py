@@ -234,6 +234,10 @@ def split_cmd(
 # ============================================================================================
 
 
+def _fmt_num(value: Optional[float], fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
 def _opt(help_text: str, *names: str) -> typer.Option:
     return typer.Option(*names, help=help_text, show_default=False)
 
@@ -288,7 +292,8 @@ def train_cmd(
     rows = []
     for r in result.history:
         v = r.get("val") or {}
-        rows.append([r["epoch"], r.get("loss"), v.get("accuracy"), v.get("threshold"), v.get("tar_at_far_1e-2"), int(round(r.get("samples_per_s") or 0)), "*" if r.get("best") else ""])
+        rows.append([r["epoch"], _fmt_num(r.get("loss"), "{:.4f}"), _fmt_num(v.get("accuracy"), "{:.2%}"), _fmt_num(v.get("threshold"), "{:.2f}"),
+                     _fmt_num(v.get("tar_at_far_1e-2"), "{:.2%}"), _fmt_num(r.get("samples_per_s"), "{:.0f}"), "*" if r.get("best") else ""])
     console.show(console.table(f"{result.network} on {result.num_images} images of {result.num_classes} identities ({result.world_size} x {result.device})",
                                ["epoch", "loss", "val acc", "threshold", "TAR@FAR=1e-2", "samples/s", "best"], rows))
     best = f"best epoch {result.best_epoch}" + (f" (val accuracy {100 * result.best_accuracy:.2f}%)" if result.best_accuracy is not None else "")
