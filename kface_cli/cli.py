@@ -7,6 +7,7 @@ red line on stderr and exit code 2; ``kface --debug ...`` shows the traceback to
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from pathlib import Path
@@ -51,6 +52,7 @@ def command(name: str | None = None, **kwargs) -> Callable:
     def decorator(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kw):
+            saved = dataclasses.replace(console.MODE)
             json_flag = kw.get("json_output")
             if json_flag is not None:
                 console.set_mode(json_output=bool(json_flag))
@@ -64,6 +66,8 @@ def command(name: str | None = None, **kwargs) -> Callable:
             except KeyboardInterrupt:
                 console.error("interrupted")
                 raise typer.Exit(130) from None
+            finally:  # an in-process caller (tests, notebooks) gets the output mode it had
+                console.set_mode(json_output=saved.json, quiet=saved.quiet, debug=saved.debug)
 
         return app.command(name, **kwargs)(wrapper)
 
@@ -85,7 +89,7 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     """K-Face to ArcFace: from the raw dataset to a working face-identification system."""
-    console.set_mode(debug=debug, quiet=quiet)
+    console.set_mode(debug=debug, quiet=quiet, json_output=False)  # each invocation starts afresh
 
 
 # ============================================================================================
