@@ -66,7 +66,7 @@ def test_auto_picks_by_size(monkeypatch):
     assert resolve_kind("auto", index_mod.AUTO_FLAT_MAX + 1) is IndexKind.IVF
     assert resolve_kind("HNSW", 10) is IndexKind.HNSW
     with pytest.raises(InputError, match="flat, ivf, hnsw|auto, flat"):
-        IndexKind.parse("annoy")
+        IndexKind.parse("annoy", "index kind")
     monkeypatch.setattr(index_mod, "AUTO_FLAT_MAX", 100)
     x, _ = _clustered(40, 6)
     assert build_index(x, "auto").kind is IndexKind.IVF

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kface_cli.choices import Choice
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.kface import codes as kc
 from kface_cli.workspace import Workspace, normalise_resolution
@@ -46,16 +47,13 @@ MANIFEST_COLUMNS = ["path", "id", "acc", "light", "expr", "cam", "source", "meth
 JPEG_QUALITY = 95
 
 
-class CropMode(str, enum.Enum):
+class CropMode(Choice):
     align = "align"
     box = "box"
 
 
 def parse_mode(mode: str | CropMode) -> CropMode:
-    try:
-        return CropMode(mode)
-    except ValueError:
-        raise InputError(f"unknown crop mode {mode!r}", hint=f"Use one of {', '.join(m.value for m in CropMode)}.") from None
+    return CropMode.parse(mode, "crop mode")
 
 
 class Status(str, enum.Enum):

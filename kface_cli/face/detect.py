@@ -29,7 +29,7 @@ import functools
 import os
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Literal, Protocol, get_args
 
@@ -240,7 +240,7 @@ def _mesh_confirms(points5: np.ndarray, kps: np.ndarray, box: Box) -> bool:
 
 def _estimate_mouth_corners(kps: np.ndarray) -> np.ndarray:
     """BlazeFace gives eyes, nose tip and mouth centre; corners lie along the eye line."""
-    right_eye, left_eye, _nose, mouth = kps[0], kps[1], kps[2], kps[3]
+    right_eye, left_eye, mouth = kps[0], kps[1], kps[3]  # kps[2] is the nose tip
     half = (left_eye - right_eye) * 0.42  # mouth width ~0.85 x eye distance
     return np.stack([mouth - half, mouth + half])
 

@@ -28,24 +28,18 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from kface_cli.choices import Choice
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
 
 DEFAULT_BATCH_SIZE = 32
 
 
-class PerIdentity(str, Enum):
+class PerIdentity(Choice):
     """Templates kept per person: every photo's (``all``), or one mean of them (``mean``)."""
 
     ALL = "all"
     MEAN = "mean"
-
-    @classmethod
-    def parse(cls, value: "str | PerIdentity") -> "PerIdentity":
-        try:
-            return cls(str(getattr(value, "value", value)).lower())
-        except ValueError:
-            raise InputError(f"unknown --per-identity {value!r}", hint=f"Use one of {', '.join(k.value for k in cls)}.") from None
 
 
 class Status(str, Enum):
@@ -172,7 +166,7 @@ def enroll_folder(
     """
     from kface_cli.console import progress, warn
 
-    mode = PerIdentity.parse(per_identity)
+    mode = PerIdentity.parse(per_identity, "--per-identity")
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     photos = find_photos(folder)

@@ -25,11 +25,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
 
+from kface_cli.choices import Choice
 from kface_cli.errors import InputError
 
 #: Default identification threshold on squared L2 distance (the tutorial's 1.5 = cosine 0.25).
@@ -46,18 +46,12 @@ IVF_NPROBE = 64
 IVF_TRAIN_PER_CELL = 48
 
 
-class IndexKind(str, Enum):
+class IndexKind(Choice):
     AUTO = "auto"
     FLAT = "flat"
     IVF = "ivf"
     HNSW = "hnsw"
 
-    @classmethod
-    def parse(cls, value: "str | IndexKind") -> "IndexKind":
-        try:
-            return cls(str(getattr(value, "value", value)).lower())
-        except ValueError:
-            raise InputError(f"unknown index kind {value!r}", hint=f"Use one of {', '.join(k.value for k in cls)}.") from None
 
 
 def cosine_to_distance(cos: float | np.ndarray) -> float | np.ndarray:
@@ -70,7 +64,7 @@ def distance_to_cosine(dist: float | np.ndarray) -> float | np.ndarray:
 
 
 def resolve_kind(kind: IndexKind | str, n: int) -> IndexKind:
-    kind = IndexKind.parse(kind)
+    kind = IndexKind.parse(kind, "index kind")
     if kind is IndexKind.AUTO:
         return IndexKind.FLAT if n <= AUTO_FLAT_MAX else IndexKind.IVF
     return kind
@@ -201,7 +195,7 @@ def _load_saved(gallery: Path, kind: IndexKind, count: int, checksum: str) -> Se
         return None
     try:
         meta = json.loads(meta_path.read_text())
-        saved_kind = IndexKind.parse(meta["kind"])
+        saved_kind = IndexKind.parse(meta["kind"], "index kind")
         if int(meta["count"]) != count or str(meta["checksum"]) != checksum:
             return None
         if kind is not IndexKind.AUTO and saved_kind is not resolve_kind(kind, count):
@@ -231,7 +225,7 @@ def load_index(gallery, kind: IndexKind | str = IndexKind.AUTO, *, rebuild: bool
     """
     from kface_cli.console import info
 
-    kind = IndexKind.parse(kind)
+    kind = IndexKind.parse(kind, "index kind")
     rows = gallery.read(embeddings=False)
     if not rebuild:
         saved = _load_saved(gallery.path, kind, len(rows), rows.checksum)

@@ -19,7 +19,7 @@ def manage_gallery(path: str | Path, *, remove: Sequence[str] = (), rebuild_inde
     Removing a name that is not in the gallery is an error (nothing is changed then).
     """
     gallery = Gallery(path)
-    kind = IndexKind.parse(index_kind)
+    kind = IndexKind.parse(index_kind, "index kind")
     removed: dict[str, int] = {}
     if remove:
         present = gallery.identities()
