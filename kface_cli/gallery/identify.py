@@ -165,13 +165,20 @@ def _open_capture(source: Path | int):
     """An opened ``cv2.VideoCapture`` on a video file or a camera index (clear error otherwise)."""
     import cv2
 
-    level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # no V4L/FFmpeg noise for a missing camera
+    # No V4L/FFmpeg noise for a missing camera. OpenCV 5 has cv2.utils.logging; OpenCV 4 has
+    # cv2.getLogLevel/setLogLevel (0 = silent in both).
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    get_level = getattr(log, "getLogLevel", None) or getattr(cv2, "getLogLevel", None)
+    set_level = getattr(log, "setLogLevel", None) or getattr(cv2, "setLogLevel", None)
+    level = get_level() if get_level and set_level else None
+    if level is not None:
+        set_level(0)
     try:
         cap = cv2.VideoCapture(str(source) if isinstance(source, Path) else source)
         opened = cap.isOpened()
     finally:
-        cv2.utils.logging.setLogLevel(level)
+        if level is not None:
+            set_level(level)
     if not opened:
         if isinstance(source, int):
             raise InputError(f"no camera {source} could be opened", hint="Check that a webcam is connected and not in use (try --camera 1), or pass photos or a video file instead.")
