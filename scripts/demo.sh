@@ -46,9 +46,9 @@ print(f"people/: {len(val)} enrolled identities; probes/: 4 of them + 3 unknown 
 PY
 step "6. Enroll the validation people into an HDF5 gallery with a FAISS index" \
   kface enroll "$KFACE_WORKDIR/people" --model "$KFACE_WORKDIR/demo.onnx"
-step "7. Evaluate on the val split: verification, identification, per condition; store the best threshold" \
-  kface evaluate --model "$KFACE_WORKDIR/demo.onnx" --save-threshold --name demo
-step "8. Identify the probe photos (the 3 people not enrolled should come out unknown)" \
+step "7. Evaluate on the val split: verification, identification, per condition; calibrate the threshold for FAR 1%" \
+  kface evaluate --model "$KFACE_WORKDIR/demo.onnx" --target-far 1e-2 --save-threshold --name demo
+step "8. Identify the probes: 4 enrolled people in other light/expression/angle, and 3 people who are not enrolled" \
   kface identify "$KFACE_WORKDIR/probes" --model "$KFACE_WORKDIR/demo.onnx" --annotate "$KFACE_WORKDIR/annotated"
 
 printf '\n\033[1;32mDemo finished.\033[0m Workspace: %s (runs/demo, gallery.h5, reports/demo, annotated/)\n' "$KFACE_WORKDIR"
