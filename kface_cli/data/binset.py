@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from kface_cli.errors import InputError
+from kface_cli.face.align import resize_crop
 
 
 class UnsafePickleError(InputError):
@@ -65,8 +66,6 @@ def safe_load_bin_pickle(data: bytes, source: str | Path = "<bytes>") -> tuple[l
 
 def read_bin(path: str | Path, *, size: int = 112):
     """Read a ``.bin`` as :class:`~kface_cli.evaluate.protocols.PairFaces` (pairs = images 2k, 2k+1)."""
-    import cv2
-
     from kface_cli.console import progress
     from kface_cli.evaluate.protocols import PairFaces
     from kface_cli.face.imageio import decode_image
@@ -81,9 +80,7 @@ def read_bin(path: str | Path, *, size: int = 112):
     with progress(f"Decoding {path.name}", total=len(bins)) as bar:
         for i, data in enumerate(bins):
             img = decode_image(data, f"{path} image {i}")
-            if img.shape[:2] != (size, size):
-                img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR)
-            faces[i] = img
+            faces[i] = resize_crop(img, size)
             bar.advance()
     n = len(issame)
     return PairFaces(

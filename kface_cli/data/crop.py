@@ -75,6 +75,8 @@ def box_crop(image: np.ndarray, box: tuple[float, float, float, float], size: in
     """Cut ``box`` (x, y, w, h) out of ``image`` (black outside), grown by ``margin``, resized to ``size``."""
     import cv2
 
+    from kface_cli.face.align import resize_crop
+
     x, y, w, h = (float(v) for v in box)
     if w <= 0 or h <= 0:
         raise InputError(f"face box has zero size ({w:g}x{h:g})")
@@ -89,9 +91,7 @@ def box_crop(image: np.ndarray, box: tuple[float, float, float, float], size: in
     if pad:
         image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
         x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
-    patch = image[y0:y1, x0:x1]
-    shrinking = patch.shape[0] > size or patch.shape[1] > size
-    return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    return resize_crop(image[y0:y1, x0:x1], size)
 
 
 def crop_face(image: np.ndarray, annotation, config: CropConfig = CropConfig()) -> tuple[np.ndarray, str]:

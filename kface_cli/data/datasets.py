@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from kface_cli.errors import InputError
+from kface_cli.face.align import resize_crop
 from kface_cli.preprocess import INPUT_SIZE
 
 PRELOAD_MAX_IMAGES = 20_000  # ~750 MB of 112x112x3 uint8
@@ -36,11 +37,7 @@ def _to_item(face_bgr: np.ndarray, flip: bool, random: bool = True):
 
     from kface_cli.preprocess import faces_to_input
 
-    if face_bgr.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
-        import cv2
-
-        face_bgr = cv2.resize(face_bgr, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA)
-    x = torch.from_numpy(faces_to_input(face_bgr[None])[0])  # (3, 112, 112)
+    x = torch.from_numpy(faces_to_input(resize_crop(face_bgr, INPUT_SIZE)[None])[0])  # (3, 112, 112)
     if flip and (not random or bool(torch.rand(()) < 0.5)):
         x = torch.flip(x, dims=[2])
     return x
@@ -120,12 +117,7 @@ class FolderDataset(_BaseDataset):
     def _load(self, i: int) -> np.ndarray:
         from kface_cli.face.imageio import read_image
 
-        img = read_image(self.paths[i])
-        if img.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
-            import cv2
-
-            img = cv2.resize(img, (INPUT_SIZE, INPUT_SIZE), interpolation=cv2.INTER_AREA)
-        return img
+        return resize_crop(read_image(self.paths[i]), INPUT_SIZE)
 
     def _preload(self, progress: bool) -> None:
         from kface_cli.console import progress as bar_ctx

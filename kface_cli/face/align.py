@@ -81,6 +81,21 @@ def norm_crop(image: np.ndarray, points5: np.ndarray, size: int = TEMPLATE_SIZE)
     return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
+def resize_crop(image: np.ndarray, size: int = TEMPLATE_SIZE) -> np.ndarray:
+    """Resize a crop to ``size`` x ``size`` (area averaging when shrinking, bilinear when growing).
+
+    The one way kface brings crops of another size (224x224 aligned faces, face boxes, .bin
+    images) to network input size; a crop already at ``size`` is returned as it is.
+    """
+    import cv2
+
+    h, w = image.shape[:2]
+    if (h, w) == (size, size):
+        return image
+    shrinking = h > size or w > size
+    return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+
+
 def is_degenerate(points5: np.ndarray, min_eye_distance: float = 4.0, min_ratio: float = 0.25) -> bool:
     """True when 5 points cannot define a sensible similarity alignment (profile views).
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from kface_cli.errors import InputError
-from kface_cli.face.align import TEMPLATE_SIZE, norm_crop
+from kface_cli.face.align import TEMPLATE_SIZE, norm_crop, resize_crop
 from kface_cli.face.detect import DetectedFace, Detector
 from kface_cli.face.imageio import read_image
 
@@ -57,8 +57,6 @@ def load_aligned(path: str | Path, size: int = TEMPLATE_SIZE) -> np.ndarray:
     Greyscale crops (e.g. insightface's sample Tom_Hanks_54745.png) become 3-channel. A crop that
     is not square cannot be aligned by resizing and raises :class:`InputError`.
     """
-    import cv2
-
     image = read_image(path)
     h, w = image.shape[:2]
     if h != w:
@@ -66,6 +64,4 @@ def load_aligned(path: str | Path, size: int = TEMPLATE_SIZE) -> np.ndarray:
             f"{path} is {w}x{h}, not a square aligned face crop",
             hint="Pass photos through face detection (faces_in_image), or crop faces with `kface crop`.",
         )
-    if h != size:
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if h > size else cv2.INTER_LINEAR)
-    return image
+    return resize_crop(image, size)

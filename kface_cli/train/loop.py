@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from kface_cli import console
+from kface_cli.embed import state_dict_digest
 from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
 from kface_cli.train import checkpoint as ck
 from kface_cli.train import distributed
@@ -565,7 +566,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                     _plot(run_dir)
                     last_plot = time.perf_counter()
         # -- DDP sanity check: every rank must end with the same backbone ----------------------
-        digests = distributed.all_gather_object(info, _digest(ck.backbone_state_dict(backbone)))
+        digests = distributed.all_gather_object(info, state_dict_digest(ck.backbone_state_dict(backbone)))
         if info.is_main:
             write_log({"type": "end", "epochs": len(history), "backbone_digest_per_rank": digests, "time": time.time()})
             if len(set(digests)) > 1:
@@ -603,17 +604,6 @@ def _plot(run_dir: Path) -> None:
         write_plots(run_dir)
     except Exception as e:  # noqa: BLE001 - plots are a convenience
         console.warn(f"could not draw {run_dir / 'plots.png'}: {e}")
-
-
-def _digest(state: Mapping[str, Any]) -> str:
-    """Hex digest of a state_dict's names and bytes (to compare ranks)."""
-    import hashlib
-
-    h = hashlib.sha1()
-    for k in sorted(state):
-        h.update(k.encode())
-        h.update(state[k].numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def _agree(info: distributed.DistInfo, flag: bool) -> bool:
