@@ -402,9 +402,7 @@ def enroll_cmd(
         aligned=aligned, per_identity=per_identity, replace=replace, landmarks=landmarks, min_face=min_face, batch_size=batch_size,
     )
     if json_output:
-        console.print_json({**result.totals(), "gallery": result.gallery, "model": result.model, "per_identity": result.per_identity,
-                            "seconds": round(result.seconds, 3), "identities": result.identities,
-                            "problems": [{"path": p.path, "name": p.name, "status": p.status.value, "note": p.note} for p in result.problems]})
+        console.print_json(result.to_json())
         return
     columns, rows = summary_rows(result)
     console.show(console.table(f"Enrolled into {result.gallery}", columns, rows))

@@ -99,6 +99,12 @@ class EnrollResult:
             "templates_removed": self.removed_templates,
         }
 
+    def to_json(self) -> dict[str, Any]:
+        """What ``kface enroll --json`` prints."""
+        return {**self.totals(), "gallery": self.gallery, "model": self.model, "per_identity": self.per_identity,
+                "seconds": round(self.seconds, 3), "identities": self.identities,
+                "problems": [{"path": p.path, "name": p.name, "status": p.status.value, "note": p.note} for p in self.problems]}
+
 
 def find_photos(folder: str | Path) -> list[Photo]:
     """Photos of ``folder`` with their identity names (layouts in the module docstring), sorted."""
