@@ -56,7 +56,8 @@ def main() -> None:
 
     import torch
 
-    from kface_cli.embed import embedder_from_module, load_embedder
+    from kface_cli.embedding.embedder import embedder_from_module
+    from kface_cli.embedding.loading import load_embedder
     from kface_cli.face.align import norm_crop
     from kface_cli.face.detect import get_detector
     from kface_cli.face.imageio import read_image, write_image

@@ -86,7 +86,7 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from kface_cli.embed import _onnx_bytes_from_module
+    from kface_cli.embedding.embedder import onnx_bytes_from_module
     from kface_cli.models.registry import get_backbone
 
     torch.set_num_threads(args.threads)
@@ -107,7 +107,7 @@ def main() -> None:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = args.threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        sess = ort.InferenceSession(_onnx_bytes_from_module(net), sess_options=opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(onnx_bytes_from_module(net), sess_options=opts, providers=["CPUExecutionProvider"])
         net_cl = net.to(memory_format=torch.channels_last)
 
         def run_torch(x: np.ndarray) -> np.ndarray:

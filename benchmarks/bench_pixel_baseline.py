@@ -26,8 +26,8 @@ import numpy as np
 from kface_cli.evaluate.metrics import ten_fold_accuracy
 from kface_cli.face.align import norm_crop
 from kface_cli.face.imageio import decode_image
-from kface_cli.kface import codes as kc
-from kface_cli.kface.annotation import parse_annotation
+from kface_cli.dataset import codes as kc
+from kface_cli.dataset.annotation import parse_annotation
 
 
 def load_crops(root: Path, res: str) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +81,7 @@ def main() -> None:
         if (default / f"{args.res}_Resolution").is_dir():
             root = default
         else:
-            from kface_cli.kface.synth import generate_sample_data
+            from kface_cli.synth.generator import generate_sample_data
 
             tmp = tempfile.TemporaryDirectory()
             root = Path(tmp.name)

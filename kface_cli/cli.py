@@ -109,8 +109,8 @@ def sample_data_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Generate synthetic identities in K-Face's exact layout (zips, image sizes, annotations)."""
-    from kface_cli.data.extract import default_source
-    from kface_cli.kface.synth import generate_sample_data, parse_resolution_limits
+    from kface_cli.prepare.extract import default_source
+    from kface_cli.synth.generator import generate_sample_data, parse_resolution_limits
 
     resolutions, limits = parse_resolution_limits(res)
     target = out if out is not None else default_source(workdir)
@@ -141,9 +141,9 @@ def extract_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Extract the chosen images and annotations from K-Face zips into raw/<Res> (re-runs skip finished work)."""
-    from kface_cli.data.extract import Selection, extract
-    from kface_cli.kface.codes import describe
-    from kface_cli.kface.source import parse_id_list
+    from kface_cli.prepare.extract import Selection, extract
+    from kface_cli.dataset.codes import describe
+    from kface_cli.dataset.source import parse_id_list
 
     selection = Selection.parse(acc, lux, expr, angle)
     result = extract(source, workdir=workdir, res=res, selection=selection, ids=parse_id_list(ids), workers=workers)
@@ -186,7 +186,7 @@ def crop_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Crop the extracted faces to 112x112 (aligned like insightface) into faces/<Res>, with a manifest."""
-    from kface_cli.data.crop import CropConfig, crop, parse_mode
+    from kface_cli.prepare.crop import CropConfig, crop, parse_mode
 
     config = CropConfig(mode=parse_mode(mode), size=size, margin=margin, square=square)
     result = crop(workdir, res=res, config=config, workers=workers)
@@ -218,7 +218,7 @@ def split_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Split the crops into identity-disjoint train/val folders, classes.csv and val_pairs.csv."""
-    from kface_cli.data.split import split
+    from kface_cli.prepare.split import split
 
     result = split(workdir, res=res, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order, max_pairs=max_pairs)  # type: ignore[arg-type]
     if json_output:
@@ -320,8 +320,8 @@ def export_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Export a trained model for deployment (input `data` [N,3,112,112], metadata inside), checked against torch."""
-    from kface_cli.embed import resolve_model_path
-    from kface_cli.export import export_model
+    from kface_cli.embedding.loading import resolve_model_path
+    from kface_cli.embedding.export import export_model
 
     if out is None:
         source = resolve_model_path(model, workdir)
@@ -392,7 +392,7 @@ def enroll_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Add the faces of known people to the gallery (re-enrolling a photo is a no-op)."""
-    from kface_cli.embed import load_embedder
+    from kface_cli.embedding.loading import load_embedder
     from kface_cli.gallery.enroll import enroll_folder, summary_rows
     from kface_cli.workspace import Workspace
 
@@ -434,7 +434,7 @@ def identify_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Name the faces in photos, videos or a webcam (exit 0; 1 with --fail-unknown when nobody matched; 2 on errors)."""
-    from kface_cli.embed import load_embedder
+    from kface_cli.embedding.loading import load_embedder
     from kface_cli.errors import InputError
     from kface_cli.gallery.identify import identify, table_rows, write_csv
     from kface_cli.workspace import Workspace

@@ -19,6 +19,13 @@ from pathlib import Path
 
 from kface_cli.errors import InputError
 
+# The files of a run folder (runs/<name>/), named once for every module that reads or writes them.
+RUN_CONFIG = "config.json"  # the resolved training config
+RUN_BACKBONE = "backbone.pth"  # the best backbone: a plain state_dict in insightface's layout
+RUN_CHECKPOINT = "checkpoint.pt"  # everything needed to resume exactly
+RUN_LOG = "log.jsonl"  # one JSON record per step/epoch
+RUN_PLOTS = "plots.png"  # loss, learning rate, validation accuracy
+
 RESOLUTIONS = ("High", "Middle", "Low")
 DEFAULT_RESOLUTION = "Middle"
 
@@ -90,10 +97,10 @@ class Workspace:
         """The most recently modified run folder that holds a ``backbone.pth``, or None."""
         if not self.runs.is_dir():
             return None
-        runs = [p for p in self.runs.iterdir() if (p / "backbone.pth").is_file()]
+        runs = [p for p in self.runs.iterdir() if (p / RUN_BACKBONE).is_file()]
         if not runs:
             return None
-        return max(runs, key=lambda p: (p / "backbone.pth").stat().st_mtime)
+        return max(runs, key=lambda p: (p / RUN_BACKBONE).stat().st_mtime)
 
     def require(self, path: Path, what: str, produced_by: str) -> Path:
         """Return ``path`` if it exists, else raise a clear error naming the stage that makes it."""

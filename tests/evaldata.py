@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kface_cli.data.pairs import Pair, write_pairs_csv
+from kface_cli.formats.pairs import Pair, write_pairs_csv
 
 
 class FakeEmbedder:
@@ -70,7 +70,7 @@ def make_identities(root: Path, n_ids: int = 6, lights=("L1", "L7"), cams=("C7",
 
 def make_pairs(by_id: dict[str, list[Path]], seed: int = 0) -> list[Pair]:
     """Every same pair within an identity and as many different pairs, in a fixed order."""
-    from kface_cli.kface.codes import parse_face_filename
+    from kface_cli.dataset.codes import parse_face_filename
 
     rng = np.random.default_rng(seed)
     ids = sorted(by_id)

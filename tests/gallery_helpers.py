@@ -35,7 +35,7 @@ class SidecarDetector:
         self.extra = extra
 
     def detect(self, image, path=None):
-        from kface_cli.kface.annotation import read_annotation
+        from kface_cli.dataset.annotation import read_annotation
 
         side = Path(path).with_suffix(".txt") if path is not None else None
         if side is None or not side.is_file():
@@ -50,7 +50,7 @@ class SidecarDetector:
 
 
 class PixelEmbedder:
-    """Deterministic stand-in for :class:`kface_cli.embed.Embedder` (unit vectors from pixels)."""
+    """Deterministic stand-in for :class:`kface_cli.embedding.embedder.Embedder` (unit vectors from pixels)."""
 
     def __init__(self, embedding_size: int = 64, seed: int = 0, delay: float = 0.0):
         rng = np.random.default_rng(seed)
@@ -78,8 +78,8 @@ class PixelEmbedder:
 def render_photo(path: Path, identity: str, codes=CODES[0], res: str = "Low", sidecar: bool = True) -> Path:
     """Write a synthetic K-Face photo of ``identity`` (an 8-digit K-Face ID) and its .txt sidecar."""
     from kface_cli.face.imageio import write_image
-    from kface_cli.kface import synth
-    from kface_cli.kface.annotation import format_annotation
+    from kface_cli.synth import generator as synth
+    from kface_cli.dataset.annotation import format_annotation
 
     face = synth.render_face(synth.make_identity(identity), *codes, res)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,8 @@ import torch
 def calibrated(net: torch.nn.Module) -> torch.nn.Module:
     """Random weights with BatchNorm statistics of real activations: realistic outputs that differ
     between faces, and no denormal floats (which make CPU convolutions 5-10x slower)."""
-    from kface_cli.export import synthetic_faces
-    from kface_cli.preprocess import faces_to_input
+    from kface_cli.embedding.export import synthetic_faces
+    from kface_cli.face.preprocess import faces_to_input
 
     for m in net.modules():
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):

@@ -22,7 +22,7 @@ SMALL_COMBOS = (
 @functools.lru_cache(maxsize=None)
 def _cached_source(n_ids: int, res: str) -> Path:
     from kface_cli.atomic import write_bytes
-    from kface_cli.kface.synth import identity_ids, identity_zip_bytes, make_identity
+    from kface_cli.synth.generator import identity_ids, identity_zip_bytes, make_identity
 
     root = Path(tempfile.mkdtemp(prefix="kface-synth-"))
     for ident in identity_ids(n_ids, seed=3):

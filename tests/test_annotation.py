@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kface_cli.errors import InputError
-from kface_cli.kface.annotation import format_annotation, parse_annotation, read_annotation
+from kface_cli.dataset.annotation import format_annotation, parse_annotation, read_annotation
 
 # The dataset reference's example (camera C1, a profile, 5 boxes).
 PROFILE = """176\t116

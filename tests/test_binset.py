@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from kface_cli.data.binset import UnsafePickleError, read_bin, safe_load_bin_pickle, write_bin
+from kface_cli.formats.binset import UnsafePickleError, read_bin, safe_load_bin_pickle, write_bin
 from kface_cli.errors import InputError
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from kface_cli.calibration import calibration_path, load_calibration, load_threshold, save_threshold
+from kface_cli.embedding.calibration import calibration_path, load_calibration, load_threshold, save_threshold
 from kface_cli.errors import InputError, KFaceError
 
 

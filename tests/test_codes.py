@@ -3,7 +3,7 @@
 import pytest
 
 from kface_cli.errors import CodeError
-from kface_cli.kface import codes as kc
+from kface_cli.dataset import codes as kc
 
 
 def test_tables_have_every_code():

@@ -6,11 +6,11 @@ import cv2
 import numpy as np
 import pytest
 
-from kface_cli.data.crop import MANIFEST_COLUMNS, CropConfig, CropMode, box_crop, crop, crop_face
-from kface_cli.data.extract import Selection, extract
+from kface_cli.prepare.crop import MANIFEST_COLUMNS, CropConfig, CropMode, box_crop, crop, crop_face
+from kface_cli.prepare.extract import Selection, extract
 from kface_cli.errors import InputError
 from kface_cli.face.align import ARCFACE_TEMPLATE
-from kface_cli.kface.annotation import format_annotation, parse_annotation
+from kface_cli.dataset.annotation import format_annotation, parse_annotation
 
 from synth_helpers import make_source
 

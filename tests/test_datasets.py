@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kface_cli.data.datasets import ArrayDataset, FolderDataset, RecordDataset, open_training_data
+from kface_cli.train.datasets import ArrayDataset, FolderDataset, RecordDataset, open_training_data
 from kface_cli.errors import InputError
-from kface_cli.preprocess import faces_to_input
+from kface_cli.face.preprocess import faces_to_input
 
 
 def _faces(n: int, seed: int = 0) -> np.ndarray:
@@ -55,7 +55,7 @@ def test_flip_mirrors_about_half_the_items():
 def test_record_dataset_matches_folder(tmp_path):
     import cv2
 
-    from kface_cli.data.recordio import RecordHeader, RecordIOWriter, pack
+    from kface_cli.formats.recordio import RecordHeader, RecordIOWriter, pack
 
     faces = _faces(4, seed=1)
     labels = [0, 1, 1, 0]

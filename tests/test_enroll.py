@@ -125,7 +125,7 @@ def test_wrong_model_is_refused(tmp_path, photos):
 def test_aligned_crops(tmp_path, photos):
     from kface_cli.face.align import norm_crop
     from kface_cli.face.imageio import read_image, write_image
-    from kface_cli.kface.annotation import read_annotation
+    from kface_cli.dataset.annotation import read_annotation
 
     root = tmp_path / "faces"
     for p in sorted(photos.rglob("*.jpg")):

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from evaldata import FakeEmbedder, make_identities, make_pairs, make_workspace
-from kface_cli.calibration import load_threshold
-from kface_cli.data.binset import write_bin
-from kface_cli.data.pairs import write_pairs_csv
+from kface_cli.embedding.calibration import load_threshold
+from kface_cli.formats.binset import write_bin
+from kface_cli.formats.pairs import write_pairs_csv
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate_embedder, val_identification_split
 
@@ -118,7 +118,7 @@ def test_option_errors(tmp_path, opts, match):
 
 @pytest.fixture
 def fake_model(monkeypatch, tmp_path):
-    import kface_cli.embed
+    import kface_cli.embedding.loading
 
     seen = {}
 
@@ -126,7 +126,7 @@ def fake_model(monkeypatch, tmp_path):
         seen.update(kw, model=model)
         return FakeEmbedder(source=tmp_path / "m.onnx")
 
-    monkeypatch.setattr(kface_cli.embed, "load_embedder", load_embedder)
+    monkeypatch.setattr(kface_cli.embedding.loading, "load_embedder", load_embedder)
     (tmp_path / "m.onnx").write_bytes(b"x")
     return seen
 

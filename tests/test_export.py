@@ -9,11 +9,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from kface_cli import export as export_mod
+from kface_cli.embedding import export as export_mod
 from kface_cli.cli import app
-from kface_cli.embed import load_embedder
+from kface_cli.embedding.loading import load_embedder
 from kface_cli.errors import KFaceError
-from kface_cli.export import export_model, synthetic_faces
+from kface_cli.embedding.export import export_model, synthetic_faces
 from kface_cli.models.registry import get_backbone
 from model_helpers import calibrated
 
@@ -66,7 +66,7 @@ def test_onnx_export_round_trip(workspace, tmp_path):
     # insightface-style use: raw ORT on our preprocessing
     import onnxruntime as ort
 
-    from kface_cli.preprocess import faces_to_input
+    from kface_cli.face.preprocess import faces_to_input
 
     sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     raw = sess.run(None, {"data": faces_to_input(faces)})[0]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from kface_cli.errors import InputError
-from kface_cli.data.extract import DONE_MARKER, Selection, extract
-from kface_cli.kface.source import list_identities
+from kface_cli.prepare.extract import DONE_MARKER, Selection, extract
+from kface_cli.dataset.source import list_identities
 
 from synth_helpers import make_source
 

@@ -63,7 +63,7 @@ def test_threshold_decides_unknown(world):
 
 
 def test_calibrated_threshold_is_used(world, monkeypatch):
-    import kface_cli.calibration as calibration
+    import kface_cli.embedding.calibration as calibration
 
     monkeypatch.setattr(calibration, "load_threshold", lambda embedder: 0.0123)
     result = _identify(world, [world["stranger"]])
@@ -101,7 +101,7 @@ def test_video_frames(world, tmp_path):
     import cv2
 
     from kface_cli.face.imageio import read_image
-    from kface_cli.kface.annotation import read_annotation
+    from kface_cli.dataset.annotation import read_annotation
 
     probe = world["probes"] / "Alice.jpg"
     image = read_image(probe)
@@ -140,7 +140,7 @@ def test_cli_identify(world, tmp_path, mbf_model):
     from typer.testing import CliRunner
 
     from kface_cli.cli import app
-    from kface_cli.embed import load_embedder
+    from kface_cli.embedding.loading import load_embedder
 
     gallery = tmp_path / "g.h5"
     enroll_folder(world["people"], gallery, load_embedder(mbf_model, network="mbf"), landmarks="sidecar")
@@ -164,7 +164,7 @@ def test_cli_identify(world, tmp_path, mbf_model):
 def test_camera_frames_stream_until_max_frames(world, monkeypatch, capsys):
     import kface_cli.gallery.identify as identify_mod
     from kface_cli.face.imageio import read_image
-    from kface_cli.kface.annotation import read_annotation
+    from kface_cli.dataset.annotation import read_annotation
 
     probe = world["probes"] / "Bob.jpg"
     image = read_image(probe)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kface_cli.data.lfw import lfw_image_path, read_lfw_pairs
+from kface_cli.formats.lfw import lfw_image_path, read_lfw_pairs
 from kface_cli.errors import InputError
 
 # 2 folds x 2 pairs per class, tab-separated like the real file (one line space-separated)

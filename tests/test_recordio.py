@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from kface_cli.data.recordio import (
+from kface_cli.formats.recordio import (
     HEADER_SIZE,
     MAGIC,
     MAGIC_BYTES,

@@ -5,7 +5,7 @@ import zipfile
 import pytest
 
 from kface_cli.errors import CodeError, InputError
-from kface_cli.kface.source import is_safe_member_name, list_identities, open_identity, parse_id_list, resolution_dir
+from kface_cli.dataset.source import is_safe_member_name, list_identities, open_identity, parse_id_list, resolution_dir
 
 from synth_helpers import make_source
 

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from kface_cli.data.pairs import read_pairs_csv
-from kface_cli.data.split import choose_val_ids, split
+from kface_cli.formats.pairs import read_pairs_csv
+from kface_cli.prepare.split import choose_val_ids, split
 from kface_cli.errors import InputError
 
 IDS = [f"190625{d}{s}" for d in (1, 2) for s in range(1, 7)]  # 12 identities

@@ -9,8 +9,8 @@ import pytest
 
 from kface_cli.errors import InputError
 from kface_cli.face.align import is_degenerate
-from kface_cli.kface import synth
-from kface_cli.kface.annotation import parse_annotation
+from kface_cli.synth import generator as synth
+from kface_cli.dataset.annotation import parse_annotation
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
 
 
 def _weights(run_dir):
-    c = ck.load_checkpoint(run_dir / ck.CHECKPOINT_NAME)
+    c = ck.load_checkpoint(run_dir / ck.RUN_CHECKPOINT)
     return c["backbone"], c["head"], c["optimizer"]
 
 
@@ -107,7 +107,7 @@ def test_interrupt_then_resume_equals_uninterrupted_run(ws):
 
     with pytest.raises(KeyboardInterrupt):
         train(tiny(ws, name="cut", batch_size=9), on_step=ctrl_c)
-    saved = ck.load_checkpoint(ws / "runs" / "cut" / ck.CHECKPOINT_NAME)
+    saved = ck.load_checkpoint(ws / "runs" / "cut" / ck.RUN_CHECKPOINT)
     assert (saved["epoch"], saved["step_in_epoch"]) == (0, 2)
     assert read_log(ws / "runs" / "cut")[-1]["type"] == "stopped"
     result = train_from_options(None, {"workdir": str(ws), "name": "cut", "batch_size": 99}, resume=True)  # batch ignored
@@ -140,7 +140,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(ws, monkeypatch):
     with pytest.raises(TrainingError, match="loss became nan at epoch 2, step 2") as e:
         train(tiny(ws, name="nan"))
     assert "last good checkpoint" in str(e.value)
-    assert ck.load_checkpoint(ws / "runs" / "nan" / ck.CHECKPOINT_NAME)["epoch"] == 1
+    assert ck.load_checkpoint(ws / "runs" / "nan" / ck.RUN_CHECKPOINT)["epoch"] == 1
 
 
 def test_init_loads_weights_and_freeze_keeps_them(ws, tmp_path):
@@ -200,6 +200,6 @@ def test_real_ctrl_c_leaves_a_checkpoint(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
     assert "checkpoint saved" in err
-    saved = ck.load_checkpoint(ws / "runs" / "sig" / ck.CHECKPOINT_NAME)
+    saved = ck.load_checkpoint(ws / "runs" / "sig" / ck.RUN_CHECKPOINT)
     assert saved["epoch"] * 4 + saved["step_in_epoch"] >= 1
     assert read_log(ws / "runs" / "sig")[-1]["type"] == "stopped"

@@ -26,7 +26,7 @@ def make_workspace(root: Path, *, train_ids: int = 6, val_ids: int = 3, per_id: 
     """Write ``root/split/{train,val}/<id>/*.png`` and ``root/split/val_pairs.csv``; return root."""
     import cv2
 
-    from kface_cli.data.pairs import Pair, write_pairs_csv
+    from kface_cli.formats.pairs import Pair, write_pairs_csv
 
     rng = np.random.default_rng(seed)
     protos = [rng.integers(0, 255, (6, 6, 3)).astype(np.uint8) for _ in range(train_ids + val_ids)]

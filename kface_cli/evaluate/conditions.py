@@ -38,7 +38,7 @@ def codes_of(path: str | Path, given: dict | None = None) -> dict[str, str]:
     if given and any(k in given for k, _ in FACTORS):
         return dict(given)
     from kface_cli.errors import KFaceError
-    from kface_cli.kface.codes import parse_face_filename
+    from kface_cli.dataset.codes import parse_face_filename
 
     path = Path(path)
     try:
@@ -70,7 +70,7 @@ def _code_sort_key(code: str) -> tuple[str, int]:
 def describe_code(factor: str, code: str) -> str:
     """Human description of a code (``0 lux, all lamps (dark)``), or "" when unknown."""
     try:
-        from kface_cli.kface.codes import describe
+        from kface_cli.dataset.codes import describe
 
         return describe(factor, code)
     except Exception:  # unknown code or codes table unavailable: the code alone is shown

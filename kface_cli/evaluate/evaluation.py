@@ -13,7 +13,7 @@ Protocols (pick one pair source; identification can run alongside):
   of identities without a gallery folder are the unknowns.
 
 Use :func:`evaluate` from Python with an :class:`EvaluateOptions`, or :func:`evaluate_embedder` with an
-:class:`~kface_cli.embed.Embedder` you already hold (e.g. a model in memory).
+:class:`~kface_cli.embedding.embedder.Embedder` you already hold (e.g. a model in memory).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def protocol_of(options: EvaluateOptions) -> Protocol | None:
 
 def evaluate(options: EvaluateOptions) -> Evaluation:
     """Load the model (``options.model``; default: the workspace's latest run) and evaluate it."""
-    from kface_cli.embed import load_embedder
+    from kface_cli.embedding.loading import load_embedder
     from kface_cli.workspace import Workspace
 
     protocol_of(options)  # validate before the (slow) model load
@@ -154,7 +154,7 @@ def default_report_name(embedder: Any, protocol: Protocol | None, options: Evalu
 
 def _load_pairs(options: EvaluateOptions, protocol: Protocol, ws: Any):
     """Pair list (or prepared PairFaces for .bin) and a description of the source."""
-    from kface_cli.data.pairs import read_pairs_csv
+    from kface_cli.formats.pairs import read_pairs_csv
 
     if protocol is Protocol.VAL:
         path = ws.require(ws.val_pairs, "val pairs", "kface split")
@@ -162,13 +162,13 @@ def _load_pairs(options: EvaluateOptions, protocol: Protocol, ws: Any):
     if protocol is Protocol.PAIRS:
         return read_pairs_csv(options.pairs), str(options.pairs)
     if protocol is Protocol.LFW:
-        from kface_cli.data.lfw import read_lfw_pairs
+        from kface_cli.formats.lfw import read_lfw_pairs
 
         root = Path(options.root)  # type: ignore[arg-type]
         if not root.is_dir():
             raise InputError(f"LFW image root not found: {root}", hint="Pass --root, the folder holding <name>/<name>_0001.jpg.")
         return read_lfw_pairs(options.lfw_pairs, root).pairs, str(options.lfw_pairs)  # type: ignore[arg-type]
-    from kface_cli.data.binset import read_bin
+    from kface_cli.formats.binset import read_bin
 
     return read_bin(options.bin_file), str(options.bin_file)  # type: ignore[arg-type]
 
@@ -343,7 +343,7 @@ def _calibrate(embedder: Any, options: EvaluateOptions, dist: np.ndarray | None,
         cal = {"criterion": "best_accuracy", "target_far": None, "threshold": threshold, "tar": None,
                "achieved_far": float(np.mean(dist[~issame] < threshold)) if (~issame).any() else None}
     if options.save_threshold:
-        from kface_cli.calibration import save_threshold
+        from kface_cli.embedding.calibration import save_threshold
 
         path = save_threshold(embedder, cal["threshold"], cal["target_far"],
                               criterion=cal["criterion"], tar=cal["tar"], achieved_far=cal["achieved_far"],

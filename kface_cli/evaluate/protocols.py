@@ -5,7 +5,7 @@ The expensive part of evaluation is embedding, so every protocol here:
 - loads and embeds each **unique** image once (a val split reuses each image in many pairs);
 - uses aligned 112x112 crops as they are (``kface crop`` output, ``.bin`` files) and sends any other
   photo through detection + alignment (``kface_cli.face.pipeline``), taking the largest face;
-- embeds in batches through the :class:`~kface_cli.embed.Embedder` (which applies flip-sum when the
+- embeds in batches through the :class:`~kface_cli.embedding.embedder.Embedder` (which applies flip-sum when the
   embedder was loaded with ``flip=True``).
 
 A photo in which no face is found cannot be compared: its pairs get the largest possible distance

@@ -421,7 +421,7 @@ def sidecar_path(path: str | Path | None) -> Path | None:
 
 
 def _face_from_sidecar(txt: Path) -> DetectedFace:
-    from kface_cli.kface.annotation import read_annotation
+    from kface_cli.dataset.annotation import read_annotation
 
     ann = read_annotation(txt)
     points = np.asarray(ann.points5, dtype=np.float32).reshape(5, 2)

@@ -156,7 +156,7 @@ def enroll_folder(
     """Enroll every person in ``folder`` into the gallery (created if missing).
 
     Args:
-        embedder: a :class:`kface_cli.embed.Embedder`, or a function returning one (called once
+        embedder: a :class:`kface_cli.embedding.embedder.Embedder`, or a function returning one (called once
             the folder has been checked, so a typo is reported before the slow model load). The
             gallery must have been made with the same model (fingerprint), else :class:`ModelMismatchError`.
         aligned: the photos are 112x112 aligned crops (skip detection).

@@ -99,7 +99,7 @@ def resolve_threshold(threshold: float | None, embedder) -> tuple[float, str]:
             raise InputError(f"--threshold {threshold} is outside 0..4", hint="It is a squared L2 distance between unit vectors (2 - 2 cos).")
         return float(threshold), "given"
     try:
-        from kface_cli.calibration import load_threshold
+        from kface_cli.embedding.calibration import load_threshold
 
         calibrated = load_threshold(embedder)
     except ImportError:  # pragma: no cover - calibration module absent
@@ -230,7 +230,7 @@ def identify(
     """Identify every face in ``paths`` (photos, folders, videos) or in ``camera`` frames.
 
     Args:
-        embedder: an :class:`~kface_cli.embed.Embedder` (the gallery's model), or a function
+        embedder: an :class:`~kface_cli.embedding.embedder.Embedder` (the gallery's model), or a function
             returning one (called after the inputs and the gallery are checked).
         threshold: squared-L2 distance below which the best identity is reported (None: the
             calibrated threshold of the model, else 1.5).
@@ -350,7 +350,7 @@ def _faces_of(frame: _Frame, detector, aligned: bool) -> list[tuple[tuple[float,
 def _write_annotated(frame: _Frame, res: ImageResult, out_dir: Path, warned: set[str]) -> Path:
     from kface_cli.console import warn
     from kface_cli.face.imageio import write_image
-    from kface_cli.gallery.annotate import draw_faces, missing_glyphs
+    from kface_cli.gallery.draw import draw_faces, missing_glyphs
 
     for f in res.faces:
         if not warned and missing_glyphs(f.name):

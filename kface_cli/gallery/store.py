@@ -87,7 +87,7 @@ class ModelInfo:
 
     @classmethod
     def of(cls, embedder) -> "ModelInfo":
-        """From a :class:`kface_cli.embed.Embedder` (anything with fingerprint/embedding_size/network/source)."""
+        """From a :class:`kface_cli.embedding.embedder.Embedder` (anything with fingerprint/embedding_size/network/source)."""
         src = getattr(embedder, "source", None)
         return cls(
             fingerprint=str(embedder.fingerprint),

@@ -149,6 +149,12 @@ def infer_embedding_size(state_dict: Mapping[str, Any]) -> int:
     for key in ("features.weight", "features.layers.3.weight"):
         if key in state_dict:
             return int(state_dict[key].shape[0])
+    last = None  # another layout: the width of its last BatchNorm
+    for k, v in state_dict.items():
+        if k.endswith("running_mean") and getattr(v, "ndim", 0) == 1:
+            last = int(v.shape[0])
+    if last is not None:
+        return last
     raise ModelMismatchError("cannot tell the embedding size of this state_dict: no 'features' BatchNorm found",
                              hint="Is this an insightface/kface backbone (not a full checkpoint or a head)?")
 

@@ -21,11 +21,8 @@ from typing import Any
 import numpy as np
 
 from kface_cli.errors import InputError
+from kface_cli.workspace import RUN_BACKBONE, RUN_CHECKPOINT, RUN_CONFIG, RUN_LOG, RUN_PLOTS  # noqa: F401 (the run folder's files)
 
-CHECKPOINT_NAME = "checkpoint.pt"
-BACKBONE_NAME = "backbone.pth"
-CONFIG_NAME = "config.json"
-LOG_NAME = "log.jsonl"
 CHECKPOINT_FORMAT = "kface-checkpoint/1"
 
 

@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from kface_cli import console
-from kface_cli.embed import state_dict_digest
+from kface_cli.embedding.embedder import state_dict_digest
 from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
 from kface_cli.train import checkpoint as ck
 from kface_cli.train import distributed
@@ -78,7 +78,7 @@ def train_from_options(config_file: str | Path | None = None, overrides: Mapping
     if asked.name is None:
         raise KFaceError("--resume needs --name: which run to continue", hint="Run folders are in runs/ of the workspace.")
     run_dir = Workspace.resolve(asked.workdir).run(asked.name)
-    saved = config_from_dict(ck.load_checkpoint(run_dir / ck.CHECKPOINT_NAME)["config"])
+    saved = config_from_dict(ck.load_checkpoint(run_dir / ck.RUN_CHECKPOINT)["config"])
     given = {k.replace("-", "_") for k in overrides} | (set(asked.to_dict()) - {"name", "workdir"} if config_file else set())
     changes = {k: getattr(asked, k) for k in given if k in RESUMABLE_CHANGES}
     ignored = sorted(k for k in given - set(RESUMABLE_CHANGES) - {"name", "workdir"} if getattr(asked, k) != getattr(saved, k))
@@ -159,22 +159,13 @@ def _auto_batch_size(device: Any, num_images: int, world_size: int) -> int:
 
 def _read_init(path: str) -> tuple[dict[str, Any], Path]:
     """``--init`` weights: insightface backbone.pth, our backbone.pth, a run folder or checkpoint.pt."""
-    import torch
+    from kface_cli.embedding.loading import load_torch_weights
 
     p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / ck.BACKBONE_NAME
-    if not p.is_file():
+    if not p.exists():
         raise KFaceError(f"--init weights not found: {p}", hint="Pass an insightface backbone.pth or a kface run folder.")
-    try:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise KFaceError(f"cannot read --init weights {p}: {e}", hint="Expected a plain state_dict (insightface backbone.pth).") from None
-    if isinstance(sd, dict) and isinstance(sd.get("backbone"), dict):
-        sd = sd["backbone"]  # a kface checkpoint.pt
-    if not isinstance(sd, dict):
-        raise KFaceError(f"--init {p} holds no state_dict", hint="Expected a plain state_dict (insightface backbone.pth).")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}, p
+    weights = load_torch_weights(p)  # weights_only; strips module./_orig_mod. prefixes
+    return weights.state_dict, weights.source
 
 
 def _apply_init(backbone: Any, sd: dict[str, Any], p: Path) -> None:
@@ -218,7 +209,7 @@ def _resolve_val_pairs(config: TrainConfig, ws: Any) -> Path | None:
 def validate(backbone: Any, pair_faces: Any, *, network: str, batch_size: int = 64) -> dict[str, Any]:
     """Verification on prepared val pairs (flip TTA, as insightface): 10-fold accuracy, threshold,
     TAR at FAR 1e-2, AUC, EER. Uses the same embedder and metrics as ``kface evaluate``."""
-    from kface_cli.embed import embedder_from_module
+    from kface_cli.embedding.embedder import embedder_from_module
     from kface_cli.evaluate.metrics import far_key, verification_metrics
     from kface_cli.evaluate.protocols import embed_pairs
 
@@ -313,7 +304,7 @@ class _StopFlag:
 def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_step: Callable[[int, int], None] | None) -> TrainResult:
     import torch
 
-    from kface_cli.data.datasets import open_training_data
+    from kface_cli.train.datasets import open_training_data
     from kface_cli.models.heads import build_head
     from kface_cli.models.registry import DEFAULT_EMBEDDING_SIZE, canonical_name, get_backbone, infer_embedding_size, infer_network
     from kface_cli.workspace import Workspace
@@ -327,8 +318,8 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
     run_dir = ws.run(name)
     ckpt: dict[str, Any] | None = None
     if resume:
-        ckpt = ck.load_checkpoint(run_dir / ck.CHECKPOINT_NAME)
-    elif (run_dir / ck.CHECKPOINT_NAME).exists():
+        ckpt = ck.load_checkpoint(run_dir / ck.RUN_CHECKPOINT)
+    elif (run_dir / ck.RUN_CHECKPOINT).exists():
         raise KFaceError(f"run {name!r} already exists ({run_dir})", hint="Continue it with --resume, or choose another --name.")
 
     # -- seeds -------------------------------------------------------------------------------
@@ -426,7 +417,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
         if val_path is None:
             console.warn("no validation pairs (split/val_pairs.csv or --val-pairs): training without validation; backbone.pth will be the last epoch")
         else:
-            from kface_cli.data.pairs import read_pairs_csv
+            from kface_cli.formats.pairs import read_pairs_csv
             from kface_cli.evaluate.protocols import prepare_pairs
 
             pair_faces = prepare_pairs(read_pairs_csv(val_path), description="Loading val pairs")
@@ -437,10 +428,10 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
              "steps_per_epoch": steps, "base_lr": lr, "device": str(device)}
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config_json(run_dir / ck.CONFIG_NAME, config, **extra)
+        save_config_json(run_dir / ck.RUN_CONFIG, config, **extra)
         console.info(f"Training {network} ({config.loss}) on {num_images} images of {num_classes} identities -> {run_dir}"
                      f" [{info.world_size} x {device}, {steps} steps/epoch, lr {lr:g}]")
-    log = open(run_dir / ck.LOG_NAME, "a", encoding="utf-8") if info.is_main else None
+    log = open(run_dir / ck.RUN_LOG, "a", encoding="utf-8") if info.is_main else None
 
     def write_log(record: dict[str, Any]) -> None:
         if log is not None:
@@ -469,7 +460,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
             "partial_losses": list(partial_losses) if step_in_epoch else [],
         }
         if info.is_main:
-            ck.save_torch(run_dir / ck.CHECKPOINT_NAME, payload)
+            ck.save_torch(run_dir / ck.RUN_CHECKPOINT, payload)
 
     # -- the loop ------------------------------------------------------------------------------
     global_step = start_epoch * steps + start_step
@@ -503,7 +494,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                         embeddings = model(x)  # (B, emb)
                         loss = head(embeddings, y)  # () global-batch mean
                         if not torch.isfinite(loss):
-                            kept = "the last good checkpoint is kept" if (run_dir / ck.CHECKPOINT_NAME).exists() else "no checkpoint was written yet"
+                            kept = "the last good checkpoint is kept" if (run_dir / ck.RUN_CHECKPOINT).exists() else "no checkpoint was written yet"
                             write_log({"type": "stopped", "reason": "non-finite loss", "epoch": epoch + 1, "step": step, "loss": loss.item()})
                             raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped ({kept} in {run_dir})",
                                                 hint="Lower --lr, add --warmup-epochs, or use --precision fp32.")
@@ -554,7 +545,7 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                     best = {"epoch": epoch + 1, "accuracy": (record.get("val") or {}).get("accuracy")}
                     best = distributed.broadcast_object(info, best)
                     if info.is_main:
-                        ck.save_torch(run_dir / ck.BACKBONE_NAME, ck.backbone_state_dict(backbone))
+                        ck.save_torch(run_dir / ck.RUN_BACKBONE, ck.backbone_state_dict(backbone))
                 record["best"] = improved
                 history.append(record)
                 last_record = record
@@ -603,7 +594,7 @@ def _plot(run_dir: Path) -> None:
 
         write_plots(run_dir)
     except Exception as e:  # noqa: BLE001 - plots are a convenience
-        console.warn(f"could not draw {run_dir / 'plots.png'}: {e}")
+        console.warn(f"could not draw {run_dir / ck.RUN_PLOTS}: {e}")
 
 
 def _agree(info: distributed.DistInfo, flag: bool) -> bool:
@@ -660,7 +651,7 @@ def _local_optimizer_state(full: dict[str, Any], head: Any) -> dict[str, Any]:
 
 def read_log(run_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``runs/<name>/log.jsonl`` (unreadable lines are skipped)."""
-    path = Path(run_dir) / ck.LOG_NAME
+    path = Path(run_dir) / ck.RUN_LOG
     out: list[dict[str, Any]] = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():

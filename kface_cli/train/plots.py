@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PLOT_FILE = "plots.png"
+from kface_cli.workspace import RUN_PLOTS
 
 
 def write_plots(run_dir: str | Path) -> Path:
@@ -43,7 +43,7 @@ def write_plots(run_dir: str | Path) -> Path:
     for ax in (ax_loss, ax_lr, ax_val):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    target = run_dir / PLOT_FILE
+    target = run_dir / RUN_PLOTS
     with atomic_path(target) as tmp:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)

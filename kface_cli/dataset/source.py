@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Iterator, Literal
 
 from kface_cli.errors import InputError
-from kface_cli.kface.codes import ACCESSORIES, CAMERAS, EXPRESSIONS, ID_PATTERN, LIGHTS, is_identity_id, parse_member_path
+from kface_cli.dataset.codes import ACCESSORIES, CAMERAS, EXPRESSIONS, ID_PATTERN, LIGHTS, is_identity_id, parse_member_path
 from kface_cli.workspace import normalise_resolution
 
 SourceKind = Literal["zip", "dir"]

@@ -7,7 +7,7 @@
   classes = the identity folders in sorted order (the same order as ``split/classes.csv``).
 
 Items are ``(image (3, 112, 112) float32 RGB in [-1, 1], label int)`` made by
-:func:`kface_cli.preprocess.faces_to_input`, the same preprocessing as every other stage; with
+:func:`kface_cli.face.preprocess.faces_to_input`, the same preprocessing as every other stage; with
 ``flip=True`` each item is mirrored with probability 1/2 (drawn from torch's RNG, so DataLoader
 seeds make it reproducible). Images that are not 112x112 are resized.
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from kface_cli.errors import InputError
 from kface_cli.face.align import resize_crop
-from kface_cli.preprocess import INPUT_SIZE
+from kface_cli.face.preprocess import INPUT_SIZE
 
 PRELOAD_MAX_IMAGES = 20_000  # ~750 MB of 112x112x3 uint8
 REC_NAME = "train.rec"
@@ -35,7 +35,7 @@ def _to_item(face_bgr: np.ndarray, flip: bool, random: bool = True):
     when ``random``)."""
     import torch
 
-    from kface_cli.preprocess import faces_to_input
+    from kface_cli.face.preprocess import faces_to_input
 
     x = torch.from_numpy(faces_to_input(resize_crop(face_bgr, INPUT_SIZE)[None])[0])  # (3, 112, 112)
     if flip and (not random or bool(torch.rand(()) < 0.5)):
@@ -137,7 +137,7 @@ class RecordDataset(_BaseDataset):
     """insightface ``train.rec``/``train.idx`` (+ ``property``) in ``folder``."""
 
     def __init__(self, folder: str | Path, *, flip: bool = True):
-        from kface_cli.data.recordio import RecordIOReader, dataset_index, unpack
+        from kface_cli.formats.recordio import RecordIOReader, dataset_index, unpack
 
         folder = Path(folder)
         rec = folder / REC_NAME if folder.is_dir() else folder
@@ -153,7 +153,7 @@ class RecordDataset(_BaseDataset):
         self.flip = flip
 
     def image(self, i: int) -> np.ndarray:
-        from kface_cli.data.recordio import unpack
+        from kface_cli.formats.recordio import unpack
         from kface_cli.face.imageio import decode_image
 
         _, data = unpack(self.reader.read(int(self.keys[i])))

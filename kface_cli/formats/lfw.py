@@ -1,4 +1,4 @@
-"""LFW-style ``pairs.txt`` (the View 2 protocol file) as a list of :class:`~kface_cli.data.pairs.Pair`.
+"""LFW-style ``pairs.txt`` (the View 2 protocol file) as a list of :class:`~kface_cli.formats.pairs.Pair`.
 
 Format: a header line ``<folds> <pairs per class per fold>`` (``10 300`` for LFW), then, for each
 fold, that many same-person lines ``name n1 n2`` followed by that many different-person lines
@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kface_cli.data.pairs import Pair
+from kface_cli.formats.pairs import Pair
 from kface_cli.errors import InputError
 
 #: How LFW names its images: ``<root>/<name>/<name>_<n:04d><ext>``.

@@ -6,7 +6,7 @@ Reads the crops listed in ``faces/<Res>/manifest.csv`` (or, without a manifest, 
     split/train/<ID>/*.jpg     training identities (hard links to the crops; copies if linking fails)
     split/val/<ID>/*.jpg       validation identities: never seen in training
     split/classes.csv          id,label for the training identities (label = index in sorted order)
-    split/val_pairs.csv        path1,path2,same + both images' K-Face codes (kface_cli.data.pairs)
+    split/val_pairs.csv        path1,path2,same + both images' K-Face codes (kface_cli.formats.pairs)
 
 Choosing the validation identities: ``val_ids`` (a count) or ``val_frac`` (a fraction); with
 ``order="random"`` (default) they are drawn with ``seed``; ``order="sorted"`` takes the LAST ones
@@ -32,7 +32,7 @@ from typing import Literal
 import numpy as np
 
 from kface_cli.errors import InputError
-from kface_cli.kface import codes as kc
+from kface_cli.dataset import codes as kc
 from kface_cli.workspace import Workspace, normalise_resolution
 
 SplitOrder = Literal["random", "sorted"]
@@ -62,7 +62,7 @@ def _identity_images(faces: Path) -> dict[str, list[Path]]:
     earlier crop with another selection are ignored), else every image in ``<ID>/`` folders."""
     manifest = faces / "manifest.csv"
     if manifest.is_file():
-        from kface_cli.data.crop import read_manifest
+        from kface_cli.prepare.crop import read_manifest
 
         rows = [r for r in read_manifest(manifest) if r.get("status") == "ok" and r.get("path")]
         if rows:
@@ -118,7 +118,7 @@ def _place(src: Path, dst: Path) -> bool:
 
 def make_pairs(val: dict[str, list[Path]], *, seed: int, max_pairs: int | None = None) -> tuple[list, int, int]:
     """Same-identity pairs (all, or ``max_pairs`` drawn) and as many different-identity pairs."""
-    from kface_cli.data.pairs import Pair
+    from kface_cli.formats.pairs import Pair
 
     rng = np.random.default_rng([seed, 1])
     same = [(a, b) for imgs in val.values() for a, b in combinations(imgs, 2)]
@@ -167,7 +167,7 @@ def split(
     """Split the crops into identity-disjoint train/val folders and write classes and val pairs."""
     from kface_cli.atomic import atomic_open
     from kface_cli.console import progress
-    from kface_cli.data.pairs import write_pairs_csv
+    from kface_cli.formats.pairs import write_pairs_csv
 
     t0 = time.perf_counter()
     ws = Workspace.resolve(workdir)

@@ -1,108 +1,19 @@
-"""Embedder: every model format and backend, flip TTA, batching, fingerprints and clear errors."""
+"""Loading every kind of model file (run folders, checkpoints, backbone.pth, ONNX, TorchScript) safely."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import re
 
 import numpy as np
 import pytest
 import torch
 
-from kface_cli.embed import (
-    ONNX_INPUT_NAME,
-    embedder_from_module,
-    load_embedder,
-    state_dict_digest,
-)
+from embedding_fixtures import EMB, NETWORK, _isolated_cache, backbone, faces, reference, unit, workspace  # noqa: F401 (fixtures)
+from embedding_fixtures import insightface_style_onnx
+from kface_cli.embedding.embedder import embedder_from_module, state_dict_digest
+from kface_cli.embedding.loading import load_embedder
 from kface_cli.errors import InputError, KFaceError, ModelMismatchError
 from kface_cli.models.registry import get_backbone
-from model_helpers import calibrated
-
-NETWORK = "mbf_small"
-EMB = 32
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("KFACE_CACHE", str(tmp_path_factory.getbasetemp() / "kface-cache"))
-
-
-@pytest.fixture(scope="module")
-def backbone() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return calibrated(get_backbone(NETWORK, EMB))
-
-
-
-
-@pytest.fixture(scope="module")
-def faces() -> np.ndarray:
-    from kface_cli.export import synthetic_faces
-
-    return synthetic_faces(5, seed=3)
-
-
-@pytest.fixture(scope="module")
-def reference(backbone, faces) -> np.ndarray:
-    """Unnormalised torch outputs on the faces (RGB, (x-127.5)/127.5), computed independently."""
-    x = faces[..., ::-1].astype(np.float32)
-    x = (x - 127.5) / 127.5
-    with torch.no_grad():
-        return backbone(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
-
-
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, backbone) -> Path:
-    root = tmp_path_factory.mktemp("ws")
-    run = root / "runs" / "demo"
-    run.mkdir(parents=True)
-    state = backbone.state_dict()
-    torch.save(state, run / "backbone.pth")
-    (run / "config.json").write_text(json.dumps({"network": NETWORK, "embedding_size": EMB}))
-    ckpt = {"config": {"network": NETWORK, "embedding_size": EMB}, "backbone": state, "epoch": 3, "rng": {"numpy": np.random.get_state()}}
-    torch.save(ckpt, run / "checkpoint.pt")
-    bare = root / "insightface"
-    bare.mkdir()
-    torch.save({f"module.{k}": v for k, v in state.items()}, bare / "backbone.pth")  # DDP-style keys
-    return root
-
-
-def test_module_embedder_is_normalised_and_matches_torch(backbone, faces, reference):
-    emb = embedder_from_module(backbone, network=NETWORK)
-    out = emb.embed(faces)
-    assert out.shape == (5, EMB) and out.dtype == np.float32
-    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
-    np.testing.assert_allclose(out, _unit(reference), atol=1e-5)
-    assert emb.embedding_size == EMB and emb.network == NETWORK and emb.backend == "torch"
-    # batching does not change results; one face (H, W, 3) is accepted too
-    np.testing.assert_allclose(emb.embed(faces, batch_size=3), out, atol=1e-5)
-    np.testing.assert_allclose(emb.embed(faces[2])[0], out[2], atol=1e-5)
-    assert emb.embed(faces[:0]).shape == (0, EMB)
-
-
-def test_flip_tta_sums_face_and_mirror(backbone, faces, reference):
-    emb = embedder_from_module(backbone, flip=True)
-    mirrored = embedder_from_module(backbone).embed(faces[:, :, ::-1])  # normalised; need raw: recompute
-    x = faces[:, :, ::-1][..., ::-1].astype(np.float32)
-    x = (x - 127.5) / 127.5
-    with torch.no_grad():
-        raw_mirror = backbone(torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))).numpy()
-    np.testing.assert_allclose(_unit(raw_mirror), mirrored, atol=1e-5)
-    np.testing.assert_allclose(emb.embed(faces), _unit(reference + raw_mirror), atol=1e-5)
-
-
-def test_training_mode_is_restored(backbone, faces):
-    backbone.train()
-    try:
-        embedder_from_module(backbone).embed(faces[:2])
-        assert backbone.training
-    finally:
-        backbone.eval()
 
 
 @pytest.mark.parametrize(
@@ -125,7 +36,7 @@ def test_every_torch_format_and_backend(workspace, faces, reference, which, back
     emb = load_embedder(model, workdir=workspace, **args)
     assert emb.network == NETWORK and emb.embedding_size == EMB
     assert emb.backend == ("torch" if backend == "torch" else "onnx")
-    cos = (emb.embed(faces) * _unit(reference)).sum(axis=1)
+    cos = (emb.embed(faces) * unit(reference)).sum(axis=1)
     assert cos.min() >= 0.9999
 
 
@@ -134,7 +45,7 @@ def test_fingerprint_stability(backbone, workspace):
     b = load_embedder(workspace / "insightface" / "backbone.pth", backend="onnx")
     c = embedder_from_module(backbone)
     assert a.fingerprint == b.fingerprint == c.fingerprint
-    assert len(a.fingerprint) == 20 and int(a.fingerprint, 16) >= 0
+    assert re.fullmatch(r"[0-9a-f]{20}", a.fingerprint)
     assert load_embedder(workspace / "runs" / "demo", flip=True, backend="torch").fingerprint != a.fingerprint
     changed = get_backbone(NETWORK, EMB).eval()
     changed.load_state_dict(backbone.state_dict())
@@ -144,22 +55,14 @@ def test_fingerprint_stability(backbone, workspace):
     assert embedder_from_module(changed).fingerprint != a.fingerprint
 
 
-def _insightface_style_onnx(module: torch.nn.Module, path: Path) -> None:
-    """An ONNX file shaped like insightface's model zoo: input 'data', another output name, no metadata."""
-    torch.onnx.export(
-        module.eval(), (torch.zeros(1, 3, 112, 112),), str(path), dynamo=False, input_names=[ONNX_INPUT_NAME],
-        output_names=["fc1"], dynamic_axes={ONNX_INPUT_NAME: {0: "None"}, "fc1": {0: "None"}}, opset_version=13,
-    )
-
-
 def test_foreign_onnx_model(backbone, faces, reference, tmp_path):
     import onnx
 
     path = tmp_path / "w600k_like.onnx"
-    _insightface_style_onnx(backbone, path)
+    insightface_style_onnx(backbone, path)
     emb = load_embedder(path)
     assert emb.backend == "onnx" and emb.network == "onnx" and emb.embedding_size == EMB
-    assert (emb.embed(faces) * _unit(reference)).sum(axis=1).min() >= 0.9999
+    assert (emb.embed(faces) * unit(reference)).sum(axis=1).min() >= 0.9999
     # metadata edits keep the fingerprint; a weight change does not
     proto = onnx.load(str(path))
     prop = proto.metadata_props.add()
@@ -201,3 +104,71 @@ def test_errors_are_clear(workspace, tmp_path, faces):
         emb.embed(faces.astype(np.float32))
     with pytest.raises(KFaceError, match="auto, torch, onnx"):
         load_embedder(workspace / "runs" / "demo", backend="tensorrt")  # type: ignore[arg-type]
+
+
+class _RunsCode:
+    """A pickle payload that calls a function when unpickled (what an attacker puts in a .pth)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def _malicious_files(root, backbone):
+    """A hostile backbone.pth in every place kface reads weights from (run folders included)."""
+    import json
+
+    marker = root / "pwned"
+    run = root / "runs" / "evil"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"network": NETWORK, "embedding_size": EMB}))
+    state = dict(backbone.state_dict())
+    state["features.weight"] = _RunsCode(marker)  # code beside a real config.json
+    torch.save(state, run / "backbone.pth")
+    torch.save({"backbone": state, "format": "kface-checkpoint/1"}, run / "checkpoint.pt")
+    bare = root / "bare.pth"
+    torch.save(_RunsCode(marker), bare)
+    return marker, [run, run / "backbone.pth", run / "checkpoint.pt", bare]
+
+
+def test_a_pickle_that_runs_code_is_refused_everywhere(tmp_path, backbone):
+    from kface_cli.embedding.loading import load_torch_weights
+    from kface_cli.train.loop import _read_init
+
+    marker, paths = _malicious_files(tmp_path, backbone)
+    for path in paths:
+        with pytest.raises(InputError, match="refused to load"):
+            load_embedder(path, backend="torch")
+        with pytest.raises(InputError, match="refused to load"):
+            load_torch_weights(path)
+        with pytest.raises(InputError, match="refused to load"):
+            _read_init(str(path))  # kface train --init
+        assert not marker.exists(), f"unpickling {path} ran code"
+
+
+def test_a_malicious_model_via_the_cli_runs_nothing(tmp_path, backbone):
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    import cv2
+
+    marker, paths = _malicious_files(tmp_path, backbone)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "alice.png"), np.full((112, 112, 3), 128, np.uint8))
+    for path in paths:
+        for args in (["export", str(path), "--out", str(tmp_path / "x.onnx")], ["enroll", str(photos), "--aligned", "--model", str(path)]):
+            result = CliRunner().invoke(app, [*args, "--workdir", str(tmp_path)])
+            assert result.exit_code == 2, result.output
+            assert "refused to load" in result.output
+            assert not marker.exists()
+
+
+def test_checkpoints_kface_writes_load_weights_only(workspace):
+    emb = load_embedder(workspace / "runs" / "demo" / "checkpoint.pt", backend="torch")
+    assert emb.network == NETWORK

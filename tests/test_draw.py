@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from kface_cli.gallery.annotate import draw_faces, font_for, missing_glyphs, render_text
+from kface_cli.gallery.draw import draw_faces, font_for, missing_glyphs, render_text
 
 
 def test_render_text_handles_every_script():

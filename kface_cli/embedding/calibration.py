@@ -23,7 +23,7 @@ from kface_cli.errors import InputError, KFaceError
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_SUFFIX = ".calibration.json"
 CALIBRATION_VERSION = 1
-RUN_MARKER = "config.json"
+from kface_cli.workspace import RUN_CONFIG
 
 
 def calibration_path(source: str | Path) -> Path:
@@ -31,7 +31,7 @@ def calibration_path(source: str | Path) -> Path:
     source = Path(source)
     if source.is_dir():
         return source / CALIBRATION_FILE
-    if (source.parent / RUN_MARKER).is_file():
+    if (source.parent / RUN_CONFIG).is_file():
         return source.parent / CALIBRATION_FILE
     return source.with_name(source.name + CALIBRATION_SUFFIX)
 

@@ -40,7 +40,7 @@ import numpy as np
 
 from kface_cli.choices import Choice
 from kface_cli.errors import InputError, KFaceError
-from kface_cli.kface import codes as kc
+from kface_cli.dataset import codes as kc
 from kface_cli.workspace import Workspace, normalise_resolution
 
 MANIFEST_COLUMNS = ["path", "id", "acc", "light", "expr", "cam", "source", "method", "status", "detail"]
@@ -147,7 +147,7 @@ def _find_images(raw: Path) -> list[tuple[str, dict, Path]]:
 
 def _crop_one(item: tuple[str, dict, Path], raw: Path, out: Path, config: CropConfig) -> CropRecord:
     from kface_cli.face.imageio import read_image, write_image
-    from kface_cli.kface.annotation import read_annotation
+    from kface_cli.dataset.annotation import read_annotation
 
     ident, codes, img_path = item
     rel_src = img_path.relative_to(raw).as_posix()

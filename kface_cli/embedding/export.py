@@ -120,9 +120,9 @@ def _real_faces(workdir: Path | None, limit: int) -> np.ndarray | None:
 def export_metadata(network: str, embedding_size: int, fingerprint: str, weights_digest: str, source: Path, opset: int | None) -> dict[str, str]:
     """The key/value metadata stored inside an exported model."""
     from kface_cli import __version__
-    from kface_cli.embed import META_WEIGHTS_DIGEST, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
+    from kface_cli.embedding.embedder import META_WEIGHTS_DIGEST, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
     from kface_cli.face.align import ARCFACE_TEMPLATE
-    from kface_cli.preprocess import MEAN, PREPROCESS_SPEC, STD
+    from kface_cli.face.preprocess import MEAN, PREPROCESS_SPEC, STD
 
     run = source if source.is_dir() else source.parent
     meta = {
@@ -167,7 +167,7 @@ def export_model(
     """
     import torch
 
-    from kface_cli import embed
+    from kface_cli.embedding import embedder, loading
     from kface_cli.atomic import atomic_path
 
     if fmt not in EXPORT_FORMATS:
@@ -181,13 +181,13 @@ def export_model(
     expected_suffix = ".onnx" if fmt == "onnx" else ".pt"
     if out.suffix.lower() != expected_suffix:
         raise KFaceError(f"{fmt} models are written as {expected_suffix} files, got {out.name}", hint=f"Use --out {out.with_suffix(expected_suffix).name}.")
-    source = embed.resolve_model_path(model, workdir)
+    source = loading.resolve_model_path(model, workdir)
     if source.is_file() and source.suffix.lower() == ".onnx":
         raise KFaceError(f"{source.name} is already an ONNX model", hint="Export from a run folder, checkpoint.pt or backbone.pth.")
-    weights = embed.load_torch_weights(source)
-    module, name, size = embed.build_backbone(weights, network)
+    weights = loading.load_torch_weights(source)
+    module, name, size = loading.build_backbone(weights, network)
     module = module.float().eval()
-    reference = embed.embedder_from_module(module, network=name, backend="torch", source=source, embedding_size=size)
+    reference = embedder.embedder_from_module(module, network=name, backend="torch", source=source, embedding_size=size)
     meta = export_metadata(name, size, reference.fingerprint, reference.weights_digest, source, opset if fmt == "onnx" else None)
 
     faces = synthetic_faces(CHECK_FACES)
@@ -199,11 +199,11 @@ def export_model(
     with atomic_path(out) as tmp:
         if fmt == "onnx":
             _write_onnx(module, tmp, opset, meta)
-            exported = embed.load_embedder(tmp, backend="onnx")
+            exported = loading.load_embedder(tmp, backend="onnx")
         else:
             traced = torch.jit.trace(module, torch.zeros(2, 3, 112, 112), check_trace=False)
             torch.jit.save(traced, str(tmp), _extra_files={"kface.json": json.dumps(meta)})
-            exported = embed.load_embedder(tmp)
+            exported = loading.load_embedder(tmp)
         got = exported.embed(faces, batch_size=CHECK_BATCH)
         cosines = (got * expected).sum(axis=1)
         min_cos = float(cosines.min())
@@ -236,9 +236,9 @@ def _write_onnx(module: Any, path: Path, opset: int, meta: dict[str, str]) -> No
     import onnx
 
     from kface_cli import __version__
-    from kface_cli.embed import _onnx_bytes_from_module
+    from kface_cli.embedding.embedder import onnx_bytes_from_module
 
-    proto = onnx.load_from_string(_onnx_bytes_from_module(module, opset))
+    proto = onnx.load_from_string(onnx_bytes_from_module(module, opset))
     del proto.metadata_props[:]
     for key, value in meta.items():
         prop = proto.metadata_props.add()

@@ -8,7 +8,7 @@ The real K-Face cannot be bundled, so kface ships a generator that writes the sa
       inside: S001/L1/E01/C7.jpg (+ C7.txt for S001 with lights L1, L3, L6, L7)
 
 Each annotation holds 7 points and then 5, 6 or 7 boxes depending on the camera, exactly as
-:mod:`kface_cli.kface.annotation` documents.
+:mod:`kface_cli.dataset.annotation` documents.
 
 How a face is drawn
 -------------------
@@ -62,8 +62,8 @@ from typing import Iterable, Literal, Sequence
 import numpy as np
 
 from kface_cli.errors import InputError
-from kface_cli.kface import codes as kc
-from kface_cli.kface.annotation import format_annotation
+from kface_cli.dataset import codes as kc
+from kface_cli.dataset.annotation import format_annotation
 
 #: Image sizes (width, height) per resolution, as in the real dataset.
 IMAGE_SIZES: dict[str, tuple[int, int]] = {"High": (864, 576), "Middle": (346, 230), "Low": (173, 115)}

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kface_cli.errors import InputError
-from kface_cli.kface import codes as kc
-from kface_cli.kface.source import IdentitySource, list_identities, open_identity
+from kface_cli.dataset import codes as kc
+from kface_cli.dataset.source import IdentitySource, list_identities, open_identity
 from kface_cli.workspace import Workspace, normalise_resolution
 
 #: Folder inside a workspace where `kface sample-data` writes and `kface extract` looks by default.

@@ -1,0 +1,374 @@
+"""Embedder: aligned 112x112 faces in, L2-normalised embeddings out, whatever the model file.
+
+Build one with :func:`kface_cli.embedding.loading.load_embedder` (any model file) or
+:func:`embedder_from_module` (a torch module in memory)::
+
+    vectors = emb.embed(faces_bgr)             # (N, 112, 112, 3) uint8 -> (N, D) float32, unit norm
+
+Every embedder carries a ``fingerprint``: a hash of the weights, the preprocessing spec and the
+flip flag. Galleries and calibration files record it, so embeddings of different models (or of
+the same model with and without flip test-time augmentation) are never mixed.
+
+Backends. Weights in torch format run on torch (``backend="torch"``), or on ONNX Runtime after an
+in-memory ONNX export (``backend="onnx"``); ``.onnx`` files always run on ONNX Runtime. With
+``backend="auto"`` (the default) the choice is the one benchmarks/bench_embed.py measured to be
+faster on CPU: see :data:`AUTO_PREFERS_ONNX`. On a CUDA machine torch models stay on torch. The
+in-memory export takes 1-6 s (mbf-r50), so it is cached on disk per weights digest in
+``$KFACE_CACHE`` (default ``~/.cache/kface``) under ``onnx/``; later loads are instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal, get_args
+
+import numpy as np
+
+from kface_cli.errors import InputError, KFaceError
+from kface_cli.face.preprocess import INPUT_SIZE, PREPROCESS_SPEC, faces_to_input
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+Backend = Literal["auto", "torch", "onnx"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
+
+#: Name of the network input in every ONNX model we write (insightface uses the same).
+ONNX_INPUT_NAME = "data"
+ONNX_OUTPUT_NAME = "embedding"
+DEFAULT_OPSET = 17
+#: ONNX metadata key holding the weights digest of the torch model an ONNX file was exported from,
+#: so an exported model keeps the fingerprint of its run (its embeddings match to cosine >= 0.9999).
+META_WEIGHTS_DIGEST = "kface.weights_digest"
+#: With backend="auto", torch weights run on ONNX Runtime (exported in memory) on CPU.
+#: benchmarks/bench_embed.py on a 2-core x86 CPU: ORT is 1.1-8x faster than torch (channels-last,
+#: inference mode) at batch 1, and 0.9-2x at batch 32, for mbf, r18 and r50.
+AUTO_PREFERS_ONNX = True
+#: Number of hex digits in a fingerprint (80 bits: collisions are not a practical concern).
+FINGERPRINT_HEX_DIGITS = 20
+
+ForwardFn = Callable[[np.ndarray], np.ndarray]  # (B, 3, 112, 112) float32 -> (B, D) float32
+
+
+def make_fingerprint(weights_digest: str, flip: bool) -> str:
+    """Fingerprint of an embedder: its weights digest + the preprocessing spec + the flip flag."""
+    text = f"{weights_digest}|{PREPROCESS_SPEC}|flip={int(bool(flip))}"
+    return hashlib.sha256(text.encode()).hexdigest()[:FINGERPRINT_HEX_DIGITS]
+
+
+def state_dict_digest(state_dict: dict[str, Any]) -> str:
+    """sha256 over the (name, shape, float32 bytes) of every tensor of a state_dict, in key order.
+
+    ``num_batches_tracked`` is skipped (it does not change the function the network computes), and
+    tensors are hashed as float32, so the same weights saved in fp16 or loaded on GPU hash alike.
+    """
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in state_dict.items():
+        if name.endswith("num_batches_tracked") or not isinstance(tensor, torch.Tensor):
+            continue
+        t = tensor.detach().to("cpu", torch.float32).contiguous()
+        h.update(name.encode())
+        h.update(repr(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()
+
+
+def onnx_digest(model_proto: Any) -> str:
+    """Weights digest of an ONNX model: the stored torch digest of a kface export, else the graph's hash.
+
+    The graph (nodes, initializers, inputs, outputs) is hashed without the model-level metadata,
+    so editing metadata does not change the fingerprint, but changing a weight does.
+    """
+    for prop in model_proto.metadata_props:
+        if prop.key == META_WEIGHTS_DIGEST and prop.value:
+            return prop.value
+    return hashlib.sha256(model_proto.graph.SerializeToString(deterministic=True)).hexdigest()
+
+
+class Embedder:
+    """Turns aligned faces into unit-length embeddings. Build one with :func:`load_embedder`.
+
+    Attributes:
+        source: run folder or model file it was loaded from (None for in-memory modules).
+        network: backbone name ("r50", "mbf", ...; "onnx" when an ONNX file does not say).
+        embedding_size: D, the length of each embedding.
+        fingerprint: stable hex id of (weights, preprocessing, flip); equal fingerprints mean
+            interchangeable embeddings.
+        flip: flip test-time augmentation on (embedding of the face + of its mirror image).
+        backend: "torch" or "onnx" (what actually runs).
+    """
+
+    def __init__(
+        self,
+        forward: ForwardFn,
+        *,
+        network: str,
+        embedding_size: int,
+        weights_digest: str,
+        flip: bool = False,
+        backend: str = "torch",
+        source: Path | None = None,
+        metadata: dict[str, str] | None = None,
+    ):
+        self._forward = forward
+        self.source = Path(source) if source is not None else None
+        self.network = network
+        self.embedding_size = int(embedding_size)
+        self.flip = bool(flip)
+        self.backend = backend
+        self.weights_digest = weights_digest
+        self.fingerprint = make_fingerprint(weights_digest, self.flip)
+        self.metadata = dict(metadata or {})
+
+    def __repr__(self) -> str:
+        return (
+            f"Embedder(network={self.network!r}, embedding_size={self.embedding_size}, flip={self.flip}, "
+            f"backend={self.backend!r}, fingerprint={self.fingerprint!r}, source={str(self.source) if self.source else None!r})"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Plain dict for tables, JSON output and gallery/report metadata."""
+        return {
+            "source": str(self.source) if self.source else None,
+            "network": self.network,
+            "embedding_size": self.embedding_size,
+            "flip": self.flip,
+            "backend": self.backend,
+            "fingerprint": self.fingerprint,
+            "preprocess": PREPROCESS_SPEC,
+        }
+
+    def embed(self, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
+        """(N, 112, 112, 3) BGR uint8 aligned faces -> (N, D) float32 unit vectors.
+
+        Faces must be aligned to the ArcFace template (``kface_cli.face.pipeline`` does that).
+        A larger ``batch_size`` is faster per image on CPU up to about 32-64; memory grows with it.
+        """
+        faces = np.asarray(faces)
+        if faces.ndim == 3:
+            faces = faces[None]
+        if faces.ndim != 4 or faces.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+            raise InputError(
+                f"embed() expects aligned faces of shape (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), got {faces.shape}",
+                hint="Align faces first with kface_cli.face.pipeline (faces_in_image or load_aligned).",
+            )
+        if faces.dtype != np.uint8:
+            raise InputError(f"embed() expects uint8 BGR images, got dtype {faces.dtype}", hint="Read images with kface_cli.face.imageio.read_image.")
+        assert batch_size >= 1, "batch_size must be >= 1"
+        n = faces.shape[0]
+        out = np.empty((n, self.embedding_size), dtype=np.float32)
+        for start in range(0, n, batch_size):
+            chunk = faces[start : start + batch_size]
+            x = faces_to_input(chunk)  # (B, 3, 112, 112) float32 in [-1, 1]
+            if self.flip:
+                b = x.shape[0]
+                both = self._run(np.concatenate([x, x[:, :, :, ::-1]], axis=0))  # (2B, D)
+                emb = both[:b] + both[b:]
+            else:
+                emb = self._run(x)
+            out[start : start + chunk.shape[0]] = _l2_normalise(emb)
+        return out
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        emb = np.asarray(self._forward(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
+        assert emb.shape == (x.shape[0], self.embedding_size), f"model returned {emb.shape}, expected ({x.shape[0]}, {self.embedding_size})"
+        return emb
+
+
+def _l2_normalise(v: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(v, axis=1, keepdims=True)
+    return (v / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+# ------------------------------------------------------------------------------------------
+# torch modules
+# ------------------------------------------------------------------------------------------
+
+
+def torch_forward(module: "torch.nn.Module", channels_last: bool = False) -> ForwardFn:
+    """A forward function that runs ``module`` in eval mode (restoring its mode afterwards).
+
+    ``channels_last``: feed NHWC-strided input (for a module converted with
+    ``module.to(memory_format=torch.channels_last)``, 1.1-1.5x faster convolutions on CPU).
+    """
+    import torch
+
+    try:
+        device = next(module.parameters()).device
+    except StopIteration:
+        device = torch.device("cpu")
+
+    # TorchScript's profiling executor re-specialises the graph on the first calls of every new
+    # input shape (seconds each); plain execution is as fast for these conv nets.
+    scripted = isinstance(module, torch.jit.ScriptModule)
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.inference_mode(), torch.jit.optimized_execution(not scripted):
+                t = torch.from_numpy(x).to(device)
+                if channels_last:
+                    t = t.contiguous(memory_format=torch.channels_last)
+                return module(t).float().cpu().numpy()
+        finally:
+            module.train(was_training)
+
+    return forward
+
+
+def onnx_bytes_from_module(module: "torch.nn.Module", opset: int = DEFAULT_OPSET) -> bytes:
+    """Export a torch backbone to ONNX in memory (legacy exporter: one self-contained graph)."""
+    import io
+
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
+        buf = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter": chosen on purpose
+            # mbf_small compares its input size with a Python int; the input is always 112x112, so
+            # the traced constant is right and the tracer's warning is noise for users.
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(
+                module,
+                (dummy,),
+                buf,
+                dynamo=False,  # one self-contained graph, no onnxscript needed
+                input_names=[ONNX_INPUT_NAME],
+                output_names=[ONNX_OUTPUT_NAME],
+                dynamic_axes={ONNX_INPUT_NAME: {0: "batch"}, ONNX_OUTPUT_NAME: {0: "batch"}},
+                opset_version=opset,
+                do_constant_folding=True,
+            )
+    finally:
+        module.train(was_training)
+    return buf.getvalue()
+
+
+def default_cache_dir() -> Path:
+    """Where ONNX exports made for the ONNX Runtime backend are cached: $KFACE_CACHE or ~/.cache/kface."""
+    env = os.environ.get("KFACE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "kface"
+
+
+def _cached_onnx_bytes(module: "torch.nn.Module", digest: str) -> bytes:
+    """ONNX bytes of ``module``, exported once per weights digest and cached on disk.
+
+    Exporting takes 1-6 s (mbf-r50); the cache makes later loads of the same model instant.
+    An unwritable cache folder only costs the export time.
+    """
+    from kface_cli.atomic import write_bytes
+
+    cached = default_cache_dir() / "onnx" / f"{digest[:32]}-opset{DEFAULT_OPSET}.onnx"
+    if cached.is_file():
+        try:
+            return cached.read_bytes()
+        except OSError:
+            pass
+    data = onnx_bytes_from_module(module)
+    try:
+        write_bytes(cached, data)
+    except OSError:
+        pass
+    return data
+
+
+def module_output_size(module: "torch.nn.Module") -> int:
+    import torch
+
+    was_training = module.training
+    module.eval()
+    try:
+        device = next(module.parameters()).device
+        with torch.inference_mode():
+            return int(module(torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE, device=device)).shape[1])
+    finally:
+        module.train(was_training)
+
+
+def embedder_from_module(
+    module: "torch.nn.Module",
+    *,
+    flip: bool = False,
+    network: str = "in-memory",
+    backend: Backend = "torch",
+    source: Path | None = None,
+    embedding_size: int | None = None,
+    cache_onnx: bool = False,
+    channels_last: bool = False,
+) -> Embedder:
+    """An Embedder over a torch backbone held in memory (train-time validation, tests).
+
+    The module is run in eval mode and put back in its previous mode after each batch, so this is
+    safe to call in the middle of training. The fingerprint is a snapshot of the weights at the
+    time of the call: build a new embedder after the weights change.
+    ``backend="onnx"`` exports the module to ONNX in memory and runs it with ONNX Runtime
+    (``cache_onnx=True``: keep the export in :func:`default_cache_dir`, keyed by the weights).
+    ``channels_last=True`` when the module was converted to the channels-last memory format.
+    """
+    check_backend(backend)
+    if embedding_size is None:
+        embedding_size = module_output_size(module)
+    digest = state_dict_digest(module.state_dict())
+    use_onnx = backend == "onnx" or (backend == "auto" and _auto_onnx_for(module))
+    if use_onnx:
+        data = _cached_onnx_bytes(module, digest) if cache_onnx else onnx_bytes_from_module(module)
+        session = ort_session(data)
+        return Embedder(ort_forward(session), network=network, embedding_size=embedding_size, weights_digest=digest, flip=flip, backend="onnx", source=source)
+    return Embedder(
+        torch_forward(module, channels_last), network=network, embedding_size=embedding_size, weights_digest=digest, flip=flip, backend="torch", source=source
+    )
+
+
+def _auto_onnx_for(module: "torch.nn.Module") -> bool:
+    try:
+        device = next(module.parameters()).device
+    except StopIteration:
+        return False
+    return AUTO_PREFERS_ONNX and device.type == "cpu"
+
+
+def check_backend(backend: str) -> None:
+    if backend not in BACKENDS:
+        raise KFaceError(f"unknown backend {backend!r}", hint=f"Use one of: {', '.join(BACKENDS)}.")
+
+
+# ------------------------------------------------------------------------------------------
+# ONNX Runtime
+# ------------------------------------------------------------------------------------------
+
+
+def ort_session(model: bytes | str | Path) -> Any:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = 3  # errors only
+    threads = os.environ.get("KFACE_THREADS")
+    if threads:
+        opts.intra_op_num_threads = int(threads)
+    providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=opts, providers=providers)
+
+
+def ort_forward(session: Any) -> ForwardFn:
+    input_name = session.get_inputs()[0].name
+    output_name = session.get_outputs()[0].name
+
+    def forward(x: np.ndarray) -> np.ndarray:
+        return session.run([output_name], {input_name: x})[0]
+
+    return forward

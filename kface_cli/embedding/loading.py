@@ -1,0 +1,325 @@
+"""Loading every kind of face model: the one place kface reads model files (the only ``torch.load``).
+
+::
+
+    emb = load_embedder("runs/r50")            # our run folder (config.json + backbone.pth)
+    emb = load_embedder("runs/r50/checkpoint.pt")
+    emb = load_embedder("backbone.pth", network="r100")   # insightface model-zoo weights
+    emb = load_embedder("w600k_r50.onnx")      # insightface's ONNX models, or ours (kface export)
+    emb = load_embedder("model.pt")            # TorchScript from ``kface export --format torchscript``
+
+:func:`load_torch_weights` + :func:`build_backbone` give the torch module itself (``kface export``,
+``kface train --init``, ``kface invert``).
+
+Security: every model file is untrusted. torch files are read with ``weights_only=True`` only
+(a pickle that names any code is refused, wherever the file lies, run folder or not); ONNX files
+run on ONNX Runtime, which executes no Python.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from kface_cli.embedding.embedder import (
+    META_WEIGHTS_DIGEST,
+    Backend,
+    Embedder,
+    check_backend,
+    embedder_from_module,
+    module_output_size,
+    onnx_digest,
+    ort_forward,
+    ort_session,
+    state_dict_digest,
+    torch_forward,
+)
+from kface_cli.errors import InputError, KFaceError, ModelMismatchError
+from kface_cli.face.preprocess import INPUT_SIZE
+from kface_cli.workspace import RUN_BACKBONE, RUN_CHECKPOINT, RUN_CONFIG
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+
+def _load_onnx(path: Path, flip: bool) -> Embedder:
+    import onnx
+
+    try:
+        proto = onnx.load(str(path))
+    except Exception as e:  # protobuf DecodeError, OSError...
+        raise InputError(f"cannot read ONNX model {path}: {e}", hint="Check that the file is a complete .onnx model (re-export or re-download it).") from None
+    metadata = {p.key: p.value for p in proto.metadata_props}
+    inputs = [i for i in proto.graph.input if i.name not in {init.name for init in proto.graph.initializer}]
+    if len(inputs) != 1:
+        raise ModelMismatchError(f"{path.name} has {len(inputs)} inputs; a face embedding model has one ([N, 3, 112, 112])", path=path)
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if len(dims) != 4 or dims[1] not in (3, None) or dims[2] not in (INPUT_SIZE, None) or dims[3] not in (INPUT_SIZE, None):
+        raise ModelMismatchError(
+            f"{path.name} takes input of shape {dims}; kface needs [N, 3, {INPUT_SIZE}, {INPUT_SIZE}] (ArcFace-aligned faces)", path=path
+        )
+    digest = onnx_digest(proto)
+    model_bytes = proto.SerializeToString()
+    del proto
+    try:
+        session = ort_session(model_bytes)
+    except Exception as e:
+        raise InputError(f"ONNX Runtime cannot load {path}: {e}", hint="Export it again with `kface export`.") from None
+    out_shape = session.get_outputs()[0].shape
+    size = metadata.get("kface.embedding_size") or (out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None)
+    if size is None:
+        forward = ort_forward(session)
+        size = forward(np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)).shape[-1]
+    network = metadata.get("kface.network") or "onnx"
+    return Embedder(
+        ort_forward(session), network=network, embedding_size=int(size), weights_digest=digest, flip=flip, backend="onnx", source=path, metadata=metadata
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# torch weights: run folders, checkpoints, bare backbone.pth, TorchScript
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TorchWeights:
+    """A backbone state_dict and what we know about it."""
+
+    state_dict: dict[str, Any]
+    network: str | None
+    embedding_size: int | None
+    source: Path
+
+
+def torch_load(path: Path) -> Any:
+    """``torch.load`` on the CPU with ``weights_only=True``: tensors and plain containers, never code.
+
+    A file whose pickle names anything else (``os.system``, a class, a lambda) is refused with one
+    line, whoever wrote it and wherever it lies: run folders get no exception.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as e:
+        raise InputError(
+            f"refused to load {path}: it is not a plain weights file ({str(e).splitlines()[0][:160]})",
+            hint="kface only reads tensors (state_dicts such as insightface's backbone.pth, kface checkpoints); "
+            "files that would run code when unpickled are never loaded. Export the model's state_dict, or use ONNX.",
+        ) from None
+    except (EOFError, OSError, zipfile.BadZipFile) as e:
+        raise InputError(f"cannot read {path}: {e}", hint="The file is truncated or not a torch file.") from None
+
+
+def strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """Remove DDP/compile wrappers' key prefixes ("module.", "_orig_mod.")."""
+    out = {}
+    for k, v in state_dict.items():
+        for prefix in ("module.", "_orig_mod."):
+            if k.startswith(prefix):
+                k = k[len(prefix) :]
+        out[k] = v
+    return out
+
+
+def _read_run_config(folder: Path) -> dict[str, Any]:
+    cfg_path = folder / RUN_CONFIG
+    if not cfg_path.is_file():
+        return {}
+    try:
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"cannot parse {cfg_path}: {e}", hint="The run's config.json is damaged; pass --network with the backbone.pth instead.") from None
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _config_network(cfg: Any) -> tuple[str | None, int | None]:
+    if not isinstance(cfg, dict):
+        return None, None
+    if isinstance(cfg.get("model"), dict):  # nested config layouts
+        n, e = _config_network(cfg["model"])
+        if n:
+            return n, e
+    network = cfg.get("network") or cfg.get("backbone_name")
+    size = cfg.get("embedding_size")
+    return (str(network) if network else None), (int(size) if size else None)
+
+
+def _weights_from_state(obj: Any, path: Path, cfg: dict[str, Any]) -> TorchWeights:
+    import torch
+
+    network, size = _config_network(cfg)
+    if isinstance(obj, torch.nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, dict) and "backbone" in obj and isinstance(obj["backbone"], dict):
+        n2, s2 = _config_network(obj.get("config"))
+        network, size = network or n2, size or s2
+        obj = obj["backbone"]
+    elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise InputError(
+            f"{path} holds no backbone weights",
+            hint="Expected a state_dict (insightface backbone.pth), a kface checkpoint.pt (with 'backbone') or a run folder.",
+        )
+    return TorchWeights(strip_prefixes(obj), network, size, path)
+
+
+def resolve_model_path(model: str | Path | None, workdir: Path | None) -> Path:
+    from kface_cli.workspace import Workspace
+
+    ws = Workspace.resolve(workdir)
+    if model is None:
+        run = ws.latest_run()
+        if run is None:
+            raise InputError(
+                f"no trained model in workspace {ws.root} (no runs/<name>/backbone.pth)",
+                hint="Run `kface train` first, or pass a model with --model (run folder, checkpoint.pt, backbone.pth or .onnx).",
+            )
+        return run
+    path = Path(model).expanduser()
+    if path.exists():
+        return path
+    if not path.is_absolute() and len(path.parts) == 1 and ws.run(str(model)).exists():
+        return ws.run(str(model))  # a run name: runs/<name>
+    raise InputError(
+        f"model not found: {model}",
+        hint=f"Pass a run folder, a run name under {ws.runs}, a checkpoint.pt, a backbone.pth or an .onnx file.",
+    )
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+
+
+def load_torch_weights(path: Path) -> TorchWeights:
+    if path.is_dir():
+        cfg = _read_run_config(path)
+        for name in (RUN_BACKBONE, RUN_CHECKPOINT):
+            if (path / name).is_file():
+                return _weights_from_state(torch_load(path / name), path, cfg)
+        raise InputError(
+            f"{path} is not a run folder: it has no {RUN_BACKBONE} or {RUN_CHECKPOINT}",
+            hint="Pass a folder made by `kface train`, or a model file.",
+        )
+    cfg = _read_run_config(path.parent)  # backbone.pth / checkpoint.pt inside a run folder
+    return _weights_from_state(torch_load(path), path, cfg)
+
+
+def _embedding_size_or_none(state_dict: dict[str, Any]) -> int | None:
+    from kface_cli.models import registry
+
+    try:
+        return registry.infer_embedding_size(state_dict)
+    except KFaceError:
+        return None
+
+
+def build_backbone(weights: TorchWeights, network: str | None = None) -> tuple["torch.nn.Module", str, int]:
+    """Instantiate the backbone for ``weights`` and load them strictly. Returns (module, network, D)."""
+    from kface_cli.models import registry
+
+    network = network or weights.network
+    if not network:
+        try:
+            network = registry.infer_network(weights.state_dict)
+        except KFaceError as e:
+            raise ModelMismatchError(
+                f"cannot tell which backbone {weights.source.name} is: {e.message}",
+                hint=f"{e.hint + ' ' if e.hint else ''}Pass --network ({', '.join(registry.list_backbones())}).",
+                path=weights.source,
+            ) from None
+    size = weights.embedding_size or _embedding_size_or_none(weights.state_dict) or registry.DEFAULT_EMBEDDING_SIZE
+    module = registry.get_backbone(network, size)  # unknown name -> KFaceError listing the names
+    missing, unexpected, bad_shapes = _compare_keys(module.state_dict(), weights.state_dict)
+    if missing or unexpected or bad_shapes:
+        detail = "; ".join(
+            part
+            for part in (
+                f"missing {len(missing)} keys (e.g. {', '.join(missing[:3])})" if missing else "",
+                f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})" if unexpected else "",
+                f"{len(bad_shapes)} shape mismatches (e.g. {bad_shapes[0]})" if bad_shapes else "",
+            )
+            if part
+        )
+        raise ModelMismatchError(
+            f"{weights.source.name} does not fit backbone {network!r} (embedding size {size}): {detail}",
+            hint="Pass the right --network (the model's architecture, e.g. r50 for insightface's ms1mv3_arcface_r50).",
+            path=weights.source,
+        )
+    module.load_state_dict(weights.state_dict, strict=True)
+    module.eval()
+    return module, registry.canonical_name(network), size
+
+
+def _compare_keys(expected: dict[str, Any], given: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
+    missing = [k for k in expected if k not in given]
+    unexpected = [k for k in given if k not in expected]
+    bad = [f"{k}: model {tuple(expected[k].shape)} vs file {tuple(given[k].shape)}" for k in expected if k in given and tuple(expected[k].shape) != tuple(given[k].shape)]
+    return missing, unexpected, bad
+
+
+def _load_torchscript(path: Path, flip: bool) -> Embedder:
+    import torch
+
+    extra = {"kface.json": ""}
+    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    meta = json.loads(extra["kface.json"]) if extra["kface.json"] else {}
+    digest = meta.get(META_WEIGHTS_DIGEST) or state_dict_digest(module.state_dict())
+    size = int(meta.get("kface.embedding_size") or module_output_size(module))
+    return Embedder(
+        torch_forward(module), network=meta.get("kface.network", "torchscript"), embedding_size=size, weights_digest=digest, flip=flip, backend="torch", source=path, metadata=meta
+    )
+
+
+def load_embedder(
+    model: str | Path | None = None,
+    *,
+    workdir: Path | None = None,
+    network: str | None = None,
+    flip: bool = False,
+    backend: Backend = "auto",
+) -> Embedder:
+    """Load any supported face model as an :class:`Embedder`.
+
+    Args:
+        model: a run folder (``runs/<name>``) or run name, a ``checkpoint.pt``, a bare insightface
+            ``backbone.pth``, a TorchScript file from ``kface export --format torchscript``, or an
+            ``.onnx`` file (ours or insightface's, e.g. ``w600k_r50.onnx``). None: the workspace's
+            latest run.
+        workdir: workspace used to find the latest run / run names.
+        network: backbone name for a bare ``backbone.pth`` (r18, r34, r50, r100, r200, mbf);
+            read from the run's config.json when there is one, else inferred from the weights.
+        flip: flip test-time augmentation (about +0.1-0.3% verification accuracy, 2x the compute).
+        backend: "torch", "onnx" (ONNX Runtime) or "auto" (the faster one; ONNX on CPU).
+    """
+    check_backend(backend)
+    path = resolve_model_path(model, workdir)
+    if path.is_file() and path.suffix.lower() == ".onnx":
+        if backend == "torch":
+            raise KFaceError(f"{path.name} is an ONNX model; it runs on ONNX Runtime only", hint="Use backend 'onnx' or 'auto'.")
+        return _load_onnx(path, flip)
+    if path.is_file() and _is_torchscript(path):
+        return _load_torchscript(path, flip)
+    weights = load_torch_weights(path)
+    import torch
+
+    module, name, size = build_backbone(weights, network)
+    if backend != "onnx" and torch.cuda.is_available():
+        module = module.cuda()  # "auto" then stays on torch (see _auto_onnx_for)
+    channels_last = next(module.parameters()).device.type == "cpu"
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
+    return embedder_from_module(
+        module, flip=flip, network=name, backend=backend, source=path, embedding_size=size, cache_onnx=True, channels_last=channels_last
+    )

@@ -1,0 +1,1 @@
+"""The synthetic K-Face generator behind ``kface sample-data`` and the bundled ``sample_data/``."""
