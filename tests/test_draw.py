@@ -21,10 +21,23 @@ def test_render_text_handles_every_script():
 def test_font_choice_and_missing_glyph_report():
     assert font_for("A") is not None and "DejaVu" in font_for("A")
     assert missing_glyphs("Alice") == ""
-    missing = missing_glyphs("김철수 Kim")
-    # either a CJK font is installed (nothing missing) or exactly the Hangul syllables are reported
-    assert missing in ("", "김철수")
-    assert missing == "" or "LastResort" in (font_for("김") or "LastResort")
+
+
+
+def test_missing_glyphs_names_exactly_the_characters_no_font_has(monkeypatch):
+    from kface_cli.gallery import draw
+
+    latin_only = font_for("A")  # DejaVu: Latin, no Hangul
+    try:
+        draw.font_for.cache_clear()
+        monkeypatch.setattr(draw, "_font_files", lambda: [latin_only])
+        assert draw.missing_glyphs("김철수 Kim") == "김철수"
+        assert draw.font_for("김") is None
+        draw.font_for.cache_clear()
+        monkeypatch.setattr(draw, "_font_files", lambda: [])
+        assert draw.missing_glyphs("Kim") == "Kim"
+    finally:
+        draw.font_for.cache_clear()
 
 
 def test_draw_faces_marks_boxes_and_keeps_the_input():

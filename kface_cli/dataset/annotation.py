@@ -31,7 +31,6 @@ import numpy as np
 
 from kface_cli.errors import InputError
 
-POINT_NAMES: tuple[str, ...] = ("nose", "eye_left", "eye_right", "mouth_left", "mouth_right", "ear_left", "ear_right")
 BOX_NAMES: tuple[str, ...] = ("face", "eye_left", "eye_right", "nose", "mouth", "ear_left", "ear_right")
 #: K-Face point indices of the five ArcFace points, in template order.
 ARCFACE_POINT_ORDER: tuple[int, ...] = (1, 2, 0, 3, 4)

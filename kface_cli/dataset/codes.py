@@ -26,12 +26,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Mapping
+from typing import Mapping
 
 from kface_cli.errors import CodeError
 
 #: The four code kinds, in file-name order. Keys of the ``codes`` dicts used across kface.
-CodeKind = Literal["acc", "light", "expr", "cam"]
 CODE_KINDS: tuple[str, ...] = ("acc", "light", "expr", "cam")
 
 

@@ -83,7 +83,7 @@ def _row(dist: np.ndarray, issame: np.ndarray, threshold: float | None, fars: Se
         row.pop(k, None)
     if threshold is not None:
         accept = dist < threshold
-        row["accuracy_at_threshold"] = float(np.mean(accept == issame))
+        row["accuracy_at_threshold"] = M.accuracy_at(dist, issame, threshold)
         row["tar_at_threshold"] = float(np.mean(accept[issame])) if issame.any() else None
         row["far_at_threshold"] = float(np.mean(accept[~issame])) if (~issame).any() else None
     return row
