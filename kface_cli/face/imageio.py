@@ -2,7 +2,12 @@
 
 Handles JPEG/PNG/BMP/WebP/TIFF, greyscale, RGBA (composited on white), 16-bit (scaled to 8-bit)
 and EXIF-rotated phone photos. Unicode paths work (bytes are decoded in memory). An unreadable
-file raises :class:`~kface_cli.errors.InputError`.
+file raises :class:`UnreadableImageError` (an :class:`~kface_cli.errors.InputError`), so batch
+callers skip it with a warning and go on.
+
+Every file is untrusted: its size is bounded (:data:`MAX_IMAGE_BYTES`) before it is read, and the
+pixel size its header claims (JPEG SOF, PNG IHDR, BMP, WebP, TIFF) is checked against
+:data:`MAX_IMAGE_PIXELS` *before* decoding, so a tiny "decompression bomb" costs no memory.
 """
 
 from __future__ import annotations
@@ -12,6 +17,17 @@ from pathlib import Path
 import numpy as np
 
 from kface_cli.errors import InputError
+
+#: Largest image accepted, in pixels (width x height) as the header claims; K-Face's largest
+#: real images are 864x576 and a 48 MP phone photo fits. 50 MP decodes to at most 400 MB (16-bit RGBA).
+MAX_IMAGE_PIXELS = 50_000_000
+#: Largest image file read, in bytes.
+MAX_IMAGE_BYTES = 256 * 1024 * 1024
+
+
+class UnreadableImageError(InputError):
+    """An image that cannot or must not be decoded (corrupt, unsupported, or too large)."""
+
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -26,10 +42,21 @@ def decode_image(data: bytes, source: str | Path = "<bytes>") -> np.ndarray:
 
     buf = np.frombuffer(data, dtype=np.uint8)
     if buf.size == 0:
-        raise InputError(f"empty image file: {source}", hint="Check the file; it holds no data.")
-    raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-    if raw is None:
-        raise InputError(f"cannot read image {source}", hint="It is not a valid image (JPEG, PNG, BMP, WebP or TIFF).")
+        raise UnreadableImageError(f"empty image file: {source}", hint="Check the file; it holds no data.")
+    if buf.size > MAX_IMAGE_BYTES:
+        raise UnreadableImageError(f"image file too large: {source} ({buf.size} bytes)", hint=f"kface reads images up to {MAX_IMAGE_BYTES // 2**20} MiB.")
+    size = image_size(data)
+    if size is None:
+        raise UnreadableImageError(f"cannot read image {source}", hint=_NOT_VALID)
+    _check_pixels(size, source)
+    _quiet_opencv()
+    try:
+        raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        raw = None
+    if raw is None or raw.size == 0:
+        raise UnreadableImageError(f"cannot read image {source}", hint=_NOT_VALID)
+    _check_pixels((raw.shape[1], raw.shape[0]), source)
     img = _to_bgr8(raw)
     orientation = _exif_orientation(data)
     if orientation in _EXIF_OPS:
@@ -41,7 +68,8 @@ def read_image(path: str | Path) -> np.ndarray:
     """Read an image file as BGR uint8 (H, W, 3)."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_IMAGE_BYTES + 1)
     except FileNotFoundError:
         raise InputError(f"image not found: {path}", hint="Check the path.") from None
     except IsADirectoryError:
@@ -73,7 +101,8 @@ def _to_bgr8(raw: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0).round().astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
-        img = np.clip(img * (255.0 if img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        img = np.nan_to_num(img, nan=0.0, posinf=255.0, neginf=0.0)
+        img = np.clip(img * (255.0 if img.size and img.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
     elif img.dtype != np.uint8:
         img = np.clip(img, 0, 255).astype(np.uint8)
     if img.ndim == 2:
@@ -85,6 +114,121 @@ def _to_bgr8(raw: np.ndarray) -> np.ndarray:
         rgb = img[:, :, :3].astype(np.float32)
         return (rgb * alpha + 255.0 * (1.0 - alpha)).round().astype(np.uint8)
     return img[:, :, :3]
+
+
+_NOT_VALID = "It is not a valid image (JPEG, PNG, BMP, WebP or TIFF)."
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _check_pixels(size: tuple[int, int], source) -> None:
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise UnreadableImageError(f"cannot read image {source}: its header claims {w}x{h} pixels", hint=_NOT_VALID)
+    if w * h > MAX_IMAGE_PIXELS:
+        raise UnreadableImageError(
+            f"image too large: {source} claims {w}x{h} pixels", hint=f"kface decodes images up to {MAX_IMAGE_PIXELS // 1_000_000} megapixels; resize it."
+        )
+
+
+_opencv_quiet = False
+
+
+def _quiet_opencv() -> None:
+    """Silence OpenCV's own log lines (decoder warnings); OpenCV 5 has cv2.utils.logging, 4 has cv2.setLogLevel."""
+    global _opencv_quiet
+    if _opencv_quiet:
+        return
+    import cv2
+
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    set_level = getattr(log, "setLogLevel", None) or getattr(cv2, "setLogLevel", None)
+    if set_level is not None:
+        try:
+            set_level(getattr(log, "LOG_LEVEL_ERROR", 2) if log is not None else 2)
+        except Exception:  # noqa: BLE001 - logging is cosmetic
+            pass
+    _opencv_quiet = True
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the header of a JPEG, PNG, BMP, WebP or TIFF, without decoding; None if unknown."""
+    try:
+        if data[:8] == b"\x89PNG\r\n\x1a\n":
+            if data[12:16] != b"IHDR":
+                return None
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        if data[:2] == b"\xff\xd8":
+            return _jpeg_size(data)
+        if data[:2] == b"BM" and len(data) >= 26:
+            hsize = int.from_bytes(data[14:18], "little")
+            if hsize == 12:
+                return int.from_bytes(data[18:20], "little"), int.from_bytes(data[20:22], "little")
+            return abs(int.from_bytes(data[18:22], "little", signed=True)), abs(int.from_bytes(data[22:26], "little", signed=True))
+        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+            return _webp_size(data)
+        if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+            return _tiff_size(data)
+    except (IndexError, ValueError):
+        return None
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # standalone markers
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):
+            return None
+        seg_len = int.from_bytes(data[i + 2 : i + 4], "big")
+        if seg_len < 2:
+            return None
+        if marker in _JPEG_SOF:
+            if i + 9 > n:
+                return None
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        i += 2 + seg_len
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    kind = data[12:16]
+    if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if kind == b"VP8L" and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8X" and len(data) >= 30:
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order = "little" if data[:2] == b"II" else "big"
+    big = int.from_bytes(data[2:4], order) == 43
+    u = lambda a, b: int.from_bytes(data[a:b], order)  # noqa: E731
+    ifd = u(8, 16) if big else u(4, 8)
+    count = u(ifd, ifd + 8) if big else u(ifd, ifd + 2)
+    start, step = (ifd + 8, 20) if big else (ifd + 2, 12)
+    dims: dict[int, int] = {}
+    for k in range(min(count, 4096)):
+        e = start + step * k
+        if e + step > len(data):
+            return None
+        tag, typ = u(e, e + 2), u(e + 2, e + 4)
+        if tag in (256, 257):
+            voff = e + (12 if big else 8)
+            dims[tag] = u(voff, voff + 2) if typ == 3 else u(voff, voff + (8 if typ == 16 else 4))
+            if len(dims) == 2:
+                return dims[256], dims[257]
+    return None
 
 
 def _exif_orientation(data: bytes) -> int:

@@ -11,7 +11,13 @@ first ``attrs["count"]`` rows are valid (the rest is pre-allocated room)::
     added        (capacity,)   float64   when it was enrolled, Unix seconds
     content_hash (capacity,)   S64       SHA-256 (hex) of the photo's bytes: re-enrolling it is a no-op
     attrs: schema_version, embedding_size, fingerprint, network, model_source, created,
-           count, checksum
+           count, checksum, digest
+
+``digest`` (``"<rows>:<names>:<embeddings>"``) is verified on every read: a sum, over rows, of
+a 64-bit hash of each row (mixed with its position) for the name and content-hash columns, and
+one for the embeddings. It is incremental (an append adds only its own rows) and vectorised; any
+single changed byte is always caught, several with probability 1 - 2^-64. It guards against
+corruption and naive edits, not against someone who recomputes it (nothing unkeyed can).
 
 Why it never corrupts, even on ``kill -9``:
 
@@ -57,6 +63,8 @@ COPY_BLOCK_ROWS = 65536
 
 _ROW_FIELDS = ("embeddings", "name", "source", "box", "score", "added", "content_hash")
 _EMPTY_CHECKSUM = hashlib.sha256(b"kface-gallery").hexdigest()
+_DIGEST_BLOCK_ROWS = 65536
+_M64 = (1 << 64) - 1
 
 
 def content_hash(data: bytes) -> str:
@@ -210,6 +218,65 @@ def _chain_checksum(previous: str, hashes: Sequence[str], embeddings: np.ndarray
     return h.hexdigest()
 
 
+def _word_weights(words: int) -> np.ndarray:
+    """Fixed odd 64-bit weights, one per 8-byte word of a row (odd: a one-word change always shows)."""
+    rng = np.random.default_rng(0x6B66616365)
+    return rng.integers(0, 2**63, size=words, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+
+
+def _row_hash_sum(rows: np.ndarray, first: int) -> int:
+    """Sum (mod 2^64) of a mixed 64-bit hash of each row of ``rows`` (rows numbered from ``first``)."""
+    n = rows.shape[0]
+    if n == 0:
+        return 0
+    raw = np.ascontiguousarray(rows).view(np.uint8).reshape(n, -1)
+    pad = (-raw.shape[1]) % 8
+    if pad:
+        raw = np.concatenate([raw, np.zeros((n, pad), np.uint8)], axis=1)
+    words = raw.view(np.uint64)
+    h = (words * _word_weights(words.shape[1])).sum(axis=1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = h ^ (np.arange(first, first + n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finaliser
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return int(x.sum(dtype=np.uint64))
+
+
+def _name_rows(names: np.ndarray, hashes: np.ndarray) -> np.ndarray:
+    n = len(names)
+    a = np.asarray(names, dtype=f"S{NAME_BYTES}").view(np.uint8).reshape(n, NAME_BYTES)
+    b = np.asarray(hashes, dtype=f"S{HASH_CHARS}").view(np.uint8).reshape(n, HASH_CHARS)
+    return np.concatenate([a, b], axis=1)
+
+
+def _digest_rows(f, start: int, stop: int) -> tuple[int, int]:
+    """(names, embeddings) digest contributions of rows ``start:stop`` of an open file."""
+    dn = de = 0
+    for a in range(start, stop, _DIGEST_BLOCK_ROWS):
+        b = min(stop, a + _DIGEST_BLOCK_ROWS)
+        dn += _row_hash_sum(_name_rows(f["name"][a:b], f["content_hash"][a:b]), a)
+        de += _row_hash_sum(np.asarray(f["embeddings"][a:b], dtype=np.float32), a)
+    return dn & _M64, de & _M64
+
+
+def _format_digest(count: int, dn: int, de: int) -> np.bytes_:
+    return np.bytes_(f"{count:020d}:{dn:016x}:{de:016x}".encode("ascii"))  # fixed length: rewritten in place
+
+
+def _digest_of(f) -> tuple[int, int, int] | None:
+    """(rows covered, names digest, embeddings digest), or None for a file written before digests."""
+    value = f.attrs.get("digest")
+    if value is None:
+        return None
+    try:
+        text = value.decode("ascii") if isinstance(value, bytes) else str(value)
+        c, dn, de = text.split(":")
+        return int(c), int(dn, 16), int(de, 16)
+    except (ValueError, UnicodeDecodeError):
+        return (-1, 0, 0)  # unreadable digest: fails verification
+
+
 def _checksum_of(f) -> str:
     value = f.attrs.get("checksum", _EMPTY_CHECKSUM)
     return value.decode("ascii") if isinstance(value, bytes) else str(value)
@@ -361,8 +428,44 @@ class Gallery:
         with gallery_lock(self.path, exclusive=False), self._open() as f:
             return self._read(f, embeddings=embeddings, details=details)
 
-    @staticmethod
-    def _read(f, *, embeddings: bool, details: bool) -> GalleryRows:
+    def verify(self) -> dict:
+        """Full integrity check of every committed row (``kface gallery --check``)."""
+        with gallery_lock(self.path, exclusive=False), self._open() as f:
+            n = int(f.attrs["count"])
+            digest = _digest_of(f)
+            if digest is not None:
+                self._verify(f, embeddings=True)
+            return {"templates": n, "verified": digest is not None, "rows checked": min(n, digest[0]) if digest else 0}
+
+    def _verify(self, f, *, embeddings: bool) -> None:
+        """Refuse a file whose rows no longer match the digest written with them (InputError)."""
+        digest = _digest_of(f)
+        if digest is None:
+            return  # written before digests existed: nothing to check against (the next write adds one)
+        covered, want_n, want_e = digest
+        n = int(f.attrs["count"])
+        bad = []
+        if not 0 <= covered <= n:
+            bad.append("its digest")
+        else:
+            dn = de = 0
+            for a in range(0, covered, _DIGEST_BLOCK_ROWS):
+                b = min(covered, a + _DIGEST_BLOCK_ROWS)
+                dn += _row_hash_sum(_name_rows(f["name"][a:b], f["content_hash"][a:b]), a)
+                if embeddings:
+                    de += _row_hash_sum(np.asarray(f["embeddings"][a:b], dtype=np.float32), a)
+            if dn & _M64 != want_n:
+                bad.append("names")
+            if embeddings and de & _M64 != want_e:
+                bad.append("embeddings")
+        if bad:
+            raise InputError(
+                f"gallery {self.path} failed its integrity check: {' and '.join(bad)} changed since they were written",
+                hint="Restore it from a backup or re-enroll into a new --gallery; `kface gallery --check` checks the whole file.",
+            )
+
+    def _read(self, f, *, embeddings: bool, details: bool) -> GalleryRows:
+        self._verify(f, embeddings=embeddings)
         n = int(f.attrs["count"])
         rows = GalleryRows(names=_decode(f["name"][:n]), checksum=_checksum_of(f))
         if embeddings:
@@ -445,6 +548,14 @@ class Gallery:
             # The commit: readers see the new rows only from here on.
             f.attrs["checksum"] = np.bytes_(_chain_checksum(_checksum_of(f), hashes, emb, names).encode("ascii"))
             f.attrs["count"] = np.int64(end)
+            f.flush()
+            # The digest last: a crash before it leaves it covering fewer rows (still verifiable).
+            digest = _digest_of(f)
+            if digest is not None and digest[0] == start:
+                dn, de = _digest_rows(f, start, end)
+                f.attrs["digest"] = _format_digest(end, (digest[1] + dn) & _M64, (digest[2] + de) & _M64)
+            else:
+                f.attrs["digest"] = _format_digest(end, *_digest_rows(f, 0, end))
             f.flush()
         _fsync_file(self.path)
 
@@ -532,6 +643,7 @@ class Gallery:
                     checksum = _checksum_of(source)  # same rows: the index built for them stays valid
                 g.attrs["checksum"] = np.bytes_(checksum.encode("ascii"))  # fixed-length: rewritten in place
                 g.attrs["count"] = np.int64(out)
+                g.attrs["digest"] = _format_digest(out, *_digest_rows(g, 0, out))
             _fsync_file(tmp)
 
 

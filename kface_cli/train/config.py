@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import sys
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,19 @@ GRAD_CLIP_NORM = 5.0  # insightface's clip norm
 SGD_REFERENCE_LR, SGD_REFERENCE_BATCH = 0.1, 1024  # insightface: lr 0.1 for a global batch of 1024
 ADAMW_DEFAULT_LR = 1e-3
 SGD_MIN_AUTO_LR = 0.02  # the tutorial's fine-tuning lr; floor of the automatic sgd lr
+MARGIN_M1_RANGE = (1.0, 4.0)  # multiplicative angular margin (SphereFace)
+MARGIN_M2_RANGE = (0.0, 1.5)  # additive angular margin, radians (ArcFace)
+MARGIN_M3_RANGE = (0.0, 1.0)  # additive cosine margin (CosFace)
+#: (field, (lower bound, lower bound allowed?), upper bound) for the float options.
+_FLOAT_RANGES = (
+    ("scale", (0.0, False), 1024.0),
+    ("lr", (0.0, False), 10.0),
+    ("momentum", (0.0, True), 1.0),
+    ("weight_decay", (0.0, True), 1.0),
+    ("warmup_epochs", (0.0, True), 1e9),
+    ("grad_clip", (0.0, False), 1e9),
+    ("sample_rate", (0.0, False), 1.0),
+)
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -109,7 +124,14 @@ class TrainConfig:
             raise KFaceError(f"--warmup-epochs must be between 0 and --epochs ({self.epochs}), got {self.warmup_epochs}")
         if self.name is not None and (not self.name or "/" in self.name or "\\" in self.name or self.name.startswith(".")):
             raise KFaceError(f"--name {self.name!r} must be a plain folder name")
-        self.head_config().margins()  # margin count matches the loss
+        for key, lo, hi in _FLOAT_RANGES:
+            v = getattr(self, key)
+            if v is not None and not (math.isfinite(v) and lo[0] <= v and (v > lo[0] or lo[1]) and v <= hi):
+                raise KFaceError(f"--{key.replace('_', '-')} must be a finite number in {'[' if lo[1] else '('}{lo[0]:g}, {hi:g}], got {v}")
+        m1, m2, m3 = self.head_config().margins()  # margin count matches the loss
+        for label, v, lo, hi in (("m1", m1, *MARGIN_M1_RANGE), ("m2", m2, *MARGIN_M2_RANGE), ("m3", m3, *MARGIN_M3_RANGE)):
+            if not (math.isfinite(v) and lo <= v <= hi):
+                raise KFaceError(f"--margin {label} must be a finite number in [{lo:g}, {hi:g}], got {v}")
         return self
 
     def head_config(self):
@@ -206,11 +228,16 @@ def find_config_file(spec: str | Path) -> Path:
 
 def read_config_file(spec: str | Path) -> dict[str, Any]:
     """Options from a TOML file (a ``[train]`` table, or top-level keys)."""
-    import tomllib
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # Python 3.10
+        import tomli as tomllib
 
     path = find_config_file(spec)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise KFaceError(f"{path} is not UTF-8 text (byte {e.start}): not a TOML config", path=path) from None
     except tomllib.TOMLDecodeError as e:
         raise KFaceError(f"{path} is not valid TOML: {e}", path=path) from None
     if "train" in data and isinstance(data["train"], dict):
