@@ -470,18 +470,22 @@ def gallery_cmd(
     remove: Annotated[Optional[list[str]], typer.Option("--remove", help="Remove every template of this person (repeatable).", show_default=False)] = None,
     rebuild_index: Annotated[bool, typer.Option("--rebuild-index", help="Rebuild the search index now (it is also rebuilt automatically when stale).")] = False,
     index: IndexOpt = "auto",
+    check: Annotated[bool, typer.Option("--check", help="Verify every name and embedding against the digest written with them (reads the whole file).")] = False,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Show the gallery: its facts and identities with template counts; remove people; rebuild the index."""
+    """Show the gallery: its facts and identities with template counts; remove people; rebuild the index; check it."""
     from kface_cli.gallery.manage import manage_gallery
 
-    report = manage_gallery(_gallery_path(gallery, workdir), remove=remove or [], rebuild_index=rebuild_index, index_kind=index)
+    report = manage_gallery(_gallery_path(gallery, workdir), remove=remove or [], rebuild_index=rebuild_index, index_kind=index, check=check)
     if json_output:
         console.print_json(report)
         return
     for name, n in report["removed"].items():
         console.info(f"removed {n} templates of {name}")
+    if "check" in report:
+        c = report["check"]
+        console.info(f"checked {c['rows checked']:,} of {c['templates']:,} templates: intact" if c["verified"] else "no digest to check against (written by an older kface; the next write adds one)")
     if report["index"].get("rebuilt"):
         console.info(f"rebuilt the {report['index']['kind']} search index over {report['index']['count']:,} templates")
     facts = report["facts"]

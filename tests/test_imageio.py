@@ -128,3 +128,51 @@ def test_unreadable_inputs_raise_input_error(tmp_path: Path):
 def test_is_image_file():
     assert is_image_file("a/B.JPG") and is_image_file("x.png") and is_image_file("y.webp")
     assert not is_image_file("C7.txt") and not is_image_file("model.onnx")
+
+
+def _png_bomb(w: int, h: int) -> bytes:
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64, 9)  # valid small zlib stream, far too short for the claimed size
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _jpeg_claiming(w: int, h: int) -> bytes:
+    ok, enc = cv2.imencode(".jpg", np.zeros((8, 8, 3), np.uint8))
+    data = bytearray(enc.tobytes())
+    i = data.index(b"\xff\xc0")
+    data[i + 5 : i + 9] = struct.pack(">HH", h, w)
+    return bytes(data)
+
+
+def test_huge_jpeg_header_is_refused_with_input_error(tmp_path: Path):
+    from kface_cli.face.imageio import UnreadableImageError
+
+    p = tmp_path / "huge.jpg"
+    p.write_bytes(_jpeg_claiming(65000, 65000))
+    with pytest.raises(UnreadableImageError, match="65000x65000"):
+        read_image(p)
+
+
+def test_png_bomb_is_refused_before_decoding(tmp_path: Path, monkeypatch):
+    from kface_cli.face import imageio
+
+    p = tmp_path / "bomb.png"
+    p.write_bytes(_png_bomb(20000, 20000))
+    assert imageio.image_size(p.read_bytes()) == (20000, 20000)
+    monkeypatch.setattr(cv2, "imdecode", lambda *a, **k: pytest.fail("decoded a bomb"))
+    with pytest.raises(imageio.UnreadableImageError, match="20000x20000"):
+        read_image(p)
+
+
+def test_header_sizes_of_real_files_match_decoded():
+    from kface_cli.face.imageio import image_size
+
+    img = np.zeros((37, 53, 3), np.uint8)
+    for ext in (".jpg", ".png", ".bmp", ".webp", ".tif"):
+        ok, enc = cv2.imencode(ext, img)
+        assert image_size(enc.tobytes()) == (53, 37), ext

@@ -11,9 +11,10 @@ from kface_cli.gallery.index import IndexKind, index_paths, load_index
 from kface_cli.gallery.store import Gallery
 
 
-def manage_gallery(path: str | Path, *, remove: Sequence[str] = (), rebuild_index: bool = False, index_kind: IndexKind | str = IndexKind.AUTO) -> dict[str, Any]:
+def manage_gallery(path: str | Path, *, remove: Sequence[str] = (), rebuild_index: bool = False, index_kind: IndexKind | str = IndexKind.AUTO, check: bool = False) -> dict[str, Any]:
     """Apply the requested changes, then report ``{facts, identities, removed, index}``.
 
+    ``check`` first verifies every row against the file's digest (refusing a changed file).
     The index is rebuilt when asked, after removals, and when ``index_kind`` names a kind.
 
     Removing a name that is not in the gallery is an error (nothing is changed then).
@@ -21,6 +22,7 @@ def manage_gallery(path: str | Path, *, remove: Sequence[str] = (), rebuild_inde
     gallery = Gallery(path)
     kind = IndexKind.parse(index_kind, "index kind")
     removed: dict[str, int] = {}
+    checked = gallery.verify() if check else None
     if remove:
         present = gallery.identities()
         unknown = [n for n in remove if n not in present]
@@ -56,6 +58,7 @@ def manage_gallery(path: str | Path, *, remove: Sequence[str] = (), rebuild_inde
         "identities": [{"name": n, "templates": c} for n, c in identities.items()],
         "removed": removed,
         "index": index_info,
+        **({"check": checked} if checked is not None else {}),
     }
 
 
