@@ -162,3 +162,18 @@ def test_crop_of_synthetic_kface(tmp_path):
 def test_missing_raw_folder_names_the_stage(tmp_path):
     with pytest.raises(InputError, match="kface extract"):
         crop(tmp_path, res="Middle")
+
+
+@pytest.mark.parametrize("config", [
+    CropConfig(mode=CropMode.box, margin=float("nan")), CropConfig(mode=CropMode.box, margin=float("inf")),
+    CropConfig(mode=CropMode.box, margin=1e6), CropConfig(size=10**6),
+])
+def test_bad_crop_options_refused_before_anything_is_overwritten(tmp_path, config):
+    source = make_source(tmp_path / "kface", n_ids=1)
+    ws = tmp_path / "ws"
+    extract(source, workdir=ws, res="Low", selection=Selection.parse("S001", "L1", "all", "C6"))
+    manifest = crop(ws, res="Low").manifest
+    before = manifest.read_bytes()
+    with pytest.raises(InputError):
+        crop(ws, res="Low", config=config)
+    assert manifest.read_bytes() == before

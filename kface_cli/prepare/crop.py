@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -61,6 +62,10 @@ class Status(str, enum.Enum):
     missing_annotation = "missing-annotation"
     malformed_annotation = "malformed-annotation"
     unreadable_image = "unreadable-image"
+
+
+MAX_MARGIN = 2.0  # fraction of the face box added on each side
+MAX_SIZE = 1024  # output crop side, pixels
 
 
 @dataclass(frozen=True)
@@ -192,10 +197,10 @@ def crop(
     if not raw.is_dir():
         raise InputError(f"not a folder: {raw}", hint="Pass the raw/<Res> folder written by `kface extract`.")
     out = Path(out_dir) if out_dir is not None else ws.faces(res)
-    if config.size < 16:
-        raise InputError(f"--size {config.size} is too small", hint="Use 112 (what ArcFace models expect) or another size >= 16.")
-    if config.margin < 0:
-        raise InputError(f"--margin {config.margin} is negative", hint="Use 0 (the face box as annotated) or a positive fraction such as 0.1.")
+    if not 16 <= config.size <= MAX_SIZE:
+        raise InputError(f"--size must be in [16, {MAX_SIZE}], got {config.size}", hint="Use 112 (what ArcFace models expect).")
+    if not (math.isfinite(config.margin) and 0 <= config.margin <= MAX_MARGIN):
+        raise InputError(f"--margin must be a finite number in [0, {MAX_MARGIN:g}], got {config.margin}", hint="Use 0 (the face box as annotated) or a positive fraction such as 0.1.")
     items = _find_images(raw)
     if not items:
         raise InputError(f"no K-Face images under {raw}", hint="Expected <ID>/<S>/<L>/<E>/<C>.jpg; run `kface extract` first.")
