@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from embedding_fixtures import EMB, NETWORK, _isolated_cache, backbone, faces, reference, unit, workspace  # noqa: F401 (fixtures)
 from kface_cli.embedding.embedder import embedder_from_module
-from kface_cli.errors import InputError
 
 
 def test_module_embedder_is_normalised_and_matches_torch(backbone, faces, reference):

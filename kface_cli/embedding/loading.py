@@ -19,6 +19,7 @@ run on ONNX Runtime, which executes no Python.
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,10 @@ def torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))  # torch names the first global it would not import
+        what = f"its pickle calls {found.group(1)}" if found else "it holds more than tensors"
         raise InputError(
-            f"refused to load {path}: it is not a plain weights file ({str(e).splitlines()[0][:160]})",
+            f"refused to load {path}: it is not a plain weights file ({what})",
             hint="kface only reads tensors (state_dicts such as insightface's backbone.pth, kface checkpoints); "
             "files that would run code when unpickled are never loaded. Export the model's state_dict, or use ONNX.",
         ) from None

@@ -12,6 +12,8 @@ pixel size its header claims (JPEG SOF, PNG IHDR, BMP, WebP, TIFF) is checked ag
 
 from __future__ import annotations
 
+import functools
+
 from pathlib import Path
 
 import numpy as np
@@ -130,14 +132,9 @@ def _check_pixels(size: tuple[int, int], source) -> None:
         )
 
 
-_opencv_quiet = False
-
-
+@functools.cache
 def _quiet_opencv() -> None:
-    """Silence OpenCV's own log lines (decoder warnings); OpenCV 5 has cv2.utils.logging, 4 has cv2.setLogLevel."""
-    global _opencv_quiet
-    if _opencv_quiet:
-        return
+    """Silence OpenCV's own log lines (decoder warnings), once; OpenCV 5 has cv2.utils.logging, 4 has cv2.setLogLevel."""
     import cv2
 
     log = getattr(getattr(cv2, "utils", None), "logging", None)
@@ -147,7 +144,6 @@ def _quiet_opencv() -> None:
             set_level(getattr(log, "LOG_LEVEL_ERROR", 2) if log is not None else 2)
         except Exception:  # noqa: BLE001 - logging is cosmetic
             pass
-    _opencv_quiet = True
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:

@@ -250,13 +250,20 @@ def _name_rows(names: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     return np.concatenate([a, b], axis=1)
 
 
-def _digest_rows(f, start: int, stop: int) -> tuple[int, int]:
-    """(names, embeddings) digest contributions of rows ``start:stop`` of an open file."""
+def _digest_rows(f, start: int, stop: int, *, embeddings: bool = True, names: np.ndarray | None = None, vectors: np.ndarray | None = None) -> tuple[int, int]:
+    """(names, embeddings) digest contributions of rows ``start:stop`` of an open file.
+
+    ``embeddings=False`` skips the embeddings (their digest is then 0). ``names`` / ``vectors``:
+    the file's name and embedding rows from ``start`` already read by the caller (not read again).
+    """
     dn = de = 0
     for a in range(start, stop, _DIGEST_BLOCK_ROWS):
         b = min(stop, a + _DIGEST_BLOCK_ROWS)
-        dn += _row_hash_sum(_name_rows(f["name"][a:b], f["content_hash"][a:b]), a)
-        de += _row_hash_sum(np.asarray(f["embeddings"][a:b], dtype=np.float32), a)
+        block_names = names[a - start : b - start] if names is not None else f["name"][a:b]
+        dn += _row_hash_sum(_name_rows(block_names, f["content_hash"][a:b]), a)
+        if embeddings:
+            block = vectors[a - start : b - start] if vectors is not None else f["embeddings"][a:b]
+            de += _row_hash_sum(np.asarray(block, dtype=np.float32), a)
     return dn & _M64, de & _M64
 
 
@@ -437,8 +444,11 @@ class Gallery:
                 self._verify(f, embeddings=True)
             return {"templates": n, "verified": digest is not None, "rows checked": min(n, digest[0]) if digest else 0}
 
-    def _verify(self, f, *, embeddings: bool) -> None:
-        """Refuse a file whose rows no longer match the digest written with them (InputError)."""
+    def _verify(self, f, *, embeddings: bool, names: np.ndarray | None = None, vectors: np.ndarray | None = None) -> None:
+        """Refuse a file whose rows no longer match the digest written with them (InputError).
+
+        ``names`` / ``vectors``: the committed rows, when the caller has read them already.
+        """
         digest = _digest_of(f)
         if digest is None:
             return  # written before digests existed: nothing to check against (the next write adds one)
@@ -448,15 +458,10 @@ class Gallery:
         if not 0 <= covered <= n:
             bad.append("its digest")
         else:
-            dn = de = 0
-            for a in range(0, covered, _DIGEST_BLOCK_ROWS):
-                b = min(covered, a + _DIGEST_BLOCK_ROWS)
-                dn += _row_hash_sum(_name_rows(f["name"][a:b], f["content_hash"][a:b]), a)
-                if embeddings:
-                    de += _row_hash_sum(np.asarray(f["embeddings"][a:b], dtype=np.float32), a)
-            if dn & _M64 != want_n:
+            dn, de = _digest_rows(f, 0, covered, embeddings=embeddings, names=names, vectors=vectors)
+            if dn != want_n:
                 bad.append("names")
-            if embeddings and de & _M64 != want_e:
+            if embeddings and de != want_e:
                 bad.append("embeddings")
         if bad:
             raise InputError(
@@ -465,11 +470,13 @@ class Gallery:
             )
 
     def _read(self, f, *, embeddings: bool, details: bool) -> GalleryRows:
-        self._verify(f, embeddings=embeddings)
         n = int(f.attrs["count"])
-        rows = GalleryRows(names=_decode(f["name"][:n]), checksum=_checksum_of(f))
+        raw_names = f["name"][:n]
+        vectors = np.asarray(f["embeddings"][:n], dtype=np.float32).reshape(n, -1) if embeddings else None
+        self._verify(f, embeddings=embeddings, names=raw_names, vectors=vectors)  # on the rows just read
+        rows = GalleryRows(names=_decode(raw_names), checksum=_checksum_of(f))
         if embeddings:
-            rows.embeddings = np.asarray(f["embeddings"][:n], dtype=np.float32).reshape(n, -1)
+            rows.embeddings = vectors
         if details:
             rows.sources = _decode(f["source"][:n])
             rows.boxes = np.asarray(f["box"][:n], dtype=np.float32).reshape(n, 4)
