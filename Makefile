@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kface-installed
 
-.PHONY: install demo test clean
+.PHONY: install demo test quick lint clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+quick: $(STAMP)  # the quick subset: everything but the tests marked slow
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)  # Ruff: formatting and lint rules (pyproject.toml), as CI runs them
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf $(VENV) demo_workspace

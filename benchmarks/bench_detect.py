@@ -81,7 +81,9 @@ def main() -> None:
         rows.append((f"{p.name} {img.shape[1]}x{img.shape[0]}", faces, s))
     for name, faces, s in rows:
         print(f"{name:28} {len(faces):5d} {s * 1000:9.1f} {s / vga_s:10.2f}x {s / decode_s:14.2f}x")
-    print(f"\nbaselines: decode 4000x3000 JPEG {decode_s * 1000:.1f} ms; cv2.resize 4000x3000 -> 640x480 {resize_s * 1000:.1f} ms")
+    print(
+        f"\nbaselines: decode 4000x3000 JPEG {decode_s * 1000:.1f} ms; cv2.resize 4000x3000 -> 640x480 {resize_s * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

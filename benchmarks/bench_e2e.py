@@ -45,12 +45,19 @@ def median_ms(values: list[float]) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default=None, help="run folder / backbone.pth / .onnx (default: random-weight MobileFaceNet)")
+    ap.add_argument(
+        "--model", default=None, help="run folder / backbone.pth / .onnx (default: random-weight MobileFaceNet)"
+    )
     ap.add_argument("--network", default=None)
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--gallery-size", type=int, default=10_000)
     ap.add_argument("--enroll-photos", type=int, default=40)
-    ap.add_argument("--min-face", type=int, default=None, help="detector's smallest face (kface identify --min-face); default: the detector's")
+    ap.add_argument(
+        "--min-face",
+        type=int,
+        default=None,
+        help="detector's smallest face (kface identify --min-face); default: the detector's",
+    )
     args = ap.parse_args()
     os.environ.setdefault("KFACE_NO_PROGRESS", "1")
 
@@ -73,7 +80,9 @@ def main() -> None:
         embedder = load_embedder(args.model, network=args.network)
     else:
         embedder = embedder_from_module(get_backbone("mbf", embedding_size=512), network="mbf", backend="auto")
-    print(f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; model {embedder.network} ({embedder.backend}) loaded in {time.perf_counter() - t:.1f} s")
+    print(
+        f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; model {embedder.network} ({embedder.backend}) loaded in {time.perf_counter() - t:.1f} s"
+    )
     detector = get_detector("detect", min_face=args.min_face) if args.min_face else get_detector("detect")
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -89,7 +98,13 @@ def main() -> None:
             n = min(65536, args.gallery_size - start)
             e = rng.standard_normal((n, d)).astype(np.float32)
             e /= np.linalg.norm(e, axis=1, keepdims=True)
-            gallery.append([Template(f"person{(start + i) // 5}", v, "synthetic", content_hash(f"{start + i}".encode())) for i, v in enumerate(e)], model)
+            gallery.append(
+                [
+                    Template(f"person{(start + i) // 5}", v, "synthetic", content_hash(f"{start + i}".encode()))
+                    for i, v in enumerate(e)
+                ],
+                model,
+            )
         img = read_image(photo)
         faces = detector.detect(img, path=photo)
         assert len(faces) == 1, f"expected one face, found {len(faces)}"
@@ -119,13 +134,19 @@ def main() -> None:
                     stages[k].append(wall)
                     cpu[k].append(c)
         assert best.name == "Eileen Collins", best
-        print(f"\nOne 640x480 photo, one face, gallery of {len(loaded.names):,} templates ({loaded.index.kind.value} index), "
-              f"min face {args.min_face or 'default'}; median of {args.runs} runs")
-        print("  (CPU time: all threads of this process; on a busy machine it shows the work itself, wall time the wait too)")
+        print(
+            f"\nOne 640x480 photo, one face, gallery of {len(loaded.names):,} templates ({loaded.index.kind.value} index), "
+            f"min face {args.min_face or 'default'}; median of {args.runs} runs"
+        )
+        print(
+            "  (CPU time: all threads of this process; on a busy machine it shows the work itself, wall time the wait too)"
+        )
         for k in names:
             print(f"  {k:8s} {median_ms(stages[k]):8.1f} ms wall {median_ms(cpu[k]):8.1f} ms CPU")
         total = median_ms(stages["total"])
-        print(f"  => {total:.1f} ms per photo ({'within' if total <= BUDGET_MS else 'OVER'} the {BUDGET_MS:.0f} ms budget)")
+        print(
+            f"  => {total:.1f} ms per photo ({'within' if total <= BUDGET_MS else 'OVER'} the {BUDGET_MS:.0f} ms budget)"
+        )
 
         calls = []
         for _ in range(5):
@@ -138,15 +159,19 @@ def main() -> None:
         people = tmp / "people"
         crops = tmp / "crops"
         for i in range(args.enroll_photos):
-            im = canvas_photo(shift=(int(rng.integers(-60, 60)), int(rng.integers(-40, 40))), gain=float(rng.uniform(0.8, 1.1)))
+            im = canvas_photo(
+                shift=(int(rng.integers(-60, 60)), int(rng.integers(-40, 40))), gain=float(rng.uniform(0.8, 1.1))
+            )
             write_image(people / f"p{i:03d}" / "a.jpg", im)
             found = detector.detect(im)
             if found:
                 write_image(crops / f"p{i:03d}" / "a.jpg", norm_crop(im, found[0].points5))
         res = enroll_folder(people, tmp / "g2.h5", embedder, detector=detector, update_index=False)
         res_aligned = enroll_folder(crops, tmp / "g3.h5", embedder, aligned=True, update_index=False)
-        print(f"\nEnrolment ({args.enroll_photos} photos, batch 32): photos {res.photos_per_second:.1f} photos/s; "
-              f"aligned crops {res_aligned.photos_per_second:.1f} photos/s")
+        print(
+            f"\nEnrolment ({args.enroll_photos} photos, batch 32): photos {res.photos_per_second:.1f} photos/s; "
+            f"aligned crops {res_aligned.photos_per_second:.1f} photos/s"
+        )
 
 
 if __name__ == "__main__":

@@ -110,11 +110,11 @@ def main() -> None:
         sess = ort.InferenceSession(onnx_bytes_from_module(net), sess_options=opts, providers=["CPUExecutionProvider"])
         net_cl = net.to(memory_format=torch.channels_last)
 
-        def run_torch(x: np.ndarray) -> np.ndarray:
+        def run_torch(x: np.ndarray, net_cl=net_cl) -> np.ndarray:
             with torch.inference_mode():
                 return net_cl(torch.from_numpy(x).contiguous(memory_format=torch.channels_last)).numpy()
 
-        def run_ort(x: np.ndarray) -> np.ndarray:
+        def run_ort(x: np.ndarray, sess=sess) -> np.ndarray:
             return sess.run(None, {"data": x})[0]
 
         for bs in args.batches:
@@ -129,14 +129,20 @@ def main() -> None:
     # to the hardware's (a busy neighbour lowers it; fractions above 100% would reveal that)
     peak_end = matmul_peak(args.seconds)
     peak = max(peak_start, peak_end)
-    print(f"\nCPU: {os.cpu_count()} logical cores, {args.threads} threads; torch {torch.__version__}, onnxruntime {ort.__version__}")
-    print(f"float32 matmul peak (2048^3 best of {args.seconds:.0f} s, before / after): {peak_start:.1f} / {peak_end:.1f} GFLOP/s\n")
+    print(
+        f"\nCPU: {os.cpu_count()} logical cores, {args.threads} threads; torch {torch.__version__}, onnxruntime {ort.__version__}"
+    )
+    print(
+        f"float32 matmul peak (2048^3 best of {args.seconds:.0f} s, before / after): {peak_start:.1f} / {peak_end:.1f} GFLOP/s\n"
+    )
     header = f"{'network':8} {'GFLOPs/img':>10} {'batch':>5} {'backend':>8} {'img/s':>8} {'GFLOP/s':>8} {'of peak':>8} {'ORT/torch':>9}"
     print(header)
     print("-" * len(header))
     for name, flops, bs, backend, ips, ratio in rows:
         gflops = ips * flops / 1e9
-        print(f"{name:8} {flops / 1e9:10.3f} {bs:5d} {backend:>8} {ips:8.1f} {gflops:8.1f} {gflops / peak:8.1%} {ratio:>9}")
+        print(
+            f"{name:8} {flops / 1e9:10.3f} {bs:5d} {backend:>8} {ips:8.1f} {gflops:8.1f} {gflops / peak:8.1%} {ratio:>9}"
+        )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from pathlib import Path
 
 from kface_cli.atomic import write_bytes
 from kface_cli.console import set_mode
-from kface_cli.prepare.extract import Selection, extract
 from kface_cli.dataset import codes as kc
+from kface_cli.prepare.extract import Selection, extract
 from kface_cli.synth.generator import grid, identity_ids, identity_zip_bytes, make_identity
 
 
@@ -66,7 +66,9 @@ def tutorial_way(root: Path, out: Path, ids: list[str], res: str = "Middle") -> 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ids", type=int, default=4)
-    ap.add_argument("--workers", type=int, default=1, help="kface extract's parallel identities (1 = same work, same core)")
+    ap.add_argument(
+        "--workers", type=int, default=1, help="kface extract's parallel identities (1 = same work, same core)"
+    )
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     set_mode(quiet=True)
@@ -77,7 +79,9 @@ def main() -> None:
         size = sum(p.stat().st_size for p in root.rglob("*.zip"))
         with zipfile.ZipFile(next(root.rglob("*.zip"))) as zf:
             n_members = len(zf.namelist())
-        print(f"built {args.ids} identity zips, {n_members} members each, {size / 1e6:.1f} MB ({time.perf_counter() - t:.1f} s)")
+        print(
+            f"built {args.ids} identity zips, {n_members} members each, {size / 1e6:.1f} MB ({time.perf_counter() - t:.1f} s)"
+        )
         best_old = best_new = float("inf")
         for _ in range(args.repeat):
             out = Path(tmp) / "old"

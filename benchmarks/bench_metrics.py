@@ -44,6 +44,7 @@ def brute_force_accuracy(dist: list, issame: list, nfolds: int = 10) -> float:
     n = len(dist)
     accs = []
     for s, e in M.kfold_bounds(n, nfolds):
+
         def acc(t, rng):
             return sum(1 for i in rng if (dist[i] < t) == issame[i]) / len(rng)
 
@@ -75,7 +76,9 @@ def main() -> None:
     M.ten_fold_accuracy(dist, issame)
     t_acc = time.perf_counter() - t
     print(f"pairs: {args.pairs:,}")
-    print(f"kface verification_metrics (all metrics): {t_all:.3f} s   accuracy {ours['accuracy']:.5f} +- {ours['accuracy_std']:.5f}")
+    print(
+        f"kface verification_metrics (all metrics): {t_all:.3f} s   accuracy {ours['accuracy']:.5f} +- {ours['accuracy_std']:.5f}"
+    )
     print(f"kface ten_fold_accuracy alone:            {t_acc:.3f} s")
 
     n = args.subset
@@ -83,16 +86,22 @@ def main() -> None:
     ref_acc, ref_std = insightface_style_accuracy(dist[:n], issame[:n])
     t_ref = (time.perf_counter() - t) * args.pairs / n
     mine = M.ten_fold_accuracy(dist[:n], issame[:n])
-    assert (mine["accuracy"], mine["accuracy_std"]) == (ref_acc, ref_std), "10-fold accuracy differs from the insightface-style loop"
-    print(f"insightface-style loops on {n:,} pairs, extrapolated to {args.pairs:,}: {t_ref:.1f} s  "
-          f"-> kface 10-fold is {t_ref / t_acc:.0f}x faster (same result on the subset)")
+    assert (mine["accuracy"], mine["accuracy_std"]) == (ref_acc, ref_std), (
+        "10-fold accuracy differs from the insightface-style loop"
+    )
+    print(
+        f"insightface-style loops on {n:,} pairs, extrapolated to {args.pairs:,}: {t_ref:.1f} s  "
+        f"-> kface 10-fold is {t_ref / t_acc:.0f}x faster (same result on the subset)"
+    )
 
     b = args.brute_subset
     t = time.perf_counter()
     brute_force_accuracy(dist[:b].tolist(), issame[:b].tolist())
     t_brute = (time.perf_counter() - t) * args.pairs / b
-    print(f"pure-Python loops on {b:,} pairs, extrapolated to {args.pairs:,}: {t_brute:.0f} s  "
-          f"-> kface 10-fold is {t_brute / t_acc:.0f}x faster")
+    print(
+        f"pure-Python loops on {b:,} pairs, extrapolated to {args.pairs:,}: {t_brute:.0f} s  "
+        f"-> kface 10-fold is {t_brute / t_acc:.0f}x faster"
+    )
 
 
 if __name__ == "__main__":

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from kface_cli.dataset import codes as kc
+from kface_cli.dataset.annotation import parse_annotation
 from kface_cli.evaluate.metrics import ten_fold_accuracy
 from kface_cli.face.align import norm_crop
 from kface_cli.face.imageio import decode_image
-from kface_cli.dataset import codes as kc
-from kface_cli.dataset.annotation import parse_annotation
 
 
 def load_crops(root: Path, res: str) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +89,9 @@ def main() -> None:
     feats, labels = load_crops(root, args.res)
     r = pixel_accuracy(feats, labels)
     print(f"{len(set(labels.tolist()))} identities, {len(labels)} aligned crops, {r['pairs']} pairs ({root})")
-    print(f"raw-pixel cosine, 10-fold verification accuracy: {r['accuracy']:.4f} +- {r['accuracy_std']:.4f} (chance 0.5)")
+    print(
+        f"raw-pixel cosine, 10-fold verification accuracy: {r['accuracy']:.4f} +- {r['accuracy_std']:.4f} (chance 0.5)"
+    )
 
 
 if __name__ == "__main__":

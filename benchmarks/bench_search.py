@@ -137,23 +137,38 @@ def measure_store(x: np.ndarray, ids: np.ndarray, folder: Path, auto_index) -> N
     g.reserve(len(x), model)  # as enroll does: one allocation of the final size
     block = 65536
     for s in range(0, len(x), block):
-        g.append([Template(f"person{ids[i]:07d}", x[i], f"/photos/person{ids[i]:07d}/{i}.jpg", content_hash(str(i).encode()))
-                  for i in range(s, min(len(x), s + block))], model)
+        g.append(
+            [
+                Template(
+                    f"person{ids[i]:07d}", x[i], f"/photos/person{ids[i]:07d}/{i}.jpg", content_hash(str(i).encode())
+                )
+                for i in range(s, min(len(x), s + block))
+            ],
+            model,
+        )
     write_s = time.perf_counter() - t
     save_index(SearchIndex(auto_index.index, auto_index.kind, len(x), g.facts().checksum, auto_index.params), g.path)
-    out = subprocess.run([sys.executable, "-c", _LOAD_IN_FRESH_PROCESS, str(g.path)], capture_output=True, text=True,
-                         env={**os.environ, "KFACE_NO_PROGRESS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_IN_FRESH_PROCESS, str(g.path)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "KFACE_NO_PROGRESS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
     load_s, rss_gib, rebuilt = out.stdout.split()
     idx_file = index_paths(g.path)[0]
-    print(f"real files: gallery.h5 {g.path.stat().st_size / 2**30:.2f} GiB (written in {write_s:.0f} s, capacity {g.facts().capacity:,}), "
-          f"{idx_file.name} {idx_file.stat().st_size / 2**30:.2f} GiB; "
-          f"a fresh identify process loads names + index in {load_s} s, peak RSS {rss_gib} GiB (rebuilt: {rebuilt})")
+    print(
+        f"real files: gallery.h5 {g.path.stat().st_size / 2**30:.2f} GiB (written in {write_s:.0f} s, capacity {g.facts().capacity:,}), "
+        f"{idx_file.name} {idx_file.stat().st_size / 2**30:.2f} GiB; "
+        f"a fresh identify process loads names + index in {load_s} s, peak RSS {rss_gib} GiB (rebuilt: {rebuilt})"
+    )
 
 
 def run(n: int, per_id: int, n_queries: int, loop_cap: int, hnsw: bool, store_dir: Path | None = None) -> None:
     import faiss
 
-    print(f"\n== gallery of {n:,} templates ({n // per_id:,} identities x {per_id}), {DIM}-d, faiss threads {faiss.omp_get_max_threads()} ==")
+    print(
+        f"\n== gallery of {n:,} templates ({n // per_id:,} identities x {per_id}), {DIM}-d, faiss threads {faiss.omp_get_max_threads()} =="
+    )
     t = time.perf_counter()
     x, ids, centres = make_gallery(n, per_id)
     queries = make_queries(centres, n_queries)
@@ -180,7 +195,7 @@ def run(n: int, per_id: int, n_queries: int, loop_cap: int, hnsw: bool, store_di
         t = time.perf_counter()
         res = idx.search(queries, 1)
         batch_s = time.perf_counter() - t
-        ms = median_ms(lambda q: idx.search(q, 1), queries[:300])
+        ms = median_ms(lambda q, idx=idx: idx.search(q, 1), queries[:300])
         agree = float((res.rows[:, 0] == gt).mean())
         agree_id = float((ids[res.rows[:, 0]] == ids[gt]).mean())
         params = ", ".join(f"{k} {v}" for k, v in idx.params.items() if k != "trained_on")
@@ -208,19 +223,27 @@ def run(n: int, per_id: int, n_queries: int, loop_cap: int, hnsw: bool, store_di
     rows.append((f"tutorial Python loop{note}", loop_ms, float("nan"), 1000 / loop_ms, 1.0, 1.0, 0.0))
 
     base = exact_ms
-    print(f"{'method':48s} {'median 1 query':>15s} {'(CPU time)':>11s} {'vs exact':>9s} {'batch q/s':>10s} {'top-1 identity':>15s} {'top-1 row':>10s} {'build':>7s}")
+    print(
+        f"{'method':48s} {'median 1 query':>15s} {'(CPU time)':>11s} {'vs exact':>9s} {'batch q/s':>10s} {'top-1 identity':>15s} {'top-1 row':>10s} {'build':>7s}"
+    )
     for label, ms, cpu_ms, qps, agree_id, agree, build_s in rows:
-        print(f"{label:48s} {ms:12.3f} ms {cpu_ms:8.3f} ms {base / ms:8.2f}x {qps:10,.0f} {agree_id:15.2%} {agree:10.2%} {build_s:6.1f}s")
-    print("(top-1 identity/row: how often the approximate index's best match is the same identity / the same template "
-          "as exact search; rows of one identity are near-ties, identification reports the identity)")
+        print(
+            f"{label:48s} {ms:12.3f} ms {cpu_ms:8.3f} ms {base / ms:8.2f}x {qps:10,.0f} {agree_id:15.2%} {agree:10.2%} {build_s:6.1f}s"
+        )
+    print(
+        "(top-1 identity/row: how often the approximate index's best match is the same identity / the same template "
+        "as exact search; rows of one identity are near-ties, identification reports the identity)"
+    )
     disk, ram = gallery_cost(n)
     if store_dir is not None:
         import tempfile
 
         with tempfile.TemporaryDirectory(dir=store_dir) as tmp:
             measure_store(x, ids, Path(tmp), auto_index)
-    print(f"cost: gallery.h5 {disk / 2**30:.2f} GiB on disk ({disk // n} B/template); "
-          f"search RAM ~{ram / 2**30:.2f} GiB ({resolve_kind('auto', n).value} index + names); float32 embeddings alone {n * DIM * 4 / 2**30:.2f} GiB")
+    print(
+        f"cost: gallery.h5 {disk / 2**30:.2f} GiB on disk ({disk // n} B/template); "
+        f"search RAM ~{ram / 2**30:.2f} GiB ({resolve_kind('auto', n).value} index + names); float32 embeddings alone {n * DIM * 4 / 2**30:.2f} GiB"
+    )
 
 
 def main() -> None:
@@ -230,7 +253,13 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--loop-cap", type=int, default=20_000, help="run the Python loop on at most this many templates")
     ap.add_argument("--hnsw", action="store_true", help="also build HNSW (slow to build at 1M on few cores)")
-    ap.add_argument("--store", type=Path, default=None, metavar="DIR", help="also write a real gallery.h5 + index in DIR and measure disk, load time and RAM")
+    ap.add_argument(
+        "--store",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write a real gallery.h5 + index in DIR and measure disk, load time and RAM",
+    )
     args = ap.parse_args()
     print(f"CPU cores: {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}, numpy {np.__version__}")
     for n in args.sizes:

@@ -69,7 +69,9 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, {args.classes} classes")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch_size}, {args.classes} classes"
+    )
     gflops = matmul_gflops()
     print(f"baseline: fp32 matmul 1024^3 = {gflops:.1f} GFLOP/s")
     rates = {}

@@ -28,7 +28,9 @@ from pathlib import Path
 INSIGHTFACE_V100 = 690.0  # samples/s per V100, r50, fp16 (insightface's reported throughput)
 
 
-def bench(network: str, *, batch_size: int, classes: int, steps: int, warmup: int, fp16: bool, channels_last: bool) -> dict:
+def bench(
+    network: str, *, batch_size: int, classes: int, steps: int, warmup: int, fp16: bool, channels_last: bool
+) -> dict:
     import torch
 
     from kface_cli.models.heads import HeadConfig, build_head
@@ -67,21 +69,46 @@ def bench(network: str, *, batch_size: int, classes: int, steps: int, warmup: in
         loss = step()
     torch.cuda.synchronize()
     dt = time.perf_counter() - t0
-    return {"network": network, "batch_size": batch_size, "classes": classes, "fp16": fp16, "channels_last": channels_last,
-            "steps": steps, "seconds": round(dt, 3), "samples_per_s": round(steps * batch_size / dt, 1),
-            "final_loss": float(loss), "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}
+    return {
+        "network": network,
+        "batch_size": batch_size,
+        "classes": classes,
+        "fp16": fp16,
+        "channels_last": channels_last,
+        "steps": steps,
+        "seconds": round(dt, 3),
+        "samples_per_s": round(steps * batch_size / dt, 1),
+        "final_loss": float(loss),
+        "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
 
 
 def smoke_train(network: str, batch_size: int, steps: int) -> dict:
     """1-GPU torchrun of `kface train` on random data; returns what the run wrote."""
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "smoke.toml"
-        cfg.write_text(f'[train]\ndata = "synthetic:64x{max(2, batch_size // 16)}"\nnetwork = "{network}"\nbatch_size = {batch_size}\n'
-                       f'epochs = 2\nmax_steps_per_epoch = {steps}\nprecision = "fp16"\nchannels_last = true\nworkers = 2\n'
-                       f'val_pairs = "none"\nname = "smoke"\nlog_every = 1\n')
+        cfg.write_text(
+            f'[train]\ndata = "synthetic:64x{max(2, batch_size // 16)}"\nnetwork = "{network}"\nbatch_size = {batch_size}\n'
+            f'epochs = 2\nmax_steps_per_epoch = {steps}\nprecision = "fp16"\nchannels_last = true\nworkers = 2\n'
+            f'val_pairs = "none"\nname = "smoke"\nlog_every = 1\n'
+        )
         env = {**os.environ, "KFACE_NO_PROGRESS": "1"}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "kface_cli",
-               "train", "--config", str(cfg), "--workdir", tmp, "--json"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "1",
+            "-m",
+            "kface_cli",
+            "train",
+            "--config",
+            str(cfg),
+            "--workdir",
+            tmp,
+            "--json",
+        ]
         t0 = time.perf_counter()
         res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
         out = {"returncode": res.returncode, "seconds": round(time.perf_counter() - t0, 1)}
@@ -90,8 +117,13 @@ def smoke_train(network: str, batch_size: int, steps: int) -> dict:
             return out
         result = json.loads(res.stdout)
         files = sorted(p.name for p in (Path(tmp) / "runs" / "smoke").iterdir())
-        out.update(epochs=result["epochs"], samples_per_s=round(result["samples_per_s"], 1), device=result["device"],
-                   losses=[round(r["loss"], 3) for r in result["history"]], files=files)
+        out.update(
+            epochs=result["epochs"],
+            samples_per_s=round(result["samples_per_s"], 1),
+            device=result["device"],
+            losses=[round(r["loss"], 3) for r in result["history"]],
+            files=files,
+        )
         return out
 
 
@@ -103,7 +135,9 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--warmup", type=int, default=15)
     ap.add_argument("--fp32", action="store_true", help="also measure fp32 without channels_last, for comparison")
-    ap.add_argument("--smoke-train", action="store_true", help="also run a 1-GPU torchrun of `kface train` on random data")
+    ap.add_argument(
+        "--smoke-train", action="store_true", help="also run a 1-GPU torchrun of `kface train` on random data"
+    )
     args = ap.parse_args()
 
     import torch
@@ -111,14 +145,37 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("no CUDA GPU visible: this benchmark is for a GPU machine (see benchmarks/bench_train.py for CPUs)")
     print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}", flush=True)
-    runs = [bench(args.network, batch_size=args.batch_size, classes=args.classes, steps=args.steps, warmup=args.warmup, fp16=True, channels_last=True)]
+    runs = [
+        bench(
+            args.network,
+            batch_size=args.batch_size,
+            classes=args.classes,
+            steps=args.steps,
+            warmup=args.warmup,
+            fp16=True,
+            channels_last=True,
+        )
+    ]
     if args.fp32:
-        runs.append(bench(args.network, batch_size=args.batch_size, classes=args.classes, steps=args.steps // 2, warmup=5, fp16=False, channels_last=False))
+        runs.append(
+            bench(
+                args.network,
+                batch_size=args.batch_size,
+                classes=args.classes,
+                steps=args.steps // 2,
+                warmup=5,
+                fp16=False,
+                channels_last=False,
+            )
+        )
     for r in runs:
         mode = ("fp16" if r["fp16"] else "fp32") + (" channels_last" if r["channels_last"] else "")
-        print(f"{r['network']} batch {r['batch_size']} {mode}: {r['samples_per_s']:.1f} samples/s "
-              f"({r['samples_per_s'] / INSIGHTFACE_V100:.2f}x insightface's {INSIGHTFACE_V100:.0f}/s per V100), "
-              f"max memory {r['max_memory_gib']} GiB, loss {r['final_loss']:.2f}", flush=True)
+        print(
+            f"{r['network']} batch {r['batch_size']} {mode}: {r['samples_per_s']:.1f} samples/s "
+            f"({r['samples_per_s'] / INSIGHTFACE_V100:.2f}x insightface's {INSIGHTFACE_V100:.0f}/s per V100), "
+            f"max memory {r['max_memory_gib']} GiB, loss {r['final_loss']:.2f}",
+            flush=True,
+        )
     report = {"gpu": torch.cuda.get_device_name(0), "runs": runs}
     if args.smoke_train:
         report["smoke_train"] = smoke_train("r18", 128, 20)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 
 def _umask() -> int:
@@ -29,7 +30,9 @@ def atomic_path(target: str | Path, suffix: str | None = None, mode: int | None 
     if mode is None:
         mode = 0o666 & ~_umask()
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix, dir=target.parent)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix, dir=target.parent
+    )
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -45,7 +48,9 @@ def atomic_path(target: str | Path, suffix: str | None = None, mode: int | None 
 
 
 @contextmanager
-def atomic_open(target: str | Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO]:
+def atomic_open(
+    target: str | Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None
+) -> Iterator[IO]:
     """``open()`` for writing, atomically: the target appears complete or not at all."""
     binary = "b" in mode
     with atomic_path(target) as tmp:

@@ -17,9 +17,11 @@ C = TypeVar("C", bound="Choice")
 
 class Choice(str, Enum):
     @classmethod
-    def parse(cls: type[C], value: "str | C", what: str) -> C:
+    def parse(cls: type[C], value: str | C, what: str) -> C:
         """``value`` as a member of this Enum; ``what`` names the option in the error message."""
         try:
             return cls(str(getattr(value, "value", value)).strip().lower())
         except ValueError:
-            raise InputError(f"unknown {what} {value!r}", hint=f"Use one of {', '.join(k.value for k in cls)}.") from None
+            raise InputError(
+                f"unknown {what} {value!r}", hint=f"Use one of {', '.join(k.value for k in cls)}."
+            ) from None

@@ -11,10 +11,11 @@ import json
 import math
 import os
 import sys
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -87,11 +88,15 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, justify_numbers: bool = True) -> Table:
+def table(
+    title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, justify_numbers: bool = True
+) -> Table:
     t = Table(title=title, title_justify="left", header_style="bold")
     first = rows[0] if rows else []
     for i, c in enumerate(columns):
-        numeric = justify_numbers and i < len(first) and isinstance(first[i], (int, float)) and not isinstance(first[i], bool)
+        numeric = (
+            justify_numbers and i < len(first) and isinstance(first[i], (int, float)) and not isinstance(first[i], bool)
+        )
         t.add_column(c, justify="right" if numeric else "left")
     for r in rows:
         t.add_row(*[_fmt(v) for v in r])

@@ -43,7 +43,7 @@ class Workspace:
     root: Path
 
     @classmethod
-    def resolve(cls, workdir: str | Path | None = None) -> "Workspace":
+    def resolve(cls, workdir: str | Path | None = None) -> Workspace:
         """``--workdir`` if given, else ``$KFACE_WORKDIR``, else the current folder."""
         chosen = workdir if workdir is not None else os.environ.get("KFACE_WORKDIR") or "."
         return cls(Path(chosen).expanduser().resolve())
@@ -105,5 +105,7 @@ class Workspace:
     def require(self, path: Path, what: str, produced_by: str) -> Path:
         """Return ``path`` if it exists, else raise a clear error naming the stage that makes it."""
         if not path.exists():
-            raise InputError(f"{what} not found: {path}", hint=f"Run `{produced_by}` first, or pass the path explicitly.")
+            raise InputError(
+                f"{what} not found: {path}", hint=f"Run `{produced_by}` first, or pass the path explicitly."
+            )
         return path

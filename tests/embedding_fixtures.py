@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from model_helpers import calibrated
 
 from kface_cli.embedding.embedder import ONNX_INPUT_NAME
-from kface_cli.train.checkpoint import capture_rng
 from kface_cli.models.registry import get_backbone
-from model_helpers import calibrated
+from kface_cli.train.checkpoint import capture_rng
 
 NETWORK = "mbf_small"
 EMB = 32
@@ -27,8 +27,6 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def backbone() -> torch.nn.Module:
     torch.manual_seed(0)
     return calibrated(get_backbone(NETWORK, EMB))
-
-
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +68,12 @@ def workspace(tmp_path_factory, backbone) -> Path:
 def insightface_style_onnx(module: torch.nn.Module, path: Path) -> None:
     """An ONNX file shaped like insightface's model zoo: input 'data', another output name, no metadata."""
     torch.onnx.export(
-        module.eval(), (torch.zeros(1, 3, 112, 112),), str(path), dynamo=False, input_names=[ONNX_INPUT_NAME],
-        output_names=["fc1"], dynamic_axes={ONNX_INPUT_NAME: {0: "None"}, "fc1": {0: "None"}}, opset_version=13,
+        module.eval(),
+        (torch.zeros(1, 3, 112, 112),),
+        str(path),
+        dynamo=False,
+        input_names=[ONNX_INPUT_NAME],
+        output_names=["fc1"],
+        dynamic_axes={ONNX_INPUT_NAME: {0: "None"}, "fc1": {0: "None"}},
+        opset_version=13,
     )

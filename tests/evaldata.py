@@ -27,15 +27,23 @@ class FakeEmbedder:
         self.calls = 0
 
     def describe(self) -> dict:
-        return {"network": self.network, "embedding_size": self.embedding_size, "flip": self.flip, "fingerprint": self.fingerprint,
-                "source": str(self.source) if self.source else None}
+        return {
+            "network": self.network,
+            "embedding_size": self.embedding_size,
+            "flip": self.flip,
+            "fingerprint": self.fingerprint,
+            "source": str(self.source) if self.source else None,
+        }
 
     def embed(self, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
         faces = np.asarray(faces)
         assert faces.ndim == 4 and faces.shape[1:] == (112, 112, 3) and faces.dtype == np.uint8
         self.calls += 1
         self.embedded += len(faces)
-        x = faces.astype(np.float32).reshape(len(faces), 4, 28, 4, 28, 3).mean(axis=(2, 4)).reshape(len(faces), -1) - 127.5
+        x = (
+            faces.astype(np.float32).reshape(len(faces), 4, 28, 4, 28, 3).mean(axis=(2, 4)).reshape(len(faces), -1)
+            - 127.5
+        )
         return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
 
 
@@ -44,7 +52,9 @@ def face_image(rng: np.random.Generator, base: np.ndarray, noise: float) -> np.n
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_identities(root: Path, n_ids: int = 6, lights=("L1", "L7"), cams=("C7", "C9"), seed: int = 0, size: int = 112) -> dict[str, list[Path]]:
+def make_identities(
+    root: Path, n_ids: int = 6, lights=("L1", "L7"), cams=("C7", "C9"), seed: int = 0, size: int = 112
+) -> dict[str, list[Path]]:
     """``root/<id>/<id>_S001_<L>_E01_<C>.png`` images; returns id -> paths."""
     import cv2
 

@@ -15,7 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CODES = [("S001", "L1", "E01", "C6"), ("S001", "L1", "E02", "C6"), ("S001", "L1", "E01", "C7"), ("S001", "L1", "E03", "C6")]
+CODES = [
+    ("S001", "L1", "E01", "C6"),
+    ("S001", "L1", "E02", "C6"),
+    ("S001", "L1", "E01", "C7"),
+    ("S001", "L1", "E03", "C6"),
+]
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,9 @@ class PixelEmbedder:
         if self.delay:
             time.sleep(self.delay)
         faces = np.asarray(faces)
-        small = np.stack([cv2.resize(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), (28, 28), interpolation=cv2.INTER_AREA) for f in faces]).astype(np.float32)
+        small = np.stack(
+            [cv2.resize(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), (28, 28), interpolation=cv2.INTER_AREA) for f in faces]
+        ).astype(np.float32)
         small = small.reshape(len(faces), -1)
         small -= small.mean(axis=1, keepdims=True)
         emb = small @ self.projection  # (N, D)
@@ -77,9 +84,9 @@ class PixelEmbedder:
 
 def render_photo(path: Path, identity: str, codes=CODES[0], res: str = "Low", sidecar: bool = True) -> Path:
     """Write a synthetic K-Face photo of ``identity`` (an 8-digit K-Face ID) and its .txt sidecar."""
+    from kface_cli.dataset.annotation import format_annotation
     from kface_cli.face.imageio import write_image
     from kface_cli.synth import generator as synth
-    from kface_cli.dataset.annotation import format_annotation
 
     face = synth.render_face(synth.make_identity(identity), *codes, res)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -91,7 +98,7 @@ def render_photo(path: Path, identity: str, codes=CODES[0], res: str = "Low", si
 
 def people_folder(root: Path, names: dict[str, str], photos_each: int = 2, layout: str = "folders") -> Path:
     """``names``: display name -> synthetic K-Face ID. ``layout``: folders (DIR/<name>/*.jpg) or files (DIR/<name>.jpg)."""
-    for k, (name, ident) in enumerate(names.items()):
+    for name, ident in names.items():
         if layout == "files":
             render_photo(root / f"{name}.jpg", ident, CODES[0])
         else:

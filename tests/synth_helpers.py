@@ -19,7 +19,7 @@ SMALL_COMBOS = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cached_source(n_ids: int, res: str) -> Path:
     from kface_cli.atomic import write_bytes
     from kface_cli.synth.generator import identity_ids, identity_zip_bytes, make_identity

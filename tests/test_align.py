@@ -24,7 +24,10 @@ def _similarity(scale: float, angle_deg: float, tx: float, ty: float) -> np.ndar
     return np.array([[scale * math.cos(a), -scale * math.sin(a), tx], [scale * math.sin(a), scale * math.cos(a), ty]])
 
 
-@pytest.mark.parametrize(("scale", "angle", "tx", "ty"), [(1.0, 0.0, 0.0, 0.0), (2.7, 17.0, 300.0, 120.0), (0.6, -40.0, 15.0, 400.0), (4.0, 170.0, 900.0, 700.0)])
+@pytest.mark.parametrize(
+    ("scale", "angle", "tx", "ty"),
+    [(1.0, 0.0, 0.0, 0.0), (2.7, 17.0, 300.0, 120.0), (0.6, -40.0, 15.0, 400.0), (4.0, 170.0, 900.0, 700.0)],
+)
 def test_estimate_norm_inverts_a_known_similarity_exactly(scale, angle, tx, ty):
     m = _similarity(scale, angle, tx, ty)  # template -> photo
     photo_points = transform_points(ARCFACE_TEMPLATE, m)

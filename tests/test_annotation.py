@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from kface_cli.errors import InputError
 from kface_cli.dataset.annotation import format_annotation, parse_annotation, read_annotation
+from kface_cli.errors import InputError
 
 # The dataset reference's example (camera C1, a profile, 5 boxes).
 PROFILE = """176\t116
@@ -22,7 +22,15 @@ PROFILE = """176\t116
 """
 
 POINTS = [(170, 120), (150, 100), (190, 101), (155, 140), (186, 141), (120, 110), (222, 111)]
-BOXES7 = [(115, 60, 115, 115), (140, 94, 20, 12), (180, 95, 20, 12), (160, 100, 20, 28), (150, 132, 42, 16), (112, 95, 14, 30), (220, 96, 14, 30)]
+BOXES7 = [
+    (115, 60, 115, 115),
+    (140, 94, 20, 12),
+    (180, 95, 20, 12),
+    (160, 100, 20, 28),
+    (150, 132, 42, 16),
+    (112, 95, 14, 30),
+    (220, 96, 14, 30),
+]
 
 
 def _text(points, boxes, sep="\t"):
@@ -40,7 +48,9 @@ def test_profile_example_from_the_reference():
 
 def test_points5_are_kface_points_1_2_0_3_4():
     a = parse_annotation(PROFILE)
-    np.testing.assert_array_equal(a.points5, np.array([[186, 97], [190, 96], [176, 116], [189, 137], [191, 139]], dtype=np.float32))
+    np.testing.assert_array_equal(
+        a.points5, np.array([[186, 97], [190, 96], [176, 116], [189, 137], [191, 139]], dtype=np.float32)
+    )
 
 
 @pytest.mark.parametrize("sep", ["\t", " ", ",", ";", " , ", "  \t", ", "])
@@ -96,7 +106,14 @@ def test_problems_for_boxes_outside_or_empty():
 
 
 def test_writer_round_trip(tmp_path):
-    boxes = {"face": BOXES7[0], "eye_left": BOXES7[1], "eye_right": BOXES7[2], "nose": BOXES7[3], "mouth": BOXES7[4], "ear_right": BOXES7[6]}
+    boxes = {
+        "face": BOXES7[0],
+        "eye_left": BOXES7[1],
+        "eye_right": BOXES7[2],
+        "nose": BOXES7[3],
+        "mouth": BOXES7[4],
+        "ear_right": BOXES7[6],
+    }
     text = format_annotation(np.array(POINTS, dtype=float) + 0.3, boxes)
     assert len(text.strip().splitlines()) == 13
     path = tmp_path / "C8.txt"

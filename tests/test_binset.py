@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from kface_cli.formats.binset import UnsafePickleError, read_bin, safe_load_bin_pickle, write_bin
 from kface_cli.errors import InputError
+from kface_cli.formats.binset import UnsafePickleError, read_bin, safe_load_bin_pickle, write_bin
 
 
 def _png(value: int, size: int = 112) -> bytes:
@@ -81,7 +81,7 @@ def test_malicious_pickle_is_refused_without_running_it(tmp_path):
     [
         (([b"a", b"b", b"c"], [True]), "2 images per pair"),
         (([b"a", b"b"], [1]), "list of booleans"),
-        (([u"a", b"b"], [True]), "list of encoded images"),
+        ((["a", b"b"], [True]), "list of encoded images"),
         (([b"a", b"b"],), "not a \\(images, issame_list\\)"),
     ],
 )

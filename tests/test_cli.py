@@ -23,7 +23,13 @@ print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))
 
 
 def _heavy_imports(*args: str) -> list[str]:
-    out = subprocess.run([sys.executable, "-c", _PROBE.format(heavy=HEAVY), *args], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -31,7 +37,9 @@ def test_help_imports_no_heavy_library():
     assert _heavy_imports("--help") == []
 
 
-@pytest.mark.parametrize("command", ["extract", "crop", "split", "train", "export", "enroll", "identify", "evaluate", "gallery"])
+@pytest.mark.parametrize(
+    "command", ["extract", "crop", "split", "train", "export", "enroll", "identify", "evaluate", "gallery"]
+)
 def test_command_help_imports_no_heavy_library(command):
     assert _heavy_imports(command, "--help") == []
 
@@ -39,5 +47,11 @@ def test_command_help_imports_no_heavy_library(command):
 def test_the_probe_sees_an_import():
     """The probe itself works: a command that really runs imports its libraries."""
     probe = _PROBE.replace("from kface_cli.cli import app", "from kface_cli.cli import app\nimport numpy, h5py")
-    out = subprocess.run([sys.executable, "-c", probe.format(heavy=HEAVY), "--help"], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe.format(heavy=HEAVY), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     assert "h5py" in json.loads(out.stdout.strip().splitlines()[-1])

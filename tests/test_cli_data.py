@@ -2,11 +2,10 @@
 
 import json
 
+from synth_helpers import make_source
 from typer.testing import CliRunner
 
 from kface_cli.cli import app
-
-from synth_helpers import make_source
 
 runner = CliRunner()
 
@@ -40,7 +39,11 @@ def test_pipeline_chains_through_the_workspace(tmp_path):
     r = _run("split", "--res", "Low", "--val-ids", "2", "--seed", "3", "-w", ws, "--json")
     assert r.exit_code == 0, r.output
     split = json.loads(r.stdout)
-    assert len(split["train_ids"]) == 2 and len(split["val_ids"]) == 2 and not set(split["train_ids"]) & set(split["val_ids"])
+    assert (
+        len(split["train_ids"]) == 2
+        and len(split["val_ids"]) == 2
+        and not set(split["train_ids"]) & set(split["val_ids"])
+    )
     assert (ws / "split" / "val_pairs.csv").is_file()
     r = _run("split", "--res", "Low", "--val-ids", "2", "--order", "sorted", "-w", ws)
     assert r.exit_code == 0 and "Identity-disjoint split (sorted" in r.stdout

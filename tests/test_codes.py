@@ -2,8 +2,8 @@
 
 import pytest
 
-from kface_cli.errors import CodeError
 from kface_cli.dataset import codes as kc
+from kface_cli.errors import CodeError
 
 
 def test_tables_have_every_code():
@@ -79,7 +79,9 @@ def test_face_filename_round_trip():
     assert kc.parse_face_filename("some/dir/19062531_S002_L30_E03_C20.png")["light"] == "L30"
 
 
-@pytest.mark.parametrize("name", ["1906253_S001_L1_E01_C7.jpg", "19062531_S001_L1_E01.jpg", "photo.jpg", "19062531_S001_L31_E01_C7.jpg"])
+@pytest.mark.parametrize(
+    "name", ["1906253_S001_L1_E01_C7.jpg", "19062531_S001_L1_E01.jpg", "photo.jpg", "19062531_S001_L31_E01_C7.jpg"]
+)
 def test_bad_face_filenames(name):
     with pytest.raises(CodeError):
         kc.parse_face_filename(name)
@@ -87,8 +89,23 @@ def test_bad_face_filenames(name):
 
 def test_member_paths_and_box_counts():
     assert kc.member_path("S001", "L1", "E01", "C7", ".txt") == "S001/L1/E01/C7.txt"
-    assert kc.parse_member_path("19062531/S001/L3/E02/C8.jpg") == {"acc": "S001", "light": "L3", "expr": "E02", "cam": "C8"}
+    assert kc.parse_member_path("19062531/S001/L3/E02/C8.jpg") == {
+        "acc": "S001",
+        "light": "L3",
+        "expr": "E02",
+        "cam": "C8",
+    }
     assert kc.parse_member_path("S001/L1/E01/readme.jpg") is None
     assert kc.parse_member_path("C7.jpg") is None
-    assert [kc.boxes_for_camera(c) for c in ("C7", "C16", "C1", "C2", "C12", "C13", "C6", "C14", "C20")] == [7, 7, 5, 5, 5, 5, 6, 6, 6]
+    assert [kc.boxes_for_camera(c) for c in ("C7", "C16", "C1", "C2", "C12", "C13", "C6", "C14", "C20")] == [
+        7,
+        7,
+        5,
+        5,
+        5,
+        5,
+        6,
+        6,
+        6,
+    ]
     assert kc.is_identity_id("19062531") and not kc.is_identity_id("1906253") and not kc.is_identity_id("1906253a")

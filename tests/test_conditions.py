@@ -30,7 +30,9 @@ def test_a_pair_counts_under_every_code_either_image_has():
 
 def test_codes_are_sorted_numerically_and_parsed_from_names_when_missing(tmp_path):
     codes1 = [_c(f"L{i}") for i in (10, 2, 1)]
-    out = C.verification_breakdown(np.array([0.1, 0.2, 0.3]), np.array([True, False, True]), codes1, codes1, threshold=0.25)
+    out = C.verification_breakdown(
+        np.array([0.1, 0.2, 0.3]), np.array([True, False, True]), codes1, codes1, threshold=0.25
+    )
     assert list(out["light"]) == ["L1", "L2", "L10"]
     assert C.codes_of(tmp_path / "19062531_S002_L7_E03_C9.jpg")["light"] == "L7"
     assert C.codes_of(tmp_path / "Abel_Pacheco_0001.jpg") == {}
@@ -43,7 +45,12 @@ def test_identification_breakdown_by_probe_codes_and_merge():
     probes = [_c("L1"), _c("L7"), _c("L7"), _c("L7")]
     ranks = [1, 3, 1, 0]  # the last probe is an unknown identity: left out
     out = C.identification_breakdown(probes, ranks)
-    assert out["light"]["L7"] == {"n_probes": 2, "rank1": 0.5, "rank5": 1.0, "description": out["light"]["L7"]["description"]}
+    assert out["light"]["L7"] == {
+        "n_probes": 2,
+        "rank1": 0.5,
+        "rank5": 1.0,
+        "description": out["light"]["L7"]["description"],
+    }
     merged = C.merge_breakdowns({"light": {"L1": {"n_pairs": 4}}}, out)
     assert merged["light"]["L1"]["n_pairs"] == 4 and merged["light"]["L1"]["rank1"] == 1.0
     assert merged["light"]["L7"]["n_probes"] == 2 and "n_pairs" not in merged["light"]["L7"]

@@ -5,14 +5,13 @@ import csv
 import cv2
 import numpy as np
 import pytest
+from synth_helpers import make_source
 
-from kface_cli.prepare.crop import MANIFEST_COLUMNS, CropConfig, CropMode, box_crop, crop, crop_face
-from kface_cli.prepare.extract import Selection, extract
+from kface_cli.dataset.annotation import format_annotation, parse_annotation
 from kface_cli.errors import InputError
 from kface_cli.face.align import ARCFACE_TEMPLATE
-from kface_cli.dataset.annotation import format_annotation, parse_annotation
-
-from synth_helpers import make_source
+from kface_cli.prepare.crop import MANIFEST_COLUMNS, CropConfig, CropMode, box_crop, crop, crop_face
+from kface_cli.prepare.extract import Selection, extract
 
 W, H = 346, 230
 KFACE_FROM_ARCFACE = [2, 0, 1, 3, 4]  # K-Face point k is ArcFace point KFACE_FROM_ARCFACE[k]
@@ -29,11 +28,20 @@ def _marker_scene(m: np.ndarray) -> tuple[np.ndarray, str]:
     img = np.zeros((H, W, 3), np.uint8)
     for x, y in pts5:  # sub-pixel centres (shift=4: 1/16 px)
         cv2.circle(img, (int(round(x * 16)), int(round(y * 16))), 3 * 16, (255, 255, 255), -1, cv2.LINE_AA, shift=4)
-    kface = np.vstack([pts5[KFACE_FROM_ARCFACE], [[pts5[:, 0].min() - 30, pts5[0, 1]], [pts5[:, 0].max() + 30, pts5[1, 1]]]])
+    kface = np.vstack(
+        [pts5[KFACE_FROM_ARCFACE], [[pts5[:, 0].min() - 30, pts5[0, 1]], [pts5[:, 0].max() + 30, pts5[1, 1]]]]
+    )
     x0, y0 = pts5.min(0) - 25
     x1, y1 = pts5.max(0) + 25
-    boxes = {"face": (x0, y0, x1 - x0, y1 - y0), "eye_left": (1, 1, 5, 5), "eye_right": (1, 1, 5, 5), "nose": (1, 1, 5, 5),
-             "mouth": (1, 1, 5, 5), "ear_left": (1, 1, 5, 5), "ear_right": (1, 1, 5, 5)}
+    boxes = {
+        "face": (x0, y0, x1 - x0, y1 - y0),
+        "eye_left": (1, 1, 5, 5),
+        "eye_right": (1, 1, 5, 5),
+        "nose": (1, 1, 5, 5),
+        "mouth": (1, 1, 5, 5),
+        "ear_left": (1, 1, 5, 5),
+        "ear_right": (1, 1, 5, 5),
+    }
     return img, format_annotation(kface, boxes)
 
 
@@ -53,7 +61,9 @@ def _match(found: np.ndarray, expected: np.ndarray) -> np.ndarray:
     return np.array([np.linalg.norm(found - e, axis=1).min() for e in expected])
 
 
-@pytest.mark.parametrize("m", [_similarity(1.0, 0, 100, 60), _similarity(1.6, 14, 120, 20), _similarity(0.7, -20, 150, 90)])
+@pytest.mark.parametrize(
+    "m", [_similarity(1.0, 0, 100, 60), _similarity(1.6, 14, 120, 20), _similarity(0.7, -20, 150, 90)]
+)
 def test_align_puts_landmarks_on_the_template(m):
     img, text = _marker_scene(m)
     face, method = crop_face(img, parse_annotation(text))
@@ -87,8 +97,18 @@ def test_profile_points_fall_back_to_the_square_face_box():
     img = np.zeros((H, W, 3), np.uint8)
     img[60:160, 150:230] = 200  # the face box region: 80 x 100
     pts = [[160, 110], [175, 95], [177, 95], [172, 130], [173, 131], [220, 100], [224, 100]]
-    ann = parse_annotation(format_annotation(np.array(pts), {"face": (150, 60, 80, 100), "eye_right": (170, 90, 10, 8),
-                                                              "nose": (155, 100, 15, 20), "mouth": (165, 125, 12, 10), "ear_right": (215, 90, 15, 25)}))
+    ann = parse_annotation(
+        format_annotation(
+            np.array(pts),
+            {
+                "face": (150, 60, 80, 100),
+                "eye_right": (170, 90, 10, 8),
+                "nose": (155, 100, 15, 20),
+                "mouth": (165, 125, 12, 10),
+                "ear_right": (215, 90, 15, 25),
+            },
+        )
+    )
     face, method = crop_face(img, ann)
     assert method == "box-fallback"
     np.testing.assert_array_equal(face, box_crop(img, ann.face_box, 112, square=True))
@@ -106,7 +126,9 @@ def test_box_mode_margin_and_square():
     with_margin = box_crop(img, box, 112, margin=0.25)  # 150 x 150 around it: face is the middle 2/3
     assert abs((with_margin[56, :, 0] > 125).sum() - 112 / 1.5) <= 2
     assert (with_margin[:5] < 100).all() and (with_margin[:, -5:] < 100).all()
-    wide = box_crop(img, (100, 75, 100, 50), 112, square=True)  # 100 x 50 grown to 100 x 100: all inside the bright area
+    wide = box_crop(
+        img, (100, 75, 100, 50), 112, square=True
+    )  # 100 x 50 grown to 100 x 100: all inside the bright area
     assert (wide > 150).all()
     corner = box_crop(img, (-20, -20, 60, 60), 112)  # outside the image: black padding
     assert corner[:20, :20].max() == 0 and corner[-10:, -10:].min() == 50
@@ -164,10 +186,15 @@ def test_missing_raw_folder_names_the_stage(tmp_path):
         crop(tmp_path, res="Middle")
 
 
-@pytest.mark.parametrize("config", [
-    CropConfig(mode=CropMode.box, margin=float("nan")), CropConfig(mode=CropMode.box, margin=float("inf")),
-    CropConfig(mode=CropMode.box, margin=1e6), CropConfig(size=10**6),
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        CropConfig(mode=CropMode.box, margin=float("nan")),
+        CropConfig(mode=CropMode.box, margin=float("inf")),
+        CropConfig(mode=CropMode.box, margin=1e6),
+        CropConfig(size=10**6),
+    ],
+)
 def test_bad_crop_options_refused_before_anything_is_overwritten(tmp_path, config):
     source = make_source(tmp_path / "kface", n_ids=1)
     ws = tmp_path / "ws"

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kface_cli.train.datasets import ArrayDataset, FolderDataset, RecordDataset, open_training_data
 from kface_cli.errors import InputError
 from kface_cli.face.preprocess import faces_to_input
+from kface_cli.train.datasets import ArrayDataset, FolderDataset, RecordDataset, open_training_data
 
 
 def _faces(n: int, seed: int = 0) -> np.ndarray:

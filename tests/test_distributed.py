@@ -11,9 +11,9 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+from trainingdata import make_workspace
 
 from kface_cli.models.heads import HeadConfig, build_head
-from trainingdata import make_workspace
 
 C, D, N_PER_RANK, WORLD = 7, 5, 3, 2  # 7 classes: rank 0 holds 4, rank 1 holds 3
 LR, SCALE, EMB, BATCH = 0.05, 16.0, 16, 4  # the training run: batch 4 per rank = global 8
@@ -35,8 +35,14 @@ def _worker(rank: int, out_dir: str, ws: str, port: int) -> None:
 
     torch.set_num_threads(1)
     # the environment torchrun sets; `kface train` below joins this same process group
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), KFACE_NO_PROGRESS="1")
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        KFACE_NO_PROGRESS="1",
+    )
     dist.init_process_group("gloo")
     # 1. the sharded head alone (compared with one process in the parent)
     emb, labels, weight = _inputs()
@@ -44,21 +50,32 @@ def _worker(rank: int, out_dir: str, ws: str, port: int) -> None:
     assert head.num_local == (4 if rank == 0 else 3)
     with torch.no_grad():
         head.weight.copy_(head.local_rows(weight))
-    mine = emb[rank * N_PER_RANK:(rank + 1) * N_PER_RANK].clone().requires_grad_(True)
-    loss = head(mine, labels[rank * N_PER_RANK:(rank + 1) * N_PER_RANK])
+    mine = emb[rank * N_PER_RANK : (rank + 1) * N_PER_RANK].clone().requires_grad_(True)
+    loss = head(mine, labels[rank * N_PER_RANK : (rank + 1) * N_PER_RANK])
     loss.backward()
-    torch.save({"loss": loss.detach(), "emb_grad": mine.grad, "w_grad": head.gather_rows(head.weight.grad),
-                "weight": head.full_state_dict()["weight"]}, os.path.join(out_dir, f"rank{rank}.pt"))
+    torch.save(
+        {
+            "loss": loss.detach(),
+            "emb_grad": mine.grad,
+            "w_grad": head.gather_rows(head.weight.grad),
+            "weight": head.full_state_dict()["weight"],
+        },
+        os.path.join(out_dir, f"rank{rank}.pt"),
+    )
     # Partial FC per shard: this rank's positives of the gathered batch are always sampled
     pfc = build_head(C, D, HeadConfig(loss="arcface", scale=16.0, sample_rate=0.5))
     local = labels - pfc.class_start
     local[(local < 0) | (local >= pfc.num_local)] = -1
     rows, cols = pfc._sample(local)
-    assert set(local[local >= 0].tolist()) <= set(rows.tolist()) and torch.equal(rows[cols[cols >= 0]], local[local >= 0])
-    assert torch.isfinite(pfc(mine.detach(), labels[rank * N_PER_RANK:(rank + 1) * N_PER_RANK]))
+    assert set(local[local >= 0].tolist()) <= set(rows.tolist()) and torch.equal(
+        rows[cols[cols >= 0]], local[local >= 0]
+    )
+    assert torch.isfinite(pfc(mine.detach(), labels[rank * N_PER_RANK : (rank + 1) * N_PER_RANK]))
     # 2. `kface train` as torchrun would start it (it destroys the process group at the end)
     cfg = os.path.join(out_dir, "run.toml")
-    res = CliRunner().invoke(app, ["train", "--config", cfg, "--workdir", ws, "--batch-size", str(BATCH), "--name", "ddp"])
+    res = CliRunner().invoke(
+        app, ["train", "--config", cfg, "--workdir", ws, "--batch-size", str(BATCH), "--name", "ddp"]
+    )
     assert res.exit_code == 0, res.output
 
 
@@ -75,8 +92,8 @@ def _single_process_reference(ws):
 
     import numpy as np
 
-    from kface_cli.train.datasets import open_training_data
     from kface_cli.models.registry import get_backbone
+    from kface_cli.train.datasets import open_training_data
     from kface_cli.train.loop import EpochBatches
     from kface_cli.train.schedule import poly_scheduler
 
@@ -87,7 +104,9 @@ def _single_process_reference(ws):
     backbone = get_backbone("mbf_small", EMB)
     head = build_head(ds.num_classes, EMB, HeadConfig(loss="arcface", scale=SCALE))
     params = [p for p in backbone.parameters() if p.requires_grad]
-    opt = torch.optim.SGD([{"params": params}, {"params": list(head.parameters())}], lr=LR, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        [{"params": params}, {"params": list(head.parameters())}], lr=LR, momentum=0.9, weight_decay=5e-4
+    )
     batches = list(EpochBatches(len(ds), WORLD * BATCH, seed=0, epoch=0))
     sched = poly_scheduler(opt, len(batches), 0)
     backbone.train()
@@ -114,7 +133,8 @@ def test_two_processes_equal_one(tmp_path):
     ws = make_workspace(tmp_path / "ws", train_ids=6, val_ids=0, per_id=4)  # 24 images: 3 global batches of 8
     (tmp_path / "run.toml").write_text(
         f'[train]\nnetwork = "mbf_small"\nembedding_size = {EMB}\nbatch_size = 99\nepochs = 1\nworkers = 0\nlr = {LR}\n'
-        f'scale = {SCALE}\nval_pairs = "none"\nlog_every = 1\ndevice = "cpu"\n')  # batch_size: the command line wins
+        f'scale = {SCALE}\nval_pairs = "none"\nlog_every = 1\ndevice = "cpu"\n'
+    )  # batch_size: the command line wins
     mp.spawn(_worker, args=(str(tmp_path), str(ws), _free_port()), nprocs=WORLD, join=True)
 
     # -- the sharded head equals one process holding every class ----------------------------

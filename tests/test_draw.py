@@ -23,7 +23,6 @@ def test_font_choice_and_missing_glyph_report():
     assert missing_glyphs("Alice") == ""
 
 
-
 def test_missing_glyphs_names_exactly_the_characters_no_font_has(monkeypatch):
     from kface_cli.gallery import draw
 

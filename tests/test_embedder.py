@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from embedding_fixtures import EMB, NETWORK, _isolated_cache, backbone, faces, reference, unit, workspace  # noqa: F401 (fixtures)
+
 from kface_cli.embedding.embedder import embedder_from_module
 
 
@@ -40,5 +40,3 @@ def test_training_mode_is_restored(backbone, faces):
         assert backbone.training
     finally:
         backbone.eval()
-
-

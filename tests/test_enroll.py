@@ -123,9 +123,9 @@ def test_wrong_model_is_refused(tmp_path, photos):
 
 
 def test_aligned_crops(tmp_path, photos):
+    from kface_cli.dataset.annotation import read_annotation
     from kface_cli.face.align import norm_crop
     from kface_cli.face.imageio import read_image, write_image
-    from kface_cli.dataset.annotation import read_annotation
 
     root = tmp_path / "faces"
     for p in sorted(photos.rglob("*.jpg")):
@@ -152,7 +152,13 @@ _ENROLL = textwrap.dedent(
 
 def _spawn(*args) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "KFACE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", _ENROLL, *map(str, args), str(Path(__file__).parent)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", _ENROLL, *map(str, args), str(Path(__file__).parent)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _count(path: Path) -> int:
@@ -216,7 +222,22 @@ def test_cli_enroll_with_a_model_file(tmp_path, photos, mbf_model):
 
     runner = CliRunner()
     g = tmp_path / "g.h5"
-    r = runner.invoke(app, ["enroll", str(photos), "--model", str(mbf_model), "--network", "mbf", "--landmarks", "sidecar", "-g", str(g), "--json"])
+    r = runner.invoke(
+        app,
+        [
+            "enroll",
+            str(photos),
+            "--model",
+            str(mbf_model),
+            "--network",
+            "mbf",
+            "--landmarks",
+            "sidecar",
+            "-g",
+            str(g),
+            "--json",
+        ],
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["templates_added"] == 9 and out["model"]["network"] == "mbf"

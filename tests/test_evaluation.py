@@ -6,14 +6,14 @@ import json
 
 import cv2
 import pytest
+from evaldata import FakeEmbedder, make_identities, make_pairs, make_workspace
 from typer.testing import CliRunner
 
-from evaldata import FakeEmbedder, make_identities, make_pairs, make_workspace
 from kface_cli.embedding.calibration import load_threshold
-from kface_cli.formats.binset import write_bin
-from kface_cli.formats.pairs import write_pairs_csv
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate_embedder, val_identification_split
+from kface_cli.formats.binset import write_bin
+from kface_cli.formats.pairs import write_pairs_csv
 
 
 def _ws(tmp_path, n_ids=10):
@@ -71,7 +71,9 @@ def test_pairs_csv_bin_and_lfw_protocols_agree(tmp_path):
     opts = dict(workdir=tmp_path / "ws", write_report=False)
     csv = evaluate_embedder(FakeEmbedder(), EvaluateOptions(pairs=tmp_path / "p.csv", **opts)).summary
     binr = evaluate_embedder(FakeEmbedder(), EvaluateOptions(bin_file=tmp_path / "p.bin", **opts)).summary
-    lfw = evaluate_embedder(FakeEmbedder(), EvaluateOptions(lfw_pairs=tmp_path / "pairs.txt", root=lfw_root, **opts)).summary
+    lfw = evaluate_embedder(
+        FakeEmbedder(), EvaluateOptions(lfw_pairs=tmp_path / "pairs.txt", root=lfw_root, **opts)
+    ).summary
     assert csv["n_pairs"] == binr["n_pairs"] == lfw["n_pairs"] == len(pairs)
     assert csv["auc"] == pytest.approx(binr["auc"]) and csv["eer"] == pytest.approx(binr["eer"])
     assert lfw["auc"] == pytest.approx(csv["auc"])  # same pairs regrouped (same first): same ROC
@@ -85,7 +87,10 @@ def test_gallery_and_probe_folders(tmp_path):
     for ident in sorted(by_id)[:3]:  # enrol the C7 image of three identities; the other two are unknown
         (tmp_path / "gallery" / ident).mkdir(parents=True)
         shutil.copy(by_id[ident][0], tmp_path / "gallery" / ident / "enrolled.png")
-    s = evaluate_embedder(FakeEmbedder(), EvaluateOptions(workdir=tmp_path, gallery_dir=tmp_path / "gallery", probe_dir=tmp_path / "probes")).summary
+    s = evaluate_embedder(
+        FakeEmbedder(),
+        EvaluateOptions(workdir=tmp_path, gallery_dir=tmp_path / "gallery", probe_dir=tmp_path / "probes"),
+    ).summary
     assert s["protocol"] == "identification" and s["accuracy"] is None
     assert (s["n_known"], s["n_unknown"], s["n_identities"]) == (9, 6, 3)
     assert s["rank1"] == 1.0 and s["cmc"][-1] == 1.0
@@ -97,9 +102,15 @@ def test_calibration_saved_and_used(tmp_path):
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
     emb = FakeEmbedder(source=model)
-    s = evaluate_embedder(emb, EvaluateOptions(workdir=ws, target_far=0.05, save_threshold=True, write_report=False)).summary
+    s = evaluate_embedder(
+        emb, EvaluateOptions(workdir=ws, target_far=0.05, save_threshold=True, write_report=False)
+    ).summary
     cal = s["calibration"]
-    assert cal["target_far"] == 0.05 and cal["achieved_far"] <= 0.05 and cal["saved_to"].endswith("m.onnx.calibration.json")
+    assert (
+        cal["target_far"] == 0.05
+        and cal["achieved_far"] <= 0.05
+        and cal["saved_to"].endswith("m.onnx.calibration.json")
+    )
     # a looser FAR never gets a stricter (smaller) threshold
     assert cal["threshold"] <= s["tar_at_far"]["1e-01"]["threshold"]
     assert load_threshold(emb) == pytest.approx(cal["threshold"])
@@ -142,15 +153,33 @@ def test_cli_table_and_json(tmp_path, fake_model):
 
     ws = _ws(tmp_path)
     runner = CliRunner()
-    res = runner.invoke(app, ["evaluate", "-w", str(ws), "--name", "demo"], env={"COLUMNS": "200", "KFACE_NO_PROGRESS": "1"})
+    res = runner.invoke(
+        app, ["evaluate", "-w", str(ws), "--name", "demo"], env={"COLUMNS": "200", "KFACE_NO_PROGRESS": "1"}
+    )
     assert res.exit_code == 0, res.output
     assert "accuracy (10-fold)" in res.output and "light L7" in res.output and "reports/demo" in res.output
-    assert sorted(p.name for p in (ws / "reports" / "demo").iterdir()) == ["cmc.png", "conditions.png", "distances.png", "metrics.json", "roc.png"]
+    assert sorted(p.name for p in (ws / "reports" / "demo").iterdir()) == [
+        "cmc.png",
+        "conditions.png",
+        "distances.png",
+        "metrics.json",
+        "roc.png",
+    ]
     assert fake_model["flip"] is True
     res = runner.invoke(app, ["evaluate", "-w", str(ws), "--json", "--target-far", "0.1", "--save-threshold"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
-    assert {"accuracy", "accuracy_std", "threshold", "auc", "eer", "tar_at_far", "rank1", "rank5", "per_condition"} <= set(out)
+    assert {
+        "accuracy",
+        "accuracy_std",
+        "threshold",
+        "auc",
+        "eer",
+        "tar_at_far",
+        "rank1",
+        "rank5",
+        "per_condition",
+    } <= set(out)
     assert out["calibration"]["saved_to"].endswith("m.onnx.calibration.json")
     assert fake_model["flip"] is False  # calibrating for identify: no flip by default
     res = runner.invoke(app, ["evaluate", "-w", str(tmp_path / "empty")])
@@ -187,4 +216,7 @@ def test_default_report_names_do_not_collide(tmp_path):
         default_report_name(emb, None, EvaluateOptions()),
     }
     assert names == {"demo-val", "demo-bin-val", "demo-pairs-val", "demo-lfw-val", "demo-identification"}
-    assert default_report_name(FakeEmbedder(source=tmp_path / "w600k r50.onnx"), Protocol.VAL, EvaluateOptions()) == "w600k-r50-val"
+    assert (
+        default_report_name(FakeEmbedder(source=tmp_path / "w600k r50.onnx"), Protocol.VAL, EvaluateOptions())
+        == "w600k-r50-val"
+    )

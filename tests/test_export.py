@@ -7,15 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_helpers import calibrated
 from typer.testing import CliRunner
 
-from kface_cli.embedding import export as export_mod
 from kface_cli.cli import app
+from kface_cli.embedding import export as export_mod
+from kface_cli.embedding.export import export_model, synthetic_faces
 from kface_cli.embedding.loading import load_embedder
 from kface_cli.errors import KFaceError
-from kface_cli.embedding.export import export_model, synthetic_faces
 from kface_cli.models.registry import get_backbone
-from model_helpers import calibrated
 
 NETWORK, EMB = "mbf_small", 32
 

@@ -5,12 +5,11 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from synth_helpers import make_source
 
+from kface_cli.dataset.source import list_identities
 from kface_cli.errors import InputError
 from kface_cli.prepare.extract import DONE_MARKER, Selection, extract
-from kface_cli.dataset.source import list_identities
-
-from synth_helpers import make_source
 
 TUTORIAL_IN_SMALL = 4  # SMALL_COMBOS holds 4 of the tutorial's 24 images
 
@@ -96,7 +95,7 @@ def test_corrupt_zip_is_reported_and_others_finish(source, tmp_path):
     with zipfile.ZipFile(zips[1]) as zf:
         info = zf.getinfo("S001/L1/E01/C7.jpg")
     start = info.header_offset + 30 + len(info.filename) + 200
-    data[start:start + 16] = bytes(16)
+    data[start : start + 16] = bytes(16)
     zips[1].write_bytes(bytes(data))
     r = extract(source, workdir=tmp_path / "ws", res="Low")
     assert not r.ok and r.failed == 2 and r.extracted == 1

@@ -19,7 +19,9 @@ def _templates(names, start=0, dim=16):
     out = []
     for i, name in enumerate(names, start):
         e = rng.standard_normal(dim).astype(np.float32)
-        out.append(Template(name, e / np.linalg.norm(e), f"/photos/{name}/{i}.jpg", content_hash(f"{name}-{i}".encode())))
+        out.append(
+            Template(name, e / np.linalg.norm(e), f"/photos/{name}/{i}.jpg", content_hash(f"{name}-{i}".encode()))
+        )
     return out
 
 
@@ -35,7 +37,7 @@ def _flip_in_file(path: Path, old: bytes, new: bytes) -> None:
 
 def _gallery(tmp_path) -> tuple[Gallery, list[Template]]:
     g = Gallery(tmp_path / "gallery.h5")
-    ts = _templates(["ALICE", "BOB"]) 
+    ts = _templates(["ALICE", "BOB"])
     g.append(ts[:1], MODEL)
     g.append(ts[1:], MODEL)  # two batches: the digest is extended, not recomputed
     assert g.read().names == ["ALICE", "BOB"]

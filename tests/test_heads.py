@@ -60,7 +60,9 @@ def test_cosface_sphereface_combined_and_normsoftmax():
         t = math.acos(c)
         return (math.cos(m1 * t + m2) if t <= theta_t else c - math.cos(theta_t) - 1.0) - m3
 
-    torch.testing.assert_close(CombinedMargin(s, m1, m2, m3)(COS, LABELS), _expected(COS, LABELS, s, psi_combined), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        CombinedMargin(s, m1, m2, m3)(COS, LABELS), _expected(COS, LABELS, s, psi_combined), atol=1e-4, rtol=1e-5
+    )
     sphere = SphereFace(s, 1.35)(COS, LABELS)
     torch.testing.assert_close(sphere[0, 0], torch.tensor(s * math.cos(1.35 * math.acos(0.8))), atol=1e-4, rtol=1e-5)
     # cos -0.95: theta 2.82 > (pi / 1.35) = 2.33, so the continuous fallback applies
@@ -68,7 +70,16 @@ def test_cosface_sphereface_combined_and_normsoftmax():
     assert sphere[1, 0].item() == pytest.approx(s * (-0.95 - math.cos(t_t) - 1.0), abs=1e-3)
 
 
-@pytest.mark.parametrize("margin", [ArcFace(1.0, 0.5), ArcFace(1.0, 0.8), SphereFace(1.0, 1.35), CombinedMargin(1.0, 1.2, 0.3, 0.2), CosFace(1.0, 0.4)])
+@pytest.mark.parametrize(
+    "margin",
+    [
+        ArcFace(1.0, 0.5),
+        ArcFace(1.0, 0.8),
+        SphereFace(1.0, 1.35),
+        CombinedMargin(1.0, 1.2, 0.3, 0.2),
+        CosFace(1.0, 0.4),
+    ],
+)
 def test_target_logit_decreases_with_theta_everywhere(margin):
     cos = torch.linspace(-1.0, 1.0, 4001)
     psi = margin.target_logit(cos)

@@ -30,7 +30,13 @@ def world(tmp_path_factory):
     render_photo(root / "stranger" / "x.jpg", STRANGER, CODES[3])
     gallery = root / "gallery.h5"
     enroll_folder(people, gallery, PixelEmbedder(), detector=SidecarDetector())
-    return {"root": root, "people": people, "probes": probes, "gallery": gallery, "stranger": root / "stranger" / "x.jpg"}
+    return {
+        "root": root,
+        "people": people,
+        "probes": probes,
+        "gallery": gallery,
+        "stranger": root / "stranger" / "x.jpg",
+    }
 
 
 def _identify(world, paths, **kw):
@@ -73,7 +79,9 @@ def test_calibrated_threshold_is_used(world, monkeypatch):
 
 def test_json_csv_and_table(world, tmp_path):
     (tmp_path / "empty.jpg").write_bytes(b"not an image")
-    result = _identify(world, [world["probes"] / "김철수.jpg", tmp_path / "empty.jpg", world["people"] / "Bob" / "0.jpg"])
+    result = _identify(
+        world, [world["probes"] / "김철수.jpg", tmp_path / "empty.jpg", world["people"] / "Bob" / "0.jpg"]
+    )
     data = json.loads(json.dumps(result.to_json(), ensure_ascii=False))
     assert [Path(d["image"]).name for d in data] == ["김철수.jpg", "empty.jpg", "0.jpg"]
     face = data[0]["faces"][0]
@@ -100,8 +108,8 @@ def test_annotate_draws_korean_names_without_crashing(world, tmp_path):
 def test_video_frames(world, tmp_path):
     import cv2
 
-    from kface_cli.face.imageio import read_image
     from kface_cli.dataset.annotation import read_annotation
+    from kface_cli.face.imageio import read_image
 
     probe = world["probes"] / "Alice.jpg"
     image = read_image(probe)
@@ -147,7 +155,9 @@ def test_cli_identify(world, tmp_path, mbf_model):
     runner = CliRunner()
     base = ["identify", "--model", str(mbf_model), "--network", "mbf", "--landmarks", "sidecar", "-g", str(gallery)]
     probe = world["people"] / "김철수" / "1.jpg"  # enrolled: distance ~0 whatever the weights
-    r = runner.invoke(app, [*base, str(probe), "--json", "--csv", str(tmp_path / "o.csv"), "--annotate", str(tmp_path / "ann")])
+    r = runner.invoke(
+        app, [*base, str(probe), "--json", "--csv", str(tmp_path / "o.csv"), "--annotate", str(tmp_path / "ann")]
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data[0]["faces"][0]["name"] == "김철수" and data[0]["faces"][0]["distance"] < 1e-3
@@ -163,8 +173,8 @@ def test_cli_identify(world, tmp_path, mbf_model):
 
 def test_camera_frames_stream_until_max_frames(world, monkeypatch, capsys):
     import kface_cli.gallery.identify as identify_mod
-    from kface_cli.face.imageio import read_image
     from kface_cli.dataset.annotation import read_annotation
+    from kface_cli.face.imageio import read_image
 
     probe = world["probes"] / "Bob.jpg"
     image = read_image(probe)

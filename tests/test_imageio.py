@@ -27,7 +27,9 @@ def _with_exif_orientation(jpeg: bytes, orientation: int, byte_order: str = "MM"
     """Insert an APP1/Exif segment holding one IFD0 entry (Orientation) right after SOI."""
     fmt = ">" if byte_order == "MM" else "<"
     tiff = byte_order.encode() + struct.pack(fmt + "HI", 42, 8)
-    tiff += struct.pack(fmt + "H", 1) + struct.pack(fmt + "HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(fmt + "I", 0)
+    tiff += (
+        struct.pack(fmt + "H", 1) + struct.pack(fmt + "HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack(fmt + "I", 0)
+    )
     payload = b"Exif\x00\x00" + tiff
     app1 = b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload
     assert jpeg[:2] == b"\xff\xd8"

@@ -7,13 +7,24 @@ import torch
 
 from kface_cli.models.registry import get_backbone
 
-BLOCKS = {"r18": [2, 2, 2, 2], "r34": [3, 4, 6, 3], "r50": [3, 4, 14, 3], "r100": [3, 13, 30, 3], "r200": [6, 26, 60, 6]}
+BLOCKS = {
+    "r18": [2, 2, 2, 2],
+    "r34": [3, 4, 6, 3],
+    "r50": [3, 4, 14, 3],
+    "r100": [3, 13, 30, 3],
+    "r200": [6, 26, 60, 6],
+}
 WIDTHS = [64, 128, 256, 512]
 
 
 def _bn(prefix: str, c: int) -> dict[str, tuple[int, ...]]:
-    return {f"{prefix}.weight": (c,), f"{prefix}.bias": (c,), f"{prefix}.running_mean": (c,),
-            f"{prefix}.running_var": (c,), f"{prefix}.num_batches_tracked": ()}
+    return {
+        f"{prefix}.weight": (c,),
+        f"{prefix}.bias": (c,),
+        f"{prefix}.running_mean": (c,),
+        f"{prefix}.running_var": (c,),
+        f"{prefix}.num_batches_tracked": (),
+    }
 
 
 def insightface_layout(blocks: list[int], emb: int = 512) -> dict[str, tuple[int, ...]]:
@@ -86,7 +97,9 @@ def test_features_weight_fixed_and_not_trained():
 
 def test_fp16_runs_trunk_under_autocast_and_fc_in_fp32():
     # small input and widths keep bfloat16-on-CPU quick; the layout is the same code path
-    model = get_backbone("r18", embedding_size=32, fp16=True, autocast_dtype="bfloat16", input_size=32, widths=(8, 16, 32, 64)).eval()
+    model = get_backbone(
+        "r18", embedding_size=32, fp16=True, autocast_dtype="bfloat16", input_size=32, widths=(8, 16, 32, 64)
+    ).eval()
     seen = {}
     model.layer4.register_forward_hook(lambda m, i, o: seen.__setitem__("layer4", o.dtype))
     model.fc.register_forward_hook(lambda m, i, o: seen.__setitem__("fc", o.dtype))

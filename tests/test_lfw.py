@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kface_cli.formats.lfw import lfw_image_path, read_lfw_pairs
 from kface_cli.errors import InputError
+from kface_cli.formats.lfw import lfw_image_path, read_lfw_pairs
 
 # 2 folds x 2 pairs per class, tab-separated like the real file (one line space-separated)
 PAIRS_TXT = "2\t2\nAbel_Pacheco\t1\t4\nAkhmed_Zakayev\t1\t3\nAbdel_Madi_Shabneh\t1\tDean_Barker\t1\nZico 2 Dean_Barker 13\n" \

@@ -7,9 +7,18 @@ import re
 import numpy as np
 import pytest
 import torch
+from embedding_fixtures import (  # noqa: F401 (fixtures)
+    EMB,
+    NETWORK,
+    _isolated_cache,
+    backbone,
+    faces,
+    insightface_style_onnx,
+    reference,
+    unit,
+    workspace,
+)
 
-from embedding_fixtures import EMB, NETWORK, _isolated_cache, backbone, faces, reference, unit, workspace  # noqa: F401 (fixtures)
-from embedding_fixtures import insightface_style_onnx
 from kface_cli.embedding.embedder import embedder_from_module, state_dict_digest
 from kface_cli.embedding.loading import load_embedder
 from kface_cli.errors import InputError, KFaceError, ModelMismatchError
@@ -151,18 +160,20 @@ def test_a_pickle_that_runs_code_is_refused_everywhere(tmp_path, backbone):
 
 
 def test_a_malicious_model_via_the_cli_runs_nothing(tmp_path, backbone):
+    import cv2
     from typer.testing import CliRunner
 
     from kface_cli.cli import app
-
-    import cv2
 
     marker, paths = _malicious_files(tmp_path, backbone)
     photos = tmp_path / "photos"
     photos.mkdir()
     cv2.imwrite(str(photos / "alice.png"), np.full((112, 112, 3), 128, np.uint8))
     for path in paths:
-        for args in (["export", str(path), "--out", str(tmp_path / "x.onnx")], ["enroll", str(photos), "--aligned", "--model", str(path)]):
+        for args in (
+            ["export", str(path), "--out", str(tmp_path / "x.onnx")],
+            ["enroll", str(photos), "--aligned", "--model", str(path)],
+        ):
             result = CliRunner().invoke(app, [*args, "--workdir", str(tmp_path)])
             assert result.exit_code == 2, result.output
             assert "refused to load" in result.output

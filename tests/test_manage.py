@@ -22,13 +22,20 @@ def gallery(tmp_path):
     emb = rng.standard_normal((7, 8)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     names = ["김철수", "김철수", "김철수", "Alice", "Alice", "Bob", "Bob"]
-    g.append([Template(n, e, f"/p/{i}.jpg", content_hash(bytes([i]))) for i, (n, e) in enumerate(zip(names, emb))], ModelInfo("c" * 20, 8, "mbf", "/runs/x"))
+    g.append(
+        [Template(n, e, f"/p/{i}.jpg", content_hash(bytes([i]))) for i, (n, e) in enumerate(zip(names, emb))],
+        ModelInfo("c" * 20, 8, "mbf", "/runs/x"),
+    )
     return g
 
 
 def test_report_lists_identities_and_facts(gallery):
     report = manage_gallery(gallery.path)
-    assert report["identities"] == [{"name": "Alice", "templates": 2}, {"name": "Bob", "templates": 2}, {"name": "김철수", "templates": 3}]
+    assert report["identities"] == [
+        {"name": "Alice", "templates": 2},
+        {"name": "Bob", "templates": 2},
+        {"name": "김철수", "templates": 3},
+    ]
     facts = report["facts"]
     assert (facts["templates"], facts["identities"], facts["embedding size"], facts["network"]) == (7, 3, 8, "mbf")
     assert facts["fingerprint"] == "c" * 20 and report["removed"] == {}

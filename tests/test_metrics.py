@@ -90,13 +90,26 @@ def synthetic(n, rng, sep=0.8, grid=None):
 
 def test_kfold_bounds_match_sklearn_kfold_sizes():
     # sklearn: the first n % k folds get one extra item; in order, no shuffle
-    assert M.kfold_bounds(23, 10) == [(0, 3), (3, 6), (6, 9), (9, 11), (11, 13), (13, 15), (15, 17), (17, 19), (19, 21), (21, 23)]
+    assert M.kfold_bounds(23, 10) == [
+        (0, 3),
+        (3, 6),
+        (6, 9),
+        (9, 11),
+        (11, 13),
+        (13, 15),
+        (15, 17),
+        (17, 19),
+        (19, 21),
+        (21, 23),
+    ]
     assert M.kfold_bounds(6000, 10)[3] == (1800, 2400)
     with pytest.raises(InputError, match="at least 10 pairs"):
         M.kfold_bounds(9, 10)
 
 
-@pytest.mark.parametrize("n,grid,seed", [(37, None, 0), (200, 0.01, 1), (203, 0.05, 2), (120, 0.25, 3), (1003, 0.01, 14)])
+@pytest.mark.parametrize(
+    "n,grid,seed", [(37, None, 0), (200, 0.01, 1), (203, 0.05, 2), (120, 0.25, 3), (1003, 0.01, 14)]
+)
 def test_ten_fold_matches_brute_force(n, grid, seed):
     dist, issame = synthetic(n, np.random.default_rng(seed), grid=grid)
     acc, std, chosen = ref_ten_fold(dist, issame)
@@ -179,7 +192,10 @@ def test_auc_hand_cases():
 
 
 def test_eer_hand_cases():
-    assert M.eer(np.array([0.1, 0.3, 0.2, 0.4]), np.array([1, 1, 0, 0], bool)) == (pytest.approx(0.5), pytest.approx(0.2))
+    assert M.eer(np.array([0.1, 0.3, 0.2, 0.4]), np.array([1, 1, 0, 0], bool)) == (
+        pytest.approx(0.5),
+        pytest.approx(0.2),
+    )
     e, _ = M.eer(np.array([0.1, 0.2, 0.3, 0.25, 0.5, 0.6, 0.7]), np.array([1, 1, 1, 0, 0, 0, 0], bool))
     assert e == pytest.approx(0.25)
     e, _ = M.eer(np.array([0.1, 0.2, 0.8, 0.9]), np.array([1, 1, 0, 0], bool))

@@ -60,7 +60,9 @@ def test_real_photo_gives_an_arcface_crop():
     assert len(found) == 1
     _, crop = found[0]
     # the aligned crop holds a face where the template expects it: detect again on a padded copy
-    padded = cv2.copyMakeBorder(cv2.resize(crop, (224, 224)), 112, 112, 112, 112, cv2.BORDER_CONSTANT, value=(128, 128, 128))
+    padded = cv2.copyMakeBorder(
+        cv2.resize(crop, (224, 224)), 112, 112, 112, 112, cv2.BORDER_CONSTANT, value=(128, 128, 128)
+    )
     again = get_detector("detect").detect(padded)
     assert len(again) == 1
     points = (again[0].points5 - 112) / 2  # back to crop coordinates
@@ -105,7 +107,13 @@ def _exif_rotated_jpeg(upright: np.ndarray) -> bytes:
     stored = np.ascontiguousarray(np.rot90(upright, 1))
     ok, enc = cv2.imencode(".jpg", stored, [cv2.IMWRITE_JPEG_QUALITY, 95])
     assert ok
-    tiff = b"MM" + struct.pack(">HI", 42, 8) + struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0) + struct.pack(">I", 0)
+    tiff = (
+        b"MM"
+        + struct.pack(">HI", 42, 8)
+        + struct.pack(">H", 1)
+        + struct.pack(">HHIHH", 0x0112, 3, 1, 6, 0)
+        + struct.pack(">I", 0)
+    )
     payload = b"Exif\x00\x00" + tiff
     data = enc.tobytes()
     return data[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + data[2:]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 import cv2
 import numpy as np
 import pytest
-
 from evaldata import FakeEmbedder, make_identities, make_pairs
+
 from kface_cli.errors import InputError
 from kface_cli.evaluate import protocols as P
 

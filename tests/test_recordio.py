@@ -7,6 +7,7 @@ import struct
 import numpy as np
 import pytest
 
+from kface_cli.errors import InputError
 from kface_cli.formats.recordio import (
     HEADER_SIZE,
     MAGIC,
@@ -18,7 +19,6 @@ from kface_cli.formats.recordio import (
     pack,
     unpack,
 )
-from kface_cli.errors import InputError
 
 
 def _raw_record(payload: bytes, cflag: int = 0) -> bytes:
@@ -48,7 +48,9 @@ def test_reads_hand_written_file_with_split_record(tmp_path):
 def test_writer_splits_on_magic_and_round_trips(tmp_path):
     payloads = {
         0: pack(RecordHeader(0, 1.5, 0, 0), b"plain"),
-        5: pack(RecordHeader(0, 2.0, 5, 0), b"ab" + b"cd" + MAGIC_BYTES + b"tail" + MAGIC_BYTES),  # aligned magic, twice
+        5: pack(
+            RecordHeader(0, 2.0, 5, 0), b"ab" + b"cd" + MAGIC_BYTES + b"tail" + MAGIC_BYTES
+        ),  # aligned magic, twice
         9: pack(RecordHeader(0, 3.0, 9, 0), b"a" + MAGIC_BYTES + b"unaligned"),
     }
     with RecordIOWriter(tmp_path / "d.rec") as w:
@@ -80,7 +82,9 @@ def test_multi_label_header_and_insightface_record_zero(tmp_path):
         w.write(0, pack(RecordHeader(2, (5.0, 7.0)), b""))  # images 1..4, identity ranges at 5..6
         for i, (img, y) in enumerate(zip(imgs, labels), start=1):
             jpg = cv2.imencode(".jpg", img)[1].tobytes()
-            jpg += b"\0" * ((4 - (HEADER_SIZE + len(jpg)) % 4) % 4) + MAGIC_BYTES + b"trailer"  # magic inside the image bytes
+            jpg += (
+                b"\0" * ((4 - (HEADER_SIZE + len(jpg)) % 4) % 4) + MAGIC_BYTES + b"trailer"
+            )  # magic inside the image bytes
             w.write(i, pack(RecordHeader(0, float(y), i, 0), jpg))
         w.write(5, pack(RecordHeader(2, (1.0, 3.0)), b""))
         w.write(6, pack(RecordHeader(2, (3.0, 5.0)), b""))

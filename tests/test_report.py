@@ -23,8 +23,16 @@ def _evaluation(with_identification: bool) -> Evaluation:
     summary["per_condition"] = verification_breakdown(dist, issame, codes, codes, threshold=summary["threshold"])
     summary["calibration"] = {"target_far": 0.01, "threshold": summary["tar_at_far"]["1e-02"]["threshold"]}
     if with_identification:
-        summary.update(rank1=0.8, rank5=0.95, cmc=[0.8, 0.9, 0.95], n_probes=20, n_known=20, n_unknown=0, n_identities=3,
-                       dir_at_fpir={"1e-01": {"fpir": 0.1, "dir": None, "reason": "needs at least 10 unknown probes"}})
+        summary.update(
+            rank1=0.8,
+            rank5=0.95,
+            cmc=[0.8, 0.9, 0.95],
+            n_probes=20,
+            n_known=20,
+            n_unknown=0,
+            n_identities=3,
+            dir_at_fpir={"1e-01": {"fpir": 0.1, "dir": None, "reason": "needs at least 10 unknown probes"}},
+        )
     return Evaluation(summary=summary, dist=dist, issame=issame)
 
 
@@ -58,9 +66,13 @@ def test_summary_and_condition_rows():
     assert rows["DIR @ FPIR 1e-01"][1] == "-"
     assert rows["threshold for FAR 0.01"][2].startswith("not saved")
     title, columns, crow = condition_table(ev.summary["per_condition"])
-    assert columns == ["condition", "description", "pairs", "acc@thr", "10-fold", "AUC", "EER"] and "either image" in title
+    assert (
+        columns == ["condition", "description", "pairs", "acc@thr", "10-fold", "AUC", "EER"] and "either image" in title
+    )
     assert [r[0] for r in crow] == ["light L1", "light L7", "camera C7"]
     assert crow[1][1] == "0 lux, all lamps (dark)" and crow[1][2] == 200
     per_probe = {"light": {"L7": {"n_probes": 4, "rank1": 0.5, "rank5": 1.0, "description": "dark"}}}
     title, columns, crow = condition_table(per_probe)
-    assert columns == ["condition", "description", "probes", "rank-1", "rank-5"] and crow == [["light L7", "dark", 4, "50.00%", "100.00%"]]
+    assert columns == ["condition", "description", "probes", "rank-1", "rank-5"] and crow == [
+        ["light L7", "dark", 4, "50.00%", "100.00%"]
+    ]

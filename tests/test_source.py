@@ -3,11 +3,10 @@
 import zipfile
 
 import pytest
-
-from kface_cli.errors import CodeError, InputError
-from kface_cli.dataset.source import is_safe_member_name, list_identities, open_identity, parse_id_list, resolution_dir
-
 from synth_helpers import make_source
+
+from kface_cli.dataset.source import is_safe_member_name, list_identities, open_identity, parse_id_list, resolution_dir
+from kface_cli.errors import CodeError, InputError
 
 
 def test_resolution_dir_layouts(tmp_path):

@@ -8,12 +8,14 @@ import cv2
 import numpy as np
 import pytest
 
+from kface_cli.errors import InputError
 from kface_cli.formats.pairs import read_pairs_csv
 from kface_cli.prepare.split import choose_val_ids, split
-from kface_cli.errors import InputError
 
 IDS = [f"190625{d}{s}" for d in (1, 2) for s in range(1, 7)]  # 12 identities
-CODES = [("S001", light, expr, cam) for light, expr, cam in product(("L1", "L3"), ("E01", "E02"), ("C7", "C8"))]  # 8 each
+CODES = [
+    ("S001", light, expr, cam) for light, expr, cam in product(("L1", "L3"), ("E01", "E02"), ("C7", "C8"))
+]  # 8 each
 
 
 @pytest.fixture
@@ -97,7 +99,9 @@ def test_manifest_decides_which_crops_count(ws):
     rows = []
     for ident in IDS:
         for acc, light, expr, cam in CODES[:3]:  # pretend the last crop used a smaller selection
-            rows.append(f"{ident}/{ident}_{acc}_{light}_{expr}_{cam}.jpg,{ident},{acc},{light},{expr},{cam},x,align,ok,\n")
+            rows.append(
+                f"{ident}/{ident}_{acc}_{light}_{expr}_{cam}.jpg,{ident},{acc},{light},{expr},{cam},x,align,ok,\n"
+            )
     rows.append(f",{IDS[0]},S001,L1,E01,C9,x,,missing-annotation,no C9.txt\n")
     (faces / "manifest.csv").write_text(header + "".join(rows))
     r = split(ws, val_ids=3, seed=0)

@@ -27,7 +27,16 @@ def _templates(names, start=0, dim=16, seed=0):
     out = []
     for i, name in enumerate(names, start):
         e = rng.standard_normal(dim).astype(np.float32)
-        out.append(Template(name, e / np.linalg.norm(e), f"/photos/{name}/{i}.jpg", content_hash(f"{name}-{i}".encode()), (1.0, 2.0, 3.0, 4.0), 0.9))
+        out.append(
+            Template(
+                name,
+                e / np.linalg.norm(e),
+                f"/photos/{name}/{i}.jpg",
+                content_hash(f"{name}-{i}".encode()),
+                (1.0, 2.0, 3.0, 4.0),
+                0.9,
+            )
+        )
     return out
 
 
@@ -43,7 +52,13 @@ def test_append_and_read_round_trip_with_korean_names(tmp_path):
     np.testing.assert_allclose(rows.boxes[0], [1, 2, 3, 4])
     assert np.all(rows.added > 0)
     facts = g.facts()
-    assert (facts.templates, facts.identities, facts.embedding_size, facts.fingerprint, facts.schema_version) == (3, 3, 16, MODEL.fingerprint, SCHEMA_VERSION)
+    assert (facts.templates, facts.identities, facts.embedding_size, facts.fingerprint, facts.schema_version) == (
+        3,
+        3,
+        16,
+        MODEL.fingerprint,
+        SCHEMA_VERSION,
+    )
     with h5py.File(g.path) as f:  # a plain HDF5 reader sees the same
         assert f["name"][0].decode("utf-8") == "김철수"
         assert f.attrs["count"] == 3
@@ -157,7 +172,13 @@ def _expected(tag: str, batches: int, rows: int) -> list[np.ndarray]:
 
 def _spawn(script: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "KFACE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", script, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_sigkill_mid_append_leaves_every_committed_batch(tmp_path):

@@ -7,10 +7,10 @@ from datetime import datetime
 import numpy as np
 import pytest
 
+from kface_cli.dataset.annotation import parse_annotation
 from kface_cli.errors import InputError
 from kface_cli.face.align import is_degenerate
 from kface_cli.synth import generator as synth
-from kface_cli.dataset.annotation import parse_annotation
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_expression_moves_the_mouth_corners(ident):
         p = synth.render_face(ident, "S001", "L1", expr, "C7", "Middle").points
         return np.linalg.norm(p[3] - p[4]), (p[3, 1] + p[4, 1]) / 2 - p[0, 1]
 
-    (w1, d1), (w2, d2), (w3, d3) = corners("E01"), corners("E02"), corners("E03")
+    (w1, d1), (w2, d2), (_w3, d3) = corners("E01"), corners("E02"), corners("E03")
     assert w2 > w1 * 1.1  # a broad smile is wider
     assert d2 < d1 < d3  # corners up when smiling, down when frowning
 
@@ -100,15 +100,26 @@ def test_light_l7_is_dark(ident):
 
 
 def test_zip_layout_annotations_and_determinism(ident):
-    combos = [("S001", "L1", "E01", "C7"), ("S001", "L6", "E03", "C1"), ("S002", "L1", "E01", "C7"), ("S001", "L2", "E01", "C7")]
+    combos = [
+        ("S001", "L1", "E01", "C7"),
+        ("S001", "L6", "E03", "C1"),
+        ("S002", "L1", "E01", "C7"),
+        ("S001", "L2", "E01", "C7"),
+    ]
     data, n = synth.identity_zip_bytes(ident, "Low", combos, seed=5)
     assert n == 4
     assert synth.identity_zip_bytes(ident, "Low", combos, seed=5)[0] == data  # byte-identical
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         names = set(zf.namelist())
         # annotations only for S001 with L1, L3, L6, L7
-        assert names == {"S001/L1/E01/C7.jpg", "S001/L1/E01/C7.txt", "S001/L6/E03/C1.jpg", "S001/L6/E03/C1.txt",
-                         "S002/L1/E01/C7.jpg", "S001/L2/E01/C7.jpg"}
+        assert names == {
+            "S001/L1/E01/C7.jpg",
+            "S001/L1/E01/C7.txt",
+            "S001/L6/E03/C1.jpg",
+            "S001/L6/E03/C1.txt",
+            "S002/L1/E01/C7.jpg",
+            "S001/L2/E01/C7.jpg",
+        }
         ann = parse_annotation(zf.read("S001/L6/E03/C1.txt").decode())
         assert len(ann.boxes) == 5
         assert len(zf.read("S001/L1/E01/C7.txt").decode().strip().splitlines()) == 14
@@ -116,10 +127,13 @@ def test_zip_layout_annotations_and_determinism(ident):
 
 def test_generate_sample_data(tmp_path):
     combos = [("S001", "L1", "E01", "C7"), ("S001", "L3", "E02", "C8")]
-    result = synth.generate_sample_data(tmp_path, n_ids=3, seed=2, resolutions=("Low", "Middle"), combos=combos,
-                                        ids_per_resolution={"Middle": 1})
+    result = synth.generate_sample_data(
+        tmp_path, n_ids=3, seed=2, resolutions=("Low", "Middle"), combos=combos, ids_per_resolution={"Middle": 1}
+    )
     assert result.identities == 3 and result.images == 4 * 2
-    assert sorted(p.name for p in (tmp_path / "Low_Resolution").iterdir()) == [f"{i}.zip" for i in synth.identity_ids(3, 2)]
+    assert sorted(p.name for p in (tmp_path / "Low_Resolution").iterdir()) == [
+        f"{i}.zip" for i in synth.identity_ids(3, 2)
+    ]
     assert len(list((tmp_path / "Middle_Resolution").iterdir())) == 1
 
 

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from trainingdata import make_workspace
 from typer.testing import CliRunner
 
 from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
@@ -13,7 +14,6 @@ from kface_cli.train import checkpoint as ck
 from kface_cli.train.config import TrainConfig, resolve_config
 from kface_cli.train.loop import EpochBatches, read_log, train, train_from_options
 from kface_cli.train.schedule import lr_factor
-from trainingdata import make_workspace
 
 
 @pytest.fixture(autouse=True)
@@ -32,8 +32,18 @@ def ws(tmp_path_factory):
 
 
 def tiny(ws, **kw) -> TrainConfig:
-    base = dict(workdir=str(ws), network="mbf_small", embedding_size=32, batch_size=6, epochs=2, workers=0,
-                scale=16.0, lr=0.05, val_pairs="none", log_every=1)
+    base = dict(
+        workdir=str(ws),
+        network="mbf_small",
+        embedding_size=32,
+        batch_size=6,
+        epochs=2,
+        workers=0,
+        scale=16.0,
+        lr=0.05,
+        val_pairs="none",
+        log_every=1,
+    )
     base.update(kw)
     return TrainConfig(**base).validate()
 
@@ -63,8 +73,16 @@ def test_config_file_then_command_line(tmp_path):
     with pytest.raises(KFaceError, match="Valid optimizers"):
         resolve_config(None, {"optimizer": "adam"})
     tut = resolve_config("tutorial_r50")
-    assert (tut.network, tut.loss, tut.scale, tut.margin, tut.batch_size, tut.lr, tut.epochs, tut.init) == \
-        ("r50", "arcface", 64.0, (0.5,), 16, 0.02, 20, "backbone.pth")
+    assert (tut.network, tut.loss, tut.scale, tut.margin, tut.batch_size, tut.lr, tut.epochs, tut.init) == (
+        "r50",
+        "arcface",
+        64.0,
+        (0.5,),
+        16,
+        0.02,
+        20,
+        "backbone.pth",
+    )
     assert resolve_config(None, {"batch_size": 256}).base_lr() == pytest.approx(0.025)  # 0.1 * 256 / 1024
     assert resolve_config(None, {"batch_size": 64}).base_lr() == pytest.approx(0.02)  # floor for small batches
 
@@ -110,7 +128,9 @@ def test_interrupt_then_resume_equals_uninterrupted_run(ws):
     saved = ck.load_checkpoint(ws / "runs" / "cut" / ck.RUN_CHECKPOINT)
     assert (saved["epoch"], saved["step_in_epoch"]) == (0, 2)
     assert read_log(ws / "runs" / "cut")[-1]["type"] == "stopped"
-    result = train_from_options(None, {"workdir": str(ws), "name": "cut", "batch_size": 99}, resume=True)  # batch ignored
+    result = train_from_options(
+        None, {"workdir": str(ws), "name": "cut", "batch_size": 99}, resume=True
+    )  # batch ignored
     assert result.epochs == 2
     a_bb, a_head, a_opt = _weights(ws / "runs" / "straight")
     b_bb, b_head, b_opt = _weights(ws / "runs" / "cut")
@@ -150,13 +170,21 @@ def test_init_loads_weights_and_freeze_keeps_them(ws, tmp_path):
     start = get_backbone("mbf_small", embedding_size=32).state_dict()
     torch.save(start, tmp_path / "backbone.pth")
     # network and embedding size "auto": taken from the --init file
-    result = train(tiny(ws, name="ft", epochs=1, init=str(tmp_path / "backbone.pth"), freeze=2, network="auto", embedding_size=None))
+    result = train(
+        tiny(
+            ws, name="ft", epochs=1, init=str(tmp_path / "backbone.pth"), freeze=2, network="auto", embedding_size=None
+        )
+    )
     assert result.network == "mbf_small"
     assert json.loads((result.run_dir / "config.json").read_text())["embedding_size"] == 32
     after = torch.load(result.run_dir / "backbone.pth", weights_only=True)
     assert torch.equal(after["layers.0.layers.0.weight"], start["layers.0.layers.0.weight"])  # stage 1 frozen
-    assert torch.equal(after["layers.2.layers.0.layers.0.weight"], start["layers.2.layers.0.layers.0.weight"])  # stage 2 frozen
-    assert torch.equal(after["layers.1.layers.1.running_mean"], start["layers.1.layers.1.running_mean"])  # frozen BN stats
+    assert torch.equal(
+        after["layers.2.layers.0.layers.0.weight"], start["layers.2.layers.0.layers.0.weight"]
+    )  # stage 2 frozen
+    assert torch.equal(
+        after["layers.1.layers.1.running_mean"], start["layers.1.layers.1.running_mean"]
+    )  # frozen BN stats
     assert not torch.equal(after["conv_sep.layers.0.weight"], start["conv_sep.layers.0.weight"])  # the rest trains
     torch.save(get_backbone("mbf", embedding_size=32).state_dict(), tmp_path / "mbf.pth")
     with pytest.raises(ModelMismatchError, match="--network mbf"):
@@ -166,9 +194,37 @@ def test_init_loads_weights_and_freeze_keeps_them(ws, tmp_path):
 def test_cli_train_json(ws):
     from kface_cli.cli import app
 
-    res = CliRunner().invoke(app, ["train", "--workdir", str(ws), "--network", "mobilefacenet_small", "--embedding-size", "16",
-                                   "--batch-size", "12", "--epochs", "1", "--workers", "0", "--loss", "cosface", "--margin", "0.2",
-                                   "--scale", "8", "--val-pairs", "none", "--name", "cli", "--precision", "bf16", "--json"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--workdir",
+            str(ws),
+            "--network",
+            "mobilefacenet_small",
+            "--embedding-size",
+            "16",
+            "--batch-size",
+            "12",
+            "--epochs",
+            "1",
+            "--workers",
+            "0",
+            "--loss",
+            "cosface",
+            "--margin",
+            "0.2",
+            "--scale",
+            "8",
+            "--val-pairs",
+            "none",
+            "--name",
+            "cli",
+            "--precision",
+            "bf16",
+            "--json",
+        ],
+    )
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
     assert out["network"] == "mbf_small" and out["epochs"] == 1 and out["num_classes"] == 6
@@ -189,9 +245,34 @@ def test_real_ctrl_c_leaves_a_checkpoint(tmp_path):
 
     ws = make_workspace(tmp_path, train_ids=4, val_ids=0, per_id=4)
     env = {**os.environ, "KFACE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "kface_cli", "train", "--workdir", str(ws), "--network", "mbf_small",
-                             "--embedding-size", "16", "--batch-size", "4", "--epochs", "50", "--workers", "1",
-                             "--val-pairs", "none", "--name", "sig"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "kface_cli",
+            "train",
+            "--workdir",
+            str(ws),
+            "--network",
+            "mbf_small",
+            "--embedding-size",
+            "16",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "50",
+            "--workers",
+            "1",
+            "--val-pairs",
+            "none",
+            "--name",
+            "sig",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     log = ws / "runs" / "sig" / "log.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (log.is_file() and '"step"' in log.read_text()):

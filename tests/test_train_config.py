@@ -6,10 +6,21 @@ from kface_cli.errors import KFaceError
 from kface_cli.train.config import read_config_file, resolve_config
 
 
-@pytest.mark.parametrize("overrides", [
-    {"margin": "nan"}, {"margin": "-5"}, {"margin": "inf"}, {"scale": 0}, {"scale": math.nan},
-    {"lr": math.inf}, {"momentum": 1.5}, {"weight_decay": -1}, {"grad_clip": 0}, {"loss": "combined", "margin": "1,nan,0"},
-])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"margin": "nan"},
+        {"margin": "-5"},
+        {"margin": "inf"},
+        {"scale": 0},
+        {"scale": math.nan},
+        {"lr": math.inf},
+        {"momentum": 1.5},
+        {"weight_decay": -1},
+        {"grad_clip": 0},
+        {"loss": "combined", "margin": "1,nan,0"},
+    ],
+)
 def test_bad_numeric_options_refused_up_front(overrides):
     with pytest.raises(KFaceError) as e:
         resolve_config(overrides=overrides)

@@ -40,8 +40,8 @@ def make_workspace(root: Path, *, train_ids: int = 6, val_ids: int = 3, per_id: 
             cv2.imwrite(str(p), _image(proto, rng))
             if part == "val":
                 val_images.append((i, p))
-    same = [(a, b) for x, a in enumerate(val_images) for b in val_images[x + 1:] if a[0] == b[0]]
-    diff = [(a, b) for x, a in enumerate(val_images) for b in val_images[x + 1:] if a[0] != b[0]]
+    same = [(a, b) for x, a in enumerate(val_images) for b in val_images[x + 1 :] if a[0] == b[0]]
+    diff = [(a, b) for x, a in enumerate(val_images) for b in val_images[x + 1 :] if a[0] != b[0]]
     pick = rng.choice(len(diff), size=len(same), replace=False)
     pairs = []
     for s, d in zip(same, (diff[j] for j in pick)):

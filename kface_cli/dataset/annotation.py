@@ -73,7 +73,12 @@ class Annotation:
         elif x < -tw or y < -th or x + w > width + tw or y + h > height + th:
             issues.append(f"face box ({x:g},{y:g},{w:g},{h:g}) lies outside the {width}x{height} image")
         p5 = self.points5
-        if (p5[:, 0] < -tw).any() or (p5[:, 0] > width + tw).any() or (p5[:, 1] < -th).any() or (p5[:, 1] > height + th).any():
+        if (
+            (p5[:, 0] < -tw).any()
+            or (p5[:, 0] > width + tw).any()
+            or (p5[:, 1] < -th).any()
+            or (p5[:, 1] > height + th).any()
+        ):
             issues.append("landmark points lie outside the image")
         return issues
 
@@ -83,16 +88,20 @@ def _numbers(line: str, lineno: int, source: str) -> list[float]:
     try:
         return [float(t) for t in tokens]
     except ValueError:
-        raise InputError(f"{source}: line {lineno} is not numbers: {line.strip()!r}",
-                         hint="K-Face annotations hold integers separated by tabs, spaces, commas or semicolons.") from None
+        raise InputError(
+            f"{source}: line {lineno} is not numbers: {line.strip()!r}",
+            hint="K-Face annotations hold integers separated by tabs, spaces, commas or semicolons.",
+        ) from None
 
 
 def parse_annotation(text: str, source: str = "annotation") -> Annotation:
     """Parse the text of a K-Face ``.txt`` annotation. ``source`` names the file in errors."""
     lines = [(i, ln) for i, ln in enumerate(text.lstrip("\ufeff").splitlines(), start=1) if ln.strip()]
     if len(lines) < N_POINTS + MIN_BOXES:
-        raise InputError(f"{source}: {len(lines)} non-empty lines, expected 7 points and 5-7 boxes (12-14 lines)",
-                         hint="The file is truncated or not a K-Face annotation.")
+        raise InputError(
+            f"{source}: {len(lines)} non-empty lines, expected 7 points and 5-7 boxes (12-14 lines)",
+            hint="The file is truncated or not a K-Face annotation.",
+        )
     if len(lines) > N_POINTS + MAX_BOXES:
         raise InputError(f"{source}: {len(lines)} non-empty lines, expected at most 14 (7 points, 7 boxes)")
     points = []
@@ -130,7 +139,13 @@ def _name_boxes(boxes: list[Box], nose_x: float) -> dict[str, Box]:
         return named
     # 5: face, one eye, nose, mouth, one ear
     face, eye, nose, mouth, ear = boxes
-    return {"face": face, f"eye_{_side(eye, nose_x)}": eye, "nose": nose, "mouth": mouth, f"ear_{_side(ear, nose_x)}": ear}
+    return {
+        "face": face,
+        f"eye_{_side(eye, nose_x)}": eye,
+        "nose": nose,
+        "mouth": mouth,
+        f"ear_{_side(ear, nose_x)}": ear,
+    }
 
 
 def read_annotation(path: str | Path) -> Annotation:
@@ -139,7 +154,9 @@ def read_annotation(path: str | Path) -> Annotation:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        raise InputError(f"annotation not found: {path}", hint="K-Face annotates only S001 with lights L1, L3, L6, L7.") from None
+        raise InputError(
+            f"annotation not found: {path}", hint="K-Face annotates only S001 with lights L1, L3, L6, L7."
+        ) from None
     except OSError as e:
         raise InputError(f"cannot read annotation {path}: {e.strerror}") from None
     return parse_annotation(data.decode("utf-8", errors="replace"), source=str(path))
@@ -150,7 +167,9 @@ def format_annotation(points: np.ndarray, boxes: dict[str, Box], sep: str = "\t"
     pts = np.asarray(points, dtype=np.float64).reshape(N_POINTS, 2)
     unknown = set(boxes) - set(BOX_NAMES)
     assert not unknown, f"unknown box names {sorted(unknown)}; valid: {BOX_NAMES}"
-    assert "face" in boxes and MIN_BOXES <= len(boxes) <= MAX_BOXES, f"need a face box and 5-7 boxes, got {sorted(boxes)}"
+    assert "face" in boxes and MIN_BOXES <= len(boxes) <= MAX_BOXES, (
+        f"need a face box and 5-7 boxes, got {sorted(boxes)}"
+    )
     lines = [sep.join(str(int(round(v))) for v in p) for p in pts]
     for name in BOX_NAMES:
         if name in boxes:

@@ -24,9 +24,9 @@ code to a small record with a human description, for tables and per-condition re
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from kface_cli.errors import CodeError
 
@@ -181,8 +181,10 @@ def normalise_code(kind: str, token: str) -> str:
     text = str(token).strip()
     m = re.fullmatch(r"([A-Za-z]?)(\d+)", text)
     if m is None or (m.group(1) and m.group(1).upper() != letter):
-        raise CodeError(f"{text!r} is not a K-Face {noun} code ({code_range_text(kind)})",
-                        hint=f"{noun.capitalize()} codes look like {letter}{'1' if _KINDS[kind][2] == 0 else '0' * (_KINDS[kind][2] - 1) + '1'}.")
+        raise CodeError(
+            f"{text!r} is not a K-Face {noun} code ({code_range_text(kind)})",
+            hint=f"{noun.capitalize()} codes look like {letter}{'1' if _KINDS[kind][2] == 0 else '0' * (_KINDS[kind][2] - 1) + '1'}.",
+        )
     code = _format(kind, int(m.group(2)))
     if code not in table:
         shown = text.upper() if m.group(1) else f"{letter}{text}"
@@ -209,7 +211,10 @@ def parse_selection(kind: str, text: str | None, default: tuple[str, ...] | None
         if "-" in part:
             lo_text, _, hi_text = part.partition("-")
             if not lo_text or not hi_text:
-                raise CodeError(f"{part!r} is not a valid {_KINDS[kind][3]} range", hint=f"Write ranges like {order[0]}-{order[-1]}.")
+                raise CodeError(
+                    f"{part!r} is not a valid {_KINDS[kind][3]} range",
+                    hint=f"Write ranges like {order[0]}-{order[-1]}.",
+                )
             lo = normalise_code(kind, lo_text)
             hi_token = hi_text if re.match(r"[A-Za-z]", hi_text) else _KINDS[kind][1] + hi_text
             hi = normalise_code(kind, hi_token)
@@ -247,8 +252,10 @@ def parse_face_filename(name: str | Path) -> dict[str, str]:
     stem = Path(name).stem
     m = _FACE_NAME.match(stem)
     if m is None:
-        raise CodeError(f"{Path(name).name!r} is not a kface face file name",
-                        hint="Expected <8-digit ID>_<S>_<L>_<E>_<C>.jpg, e.g. 19062531_S001_L1_E01_C7.jpg.")
+        raise CodeError(
+            f"{Path(name).name!r} is not a kface face file name",
+            hint="Expected <8-digit ID>_<S>_<L>_<E>_<C>.jpg, e.g. 19062531_S001_L1_E01_C7.jpg.",
+        )
     ident, *rest = m.groups()
     codes = {"id": ident}
     for kind, token in zip(CODE_KINDS, rest):

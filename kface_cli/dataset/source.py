@@ -19,12 +19,21 @@ from __future__ import annotations
 import re
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, Literal
+from typing import Literal
 
+from kface_cli.dataset.codes import (
+    ACCESSORIES,
+    CAMERAS,
+    EXPRESSIONS,
+    ID_PATTERN,
+    LIGHTS,
+    is_identity_id,
+    parse_member_path,
+)
 from kface_cli.errors import InputError
-from kface_cli.dataset.codes import ACCESSORIES, CAMERAS, EXPRESSIONS, ID_PATTERN, LIGHTS, is_identity_id, parse_member_path
 from kface_cli.workspace import normalise_resolution
 
 SourceKind = Literal["zip", "dir"]
@@ -47,9 +56,15 @@ def resolution_dir(root: str | Path, res: str) -> Path:
     root = Path(root).expanduser()
     res = normalise_resolution(res)
     if not root.exists():
-        raise InputError(f"K-Face folder not found: {root}", hint="Pass the folder that holds High_Resolution/, Middle_Resolution/, Low_Resolution/.")
+        raise InputError(
+            f"K-Face folder not found: {root}",
+            hint="Pass the folder that holds High_Resolution/, Middle_Resolution/, Low_Resolution/.",
+        )
     if not root.is_dir():
-        raise InputError(f"expected a folder, got a file: {root}", hint="Pass the folder that holds the <Res>_Resolution folders, not a single zip.")
+        raise InputError(
+            f"expected a folder, got a file: {root}",
+            hint="Pass the folder that holds the <Res>_Resolution folders, not a single zip.",
+        )
     want = f"{res}_resolution".lower()
     if root.name.lower() == want:
         return root
@@ -58,8 +73,11 @@ def resolution_dir(root: str | Path, res: str) -> Path:
             if child.is_dir() and child.name.lower() == want:
                 return child
     present = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name.lower().endswith("_resolution"))
-    hint = f"It holds {', '.join(present)}; choose one with --res." if present else (
-        "Expected High_Resolution/, Middle_Resolution/ or Low_Resolution/ inside it (zips or unpacked folders).")
+    hint = (
+        f"It holds {', '.join(present)}; choose one with --res."
+        if present
+        else ("Expected High_Resolution/, Middle_Resolution/ or Low_Resolution/ inside it (zips or unpacked folders).")
+    )
     raise InputError(f"no {res}_Resolution folder in {root}", hint=hint)
 
 
@@ -77,7 +95,10 @@ def list_identities(root: str | Path, res: str) -> list[IdentitySource]:
         elif p.is_dir() and is_identity_id(p.name):
             found[p.name] = IdentitySource(p.name, res, p, "dir")
     if not found:
-        raise InputError(f"no identities in {folder}", hint="Expected <8-digit ID>.zip files (e.g. 19062531.zip) or unpacked <ID>/ folders.")
+        raise InputError(
+            f"no identities in {folder}",
+            hint="Expected <8-digit ID>.zip files (e.g. 19062531.zip) or unpacked <ID>/ folders.",
+        )
     return [found[k] for k in sorted(found)]
 
 
@@ -106,7 +127,7 @@ class IdentityReader:
         self.unsafe: list[str] = []
         self.sizes: dict[MemberKey, int] = {}
 
-    def __enter__(self) -> "IdentityReader":
+    def __enter__(self) -> IdentityReader:
         src = self.source
         if src.kind == "zip":
             try:
@@ -114,8 +135,11 @@ class IdentityReader:
                 infos = self._zip.infolist()
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
                 self.close()
-                raise InputError(f"corrupt or unreadable zip {src.path.name}: {e}", path=src.path,
-                                 hint="Download this identity's zip again.") from None
+                raise InputError(
+                    f"corrupt or unreadable zip {src.path.name}: {e}",
+                    path=src.path,
+                    hint="Download this identity's zip again.",
+                ) from None
             for info in infos:
                 if info.is_dir():
                     continue
@@ -130,7 +154,13 @@ class IdentityReader:
         # A K-Face zip lists ~11,000 members and only a few dozen are wanted: canonical names
         # (S001/L1/E01/C7.jpg) take a fast path; anything else gets the full, tolerant parse.
         m = _CANONICAL.match(name)
-        if m is not None and m.group(1) in ACCESSORIES and m.group(2) in LIGHTS and m.group(3) in EXPRESSIONS and m.group(4) in CAMERAS:
+        if (
+            m is not None
+            and m.group(1) in ACCESSORIES
+            and m.group(2) in LIGHTS
+            and m.group(3) in EXPRESSIONS
+            and m.group(4) in CAMERAS
+        ):
             key = (m.group(1), m.group(2), m.group(3), m.group(4), ".txt" if m.group(5) == "txt" else ".jpg")
         else:
             if not is_safe_member_name(name):
@@ -164,8 +194,11 @@ class IdentityReader:
                 return self._zip.read(name)
             return (self.source.path / name).read_bytes()
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:  # CRC, deflate, truncation
-            raise InputError(f"cannot read {name} from {self.source.path.name}: {e}", path=self.source.path,
-                             hint="The file is damaged; download this identity again.") from None
+            raise InputError(
+                f"cannot read {name} from {self.source.path.name}: {e}",
+                path=self.source.path,
+                hint="The file is damaged; download this identity again.",
+            ) from None
 
     def keys(self) -> Iterator[MemberKey]:
         return iter(self.index)
@@ -184,17 +217,28 @@ def parse_id_list(text: str | Path | None) -> tuple[str, ...] | None:
     path = Path(given).expanduser()
     from_file = not ID_PATTERN.match(given) and path.is_file()
     if from_file:
-        raw = "\n".join(line.split("#", 1)[0] for line in path.read_text(encoding="utf-8", errors="replace").splitlines())
+        raw = "\n".join(
+            line.split("#", 1)[0] for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+        )
     tokens = [t for t in re.split(r"[\s,;]+", raw) if t]
     bad = [t for t in tokens if not is_identity_id(t)]
     if bad:
         from kface_cli.errors import CodeError
 
         where = f" in {path}" if from_file else ""
-        hint = "K-Face IDs are 8 digits, e.g. 19062531" + ("" if from_file or "," in given or len(tokens) > 1 else f"; and there is no file {given}")
+        hint = "K-Face IDs are 8 digits, e.g. 19062531" + (
+            "" if from_file or "," in given or len(tokens) > 1 else f"; and there is no file {given}"
+        )
         raise CodeError(f"{bad[0]!r}{where} is not a K-Face identity ID", hint=hint + ".")
     return tuple(dict.fromkeys(tokens))
 
 
-__all__ = ["IdentityReader", "IdentitySource", "is_safe_member_name", "list_identities", "open_identity",
-           "parse_id_list", "resolution_dir"]
+__all__ = [
+    "IdentityReader",
+    "IdentitySource",
+    "is_safe_member_name",
+    "list_identities",
+    "open_identity",
+    "parse_id_list",
+    "resolution_dir",
+]

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from kface_cli.errors import InputError, KFaceError
+from kface_cli.workspace import RUN_CONFIG
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_SUFFIX = ".calibration.json"
 CALIBRATION_VERSION = 1
-from kface_cli.workspace import RUN_CONFIG
 
 
 def calibration_path(source: str | Path) -> Path:
@@ -42,7 +42,10 @@ def _read(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise InputError(f"cannot read calibration file {path}: {e}", hint="Delete it and run `kface evaluate --target-far ... --save-threshold` again.") from None
+        raise InputError(
+            f"cannot read calibration file {path}: {e}",
+            hint="Delete it and run `kface evaluate --target-far ... --save-threshold` again.",
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         raise InputError(f"{path} is not a kface calibration file", hint="Delete it and calibrate again.")
     return data
@@ -51,8 +54,10 @@ def _read(path: Path) -> dict:
 def _source_of(embedder: Any) -> Path:
     source = getattr(embedder, "source", None)
     if source is None:
-        raise KFaceError("this model has no file or run folder to store a threshold beside",
-                         hint="Evaluate a saved model (--model run/, backbone.pth or .onnx) to save a threshold.")
+        raise KFaceError(
+            "this model has no file or run folder to store a threshold beside",
+            hint="Evaluate a saved model (--model run/, backbone.pth or .onnx) to save a threshold.",
+        )
     return Path(source)
 
 

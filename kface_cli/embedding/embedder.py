@@ -22,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 
@@ -158,7 +159,10 @@ class Embedder:
                 hint="Align faces first with kface_cli.face.pipeline (faces_in_image or load_aligned).",
             )
         if faces.dtype != np.uint8:
-            raise InputError(f"embed() expects uint8 BGR images, got dtype {faces.dtype}", hint="Read images with kface_cli.face.imageio.read_image.")
+            raise InputError(
+                f"embed() expects uint8 BGR images, got dtype {faces.dtype}",
+                hint="Read images with kface_cli.face.imageio.read_image.",
+            )
         assert batch_size >= 1, "batch_size must be >= 1"
         n = faces.shape[0]
         out = np.empty((n, self.embedding_size), dtype=np.float32)
@@ -176,7 +180,9 @@ class Embedder:
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         emb = np.asarray(self._forward(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
-        assert emb.shape == (x.shape[0], self.embedding_size), f"model returned {emb.shape}, expected ({x.shape[0]}, {self.embedding_size})"
+        assert emb.shape == (x.shape[0], self.embedding_size), (
+            f"model returned {emb.shape}, expected ({x.shape[0]}, {self.embedding_size})"
+        )
         return emb
 
 
@@ -190,7 +196,7 @@ def _l2_normalise(v: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------
 
 
-def torch_forward(module: "torch.nn.Module", channels_last: bool = False) -> ForwardFn:
+def torch_forward(module: torch.nn.Module, channels_last: bool = False) -> ForwardFn:
     """A forward function that runs ``module`` in eval mode (restoring its mode afterwards).
 
     ``channels_last``: feed NHWC-strided input (for a module converted with
@@ -222,7 +228,7 @@ def torch_forward(module: "torch.nn.Module", channels_last: bool = False) -> For
     return forward
 
 
-def onnx_bytes_from_module(module: "torch.nn.Module", opset: int = DEFAULT_OPSET) -> bytes:
+def onnx_bytes_from_module(module: torch.nn.Module, opset: int = DEFAULT_OPSET) -> bytes:
     """Export a torch backbone to ONNX in memory (legacy exporter: one self-contained graph)."""
     import io
 
@@ -263,7 +269,7 @@ def default_cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "kface"
 
 
-def _cached_onnx_bytes(module: "torch.nn.Module", digest: str) -> bytes:
+def _cached_onnx_bytes(module: torch.nn.Module, digest: str) -> bytes:
     """ONNX bytes of ``module``, exported once per weights digest and cached on disk.
 
     Exporting takes 1-6 s (mbf-r50); the cache makes later loads of the same model instant.
@@ -285,7 +291,7 @@ def _cached_onnx_bytes(module: "torch.nn.Module", digest: str) -> bytes:
     return data
 
 
-def module_output_size(module: "torch.nn.Module") -> int:
+def module_output_size(module: torch.nn.Module) -> int:
     import torch
 
     was_training = module.training
@@ -299,7 +305,7 @@ def module_output_size(module: "torch.nn.Module") -> int:
 
 
 def embedder_from_module(
-    module: "torch.nn.Module",
+    module: torch.nn.Module,
     *,
     flip: bool = False,
     network: str = "in-memory",
@@ -326,13 +332,27 @@ def embedder_from_module(
     if use_onnx:
         data = _cached_onnx_bytes(module, digest) if cache_onnx else onnx_bytes_from_module(module)
         session = ort_session(data)
-        return Embedder(ort_forward(session), network=network, embedding_size=embedding_size, weights_digest=digest, flip=flip, backend="onnx", source=source)
+        return Embedder(
+            ort_forward(session),
+            network=network,
+            embedding_size=embedding_size,
+            weights_digest=digest,
+            flip=flip,
+            backend="onnx",
+            source=source,
+        )
     return Embedder(
-        torch_forward(module, channels_last), network=network, embedding_size=embedding_size, weights_digest=digest, flip=flip, backend="torch", source=source
+        torch_forward(module, channels_last),
+        network=network,
+        embedding_size=embedding_size,
+        weights_digest=digest,
+        flip=flip,
+        backend="torch",
+        source=source,
     )
 
 
-def _auto_onnx_for(module: "torch.nn.Module") -> bool:
+def _auto_onnx_for(module: torch.nn.Module) -> bool:
     try:
         device = next(module.parameters()).device
     except StopIteration:

@@ -60,7 +60,12 @@ class ExportResult:
             "fingerprint": self.fingerprint,
             "source": str(self.source),
             "size_bytes": self.size_bytes,
-            "check": {"faces": self.check_faces, "min_cosine": self.min_cosine, "max_abs_diff": self.max_abs_diff, "passed": True},
+            "check": {
+                "faces": self.check_faces,
+                "min_cosine": self.min_cosine,
+                "max_abs_diff": self.max_abs_diff,
+                "passed": True,
+            },
             "seconds": round(self.seconds, 3),
             "metadata": self.metadata,
         }
@@ -87,7 +92,7 @@ def synthetic_faces(n: int, seed: int = 0) -> np.ndarray:
         cx, cy = 56 + dx, 66 + dy
         oval = ((xx - cx) / rng.uniform(36, 42)) ** 2 + ((yy - cy) / rng.uniform(48, 54)) ** 2 <= 1
         light = 1 + (xx - cx) / 112.0 * rng.uniform(-0.8, 0.8)
-        img[oval] = (skin[None, :] * light[oval][:, None])
+        img[oval] = skin[None, :] * light[oval][:, None]
         pts = ARCFACE_TEMPLATE + np.array([dx, dy]) + rng.normal(0, 1.0, (5, 2))
         dark = tuple(float(v) for v in rng.uniform(10, 60, 3))
         for ex, ey in pts[:2]:
@@ -96,7 +101,13 @@ def synthetic_faces(n: int, seed: int = 0) -> np.ndarray:
             cv2.line(img, (round(ex - 9), round(ey - 9)), (round(ex + 9), round(ey - 10)), dark, 2)
         nx, ny = pts[2]
         cv2.line(img, (round(nx), round(ny - 14)), (round(nx - 2), round(ny)), tuple(float(v) for v in skin * 0.7), 2)
-        cv2.line(img, (round(pts[3][0]), round(pts[3][1])), (round(pts[4][0]), round(pts[4][1])), (60.0, 50.0, float(rng.uniform(120, 200))), 3)
+        cv2.line(
+            img,
+            (round(pts[3][0]), round(pts[3][1])),
+            (round(pts[4][0]), round(pts[4][1])),
+            (60.0, 50.0, float(rng.uniform(120, 200))),
+            3,
+        )
         img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5))
         img += rng.normal(0, rng.uniform(2, 8), img.shape)
         out[i] = np.clip(img, 0, 255).astype(np.uint8)
@@ -117,7 +128,9 @@ def _real_faces(workdir: Path | None, limit: int) -> np.ndarray | None:
     return np.stack([load_aligned(p) for p in paths])
 
 
-def export_metadata(network: str, embedding_size: int, fingerprint: str, weights_digest: str, source: Path, opset: int | None) -> dict[str, str]:
+def export_metadata(
+    network: str, embedding_size: int, fingerprint: str, weights_digest: str, source: Path, opset: int | None
+) -> dict[str, str]:
     """The key/value metadata stored inside an exported model."""
     from kface_cli import __version__
     from kface_cli.embedding.embedder import META_WEIGHTS_DIGEST, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
@@ -167,28 +180,37 @@ def export_model(
     """
     import torch
 
-    from kface_cli.embedding import embedder, loading
     from kface_cli.atomic import atomic_path
+    from kface_cli.embedding import embedder, loading
 
     if fmt not in EXPORT_FORMATS:
         raise KFaceError(f"unknown export format {fmt!r}", hint=f"Use one of: {', '.join(EXPORT_FORMATS)}.")
     if not 11 <= int(opset) <= 21:
-        raise KFaceError(f"ONNX opset {opset} is out of range", hint="Use an opset between 11 and 21 (17 is the default).")
+        raise KFaceError(
+            f"ONNX opset {opset} is out of range", hint="Use an opset between 11 and 21 (17 is the default)."
+        )
     t0 = time.perf_counter()
     out = Path(out).expanduser().resolve()
     if out.is_dir():
         raise KFaceError(f"--out must be a file, got a folder: {out}", hint="Pass e.g. --out model.onnx.")
     expected_suffix = ".onnx" if fmt == "onnx" else ".pt"
     if out.suffix.lower() != expected_suffix:
-        raise KFaceError(f"{fmt} models are written as {expected_suffix} files, got {out.name}", hint=f"Use --out {out.with_suffix(expected_suffix).name}.")
+        raise KFaceError(
+            f"{fmt} models are written as {expected_suffix} files, got {out.name}",
+            hint=f"Use --out {out.with_suffix(expected_suffix).name}.",
+        )
     source = loading.resolve_model_path(model, workdir)
     if source.is_file() and source.suffix.lower() == ".onnx":
-        raise KFaceError(f"{source.name} is already an ONNX model", hint="Export from a run folder, checkpoint.pt or backbone.pth.")
+        raise KFaceError(
+            f"{source.name} is already an ONNX model", hint="Export from a run folder, checkpoint.pt or backbone.pth."
+        )
     weights = loading.load_torch_weights(source)
     module, name, size = loading.build_backbone(weights, network)
     module = module.float().eval()
     reference = embedder.embedder_from_module(module, network=name, backend="torch", source=source, embedding_size=size)
-    meta = export_metadata(name, size, reference.fingerprint, reference.weights_digest, source, opset if fmt == "onnx" else None)
+    meta = export_metadata(
+        name, size, reference.fingerprint, reference.weights_digest, source, opset if fmt == "onnx" else None
+    )
 
     faces = synthetic_faces(CHECK_FACES)
     real = _real_faces(workdir, CHECK_FACES)
@@ -214,7 +236,10 @@ def export_model(
                 hint="Nothing was written. Try another --opset, or --format torchscript, and report the network and versions.",
             )
         if exported.fingerprint != reference.fingerprint:
-            raise KFaceError("export self-check failed: the exported model's fingerprint differs from the run's", hint="Nothing was written.")
+            raise KFaceError(
+                "export self-check failed: the exported model's fingerprint differs from the run's",
+                hint="Nothing was written.",
+            )
     return ExportResult(
         path=out,
         format=fmt,

@@ -54,15 +54,26 @@ def _load_onnx(path: Path, flip: bool) -> Embedder:
     try:
         proto = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError, OSError...
-        raise InputError(f"cannot read ONNX model {path}: {e}", hint="Check that the file is a complete .onnx model (re-export or re-download it).") from None
+        raise InputError(
+            f"cannot read ONNX model {path}: {e}",
+            hint="Check that the file is a complete .onnx model (re-export or re-download it).",
+        ) from None
     metadata = {p.key: p.value for p in proto.metadata_props}
     inputs = [i for i in proto.graph.input if i.name not in {init.name for init in proto.graph.initializer}]
     if len(inputs) != 1:
-        raise ModelMismatchError(f"{path.name} has {len(inputs)} inputs; a face embedding model has one ([N, 3, 112, 112])", path=path)
-    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
-    if len(dims) != 4 or dims[1] not in (3, None) or dims[2] not in (INPUT_SIZE, None) or dims[3] not in (INPUT_SIZE, None):
         raise ModelMismatchError(
-            f"{path.name} takes input of shape {dims}; kface needs [N, 3, {INPUT_SIZE}, {INPUT_SIZE}] (ArcFace-aligned faces)", path=path
+            f"{path.name} has {len(inputs)} inputs; a face embedding model has one ([N, 3, 112, 112])", path=path
+        )
+    dims = [d.dim_value if d.HasField("dim_value") else None for d in inputs[0].type.tensor_type.shape.dim]
+    if (
+        len(dims) != 4
+        or dims[1] not in (3, None)
+        or dims[2] not in (INPUT_SIZE, None)
+        or dims[3] not in (INPUT_SIZE, None)
+    ):
+        raise ModelMismatchError(
+            f"{path.name} takes input of shape {dims}; kface needs [N, 3, {INPUT_SIZE}, {INPUT_SIZE}] (ArcFace-aligned faces)",
+            path=path,
         )
     digest = onnx_digest(proto)
     model_bytes = proto.SerializeToString()
@@ -72,13 +83,22 @@ def _load_onnx(path: Path, flip: bool) -> Embedder:
     except Exception as e:
         raise InputError(f"ONNX Runtime cannot load {path}: {e}", hint="Export it again with `kface export`.") from None
     out_shape = session.get_outputs()[0].shape
-    size = metadata.get("kface.embedding_size") or (out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None)
+    size = metadata.get("kface.embedding_size") or (
+        out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
+    )
     if size is None:
         forward = ort_forward(session)
         size = forward(np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)).shape[-1]
     network = metadata.get("kface.network") or "onnx"
     return Embedder(
-        ort_forward(session), network=network, embedding_size=int(size), weights_digest=digest, flip=flip, backend="onnx", source=path, metadata=metadata
+        ort_forward(session),
+        network=network,
+        embedding_size=int(size),
+        weights_digest=digest,
+        flip=flip,
+        backend="onnx",
+        source=path,
+        metadata=metadata,
     )
 
 
@@ -139,7 +159,10 @@ def _read_run_config(folder: Path) -> dict[str, Any]:
     try:
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(f"cannot parse {cfg_path}: {e}", hint="The run's config.json is damaged; pass --network with the backbone.pth instead.") from None
+        raise InputError(
+            f"cannot parse {cfg_path}: {e}",
+            hint="The run's config.json is damaged; pass --network with the backbone.pth instead.",
+        ) from None
     return cfg if isinstance(cfg, dict) else {}
 
 
@@ -228,7 +251,7 @@ def _embedding_size_or_none(state_dict: dict[str, Any]) -> int | None:
         return None
 
 
-def build_backbone(weights: TorchWeights, network: str | None = None) -> tuple["torch.nn.Module", str, int]:
+def build_backbone(weights: TorchWeights, network: str | None = None) -> tuple[torch.nn.Module, str, int]:
     """Instantiate the backbone for ``weights`` and load them strictly. Returns (module, network, D)."""
     from kface_cli.models import registry
 
@@ -268,7 +291,11 @@ def build_backbone(weights: TorchWeights, network: str | None = None) -> tuple["
 def _compare_keys(expected: dict[str, Any], given: dict[str, Any]) -> tuple[list[str], list[str], list[str]]:
     missing = [k for k in expected if k not in given]
     unexpected = [k for k in given if k not in expected]
-    bad = [f"{k}: model {tuple(expected[k].shape)} vs file {tuple(given[k].shape)}" for k in expected if k in given and tuple(expected[k].shape) != tuple(given[k].shape)]
+    bad = [
+        f"{k}: model {tuple(expected[k].shape)} vs file {tuple(given[k].shape)}"
+        for k in expected
+        if k in given and tuple(expected[k].shape) != tuple(given[k].shape)
+    ]
     return missing, unexpected, bad
 
 
@@ -281,7 +308,14 @@ def _load_torchscript(path: Path, flip: bool) -> Embedder:
     digest = meta.get(META_WEIGHTS_DIGEST) or state_dict_digest(module.state_dict())
     size = int(meta.get("kface.embedding_size") or module_output_size(module))
     return Embedder(
-        torch_forward(module), network=meta.get("kface.network", "torchscript"), embedding_size=size, weights_digest=digest, flip=flip, backend="torch", source=path, metadata=meta
+        torch_forward(module),
+        network=meta.get("kface.network", "torchscript"),
+        embedding_size=size,
+        weights_digest=digest,
+        flip=flip,
+        backend="torch",
+        source=path,
+        metadata=meta,
     )
 
 
@@ -310,7 +344,9 @@ def load_embedder(
     path = resolve_model_path(model, workdir)
     if path.is_file() and path.suffix.lower() == ".onnx":
         if backend == "torch":
-            raise KFaceError(f"{path.name} is an ONNX model; it runs on ONNX Runtime only", hint="Use backend 'onnx' or 'auto'.")
+            raise KFaceError(
+                f"{path.name} is an ONNX model; it runs on ONNX Runtime only", hint="Use backend 'onnx' or 'auto'."
+            )
         return _load_onnx(path, flip)
     if path.is_file() and _is_torchscript(path):
         return _load_torchscript(path, flip)
@@ -324,5 +360,12 @@ def load_embedder(
     if channels_last:
         module = module.to(memory_format=torch.channels_last)
     return embedder_from_module(
-        module, flip=flip, network=name, backend=backend, source=path, embedding_size=size, cache_onnx=True, channels_last=channels_last
+        module,
+        flip=flip,
+        network=name,
+        backend=backend,
+        source=path,
+        embedding_size=size,
+        cache_onnx=True,
+        channels_last=channels_last,
     )

@@ -21,15 +21,21 @@ at the threshold chosen on *all* pairs: the one you would deploy; comparable acr
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from kface_cli.evaluate import metrics as M
 
 #: Factors of the breakdown, in display order: (codes key, label).
-FACTORS: tuple[tuple[str, str], ...] = (("light", "light"), ("expr", "expression"), ("cam", "camera"), ("acc", "accessory"))
+FACTORS: tuple[tuple[str, str], ...] = (
+    ("light", "light"),
+    ("expr", "expression"),
+    ("cam", "camera"),
+    ("acc", "accessory"),
+)
 
 
 def codes_of(path: str | Path, given: dict | None = None) -> dict[str, str]:
@@ -37,8 +43,8 @@ def codes_of(path: str | Path, given: dict | None = None) -> dict[str, str]:
     the file name (``<ID>_<S>_<L>_<E>_<C>.jpg``) or the raw layout (``<ID>/S001/L1/E01/C7.jpg``)."""
     if given and any(k in given for k, _ in FACTORS):
         return dict(given)
-    from kface_cli.errors import KFaceError
     from kface_cli.dataset.codes import parse_face_filename
+    from kface_cli.errors import KFaceError
 
     path = Path(path)
     try:
@@ -130,8 +136,12 @@ def identification_breakdown(probe_codes: Sequence[dict], probe_ranks: Sequence[
         for v in values:
             r = ranks[(vals == v) & (ranks > 0)]
             if r.size:
-                rows[v] = {"n_probes": int(r.size), "rank1": float(np.mean(r <= 1)), "rank5": float(np.mean(r <= 5)),
-                           "description": describe_code(key, v)}
+                rows[v] = {
+                    "n_probes": int(r.size),
+                    "rank1": float(np.mean(r <= 1)),
+                    "rank5": float(np.mean(r <= 5)),
+                    "description": describe_code(key, v),
+                }
         if rows:
             out[key] = rows
     return out

@@ -88,13 +88,26 @@ class Evaluation:
 
 def protocol_of(options: EvaluateOptions) -> Protocol | None:
     """The pair protocol chosen by the options (None: identification folders only)."""
-    chosen = [p for p, v in ((Protocol.PAIRS, options.pairs), (Protocol.LFW, options.lfw_pairs), (Protocol.BIN, options.bin_file)) if v is not None]
+    chosen = [
+        p
+        for p, v in (
+            (Protocol.PAIRS, options.pairs),
+            (Protocol.LFW, options.lfw_pairs),
+            (Protocol.BIN, options.bin_file),
+        )
+        if v is not None
+    ]
     if len(chosen) > 1:
-        raise InputError(f"choose one pair source, got {', '.join(p.value for p in chosen)}", hint="Pass only one of --pairs, --lfw-pairs, --bin.")
+        raise InputError(
+            f"choose one pair source, got {', '.join(p.value for p in chosen)}",
+            hint="Pass only one of --pairs, --lfw-pairs, --bin.",
+        )
     if (options.gallery_dir is None) != (options.probe_dir is None):
         raise InputError("identification needs both --gallery-dir and --probe-dir")
     if options.lfw_pairs is not None and options.root is None:
-        raise InputError("--lfw-pairs needs --root, the folder holding <name>/<name>_0001.jpg", hint="Pass --root path/to/lfw.")
+        raise InputError(
+            "--lfw-pairs needs --root, the folder holding <name>/<name>_0001.jpg", hint="Pass --root path/to/lfw."
+        )
     if chosen:
         return chosen[0]
     if options.gallery_dir is not None:
@@ -110,7 +123,9 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
     protocol_of(options)  # validate before the (slow) model load
     ws = Workspace.resolve(options.workdir)
     flip = resolve_flip(options)
-    embedder = load_embedder(options.model, workdir=ws.root, network=options.network, flip=flip, backend=options.backend)  # type: ignore[arg-type]
+    embedder = load_embedder(
+        options.model, workdir=ws.root, network=options.network, flip=flip, backend=options.backend
+    )  # type: ignore[arg-type]
     return evaluate_embedder(embedder, options)
 
 
@@ -121,8 +136,10 @@ def resolve_flip(options: EvaluateOptions) -> bool:
     if options.flip is None:
         return not options.save_threshold
     if options.flip and options.save_threshold:
-        warn("--flip with --save-threshold: the threshold is stored for flip-sum embeddings; `kface identify` embeds "
-             "without flip and will not use it (drop --flip to calibrate for identify)")
+        warn(
+            "--flip with --save-threshold: the threshold is stored for flip-sum embeddings; `kface identify` embeds "
+            "without flip and will not use it (drop --flip to calibrate for identify)"
+        )
     return options.flip
 
 
@@ -166,7 +183,9 @@ def _load_pairs(options: EvaluateOptions, protocol: Protocol, ws: Any):
 
         root = Path(options.root)  # type: ignore[arg-type]
         if not root.is_dir():
-            raise InputError(f"LFW image root not found: {root}", hint="Pass --root, the folder holding <name>/<name>_0001.jpg.")
+            raise InputError(
+                f"LFW image root not found: {root}", hint="Pass --root, the folder holding <name>/<name>_0001.jpg."
+            )
         return read_lfw_pairs(options.lfw_pairs, root).pairs, str(options.lfw_pairs)  # type: ignore[arg-type]
     from kface_cli.formats.binset import read_bin
 
@@ -189,7 +208,9 @@ def _verify(embedder: Any, options: EvaluateOptions, protocol: Protocol, ws: Any
     per_condition: dict = {}
     if not isinstance(source, PairFaces):
         c1, c2 = C.pair_codes(source)
-        per_condition = C.verification_breakdown(res.dist, res.issame, c1, c2, threshold=ver["threshold"], fars=options.fars)
+        per_condition = C.verification_breakdown(
+            res.dist, res.issame, c1, c2, threshold=ver["threshold"], fars=options.fars
+        )
     t_metrics = time.perf_counter() - t1
     ver.update(
         pairs_source=description,
@@ -234,14 +255,37 @@ def val_identification_split(val_dir: Path) -> tuple[list[tuple[str, Path]], lis
     return gallery, probes
 
 
-def _identify(embedder: Any, gallery: list[tuple[str, Path]], probes: list[tuple[str, Path]], options: EvaluateOptions, cache: dict, loader: Any) -> dict:
+def _identify(
+    embedder: Any,
+    gallery: list[tuple[str, Path]],
+    probes: list[tuple[str, Path]],
+    options: EvaluateOptions,
+    cache: dict,
+    loader: Any,
+) -> dict:
     from kface_cli.evaluate.protocols import embed_paths
 
     if not probes:
-        raise InputError("no probe images to identify", hint="Each identity needs more than one image, or pass --probe-dir.")
+        raise InputError(
+            "no probe images to identify", hint="Each identity needs more than one image, or pass --probe-dir."
+        )
     t0 = time.perf_counter()
-    g_emb, g_ok = embed_paths(embedder, [p for _, p in gallery], loader=loader, cache=cache, batch_size=options.batch_size, description="Gallery faces")
-    p_emb, p_ok = embed_paths(embedder, [p for _, p in probes], loader=loader, cache=cache, batch_size=options.batch_size, description="Probe faces")
+    g_emb, g_ok = embed_paths(
+        embedder,
+        [p for _, p in gallery],
+        loader=loader,
+        cache=cache,
+        batch_size=options.batch_size,
+        description="Gallery faces",
+    )
+    p_emb, p_ok = embed_paths(
+        embedder,
+        [p for _, p in probes],
+        loader=loader,
+        cache=cache,
+        batch_size=options.batch_size,
+        description="Probe faces",
+    )
     t_embed = time.perf_counter() - t0
     if not g_ok.any():
         raise InputError("no face found in any gallery image")
@@ -249,7 +293,9 @@ def _identify(embedder: Any, gallery: list[tuple[str, Path]], probes: list[tuple
     kept = [(lab, p) for (lab, p), k in zip(probes, p_ok) if k]
     t1 = time.perf_counter()
     ident = M.identification_metrics(p_emb[p_ok], [lab for lab, _ in kept], g_emb[g_ok], g_labels, fpirs=options.fpirs)
-    ident["per_condition_identification"] = C.identification_breakdown([C.codes_of(p) for _, p in kept], ident["probe_ranks"])
+    ident["per_condition_identification"] = C.identification_breakdown(
+        [C.codes_of(p) for _, p in kept], ident["probe_ranks"]
+    )
     ident["n_gallery_images"] = int(g_ok.sum())
     ident["timing"] = {"embed_s": t_embed, "metrics_s": time.perf_counter() - t1}
     return ident
@@ -270,12 +316,17 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
 
     protocol = protocol_of(options)
     if options.target_far is not None and not 0 < options.target_far < 1:
-        raise InputError(f"--target-far must be between 0 and 1, got {options.target_far}", hint="e.g. --target-far 1e-3.")
+        raise InputError(
+            f"--target-far must be between 0 and 1, got {options.target_far}", hint="e.g. --target-far 1e-3."
+        )
     ws = Workspace.resolve(options.workdir)
     cache: dict[str, np.ndarray] = {}
     loader = FaceLoader(options.landmarks)
     describe = embedder.describe() if hasattr(embedder, "describe") else {"network": getattr(embedder, "network", None)}
-    summary: dict[str, Any] = {"model": describe, "protocol": protocol.value if protocol else Protocol.IDENTIFICATION.value}
+    summary: dict[str, Any] = {
+        "model": describe,
+        "protocol": protocol.value if protocol else Protocol.IDENTIFICATION.value,
+    }
     summary.update({k: None for k in SUMMARY_KEYS})
     dist = issame = None
 
@@ -301,7 +352,11 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
         summary["timing_identification"] = ident.pop("timing")
         probe_ranks = ident.pop("probe_ranks")
         summary.update({k: v for k, v in ident.items()})
-        summary["identification"] = {"gallery": str(options.gallery_dir or ws.val_dir), "probes": str(options.probe_dir or ws.val_dir), "n_probe_ranks": len(probe_ranks)}
+        summary["identification"] = {
+            "gallery": str(options.gallery_dir or ws.val_dir),
+            "probes": str(options.probe_dir or ws.val_dir),
+            "n_probe_ranks": len(probe_ranks),
+        }
     summary["per_condition"] = C.merge_breakdowns(ver_conditions, id_conditions) or None
     summary["condition_rule"] = (
         "verification: a pair counts under a condition when either image has it; identification: by the probe image"
@@ -320,10 +375,15 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
     return evaluation
 
 
-def _calibrate(embedder: Any, options: EvaluateOptions, dist: np.ndarray | None, issame: np.ndarray | None, summary: dict) -> dict:
+def _calibrate(
+    embedder: Any, options: EvaluateOptions, dist: np.ndarray | None, issame: np.ndarray | None, summary: dict
+) -> dict:
     """The threshold meeting ``--target-far`` (or the best-accuracy one), saved with the model on request."""
     if dist is None or issame is None:
-        raise InputError("threshold calibration needs verification pairs", hint="Evaluate on pairs (val split, --pairs, --lfw-pairs or --bin).")
+        raise InputError(
+            "threshold calibration needs verification pairs",
+            hint="Evaluate on pairs (val split, --pairs, --lfw-pairs or --bin).",
+        )
     if options.target_far is not None:
         n_neg = int((~issame).sum())
         reason = M.far_unsupported_reason(n_neg, options.target_far)
@@ -334,19 +394,39 @@ def _calibrate(embedder: Any, options: EvaluateOptions, dist: np.ndarray | None,
                 hint="Use a larger --target-far or more pairs (e.g. a larger val split).",
             )
         tar, threshold = res
-        cal = {"criterion": "target_far", "target_far": options.target_far, "threshold": threshold, "tar": tar,
-               "achieved_far": float(np.mean(dist[~issame] < threshold)), "n_diff": n_neg}
+        cal = {
+            "criterion": "target_far",
+            "target_far": options.target_far,
+            "threshold": threshold,
+            "tar": tar,
+            "achieved_far": float(np.mean(dist[~issame] < threshold)),
+            "n_diff": n_neg,
+        }
     else:
         threshold = summary["threshold"]
         if threshold is None:
-            raise KFaceError("no best-accuracy threshold to save (too few pairs)", hint="Pass --target-far or use more pairs.")
-        cal = {"criterion": "best_accuracy", "target_far": None, "threshold": threshold, "tar": None,
-               "achieved_far": float(np.mean(dist[~issame] < threshold)) if (~issame).any() else None}
+            raise KFaceError(
+                "no best-accuracy threshold to save (too few pairs)", hint="Pass --target-far or use more pairs."
+            )
+        cal = {
+            "criterion": "best_accuracy",
+            "target_far": None,
+            "threshold": threshold,
+            "tar": None,
+            "achieved_far": float(np.mean(dist[~issame] < threshold)) if (~issame).any() else None,
+        }
     if options.save_threshold:
         from kface_cli.embedding.calibration import save_threshold
 
-        path = save_threshold(embedder, cal["threshold"], cal["target_far"],
-                              criterion=cal["criterion"], tar=cal["tar"], achieved_far=cal["achieved_far"],
-                              pairs=summary.get("pairs_source"), n_pairs=summary.get("n_pairs"))
+        path = save_threshold(
+            embedder,
+            cal["threshold"],
+            cal["target_far"],
+            criterion=cal["criterion"],
+            tar=cal["tar"],
+            achieved_far=cal["achieved_far"],
+            pairs=summary.get("pairs_source"),
+            n_pairs=summary.get("n_pairs"),
+        )
         cal["saved_to"] = str(path)
     return cal

@@ -32,8 +32,8 @@ Everything is O(n log n) in the number of pairs: 1M pairs take well under a seco
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -65,10 +65,15 @@ def _check(dist: np.ndarray, issame: np.ndarray) -> tuple[np.ndarray, np.ndarray
     if issame.dtype != bool:
         issame = issame.astype(bool)
     if dist.shape != issame.shape:
-        raise InputError(f"{dist.size} distances but {issame.size} same/different labels", hint="Pass one label per pair.")
+        raise InputError(
+            f"{dist.size} distances but {issame.size} same/different labels", hint="Pass one label per pair."
+        )
     if dist.size and not np.isfinite(dist).all():
         bad = int((~np.isfinite(dist)).sum())
-        raise InputError(f"{bad} pair distance(s) are NaN or infinite", hint="The model produced invalid embeddings; check its weights.")
+        raise InputError(
+            f"{bad} pair distance(s) are NaN or infinite",
+            hint="The model produced invalid embeddings; check its weights.",
+        )
     return dist, issame
 
 
@@ -94,7 +99,9 @@ def kfold_bounds(n: int, nfolds: int) -> list[tuple[int, int]]:
     if nfolds < 1:
         raise InputError(f"nfolds must be >= 1, got {nfolds}")
     if nfolds > 1 and n < nfolds:
-        raise InputError(f"{nfolds}-fold accuracy needs at least {nfolds} pairs, got {n}", hint="Use more pairs or fewer folds.")
+        raise InputError(
+            f"{nfolds}-fold accuracy needs at least {nfolds} pairs, got {n}", hint="Use more pairs or fewer folds."
+        )
     sizes = np.full(nfolds, n // nfolds, dtype=np.int64)
     sizes[: n % nfolds] += 1
     ends = np.cumsum(sizes)
@@ -307,7 +314,9 @@ def verification_metrics(
     if dist.size >= max(nfolds, 1):
         out.update(ten_fold_accuracy(dist, issame, nfolds=nfolds))
     else:
-        out.update(accuracy=None, accuracy_std=None, threshold=None, best_accuracy=None, fold_accuracies=[], fold_thresholds=[])
+        out.update(
+            accuracy=None, accuracy_std=None, threshold=None, best_accuracy=None, fold_accuracies=[], fold_thresholds=[]
+        )
         out["accuracy_note"] = f"{nfolds}-fold accuracy needs at least {nfolds} pairs, have {dist.size}"
     if 0 < n_same < dist.size:
         out["auc"] = auc(dist, issame)
@@ -338,7 +347,9 @@ def identity_distances(
     probe_emb = np.asarray(probe_emb, dtype=np.float32)
     gallery_emb = np.asarray(gallery_emb, dtype=np.float32)
     gallery_labels = np.asarray(gallery_labels)
-    assert probe_emb.ndim == 2 and gallery_emb.ndim == 2 and probe_emb.shape[1] == gallery_emb.shape[1], "embeddings must be (N, D) with equal D"
+    assert probe_emb.ndim == 2 and gallery_emb.ndim == 2 and probe_emb.shape[1] == gallery_emb.shape[1], (
+        "embeddings must be (N, D) with equal D"
+    )
     ids, inv = np.unique(gallery_labels, return_inverse=True)
     order = np.argsort(inv, kind="stable")  # gallery columns grouped by identity
     g = gallery_emb[order]  # (G, D)
@@ -435,7 +446,9 @@ def identification_metrics(
         res = dir_at_fpir(known_best, ranks_known == 1, unknown_best, f)
         if res is None:
             reason = far_unsupported_reason(unknown_best.size, f) or "no known probes"
-            reason = reason.replace("different pairs", "unknown probes (identities not in the gallery)").replace("FAR", "FPIR")
+            reason = reason.replace("different pairs", "unknown probes (identities not in the gallery)").replace(
+                "FAR", "FPIR"
+            )
             out["dir_at_fpir"][far_key(f)] = {"fpir": f, "dir": None, "threshold": None, "reason": reason}
         else:
             out["dir_at_fpir"][far_key(f)] = {"fpir": f, "dir": res[0], "threshold": res[1]}

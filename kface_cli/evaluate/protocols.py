@@ -18,10 +18,11 @@ For training-time validation, prepare the faces once with :func:`prepare_pairs` 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,8 +51,12 @@ class PairFaces:
     failed: np.ndarray | None = None  # (U,) bool
 
     def __post_init__(self) -> None:
-        assert self.faces.ndim == 4 and self.faces.shape[1:] == (ALIGNED_SIZE, ALIGNED_SIZE, 3), f"faces must be (U,112,112,3), got {self.faces.shape}"
-        assert self.idx1.shape == self.idx2.shape == self.issame.shape, "idx1, idx2, issame must have one entry per pair"
+        assert self.faces.ndim == 4 and self.faces.shape[1:] == (ALIGNED_SIZE, ALIGNED_SIZE, 3), (
+            f"faces must be (U,112,112,3), got {self.faces.shape}"
+        )
+        assert self.idx1.shape == self.idx2.shape == self.issame.shape, (
+            "idx1, idx2, issame must have one entry per pair"
+        )
         if self.failed is None:
             self.failed = np.zeros(len(self.faces), dtype=bool)
 
@@ -95,7 +100,9 @@ def _pair_fields(p: Any) -> tuple[Path, Path, bool]:
     return Path(a), Path(b), bool(s)
 
 
-def prepare_pairs(pairs: Sequence[Any], *, loader: FaceLoader | None = None, description: str = "Loading faces") -> PairFaces:
+def prepare_pairs(
+    pairs: Sequence[Any], *, loader: FaceLoader | None = None, description: str = "Loading faces"
+) -> PairFaces:
     """Load each unique image of ``pairs`` once (``Pair`` objects or ``(path1, path2, same)`` tuples)."""
     from kface_cli.console import progress, warn
 
@@ -123,11 +130,15 @@ def prepare_pairs(pairs: Sequence[Any], *, loader: FaceLoader | None = None, des
                 faces[i] = face
             bar.advance()
     if failed.any():
-        warn(f"no face found in {int(failed.sum())} of {len(names)} images (e.g. {names[int(np.argmax(failed))]}); their pairs count as rejected")
+        warn(
+            f"no face found in {int(failed.sum())} of {len(names)} images (e.g. {names[int(np.argmax(failed))]}); their pairs count as rejected"
+        )
     return PairFaces(faces=faces, idx1=idx1, idx2=idx2, issame=issame, names=[str(n) for n in names], failed=failed)
 
 
-def embed_faces(embedder: Any, faces: np.ndarray, *, batch_size: int = 64, description: str = "Embedding") -> np.ndarray:
+def embed_faces(
+    embedder: Any, faces: np.ndarray, *, batch_size: int = 64, description: str = "Embedding"
+) -> np.ndarray:
     """Embed (U,112,112,3) BGR faces in chunks with a progress bar. Returns (U, D) float32, unit rows."""
     from kface_cli.console import progress
 
@@ -241,7 +252,13 @@ def list_identity_folder(folder: str | Path) -> list[tuple[str, Path]]:
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"folder not found: {folder}", hint="Pass a folder with one sub-folder per identity.")
-    items = [(d.name, f) for d in sorted(folder.iterdir()) if d.is_dir() for f in sorted(d.rglob("*")) if f.is_file() and is_image_file(f)]
+    items = [
+        (d.name, f)
+        for d in sorted(folder.iterdir())
+        if d.is_dir()
+        for f in sorted(d.rglob("*"))
+        if f.is_file() and is_image_file(f)
+    ]
     if not items:
         raise InputError(f"no images in {folder}", hint="Expected <folder>/<identity>/<image>.jpg.")
     return items

@@ -34,14 +34,20 @@ def write_report(evaluation: Any, folder: str | Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg", force=True)
-    if evaluation.dist is not None and evaluation.issame is not None and 0 < int(np.sum(evaluation.issame)) < evaluation.issame.size:
+    if (
+        evaluation.dist is not None
+        and evaluation.issame is not None
+        and 0 < int(np.sum(evaluation.issame)) < evaluation.issame.size
+    ):
         plot_roc(evaluation.dist, evaluation.issame, summary, folder / "roc.png")
         plot_distances(evaluation.dist, evaluation.issame, summary, folder / "distances.png")
         plots += ["roc.png", "distances.png"]
     if summary.get("cmc"):
         plot_cmc(summary["cmc"], folder / "cmc.png")
         plots.append("cmc.png")
-    if summary.get("per_condition") and any("accuracy_at_threshold" in r for rows in summary["per_condition"].values() for r in rows.values()):
+    if summary.get("per_condition") and any(
+        "accuracy_at_threshold" in r for rows in summary["per_condition"].values() for r in rows.values()
+    ):
         plot_conditions(summary["per_condition"], folder / "conditions.png", overall=summary.get("best_accuracy"))
         plots.append("conditions.png")
     summary["plots"] = plots
@@ -70,7 +76,13 @@ def plot_roc(dist: np.ndarray, issame: np.ndarray, summary: dict, path: Path) ->
     for key, item in (summary.get("tar_at_far") or {}).items():
         if item.get("tar") is not None:
             ax.plot([item["far"]], [item["tar"]], "o", ms=5)
-            ax.annotate(f"{item['tar']:.3f} @ {key}", (item["far"], item["tar"]), textcoords="offset points", xytext=(4, -12), fontsize=8)
+            ax.annotate(
+                f"{item['tar']:.3f} @ {key}",
+                (item["far"], item["tar"]),
+                textcoords="offset points",
+                xytext=(4, -12),
+                fontsize=8,
+            )
     ax.set_xscale("log")
     ax.set_xlim(max(1.0 / max(n_neg, 1), 1e-6), 1.0)
     ax.set_ylim(0, 1.01)
@@ -91,10 +103,14 @@ def plot_distances(dist: np.ndarray, issame: np.ndarray, summary: dict, path: Pa
     ax.hist(dist[issame], bins=bins, alpha=0.6, density=True, label=f"same person ({int(issame.sum())})")
     ax.hist(dist[~issame], bins=bins, alpha=0.6, density=True, label=f"different people ({int((~issame).sum())})")
     if summary.get("threshold") is not None:
-        ax.axvline(summary["threshold"], color="k", ls="--", label=f"best-accuracy threshold {summary['threshold']:.2f}")
+        ax.axvline(
+            summary["threshold"], color="k", ls="--", label=f"best-accuracy threshold {summary['threshold']:.2f}"
+        )
     cal = summary.get("calibration") or {}
     if cal.get("threshold") is not None and cal.get("target_far") is not None:
-        ax.axvline(cal["threshold"], color="r", ls=":", label=f"FAR {cal['target_far']:g} threshold {cal['threshold']:.3f}")
+        ax.axvline(
+            cal["threshold"], color="r", ls=":", label=f"FAR {cal['target_far']:g} threshold {cal['threshold']:.3f}"
+        )
     ax.set_xlabel("squared L2 distance (0 = identical, 4 = opposite)")
     ax.set_ylabel("density")
     ax.set_title("Pair distances")
@@ -151,10 +167,28 @@ def summary_rows(summary: dict) -> list[list[Any]]:
     """``[metric, value, note]`` rows for the main table."""
     rows: list[list[Any]] = []
     if summary.get("n_pairs") is not None:
-        rows.append(["pairs", f"{summary['n_pairs']} ({summary['n_same']} same, {summary['n_diff']} different)", summary.get("pairs_source", "")])
+        rows.append(
+            [
+                "pairs",
+                f"{summary['n_pairs']} ({summary['n_same']} same, {summary['n_diff']} different)",
+                summary.get("pairs_source", ""),
+            ]
+        )
         if summary.get("accuracy") is not None:
-            rows.append(["accuracy (10-fold)", f"{_pct(summary['accuracy'])} +- {_pct(summary['accuracy_std'])}", "insightface protocol"])
-            rows.append(["best threshold", f"{summary['threshold']:.2f}", f"squared L2; accuracy {_pct(summary['best_accuracy'])} on all pairs"])
+            rows.append(
+                [
+                    "accuracy (10-fold)",
+                    f"{_pct(summary['accuracy'])} +- {_pct(summary['accuracy_std'])}",
+                    "insightface protocol",
+                ]
+            )
+            rows.append(
+                [
+                    "best threshold",
+                    f"{summary['threshold']:.2f}",
+                    f"squared L2; accuracy {_pct(summary['best_accuracy'])} on all pairs",
+                ]
+            )
         elif summary.get("accuracy_note"):
             rows.append(["accuracy (10-fold)", "-", summary["accuracy_note"]])
         if summary.get("auc") is not None:
@@ -168,7 +202,13 @@ def summary_rows(summary: dict) -> list[list[Any]]:
         if summary.get("n_failed_images"):
             rows.append(["images without a face", str(summary["n_failed_images"]), "their pairs count as rejected"])
     if summary.get("rank1") is not None:
-        rows.append(["probes", f"{summary['n_probes']} ({summary['n_known']} known, {summary['n_unknown']} unknown)", f"{summary['n_identities']} enrolled identities"])
+        rows.append(
+            [
+                "probes",
+                f"{summary['n_probes']} ({summary['n_known']} known, {summary['n_unknown']} unknown)",
+                f"{summary['n_identities']} enrolled identities",
+            ]
+        )
         rows.append(["rank-1 (closed set)", _pct(summary["rank1"]), ""])
         rows.append(["rank-5 (closed set)", _pct(summary.get("rank5")), ""])
         for key, item in (summary.get("dir_at_fpir") or {}).items():
@@ -200,13 +240,22 @@ def condition_table(per_condition: dict | None) -> tuple[str, list[str], list[li
     rows_in = [(label, code, r) for key, label in FACTORS for code, r in ((per_condition or {}).get(key) or {}).items()]
     has_ver = any("n_pairs" in r for _, _, r in rows_in)
     has_id = any("n_probes" in r for _, _, r in rows_in)
-    columns = ["condition", "description"] + (VERIFICATION_CONDITION_COLUMNS if has_ver else []) + (IDENTIFICATION_CONDITION_COLUMNS if has_id else [])
+    columns = (
+        ["condition", "description"]
+        + (VERIFICATION_CONDITION_COLUMNS if has_ver else [])
+        + (IDENTIFICATION_CONDITION_COLUMNS if has_id else [])
+    )
     rows: list[list[Any]] = []
     for label, code, r in rows_in:
         row: list[Any] = [f"{label} {code}", r.get("description", "")]
         if has_ver:
-            row += [r.get("n_pairs", "-"), _pct(r.get("accuracy_at_threshold")), _pct(r.get("accuracy")),
-                    None if r.get("auc") is None else f"{r['auc']:.4f}", _pct(r.get("eer"))]
+            row += [
+                r.get("n_pairs", "-"),
+                _pct(r.get("accuracy_at_threshold")),
+                _pct(r.get("accuracy")),
+                None if r.get("auc") is None else f"{r['auc']:.4f}",
+                _pct(r.get("eer")),
+            ]
         if has_id:
             row += [r.get("n_probes", "-"), _pct(r.get("rank1")), _pct(r.get("rank5"))]
         rows.append(row)

@@ -29,9 +29,10 @@ import functools
 import os
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Literal, Protocol, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 
@@ -146,7 +147,9 @@ def _import_mediapipe() -> Any:
             warnings.simplefilter("ignore")
             from mediapipe.python.solutions import face_detection, face_mesh
     except ImportError as e:  # pragma: no cover - mediapipe is a dependency
-        raise KFaceError(f"mediapipe is not available: {e}", hint="Install it with `pip install 'mediapipe<=0.10.21'`.") from None
+        raise KFaceError(
+            f"mediapipe is not available: {e}", hint="Install it with `pip install 'mediapipe<=0.10.21'`."
+        ) from None
     try:
         from absl import logging as absl_logging
 
@@ -169,7 +172,9 @@ def _face_detection(min_confidence: float) -> Any:
 def _face_mesh() -> Any:
     _, face_mesh = _import_mediapipe()
     with _quiet_native_stderr():
-        mesh = face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3)
+        mesh = face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
+        )
         mesh.process(np.zeros((64, 64, 3), np.uint8))
     return mesh
 
@@ -288,7 +293,11 @@ class MediaPipeDetector:
         image = _check_image(image_bgr)
         h, w = image.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
-        work = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA) if scale < 1 else image
+        work = (
+            cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+            if scale < 1
+            else image
+        )
         rgb = cv2.cvtColor(work, cv2.COLOR_BGR2RGB)
         min_face = self.min_face_for(w, h)
         cands = _nms(self._candidates(rgb, min_face * scale))
@@ -304,7 +313,10 @@ class MediaPipeDetector:
             if points is None:
                 if self.refine and score < _UNCONFIRMED_MIN_SCORE:
                     continue  # unconfirmed and not confident: most likely a face-like texture
-                points, source = np.concatenate([kps[[0, 1, 2]], _estimate_mouth_corners(kps)]).astype(np.float32), "detector"
+                points, source = (
+                    np.concatenate([kps[[0, 1, 2]], _estimate_mouth_corners(kps)]).astype(np.float32),
+                    "detector",
+                )
             faces.append(DetectedFace(box=box, score=float(score), points5=points.astype(np.float32), landmarks=source))  # type: ignore[arg-type]
         faces.sort(key=lambda f: -f.box[2] * f.box[3])
         return faces
@@ -333,7 +345,9 @@ class MediaPipeDetector:
                 break
         return cands
 
-    def _run_detector(self, detector: Any, crop: np.ndarray, x0: int, y0: int, full: tuple[int, int]) -> list[tuple[Box, float, np.ndarray]]:
+    def _run_detector(
+        self, detector: Any, crop: np.ndarray, x0: int, y0: int, full: tuple[int, int]
+    ) -> list[tuple[Box, float, np.ndarray]]:
         import cv2
 
         ch, cw = crop.shape[:2]
@@ -351,10 +365,17 @@ class MediaPipeDetector:
             bx, by, bw, bh = rb.xmin * cw, rb.ymin * ch, rb.width * cw, rb.height * ch
             # a face cut by the tile's edge is found whole in an overlapping tile
             margin = 2.0
-            touches = (bx < -margin and x0 > 0) or (by < -margin and y0 > 0) or (bx + bw > cw + margin and x0 + cw < fw) or (by + bh > ch + margin and y0 + ch < fh)
+            touches = (
+                (bx < -margin and x0 > 0)
+                or (by < -margin and y0 > 0)
+                or (bx + bw > cw + margin and x0 + cw < fw)
+                or (by + bh > ch + margin and y0 + ch < fh)
+            )
             if touches or bw <= 0 or bh <= 0:
                 continue
-            kps = np.array([[k.x * cw + x0, k.y * ch + y0] for k in d.location_data.relative_keypoints], dtype=np.float64)
+            kps = np.array(
+                [[k.x * cw + x0, k.y * ch + y0] for k in d.location_data.relative_keypoints], dtype=np.float64
+            )
             out.append(((bx + x0, by + y0, bw, bh), score, kps))
         return out
 
@@ -368,7 +389,9 @@ class MediaPipeDetector:
         k = _MESH_CROP_SIDE / (2 * half)
         # crop + resize in one warp (pads with black outside the image)
         m = np.array([[k, 0, -x0 * k], [0, k, -y0 * k]], dtype=np.float64)
-        crop = cv2.warpAffine(image, m, (_MESH_CROP_SIDE, _MESH_CROP_SIDE), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
+        crop = cv2.warpAffine(
+            image, m, (_MESH_CROP_SIDE, _MESH_CROP_SIDE), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
+        )
         result = _process(_face_mesh(), cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
         if not result.multi_face_landmarks:
             return None
@@ -377,7 +400,10 @@ class MediaPipeDetector:
         pts = pts / k + np.array([x0, y0])
         # the mesh must describe this face, not a neighbour inside the crop
         ex = (pts[0] + pts[1]) / 2
-        if not (box[0] - 0.25 * box[2] <= ex[0] <= box[0] + 1.25 * box[2] and box[1] - 0.25 * box[3] <= ex[1] <= box[1] + 1.25 * box[3]):
+        if not (
+            box[0] - 0.25 * box[2] <= ex[0] <= box[0] + 1.25 * box[2]
+            and box[1] - 0.25 * box[3] <= ex[1] <= box[1] + 1.25 * box[3]
+        ):
             return None
         return pts.astype(np.float32)
 

@@ -13,7 +13,6 @@ pixel size its header claims (JPEG SOF, PNG IHDR, BMP, WebP, TIFF) is checked ag
 from __future__ import annotations
 
 import functools
-
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +45,10 @@ def decode_image(data: bytes, source: str | Path = "<bytes>") -> np.ndarray:
     if buf.size == 0:
         raise UnreadableImageError(f"empty image file: {source}", hint="Check the file; it holds no data.")
     if buf.size > MAX_IMAGE_BYTES:
-        raise UnreadableImageError(f"image file too large: {source} ({buf.size} bytes)", hint=f"kface reads images up to {MAX_IMAGE_BYTES // 2**20} MiB.")
+        raise UnreadableImageError(
+            f"image file too large: {source} ({buf.size} bytes)",
+            hint=f"kface reads images up to {MAX_IMAGE_BYTES // 2**20} MiB.",
+        )
     size = image_size(data)
     if size is None:
         raise UnreadableImageError(f"cannot read image {source}", hint=_NOT_VALID)
@@ -128,7 +130,8 @@ def _check_pixels(size: tuple[int, int], source) -> None:
         raise UnreadableImageError(f"cannot read image {source}: its header claims {w}x{h} pixels", hint=_NOT_VALID)
     if w * h > MAX_IMAGE_PIXELS:
         raise UnreadableImageError(
-            f"image too large: {source} claims {w}x{h} pixels", hint=f"kface decodes images up to {MAX_IMAGE_PIXELS // 1_000_000} megapixels; resize it."
+            f"image too large: {source} claims {w}x{h} pixels",
+            hint=f"kface decodes images up to {MAX_IMAGE_PIXELS // 1_000_000} megapixels; resize it.",
         )
 
 
@@ -159,7 +162,9 @@ def image_size(data: bytes) -> tuple[int, int] | None:
             hsize = int.from_bytes(data[14:18], "little")
             if hsize == 12:
                 return int.from_bytes(data[18:20], "little"), int.from_bytes(data[20:22], "little")
-            return abs(int.from_bytes(data[18:22], "little", signed=True)), abs(int.from_bytes(data[22:26], "little", signed=True))
+            return abs(int.from_bytes(data[18:22], "little", signed=True)), abs(
+                int.from_bytes(data[22:26], "little", signed=True)
+            )
         if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
             return _webp_size(data)
         if data[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):

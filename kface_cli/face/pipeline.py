@@ -25,7 +25,9 @@ from kface_cli.face.imageio import read_image
 ALIGNED_CROP_SIDES = (112, 224)
 
 
-def faces_in_image(path_or_image: str | Path | np.ndarray, detector: Detector, size: int = TEMPLATE_SIZE) -> list[tuple[DetectedFace, np.ndarray]]:
+def faces_in_image(
+    path_or_image: str | Path | np.ndarray, detector: Detector, size: int = TEMPLATE_SIZE
+) -> list[tuple[DetectedFace, np.ndarray]]:
     """Detect the faces of a photo and align each one: ``[(DetectedFace, (size, size, 3) BGR uint8)]``.
 
     ``path_or_image``: a file path (read with EXIF orientation, grey/RGBA/16-bit converted; the

@@ -29,7 +29,9 @@ class UnsafePickleError(InputError):
 def _latin1_encode(text: object, encoding: object = "latin1") -> bytes:
     """Stand-in for ``_codecs.encode`` as used by protocol-2 pickles of ``bytes``."""
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise UnsafePickleError("pickle calls _codecs.encode with unexpected arguments", hint="Only insightface .bin files are accepted.")
+        raise UnsafePickleError(
+            "pickle calls _codecs.encode with unexpected arguments", hint="Only insightface .bin files are accepted."
+        )
     return text.encode("latin1")
 
 
@@ -50,10 +52,14 @@ def safe_load_bin_pickle(data: bytes, source: str | Path = "<bytes>") -> tuple[l
     except UnsafePickleError as e:
         raise UnsafePickleError(e.message, hint=e.hint, path=source) from None
     except Exception as e:  # corrupt / truncated pickles raise many different types
-        raise InputError(f"cannot read {source} as a verification .bin: {type(e).__name__}: {e}",
-                         hint="Expected an insightface .bin (pickle of (images, issame_list)).") from None
+        raise InputError(
+            f"cannot read {source} as a verification .bin: {type(e).__name__}: {e}",
+            hint="Expected an insightface .bin (pickle of (images, issame_list)).",
+        ) from None
     if not (isinstance(obj, (tuple, list)) and len(obj) == 2):
-        raise InputError(f"{source} is not a (images, issame_list) pair", hint="Expected an insightface verification .bin.")
+        raise InputError(
+            f"{source} is not a (images, issame_list) pair", hint="Expected an insightface verification .bin."
+        )
     bins, issame = obj
     if not isinstance(bins, list) or not all(isinstance(b, (bytes, bytearray)) for b in bins):
         raise InputError(f"{source}: the first element must be a list of encoded images (bytes)")
@@ -72,7 +78,9 @@ def read_bin(path: str | Path, *, size: int = 112):
 
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"verification .bin not found: {path}", hint="Pass --bin lfw.bin (insightface's faces_emore/*.bin).")
+        raise InputError(
+            f"verification .bin not found: {path}", hint="Pass --bin lfw.bin (insightface's faces_emore/*.bin)."
+        )
     bins, issame = safe_load_bin_pickle(path.read_bytes(), path)
     if not issame:
         raise InputError(f"{path} holds no pairs")
@@ -98,4 +106,6 @@ def write_bin(path: str | Path, images: list[bytes], issame: list[bool]) -> None
 
     if len(images) != 2 * len(issame):
         raise InputError(f"{len(images)} images for {len(issame)} pairs; need exactly 2 per pair")
-    write_bytes(path, pickle.dumps(([bytes(b) for b in images], [bool(s) for s in issame]), protocol=pickle.HIGHEST_PROTOCOL))
+    write_bytes(
+        path, pickle.dumps(([bytes(b) for b in images], [bool(s) for s in issame]), protocol=pickle.HIGHEST_PROTOCOL)
+    )

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from kface_cli.formats.pairs import Pair
 from kface_cli.errors import InputError
+from kface_cli.formats.pairs import Pair
 
 #: How LFW names its images: ``<root>/<name>/<name>_<n:04d><ext>``.
 LFW_IMAGE_PATTERN = "{name}/{name}_{num:04d}{ext}"
@@ -36,7 +36,9 @@ def _int(token: str, path: Path, lineno: int) -> int:
     try:
         return int(token)
     except ValueError:
-        raise InputError(f"{path}:{lineno}: expected an image number, got {token!r}", hint="Is this an LFW pairs.txt?") from None
+        raise InputError(
+            f"{path}:{lineno}: expected an image number, got {token!r}", hint="Is this an LFW pairs.txt?"
+        ) from None
 
 
 def read_lfw_pairs(path: str | Path, root: str | Path, *, ext: str = ".jpg") -> LfwPairs:
@@ -47,8 +49,12 @@ def read_lfw_pairs(path: str | Path, root: str | Path, *, ext: str = ".jpg") -> 
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"LFW pairs file not found: {path}", hint="Pass --lfw-pairs pairs.txt and --root <folder of LFW images>.")
-    lines = [(i, ln.split()) for i, ln in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1)]
+        raise InputError(
+            f"LFW pairs file not found: {path}", hint="Pass --lfw-pairs pairs.txt and --root <folder of LFW images>."
+        )
+    lines = [
+        (i, ln.split()) for i, ln in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1)
+    ]
     lines = [(i, t) for i, t in lines if t]
     if not lines:
         raise InputError(f"{path} is empty", hint="Expected an LFW pairs.txt.")
@@ -61,21 +67,42 @@ def read_lfw_pairs(path: str | Path, root: str | Path, *, ext: str = ".jpg") -> 
     for lineno, t in lines:
         if len(t) == 3:
             name, a, b = t
-            pairs.append(Pair(lfw_image_path(root, name, _int(a, path, lineno), ext), lfw_image_path(root, name, _int(b, path, lineno), ext), True,
-                              {"id": name}, {"id": name}))
+            pairs.append(
+                Pair(
+                    lfw_image_path(root, name, _int(a, path, lineno), ext),
+                    lfw_image_path(root, name, _int(b, path, lineno), ext),
+                    True,
+                    {"id": name},
+                    {"id": name},
+                )
+            )
         elif len(t) == 4:
             n1, a, n2, b = t
-            pairs.append(Pair(lfw_image_path(root, n1, _int(a, path, lineno), ext), lfw_image_path(root, n2, _int(b, path, lineno), ext), False,
-                              {"id": n1}, {"id": n2}))
+            pairs.append(
+                Pair(
+                    lfw_image_path(root, n1, _int(a, path, lineno), ext),
+                    lfw_image_path(root, n2, _int(b, path, lineno), ext),
+                    False,
+                    {"id": n1},
+                    {"id": n2},
+                )
+            )
         else:
-            raise InputError(f"{path}:{lineno}: expected 'name n1 n2' or 'name1 n1 name2 n2', got {len(t)} fields", hint="Is this an LFW pairs.txt?")
+            raise InputError(
+                f"{path}:{lineno}: expected 'name n1 n2' or 'name1 n1 name2 n2', got {len(t)} fields",
+                hint="Is this an LFW pairs.txt?",
+            )
     if nfolds is not None and per_fold is not None:
         expected = nfolds * per_fold * 2
         if len(pairs) != expected:
-            raise InputError(f"{path}: header says {nfolds} folds x {per_fold} x 2 = {expected} pairs, found {len(pairs)}",
-                             hint="The file is truncated or not in LFW format.")
+            raise InputError(
+                f"{path}: header says {nfolds} folds x {per_fold} x 2 = {expected} pairs, found {len(pairs)}",
+                hint="The file is truncated or not in LFW format.",
+            )
         for f in range(nfolds):
             block = pairs[f * 2 * per_fold : (f + 1) * 2 * per_fold]
             if not all(p.same for p in block[:per_fold]) or any(p.same for p in block[per_fold:]):
-                raise InputError(f"{path}: fold {f + 1} does not list {per_fold} same pairs followed by {per_fold} different pairs")
+                raise InputError(
+                    f"{path}: fold {f + 1} does not list {per_fold} same pairs followed by {per_fold} different pairs"
+                )
     return LfwPairs(pairs=pairs, nfolds=nfolds, per_fold=per_fold)

@@ -9,13 +9,27 @@ file with only the first three columns.
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from kface_cli.errors import InputError
 
-PAIR_COLUMNS = ["path1", "path2", "same", "id1", "id2", "acc1", "light1", "expr1", "cam1", "acc2", "light2", "expr2", "cam2"]
+PAIR_COLUMNS = [
+    "path1",
+    "path2",
+    "same",
+    "id1",
+    "id2",
+    "acc1",
+    "light1",
+    "expr1",
+    "cam1",
+    "acc2",
+    "light2",
+    "expr2",
+    "cam2",
+]
 CODE_KEYS = ("acc", "light", "expr", "cam")
 
 
@@ -40,7 +54,13 @@ def write_pairs_csv(path: str | Path, pairs: Iterable[Pair]) -> int:
         w = csv.writer(f)
         w.writerow(PAIR_COLUMNS)
         for p in pairs:
-            row = [_rel(p.path1, base), _rel(p.path2, base), int(p.same), p.codes1.get("id", ""), p.codes2.get("id", "")]
+            row = [
+                _rel(p.path1, base),
+                _rel(p.path2, base),
+                int(p.same),
+                p.codes1.get("id", ""),
+                p.codes2.get("id", ""),
+            ]
             row += [p.codes1.get(k, "") for k in CODE_KEYS]
             row += [p.codes2.get(k, "") for k in CODE_KEYS]
             w.writerow(row)
@@ -59,8 +79,10 @@ def read_pairs_csv(path: str | Path) -> list[Pair]:
         reader = csv.DictReader(f)
         missing = {"path1", "path2", "same"} - set(reader.fieldnames or [])
         if missing:
-            raise InputError(f"{path} is not a pairs CSV: missing column(s) {', '.join(sorted(missing))}",
-                             hint="Expected a header path1,path2,same[,...].")
+            raise InputError(
+                f"{path} is not a pairs CSV: missing column(s) {', '.join(sorted(missing))}",
+                hint="Expected a header path1,path2,same[,...].",
+            )
         for lineno, row in enumerate(reader, start=2):
             same = str(row["same"]).strip().lower()
             if same not in ("0", "1", "true", "false"):

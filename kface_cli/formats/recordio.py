@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -137,11 +137,15 @@ class RecordIOReader:
         while True:
             head = f.read(8)
             if len(head) < 8:
-                raise InputError(f"{self.rec_path} ends in the middle of a record", hint="The file is truncated; re-copy it.")
+                raise InputError(
+                    f"{self.rec_path} ends in the middle of a record", hint="The file is truncated; re-copy it."
+                )
             magic, lrec = struct.unpack("<II", head)
             if magic != MAGIC:
-                raise InputError(f"{self.rec_path}: bad magic 0x{magic:08x} at byte {f.tell() - 8}",
-                                 hint="The .idx does not match this .rec, or the file is corrupt.")
+                raise InputError(
+                    f"{self.rec_path}: bad magic 0x{magic:08x} at byte {f.tell() - 8}",
+                    hint="The .idx does not match this .rec, or the file is corrupt.",
+                )
             cflag, length = lrec >> 29, lrec & _LENGTH_MASK
             data = f.read(length)
             if len(data) < length:
@@ -189,7 +193,7 @@ class RecordIOWriter:
         parts: list[bytes] = []
         start = 0
         for i in range(0, len(payload) - 3, 4):
-            if payload[i:i + 4] == MAGIC_BYTES:
+            if payload[i : i + 4] == MAGIC_BYTES:
                 parts.append(payload[start:i])
                 start = i + 4
         parts.append(payload[start:])
@@ -211,7 +215,7 @@ class RecordIOWriter:
         with atomic_path(self.idx_path) as tmp:
             tmp.write_text("".join(f"{k}\t{off}\n" for k, off in self._index), encoding="utf-8")
 
-    def __enter__(self) -> "RecordIOWriter":
+    def __enter__(self) -> RecordIOWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

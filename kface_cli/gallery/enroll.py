@@ -21,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -101,9 +102,17 @@ class EnrollResult:
 
     def to_json(self) -> dict[str, Any]:
         """What ``kface enroll --json`` prints."""
-        return {**self.totals(), "gallery": self.gallery, "model": self.model, "per_identity": self.per_identity,
-                "seconds": round(self.seconds, 3), "identities": self.identities,
-                "problems": [{"path": p.path, "name": p.name, "status": p.status.value, "note": p.note} for p in self.problems]}
+        return {
+            **self.totals(),
+            "gallery": self.gallery,
+            "model": self.model,
+            "per_identity": self.per_identity,
+            "seconds": round(self.seconds, 3),
+            "identities": self.identities,
+            "problems": [
+                {"path": p.path, "name": p.name, "status": p.status.value, "note": p.note} for p in self.problems
+            ],
+        }
 
 
 def find_photos(folder: str | Path) -> list[Photo]:
@@ -112,7 +121,9 @@ def find_photos(folder: str | Path) -> list[Photo]:
 
     folder = Path(folder)
     if not folder.exists():
-        raise InputError(f"folder not found: {folder}", hint="Pass a folder of photos: DIR/<name>.jpg or DIR/<name>/*.jpg.")
+        raise InputError(
+            f"folder not found: {folder}", hint="Pass a folder of photos: DIR/<name>.jpg or DIR/<name>/*.jpg."
+        )
     if not folder.is_dir():
         raise InputError(f"expected a folder of photos, got a file: {folder}", hint="Pass the folder that holds it.")
     photos: list[Photo] = []
@@ -123,10 +134,17 @@ def find_photos(folder: str | Path) -> list[Photo]:
             photos.append(Photo(entry.stem, entry))
         elif entry.is_dir():
             for p in sorted(entry.rglob("*")):
-                if p.is_file() and is_image_file(p) and not any(part.startswith(".") for part in p.relative_to(entry).parts):
+                if (
+                    p.is_file()
+                    and is_image_file(p)
+                    and not any(part.startswith(".") for part in p.relative_to(entry).parts)
+                ):
                     photos.append(Photo(entry.name, p))
     if not photos:
-        raise InputError(f"no photos found in {folder}", hint="Expected DIR/<name>.jpg or DIR/<name>/*.jpg (JPEG, PNG, BMP, WebP, TIFF).")
+        raise InputError(
+            f"no photos found in {folder}",
+            hint="Expected DIR/<name>.jpg or DIR/<name>/*.jpg (JPEG, PNG, BMP, WebP, TIFF).",
+        )
     return photos
 
 
@@ -240,7 +258,9 @@ def enroll_folder(
                 mean_groups.setdefault(p.photo.name, []).append((e, p.digest))
                 count(p.photo.name, "added")
         else:
-            templates = [Template(p.photo.name, e, str(p.photo.path), p.digest, p.box, p.score) for p, e in zip(pending, emb)]
+            templates = [
+                Template(p.photo.name, e, str(p.photo.path), p.digest, p.box, p.score) for p, e in zip(pending, emb)
+            ]
             result = gallery.append(templates, model)
             added_templates += result.added
             dup = set(result.duplicates)
@@ -264,7 +284,11 @@ def enroll_folder(
                 else:
                     count(photo.name, "skipped")
                     problems.append(outcome)
-                    what = outcome.note if str(photo.path) in outcome.note else f"{photo.path}: {outcome.status.value}" + (f" ({outcome.note})" if outcome.note else "")
+                    what = (
+                        outcome.note
+                        if str(photo.path) in outcome.note
+                        else f"{photo.path}: {outcome.status.value}" + (f" ({outcome.note})" if outcome.note else "")
+                    )
                     warn(f"{what}: skipped")
             if len(pending) >= batch_size:
                 commit()
@@ -352,5 +376,14 @@ def summary_rows(result: EnrollResult) -> tuple[list[str], list[Sequence[Any]]]:
     columns = ["identity", "photos", "added", "duplicates", "skipped", "templates in gallery"]
     rows = [[i.name, i.photos, i.added, i.duplicates, i.skipped, i.templates] for i in result.identities]
     t = result.totals()
-    rows.append(["[bold]total[/bold]", t["photos"], t["added"], t["duplicates"], t["skipped"], sum(i.templates for i in result.identities)])
+    rows.append(
+        [
+            "[bold]total[/bold]",
+            t["photos"],
+            t["added"],
+            t["duplicates"],
+            t["skipped"],
+            sum(i.templates for i in result.identities),
+        ]
+    )
     return columns, rows

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +97,10 @@ def resolve_threshold(threshold: float | None, embedder) -> tuple[float, str]:
     """``threshold`` if given, else the model's calibrated one, else the default (1.5)."""
     if threshold is not None:
         if not 0.0 <= threshold <= 4.0:
-            raise InputError(f"--threshold {threshold} is outside 0..4", hint="It is a squared L2 distance between unit vectors (2 - 2 cos).")
+            raise InputError(
+                f"--threshold {threshold} is outside 0..4",
+                hint="It is a squared L2 distance between unit vectors (2 - 2 cos).",
+            )
         return float(threshold), "given"
     try:
         from kface_cli.embedding.calibration import load_threshold
@@ -128,7 +132,10 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
         elif is_image_file(p) or _is_video(p):
             out.append(p)
         else:
-            raise InputError(f"{p} is neither a photo nor a video", hint="Photos: JPEG, PNG, BMP, WebP, TIFF; videos: " + ", ".join(VIDEO_EXTENSIONS))
+            raise InputError(
+                f"{p} is neither a photo nor a video",
+                hint="Photos: JPEG, PNG, BMP, WebP, TIFF; videos: " + ", ".join(VIDEO_EXTENSIONS),
+            )
     return out
 
 
@@ -181,12 +188,19 @@ def _open_capture(source: Path | int):
             set_level(level)
     if not opened:
         if isinstance(source, int):
-            raise InputError(f"no camera {source} could be opened", hint="Check that a webcam is connected and not in use (try --camera 1), or pass photos or a video file instead.")
-        raise InputError(f"cannot read video {source}", hint="OpenCV could not open it; convert it to MP4 (H.264) or extract frames.")
+            raise InputError(
+                f"no camera {source} could be opened",
+                hint="Check that a webcam is connected and not in use (try --camera 1), or pass photos or a video file instead.",
+            )
+        raise InputError(
+            f"cannot read video {source}", hint="OpenCV could not open it; convert it to MP4 (H.264) or extract frames."
+        )
     return cap
 
 
-def _video_frames(source: Path | int, every: int, label: str, max_frames: int | None = None, cap=None) -> Iterator[_Frame]:
+def _video_frames(
+    source: Path | int, every: int, label: str, max_frames: int | None = None, cap=None
+) -> Iterator[_Frame]:
     """Every ``every``-th frame of a video file or camera (``cap``: an already opened capture)."""
     cap = cap if cap is not None else _open_capture(source)
     stem = source.stem if isinstance(source, Path) else f"camera{source}"
@@ -274,20 +288,30 @@ def identify(
         out_dir.mkdir(parents=True, exist_ok=True)
 
     if camera is not None:
-        frames: Iterable[_Frame] = _video_frames(camera, every, label=f"camera{camera}", max_frames=max_frames, cap=capture)
+        frames: Iterable[_Frame] = _video_frames(
+            camera, every, label=f"camera{camera}", max_frames=max_frames, cap=capture
+        )
         total = max_frames
     else:
         frames = _photo_frames(files, every, max_frames)
         total = len(files) if not any(_is_video(f) for f in files) else None
 
     started = time.perf_counter()  # after the model and index are loaded: the time per photo
-    result = IdentifyResult([], thr, thr_source, gallery.path, {"kind": loaded.index.kind.value, "templates": len(loaded.index), **loaded.index.params})
+    result = IdentifyResult(
+        [],
+        thr,
+        thr_source,
+        gallery.path,
+        {"kind": loaded.index.kind.value, "templates": len(loaded.index), **loaded.index.params},
+    )
     warned_glyphs: set[str] = set()
     batch: list[tuple[_Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]] = []
 
     def flush() -> None:
         faces = [crop for _, found in batch for (_, _, crop) in found]
-        emb = embedder.embed(np.stack(faces), batch_size=batch_size) if faces else np.zeros((0, 1), np.float32)  # (F, D)
+        emb = (
+            embedder.embed(np.stack(faces), batch_size=batch_size) if faces else np.zeros((0, 1), np.float32)
+        )  # (F, D)
         ranked = search_identities(loaded, emb, top_k=top_k, templates_per_identity=per_identity) if faces else []
         k = 0
         for frame, found in batch:
@@ -330,7 +354,9 @@ def identify(
     return result
 
 
-def _faces_of(frame: _Frame, detector, aligned: bool) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
+def _faces_of(
+    frame: _Frame, detector, aligned: bool
+) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
     """(box, score, aligned 112x112 crop) of every face in the frame, largest first."""
     from kface_cli.face.align import norm_crop
 
@@ -355,8 +381,10 @@ def _write_annotated(frame: _Frame, res: ImageResult, out_dir: Path, warned: set
     for f in res.faces:
         if not warned and missing_glyphs(f.name):
             warned.add(f.name)  # once per run
-            warn(f"no installed font can draw some names (e.g. {f.name!r}): the annotated images show placeholder boxes "
-                 "for those characters (install a font that has them, e.g. fonts-noto-cjk for Korean; JSON/CSV hold the exact names)")
+            warn(
+                f"no installed font can draw some names (e.g. {f.name!r}): the annotated images show placeholder boxes "
+                "for those characters (install a font that has them, e.g. fonts-noto-cjk for Korean; JSON/CSV hold the exact names)"
+            )
     target = out_dir / frame.annotate_name
     assert frame.image is not None
     write_image(target, draw_faces(frame.image, res.faces))
@@ -393,8 +421,15 @@ def write_csv(result: IdentifyResult, path: str | Path) -> Path:
     w.writerow(["image", "face", "x", "y", "w", "h", "name", "distance", "candidates"])
     for img in result.images:
         for k, f in enumerate(img.faces, 1):
-            w.writerow([img.image, k, *(f"{v:.1f}" for v in f.box), f.name,
-                        f"{f.distance:.4f}" if np.isfinite(f.distance) else "",
-                        ";".join(f"{c.name}:{c.distance:.4f}" for c in f.candidates)])
+            w.writerow(
+                [
+                    img.image,
+                    k,
+                    *(f"{v:.1f}" for v in f.box),
+                    f.name,
+                    f"{f.distance:.4f}" if np.isfinite(f.distance) else "",
+                    ";".join(f"{c.name}:{c.distance:.4f}" for c in f.candidates),
+                ]
+            )
     write_text(path, buf.getvalue())
     return Path(path)

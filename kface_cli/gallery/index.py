@@ -53,7 +53,6 @@ class IndexKind(Choice):
     HNSW = "hnsw"
 
 
-
 def cosine_to_distance(cos: float | np.ndarray) -> float | np.ndarray:
     """Cosine similarity of unit vectors -> squared L2 distance (2 - 2 cos)."""
     return 2.0 - 2.0 * cos
@@ -108,7 +107,9 @@ class SearchIndex:
         q = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(len(queries), -1))  # (Q, D)
         k = max(1, min(int(k), self.count)) if self.count else 1
         if self.count == 0 or len(q) == 0:
-            return SearchResult(np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), np.inf, dtype=np.float32))
+            return SearchResult(
+                np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), np.inf, dtype=np.float32)
+            )
         sims, rows = _search_few_threads(self.index, q, k)  # (Q, k) inner products, descending
         dist = np.clip(cosine_to_distance(sims.astype(np.float32)), 0.0, 4.0)
         dist[rows < 0] = np.inf
@@ -136,7 +137,9 @@ def _search_few_threads(index, q: np.ndarray, k: int):
         faiss.omp_set_num_threads(threads)
 
 
-def build_index(embeddings: np.ndarray, kind: IndexKind | str = IndexKind.AUTO, *, checksum: str = "", seed: int = 0) -> SearchIndex:
+def build_index(
+    embeddings: np.ndarray, kind: IndexKind | str = IndexKind.AUTO, *, checksum: str = "", seed: int = 0
+) -> SearchIndex:
     """Build an index over (N, D) float32 unit embeddings (``kind`` ``auto`` picks by size)."""
     import faiss
 
@@ -160,7 +163,9 @@ def build_index(embeddings: np.ndarray, kind: IndexKind | str = IndexKind.AUTO, 
         quantizer = faiss.IndexFlatIP(d)
         # 8-bit codes: a quarter of the memory and memory traffic of float32 vectors, so twice
         # the cells can be scanned in the same time (distances stay within ~0.002 of exact).
-        index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, d, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
         rng = np.random.default_rng(seed)
         n_train = min(n, max(nlist * IVF_TRAIN_PER_CELL, 1000))
         sample = x[np.sort(rng.choice(n, n_train, replace=False))] if n_train < n else x
@@ -217,7 +222,9 @@ class LoadedIndex:
     rebuilt: bool
 
 
-def load_index(gallery, kind: IndexKind | str = IndexKind.AUTO, *, rebuild: bool = False, save: bool = True) -> LoadedIndex:
+def load_index(
+    gallery, kind: IndexKind | str = IndexKind.AUTO, *, rebuild: bool = False, save: bool = True
+) -> LoadedIndex:
     """The gallery's index, rebuilt (and saved) when missing, stale, of another kind, or ``rebuild``.
 
     ``gallery`` is a :class:`~kface_cli.gallery.store.Gallery`. When the saved index matches,
@@ -268,7 +275,9 @@ def rank_identities(result: SearchResult, names: list[str], top_k: int) -> list[
     return out
 
 
-def search_identities(loaded: LoadedIndex, queries: np.ndarray, top_k: int = 3, templates_per_identity: int = 1) -> list[list[Candidate]]:
+def search_identities(
+    loaded: LoadedIndex, queries: np.ndarray, top_k: int = 3, templates_per_identity: int = 1
+) -> list[list[Candidate]]:
     """Batch search: the ``top_k`` nearest identities of each query.
 
     Enough rows are fetched that ``top_k`` distinct identities are found even when each has

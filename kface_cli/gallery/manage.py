@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from kface_cli.errors import InputError
 from kface_cli.gallery.index import IndexKind, index_paths, load_index
 from kface_cli.gallery.store import Gallery
 
 
-def manage_gallery(path: str | Path, *, remove: Sequence[str] = (), rebuild_index: bool = False, index_kind: IndexKind | str = IndexKind.AUTO, check: bool = False) -> dict[str, Any]:
+def manage_gallery(
+    path: str | Path,
+    *,
+    remove: Sequence[str] = (),
+    rebuild_index: bool = False,
+    index_kind: IndexKind | str = IndexKind.AUTO,
+    check: bool = False,
+) -> dict[str, Any]:
     """Apply the requested changes, then report ``{facts, identities, removed, index}``.
 
     ``check`` first verifies every row against the file's digest (refusing a changed file).
@@ -27,7 +35,11 @@ def manage_gallery(path: str | Path, *, remove: Sequence[str] = (), rebuild_inde
         present = gallery.identities()
         unknown = [n for n in remove if n not in present]
         if unknown:
-            raise InputError(f"not in the gallery: {', '.join(unknown)}", hint="`kface gallery` lists the identities.", path=gallery.path)
+            raise InputError(
+                f"not in the gallery: {', '.join(unknown)}",
+                hint="`kface gallery` lists the identities.",
+                path=gallery.path,
+            )
         removed = {n: present[n] for n in remove}
         gallery.remove(list(remove))
     index_info: dict[str, Any] = {}
@@ -49,11 +61,15 @@ def manage_gallery(path: str | Path, *, remove: Sequence[str] = (), rebuild_inde
             "network": facts.network,
             "fingerprint": facts.fingerprint,
             "model": facts.model_source,
-            "created": _dt.datetime.fromtimestamp(facts.created, _dt.timezone.utc).isoformat(timespec="seconds") if facts.created else None,
+            "created": _dt.datetime.fromtimestamp(facts.created, _dt.timezone.utc).isoformat(timespec="seconds")
+            if facts.created
+            else None,
             "schema version": facts.schema_version,
             "capacity": facts.capacity,
             "file size": _size(facts.file_bytes),
-            "index file": f"{index_file.name} ({_size(index_file.stat().st_size)})" if index_file.is_file() else "none yet (built on first identify)",
+            "index file": f"{index_file.name} ({_size(index_file.stat().st_size)})"
+            if index_file.is_file()
+            else "none yet (built on first identify)",
         },
         "identities": [{"name": n, "templates": c} for n, c in identities.items()],
         "removed": removed,

@@ -41,10 +41,10 @@ import fcntl
 import hashlib
 import os
 import time
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -94,7 +94,7 @@ class ModelInfo:
     source: str = ""
 
     @classmethod
-    def of(cls, embedder) -> "ModelInfo":
+    def of(cls, embedder) -> ModelInfo:
         """From a :class:`kface_cli.embedding.embedder.Embedder` (anything with fingerprint/embedding_size/network/source)."""
         src = getattr(embedder, "source", None)
         return cls(
@@ -191,7 +191,9 @@ def _fsync_file(path: Path) -> None:
 def _encode(text: str, size: int, what: str) -> bytes:
     data = text.encode("utf-8")
     if len(data) > size:
-        raise InputError(f"{what} is too long for the gallery ({len(data)} bytes of UTF-8, at most {size}): {text[:60]!r}...")
+        raise InputError(
+            f"{what} is too long for the gallery ({len(data)} bytes of UTF-8, at most {size}): {text[:60]!r}..."
+        )
     return data
 
 
@@ -200,7 +202,7 @@ def _encode_source(text: str) -> bytes:
     data = text.encode("utf-8")
     if len(data) <= SOURCE_BYTES:
         return data
-    tail = data[-(SOURCE_BYTES - 3):]
+    tail = data[-(SOURCE_BYTES - 3) :]
     while tail and (tail[0] & 0xC0) == 0x80:  # skip UTF-8 continuation bytes
         tail = tail[1:]
     return b"..." + tail
@@ -250,7 +252,15 @@ def _name_rows(names: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     return np.concatenate([a, b], axis=1)
 
 
-def _digest_rows(f, start: int, stop: int, *, embeddings: bool = True, names: np.ndarray | None = None, vectors: np.ndarray | None = None) -> tuple[int, int]:
+def _digest_rows(
+    f,
+    start: int,
+    stop: int,
+    *,
+    embeddings: bool = True,
+    names: np.ndarray | None = None,
+    vectors: np.ndarray | None = None,
+) -> tuple[int, int]:
     """(names, embeddings) digest contributions of rows ``start:stop`` of an open file.
 
     ``embeddings=False`` skips the embeddings (their digest is then 0). ``names`` / ``vectors``:
@@ -349,7 +359,10 @@ class Gallery:
         """Open the HDF5 file; missing or unreadable files become a clear :class:`InputError`."""
         h5py = _h5py()
         if not self.path.exists():
-            raise InputError(f"gallery not found: {self.path}", hint="Enroll people first with `kface enroll DIR`, or pass --gallery.")
+            raise InputError(
+                f"gallery not found: {self.path}",
+                hint="Enroll people first with `kface enroll DIR`, or pass --gallery.",
+            )
         if self.path.is_dir():
             raise InputError(f"expected a gallery file, got a folder: {self.path}")
         try:
@@ -368,7 +381,9 @@ class Gallery:
 
     def _validate(self, f) -> None:
         missing = [k for k in _ROW_FIELDS if k not in f]
-        missing += [f"attr {a}" for a in ("schema_version", "embedding_size", "fingerprint", "count") if a not in f.attrs]
+        missing += [
+            f"attr {a}" for a in ("schema_version", "embedding_size", "fingerprint", "count") if a not in f.attrs
+        ]
         if missing:
             raise InputError(
                 f"{self.path} is not a kface gallery (missing {', '.join(missing)})",
@@ -376,10 +391,16 @@ class Gallery:
             )
         version = int(f.attrs["schema_version"])
         if version > SCHEMA_VERSION:
-            raise InputError(f"gallery {self.path} has schema {version}, newer than this kface understands ({SCHEMA_VERSION})", hint="Upgrade kface.")
+            raise InputError(
+                f"gallery {self.path} has schema {version}, newer than this kface understands ({SCHEMA_VERSION})",
+                hint="Upgrade kface.",
+            )
         count = int(f.attrs["count"])
         if not 0 <= count <= f["embeddings"].shape[0] or any(f[k].shape[0] < count for k in _ROW_FIELDS):
-            raise InputError(f"gallery {self.path} is damaged (count {count} does not fit its datasets)", hint="Re-enroll into a new --gallery.")
+            raise InputError(
+                f"gallery {self.path} is damaged (count {count} does not fit its datasets)",
+                hint="Re-enroll into a new --gallery.",
+            )
 
     def model(self) -> ModelInfo:
         with gallery_lock(self.path, exclusive=False), self._open() as f:
@@ -444,7 +465,9 @@ class Gallery:
                 self._verify(f, embeddings=True)
             return {"templates": n, "verified": digest is not None, "rows checked": min(n, digest[0]) if digest else 0}
 
-    def _verify(self, f, *, embeddings: bool, names: np.ndarray | None = None, vectors: np.ndarray | None = None) -> None:
+    def _verify(
+        self, f, *, embeddings: bool, names: np.ndarray | None = None, vectors: np.ndarray | None = None
+    ) -> None:
         """Refuse a file whose rows no longer match the digest written with them (InputError).
 
         ``names`` / ``vectors``: the committed rows, when the caller has read them already.
@@ -532,10 +555,14 @@ class Gallery:
     def _write_rows(self, batch: Sequence[Template], model: ModelInfo) -> None:
         """Write rows into pre-allocated room, fsync, then commit ``count`` and ``checksum`` last."""
         emb = np.stack([np.asarray(t.embedding, dtype=np.float32).reshape(-1) for t in batch])  # (B, D)
-        assert emb.shape[1] == model.embedding_size, f"embedding size {emb.shape[1]} != gallery's {model.embedding_size}"
+        assert emb.shape[1] == model.embedding_size, (
+            f"embedding size {emb.shape[1]} != gallery's {model.embedding_size}"
+        )
         names = [t.name for t in batch]
         h5py = _h5py()
-        name_bytes = np.array([_encode(n, NAME_BYTES, "identity name") for n in names], dtype=h5py.string_dtype("utf-8", NAME_BYTES))
+        name_bytes = np.array(
+            [_encode(n, NAME_BYTES, "identity name") for n in names], dtype=h5py.string_dtype("utf-8", NAME_BYTES)
+        )
         src_bytes = np.array([_encode_source(t.source) for t in batch], dtype=h5py.string_dtype("utf-8", SOURCE_BYTES))
         hashes = [t.content_hash for t in batch]
         now = time.time()
@@ -549,7 +576,9 @@ class Gallery:
             f["box"][start:end] = np.array([t.box for t in batch], dtype=np.float32).reshape(-1, 4)
             f["score"][start:end] = np.array([t.score for t in batch], dtype=np.float32)
             f["added"][start:end] = np.full(len(batch), now)
-            f["content_hash"][start:end] = np.array([h.encode("ascii") for h in hashes], dtype=h5py.string_dtype("ascii", HASH_CHARS))
+            f["content_hash"][start:end] = np.array(
+                [h.encode("ascii") for h in hashes], dtype=h5py.string_dtype("ascii", HASH_CHARS)
+            )
             f.flush()
             _fsync_file(self.path)
             # The commit: readers see the new rows only from here on.
@@ -659,4 +688,3 @@ def open_gallery(path: str | Path) -> Gallery:
     g = Gallery(path)
     g.model()  # opens and validates
     return g
-

@@ -88,8 +88,11 @@ class HeadConfig:
             return (1.0, 0.0, m[0])
         if self.loss == "sphereface":
             return (m[0], 0.0, 0.0)
-        raise KFaceError(f"--margin with --loss {self.loss} needs three values m1,m2,m3" if self.loss == "combined"
-                         else f"--loss {self.loss} has no margin; drop --margin")
+        raise KFaceError(
+            f"--margin with --loss {self.loss} needs three values m1,m2,m3"
+            if self.loss == "combined"
+            else f"--loss {self.loss} has no margin; drop --margin"
+        )
 
     def num_subcenters(self) -> int:
         if self.loss == "subcenter" and self.subcenters <= 1:
@@ -136,7 +139,9 @@ class CombinedMargin(nn.Module):
 
     def forward(self, cos: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # cos: (N, C) in [-1, 1]; labels: (N,) column of the target class, -1 = not in these columns
-        assert cos.dim() == 2 and labels.shape == (cos.shape[0],), f"cos {tuple(cos.shape)}, labels {tuple(labels.shape)}"
+        assert cos.dim() == 2 and labels.shape == (cos.shape[0],), (
+            f"cos {tuple(cos.shape)}, labels {tuple(labels.shape)}"
+        )
         has = labels >= 0  # (N,)
         if not bool(has.any()):
             return cos * self.s
@@ -207,7 +212,7 @@ class _AllGather(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         n = grad.shape[0] // ctx.world
-        return grad[ctx.rank * n:(ctx.rank + 1) * n] * ctx.world
+        return grad[ctx.rank * n : (ctx.rank + 1) * n] * ctx.world
 
 
 class _ShardedCrossEntropy(torch.autograd.Function):
@@ -292,7 +297,7 @@ class MarginHead(nn.Module):
         rows_total = self.num_classes * self.K
         if rows_total * self.embedding_size <= FULL_INIT_MAX:
             full = torch.normal(0, 0.01, (rows_total, self.embedding_size))
-            return full[self.class_start * self.K:(self.class_start + self.num_local) * self.K].clone()
+            return full[self.class_start * self.K : (self.class_start + self.num_local) * self.K].clone()
         return torch.normal(0, 0.01, (self.num_local * self.K, self.embedding_size))
 
     # -- pieces, usable on their own (tests, analysis) ----------------------------------------
@@ -336,7 +341,9 @@ class MarginHead(nn.Module):
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         # embeddings: (N, D); labels: (N,) global class ids 0..C-1
-        assert embeddings.dim() == 2 and embeddings.shape[1] == self.embedding_size, f"embeddings {tuple(embeddings.shape)}"
+        assert embeddings.dim() == 2 and embeddings.shape[1] == self.embedding_size, (
+            f"embeddings {tuple(embeddings.shape)}"
+        )
         labels = labels.long().view(-1)
         distributed = self.world_size > 1
         if distributed:
@@ -380,8 +387,10 @@ class MarginHead(nn.Module):
     def local_rows(self, full: torch.Tensor) -> torch.Tensor:
         """This rank's block of a gathered per-class tensor (inverse of :meth:`gather_rows`)."""
         per_class = full.shape[0] // self.num_classes
-        assert per_class * self.num_classes == full.shape[0], f"tensor of {full.shape[0]} rows is not per-class for {self.num_classes} classes"
-        return full[self.class_start * per_class:(self.class_start + self.num_local) * per_class].clone()
+        assert per_class * self.num_classes == full.shape[0], (
+            f"tensor of {full.shape[0]} rows is not per-class for {self.num_classes} classes"
+        )
+        return full[self.class_start * per_class : (self.class_start + self.num_local) * per_class].clone()
 
     def full_state_dict(self) -> dict[str, torch.Tensor]:
         """The head's state with every rank's classes gathered in order (call on all ranks)."""

@@ -38,7 +38,7 @@ class IResNetConfig:
     fp16: bool = False  # autocast (float16) the layers before fc
     autocast_dtype: str = "float16"  # "bfloat16" for bf16 training
 
-    def build(self) -> "IResNet":
+    def build(self) -> IResNet:
         return IResNet(self)
 
 
@@ -76,7 +76,9 @@ class IResNet(nn.Module):
     def __init__(self, config: IResNetConfig):
         super().__init__()
         assert config.input_size % 16 == 0, f"input_size must be a multiple of 16, got {config.input_size}"
-        assert config.autocast_dtype in ("float16", "bfloat16"), f"autocast_dtype: float16 or bfloat16, not {config.autocast_dtype!r}"
+        assert config.autocast_dtype in ("float16", "bfloat16"), (
+            f"autocast_dtype: float16 or bfloat16, not {config.autocast_dtype!r}"
+        )
         self.config = config
         w = config.widths
         self.conv1 = conv3x3(3, w[0])

@@ -46,14 +46,16 @@ class MobileFaceNetConfig:
     autocast_dtype: str = "float16"
     input_size: int = 112  # < 112: the (N,3,112,112) input is resized to this first (cheaper); multiple of 16
 
-    def build(self) -> "MobileFaceNet":
+    def build(self) -> MobileFaceNet:
         return MobileFaceNet(self)
 
 
 class ConvBlock(nn.Module):
     """Conv (no bias) -> BatchNorm2d -> PReLU, as ``layers.{0,1,2}``."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1, act: bool = True):
+    def __init__(
+        self, cin: int, cout: int, kernel: int = 1, stride: int = 1, padding: int = 0, groups: int = 1, act: bool = True
+    ):
         super().__init__()
         parts: list[nn.Module] = [
             nn.Conv2d(cin, cout, kernel, stride=stride, padding=padding, groups=groups, bias=False),
@@ -93,7 +95,9 @@ class DepthWise(nn.Module):
 class Residual(nn.Module):
     def __init__(self, channels: int, num_block: int, expansion: int):
         super().__init__()
-        self.layers = nn.Sequential(*[DepthWise(channels, channels, expansion, residual=True) for _ in range(num_block)])
+        self.layers = nn.Sequential(
+            *[DepthWise(channels, channels, expansion, residual=True) for _ in range(num_block)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -125,7 +129,9 @@ class MobileFaceNet(nn.Module):
 
     def __init__(self, config: MobileFaceNetConfig):
         super().__init__()
-        assert 16 <= config.input_size <= 112 and config.input_size % 16 == 0, f"input_size must be a multiple of 16 up to 112, got {config.input_size}"
+        assert 16 <= config.input_size <= 112 and config.input_size % 16 == 0, (
+            f"input_size must be a multiple of 16 up to 112, got {config.input_size}"
+        )
         self.config = config
         c1, c2 = 64 * config.scale, 128 * config.scale
         e1, e2, e3, e4 = config.expansions
@@ -136,14 +142,16 @@ class MobileFaceNet(nn.Module):
             self.layers.append(ConvBlock(c1, c1, 3, padding=1, groups=config.stem_groups))
         else:
             self.layers.append(Residual(c1, b[0], e1))
-        self.layers.extend([
-            DepthWise(c1, c1, e1, stride=2),  # (N, c1, 28, 28)
-            Residual(c1, b[1], e1),
-            DepthWise(c1, c2, e2, stride=2),  # (N, c2, 14, 14)
-            Residual(c2, b[2], e2),
-            DepthWise(c2, c2, e3, stride=2),  # (N, c2, 7, 7)
-            Residual(c2, b[3], e4),
-        ])
+        self.layers.extend(
+            [
+                DepthWise(c1, c1, e1, stride=2),  # (N, c1, 28, 28)
+                Residual(c1, b[1], e1),
+                DepthWise(c1, c2, e2, stride=2),  # (N, c2, 14, 14)
+                Residual(c2, b[2], e2),
+                DepthWise(c2, c2, e3, stride=2),  # (N, c2, 7, 7)
+                Residual(c2, b[3], e4),
+            ]
+        )
         self.conv_sep = ConvBlock(c2, 512, 1)  # (N, 512, 7, 7)
         self.features = GDC(config.embedding_size, kernel=config.input_size // 16)  # (N, emb)
         self._init_weights()
@@ -162,13 +170,20 @@ class MobileFaceNet(nn.Module):
     def stages(self) -> list[nn.Module]:
         """Modules in input order, for ``--freeze N``: stem, then the three stride-2 stages."""
         L = self.layers
-        return [nn.ModuleList([L[0], L[1]]), nn.ModuleList([L[2], L[3]]), nn.ModuleList([L[4], L[5]]), nn.ModuleList([L[6], L[7]])]
+        return [
+            nn.ModuleList([L[0], L[1]]),
+            nn.ModuleList([L[2], L[3]]),
+            nn.ModuleList([L[4], L[5]]),
+            nn.ModuleList([L[6], L[7]]),
+        ]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = torch.float16 if self.config.autocast_dtype == "float16" else torch.bfloat16
         if self.config.input_size != x.shape[-1]:
             # (N, 3, 112, 112) -> (N, 3, s, s); bilinear, exportable to ONNX (Resize)
-            x = F.interpolate(x, size=(self.config.input_size, self.config.input_size), mode="bilinear", align_corners=False)
+            x = F.interpolate(
+                x, size=(self.config.input_size, self.config.input_size), mode="bilinear", align_corners=False
+            )
         with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=self.config.fp16):
             for layer in self.layers:
                 x = layer(x)

@@ -19,8 +19,9 @@ instead of deep inside a constructor.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from kface_cli.errors import KFaceError, ModelMismatchError
 
@@ -126,7 +127,7 @@ def _valid_fields(entry: _Entry) -> str:
     return "Valid options: " + ", ".join(f.name for f in dataclasses.fields(cfg)) + "."
 
 
-def get_backbone(name: str, embedding_size: int = DEFAULT_EMBEDDING_SIZE, **overrides: Any) -> "torch.nn.Module":
+def get_backbone(name: str, embedding_size: int = DEFAULT_EMBEDDING_SIZE, **overrides: Any) -> torch.nn.Module:
     """Build a backbone by name: input (N, 3, 112, 112) RGB in [-1, 1], output (N, embedding_size).
 
     The output is NOT L2-normalised (insightface convention). ``overrides`` are fields of the
@@ -155,8 +156,10 @@ def infer_embedding_size(state_dict: Mapping[str, Any]) -> int:
             last = int(v.shape[0])
     if last is not None:
         return last
-    raise ModelMismatchError("cannot tell the embedding size of this state_dict: no 'features' BatchNorm found",
-                             hint="Is this an insightface/kface backbone (not a full checkpoint or a head)?")
+    raise ModelMismatchError(
+        "cannot tell the embedding size of this state_dict: no 'features' BatchNorm found",
+        hint="Is this an insightface/kface backbone (not a full checkpoint or a head)?",
+    )
 
 
 def infer_network(state_dict: Mapping[str, Any]) -> str:
@@ -186,4 +189,6 @@ def infer_network(state_dict: Mapping[str, Any]) -> str:
         if best is None or len(diff) < best[0]:
             best = (len(diff), name, diff[0])
     hint = f"Closest: {best[1]} ({best[0]} differing keys, e.g. {best[2]!r})." if best else ""
-    raise ModelMismatchError("this state_dict matches none of the known backbones " + ", ".join(list_backbones()), hint=hint)
+    raise ModelMismatchError(
+        "this state_dict matches none of the known backbones " + ", ".join(list_backbones()), hint=hint
+    )

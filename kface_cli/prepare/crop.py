@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from kface_cli.choices import Choice
-from kface_cli.errors import InputError, KFaceError
 from kface_cli.dataset import codes as kc
+from kface_cli.errors import InputError, KFaceError
 from kface_cli.workspace import Workspace, normalise_resolution
 
 MANIFEST_COLUMNS = ["path", "id", "acc", "light", "expr", "cam", "source", "method", "status", "detail"]
@@ -76,7 +76,13 @@ class CropConfig:
     square: bool = False
 
 
-def box_crop(image: np.ndarray, box: tuple[float, float, float, float], size: int = 112, margin: float = 0.0, square: bool = False) -> np.ndarray:
+def box_crop(
+    image: np.ndarray,
+    box: tuple[float, float, float, float],
+    size: int = 112,
+    margin: float = 0.0,
+    square: bool = False,
+) -> np.ndarray:
     """Cut ``box`` (x, y, w, h) out of ``image`` (black outside), grown by ``margin``, resized to ``size``."""
     import cv2
 
@@ -151,8 +157,8 @@ def _find_images(raw: Path) -> list[tuple[str, dict, Path]]:
 
 
 def _crop_one(item: tuple[str, dict, Path], raw: Path, out: Path, config: CropConfig) -> CropRecord:
-    from kface_cli.face.imageio import read_image, write_image
     from kface_cli.dataset.annotation import read_annotation
+    from kface_cli.face.imageio import read_image, write_image
 
     ident, codes, img_path = item
     rel_src = img_path.relative_to(raw).as_posix()
@@ -193,17 +199,28 @@ def crop(
     t0 = time.perf_counter()
     res = normalise_resolution(res)
     ws = Workspace.resolve(workdir)
-    raw = Path(raw_dir) if raw_dir is not None else ws.require(ws.raw(res), f"extracted {res} images", "kface extract SOURCE")
+    raw = (
+        Path(raw_dir)
+        if raw_dir is not None
+        else ws.require(ws.raw(res), f"extracted {res} images", "kface extract SOURCE")
+    )
     if not raw.is_dir():
         raise InputError(f"not a folder: {raw}", hint="Pass the raw/<Res> folder written by `kface extract`.")
     out = Path(out_dir) if out_dir is not None else ws.faces(res)
     if not 16 <= config.size <= MAX_SIZE:
-        raise InputError(f"--size must be in [16, {MAX_SIZE}], got {config.size}", hint="Use 112 (what ArcFace models expect).")
+        raise InputError(
+            f"--size must be in [16, {MAX_SIZE}], got {config.size}", hint="Use 112 (what ArcFace models expect)."
+        )
     if not (math.isfinite(config.margin) and 0 <= config.margin <= MAX_MARGIN):
-        raise InputError(f"--margin must be a finite number in [0, {MAX_MARGIN:g}], got {config.margin}", hint="Use 0 (the face box as annotated) or a positive fraction such as 0.1.")
+        raise InputError(
+            f"--margin must be a finite number in [0, {MAX_MARGIN:g}], got {config.margin}",
+            hint="Use 0 (the face box as annotated) or a positive fraction such as 0.1.",
+        )
     items = _find_images(raw)
     if not items:
-        raise InputError(f"no K-Face images under {raw}", hint="Expected <ID>/<S>/<L>/<E>/<C>.jpg; run `kface extract` first.")
+        raise InputError(
+            f"no K-Face images under {raw}", hint="Expected <ID>/<S>/<L>/<E>/<C>.jpg; run `kface extract` first."
+        )
     n_workers = workers if workers > 0 else min(8, os.cpu_count() or 1)
     records: list[CropRecord] = []
     with progress(f"Cropping {res} ({config.mode.value})", total=len(items)) as bar:
@@ -216,7 +233,20 @@ def crop(
         w = csv.writer(f)
         w.writerow(MANIFEST_COLUMNS)
         for r in records:
-            w.writerow([r.path, r.codes["id"], r.codes["acc"], r.codes["light"], r.codes["expr"], r.codes["cam"], r.source, r.method, r.status, r.detail])
+            w.writerow(
+                [
+                    r.path,
+                    r.codes["id"],
+                    r.codes["acc"],
+                    r.codes["light"],
+                    r.codes["expr"],
+                    r.codes["cam"],
+                    r.source,
+                    r.method,
+                    r.status,
+                    r.detail,
+                ]
+            )
     methods: dict[str, int] = {}
     problems: dict[str, int] = {}
     examples: dict[str, list[str]] = {}
@@ -228,10 +258,20 @@ def crop(
             ex = examples.setdefault(r.status, [])
             if len(ex) < 3:
                 ex.append(f"{r.source}: {r.detail}")
-    return CropResult(raw=raw, out=out, manifest=manifest, mode=config.mode.value, size=config.size,
-                      identities=len({r.codes["id"] for r in records}), images=len(records),
-                      cropped=sum(methods.values()), methods=methods, problems=problems, examples=examples,
-                      seconds=time.perf_counter() - t0)
+    return CropResult(
+        raw=raw,
+        out=out,
+        manifest=manifest,
+        mode=config.mode.value,
+        size=config.size,
+        identities=len({r.codes["id"] for r in records}),
+        images=len(records),
+        cropped=sum(methods.values()),
+        methods=methods,
+        problems=problems,
+        examples=examples,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def read_manifest(path: str | Path) -> list[dict]:

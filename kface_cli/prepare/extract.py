@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kface_cli.errors import InputError
 from kface_cli.dataset import codes as kc
 from kface_cli.dataset.source import IdentitySource, list_identities, open_identity
+from kface_cli.errors import InputError
 from kface_cli.workspace import Workspace, normalise_resolution
 
 #: Folder inside a workspace where `kface sample-data` writes and `kface extract` looks by default.
@@ -55,10 +55,16 @@ class Selection:
     cam: tuple[str, ...] = kc.TUTORIAL_SELECTION["cam"]
 
     @classmethod
-    def parse(cls, acc: str | None = None, light: str | None = None, expr: str | None = None, cam: str | None = None) -> "Selection":
+    def parse(
+        cls, acc: str | None = None, light: str | None = None, expr: str | None = None, cam: str | None = None
+    ) -> Selection:
         """From command-line text such as ``L1,L3`` or ``C6-C9`` (None: the tutorial's choice)."""
-        return cls(kc.parse_selection("acc", acc), kc.parse_selection("light", light),
-                   kc.parse_selection("expr", expr), kc.parse_selection("cam", cam))
+        return cls(
+            kc.parse_selection("acc", acc),
+            kc.parse_selection("light", light),
+            kc.parse_selection("expr", expr),
+            kc.parse_selection("cam", cam),
+        )
 
     def images(self) -> list[tuple[str, str, str, str]]:
         return [(s, l_, e, c) for s in self.acc for l_ in self.light for e in self.expr for c in self.cam]
@@ -110,8 +116,12 @@ class ExtractResult:
 
 def _marker_key(sel: Selection, src: IdentitySource) -> dict:
     st = src.path.stat()
-    return {"selection": sel.as_dict(), "source": str(src.path), "size": st.st_size if src.kind == "zip" else None,
-            "mtime_ns": st.st_mtime_ns if src.kind == "zip" else None}
+    return {
+        "selection": sel.as_dict(),
+        "source": str(src.path),
+        "size": st.st_size if src.kind == "zip" else None,
+        "mtime_ns": st.st_mtime_ns if src.kind == "zip" else None,
+    }
 
 
 def _is_complete(dest: Path, key: dict) -> bool:
@@ -123,7 +133,11 @@ def _is_complete(dest: Path, key: dict) -> bool:
     except (OSError, ValueError):
         return False
     files = saved.get("files", {})
-    return saved.get("key") == key and isinstance(files, dict) and all(_size(dest / rel) == size for rel, size in files.items())
+    return (
+        saved.get("key") == key
+        and isinstance(files, dict)
+        and all(_size(dest / rel) == size for rel, size in files.items())
+    )
 
 
 def _size(path: Path) -> int:
@@ -140,8 +154,14 @@ def extract_identity(src: IdentitySource, dest: Path, sel: Selection) -> Identit
     key = _marker_key(sel, src)
     if _is_complete(dest, key):
         saved = json.loads((dest / DONE_MARKER).read_text(encoding="utf-8"))
-        return IdentityOutcome(src.id, "skipped", images=saved.get("images", 0), annotations=saved.get("annotations", 0),
-                               missing=[tuple(m) for m in saved.get("missing", [])], missing_annotations=saved.get("missing_annotations", 0))
+        return IdentityOutcome(
+            src.id,
+            "skipped",
+            images=saved.get("images", 0),
+            annotations=saved.get("annotations", 0),
+            missing=[tuple(m) for m in saved.get("missing", [])],
+            missing_annotations=saved.get("missing_annotations", 0),
+        )
     out = IdentityOutcome(src.id, "extracted")
     files: dict[str, int] = {}  # relative path -> size, for the completeness check of re-runs
     try:
@@ -172,8 +192,20 @@ def extract_identity(src: IdentitySource, dest: Path, sel: Selection) -> Identit
         return out
     from kface_cli.atomic import write_text
 
-    write_text(dest / DONE_MARKER, json.dumps({"key": key, "files": files, "images": out.images, "annotations": out.annotations,
-                                                "missing": out.missing, "missing_annotations": out.missing_annotations}, indent=1))
+    write_text(
+        dest / DONE_MARKER,
+        json.dumps(
+            {
+                "key": key,
+                "files": files,
+                "images": out.images,
+                "annotations": out.annotations,
+                "missing": out.missing,
+                "missing_annotations": out.missing_annotations,
+            },
+            indent=1,
+        ),
+    )
     return out
 
 
@@ -202,8 +234,10 @@ def extract(
     if source is None:
         source = default_source(workdir)
         if not source.exists():
-            raise InputError(f"no SOURCE given and {source} does not exist",
-                             hint="Pass the K-Face folder (the one holding Middle_Resolution/), or run `kface sample-data` first.")
+            raise InputError(
+                f"no SOURCE given and {source} does not exist",
+                hint="Pass the K-Face folder (the one holding Middle_Resolution/), or run `kface sample-data` first.",
+            )
     source = Path(source).expanduser().resolve()
     out_dir = Path(out) if out is not None else ws.raw(res)
     sel = selection or Selection()
@@ -213,9 +247,11 @@ def extract(
         unknown = [i for i in ids if i not in available]
         if unknown:
             some = ", ".join(sorted(available)[:3])
-            raise InputError(f"{len(unknown)} requested identit{'y is' if len(unknown) == 1 else 'ies are'} not in {source} "
-                             f"({', '.join(unknown[:5])}{'...' if len(unknown) > 5 else ''})",
-                             hint=f"IDs present there include {some}.")
+            raise InputError(
+                f"{len(unknown)} requested identit{'y is' if len(unknown) == 1 else 'ies are'} not in {source} "
+                f"({', '.join(unknown[:5])}{'...' if len(unknown) > 5 else ''})",
+                hint=f"IDs present there include {some}.",
+            )
         sources = [available[i] for i in ids]
     n_workers = workers if workers > 0 else min(8, os.cpu_count() or 1)
     outcomes: list[IdentityOutcome] = []
@@ -236,13 +272,23 @@ def extract(
             missing_by_code.update(combo)
     failures = [{"id": o.id, "error": o.error} for o in outcomes if o.status == "failed"]
     return ExtractResult(
-        source=source, out=out_dir, res=res, selection=sel.as_dict(), identities=len(outcomes),
-        extracted=sum(o.status == "extracted" for o in outcomes), skipped=sum(o.status == "skipped" for o in outcomes),
-        failed=len(failures), images=sum(o.images for o in outcomes), written=sum(o.written for o in outcomes),
-        annotations=sum(o.annotations for o in outcomes), missing_images=sum(len(o.missing) for o in outcomes),
+        source=source,
+        out=out_dir,
+        res=res,
+        selection=sel.as_dict(),
+        identities=len(outcomes),
+        extracted=sum(o.status == "extracted" for o in outcomes),
+        skipped=sum(o.status == "skipped" for o in outcomes),
+        failed=len(failures),
+        images=sum(o.images for o in outcomes),
+        written=sum(o.written for o in outcomes),
+        annotations=sum(o.annotations for o in outcomes),
+        missing_images=sum(len(o.missing) for o in outcomes),
         missing_by_code=dict(sorted(missing_by_code.items(), key=lambda kv: _code_order(kv[0]))),
-        missing_annotations=sum(o.missing_annotations for o in outcomes), unsafe_members=sum(o.unsafe_members for o in outcomes),
-        failures=failures, seconds=time.perf_counter() - t0,
+        missing_annotations=sum(o.missing_annotations for o in outcomes),
+        unsafe_members=sum(o.unsafe_members for o in outcomes),
+        failures=failures,
+        seconds=time.perf_counter() - t0,
     )
 
 

@@ -31,8 +31,8 @@ from typing import Literal
 
 import numpy as np
 
-from kface_cli.errors import InputError
 from kface_cli.dataset import codes as kc
+from kface_cli.errors import InputError
 from kface_cli.workspace import Workspace, normalise_resolution
 
 SplitOrder = Literal["random", "sorted"]
@@ -74,13 +74,19 @@ def _identity_images(faces: Path) -> dict[str, list[Path]]:
             return {k: sorted(v) for k, v in sorted(groups.items())}
     groups = {}
     for d in sorted(p for p in faces.iterdir() if p.is_dir() and kc.is_identity_id(p.name)):
-        imgs = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png") and not p.name.startswith("."))
+        imgs = sorted(
+            p
+            for p in d.iterdir()
+            if p.is_file() and p.suffix.lower() in (".jpg", ".jpeg", ".png") and not p.name.startswith(".")
+        )
         if imgs:
             groups[d.name] = imgs
     return groups
 
 
-def choose_val_ids(ids: list[str], *, val_ids: int | None, val_frac: float | None, seed: int, order: SplitOrder) -> tuple[str, ...]:
+def choose_val_ids(
+    ids: list[str], *, val_ids: int | None, val_frac: float | None, seed: int, order: SplitOrder
+) -> tuple[str, ...]:
     """Pick the validation identities (see module doc). ``ids`` must be sorted."""
     if order not in SPLIT_ORDERS:
         raise InputError(f"unknown --order {order!r}", hint=f"Use one of {', '.join(SPLIT_ORDERS)}.")
@@ -96,10 +102,12 @@ def choose_val_ids(ids: list[str], *, val_ids: int | None, val_frac: float | Non
         if val_ids is None:
             k = min(k, max(2, n // 4))  # small sets: keep three quarters for training
     if k < 2 or k > n - 1:
-        raise InputError(f"cannot hold out {k} of {n} identities for validation",
-                         hint="Validation needs at least 2 identities (for different-identity pairs) and training at least 1.")
+        raise InputError(
+            f"cannot hold out {k} of {n} identities for validation",
+            hint="Validation needs at least 2 identities (for different-identity pairs) and training at least 1.",
+        )
     if order == "sorted":
-        return tuple(ids[n - k:])
+        return tuple(ids[n - k :])
     rng = np.random.default_rng(seed)
     chosen = rng.choice(n, size=k, replace=False)
     return tuple(sorted(ids[i] for i in chosen))
@@ -127,7 +135,7 @@ def make_pairs(val: dict[str, list[Path]], *, seed: int, max_pairs: int | None =
         same = [same[i] for i in keep]
     flat = [(i, p) for i, imgs in val.items() for p in imgs]
     owners = np.array([i for i, _ in flat])
-    n_diff_possible = sum(len(a) * len(b) for x, a in enumerate(val.values()) for b in list(val.values())[x + 1:])
+    n_diff_possible = sum(len(a) * len(b) for x, a in enumerate(val.values()) for b in list(val.values())[x + 1 :])
     target = min(len(same), n_diff_possible)
     diff: list[tuple[Path, Path]] = []
     seen: set[tuple[int, int]] = set()
@@ -147,7 +155,9 @@ def make_pairs(val: dict[str, list[Path]], *, seed: int, max_pairs: int | None =
         except kc.CodeError:
             return {"id": p.parent.name}
 
-    pairs = [Pair(a, b, True, codes(a), codes(b)) for a, b in same] + [Pair(a, b, False, codes(a), codes(b)) for a, b in diff]
+    pairs = [Pair(a, b, True, codes(a), codes(b)) for a, b in same] + [
+        Pair(a, b, False, codes(a), codes(b)) for a, b in diff
+    ]
     order = rng.permutation(len(pairs))  # interleave, so any contiguous fold holds both kinds
     return [pairs[i] for i in order], len(same), len(diff)
 
@@ -171,12 +181,18 @@ def split(
 
     t0 = time.perf_counter()
     ws = Workspace.resolve(workdir)
-    faces = Path(faces_dir) if faces_dir is not None else ws.require(ws.faces(normalise_resolution(res)), f"{res} face crops", "kface crop")
+    faces = (
+        Path(faces_dir)
+        if faces_dir is not None
+        else ws.require(ws.faces(normalise_resolution(res)), f"{res} face crops", "kface crop")
+    )
     out = Path(out_dir) if out_dir is not None else ws.split
     groups = _identity_images(faces)
     if len(groups) < 3:
-        raise InputError(f"{len(groups)} identit{'y' if len(groups) == 1 else 'ies'} with crops in {faces}",
-                         hint="A train/val split needs at least 3 identities; run `kface crop` on more data.")
+        raise InputError(
+            f"{len(groups)} identit{'y' if len(groups) == 1 else 'ies'} with crops in {faces}",
+            hint="A train/val split needs at least 3 identities; run `kface crop` on more data.",
+        )
     if max_pairs is not None and max_pairs < 1:
         raise InputError(f"--max-pairs must be positive, got {max_pairs}")
     ids = sorted(groups)
@@ -210,6 +226,18 @@ def split(
         out.rename(old)
     staging.rename(out)
     shutil.rmtree(old, ignore_errors=True)
-    return SplitResult(out=out, train_ids=train, val_ids=val, train_images=counts["train"], val_images=counts["val"],
-                       same_pairs=n_same, diff_pairs=n_diff, linked=linked, classes_csv=out / "classes.csv",
-                       pairs_csv=out / "val_pairs.csv", seed=seed, order=order, seconds=time.perf_counter() - t0)
+    return SplitResult(
+        out=out,
+        train_ids=train,
+        val_ids=val,
+        train_images=counts["train"],
+        val_images=counts["val"],
+        same_pairs=n_same,
+        diff_pairs=n_diff,
+        linked=linked,
+        classes_csv=out / "classes.csv",
+        pairs_csv=out / "val_pairs.csv",
+        seed=seed,
+        order=order,
+        seconds=time.perf_counter() - t0,
+    )

@@ -53,17 +53,18 @@ import hashlib
 import io
 import math
 import zipfile
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
-from kface_cli.errors import InputError
 from kface_cli.dataset import codes as kc
 from kface_cli.dataset.annotation import format_annotation
+from kface_cli.errors import InputError
 
 #: Image sizes (width, height) per resolution, as in the real dataset.
 IMAGE_SIZES: dict[str, tuple[int, int]] = {"High": (864, 576), "Middle": (346, 230), "Low": (173, 115)}
@@ -195,22 +196,42 @@ def make_identity(identity_id: str, seed: int = 0) -> Identity:
     mole = (u(-0.55, 0.55), u(-0.1, 0.55), u(0.025, 0.045)) if r.random() < 0.5 else None
     return Identity(
         id=identity_id,
-        a=u(0.135, 0.17), b=u(0.18, 0.215), c=u(0.16, 0.19),
-        jaw_w=u(0.68, 0.98), jaw_h=u(0.62, 0.82), jaw_drop=u(0.28, 0.45),
+        a=u(0.135, 0.17),
+        b=u(0.18, 0.215),
+        c=u(0.16, 0.19),
+        jaw_w=u(0.68, 0.98),
+        jaw_h=u(0.62, 0.82),
+        jaw_drop=u(0.28, 0.45),
         centre=(u(-0.03, 0.03), u(-0.06, 0.0)),
-        skin=tuple(skin.round(4).tolist()), hair=hair, hair_style=style,
+        skin=tuple(skin.round(4).tolist()),
+        hair=hair,
+        hair_style=style,
         hairline=u(0.35, 0.6) if style != "receding" else u(0.72, 0.85),
         hair_volume=u(1.04, 1.12) if style != "buzz" else 1.015,
         part=u(-0.35, 0.35) if style == "side-part" else u(-0.06, 0.06),
         eye_colour=_pick(r, _EYE_COLOURS),
-        eye_x=u(0.33, 0.45), eye_y=u(-0.2, -0.05), eye_rx=u(0.16, 0.24), eye_ry=u(0.38, 0.6),
-        brow_gap=u(0.1, 0.2), brow_thick=u(0.03, 0.075), brow_arch=u(0.0, 0.06),
-        brow_slope=u(-0.05, 0.06), brow_len=u(1.1, 1.6),
-        nose_y=u(0.16, 0.32), nose_len=u(0.12, 0.26), nose_w=u(0.12, 0.22), nose_h=u(0.14, 0.24),
-        mouth_y=u(0.52, 0.68), mouth_w=u(0.26, 0.42), lip_upper=u(0.025, 0.05), lip_lower=u(0.03, 0.065),
+        eye_x=u(0.33, 0.45),
+        eye_y=u(-0.2, -0.05),
+        eye_rx=u(0.16, 0.24),
+        eye_ry=u(0.38, 0.6),
+        brow_gap=u(0.1, 0.2),
+        brow_thick=u(0.03, 0.075),
+        brow_arch=u(0.0, 0.06),
+        brow_slope=u(-0.05, 0.06),
+        brow_len=u(1.1, 1.6),
+        nose_y=u(0.16, 0.32),
+        nose_len=u(0.12, 0.26),
+        nose_w=u(0.12, 0.22),
+        nose_h=u(0.14, 0.24),
+        mouth_y=u(0.52, 0.68),
+        mouth_w=u(0.26, 0.42),
+        lip_upper=u(0.025, 0.05),
+        lip_lower=u(0.03, 0.065),
         lip_colour=tuple(lip.round(4).tolist()),
-        ear_y=u(-0.05, 0.12), ear_size=u(0.22, 0.32),
-        mole=mole, beard=u(0.25, 0.6) if r.random() < 0.25 else 0.0,
+        ear_y=u(-0.05, 0.12),
+        ear_size=u(0.22, 0.32),
+        mole=mole,
+        beard=u(0.25, 0.6) if r.random() < 0.25 else 0.0,
         clothes=tuple(u(0.1, 0.9, 3).round(4).tolist()),
         frame_colour=tuple(u(0.0, 0.35, 3).round(4).tolist()),
     )
@@ -284,7 +305,9 @@ class _Head:
         self.acc = acc
         a, b, c = ident.a, ident.b, ident.c
         self.cranium = _Ellipsoid("cranium", np.array([0.0, 0.0, 0.0]), np.array([a, b, c]))
-        self.jaw = _Ellipsoid("jaw", np.array([0.0, b * ident.jaw_drop, c * 0.02]), np.array([a * ident.jaw_w, b * ident.jaw_h, c * 0.93]))
+        self.jaw = _Ellipsoid(
+            "jaw", np.array([0.0, b * ident.jaw_drop, c * 0.02]), np.array([a * ident.jaw_w, b * ident.jaw_h, c * 0.93])
+        )
         # eyes and mouth on the face surface
         self.eye_x, self.eye_y = a * ident.eye_x, b * ident.eye_y
         self.eye_rx = a * ident.eye_rx
@@ -301,18 +324,25 @@ class _Head:
         ear_h = b * ident.ear_size
         ear_y = b * ident.ear_y
         self.ears = [
-            _Ellipsoid(f"ear_{side}", np.array([sx * a * 0.96, ear_y, -c * 0.08]), np.array([a * 0.13, ear_h * 0.5, c * 0.22]))
+            _Ellipsoid(
+                f"ear_{side}", np.array([sx * a * 0.96, ear_y, -c * 0.08]), np.array([a * 0.13, ear_h * 0.5, c * 0.22])
+            )
             for side, sx in (("left", -1), ("right", 1))
         ]
         self.neck = _Ellipsoid("neck", np.array([0.0, b * 1.15, -c * 0.25]), np.array([a * 0.52, b * 0.7, c * 0.55]))
         self.torso = _Ellipsoid("torso", np.array([0.0, b * 2.25, -c * 0.3]), np.array([a * 2.7, b * 0.8, c * 1.2]))
         v = ident.hair_volume
-        self.hair = _Ellipsoid("hair", np.array([0.0, -b * 0.04 * v, -c * 0.04]), np.array([a * v, b * v, c * (v + 0.02)]))
+        self.hair = _Ellipsoid(
+            "hair", np.array([0.0, -b * 0.04 * v, -c * 0.04]), np.array([a * v, b * v, c * (v + 0.02)])
+        )
         self.long_hair = None
         if ident.hair_style in ("long", "bob"):
             length = 1.05 if ident.hair_style == "long" else 0.7
-            self.long_hair = _Ellipsoid("long_hair", np.array([0.0, b * (0.1 + length * 0.35), -c * 0.3]),
-                                        np.array([a * 1.13 * v, b * length, c * 0.8]))
+            self.long_hair = _Ellipsoid(
+                "long_hair",
+                np.array([0.0, b * (0.1 + length * 0.35), -c * 0.3]),
+                np.array([a * 1.13 * v, b * length, c * 0.8]),
+            )
         self.hat = None
         if acc in ("S005", "S006"):
             self.hat = _Ellipsoid("hat", np.array([0.0, -b * 0.42, -c * 0.02]), np.array([a * 1.17, b * 0.72, c * 1.2]))
@@ -413,7 +443,12 @@ def _paint_face(head: _Head, p: np.ndarray, albedo: np.ndarray) -> None:
     front = z > 0
     # beard / stubble around mouth and chin
     if i.beard > 0:
-        m = front & (y > head.mouth_y - b * 0.12) & (np.abs(x) < a * 0.75) & (y > head.mouth_y - b * 0.25 + (x / a) ** 2 * b * 0.3)
+        m = (
+            front
+            & (y > head.mouth_y - b * 0.12)
+            & (np.abs(x) < a * 0.75)
+            & (y > head.mouth_y - b * 0.25 + (x / a) ** 2 * b * 0.3)
+        )
         albedo[m] = albedo[m] * (1 - i.beard) + np.array(i.hair) * i.beard
     # mole
     if i.mole is not None:
@@ -494,13 +529,19 @@ def render_face(ident: Identity, acc: str, light: str, expr: str, cam: str, res:
     strength = scene.uniform(0.8, 1.15)  # how strongly this take shows the expression
     base = _EXPRESSIONS[expr]
     expression = _Expression(
-        mouth_w=1 + (base.mouth_w - 1) * strength, lift=base.lift * strength, open=base.open * strength,
-        eye_open=1 - (1 - base.eye_open) * strength, brow_raise=base.brow_raise * strength, brow_inner=base.brow_inner * strength,
+        mouth_w=1 + (base.mouth_w - 1) * strength,
+        lift=base.lift * strength,
+        open=base.open * strength,
+        eye_open=1 - (1 - base.eye_open) * strength,
+        brow_raise=base.brow_raise * strength,
+        brow_inner=base.brow_inner * strength,
     )
     head = _Head(ident, expression, acc)
     rot = head_rotation(camera.pitch + scene.normal(0, 2.0), camera.yaw + scene.normal(0, 2.5), scene.normal(0, 3.0))
     scale = H * HEAD_SCALE * scene.uniform(0.96, 1.04)  # pixels per unit
-    centre = np.array([W / 2 + (ident.centre[0] + scene.normal(0, 0.01)) * H, H / 2 + (ident.centre[1] + scene.normal(0, 0.01)) * H])
+    centre = np.array(
+        [W / 2 + (ident.centre[0] + scene.normal(0, 0.01)) * H, H / 2 + (ident.centre[1] + scene.normal(0, 0.01)) * H]
+    )
     view = rot.T @ np.array([0.0, 0.0, 1.0])  # direction to the camera, head frame
 
     # ray casting, per object inside its projected bounding box: pixel (u, v) -> camera ray
@@ -521,7 +562,9 @@ def render_face(ident: Identity, acc: str, light: str, expr: str, cam: str, res:
             continue
         vs, us = np.mgrid[v0:v1, u0:u1]
         idx = (vs * W + us).ravel()
-        xy = np.stack([(us.ravel() + 0.5 - centre[0]) / scale, (vs.ravel() + 0.5 - centre[1]) / scale], axis=-1)  # (n, 2)
+        xy = np.stack(
+            [(us.ravel() + 0.5 - centre[0]) / scale, (vs.ravel() + 0.5 - centre[1]) / scale], axis=-1
+        )  # (n, 2)
         origin = xy @ rot[:2, :]  # (n, 3) head frame, at z_cam = 0
         inv = obj.rot.T
         q0 = ((origin - obj.centre) @ inv.T) / obj.axes  # (n, 3) unit-sphere coordinates
@@ -645,13 +688,23 @@ def _boxes(head: _Head, project, view: np.ndarray, cam: str) -> dict:
     boxes["face"] = (x + w / 2 - side / 2, y + h / 2 - side / 2, side, side)
     for name, sx in (("eye_left", -1), ("eye_right", 1)):
         ex = sx * head.eye_x
-        pts = np.array([[ex + head.eye_rx * 1.2 * math.cos(a_), head.eye_y + head.eye_ry * 1.6 * math.sin(a_)] for a_ in t])
+        pts = np.array(
+            [[ex + head.eye_rx * 1.2 * math.cos(a_), head.eye_y + head.eye_ry * 1.6 * math.sin(a_)] for a_ in t]
+        )
         boxes[name] = _bbox(project(np.array([[px, py, head.face_z(px, py)] for px, py in pts])))
     ns = _ellipse_samples(head.nose, 12)
     nn = ((ns - head.nose.centre) @ head.nose.rot / head.nose.axes**2) @ head.nose.rot.T
     boxes["nose"] = _bbox(project(ns[(nn @ view) > -0.05]))
     mw = head.mouth_w
-    mpts = [(mw * math.cos(a_) * 1.05, head.mouth_y + (i.lip_lower + head.e.open + 0.01) * b * math.sin(a_) * 1.3 - head.e.lift * b * math.cos(a_) ** 2) for a_ in t]
+    mpts = [
+        (
+            mw * math.cos(a_) * 1.05,
+            head.mouth_y
+            + (i.lip_lower + head.e.open + 0.01) * b * math.sin(a_) * 1.3
+            - head.e.lift * b * math.cos(a_) ** 2,
+        )
+        for a_ in t
+    ]
     boxes["mouth"] = _bbox(project(np.array([[px, py, head.face_z(px, py)] for px, py in mpts])))
     for ear in head.ears:
         boxes[ear.name] = _bbox(project(_ellipse_samples(ear, 8)))
@@ -694,7 +747,9 @@ def _zip_info(name: str, compress: int) -> zipfile.ZipInfo:
     return info
 
 
-def identity_zip_bytes(ident: Identity, res: str, combos: Sequence[tuple[str, str, str, str]], seed: int = 0) -> tuple[bytes, int]:
+def identity_zip_bytes(
+    ident: Identity, res: str, combos: Sequence[tuple[str, str, str, str]], seed: int = 0
+) -> tuple[bytes, int]:
     """One identity's zip, as K-Face ships it. Returns (zip bytes, number of images)."""
     import cv2
 
@@ -747,7 +802,10 @@ def parse_resolution_limits(text: str) -> tuple[tuple[str, ...], dict[str, int]]
         resolutions.append(res)
         if count:
             if not count.isdigit() or int(count) < 1:
-                raise InputError(f"{part!r}: the number after ':' must be a positive count of identities", hint="E.g. --res Middle,High:2.")
+                raise InputError(
+                    f"{part!r}: the number after ':' must be a positive count of identities",
+                    hint="E.g. --res Middle,High:2.",
+                )
             limits[res] = int(count)
     if not resolutions:
         raise InputError("no resolution given", hint="E.g. --res Middle or --res Middle,Low:8,High:2.")
@@ -801,5 +859,13 @@ def generate_sample_data(
                 paths.append(Path(path))
                 bar.advance()
                 images, total = images + n, total + size
-    return SampleDataResult(root=out, identities=len(ids), images=images, resolutions=res_list, grid=grid_name,
-                            seed=seed, bytes=total, zips=tuple(paths))
+    return SampleDataResult(
+        root=out,
+        identities=len(ids),
+        images=images,
+        resolutions=res_list,
+        grid=grid_name,
+        seed=seed,
+        bytes=total,
+        zips=tuple(paths),
+    )

@@ -46,7 +46,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, or not ours
-        raise InputError(f"cannot read checkpoint {path}: {e}", hint="The file is damaged or was not written by kface.") from None
+        raise InputError(
+            f"cannot read checkpoint {path}: {e}", hint="The file is damaged or was not written by kface."
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a kface checkpoint", hint="Pass a run folder made by `kface train`.")
     return ckpt

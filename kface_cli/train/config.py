@@ -16,9 +16,10 @@ import json
 import math
 import sys
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping, get_args
+from typing import Any, Literal, get_args
 
 from kface_cli.errors import KFaceError
 
@@ -57,7 +58,9 @@ class TrainConfig:
     workers: int = 2  # DataLoader worker processes (0: load in the training process)
     flip: bool = True  # random horizontal flips
     # model --------------------------------------------------------------------------------
-    network: str = AUTO  # r18 r34 r50 r100 r200 mbf mbf_small; auto: that of --init, else r50 on a GPU, mbf_small on a CPU
+    network: str = (
+        AUTO  # r18 r34 r50 r100 r200 mbf mbf_small; auto: that of --init, else r50 on a GPU, mbf_small on a CPU
+    )
     embedding_size: int | None = None  # None: that of --init, else 512
     init: str | None = None  # backbone.pth to start from (insightface's or ours)
     freeze: int = 0  # number of early stages kept frozen (0: none; the stem is stage 1)
@@ -84,7 +87,9 @@ class TrainConfig:
     workdir: str | None = None  # workspace; None: $KFACE_WORKDIR or the current folder
     log_every: int = 10  # steps between JSONL log lines
     val_batch_size: int = 64
-    bn_recalibration: int = 512  # before validating, re-estimate BatchNorm statistics on this many training images (0: off)
+    bn_recalibration: int = (
+        512  # before validating, re-estimate BatchNorm statistics on this many training images (0: off)
+    )
     max_steps_per_epoch: int = 0  # 0: the whole epoch (a cap, for smoke tests and benchmarks)
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
 
@@ -94,18 +99,22 @@ class TrainConfig:
         d["margin"] = list(self.margin)
         return d
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise :class:`KFaceError` for values that cannot work (listing the valid choices)."""
         from kface_cli.models.heads import check_loss
 
         check_loss(self.loss)
         if self.optimizer not in OPTIMIZERS:
-            raise KFaceError(f"unknown optimizer {self.optimizer!r}", hint=f"Valid optimizers: {', '.join(OPTIMIZERS)}.")
+            raise KFaceError(
+                f"unknown optimizer {self.optimizer!r}", hint=f"Valid optimizers: {', '.join(OPTIMIZERS)}."
+            )
         if self.precision not in PRECISIONS:
-            raise KFaceError(f"unknown precision {self.precision!r}", hint=f"Valid precisions: {', '.join(PRECISIONS)}.")
+            raise KFaceError(
+                f"unknown precision {self.precision!r}", hint=f"Valid precisions: {', '.join(PRECISIONS)}."
+            )
         if self.network != AUTO:
             from kface_cli.models.registry import canonical_name
 
@@ -121,15 +130,25 @@ class TrainConfig:
         if not 0 < self.sample_rate <= 1:
             raise KFaceError(f"--sample-rate must be in (0, 1], got {self.sample_rate}")
         if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
-            raise KFaceError(f"--warmup-epochs must be between 0 and --epochs ({self.epochs}), got {self.warmup_epochs}")
-        if self.name is not None and (not self.name or "/" in self.name or "\\" in self.name or self.name.startswith(".")):
+            raise KFaceError(
+                f"--warmup-epochs must be between 0 and --epochs ({self.epochs}), got {self.warmup_epochs}"
+            )
+        if self.name is not None and (
+            not self.name or "/" in self.name or "\\" in self.name or self.name.startswith(".")
+        ):
             raise KFaceError(f"--name {self.name!r} must be a plain folder name")
         for key, lo, hi in _FLOAT_RANGES:
             v = getattr(self, key)
             if v is not None and not (math.isfinite(v) and lo[0] <= v and (v > lo[0] or lo[1]) and v <= hi):
-                raise KFaceError(f"--{key.replace('_', '-')} must be a finite number in {'[' if lo[1] else '('}{lo[0]:g}, {hi:g}], got {v}")
+                raise KFaceError(
+                    f"--{key.replace('_', '-')} must be a finite number in {'[' if lo[1] else '('}{lo[0]:g}, {hi:g}], got {v}"
+                )
         m1, m2, m3 = self.head_config().margins()  # margin count matches the loss
-        for label, v, lo, hi in (("m1", m1, *MARGIN_M1_RANGE), ("m2", m2, *MARGIN_M2_RANGE), ("m3", m3, *MARGIN_M3_RANGE)):
+        for label, v, lo, hi in (
+            ("m1", m1, *MARGIN_M1_RANGE),
+            ("m2", m2, *MARGIN_M2_RANGE),
+            ("m3", m3, *MARGIN_M3_RANGE),
+        ):
             if not (math.isfinite(v) and lo <= v <= hi):
                 raise KFaceError(f"--margin {label} must be a finite number in [{lo:g}, {hi:g}], got {v}")
         return self
@@ -137,7 +156,13 @@ class TrainConfig:
     def head_config(self):
         from kface_cli.models.heads import HeadConfig
 
-        return HeadConfig(loss=self.loss, scale=self.scale, margin=tuple(self.margin), subcenters=self.subcenters, sample_rate=self.sample_rate)
+        return HeadConfig(
+            loss=self.loss,
+            scale=self.scale,
+            margin=tuple(self.margin),
+            subcenters=self.subcenters,
+            sample_rate=self.sample_rate,
+        )
 
     def base_lr(self, world_size: int = 1) -> float:
         """``lr``, or insightface's linear scaling rule for the global batch (lr 0.1 at 1024),
@@ -223,7 +248,10 @@ def find_config_file(spec: str | Path) -> Path:
     shipped = shipped_configs()
     if str(spec) in shipped:
         return shipped[str(spec)]
-    raise KFaceError(f"config file not found: {spec}", hint="Pass a TOML file, or one of the shipped configs: " + ", ".join(shipped) + ".")
+    raise KFaceError(
+        f"config file not found: {spec}",
+        hint="Pass a TOML file, or one of the shipped configs: " + ", ".join(shipped) + ".",
+    )
 
 
 def read_config_file(spec: str | Path) -> dict[str, Any]:

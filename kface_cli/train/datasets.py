@@ -17,8 +17,8 @@ CPU, JPEG decoding would otherwise compete with training for the same cores.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -70,7 +70,9 @@ class ArrayDataset(_BaseDataset):
     """Images already in memory: (N, 112, 112, 3) BGR uint8 and (N,) labels (tests, benchmarks)."""
 
     def __init__(self, images: np.ndarray, labels: Sequence[int], *, num_classes: int | None = None, flip: bool = True):
-        assert images.ndim == 4 and images.shape[-1] == 3 and len(images) == len(labels), "images (N,H,W,3) and N labels"
+        assert images.ndim == 4 and images.shape[-1] == 3 and len(images) == len(labels), (
+            "images (N,H,W,3) and N labels"
+        )
         self.images = images
         self.labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = int(num_classes if num_classes is not None else self.labels.max() + 1)
@@ -90,7 +92,9 @@ class FolderDataset(_BaseDataset):
         self.root = Path(root)
         self.source = str(self.root)
         if not self.root.is_dir():
-            raise InputError(f"training data folder not found: {self.root}", hint="Run `kface split` first, or pass --data.")
+            raise InputError(
+                f"training data folder not found: {self.root}", hint="Run `kface split` first, or pass --data."
+            )
         identities = sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
         paths: list[Path] = []
         labels: list[int] = []
@@ -104,8 +108,10 @@ class FolderDataset(_BaseDataset):
             paths += files
             labels += [label] * len(files)
         if not paths:
-            raise InputError(f"no identity folders with images in {self.root}",
-                             hint="Expected ROOT/<identity>/<image>.jpg (the layout `kface split` writes) or ROOT/train.rec.")
+            raise InputError(
+                f"no identity folders with images in {self.root}",
+                hint="Expected ROOT/<identity>/<image>.jpg (the layout `kface split` writes) or ROOT/train.rec.",
+            )
         self.paths = paths
         self.labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = len(self.classes)
@@ -145,16 +151,20 @@ class RecordDataset(_BaseDataset):
         self.reader = RecordIOReader(rec)
         index = dataset_index(self.reader, rec.parent)
         self.keys = np.asarray(index.image_keys, dtype=np.int64)
-        self.labels = np.asarray([int(unpack(self.reader.read(int(k)))[0].labels[0]) for k in self.keys], dtype=np.int64)
+        self.labels = np.asarray(
+            [int(unpack(self.reader.read(int(k)))[0].labels[0]) for k in self.keys], dtype=np.int64
+        )
         self.num_classes = int(index.num_classes)
         if len(self.labels) and int(self.labels.max()) >= self.num_classes:
-            raise InputError(f"{rec}: label {int(self.labels.max())} but only {self.num_classes} classes",
-                             hint="Fix the `property` file (num_classes,112,112).")
+            raise InputError(
+                f"{rec}: label {int(self.labels.max())} but only {self.num_classes} classes",
+                hint="Fix the `property` file (num_classes,112,112).",
+            )
         self.flip = flip
 
     def image(self, i: int) -> np.ndarray:
-        from kface_cli.formats.recordio import unpack
         from kface_cli.face.imageio import decode_image
+        from kface_cli.formats.recordio import unpack
 
         _, data = unpack(self.reader.read(int(self.keys[i])))
         return decode_image(data, f"{self.source}#{int(self.keys[i])}")
@@ -167,10 +177,13 @@ def synthetic_dataset(spec: str, *, flip: bool = True, seed: int = 0) -> ArrayDa
     """``synthetic:<ids>x<images>`` (e.g. ``synthetic:100x10``): random faces of random classes,
     generated in memory. For throughput checks and smoke tests only; nothing useful is learned."""
     try:
-        ids, per_id = (int(v) for v in spec[len(SYNTHETIC_PREFIX):].lower().split("x"))
+        ids, per_id = (int(v) for v in spec[len(SYNTHETIC_PREFIX) :].lower().split("x"))
         assert ids >= 2 and per_id >= 1
     except (ValueError, AssertionError):
-        raise InputError(f"bad synthetic data spec {spec!r}", hint="Use synthetic:<identities>x<images per identity>, e.g. synthetic:100x10.") from None
+        raise InputError(
+            f"bad synthetic data spec {spec!r}",
+            hint="Use synthetic:<identities>x<images per identity>, e.g. synthetic:100x10.",
+        ) from None
     rng = np.random.default_rng(seed)
     images = rng.integers(0, 256, (ids * per_id, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
     ds = ArrayDataset(images, np.repeat(np.arange(ids), per_id), num_classes=ids, flip=flip)

@@ -19,10 +19,11 @@ import json
 import math
 import signal
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,9 @@ class TrainResult:
 # ------------------------------------------------------------------------------------------
 
 
-def train_from_options(config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *, resume: bool = False) -> TrainResult:
+def train_from_options(
+    config_file: str | Path | None = None, overrides: Mapping[str, Any] | None = None, *, resume: bool = False
+) -> TrainResult:
     """What ``kface train`` calls: build the config (file < command line) and train.
 
     With ``resume`` the run's saved config is used; only :data:`RESUMABLE_CHANGES` may be
@@ -76,18 +79,26 @@ def train_from_options(config_file: str | Path | None = None, overrides: Mapping
 
     asked = resolve_config(config_file, overrides)
     if asked.name is None:
-        raise KFaceError("--resume needs --name: which run to continue", hint="Run folders are in runs/ of the workspace.")
+        raise KFaceError(
+            "--resume needs --name: which run to continue", hint="Run folders are in runs/ of the workspace."
+        )
     run_dir = Workspace.resolve(asked.workdir).run(asked.name)
     saved = config_from_dict(ck.load_checkpoint(run_dir / ck.RUN_CHECKPOINT)["config"])
-    given = {k.replace("-", "_") for k in overrides} | (set(asked.to_dict()) - {"name", "workdir"} if config_file else set())
+    given = {k.replace("-", "_") for k in overrides} | (
+        set(asked.to_dict()) - {"name", "workdir"} if config_file else set()
+    )
     changes = {k: getattr(asked, k) for k in given if k in RESUMABLE_CHANGES}
-    ignored = sorted(k for k in given - set(RESUMABLE_CHANGES) - {"name", "workdir"} if getattr(asked, k) != getattr(saved, k))
+    ignored = sorted(
+        k for k in given - set(RESUMABLE_CHANGES) - {"name", "workdir"} if getattr(asked, k) != getattr(saved, k)
+    )
     if ignored:
         console.warn(f"--resume keeps the run's own settings; ignoring: {', '.join(ignored)}")
     return train(saved.replace(workdir=asked.workdir, **changes).validate(), resume=True)
 
 
-def train(config: TrainConfig, *, resume: bool = False, on_step: Callable[[int, int], None] | None = None) -> TrainResult:
+def train(
+    config: TrainConfig, *, resume: bool = False, on_step: Callable[[int, int], None] | None = None
+) -> TrainResult:
     """Train a backbone + margin head as ``config`` says; returns a :class:`TrainResult`.
 
     ``on_step(epoch, step_in_epoch)`` is called after every optimizer step (tests use it to
@@ -121,8 +132,19 @@ class EpochBatches:
     ``(index, flip)``. Global batch k = permutation[k*B*W : (k+1)*B*W]; rank r takes its r-th
     slice of B, so W processes with batch B see the same global batches as one with B*W."""
 
-    def __init__(self, num_images: int, batch_size: int, *, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                 flip: bool = True, start_step: int = 0, max_steps: int = 0):
+    def __init__(
+        self,
+        num_images: int,
+        batch_size: int,
+        *,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        flip: bool = True,
+        start_step: int = 0,
+        max_steps: int = 0,
+    ):
         import torch
 
         g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
@@ -163,7 +185,9 @@ def _read_init(path: str) -> tuple[dict[str, Any], Path]:
 
     p = Path(path).expanduser()
     if not p.exists():
-        raise KFaceError(f"--init weights not found: {p}", hint="Pass an insightface backbone.pth or a kface run folder.")
+        raise KFaceError(
+            f"--init weights not found: {p}", hint="Pass an insightface backbone.pth or a kface run folder."
+        )
     weights = load_torch_weights(p)  # weights_only; strips module./_orig_mod. prefixes
     return weights.state_dict, weights.source
 
@@ -201,7 +225,10 @@ def _resolve_val_pairs(config: TrainConfig, ws: Any) -> Path | None:
             return None
         p = Path(config.val_pairs).expanduser()
         if not p.is_file():
-            raise KFaceError(f"validation pairs not found: {p}", hint="Pass --val-pairs FILE.csv, or --val-pairs none to train without.")
+            raise KFaceError(
+                f"validation pairs not found: {p}",
+                hint="Pass --val-pairs FILE.csv, or --val-pairs none to train without.",
+            )
         return p
     return ws.val_pairs if ws.val_pairs.is_file() else None
 
@@ -228,8 +255,9 @@ def validate(backbone: Any, pair_faces: Any, *, network: str, batch_size: int = 
     }
 
 
-def recalibrate_batchnorm(backbone: Any, dataset: Any, *, num_images: int, batch_size: int, device: Any, seed: int,
-                          frozen: list[Any] = ()) -> None:
+def recalibrate_batchnorm(
+    backbone: Any, dataset: Any, *, num_images: int, batch_size: int, device: Any, seed: int, frozen: list[Any] = ()
+) -> None:
     """Re-estimate BatchNorm running statistics with the current weights ("precise BN").
 
     Running statistics lag the weights (momentum 0.1) and start from mean 0 / variance 1, which
@@ -258,7 +286,7 @@ def recalibrate_batchnorm(backbone: Any, dataset: Any, *, num_images: int, batch
             f.eval()
         with torch.no_grad():
             for lo in range(0, n, batch_size):
-                idx = order[lo:lo + batch_size]
+                idx = order[lo : lo + batch_size]
                 if len(idx) < 2:
                     break
                 x = torch.stack([dataset[(i, False)][0] for i in idx]).to(device)  # (b, 3, 112, 112)
@@ -283,7 +311,7 @@ class _StopFlag:
         self.stop = False
         self._previous: Any = None
 
-    def __enter__(self) -> "_StopFlag":
+    def __enter__(self) -> _StopFlag:
         try:
             self._previous = signal.signal(signal.SIGINT, self._handler)
         except ValueError:  # not the main thread: no handler, Ctrl-C behaves as usual
@@ -301,12 +329,20 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_step: Callable[[int, int], None] | None) -> TrainResult:
+def _train(
+    config: TrainConfig, info: distributed.DistInfo, resume: bool, on_step: Callable[[int, int], None] | None
+) -> TrainResult:
     import torch
 
-    from kface_cli.train.datasets import open_training_data
     from kface_cli.models.heads import build_head
-    from kface_cli.models.registry import DEFAULT_EMBEDDING_SIZE, canonical_name, get_backbone, infer_embedding_size, infer_network
+    from kface_cli.models.registry import (
+        DEFAULT_EMBEDDING_SIZE,
+        canonical_name,
+        get_backbone,
+        infer_embedding_size,
+        infer_network,
+    )
+    from kface_cli.train.datasets import open_training_data
     from kface_cli.workspace import Workspace
 
     t_start = time.perf_counter()
@@ -320,7 +356,9 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
     if resume:
         ckpt = ck.load_checkpoint(run_dir / ck.RUN_CHECKPOINT)
     elif (run_dir / ck.RUN_CHECKPOINT).exists():
-        raise KFaceError(f"run {name!r} already exists ({run_dir})", hint="Continue it with --resume, or choose another --name.")
+        raise KFaceError(
+            f"run {name!r} already exists ({run_dir})", hint="Continue it with --resume, or choose another --name."
+        )
 
     # -- seeds -------------------------------------------------------------------------------
     torch.manual_seed(config.seed)
@@ -333,7 +371,9 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
     if config.data and config.data.startswith("synthetic:"):
         data_path: Any = config.data  # random in-memory data (throughput checks)
     else:
-        data_path = Path(config.data).expanduser() if config.data else ws.require(ws.train_dir, "training data", "kface split")
+        data_path = (
+            Path(config.data).expanduser() if config.data else ws.require(ws.train_dir, "training data", "kface split")
+        )
     dataset = open_training_data(data_path, flip=False)
     num_images, num_classes = len(dataset), dataset.num_classes
 
@@ -345,15 +385,24 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
         network = infer_network(init[0])
     else:
         network = _default_network(device)
-    embedding_size = config.embedding_size or (infer_embedding_size(init[0]) if init is not None else DEFAULT_EMBEDDING_SIZE)
+    embedding_size = config.embedding_size or (
+        infer_embedding_size(init[0]) if init is not None else DEFAULT_EMBEDDING_SIZE
+    )
     batch_size = config.batch_size or _auto_batch_size(device, num_images, info.world_size)
     config = config.replace(network=network, name=name, embedding_size=embedding_size, batch_size=batch_size)
     steps = steps_per_epoch(num_images, config.batch_size, info.world_size, config.max_steps_per_epoch)
     if steps == 0:
-        raise TrainingError(f"the global batch ({config.batch_size} x {info.world_size} processes) is larger than the data ({num_images} images)",
-                            hint="Lower --batch-size.")
+        raise TrainingError(
+            f"the global batch ({config.batch_size} x {info.world_size} processes) is larger than the data ({num_images} images)",
+            hint="Lower --batch-size.",
+        )
     lowp = config.precision != "fp32"
-    backbone = get_backbone(network, config.embedding_size, fp16=lowp, autocast_dtype="bfloat16" if config.precision == "bf16" else "float16")
+    backbone = get_backbone(
+        network,
+        config.embedding_size,
+        fp16=lowp,
+        autocast_dtype="bfloat16" if config.precision == "bf16" else "float16",
+    )
     if init is not None:
         _apply_init(backbone, *init)
     frozen = _freeze(backbone, config.freeze)
@@ -383,8 +432,10 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
     best: dict[str, Any] = {"epoch": None, "accuracy": None}
     if ckpt is not None:
         if ckpt["num_classes"] != num_classes:
-            raise ModelMismatchError(f"the data now has {num_classes} classes, the run was trained on {ckpt['num_classes']}",
-                                     hint="Resume with the same --data.")
+            raise ModelMismatchError(
+                f"the data now has {num_classes} classes, the run was trained on {ckpt['num_classes']}",
+                hint="Resume with the same --data.",
+            )
         backbone.load_state_dict(ckpt["backbone"])
         head.load_full_state_dict(ckpt["head"])
         optimizer.load_state_dict(_local_optimizer_state(ckpt["optimizer"], head))
@@ -397,11 +448,15 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
         if len(rngs) == info.world_size:
             ck.restore_rng(rngs[info.rank], device)
         else:
-            console.warn(f"checkpoint was written by {len(rngs)} processes, now {info.world_size}: random states restart")
+            console.warn(
+                f"checkpoint was written by {len(rngs)} processes, now {info.world_size}: random states restart"
+            )
         # the scheduler's lr_lambdas are rebuilt from the (possibly longer) epochs
         scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
         if start_epoch >= config.epochs:
-            raise KFaceError(f"run {name!r} already finished {start_epoch} epochs", hint="Pass a larger --epochs to train further.")
+            raise KFaceError(
+                f"run {name!r} already finished {start_epoch} epochs", hint="Pass a larger --epochs to train further."
+            )
         console.info(f"Resuming {name} at epoch {start_epoch + 1}, step {start_step} of {steps}")
 
     model: Any = backbone
@@ -415,22 +470,33 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
     val_path = _resolve_val_pairs(config, ws)
     if info.is_main:
         if val_path is None:
-            console.warn("no validation pairs (split/val_pairs.csv or --val-pairs): training without validation; backbone.pth will be the last epoch")
+            console.warn(
+                "no validation pairs (split/val_pairs.csv or --val-pairs): training without validation; backbone.pth will be the last epoch"
+            )
         else:
-            from kface_cli.formats.pairs import read_pairs_csv
             from kface_cli.evaluate.protocols import prepare_pairs
+            from kface_cli.formats.pairs import read_pairs_csv
 
             pair_faces = prepare_pairs(read_pairs_csv(val_path), description="Loading val pairs")
 
     # -- files ---------------------------------------------------------------------------------
-    extra = {"num_classes": num_classes, "num_images": num_images, "world_size": info.world_size,
-             "data_source": str(getattr(dataset, "source", data_path)), "val_pairs_file": str(val_path) if val_path else None,
-             "steps_per_epoch": steps, "base_lr": lr, "device": str(device)}
+    extra = {
+        "num_classes": num_classes,
+        "num_images": num_images,
+        "world_size": info.world_size,
+        "data_source": str(getattr(dataset, "source", data_path)),
+        "val_pairs_file": str(val_path) if val_path else None,
+        "steps_per_epoch": steps,
+        "base_lr": lr,
+        "device": str(device),
+    }
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config_json(run_dir / ck.RUN_CONFIG, config, **extra)
-        console.info(f"Training {network} ({config.loss}) on {num_images} images of {num_classes} identities -> {run_dir}"
-                     f" [{info.world_size} x {device}, {steps} steps/epoch, lr {lr:g}]")
+        console.info(
+            f"Training {network} ({config.loss}) on {num_images} images of {num_classes} identities -> {run_dir}"
+            f" [{info.world_size} x {device}, {steps} steps/epoch, lr {lr:g}]"
+        )
     log = open(run_dir / ck.RUN_LOG, "a", encoding="utf-8") if info.is_main else None
 
     def write_log(record: dict[str, Any]) -> None:
@@ -475,11 +541,25 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
         with _StopFlag() as stop:
             for epoch in range(start_epoch, config.epochs):
                 first = start_step if epoch == start_epoch else 0
-                sampler = EpochBatches(num_images, config.batch_size, seed=config.seed, epoch=epoch, rank=info.rank,
-                                       world_size=info.world_size, flip=config.flip, start_step=first, max_steps=config.max_steps_per_epoch)
-                loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=config.workers,
-                                                     pin_memory=device.type == "cuda", persistent_workers=False,
-                                                     worker_init_fn=_ignore_sigint if config.workers else None)
+                sampler = EpochBatches(
+                    num_images,
+                    config.batch_size,
+                    seed=config.seed,
+                    epoch=epoch,
+                    rank=info.rank,
+                    world_size=info.world_size,
+                    flip=config.flip,
+                    start_step=first,
+                    max_steps=config.max_steps_per_epoch,
+                )
+                loader = torch.utils.data.DataLoader(
+                    dataset,
+                    batch_sampler=sampler,
+                    num_workers=config.workers,
+                    pin_memory=device.type == "cuda",
+                    persistent_workers=False,
+                    worker_init_fn=_ignore_sigint if config.workers else None,
+                )
                 model.train()
                 for m in frozen:
                     m.eval()  # frozen BatchNorm statistics stay as loaded
@@ -494,14 +574,30 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                         embeddings = model(x)  # (B, emb)
                         loss = head(embeddings, y)  # () global-batch mean
                         if not torch.isfinite(loss):
-                            kept = "the last good checkpoint is kept" if (run_dir / ck.RUN_CHECKPOINT).exists() else "no checkpoint was written yet"
-                            write_log({"type": "stopped", "reason": "non-finite loss", "epoch": epoch + 1, "step": step, "loss": loss.item()})
-                            raise TrainingError(f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped ({kept} in {run_dir})",
-                                                hint="Lower --lr, add --warmup-epochs, or use --precision fp32.")
+                            kept = (
+                                "the last good checkpoint is kept"
+                                if (run_dir / ck.RUN_CHECKPOINT).exists()
+                                else "no checkpoint was written yet"
+                            )
+                            write_log(
+                                {
+                                    "type": "stopped",
+                                    "reason": "non-finite loss",
+                                    "epoch": epoch + 1,
+                                    "step": step,
+                                    "loss": loss.item(),
+                                }
+                            )
+                            raise TrainingError(
+                                f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped ({kept} in {run_dir})",
+                                hint="Lower --lr, add --warmup-epochs, or use --precision fp32.",
+                            )
                         optimizer.zero_grad(set_to_none=True)
                         scaler.scale(loss).backward()
                         scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(backbone_params, config.grad_clip)  # backbone only, as insightface
+                        torch.nn.utils.clip_grad_norm_(
+                            backbone_params, config.grad_clip
+                        )  # backbone only, as insightface
                         scaler.step(optimizer)
                         scaler.update()
                         scheduler.step()
@@ -514,8 +610,17 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                         bar.advance()
                         bar.update(loss=losses[-1], lr=scheduler.get_last_lr()[0], samples_s=round(rate, 1))
                         if global_step % config.log_every == 0:
-                            write_log({"type": "step", "epoch": epoch + 1, "step": global_step, "loss": float(np.mean(losses[-config.log_every:])),
-                                       "lr": scheduler.get_last_lr()[0], "samples_per_s": rate, "time": time.time()})
+                            write_log(
+                                {
+                                    "type": "step",
+                                    "epoch": epoch + 1,
+                                    "step": global_step,
+                                    "loss": float(np.mean(losses[-config.log_every :])),
+                                    "lr": scheduler.get_last_lr()[0],
+                                    "samples_per_s": rate,
+                                    "time": time.time(),
+                                }
+                            )
                         if on_step is not None:
                             on_step(epoch, step + 1)
                         if _agree(info, stop.stop):
@@ -523,21 +628,36 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
                             raise KeyboardInterrupt
 
                 # -- end of epoch: validate, keep the best, checkpoint, log, plot ---------------
-                record: dict[str, Any] = {"type": "epoch", "epoch": epoch + 1, "loss": float(np.mean(losses)) if losses else None,
-                                          "lr": scheduler.get_last_lr()[0], "samples_per_s": n_epoch / max(time.perf_counter() - t_epoch, 1e-9),
-                                          "elapsed_s": time.perf_counter() - t_start}
+                record: dict[str, Any] = {
+                    "type": "epoch",
+                    "epoch": epoch + 1,
+                    "loss": float(np.mean(losses)) if losses else None,
+                    "lr": scheduler.get_last_lr()[0],
+                    "samples_per_s": n_epoch / max(time.perf_counter() - t_epoch, 1e-9),
+                    "elapsed_s": time.perf_counter() - t_start,
+                }
                 improved = True
                 if config.bn_recalibration and (pair_faces is not None or epoch + 1 == config.epochs):
                     # every rank, same images: BatchNorm buffers stay identical across ranks
-                    recalibrate_batchnorm(backbone, dataset, num_images=config.bn_recalibration, batch_size=config.batch_size,
-                                          device=device, seed=config.seed, frozen=frozen)
+                    recalibrate_batchnorm(
+                        backbone,
+                        dataset,
+                        num_images=config.bn_recalibration,
+                        batch_size=config.batch_size,
+                        device=device,
+                        seed=config.seed,
+                        frozen=frozen,
+                    )
                 if info.is_main and pair_faces is not None:
                     val = validate(model, pair_faces, network=network, batch_size=config.val_batch_size)
                     record["val"] = val
                     acc = val["accuracy"]
                     improved = acc is not None and (best["accuracy"] is None or acc > best["accuracy"])
-                    console.info(f"epoch {epoch + 1}: loss {_num(record['loss'])}, val accuracy {_pct(acc)} +- {_pct(val['accuracy_std'])}, "
-                                 f"threshold {_num(val['threshold'])}, TAR@FAR=1e-2 {_pct(val['tar_at_far_1e-2'])}" + ("  (best)" if improved else ""))
+                    console.info(
+                        f"epoch {epoch + 1}: loss {_num(record['loss'])}, val accuracy {_pct(acc)} +- {_pct(val['accuracy_std'])}, "
+                        f"threshold {_num(val['threshold'])}, TAR@FAR=1e-2 {_pct(val['tar_at_far_1e-2'])}"
+                        + ("  (best)" if improved else "")
+                    )
                 elif info.is_main:
                     console.info(f"epoch {epoch + 1}: loss {_num(record['loss'])}")
                 improved = bool(distributed.broadcast_object(info, improved))
@@ -570,8 +690,10 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
             save_checkpoint(cur_epoch, cur_step)
             if info.is_main:
                 write_log({"type": "stopped", "reason": "interrupted", "epoch": cur_epoch, "step_in_epoch": cur_step})
-                console.warn(f"interrupted: checkpoint saved at epoch {cur_epoch} + {cur_step} steps; continue with "
-                             f"`kface train --name {name} --resume`")
+                console.warn(
+                    f"interrupted: checkpoint saved at epoch {cur_epoch} + {cur_step} steps; continue with "
+                    f"`kface train --name {name} --resume`"
+                )
         elif info.is_main:
             console.warn("interrupted: the checkpoint of the last completed epoch is kept")
         raise
@@ -581,9 +703,19 @@ def _train(config: TrainConfig, info: distributed.DistInfo, resume: bool, on_ste
 
     elapsed = time.perf_counter() - t_start
     return TrainResult(
-        run_dir=run_dir, network=network, num_classes=num_classes, num_images=num_images, epochs=len(history),
-        best_epoch=best["epoch"], best_accuracy=best["accuracy"], last=last_record, history=history, elapsed_s=elapsed,
-        samples_per_s=samples_seen / max(time.perf_counter() - t_train, 1e-9), world_size=info.world_size, device=str(device),
+        run_dir=run_dir,
+        network=network,
+        num_classes=num_classes,
+        num_images=num_images,
+        epochs=len(history),
+        best_epoch=best["epoch"],
+        best_accuracy=best["accuracy"],
+        last=last_record,
+        history=history,
+        elapsed_s=elapsed,
+        samples_per_s=samples_seen / max(time.perf_counter() - t_train, 1e-9),
+        world_size=info.world_size,
+        device=str(device),
     )
 
 

@@ -16,7 +16,9 @@ POWER = 1.0
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int, power: float = POWER) -> float:
     """Multiplier of the base learning rate at iteration ``step`` (0-based)."""
-    assert total_steps > 0 and 0 <= warmup_steps <= total_steps, f"bad schedule: total {total_steps}, warmup {warmup_steps}"
+    assert total_steps > 0 and 0 <= warmup_steps <= total_steps, (
+        f"bad schedule: total {total_steps}, warmup {warmup_steps}"
+    )
     if step < warmup_steps:
         return step / warmup_steps
     if total_steps == warmup_steps:
@@ -24,7 +26,9 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, power: float = POW
     return max(0.0, 1.0 - (step - warmup_steps) / (total_steps - warmup_steps)) ** power
 
 
-def poly_scheduler(optimizer: "torch.optim.Optimizer", total_steps: int, warmup_steps: int) -> "torch.optim.lr_scheduler.LambdaLR":
+def poly_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
     """A LambdaLR with :func:`lr_factor`; call ``.step()`` after every optimizer step."""
     import torch
 
