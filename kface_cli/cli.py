@@ -3,12 +3,20 @@
 Nothing heavy is imported at module level: torch, mediapipe, faiss and h5py are imported inside
 the domain functions, so ``kface --help`` stays fast. User errors (:class:`KFaceError`) become one
 red line on stderr and exit code 2; ``kface --debug ...`` shows the traceback too.
+
+One option name means one thing in every command: ``-n`` is a count, ``--ids`` a list of K-Face
+IDs, ``--jobs``/``-j`` the parallel jobs of a data stage (0: one per core), ``--workers`` the
+DataLoader workers of training, ``--batch-size`` the training batch, ``--embed-batch`` faces per
+forward pass, ``--model``/``-m`` the model. The global flags ``--json``, ``--quiet``/``-q`` and
+``--debug`` work before or after the command name; renamed options keep their old spelling as a
+hidden alias that warns.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +25,28 @@ from typing import Annotated
 import typer
 
 from kface_cli import console
+from kface_cli.choices import CropMode, ExportFormat, GridPreset, IndexKind, LandmarkMode, PerIdentity, SplitOrder
+from kface_cli.defaults import (
+    AUTO_FLAT_MAX,
+    DEFAULT_OPSET,
+    DEFAULT_THRESHOLD,
+    DEFAULT_THRESHOLD_COSINE,
+    DEFAULT_TOP_K,
+    DEFAULT_VAL_IDS,
+    EMBED_BATCH_SIZE,
+    ENROLL_BATCH_SIZE,
+    FACE_SIZE,
+    MAX_AUTO_WORKERS,
+    SAMPLE_IDENTITIES,
+)
 from kface_cli.errors import KFaceError
+from kface_cli.workspace import DEFAULT_RESOLUTION, GALLERY_FILE, RESOLUTIONS, RUN_ONNX, RUN_TORCHSCRIPT
 
 app = typer.Typer(
     name="kface",
     help="K-Face to ArcFace: extract, crop, split, train, export, enroll, identify, evaluate.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -42,7 +65,19 @@ WorkdirOpt = Annotated[
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print the result as JSON on stdout (progress and warnings go to stderr).")
 ]
-ResOpt = Annotated[str, typer.Option("--res", help="K-Face resolution: High, Middle or Low.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")]
+ResOpt = Annotated[str, typer.Option("--res", help=f"K-Face resolution: {', '.join(RESOLUTIONS)}.")]
+JobsOpt = Annotated[
+    int,
+    typer.Option("--jobs", "-j", help=f"Parallel jobs (0: one per CPU core, at most {MAX_AUTO_WORKERS}).", min=0),
+]
+JobsDeprecatedOpt = Annotated[
+    int | None, typer.Option("--workers", hidden=True, help="Deprecated: --jobs.", show_default=False)
+]
+EmbedBatchOpt = Annotated[
+    int, typer.Option("--embed-batch", help="Faces per forward pass of the model (memory vs speed).", min=1)
+]
 ModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -63,16 +98,37 @@ NetworkOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible for a given seed).")]
 
 
+def _deprecated(old: str, new: str, old_value, new_value):
+    """The value of a renamed option: the new spelling's, or the old one's with a warning."""
+    if old_value is None:
+        return new_value
+    console.warn(f"{old} is deprecated and will be removed; use {new}")
+    return old_value
+
+
+# The global flags, also accepted after the command name: added to every command's options.
+_GLOBAL_FLAGS = (
+    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOpt),
+    inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=DebugOpt),
+)
+
+
 def command(name: str | None = None, **kwargs) -> Callable:
-    """Register a subcommand whose user errors print one red line and exit non-zero."""
+    """Register a subcommand whose user errors print one red line and exit non-zero.
+
+    The command also accepts ``--quiet`` and ``--debug`` (and ``--json``, where it declares
+    :data:`JsonOpt`) after its name; given before it, they apply too.
+    """
 
     def decorator(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def wrapper(*args, **kw):
             saved = dataclasses.replace(console.MODE)
-            json_flag = kw.get("json_output")
-            if json_flag is not None:
-                console.set_mode(json_output=bool(json_flag))
+            quiet, debug = kw.pop("quiet", False), kw.pop("debug", False)
+            console.set_mode(quiet=saved.quiet or quiet, debug=saved.debug or debug)
+            if "json_output" in kw:
+                kw["json_output"] = bool(kw["json_output"]) or saved.json
+                console.set_mode(json_output=kw["json_output"])
             try:
                 return fn(*args, **kw)
             except KFaceError as e:
@@ -86,6 +142,9 @@ def command(name: str | None = None, **kwargs) -> Callable:
             finally:  # an in-process caller (tests, notebooks) gets the output mode it had
                 console.set_mode(json_output=saved.json, quiet=saved.quiet, debug=saved.debug)
 
+        signature = inspect.signature(fn, eval_str=True)
+        wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *_GLOBAL_FLAGS])
+        wrapper.__annotations__ = {**fn.__annotations__, **{p.name: p.annotation for p in _GLOBAL_FLAGS}}
         return app.command(name, **kwargs)(wrapper)
 
     return decorator
@@ -101,14 +160,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")] = False,
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
+    json_output: JsonOpt = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """K-Face to ArcFace: from the raw dataset to a working face-identification system."""
-    console.set_mode(debug=debug, quiet=quiet, json_output=False)  # each invocation starts afresh
+    console.set_mode(debug=debug, quiet=quiet, json_output=json_output)  # each invocation starts afresh
 
 
 # ============================================================================================
@@ -125,7 +185,12 @@ def sample_data_cmd(
             show_default=False,
         ),
     ] = None,
-    ids: Annotated[int, typer.Option("--ids", "-n", help="Number of synthetic identities.")] = 40,
+    identities: Annotated[
+        int, typer.Option("--identities", "-n", help="Number of synthetic identities.", min=1)
+    ] = SAMPLE_IDENTITIES,
+    ids_deprecated: Annotated[
+        int | None, typer.Option("--ids", hidden=True, help="Deprecated: --identities.", show_default=False)
+    ] = None,
     seed: SeedOpt = 0,
     res: Annotated[
         str,
@@ -133,15 +198,17 @@ def sample_data_cmd(
             "--res",
             help="Resolutions, comma-separated; RES:N writes only the first N identities at RES (e.g. Middle,Low:8,High:2).",
         ),
-    ] = "Middle",
+    ] = DEFAULT_RESOLUTION,
     grid: Annotated[
-        str,
+        GridPreset,
         typer.Option(
             "--grid",
+            case_sensitive=False,
             help="Images per identity: tutorial (S001 x L1,L3 x E01-E03 x C6-C9: 24), sample (tutorial + dark lights, wider angles, a profile, glasses: 30), full (10,800).",
         ),
-    ] = "sample",
-    workers: Annotated[int, typer.Option("--workers", "-j", help="Parallel processes (0: one per CPU core).")] = 0,
+    ] = GridPreset.SAMPLE,
+    jobs: JobsOpt = 0,
+    workers_deprecated: JobsDeprecatedOpt = None,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
@@ -153,19 +220,19 @@ def sample_data_cmd(
     target = out if out is not None else default_source(workdir)
     result = generate_sample_data(
         target,
-        n_ids=ids,
+        n_ids=_deprecated("--ids", "--identities (-n)", ids_deprecated, identities),
         seed=seed,
         resolutions=resolutions,
         grid_preset=grid,
         ids_per_resolution=limits,
-        workers=workers,
+        workers=_deprecated("--workers", "--jobs (-j)", workers_deprecated, jobs),
     )
     if json_output:
         console.print_json(result)
         return
     rows = [[r, sum(1 for z in result.zips if z.parent.name == f"{r}_Resolution")] for r in result.resolutions]
     console.show(console.table(f"Synthetic K-Face written to {result.root}", ["resolution", "identity zips"], rows))
-    res_flag = "" if "Middle" in result.resolutions else f" --res {result.resolutions[0]}"
+    res_flag = "" if DEFAULT_RESOLUTION in result.resolutions else f" --res {result.resolutions[0]}"
     next_cmd = (
         f"kface extract{res_flag}" + (f" -w {workdir}" if workdir else "")
         if out is None
@@ -186,7 +253,7 @@ def extract_cmd(
             show_default=False,
         ),
     ] = None,
-    res: ResOpt = "Middle",
+    res: ResOpt = DEFAULT_RESOLUTION,
     acc: Annotated[
         str | None,
         typer.Option("--acc", help="Accessories, e.g. S001 or S001-S003 \\[default: S001].", show_default=False),
@@ -209,9 +276,8 @@ def extract_cmd(
             show_default=False,
         ),
     ] = None,
-    workers: Annotated[
-        int, typer.Option("--workers", "-j", help="Identities extracted in parallel (0: one per CPU core, at most 8).")
-    ] = 0,
+    jobs: JobsOpt = 0,
+    workers_deprecated: JobsDeprecatedOpt = None,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
@@ -221,7 +287,14 @@ def extract_cmd(
     from kface_cli.prepare.extract import Selection, extract
 
     selection = Selection.parse(acc, lux, expr, angle)
-    result = extract(source, workdir=workdir, res=res, selection=selection, ids=parse_id_list(ids), workers=workers)
+    result = extract(
+        source,
+        workdir=workdir,
+        res=res,
+        selection=selection,
+        ids=parse_id_list(ids),
+        workers=_deprecated("--workers", "--jobs (-j)", workers_deprecated, jobs),
+    )
     if json_output:
         console.print_json(result)
     else:
@@ -265,38 +338,44 @@ def extract_cmd(
             "Replace the damaged zips and run the same command again (finished identities are skipped)."
         )
         raise typer.Exit(1)
-    res_flag = "" if result.res == "Middle" else f" --res {result.res}"
+    res_flag = "" if result.res == DEFAULT_RESOLUTION else f" --res {result.res}"
     console.info(f"Next: kface crop{res_flag}" + (f" -w {workdir}" if workdir else ""))
 
 
-@command("crop")
+@command(
+    "crop",
+    help=f"Crop the extracted faces to {FACE_SIZE}x{FACE_SIZE} (aligned like insightface) into faces/<Res>, with a manifest.",
+)
 def crop_cmd(
-    res: ResOpt = "Middle",
+    res: ResOpt = DEFAULT_RESOLUTION,
     mode: Annotated[
-        str,
+        CropMode,
         typer.Option(
             "--mode",
+            case_sensitive=False,
             help="align: ArcFace 5-point similarity alignment (profiles fall back to the face box); box: the tutorial's face-box crop.",
         ),
-    ] = "align",
-    size: Annotated[int, typer.Option("--size", help="Output size in pixels (ArcFace models expect 112).")] = 112,
+    ] = CropMode.ALIGN,
+    size: Annotated[
+        int, typer.Option("--size", help=f"Output size in pixels (ArcFace models expect {FACE_SIZE}).")
+    ] = FACE_SIZE,
     margin: Annotated[
         float, typer.Option("--margin", help="box mode: fraction of the face box added on every side.")
     ] = 0.0,
     square: Annotated[
         bool, typer.Option("--square", help="box mode: grow the face box's short side to make it square.")
     ] = False,
-    workers: Annotated[
-        int, typer.Option("--workers", "-j", help="Parallel threads (0: one per CPU core, at most 8).")
-    ] = 0,
+    jobs: JobsOpt = 0,
+    workers_deprecated: JobsDeprecatedOpt = None,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Crop the extracted faces to 112x112 (aligned like insightface) into faces/<Res>, with a manifest."""
-    from kface_cli.prepare.crop import CropConfig, crop, parse_mode
+    from kface_cli.prepare.crop import CropConfig, crop
 
-    config = CropConfig(mode=parse_mode(mode), size=size, margin=margin, square=square)
-    result = crop(workdir, res=res, config=config, workers=workers)
+    config = CropConfig(mode=mode, size=size, margin=margin, square=square)
+    result = crop(
+        workdir, res=res, config=config, workers=_deprecated("--workers", "--jobs (-j)", workers_deprecated, jobs)
+    )
     if json_output:
         console.print_json(result)
         return
@@ -317,7 +396,7 @@ def crop_cmd(
     for status, examples in result.examples.items():
         for ex in examples:
             console.warn(f"{status}: {ex}")
-    res_flag = "" if result.out.name == "Middle" else f" --res {result.out.name}"
+    res_flag = "" if result.out.name == DEFAULT_RESOLUTION else f" --res {result.out.name}"
     console.info(
         f"faces in {result.out}, manifest {result.manifest} ({result.seconds:.1f} s). "
         f"Next: kface split{res_flag}" + (f" -w {workdir}" if workdir else "")
@@ -326,12 +405,12 @@ def crop_cmd(
 
 @command("split")
 def split_cmd(
-    res: ResOpt = "Middle",
+    res: ResOpt = DEFAULT_RESOLUTION,
     val_ids: Annotated[
         int | None,
         typer.Option(
             "--val-ids",
-            help="Number of validation identities \\[default: 10, or a quarter of a small set].",
+            help=f"Number of validation identities \\[default: {DEFAULT_VAL_IDS}, or a quarter of a small set].",
             show_default=False,
         ),
     ] = None,
@@ -342,12 +421,13 @@ def split_cmd(
         ),
     ] = None,
     order: Annotated[
-        str,
+        SplitOrder,
         typer.Option(
             "--order",
+            case_sensitive=False,
             help="random: draw val identities with --seed; sorted: the last ones by ID (the tutorial: first 390 of 400 train).",
         ),
-    ] = "random",
+    ] = SplitOrder.RANDOM,
     max_pairs: Annotated[
         int | None,
         typer.Option(
@@ -363,7 +443,7 @@ def split_cmd(
     """Split the crops into identity-disjoint train/val folders, classes.csv and val_pairs.csv."""
     from kface_cli.prepare.split import split
 
-    result = split(workdir, res=res, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order, max_pairs=max_pairs)  # type: ignore[arg-type]
+    result = split(workdir, res=res, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order, max_pairs=max_pairs)
     if json_output:
         console.print_json(result)
         return
@@ -482,9 +562,7 @@ def train_cmd(
             "-c",
         ),
     ] = None,
-    name: Annotated[
-        str | None, _opt("Run folder runs/<name> \\[default: <network>-<date>-<time>].", "--name", "-n")
-    ] = None,
+    name: Annotated[str | None, _opt("Run folder runs/<name> \\[default: <network>-<date>-<time>].", "--name")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue run --name exactly where it stopped.")] = False,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
@@ -559,45 +637,42 @@ def train_cmd(
 # ============================================================================================
 
 
-@command("export")
+@command(
+    "export",
+    help=f"Export a trained model for deployment (input `data` [N,3,{FACE_SIZE},{FACE_SIZE}], metadata inside), checked against torch.",
+)
 def export_cmd(
-    model: Annotated[
-        str | None,
-        typer.Argument(
-            help="Run folder or name, checkpoint.pt or backbone.pth \\[default: the latest run].", show_default=False
-        ),
+    model_deprecated: Annotated[
+        str | None, typer.Argument(hidden=True, metavar="MODEL", help="Deprecated: --model.", show_default=False)
     ] = None,
+    model: ModelOpt = None,
     out: Annotated[
         Path | None,
         typer.Option(
             "--out",
             "-o",
-            help="Model file to write \\[default: <run>/model.onnx, or model.pt for torchscript].",
+            help=f"Model file to write \\[default: <run>/{RUN_ONNX}, or {RUN_TORCHSCRIPT} for torchscript].",
             show_default=False,
         ),
     ] = None,
     fmt: Annotated[
-        str,
+        ExportFormat,
         typer.Option(
             "--format",
             "-f",
+            case_sensitive=False,
             help="onnx (ONNX Runtime, TensorRT, OpenVINO; insightface-compatible) or torchscript (libtorch).",
         ),
-    ] = "onnx",
-    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = 17,
+    ] = ExportFormat.ONNX,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX opset version.")] = DEFAULT_OPSET,
     network: NetworkOpt = None,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Export a trained model for deployment (input `data` [N,3,112,112], metadata inside), checked against torch."""
-    from kface_cli.embedding.export import export_model
-    from kface_cli.embedding.loading import resolve_model_path
+    from kface_cli.embedding.export import MIN_COSINE, export_model
 
-    if out is None:
-        source = resolve_model_path(model, workdir)
-        folder = source if source.is_dir() else source.parent
-        out = folder / ("model.onnx" if fmt == "onnx" else "model.pt")
-    result = export_model(model, out, fmt=fmt, opset=opset, workdir=workdir, network=network)  # type: ignore[arg-type]
+    model = _deprecated("the positional MODEL", "--model (-m)", model_deprecated, model)
+    result = export_model(model, out, fmt=fmt, opset=opset, workdir=workdir, network=network)
     if json_output:
         console.print_json(result.to_dict())
         return
@@ -606,14 +681,14 @@ def export_cmd(
         ["format", result.format + (f" (opset {result.opset})" if result.opset else "")],
         ["network", result.network],
         ["embedding size", str(result.embedding_size)],
-        ["input", "data [N, 3, 112, 112] float32 RGB, (x - 127.5) / 127.5"],
+        ["input", result.metadata["kface.input"]],
         ["size", f"{result.size_bytes / 1e6:.1f} MB"],
         ["fingerprint", result.fingerprint],
         ["source", str(result.source)],
     ]
     console.show(console.table("Exported model", ["field", "value"], rows, justify_numbers=False))
     console.info(
-        f"self-check passed: {result.check_faces} faces, min cosine vs torch {result.min_cosine:.6f} (>= 0.9999), "
+        f"self-check passed: {result.check_faces} faces, min cosine vs torch {result.min_cosine:.6f} (>= {MIN_COSINE}), "
         f"max |diff| {result.max_abs_diff:.2e}; {result.seconds:.1f} s"
     )
 
@@ -624,12 +699,15 @@ def export_cmd(
 
 GalleryOpt = Annotated[
     Path | None,
-    typer.Option("--gallery", "-g", help="Gallery file \\[default: gallery.h5 in the workspace].", show_default=False),
+    typer.Option(
+        "--gallery", "-g", help=f"Gallery file \\[default: {GALLERY_FILE} in the workspace].", show_default=False
+    ),
 ]
 LandmarksOpt = Annotated[
-    str,
+    LandmarkMode,
     typer.Option(
         "--landmarks",
+        case_sensitive=False,
         help="Where the 5 face points come from: auto (K-Face .txt sidecar when present, else the detector), detect, sidecar.",
     ),
 ]
@@ -642,10 +720,11 @@ MinFaceOpt = Annotated[
     ),
 ]
 IndexOpt = Annotated[
-    str,
+    IndexKind,
     typer.Option(
         "--index",
-        help="Search index kind: auto (exact up to 50k templates, then IVF), flat (exact), ivf, hnsw; built when the saved one differs.",
+        case_sensitive=False,
+        help=f"Search index kind: auto (exact up to {AUTO_FLAT_MAX:,} templates, then IVF), flat (exact), ivf, hnsw; built when the saved one differs.",
     ),
 ]
 
@@ -675,23 +754,29 @@ def enroll_cmd(
         ),
     ] = False,
     per_identity: Annotated[
-        str,
+        PerIdentity,
         typer.Option(
-            "--per-identity", help="Templates kept per person: all (one per photo) or mean (one averaged template)."
+            "--per-identity",
+            case_sensitive=False,
+            help="Templates kept per person: all (one per photo) or mean (one averaged template).",
         ),
-    ] = "all",
+    ] = PerIdentity.ALL,
     replace: Annotated[
         bool, typer.Option("--replace", help="First remove the existing templates of every person in DIR.")
     ] = False,
-    landmarks: LandmarksOpt = "auto",
+    landmarks: LandmarksOpt = LandmarkMode.AUTO,
     min_face: MinFaceOpt = None,
-    batch_size: Annotated[
+    commit_every: Annotated[
         int,
         typer.Option(
-            "--batch-size",
-            help="Photos embedded and committed together (an interrupted run keeps every committed batch).",
+            "--commit-every",
+            help="Photos embedded and saved together (an interrupted run keeps every saved batch).",
+            min=1,
         ),
-    ] = 32,
+    ] = ENROLL_BATCH_SIZE,
+    batch_size_deprecated: Annotated[
+        int | None, typer.Option("--batch-size", hidden=True, help="Deprecated: --commit-every.", show_default=False)
+    ] = None,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
@@ -710,7 +795,7 @@ def enroll_cmd(
         replace=replace,
         landmarks=landmarks,
         min_face=min_face,
-        batch_size=batch_size,
+        batch_size=_deprecated("--batch-size", "--commit-every", batch_size_deprecated, commit_every),
     )
     if json_output:
         console.print_json(result.to_json())
@@ -738,13 +823,13 @@ def identify_cmd(
         typer.Option(
             "--threshold",
             "-t",
-            help="Squared L2 distance (2 - 2 cos) below which a face is named \\[default: the model's calibrated threshold, else 1.5 = cosine 0.25].",
+            help=f"Squared L2 distance (2 - 2 cos) below which a face is named \\[default: the model's calibrated threshold, else {DEFAULT_THRESHOLD:g} = cosine {DEFAULT_THRESHOLD_COSINE:g}].",
             show_default=False,
         ),
     ] = None,
     top_k: Annotated[
         int, typer.Option("--top-k", "-k", help="Identities listed per face (the best and the next candidates).")
-    ] = 3,
+    ] = DEFAULT_TOP_K,
     every: Annotated[int, typer.Option("--every", help="Videos and camera: use one frame in N.")] = 1,
     camera: Annotated[
         int | None,
@@ -759,9 +844,9 @@ def identify_cmd(
     aligned: Annotated[
         bool, typer.Option("--aligned", help="The inputs are 112x112 aligned crops: no detection.")
     ] = False,
-    landmarks: LandmarksOpt = "auto",
+    landmarks: LandmarksOpt = LandmarkMode.AUTO,
     min_face: MinFaceOpt = None,
-    index: IndexOpt = "auto",
+    index: IndexOpt = IndexKind.AUTO,
     csv_path: Annotated[
         Path | None, typer.Option("--csv", help="Also write one row per face to this CSV file.", show_default=False)
     ] = None,
@@ -837,7 +922,7 @@ def gallery_cmd(
             "--rebuild-index", help="Rebuild the search index now (it is also rebuilt automatically when stale)."
         ),
     ] = False,
-    index: IndexOpt = "auto",
+    index: IndexOpt = IndexKind.AUTO,
     check: Annotated[
         bool,
         typer.Option(
@@ -955,7 +1040,10 @@ def evaluate_cmd(
             "--name", help="Report folder name under reports/ \\[default: <model>-<protocol>].", show_default=False
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per forward pass.", min=1)] = 64,
+    embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
+    batch_size_deprecated: Annotated[
+        int | None, typer.Option("--batch-size", hidden=True, help="Deprecated: --embed-batch.", show_default=False)
+    ] = None,
     conditions: Annotated[
         bool,
         typer.Option(
@@ -973,7 +1061,8 @@ def evaluate_cmd(
         EvaluateOptions(
             model=model, workdir=workdir, network=network, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
             bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
-            save_threshold=save_threshold, name=name, batch_size=batch_size,
+            save_threshold=save_threshold, name=name,
+            batch_size=_deprecated("--batch-size", "--embed-batch", batch_size_deprecated, embed_batch),
         )
     )  # fmt: skip
     if json_output:

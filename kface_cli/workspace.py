@@ -25,6 +25,14 @@ RUN_BACKBONE = "backbone.pth"  # the best backbone: a plain state_dict in insigh
 RUN_CHECKPOINT = "checkpoint.pt"  # everything needed to resume exactly
 RUN_LOG = "log.jsonl"  # one JSON record per step/epoch
 RUN_PLOTS = "plots.png"  # loss, learning rate, validation accuracy
+RUN_ONNX = "model.onnx"  # kface export's output (--format onnx)
+RUN_TORCHSCRIPT = "model.pt"  # kface export's output (--format torchscript)
+
+# The other files of a workspace.
+MANIFEST = "manifest.csv"  # faces/<Res>/: one row per crop
+CLASSES_CSV = "classes.csv"  # split/: training identity -> label
+VAL_PAIRS_CSV = "val_pairs.csv"  # split/: validation pairs
+GALLERY_FILE = "gallery.h5"
 
 RESOLUTIONS = ("High", "Middle", "Low")
 DEFAULT_RESOLUTION = "Middle"
@@ -34,7 +42,7 @@ def normalise_resolution(res: str) -> str:
     """``middle``, ``Middle``, ``Middle_Resolution`` -> ``Middle``."""
     key = res.strip().split("_")[0].capitalize()
     if key not in RESOLUTIONS:
-        raise InputError(f"{res!r} is not a K-Face resolution", hint="Use one of High, Middle, Low.")
+        raise InputError(f"{res!r} is not a K-Face resolution", hint=f"Use one of {', '.join(RESOLUTIONS)}.")
     return key
 
 
@@ -56,7 +64,7 @@ class Workspace:
         return self.root / "faces" / normalise_resolution(res)
 
     def manifest(self, res: str) -> Path:
-        return self.faces(res) / "manifest.csv"
+        return self.faces(res) / MANIFEST
 
     @property
     def split(self) -> Path:
@@ -72,11 +80,11 @@ class Workspace:
 
     @property
     def classes_csv(self) -> Path:
-        return self.split / "classes.csv"
+        return self.split / CLASSES_CSV
 
     @property
     def val_pairs(self) -> Path:
-        return self.split / "val_pairs.csv"
+        return self.split / VAL_PAIRS_CSV
 
     @property
     def runs(self) -> Path:
@@ -87,7 +95,7 @@ class Workspace:
 
     @property
     def gallery(self) -> Path:
-        return self.root / "gallery.h5"
+        return self.root / GALLERY_FILE
 
     @property
     def reports(self) -> Path:

@@ -22,7 +22,7 @@ step "3. Identity-disjoint train/val split with verification pairs" kface split 
 step "4. Train a MobileFaceNet from scratch with ArcFace (shipped config: demo_mbf)" \
   kface train --config demo_mbf --name demo
 step "5. Export the best model to ONNX (checks itself against torch)" \
-  kface export "$KFACE_WORKDIR/runs/demo" --out "$KFACE_WORKDIR/demo.onnx"
+  kface export --model "$KFACE_WORKDIR/runs/demo" --out "$KFACE_WORKDIR/demo.onnx"
 
 # A gallery of the validation people (never seen in training): one frontal photo each, with its
 # K-Face landmark file; probes: other photos of them, and of three people who are not enrolled.

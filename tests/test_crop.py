@@ -156,7 +156,7 @@ def test_bad_annotations_are_counted_never_fatal(tmp_path):
     _write(base, "C9", img, "\n".join(lines[:7] + ["400 300 50 50"] + lines[8:]))  # box outside the image
     _write(base, "C10", img, "\n".join(lines[:7] + ["100 50 0 80"] + lines[8:]))  # zero size
     _write(base, "C11", text=good, raw_bytes=b"\xff\xd8 not really a jpeg")
-    r = crop(tmp_path, res="Low", config=CropConfig(mode=CropMode.align))
+    r = crop(tmp_path, res="Low", config=CropConfig(mode=CropMode.ALIGN))
     assert r.images == 6 and r.cropped == 1
     assert r.problems == {"missing-annotation": 1, "malformed-annotation": 3, "unreadable-image": 1}
     with open(r.manifest, newline="") as f:
@@ -189,9 +189,9 @@ def test_missing_raw_folder_names_the_stage(tmp_path):
 @pytest.mark.parametrize(
     "config",
     [
-        CropConfig(mode=CropMode.box, margin=float("nan")),
-        CropConfig(mode=CropMode.box, margin=float("inf")),
-        CropConfig(mode=CropMode.box, margin=1e6),
+        CropConfig(mode=CropMode.BOX, margin=float("nan")),
+        CropConfig(mode=CropMode.BOX, margin=float("inf")),
+        CropConfig(mode=CropMode.BOX, margin=1e6),
         CropConfig(size=10**6),
     ],
 )

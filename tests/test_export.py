@@ -107,9 +107,11 @@ def test_export_errors(workspace, tmp_path):
 def test_cli_export(workspace, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli.onnx"
-    r = runner.invoke(app, ["export", "tiny", "--out", str(out), "-w", str(workspace), "--json"])
+    r = runner.invoke(app, ["export", "--model", "tiny", "--out", str(out), "-w", str(workspace), "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert data["check"]["passed"] and data["check"]["min_cosine"] >= 0.9999 and Path(data["path"]) == out
-    r = runner.invoke(app, ["export", "missing-run", "-w", str(workspace)])
+    r = runner.invoke(app, ["export", "-m", "missing-run", "-w", str(workspace)])
     assert r.exit_code == 2 and "model not found" in r.output
+    r = runner.invoke(app, ["export", "missing-run", "-w", str(workspace)])  # the deprecated positional MODEL
+    assert r.exit_code == 2 and "deprecated" in r.output and "model not found" in r.output

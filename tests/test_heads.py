@@ -160,7 +160,7 @@ def test_partial_fc_keeps_positives_and_trains_only_sampled_rows():
 
 
 def test_bad_configs_are_user_errors():
-    with pytest.raises(KFaceError, match="Valid losses"):
+    with pytest.raises(KFaceError, match="unknown loss"):
         build_head(10, 8, HeadConfig(loss="arcfase"))
     with pytest.raises(KFaceError, match="sample-rate"):
         build_head(10, 8, HeadConfig(sample_rate=0.0))

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from gallery_helpers import CODES, FakeFace, PixelEmbedder, SidecarDetector, mbf_model, people_folder, render_photo  # noqa: F401 (fixture)
 
+from kface_cli.defaults import DEFAULT_THRESHOLD
 from kface_cli.errors import InputError, ModelMismatchError
 from kface_cli.gallery.enroll import enroll_folder
 from kface_cli.gallery.identify import UNKNOWN, identify, table_rows, write_csv
-from kface_cli.gallery.index import DEFAULT_THRESHOLD
 
 PEOPLE = {"김철수": "19072651", "Alice": "19072652", "Bob": "19072653"}
 STRANGER = "19072659"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kface_cli.defaults import DEFAULT_THRESHOLD, DEFAULT_THRESHOLD_COSINE
 from kface_cli.errors import InputError
 from kface_cli.gallery import index as index_mod
 from kface_cli.gallery.index import (
-    DEFAULT_THRESHOLD,
     IndexKind,
     build_index,
     distance_to_cosine,
@@ -42,9 +42,8 @@ def test_flat_distances_are_squared_l2_between_unit_vectors():
     assert np.all(np.diff(res.distances, axis=1) >= -1e-6)
 
 
-def test_default_threshold_is_cosine_quarter():
-    assert DEFAULT_THRESHOLD == pytest.approx(1.5)
-    assert distance_to_cosine(DEFAULT_THRESHOLD) == pytest.approx(0.25)
+def test_default_threshold_is_the_tutorials_cosine_quarter():
+    assert distance_to_cosine(DEFAULT_THRESHOLD) == pytest.approx(DEFAULT_THRESHOLD_COSINE) == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])

@@ -171,7 +171,7 @@ def test_a_malicious_model_via_the_cli_runs_nothing(tmp_path, backbone):
     cv2.imwrite(str(photos / "alice.png"), np.full((112, 112, 3), 128, np.uint8))
     for path in paths:
         for args in (
-            ["export", str(path), "--out", str(tmp_path / "x.onnx")],
+            ["export", "--model", str(path), "--out", str(tmp_path / "x.onnx")],
             ["enroll", str(photos), "--aligned", "--model", str(path)],
         ):
             result = CliRunner().invoke(app, [*args, "--workdir", str(tmp_path)])

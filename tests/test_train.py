@@ -70,7 +70,7 @@ def test_config_file_then_command_line(tmp_path):
     assert (cfg.network, cfg.batch_size, cfg.lr, cfg.margin) == ("r18", 8, 0.02, (1.0, 0.3, 0.2))
     with pytest.raises(KFaceError, match="Valid options"):
         resolve_config(None, {"batchsize": 3})
-    with pytest.raises(KFaceError, match="Valid optimizers"):
+    with pytest.raises(KFaceError, match="unknown optimizer"):
         resolve_config(None, {"optimizer": "adam"})
     tut = resolve_config("tutorial_r50")
     assert (tut.network, tut.loss, tut.scale, tut.margin, tut.batch_size, tut.lr, tut.epochs, tut.init) == (

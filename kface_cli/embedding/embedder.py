@@ -24,23 +24,21 @@ import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from kface_cli.errors import InputError, KFaceError
-from kface_cli.face.preprocess import INPUT_SIZE, PREPROCESS_SPEC, faces_to_input
+from kface_cli.choices import Backend
+from kface_cli.defaults import DEFAULT_OPSET, FACE_SIZE
+from kface_cli.errors import InputError
+from kface_cli.face.preprocess import PREPROCESS_SPEC, faces_to_input
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-Backend = Literal["auto", "torch", "onnx"]
-BACKENDS: tuple[str, ...] = get_args(Backend)
-
 #: Name of the network input in every ONNX model we write (insightface uses the same).
 ONNX_INPUT_NAME = "data"
 ONNX_OUTPUT_NAME = "embedding"
-DEFAULT_OPSET = 17
 #: ONNX metadata key holding the weights digest of the torch model an ONNX file was exported from,
 #: so an exported model keeps the fingerprint of its run (its embeddings match to cosine >= 0.9999).
 META_WEIGHTS_DIGEST = "kface.weights_digest"
@@ -153,9 +151,9 @@ class Embedder:
         faces = np.asarray(faces)
         if faces.ndim == 3:
             faces = faces[None]
-        if faces.ndim != 4 or faces.shape[1:] != (INPUT_SIZE, INPUT_SIZE, 3):
+        if faces.ndim != 4 or faces.shape[1:] != (FACE_SIZE, FACE_SIZE, 3):
             raise InputError(
-                f"embed() expects aligned faces of shape (N, {INPUT_SIZE}, {INPUT_SIZE}, 3), got {faces.shape}",
+                f"embed() expects aligned faces of shape (N, {FACE_SIZE}, {FACE_SIZE}, 3), got {faces.shape}",
                 hint="Align faces first with kface_cli.face.pipeline (faces_in_image or load_aligned).",
             )
         if faces.dtype != np.uint8:
@@ -237,7 +235,7 @@ def onnx_bytes_from_module(module: torch.nn.Module, opset: int = DEFAULT_OPSET) 
     was_training = module.training
     module.eval()
     try:
-        dummy = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE)
+        dummy = torch.zeros(1, 3, FACE_SIZE, FACE_SIZE)
         buf = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # "legacy exporter": chosen on purpose
@@ -299,7 +297,7 @@ def module_output_size(module: torch.nn.Module) -> int:
     try:
         device = next(module.parameters()).device
         with torch.inference_mode():
-            return int(module(torch.zeros(2, 3, INPUT_SIZE, INPUT_SIZE, device=device)).shape[1])
+            return int(module(torch.zeros(2, 3, FACE_SIZE, FACE_SIZE, device=device)).shape[1])
     finally:
         module.train(was_training)
 
@@ -309,7 +307,7 @@ def embedder_from_module(
     *,
     flip: bool = False,
     network: str = "in-memory",
-    backend: Backend = "torch",
+    backend: Backend | str = Backend.TORCH,
     source: Path | None = None,
     embedding_size: int | None = None,
     cache_onnx: bool = False,
@@ -324,7 +322,7 @@ def embedder_from_module(
     (``cache_onnx=True``: keep the export in :func:`default_cache_dir`, keyed by the weights).
     ``channels_last=True`` when the module was converted to the channels-last memory format.
     """
-    check_backend(backend)
+    backend = check_backend(backend)
     if embedding_size is None:
         embedding_size = module_output_size(module)
     digest = state_dict_digest(module.state_dict())
@@ -360,9 +358,8 @@ def _auto_onnx_for(module: torch.nn.Module) -> bool:
     return AUTO_PREFERS_ONNX and device.type == "cpu"
 
 
-def check_backend(backend: str) -> None:
-    if backend not in BACKENDS:
-        raise KFaceError(f"unknown backend {backend!r}", hint=f"Use one of: {', '.join(BACKENDS)}.")
+def check_backend(backend: Backend | str) -> Backend:
+    return Backend.parse(backend, "backend")
 
 
 # ------------------------------------------------------------------------------------------

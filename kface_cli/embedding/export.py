@@ -18,14 +18,22 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 
+from kface_cli.choices import ExportFormat
+from kface_cli.defaults import DEFAULT_OPSET, FACE_SIZE
 from kface_cli.errors import KFaceError
+from kface_cli.face.preprocess import MEAN, STD
+from kface_cli.workspace import RUN_ONNX, RUN_TORCHSCRIPT
 
-ExportFormat = Literal["onnx", "torchscript"]
-EXPORT_FORMATS: tuple[str, ...] = get_args(ExportFormat)
+#: The file written beside the source model when no ``--out`` is given, per format.
+DEFAULT_FILE_NAMES = {ExportFormat.ONNX: RUN_ONNX, ExportFormat.TORCHSCRIPT: RUN_TORCHSCRIPT}
+#: ONNX opsets accepted by ``--opset``.
+OPSET_RANGE = (11, 21)
+#: The exported model's input, as recorded in its metadata and shown by ``kface export``.
+INPUT_DESCRIPTION = f"float32 [N, 3, {FACE_SIZE}, {FACE_SIZE}], RGB, (x - {MEAN}) / {STD}, ArcFace-aligned"
 #: The exported model's embeddings must match torch's at least this well (cosine, every face).
 MIN_COSINE = 0.9999
 #: Faces embedded by the self-check (synthetic face-like crops, plus real crops when available).
@@ -80,18 +88,19 @@ def synthetic_faces(n: int, seed: int = 0) -> np.ndarray:
     from kface_cli.face.align import ARCFACE_TEMPLATE
 
     rng = np.random.default_rng(seed)
-    out = np.empty((n, 112, 112, 3), np.uint8)
-    yy, xx = np.mgrid[0:112, 0:112].astype(np.float32)
+    side = FACE_SIZE
+    out = np.empty((n, side, side, 3), np.uint8)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
     for i in range(n):
         bg = rng.uniform(30, 220, 3)
-        img = np.empty((112, 112, 3), np.float32)
+        img = np.empty((side, side, 3), np.float32)
         img[:] = bg
-        img += (xx[..., None] / 112.0 - 0.5) * rng.uniform(-60, 60, 3)  # background gradient
+        img += (xx[..., None] / side - 0.5) * rng.uniform(-60, 60, 3)  # background gradient
         skin = np.array([rng.uniform(60, 190), rng.uniform(90, 200), rng.uniform(120, 235)])  # BGR
         dx, dy = rng.normal(0, 1.5, 2)
         cx, cy = 56 + dx, 66 + dy
         oval = ((xx - cx) / rng.uniform(36, 42)) ** 2 + ((yy - cy) / rng.uniform(48, 54)) ** 2 <= 1
-        light = 1 + (xx - cx) / 112.0 * rng.uniform(-0.8, 0.8)
+        light = 1 + (xx - cx) / side * rng.uniform(-0.8, 0.8)
         img[oval] = skin[None, :] * light[oval][:, None]
         pts = ARCFACE_TEMPLATE + np.array([dx, dy]) + rng.normal(0, 1.0, (5, 2))
         dark = tuple(float(v) for v in rng.uniform(10, 60, 3))
@@ -135,21 +144,21 @@ def export_metadata(
     from kface_cli import __version__
     from kface_cli.embedding.embedder import META_WEIGHTS_DIGEST, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
     from kface_cli.face.align import ARCFACE_TEMPLATE
-    from kface_cli.face.preprocess import MEAN, PREPROCESS_SPEC, STD
+    from kface_cli.face.preprocess import PREPROCESS_SPEC
 
     run = source if source.is_dir() else source.parent
     meta = {
         "kface.version": __version__,
         "kface.network": network,
         "kface.embedding_size": str(embedding_size),
-        "kface.input": f"{ONNX_INPUT_NAME}: float32 [N, 3, 112, 112], RGB, (x - {MEAN}) / {STD}, ArcFace-aligned",
+        "kface.input": f"{ONNX_INPUT_NAME}: {INPUT_DESCRIPTION}",
         "kface.output": f"{ONNX_OUTPUT_NAME}: float32 [N, {embedding_size}], not L2-normalised",
         "kface.color": "RGB",
         "kface.mean": str(MEAN),
         "kface.std": str(STD),
         "kface.preprocess": PREPROCESS_SPEC,
         "kface.alignment_template": json.dumps(ARCFACE_TEMPLATE.tolist()),
-        "kface.alignment": "similarity transform of 5 points (eyes, nose, mouth corners) to the template, 112x112",
+        "kface.alignment": f"similarity transform of 5 points (eyes, nose, mouth corners) to the template, {FACE_SIZE}x{FACE_SIZE}",
         "kface.training_run": run.name,
         "kface.source": str(source),
         "kface.fingerprint": fingerprint,
@@ -162,10 +171,10 @@ def export_metadata(
 
 def export_model(
     model: str | Path | None,
-    out: str | Path,
+    out: str | Path | None = None,
     *,
-    fmt: ExportFormat = "onnx",
-    opset: int = 17,
+    fmt: ExportFormat | str = ExportFormat.ONNX,
+    opset: int = DEFAULT_OPSET,
     workdir: Path | None = None,
     network: str | None = None,
 ) -> ExportResult:
@@ -173,9 +182,10 @@ def export_model(
 
     Args:
         model: run folder, run name, checkpoint.pt or backbone.pth (None: the latest run).
-        out: the file to write (atomically; a failed self-check leaves nothing).
+        out: the file to write (atomically; a failed self-check leaves nothing); None:
+            :data:`DEFAULT_FILE_NAMES` in the run folder (the source model's folder).
         fmt: "onnx" (ONNX Runtime, TensorRT, OpenVINO...) or "torchscript" (libtorch, C++).
-        opset: ONNX opset; 17 runs on ONNX Runtime >= 1.11 and TensorRT 8.5+.
+        opset: ONNX opset; the default runs on ONNX Runtime >= 1.11 and TensorRT 8.5+.
         network: backbone of a bare backbone.pth when it cannot be read from the run.
     """
     import torch
@@ -183,23 +193,25 @@ def export_model(
     from kface_cli.atomic import atomic_path
     from kface_cli.embedding import embedder, loading
 
-    if fmt not in EXPORT_FORMATS:
-        raise KFaceError(f"unknown export format {fmt!r}", hint=f"Use one of: {', '.join(EXPORT_FORMATS)}.")
-    if not 11 <= int(opset) <= 21:
+    fmt = ExportFormat.parse(fmt, "export format")
+    if not OPSET_RANGE[0] <= int(opset) <= OPSET_RANGE[1]:
         raise KFaceError(
-            f"ONNX opset {opset} is out of range", hint="Use an opset between 11 and 21 (17 is the default)."
+            f"ONNX opset {opset} is out of range",
+            hint=f"Use an opset between {OPSET_RANGE[0]} and {OPSET_RANGE[1]} ({DEFAULT_OPSET} is the default).",
         )
     t0 = time.perf_counter()
+    source = loading.resolve_model_path(model, workdir)
+    if out is None:
+        out = (source if source.is_dir() else source.parent) / DEFAULT_FILE_NAMES[fmt]
     out = Path(out).expanduser().resolve()
     if out.is_dir():
-        raise KFaceError(f"--out must be a file, got a folder: {out}", hint="Pass e.g. --out model.onnx.")
-    expected_suffix = ".onnx" if fmt == "onnx" else ".pt"
+        raise KFaceError(f"--out must be a file, got a folder: {out}", hint=f"Pass e.g. --out {RUN_ONNX}.")
+    expected_suffix = Path(DEFAULT_FILE_NAMES[fmt]).suffix
     if out.suffix.lower() != expected_suffix:
         raise KFaceError(
             f"{fmt} models are written as {expected_suffix} files, got {out.name}",
             hint=f"Use --out {out.with_suffix(expected_suffix).name}.",
         )
-    source = loading.resolve_model_path(model, workdir)
     if source.is_file() and source.suffix.lower() == ".onnx":
         raise KFaceError(
             f"{source.name} is already an ONNX model", hint="Export from a run folder, checkpoint.pt or backbone.pth."
@@ -209,7 +221,7 @@ def export_model(
     module = module.float().eval()
     reference = embedder.embedder_from_module(module, network=name, backend="torch", source=source, embedding_size=size)
     meta = export_metadata(
-        name, size, reference.fingerprint, reference.weights_digest, source, opset if fmt == "onnx" else None
+        name, size, reference.fingerprint, reference.weights_digest, source, opset if fmt is ExportFormat.ONNX else None
     )
 
     faces = synthetic_faces(CHECK_FACES)
@@ -219,11 +231,11 @@ def export_model(
     expected = reference.embed(faces, batch_size=len(faces))  # one torch batch: one set of oneDNN kernels
 
     with atomic_path(out) as tmp:
-        if fmt == "onnx":
+        if fmt is ExportFormat.ONNX:
             _write_onnx(module, tmp, opset, meta)
             exported = loading.load_embedder(tmp, backend="onnx")
         else:
-            traced = torch.jit.trace(module, torch.zeros(2, 3, 112, 112), check_trace=False)
+            traced = torch.jit.trace(module, torch.zeros(2, 3, FACE_SIZE, FACE_SIZE), check_trace=False)
             torch.jit.save(traced, str(tmp), _extra_files={"kface.json": json.dumps(meta)})
             exported = loading.load_embedder(tmp)
         got = exported.embed(faces, batch_size=CHECK_BATCH)
@@ -242,10 +254,10 @@ def export_model(
             )
     return ExportResult(
         path=out,
-        format=fmt,
+        format=fmt.value,
         network=name,
         embedding_size=size,
-        opset=opset if fmt == "onnx" else None,
+        opset=opset if fmt is ExportFormat.ONNX else None,
         fingerprint=reference.fingerprint,
         source=source,
         size_bytes=out.stat().st_size,
@@ -261,7 +273,7 @@ def _write_onnx(module: Any, path: Path, opset: int, meta: dict[str, str]) -> No
     import onnx
 
     from kface_cli import __version__
-    from kface_cli.embedding.embedder import onnx_bytes_from_module
+    from kface_cli.embedding.embedder import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, onnx_bytes_from_module
 
     proto = onnx.load_from_string(onnx_bytes_from_module(module, opset))
     del proto.metadata_props[:]
@@ -270,6 +282,6 @@ def _write_onnx(module: Any, path: Path, opset: int, meta: dict[str, str]) -> No
         prop.key, prop.value = key, value
     proto.producer_name = "kface"
     proto.producer_version = __version__
-    proto.doc_string = "ArcFace face embedding: input 'data' [N,3,112,112] RGB (x-127.5)/127.5, output 'embedding' [N,D] (L2-normalise it)."
+    proto.doc_string = f"ArcFace face embedding: input {ONNX_INPUT_NAME!r} {INPUT_DESCRIPTION}; output {ONNX_OUTPUT_NAME!r} [N, D] (L2-normalise it)."
     onnx.checker.check_model(proto)
     onnx.save(proto, str(path))

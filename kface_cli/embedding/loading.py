@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kface_cli.defaults import FACE_SIZE
 from kface_cli.embedding.embedder import (
     META_WEIGHTS_DIGEST,
     Backend,
@@ -41,7 +42,6 @@ from kface_cli.embedding.embedder import (
     torch_forward,
 )
 from kface_cli.errors import InputError, KFaceError, ModelMismatchError
-from kface_cli.face.preprocess import INPUT_SIZE
 from kface_cli.workspace import RUN_BACKBONE, RUN_CHECKPOINT, RUN_CONFIG
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -68,11 +68,11 @@ def _load_onnx(path: Path, flip: bool) -> Embedder:
     if (
         len(dims) != 4
         or dims[1] not in (3, None)
-        or dims[2] not in (INPUT_SIZE, None)
-        or dims[3] not in (INPUT_SIZE, None)
+        or dims[2] not in (FACE_SIZE, None)
+        or dims[3] not in (FACE_SIZE, None)
     ):
         raise ModelMismatchError(
-            f"{path.name} takes input of shape {dims}; kface needs [N, 3, {INPUT_SIZE}, {INPUT_SIZE}] (ArcFace-aligned faces)",
+            f"{path.name} takes input of shape {dims}; kface needs [N, 3, {FACE_SIZE}, {FACE_SIZE}] (ArcFace-aligned faces)",
             path=path,
         )
     digest = onnx_digest(proto)
@@ -88,7 +88,7 @@ def _load_onnx(path: Path, flip: bool) -> Embedder:
     )
     if size is None:
         forward = ort_forward(session)
-        size = forward(np.zeros((1, 3, INPUT_SIZE, INPUT_SIZE), np.float32)).shape[-1]
+        size = forward(np.zeros((1, 3, FACE_SIZE, FACE_SIZE), np.float32)).shape[-1]
     network = metadata.get("kface.network") or "onnx"
     return Embedder(
         ort_forward(session),
@@ -325,7 +325,7 @@ def load_embedder(
     workdir: Path | None = None,
     network: str | None = None,
     flip: bool = False,
-    backend: Backend = "auto",
+    backend: Backend | str = Backend.AUTO,
 ) -> Embedder:
     """Load any supported face model as an :class:`Embedder`.
 
@@ -340,7 +340,7 @@ def load_embedder(
         flip: flip test-time augmentation (about +0.1-0.3% verification accuracy, 2x the compute).
         backend: "torch", "onnx" (ONNX Runtime) or "auto" (the faster one; ONNX on CPU).
     """
-    check_backend(backend)
+    backend = check_backend(backend)
     path = resolve_model_path(model, workdir)
     if path.is_file() and path.suffix.lower() == ".onnx":
         if backend == "torch":

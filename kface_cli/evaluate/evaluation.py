@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from kface_cli.defaults import EMBED_BATCH_SIZE
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.evaluate import conditions as C
 from kface_cli.evaluate import metrics as M
@@ -69,7 +70,7 @@ class EvaluateOptions:
     target_far: float | None = None
     save_threshold: bool = False
     name: str | None = None
-    batch_size: int = 64
+    batch_size: int = EMBED_BATCH_SIZE
     landmarks: str = "auto"
     write_report: bool = True
     fars: tuple[float, ...] = M.DEFAULT_FARS

@@ -26,11 +26,11 @@ from typing import Any
 
 import numpy as np
 
+from kface_cli.defaults import FACE_SIZE
 from kface_cli.errors import InputError
 
 #: Distance given to pairs whose image has no detectable face (the maximum squared L2 of unit vectors).
 FAILED_DISTANCE = 4.0
-ALIGNED_SIZE = 112
 #: Images embedded per chunk (bounds memory; the embedder batches inside each chunk).
 EMBED_CHUNK = 2048
 
@@ -51,7 +51,7 @@ class PairFaces:
     failed: np.ndarray | None = None  # (U,) bool
 
     def __post_init__(self) -> None:
-        assert self.faces.ndim == 4 and self.faces.shape[1:] == (ALIGNED_SIZE, ALIGNED_SIZE, 3), (
+        assert self.faces.ndim == 4 and self.faces.shape[1:] == (FACE_SIZE, FACE_SIZE, 3), (
             f"faces must be (U,112,112,3), got {self.faces.shape}"
         )
         assert self.idx1.shape == self.idx2.shape == self.issame.shape, (
@@ -77,7 +77,7 @@ class FaceLoader:
         from kface_cli.face.imageio import read_image
 
         image = read_image(path)
-        if image.shape[:2] == (ALIGNED_SIZE, ALIGNED_SIZE):
+        if image.shape[:2] == (FACE_SIZE, FACE_SIZE):
             return image  # an aligned crop: used as it is
         from kface_cli.face import pipeline
 
@@ -119,7 +119,7 @@ def prepare_pairs(
         idx2[k] = index.setdefault(b, len(index))
         issame[k] = s
     names = list(index)
-    faces = np.zeros((len(names), ALIGNED_SIZE, ALIGNED_SIZE, 3), dtype=np.uint8)
+    faces = np.zeros((len(names), FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
     failed = np.zeros(len(names), dtype=bool)
     with progress(description, total=len(names)) as bar:
         for i, path in enumerate(names):

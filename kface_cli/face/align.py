@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kface_cli.defaults import FACE_SIZE
+
 #: ArcFace 112x112 template (x, y): image-left eye, image-right eye, nose tip,
 #: image-left mouth corner, image-right mouth corner.
 ARCFACE_TEMPLATE = np.array(
@@ -22,12 +24,11 @@ ARCFACE_TEMPLATE = np.array(
     ],
     dtype=np.float64,
 )
-TEMPLATE_SIZE = 112
 
 
-def template_for(size: int = TEMPLATE_SIZE) -> np.ndarray:
+def template_for(size: int = FACE_SIZE) -> np.ndarray:
     """The template scaled to a ``size`` x ``size`` crop (insightface scales it the same way)."""
-    return ARCFACE_TEMPLATE * (size / TEMPLATE_SIZE)
+    return ARCFACE_TEMPLATE * (size / FACE_SIZE)
 
 
 def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -61,7 +62,7 @@ def umeyama_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
-def estimate_norm(points5: np.ndarray, size: int = TEMPLATE_SIZE) -> np.ndarray:
+def estimate_norm(points5: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     """The 2x3 similarity matrix that maps 5 ArcFace-ordered points onto the template."""
     points5 = np.asarray(points5, dtype=np.float64).reshape(5, 2)
     return umeyama_similarity(points5, template_for(size))
@@ -73,7 +74,7 @@ def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
     return points @ matrix[:, :2].T + matrix[:, 2]
 
 
-def norm_crop(image: np.ndarray, points5: np.ndarray, size: int = TEMPLATE_SIZE) -> np.ndarray:
+def norm_crop(image: np.ndarray, points5: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     """Warp ``image`` so that the 5 landmarks land on the ArcFace template: a ``size`` x ``size`` crop."""
     import cv2
 
@@ -81,7 +82,7 @@ def norm_crop(image: np.ndarray, points5: np.ndarray, size: int = TEMPLATE_SIZE)
     return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def resize_crop(image: np.ndarray, size: int = TEMPLATE_SIZE) -> np.ndarray:
+def resize_crop(image: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     """Resize a crop to ``size`` x ``size`` (area averaging when shrinking, bilinear when growing).
 
     The one way kface brings crops of another size (224x224 aligned faces, face boxes, .bin

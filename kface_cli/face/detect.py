@@ -32,14 +32,12 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Protocol
 
 import numpy as np
 
+from kface_cli.choices import LandmarkMode
 from kface_cli.errors import InputError, KFaceError
-
-LandmarkMode = Literal["auto", "detect", "sidecar"]
-LANDMARK_MODES: tuple[str, ...] = get_args(LandmarkMode)
 
 #: Smallest face searched for and kept, in pixels of the original image (larger side of its box):
 #: by default 40 px or 3% of the photo's longer side, whichever is larger.
@@ -317,7 +315,7 @@ class MediaPipeDetector:
                     np.concatenate([kps[[0, 1, 2]], _estimate_mouth_corners(kps)]).astype(np.float32),
                     "detector",
                 )
-            faces.append(DetectedFace(box=box, score=float(score), points5=points.astype(np.float32), landmarks=source))  # type: ignore[arg-type]
+            faces.append(DetectedFace(box=box, score=float(score), points5=points.astype(np.float32), landmarks=source))
         faces.sort(key=lambda f: -f.box[2] * f.box[3])
         return faces
 
@@ -456,7 +454,7 @@ def _face_from_sidecar(txt: Path) -> DetectedFace:
     except KeyError:
         lo, hi = points.min(axis=0), points.max(axis=0)
         box = (float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1]))
-    return DetectedFace(box=box, score=1.0, points5=points, landmarks="sidecar")  # type: ignore[arg-type]
+    return DetectedFace(box=box, score=1.0, points5=points, landmarks="sidecar")
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -472,7 +470,7 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 def get_detector(
-    landmarks: LandmarkMode = "auto",
+    landmarks: LandmarkMode | str = LandmarkMode.AUTO,
     min_face: int | None = None,
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     max_side: int = DEFAULT_MAX_SIDE,
@@ -482,9 +480,8 @@ def get_detector(
 
     ``min_face`` (pixels; default 40 or 3% of the photo's longer side) and ``score_threshold``
     (0-1) trade recall for speed and false detections; see :class:`MediaPipeDetector`."""
-    if landmarks not in LANDMARK_MODES:
-        raise KFaceError(f"unknown landmarks mode {landmarks!r}", hint=f"Use one of: {', '.join(LANDMARK_MODES)}.")
-    if landmarks == "sidecar":
+    landmarks = LandmarkMode.parse(landmarks, "--landmarks")
+    if landmarks is LandmarkMode.SIDECAR:
         return SidecarLandmarks()
     detector = MediaPipeDetector(min_face=min_face, score_threshold=score_threshold, max_side=max_side)
-    return detector if landmarks == "detect" else AutoDetector(detector)
+    return detector if landmarks is LandmarkMode.DETECT else AutoDetector(detector)

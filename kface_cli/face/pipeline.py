@@ -16,17 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from kface_cli.defaults import ALIGNED_CROP_SIDES, FACE_SIZE
 from kface_cli.errors import InputError
-from kface_cli.face.align import TEMPLATE_SIZE, norm_crop, resize_crop
+from kface_cli.face.align import norm_crop, resize_crop
 from kface_cli.face.detect import DetectedFace, Detector
 from kface_cli.face.imageio import read_image
 
-#: Square sizes treated as already aligned crops (insightface's 112, and 2x crops of High-res data).
-ALIGNED_CROP_SIDES = (112, 224)
-
 
 def faces_in_image(
-    path_or_image: str | Path | np.ndarray, detector: Detector, size: int = TEMPLATE_SIZE
+    path_or_image: str | Path | np.ndarray, detector: Detector, size: int = FACE_SIZE
 ) -> list[tuple[DetectedFace, np.ndarray]]:
     """Detect the faces of a photo and align each one: ``[(DetectedFace, (size, size, 3) BGR uint8)]``.
 
@@ -53,7 +51,7 @@ def is_aligned_crop(image: np.ndarray) -> bool:
     return h == w and h in ALIGNED_CROP_SIDES
 
 
-def load_aligned(path: str | Path, size: int = TEMPLATE_SIZE) -> np.ndarray:
+def load_aligned(path: str | Path, size: int = FACE_SIZE) -> np.ndarray:
     """Read an already aligned face crop as (size, size, 3) BGR uint8 (other sizes are resized).
 
     Greyscale crops (e.g. insightface's sample Tom_Hanks_54745.png) become 3-channel. A crop that

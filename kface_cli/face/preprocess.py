@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import numpy as np
 
-INPUT_SIZE = 112
+from kface_cli.defaults import FACE_SIZE
+
 MEAN = 127.5
 STD = 127.5
 #: Recorded in fingerprints and model metadata.
-PREPROCESS_SPEC = "rgb;112x112;(x-127.5)/127.5;nchw;arcface-template"
+PREPROCESS_SPEC = f"rgb;{FACE_SIZE}x{FACE_SIZE};(x-{MEAN})/{STD};nchw;arcface-template"
 
 
 def faces_to_input(faces_bgr: np.ndarray) -> np.ndarray:

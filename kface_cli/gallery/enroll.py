@@ -29,18 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from kface_cli.choices import Choice
+from kface_cli.choices import LandmarkMode, PerIdentity
+from kface_cli.defaults import EMBED_BATCH_SIZE, ENROLL_BATCH_SIZE
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
-
-DEFAULT_BATCH_SIZE = 32
-
-
-class PerIdentity(Choice):
-    """Templates kept per person: every photo's (``all``), or one mean of them (``mean``)."""
-
-    ALL = "all"
-    MEAN = "mean"
 
 
 class Status(str, Enum):
@@ -165,9 +157,9 @@ def enroll_folder(
     aligned: bool = False,
     per_identity: PerIdentity | str = PerIdentity.ALL,
     replace: bool = False,
-    landmarks: str = "auto",
+    landmarks: LandmarkMode | str = LandmarkMode.AUTO,
     min_face: int | None = None,
-    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_size: int = ENROLL_BATCH_SIZE,
     detector=None,
     update_index: bool = True,
 ) -> EnrollResult:
@@ -252,7 +244,7 @@ def enroll_folder(
             commit_means()
             return
         faces = np.stack([p.face for p in pending])  # (B, 112, 112, 3)
-        emb = embedder.embed(faces, batch_size=max(1, min(batch_size, 64)))  # (B, D) unit
+        emb = embedder.embed(faces, batch_size=max(1, min(batch_size, EMBED_BATCH_SIZE)))  # (B, D) unit
         if mode is PerIdentity.MEAN:
             for p, e in zip(pending, emb):
                 mean_groups.setdefault(p.photo.name, []).append((e, p.digest))
@@ -346,7 +338,9 @@ def _prepare(photo: Photo, aligned: bool, detector, known: set[str], pending: li
         return PhotoOutcome(photo.name, photo.path, Status.NO_FACE, e.message)
     if not found:
         note = ""
-        if image.shape[:2] == (112, 112):
+        from kface_cli.face.pipeline import is_aligned_crop
+
+        if is_aligned_crop(image):
             note = "looks like an aligned crop: use --aligned"
         return PhotoOutcome(photo.name, photo.path, Status.NO_FACE, note)
     largest = found[0]  # detectors return faces largest first

@@ -6,7 +6,7 @@ is reported when its squared-L2 distance is below the threshold, otherwise ``unk
 
 Threshold (squared L2 between unit vectors, ``2 - 2 cos``): ``--threshold`` when given, else the
 value calibrated for this model by ``kface evaluate --save-threshold``, else
-:data:`~kface_cli.gallery.index.DEFAULT_THRESHOLD` (1.5, i.e. cosine 0.25, as the tutorial).
+:data:`~kface_cli.defaults.DEFAULT_THRESHOLD` (1.5, i.e. cosine 0.25, as the tutorial).
 """
 
 from __future__ import annotations
@@ -20,14 +20,15 @@ from typing import Any
 
 import numpy as np
 
+from kface_cli.choices import LandmarkMode
+from kface_cli.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K, EMBED_BATCH_SIZE
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.gallery.enroll import resolve_embedder
-from kface_cli.gallery.index import DEFAULT_THRESHOLD, Candidate, IndexKind, load_index, search_identities
+from kface_cli.gallery.index import Candidate, IndexKind, load_index, search_identities
 from kface_cli.gallery.store import Gallery, ModelInfo
 
 UNKNOWN = "unknown"
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
-DEFAULT_TOP_K = 3
 #: Photos (or frames) whose faces are embedded and searched together.
 FRAMES_PER_BATCH = 16
 
@@ -234,11 +235,11 @@ def identify(
     camera: int | None = None,
     max_frames: int | None = None,
     aligned: bool = False,
-    landmarks: str = "auto",
+    landmarks: LandmarkMode | str = LandmarkMode.AUTO,
     min_face: int | None = None,
     index_kind: IndexKind | str = IndexKind.AUTO,
     annotate: str | Path | None = None,
-    batch_size: int = 64,
+    batch_size: int = EMBED_BATCH_SIZE,
     detector=None,
 ) -> IdentifyResult:
     """Identify every face in ``paths`` (photos, folders, videos) or in ``camera`` frames.

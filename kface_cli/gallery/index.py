@@ -29,13 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from kface_cli.choices import Choice
+from kface_cli.choices import IndexKind
+from kface_cli.defaults import AUTO_FLAT_MAX
 from kface_cli.errors import InputError
 
-#: Default identification threshold on squared L2 distance (the tutorial's 1.5 = cosine 0.25).
-DEFAULT_THRESHOLD = 1.5
-#: ``auto`` uses exact search up to this many templates.
-AUTO_FLAT_MAX = 50_000
 INDEX_SUFFIX = ".faiss"
 META_SUFFIX = ".faiss.json"
 HNSW_M = 32
@@ -44,13 +41,6 @@ HNSW_EF_SEARCH = 128
 #: IVF: cells scanned per query, and training points per cell (a sample, to build fast).
 IVF_NPROBE = 64
 IVF_TRAIN_PER_CELL = 48
-
-
-class IndexKind(Choice):
-    AUTO = "auto"
-    FLAT = "flat"
-    IVF = "ivf"
-    HNSW = "hnsw"
 
 
 def cosine_to_distance(cos: float | np.ndarray) -> float | np.ndarray:

@@ -35,16 +35,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kface_cli.choices import Loss
 from kface_cli.errors import KFaceError
 
-LossName = Literal["arcface", "cosface", "sphereface", "combined", "subcenter", "softmax", "normsoftmax"]
-LOSSES: tuple[str, ...] = get_args(LossName)
 DEFAULT_SCALE = 64.0
 #: Default margins per loss, as (m1, m2, m3) of the combined margin (insightface's values).
 DEFAULT_MARGINS: dict[str, tuple[float, float, float]] = {
@@ -100,10 +98,9 @@ class HeadConfig:
         return int(self.subcenters)
 
 
-def check_loss(name: str) -> str:
-    if name not in LOSSES:
-        raise KFaceError(f"unknown loss {name!r}", hint=f"Valid losses: {', '.join(LOSSES)}.")
-    return name
+def check_loss(name: Loss | str) -> str:
+    """The loss's name (lower case), or :class:`InputError` listing the valid ones."""
+    return Loss.parse(name, "loss").value
 
 
 # ------------------------------------------------------------------------------------------

@@ -29,9 +29,9 @@ their reason; they never stop the run. K-Face only annotates S001 with lights L1
 from __future__ import annotations
 
 import csv
+import dataclasses
 import enum
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -39,22 +39,14 @@ from pathlib import Path
 
 import numpy as np
 
-from kface_cli.choices import Choice
+from kface_cli.choices import CropMode
 from kface_cli.dataset import codes as kc
+from kface_cli.defaults import FACE_SIZE, auto_workers
 from kface_cli.errors import InputError, KFaceError
-from kface_cli.workspace import Workspace, normalise_resolution
+from kface_cli.workspace import DEFAULT_RESOLUTION, MANIFEST, Workspace, normalise_resolution
 
 MANIFEST_COLUMNS = ["path", "id", "acc", "light", "expr", "cam", "source", "method", "status", "detail"]
 JPEG_QUALITY = 95
-
-
-class CropMode(Choice):
-    align = "align"
-    box = "box"
-
-
-def parse_mode(mode: str | CropMode) -> CropMode:
-    return CropMode.parse(mode, "crop mode")
 
 
 class Status(str, enum.Enum):
@@ -70,8 +62,8 @@ MAX_SIZE = 1024  # output crop side, pixels
 
 @dataclass(frozen=True)
 class CropConfig:
-    mode: CropMode = CropMode.align
-    size: int = 112
+    mode: CropMode = CropMode.ALIGN
+    size: int = FACE_SIZE
     margin: float = 0.0
     square: bool = False
 
@@ -79,7 +71,7 @@ class CropConfig:
 def box_crop(
     image: np.ndarray,
     box: tuple[float, float, float, float],
-    size: int = 112,
+    size: int = FACE_SIZE,
     margin: float = 0.0,
     square: bool = False,
 ) -> np.ndarray:
@@ -109,7 +101,7 @@ def crop_face(image: np.ndarray, annotation, config: CropConfig = CropConfig()) 
     """Crop one face: returns (``size`` x ``size`` BGR image, method: ``align``, ``box`` or ``box-fallback``)."""
     from kface_cli.face.align import is_degenerate, norm_crop
 
-    if config.mode == CropMode.box:
+    if config.mode == CropMode.BOX:
         return box_crop(image, annotation.face_box, config.size, config.margin, config.square), "box"
     p5 = annotation.points5
     if is_degenerate(p5):
@@ -186,7 +178,7 @@ def _crop_one(item: tuple[str, dict, Path], raw: Path, out: Path, config: CropCo
 def crop(
     workdir: str | Path | None = None,
     *,
-    res: str = "Middle",
+    res: str = DEFAULT_RESOLUTION,
     config: CropConfig = CropConfig(),
     raw_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
@@ -209,26 +201,28 @@ def crop(
     out = Path(out_dir) if out_dir is not None else ws.faces(res)
     if not 16 <= config.size <= MAX_SIZE:
         raise InputError(
-            f"--size must be in [16, {MAX_SIZE}], got {config.size}", hint="Use 112 (what ArcFace models expect)."
+            f"--size must be in [16, {MAX_SIZE}], got {config.size}",
+            hint=f"Use {FACE_SIZE} (what ArcFace models expect).",
         )
     if not (math.isfinite(config.margin) and 0 <= config.margin <= MAX_MARGIN):
         raise InputError(
             f"--margin must be a finite number in [0, {MAX_MARGIN:g}], got {config.margin}",
             hint="Use 0 (the face box as annotated) or a positive fraction such as 0.1.",
         )
+    config = dataclasses.replace(config, mode=CropMode.parse(config.mode, "--mode"))
     items = _find_images(raw)
     if not items:
         raise InputError(
             f"no K-Face images under {raw}", hint="Expected <ID>/<S>/<L>/<E>/<C>.jpg; run `kface extract` first."
         )
-    n_workers = workers if workers > 0 else min(8, os.cpu_count() or 1)
+    n_workers = auto_workers(workers)
     records: list[CropRecord] = []
-    with progress(f"Cropping {res} ({config.mode.value})", total=len(items)) as bar:
+    with progress(f"Cropping {res} ({config.mode})", total=len(items)) as bar:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
             for rec in pool.map(lambda it: _crop_one(it, raw, out, config), items):
                 records.append(rec)
                 bar.advance()
-    manifest = out / "manifest.csv"
+    manifest = out / MANIFEST
     with atomic_open(manifest, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(MANIFEST_COLUMNS)

@@ -22,7 +22,6 @@ identity). Practical notes:
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +30,9 @@ from pathlib import Path
 
 from kface_cli.dataset import codes as kc
 from kface_cli.dataset.source import IdentitySource, list_identities, open_identity
+from kface_cli.defaults import auto_workers
 from kface_cli.errors import InputError
-from kface_cli.workspace import Workspace, normalise_resolution
+from kface_cli.workspace import DEFAULT_RESOLUTION, Workspace, normalise_resolution
 
 #: Folder inside a workspace where `kface sample-data` writes and `kface extract` looks by default.
 SOURCE_DIRNAME = "source"
@@ -214,7 +214,7 @@ def extract(
     *,
     workdir: str | Path | None = None,
     out: str | Path | None = None,
-    res: str = "Middle",
+    res: str = DEFAULT_RESOLUTION,
     selection: Selection | None = None,
     ids: tuple[str, ...] | None = None,
     workers: int = 0,
@@ -253,7 +253,7 @@ def extract(
                 hint=f"IDs present there include {some}.",
             )
         sources = [available[i] for i in ids]
-    n_workers = workers if workers > 0 else min(8, os.cpu_count() or 1)
+    n_workers = auto_workers(workers)
     outcomes: list[IdentityOutcome] = []
     with progress(f"Extracting {res}", total=len(sources)) as bar:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:

@@ -27,17 +27,21 @@ import time
 from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from kface_cli.choices import SplitOrder
 from kface_cli.dataset import codes as kc
+from kface_cli.defaults import DEFAULT_VAL_IDS
 from kface_cli.errors import InputError
-from kface_cli.workspace import Workspace, normalise_resolution
-
-SplitOrder = Literal["random", "sorted"]
-SPLIT_ORDERS = ("random", "sorted")
-DEFAULT_VAL_IDS = 10  # the tutorial's 10 validation identities
+from kface_cli.workspace import (
+    CLASSES_CSV,
+    DEFAULT_RESOLUTION,
+    MANIFEST,
+    VAL_PAIRS_CSV,
+    Workspace,
+    normalise_resolution,
+)
 
 
 @dataclass(frozen=True)
@@ -60,7 +64,7 @@ class SplitResult:
 def _identity_images(faces: Path) -> dict[str, list[Path]]:
     """Images per identity: the manifest's successful crops when there is one (stale files from an
     earlier crop with another selection are ignored), else every image in ``<ID>/`` folders."""
-    manifest = faces / "manifest.csv"
+    manifest = faces / MANIFEST
     if manifest.is_file():
         from kface_cli.prepare.crop import read_manifest
 
@@ -85,11 +89,10 @@ def _identity_images(faces: Path) -> dict[str, list[Path]]:
 
 
 def choose_val_ids(
-    ids: list[str], *, val_ids: int | None, val_frac: float | None, seed: int, order: SplitOrder
+    ids: list[str], *, val_ids: int | None, val_frac: float | None, seed: int, order: SplitOrder | str
 ) -> tuple[str, ...]:
     """Pick the validation identities (see module doc). ``ids`` must be sorted."""
-    if order not in SPLIT_ORDERS:
-        raise InputError(f"unknown --order {order!r}", hint=f"Use one of {', '.join(SPLIT_ORDERS)}.")
+    order = SplitOrder.parse(order, "--order")
     if val_ids is not None and val_frac is not None:
         raise InputError("give either --val-ids or --val-frac, not both")
     n = len(ids)
@@ -165,13 +168,13 @@ def make_pairs(val: dict[str, list[Path]], *, seed: int, max_pairs: int | None =
 def split(
     workdir: str | Path | None = None,
     *,
-    res: str = "Middle",
+    res: str = DEFAULT_RESOLUTION,
     faces_dir: str | Path | None = None,
     out_dir: str | Path | None = None,
     val_ids: int | None = None,
     val_frac: float | None = None,
     seed: int = 0,
-    order: SplitOrder = "random",
+    order: SplitOrder | str = SplitOrder.RANDOM,
     max_pairs: int | None = None,
 ) -> SplitResult:
     """Split the crops into identity-disjoint train/val folders and write classes and val pairs."""
@@ -196,6 +199,7 @@ def split(
     if max_pairs is not None and max_pairs < 1:
         raise InputError(f"--max-pairs must be positive, got {max_pairs}")
     ids = sorted(groups)
+    order = SplitOrder.parse(order, "--order")
     val = choose_val_ids(ids, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order)
     train = tuple(i for i in ids if i not in set(val))
     assert not set(train) & set(val), "train and val identities must be disjoint"
@@ -212,13 +216,13 @@ def split(
                     linked &= _place(img, staging / part / ident / img.name)
                     counts[part] += 1
                     bar.advance()
-    with atomic_open(staging / "classes.csv", "w", newline="") as f:
+    with atomic_open(staging / CLASSES_CSV, "w", newline="") as f:
         f.write("id,label\n")
         for label, ident in enumerate(train):
             f.write(f"{ident},{label}\n")
     val_groups = {i: sorted((staging / "val" / i).iterdir()) for i in val}
     pairs, n_same, n_diff = make_pairs(val_groups, seed=seed, max_pairs=max_pairs)
-    write_pairs_csv(staging / "val_pairs.csv", pairs)
+    write_pairs_csv(staging / VAL_PAIRS_CSV, pairs)
     # swap the finished split in; the pairs hold paths relative to the CSV, so they survive the move
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
@@ -235,9 +239,9 @@ def split(
         same_pairs=n_same,
         diff_pairs=n_diff,
         linked=linked,
-        classes_csv=out / "classes.csv",
-        pairs_csv=out / "val_pairs.csv",
+        classes_csv=out / CLASSES_CSV,
+        pairs_csv=out / VAL_PAIRS_CSV,
         seed=seed,
-        order=order,
+        order=order.value,
         seconds=time.perf_counter() - t0,
     )

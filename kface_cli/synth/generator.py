@@ -58,13 +58,15 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
+from kface_cli.choices import GridPreset
 from kface_cli.dataset import codes as kc
 from kface_cli.dataset.annotation import format_annotation
+from kface_cli.defaults import SAMPLE_IDENTITIES, auto_workers
 from kface_cli.errors import InputError
+from kface_cli.workspace import DEFAULT_RESOLUTION, normalise_resolution
 
 #: Image sizes (width, height) per resolution, as in the real dataset.
 IMAGE_SIZES: dict[str, tuple[int, int]] = {"High": (864, 576), "Middle": (346, 230), "Low": (173, 115)}
@@ -77,8 +79,6 @@ HEAD_SCALE = 1.45
 #: Fixed zip timestamps, so archives are byte-identical for a given seed.
 ZIP_DATE = (2019, 6, 25, 0, 0, 0)
 
-GridPreset = Literal["tutorial", "sample", "full"]
-GRID_PRESETS: tuple[str, ...] = ("tutorial", "sample", "full")
 #: Extra conditions of the "sample" grid, beyond the tutorial selection: dark lights, wider and
 #: profile angles, an accessory (one image each, E01, frontal unless stated).
 SAMPLE_EXTRAS: tuple[tuple[str, str, str, str], ...] = (
@@ -722,14 +722,13 @@ def _boxes(head: _Head, project, view: np.ndarray, cam: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Dataset files
 # ---------------------------------------------------------------------------------------------
-def grid(preset: GridPreset | str = "sample") -> list[tuple[str, str, str, str]]:
+def grid(preset: GridPreset | str = GridPreset.SAMPLE) -> list[tuple[str, str, str, str]]:
     """The (acc, light, expr, cam) combinations of a preset, in K-Face order.
 
     ``tutorial``: S001 x L1,L3 x E01-E03 x C6-C9 (24 images); ``sample``: the tutorial plus
     :data:`SAMPLE_EXTRAS` (30 images); ``full``: 6 x 30 x 3 x 20 = 10,800 images.
     """
-    if preset not in GRID_PRESETS:
-        raise InputError(f"unknown grid {preset!r}", hint=f"Use one of {', '.join(GRID_PRESETS)}.")
+    preset = GridPreset.parse(preset, "grid")
     if preset == "full":
         sel = {k: kc.all_codes(k) for k in kc.CODE_KINDS}
     else:
@@ -790,8 +789,6 @@ def _write_one(job: tuple[str, str, str, int, list]) -> tuple[str, int, int]:
 
 def parse_resolution_limits(text: str) -> tuple[tuple[str, ...], dict[str, int]]:
     """``Middle,Low:8,High:2`` -> (("Middle", "Low", "High"), {"Low": 8, "High": 2})."""
-    from kface_cli.workspace import normalise_resolution
-
     resolutions: list[str] = []
     limits: dict[str, int] = {}
     for part in (p.strip() for p in text.split(",")):
@@ -815,10 +812,10 @@ def parse_resolution_limits(text: str) -> tuple[tuple[str, ...], dict[str, int]]
 def generate_sample_data(
     out: str | Path,
     *,
-    n_ids: int = 40,
+    n_ids: int = SAMPLE_IDENTITIES,
     seed: int = 0,
-    resolutions: Iterable[str] = ("Middle",),
-    grid_preset: GridPreset | str = "sample",
+    resolutions: Iterable[str] = (DEFAULT_RESOLUTION,),
+    grid_preset: GridPreset | str = GridPreset.SAMPLE,
     ids_per_resolution: dict[str, int] | None = None,
     workers: int = 1,
     combos: Sequence[tuple[str, str, str, str]] | None = None,
@@ -827,22 +824,18 @@ def generate_sample_data(
 
     ``ids_per_resolution`` limits some resolutions to the first N identities (e.g. High for 2 of
     40) to keep the tree small. ``workers`` > 1 renders identities in parallel processes (0: one
-    per CPU core). ``combos`` (a list of (acc, light, expr, cam)) replaces the preset's grid.
+    per CPU core, at most 8). ``combos`` (a list of (acc, light, expr, cam)) replaces the preset's grid.
     """
-    import os
-
     from kface_cli.console import progress
-    from kface_cli.workspace import normalise_resolution
 
     out = Path(out)
     res_list = tuple(dict.fromkeys(normalise_resolution(r) for r in resolutions))
-    grid_name = str(grid_preset) if combos is None else "custom"
+    grid_name = GridPreset.parse(grid_preset, "grid").value if combos is None else "custom"
     combos = list(combos) if combos is not None else grid(grid_preset)
     ids = identity_ids(n_ids, seed)
     limits = ids_per_resolution or {}
     jobs = [(str(out), i, r, seed, combos) for r in res_list for i in ids[: limits.get(r, len(ids))]]
-    if workers <= 0:
-        workers = os.cpu_count() or 1
+    workers = auto_workers(workers)
     paths: list[Path] = []
     images = total = 0
     with progress("Generating", total=len(jobs)) as bar:

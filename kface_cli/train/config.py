@@ -19,14 +19,11 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
+from kface_cli.choices import Optimizer, Precision
 from kface_cli.errors import KFaceError
 
-Optimizer = Literal["sgd", "adamw"]
-Precision = Literal["fp32", "fp16", "bf16"]
-OPTIMIZERS: tuple[str, ...] = get_args(Optimizer)
-PRECISIONS: tuple[str, ...] = get_args(Precision)
 AUTO = "auto"
 GRAD_CLIP_NORM = 5.0  # insightface's clip norm
 SGD_REFERENCE_LR, SGD_REFERENCE_BATCH = 0.1, 1024  # insightface: lr 0.1 for a global batch of 1024
@@ -106,15 +103,11 @@ class TrainConfig:
         """Raise :class:`KFaceError` for values that cannot work (listing the valid choices)."""
         from kface_cli.models.heads import check_loss
 
-        check_loss(self.loss)
-        if self.optimizer not in OPTIMIZERS:
-            raise KFaceError(
-                f"unknown optimizer {self.optimizer!r}", hint=f"Valid optimizers: {', '.join(OPTIMIZERS)}."
-            )
-        if self.precision not in PRECISIONS:
-            raise KFaceError(
-                f"unknown precision {self.precision!r}", hint=f"Valid precisions: {', '.join(PRECISIONS)}."
-            )
+        self = self.replace(  # the choices validated and normalised ("ArcFace" -> "arcface")
+            loss=check_loss(self.loss),
+            optimizer=Optimizer.parse(self.optimizer, "optimizer").value,
+            precision=Precision.parse(self.precision, "precision").value,
+        )
         if self.network != AUTO:
             from kface_cli.models.registry import canonical_name
 

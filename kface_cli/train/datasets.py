@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
+from kface_cli.defaults import FACE_SIZE
 from kface_cli.errors import InputError
 from kface_cli.face.align import resize_crop
-from kface_cli.face.preprocess import INPUT_SIZE
 
 PRELOAD_MAX_IMAGES = 20_000  # ~750 MB of 112x112x3 uint8
 REC_NAME = "train.rec"
@@ -37,7 +37,7 @@ def _to_item(face_bgr: np.ndarray, flip: bool, random: bool = True):
 
     from kface_cli.face.preprocess import faces_to_input
 
-    x = torch.from_numpy(faces_to_input(resize_crop(face_bgr, INPUT_SIZE)[None])[0])  # (3, 112, 112)
+    x = torch.from_numpy(faces_to_input(resize_crop(face_bgr, FACE_SIZE)[None])[0])  # (3, 112, 112)
     if flip and (not random or bool(torch.rand(()) < 0.5)):
         x = torch.flip(x, dims=[2])
     return x
@@ -123,12 +123,12 @@ class FolderDataset(_BaseDataset):
     def _load(self, i: int) -> np.ndarray:
         from kface_cli.face.imageio import read_image
 
-        return resize_crop(read_image(self.paths[i]), INPUT_SIZE)
+        return resize_crop(read_image(self.paths[i]), FACE_SIZE)
 
     def _preload(self, progress: bool) -> None:
         from kface_cli.console import progress as bar_ctx
 
-        cache = np.empty((len(self.paths), INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+        cache = np.empty((len(self.paths), FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
         with bar_ctx("Loading faces", total=len(self.paths) if progress else None) as bar:
             for i in range(len(self.paths)):
                 cache[i] = self._load(i)
@@ -185,7 +185,7 @@ def synthetic_dataset(spec: str, *, flip: bool = True, seed: int = 0) -> ArrayDa
             hint="Use synthetic:<identities>x<images per identity>, e.g. synthetic:100x10.",
         ) from None
     rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (ids * per_id, INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
+    images = rng.integers(0, 256, (ids * per_id, FACE_SIZE, FACE_SIZE, 3), dtype=np.uint8)
     ds = ArrayDataset(images, np.repeat(np.arange(ids), per_id), num_classes=ids, flip=flip)
     ds.source = spec
     return ds
