@@ -359,9 +359,12 @@ def crop_cmd(
     size: Annotated[
         int, typer.Option("--size", help=f"Output size in pixels (ArcFace models expect {FACE_SIZE}).")
     ] = FACE_SIZE,
-    margin: Annotated[
-        float, typer.Option("--margin", help="box mode: fraction of the face box added on every side.")
+    box_margin: Annotated[
+        float, typer.Option("--box-margin", help="box mode: fraction of the face box added on every side.")
     ] = 0.0,
+    margin_deprecated: Annotated[
+        float | None, typer.Option("--margin", hidden=True, help="Deprecated: --box-margin.", show_default=False)
+    ] = None,
     square: Annotated[
         bool, typer.Option("--square", help="box mode: grow the face box's short side to make it square.")
     ] = False,
@@ -372,6 +375,7 @@ def crop_cmd(
 ) -> None:
     from kface_cli.prepare.crop import CropConfig, crop
 
+    margin = _deprecated("--margin", "--box-margin", margin_deprecated, box_margin)
     config = CropConfig(mode=mode, size=size, margin=margin, square=square)
     result = crop(
         workdir, res=res, config=config, workers=_deprecated("--workers", "--jobs (-j)", workers_deprecated, jobs)

@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import typing
 
 import pytest
+
+from kface_cli.choices import Choice
 
 HEAVY = ("torch", "mediapipe", "faiss", "h5py", "onnxruntime", "onnx", "cv2", "matplotlib")
 
@@ -55,3 +58,87 @@ def test_the_probe_sees_an_import():
         check=True,
     )
     assert "h5py" in json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- one name, one meaning; choices listed; global flags anywhere; deprecated spellings ------
+def _visible_options() -> dict[str, list[tuple[str, object]]]:
+    """Option name -> [(command, click parameter)] over every command, hidden aliases left out."""
+    from typer.main import get_command
+
+    from kface_cli.cli import app
+
+    options: dict[str, list[tuple[str, object]]] = {}
+    for name, cmd in get_command(app).commands.items():
+        for param in cmd.params:
+            if not getattr(param, "hidden", False):
+                for opt in [*param.opts, *param.secondary_opts]:
+                    options.setdefault(opt, []).append((name, param))
+    return options
+
+
+def _value_type(param) -> type:
+    """The Python type an option takes (``int | None`` -> ``int``)."""
+    annotation = param.type_descriptor.annotation
+    return next((a for a in typing.get_args(annotation) if a is not type(None)), annotation)
+
+
+def test_an_option_name_means_one_thing_in_every_command():
+    options = _visible_options()
+    assert {_value_type(p) for _, p in options["-n"]} == {int}  # a count (sample-data), never a name
+    assert {_value_type(p) for _, p in options["--ids"]} == {str}  # a list of IDs, never a count
+    assert [c for c, _ in options["--batch-size"]] == ["train"]  # the training batch only
+    assert [c for c, _ in options["--workers"]] == ["train"]  # DataLoader workers only
+    assert [c for c, _ in options["--margin"]] == ["train"]  # the loss margin only
+    assert len({p.help for _, p in options["--jobs"]}) == 1 and len(options["--jobs"]) == 3
+    model_users = {c for c, _ in options["--model"]}
+    assert {"export", "enroll", "identify", "evaluate"} <= model_users
+
+
+def test_choices_are_listed_in_help():
+    options = _visible_options()
+    for name in ("--mode", "--order", "--grid", "--format", "--landmarks", "--index", "--per-identity"):
+        for command, param in options[name]:
+            assert issubclass(_value_type(param), Choice), f"{command} {name} is not a choice"
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    help_text = CliRunner().invoke(app, ["crop", "--help"], env={"COLUMNS": "200"}).output
+    assert "align|box" in help_text
+
+
+def test_global_flags_work_before_and_after_the_command(tmp_path):
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    runner = CliRunner()
+    args = ["-n", "1", "--res", "Low", "--grid", "tutorial", "-j", "1"]
+    before = runner.invoke(app, ["--json", "-q", "sample-data", *args, "-w", str(tmp_path / "a")])
+    after = runner.invoke(app, ["sample-data", *args, "-w", str(tmp_path / "b"), "--json", "-q"])
+    assert before.exit_code == after.exit_code == 0, before.output + after.output
+    assert json.loads(before.stdout)["images"] == json.loads(after.stdout)["images"] == 24
+    for argv in (["--debug", "crop", "-w", str(tmp_path)], ["crop", "-w", str(tmp_path), "--debug"]):
+        r = runner.invoke(app, argv)
+        assert r.exit_code == 2 and "Traceback" in r.output
+    assert "Traceback" not in runner.invoke(app, ["crop", "-w", str(tmp_path)]).output
+
+
+def test_old_spellings_still_work_and_warn(tmp_path):
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    r = CliRunner().invoke(app, ["sample-data", "--ids", "1", "--res", "Low", "--grid", "tutorial", "--workers", "1",
+                                 "-w", str(tmp_path), "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["identities"] == 1
+    assert "--ids is deprecated" in r.stderr and "--workers is deprecated" in r.stderr
+
+
+def test_shell_completion_is_offered():
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    assert "--show-completion" in CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output

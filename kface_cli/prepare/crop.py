@@ -206,7 +206,7 @@ def crop(
         )
     if not (math.isfinite(config.margin) and 0 <= config.margin <= MAX_MARGIN):
         raise InputError(
-            f"--margin must be a finite number in [0, {MAX_MARGIN:g}], got {config.margin}",
+            f"--box-margin must be a finite number in [0, {MAX_MARGIN:g}], got {config.margin}",
             hint="Use 0 (the face box as annotated) or a positive fraction such as 0.1.",
         )
     config = dataclasses.replace(config, mode=CropMode.parse(config.mode, "--mode"))
