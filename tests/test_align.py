@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 import cv2
 import numpy as np
 import pytest
+from geometry import similarity, transform_points
 
 from kface_cli.face.align import (
     ARCFACE_TEMPLATE,
@@ -14,14 +13,8 @@ from kface_cli.face.align import (
     is_degenerate,
     norm_crop,
     template_for,
-    transform_points,
     umeyama_similarity,
 )
-
-
-def _similarity(scale: float, angle_deg: float, tx: float, ty: float) -> np.ndarray:
-    a = math.radians(angle_deg)
-    return np.array([[scale * math.cos(a), -scale * math.sin(a), tx], [scale * math.sin(a), scale * math.cos(a), ty]])
 
 
 @pytest.mark.parametrize(
@@ -29,7 +22,7 @@ def _similarity(scale: float, angle_deg: float, tx: float, ty: float) -> np.ndar
     [(1.0, 0.0, 0.0, 0.0), (2.7, 17.0, 300.0, 120.0), (0.6, -40.0, 15.0, 400.0), (4.0, 170.0, 900.0, 700.0)],
 )
 def test_estimate_norm_inverts_a_known_similarity_exactly(scale, angle, tx, ty):
-    m = _similarity(scale, angle, tx, ty)  # template -> photo
+    m = similarity(scale, angle, tx, ty)  # template -> photo
     photo_points = transform_points(ARCFACE_TEMPLATE, m)
     back = estimate_norm(photo_points)  # photo -> template
     np.testing.assert_allclose(transform_points(photo_points, back), ARCFACE_TEMPLATE, atol=1e-9)
@@ -44,7 +37,7 @@ def test_umeyama_least_squares_and_no_reflection():
     m = umeyama_similarity(src, mirrored)
     assert np.linalg.det(m[:, :2]) > 0, "a similarity must not reflect"
     # with noise, the fit is the least-squares one: no nearby transform does better
-    true = _similarity(1.3, 25, 10, -5)
+    true = similarity(1.3, 25, 10, -5)
     noisy = transform_points(src, true) + rng.normal(0, 0.5, (5, 2))
     fit = umeyama_similarity(src, noisy)
     best = ((transform_points(src, fit) - noisy) ** 2).sum()
@@ -57,7 +50,7 @@ def test_umeyama_least_squares_and_no_reflection():
 def test_norm_crop_undoes_the_warp():
     rng = np.random.default_rng(1)
     aligned = cv2.GaussianBlur(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8), (0, 0), 2.0)
-    m = _similarity(3.0, 20.0, 250.0, 80.0)  # template (112x112 crop) -> photo
+    m = similarity(3.0, 20.0, 250.0, 80.0)  # template (112x112 crop) -> photo
     photo = cv2.warpAffine(aligned, m, (700, 600), flags=cv2.INTER_CUBIC)
     points = transform_points(ARCFACE_TEMPLATE, m)
     crop = norm_crop(photo, points)
@@ -69,7 +62,7 @@ def test_norm_crop_undoes_the_warp():
 
 def test_template_scales_with_crop_size():
     np.testing.assert_allclose(template_for(224), ARCFACE_TEMPLATE * 2)
-    m = _similarity(2.0, 0, 30, 40)
+    m = similarity(2.0, 0, 30, 40)
     crop = norm_crop(np.zeros((400, 400, 3), np.uint8), transform_points(ARCFACE_TEMPLATE, m), size=224)
     assert crop.shape == (224, 224, 3)
 

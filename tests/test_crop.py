@@ -5,6 +5,7 @@ import csv
 import cv2
 import numpy as np
 import pytest
+from geometry import similarity, transform_points
 from synth_helpers import make_source
 
 from kface_cli.dataset.annotation import format_annotation, parse_annotation
@@ -17,14 +18,9 @@ W, H = 346, 230
 KFACE_FROM_ARCFACE = [2, 0, 1, 3, 4]  # K-Face point k is ArcFace point KFACE_FROM_ARCFACE[k]
 
 
-def _similarity(scale: float, degrees: float, tx: float, ty: float) -> np.ndarray:
-    t = np.radians(degrees)
-    return np.array([[scale * np.cos(t), -scale * np.sin(t), tx], [scale * np.sin(t), scale * np.cos(t), ty]])
-
-
 def _marker_scene(m: np.ndarray) -> tuple[np.ndarray, str]:
     """A black image with white discs where the template points land under ``m``, and its annotation."""
-    pts5 = ARCFACE_TEMPLATE @ m[:, :2].T + m[:, 2]  # ArcFace order, image coordinates
+    pts5 = transform_points(ARCFACE_TEMPLATE, m)  # ArcFace order, image coordinates
     img = np.zeros((H, W, 3), np.uint8)
     for x, y in pts5:  # sub-pixel centres (shift=4: 1/16 px)
         cv2.circle(img, (int(round(x * 16)), int(round(y * 16))), 3 * 16, (255, 255, 255), -1, cv2.LINE_AA, shift=4)
@@ -62,7 +58,7 @@ def _match(found: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 
 @pytest.mark.parametrize(
-    "m", [_similarity(1.0, 0, 100, 60), _similarity(1.6, 14, 120, 20), _similarity(0.7, -20, 150, 90)]
+    "m", [similarity(1.0, 0, 100, 60), similarity(1.6, 14, 120, 20), similarity(0.7, -20, 150, 90)]
 )
 def test_align_puts_landmarks_on_the_template(m):
     img, text = _marker_scene(m)
@@ -74,7 +70,7 @@ def test_align_puts_landmarks_on_the_template(m):
 
 def test_align_geometry_through_the_stage(tmp_path):
     """The same check end to end: raw JPEG + .txt -> kface crop -> 112x112 JPEG on disk."""
-    img, text = _marker_scene(_similarity(1.25, 9, 110, 40))
+    img, text = _marker_scene(similarity(1.25, 9, 110, 40))
     folder = tmp_path / "raw" / "Middle" / "19062531" / "S001" / "L1" / "E01"
     folder.mkdir(parents=True)
     cv2.imwrite(str(folder / "C7.jpg"), img, [cv2.IMWRITE_JPEG_QUALITY, 100])
@@ -87,7 +83,7 @@ def test_align_geometry_through_the_stage(tmp_path):
 
 
 def test_other_sizes_scale_the_template():
-    img, text = _marker_scene(_similarity(1.0, 5, 100, 60))
+    img, text = _marker_scene(similarity(1.0, 5, 100, 60))
     face, _ = crop_face(img, parse_annotation(text), CropConfig(size=224))
     assert face.shape == (224, 224, 3)
     assert _match(_blob_centres(face), ARCFACE_TEMPLATE * 2).max() < 0.8
@@ -147,7 +143,7 @@ def _write(folder, name, img=None, text=None, raw_bytes=None):
 
 
 def test_bad_annotations_are_counted_never_fatal(tmp_path):
-    img, good = _marker_scene(_similarity(1.0, 0, 100, 60))
+    img, good = _marker_scene(similarity(1.0, 0, 100, 60))
     base = tmp_path / "raw" / "Low" / "19062531" / "S001" / "L1" / "E01"
     _write(base, "C6", img, good)
     _write(base, "C7", img, None)  # missing annotation

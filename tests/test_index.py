@@ -11,7 +11,7 @@ from kface_cli.gallery import index as index_mod
 from kface_cli.gallery.index import (
     IndexKind,
     build_index,
-    distance_to_cosine,
+    cosine_to_distance,
     index_paths,
     load_index,
     rank_identities,
@@ -43,7 +43,8 @@ def test_flat_distances_are_squared_l2_between_unit_vectors():
 
 
 def test_default_threshold_is_the_tutorials_cosine_quarter():
-    assert distance_to_cosine(DEFAULT_THRESHOLD) == pytest.approx(DEFAULT_THRESHOLD_COSINE) == pytest.approx(0.25)
+    assert cosine_to_distance(DEFAULT_THRESHOLD_COSINE) == pytest.approx(DEFAULT_THRESHOLD)
+    assert DEFAULT_THRESHOLD_COSINE == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])

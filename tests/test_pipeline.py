@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from geometry import similarity, transform_points
 
 from kface_cli.errors import InputError
-from kface_cli.face.align import ARCFACE_TEMPLATE, norm_crop, transform_points
+from kface_cli.face.align import ARCFACE_TEMPLATE, norm_crop
 from kface_cli.face.detect import DetectedFace, get_detector
 from kface_cli.face.pipeline import faces_in_image, is_aligned_crop, load_aligned
 
@@ -36,8 +36,7 @@ def _face_like_aligned(seed: int = 0) -> np.ndarray:
 
 def test_faces_in_image_aligns_each_detected_face(tmp_path):
     aligned = _face_like_aligned()
-    a = math.radians(-12)
-    m = np.array([[2.5 * math.cos(a), -2.5 * math.sin(a), 200.0], [2.5 * math.sin(a), 2.5 * math.cos(a), 90.0]])
+    m = similarity(2.5, -12, 200.0, 90.0)
     photo = cv2.warpAffine(aligned, m, (640, 480), flags=cv2.INTER_CUBIC)
     points = transform_points(ARCFACE_TEMPLATE, m)
     path = tmp_path / "photo.png"

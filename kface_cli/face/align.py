@@ -68,12 +68,6 @@ def estimate_norm(points5: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     return umeyama_similarity(points5, template_for(size))
 
 
-def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Apply a 2x3 affine matrix to (N, 2) points."""
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    return points @ matrix[:, :2].T + matrix[:, 2]
-
-
 def norm_crop(image: np.ndarray, points5: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     """Warp ``image`` so that the 5 landmarks land on the ArcFace template: a ``size`` x ``size`` crop."""
     import cv2

@@ -48,10 +48,6 @@ def cosine_to_distance(cos: float | np.ndarray) -> float | np.ndarray:
     return 2.0 - 2.0 * cos
 
 
-def distance_to_cosine(dist: float | np.ndarray) -> float | np.ndarray:
-    return 1.0 - dist / 2.0
-
-
 def resolve_kind(kind: IndexKind | str, n: int) -> IndexKind:
     kind = IndexKind.parse(kind, "index kind")
     if kind is IndexKind.AUTO:

@@ -681,10 +681,3 @@ class Gallery:
                 g.attrs["count"] = np.int64(out)
                 g.attrs["digest"] = _format_digest(out, *_digest_rows(g, 0, out))
             _fsync_file(tmp)
-
-
-def open_gallery(path: str | Path) -> Gallery:
-    """An existing gallery (``InputError`` when missing or unreadable)."""
-    g = Gallery(path)
-    g.model()  # opens and validates
-    return g
