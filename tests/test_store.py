@@ -150,17 +150,46 @@ def test_name_too_long_is_a_clear_error(tmp_path):
 
 _WRITER = textwrap.dedent(
     """
-    import sys
+    import os, signal, sys
+    from pathlib import Path
     import numpy as np
+    from kface_cli.gallery import store
     from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
     path, tag, batches, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    hook, kill_batch = (sys.argv[5], int(sys.argv[6])) if len(sys.argv) > 6 else ("", 0)
+    batch, held = -1, False
+
+    def dies_at(fn, when):  # SIGKILL this process at a chosen moment of an append
+        def hooked(*args):
+            if batch >= kill_batch and when(*args):
+                os.kill(os.getpid(), signal.SIGKILL)
+            return fn(*args)
+        return hooked
+
+    def hold(p):  # inside the first append, lock held, rows half written: wait for the test's go
+        global held
+        if not held:
+            held = True
+            print("inside", flush=True)
+            sys.stdin.readline()
+        return real_fsync(p)
+
+    real_fsync = store._fsync_file
+    if hook == "hold":
+        store._fsync_file = hold
+    elif hook == "rows":  # a batch's rows written, not yet committed (the fsync before the commit)
+        store._fsync_file = dies_at(store._fsync_file, lambda p: Path(p) == Path(path))
+    elif hook == "growth":  # a grown copy of the file written, not yet renamed over the gallery
+        store._fsync_file = dies_at(store._fsync_file, lambda p: Path(p) != Path(path))
+    elif hook == "digest":  # the count committed, the digest not yet updated
+        store._digest_of = dies_at(store._digest_of, lambda f: True)
     model = ModelInfo("f" * 20, 64, "mbf", "x")
     rng = np.random.default_rng(sum(map(ord, tag)))
-    for b in range(batches):
+    for batch in range(batches):
         emb = rng.standard_normal((rows, 64)).astype(np.float32)
-        ts = [Template(f"{tag}-{b}", e, f"{tag}/{b}/{i}", content_hash(f"{tag}-{b}-{i}".encode())) for i, e in enumerate(emb)]
+        ts = [Template(f"{tag}-{batch}", e, f"{tag}/{batch}/{i}", content_hash(f"{tag}-{batch}-{i}".encode())) for i, e in enumerate(emb)]
         Gallery(path).append(ts, model)
-        print(b, flush=True)
+        print(batch, flush=True)
     """
 )
 
@@ -174,6 +203,7 @@ def _spawn(script: str, *args: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "KFACE_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-c", script, *map(str, args)],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -181,39 +211,47 @@ def _spawn(script: str, *args: str) -> subprocess.Popen:
     )
 
 
-def test_sigkill_mid_append_leaves_every_committed_batch(tmp_path):
-    """Kill a writer at several moments (during row writes and file growth); every committed batch survives."""
+@pytest.mark.parametrize(
+    ("kill_at", "uncommitted"),
+    [("rows", 0), ("growth", 0), ("digest", 1)],  # batches committed after the last one the writer printed
+)
+def test_sigkill_mid_append_leaves_every_committed_batch(tmp_path, kill_at, uncommitted):
+    """A writer killed inside an append (hooks pick the moment): every committed batch survives, no partial one."""
     path = tmp_path / "gallery.h5"
-    rows = 3000  # ~0.8 MB per batch, so kills land inside writes too
+    rows = 3000  # ~0.8 MB per batch; the file grows every batch or two
     done = 0
-    for round_, delay in enumerate((0.0, 0.013, 0.031)):
+    for round_ in range(2):  # the second writer appends to the file the first one left
         tag = f"r{round_}"
-        proc = _spawn(_WRITER, path, tag, 1000, rows)
-        printed = 0
-        while printed < 2:  # two batches committed
-            line = proc.stdout.readline()
-            assert line, f"writer died: {proc.stderr.read()}"
-            printed += 1
-        time.sleep(delay)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+        proc = _spawn(_WRITER, path, tag, 20, rows, kill_at, 2)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == -signal.SIGKILL, f"the hook did not fire: {err}"
+        printed = len(out.split())
+        assert printed >= 2
         g = Gallery(path)
         rows_read = g.read()  # opens cleanly
         n = len(rows_read) - done
-        assert n % rows == 0 and n >= 2 * rows, f"partial batch visible: {n} rows"
-        expected = _expected(tag, n // rows, rows)
-        np.testing.assert_array_equal(rows_read.embeddings[done:], np.concatenate(expected))
+        assert n == (printed + uncommitted) * rows, f"{n} rows after {printed} printed batches"
+        np.testing.assert_array_equal(rows_read.embeddings[done:], np.concatenate(_expected(tag, n // rows, rows)))
         assert rows_read.names[done:] == [f"{tag}-{b}" for b in range(n // rows) for _ in range(rows)]
+        assert g.verify()["verified"]
         done += n
     # and the file still takes appends
     assert Gallery(path).append(_templates(["after"], dim=64), ModelInfo("f" * 20, 64, "mbf", "x")).added == 1
 
 
 def test_concurrent_writers_lose_nothing(tmp_path):
+    """B starts while A is inside an append (a hook holds A there): B waits for the lock, nothing is lost."""
     path = tmp_path / "gallery.h5"
     batches, rows = 12, 200
-    procs = [_spawn(_WRITER, path, tag, batches, rows) for tag in ("A", "B")]
-    for p in procs:
+    a = _spawn(_WRITER, path, "A", batches, rows, "hold", 0)
+    assert a.stdout.readline().strip() == "inside"
+    b = _spawn(_WRITER, path, "B", batches, rows)
+    try:
+        assert any("waiting for another kface process" in line for line in b.stderr), "B did not wait for A"
+    finally:
+        a.stdin.write("go\n")
+        a.stdin.flush()
+    for p in (a, b):
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0, err
     rows_read = Gallery(path).read()

@@ -35,15 +35,11 @@ def test_identities_are_deterministic_and_distinct():
     assert a != b and synth.make_identity("19062531", 1) != a
 
 
-@pytest.mark.parametrize("res", ["Low", "Middle"])
-def test_image_sizes(ident, res):
-    face = synth.render_face(ident, "S001", "L1", "E01", "C7", res)
-    w, h = synth.IMAGE_SIZES[res]
-    assert face.image.shape == (h, w, 3) and face.image.dtype == np.uint8
-
-
-def test_high_resolution_size(ident):
-    assert synth.render_face(ident, "S001", "L1", "E01", "C8", "High").image.shape == (576, 864, 3)
+@pytest.mark.parametrize(("res", "shape"), [("Low", (115, 173, 3)), ("Middle", (230, 346, 3)), ("High", (576, 864, 3))])
+def test_image_sizes_are_kfaces(ident, res, shape):
+    """The sizes of the real dataset's images (K-Face's documentation), not the generator's own table."""
+    face = synth.render_face(ident, "S001", "L1", "E01", "C8", res)
+    assert face.image.shape == shape and face.image.dtype == np.uint8
 
 
 def test_box_counts_follow_the_camera(ident):
@@ -139,7 +135,8 @@ def test_generate_sample_data(tmp_path):
 
 def test_grids_and_resolution_limits():
     assert len(synth.grid("tutorial")) == 24
-    assert len(synth.grid("sample")) == 24 + len(synth.SAMPLE_EXTRAS)
+    sample = synth.grid("sample")
+    assert len(sample) == 30 and set(synth.grid("tutorial")) < set(sample)  # the tutorial's 24 plus 6
     assert len(synth.grid("full")) == 6 * 30 * 3 * 20
     with pytest.raises(InputError, match="unknown grid"):
         synth.grid("huge")
