@@ -40,6 +40,7 @@ def test_folder_dataset_counts_classes_in_sorted_order(tmp_path):
     torch.testing.assert_close(lazy[3][0], ds[3][0])
 
 
+@pytest.mark.slow
 def test_flip_mirrors_about_half_the_items():
     faces = _faces(1)
     ds = ArrayDataset(np.repeat(faces, 200, axis=0), [0] * 200, flip=True)

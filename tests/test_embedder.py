@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from embedding_fixtures import EMB, NETWORK, _isolated_cache, backbone, faces, reference, unit, workspace  # noqa: F401 (fixtures)
 
@@ -33,6 +34,7 @@ def test_flip_tta_sums_face_and_mirror(backbone, faces, reference):
     np.testing.assert_allclose(emb.embed(faces), unit(reference + raw_mirror), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_mode_is_restored(backbone, faces):
     backbone.train()
     try:

@@ -215,6 +215,7 @@ def test_two_enrolls_at_once_lose_nothing(tmp_path, photos):
 # -- the command -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_enroll_with_a_model_file(tmp_path, photos, mbf_model):
     from typer.testing import CliRunner
 

@@ -148,6 +148,7 @@ def fake_model(monkeypatch, tmp_path):
     return seen
 
 
+@pytest.mark.slow
 def test_cli_table_and_json(tmp_path, fake_model):
     from kface_cli.cli import app
 
@@ -186,6 +187,7 @@ def test_cli_table_and_json(tmp_path, fake_model):
     assert res.exit_code == 2 and "val pairs not found" in res.output
 
 
+@pytest.mark.slow
 def test_cli_with_a_real_random_weight_model(tmp_path):
     """The real loading path (load_embedder, latest run of the workspace): a tiny mbf backbone.pth."""
     import torch

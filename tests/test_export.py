@@ -37,6 +37,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("KFACE_CACHE", str(tmp_path_factory.getbasetemp() / "kface-cache"))
 
 
+@pytest.mark.slow
 def test_onnx_export_round_trip(workspace, tmp_path):
     import onnx
 
@@ -73,6 +74,7 @@ def test_onnx_export_round_trip(workspace, tmp_path):
     assert raw.shape == (5, EMB)
 
 
+@pytest.mark.slow
 def test_torchscript_export(workspace, tmp_path):
     out = tmp_path / "model.pt"
     result = export_model("tiny", out, fmt="torchscript", workdir=workspace)
@@ -81,6 +83,7 @@ def test_torchscript_export(workspace, tmp_path):
     assert emb.network == NETWORK and emb.fingerprint == result.fingerprint
 
 
+@pytest.mark.slow
 def test_failed_self_check_writes_nothing(workspace, tmp_path, monkeypatch):
     real_write = export_mod._write_onnx
 
@@ -104,6 +107,7 @@ def test_export_errors(workspace, tmp_path):
         export_model(None, tmp_path / "m.onnx", workdir=tmp_path)
 
 
+@pytest.mark.slow
 def test_cli_export(workspace, tmp_path):
     runner = CliRunner()
     out = tmp_path / "cli.onnx"

@@ -71,6 +71,7 @@ def test_embedding_size_changes_fc_and_features_only():
     assert got == insightface_layout(BLOCKS["r34"], emb=128)
 
 
+@pytest.mark.slow
 def test_insightface_style_state_dict_loads_strictly_and_reproduces_output():
     torch.manual_seed(0)
     a = get_backbone("r18").eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kface_cli.models.registry import get_backbone
@@ -42,6 +43,7 @@ def test_mbf_keys_and_shapes_follow_insightface():
     assert not any(k.startswith("layers.8") for k in got)
 
 
+@pytest.mark.slow
 def test_mbf_forward_shape_and_params():
     torch.manual_seed(0)
     model = get_backbone("mobilefacenet", embedding_size=128).eval()
@@ -52,6 +54,7 @@ def test_mbf_forward_shape_and_params():
     assert y.shape == (2, 128) and torch.isfinite(y).all()
 
 
+@pytest.mark.slow
 def test_mbf_small_is_cheaper_and_loads_strictly():
     small = get_backbone("mbf_small", embedding_size=64)
     full = get_backbone("mbf", embedding_size=64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from kface_cli.evaluate import metrics as M
 from kface_cli.evaluate.conditions import verification_breakdown
@@ -36,6 +37,7 @@ def _evaluation(with_identification: bool) -> Evaluation:
     return Evaluation(summary=summary, dist=dist, issame=issame)
 
 
+@pytest.mark.slow
 def test_write_report_files(tmp_path):
     folder = write_report(_evaluation(True), tmp_path / "reports" / "r1")
     names = sorted(p.name for p in folder.iterdir())

@@ -210,6 +210,7 @@ def _spawn(script: str, *args: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kill_at", "uncommitted"),
     [("rows", 0), ("growth", 0), ("digest", 1)],  # batches committed after the last one the writer printed
@@ -238,6 +239,7 @@ def test_sigkill_mid_append_leaves_every_committed_batch(tmp_path, kill_at, unco
     assert Gallery(path).append(_templates(["after"], dim=64), ModelInfo("f" * 20, 64, "mbf", "x")).added == 1
 
 
+@pytest.mark.slow
 def test_concurrent_writers_lose_nothing(tmp_path):
     """B starts while A is inside an append (a hook holds A there): B waits for the lock, nothing is lost."""
     path = tmp_path / "gallery.h5"

@@ -87,6 +87,7 @@ def test_config_file_then_command_line(tmp_path):
     assert resolve_config(None, {"batch_size": 64}).base_lr() == pytest.approx(0.02)  # floor for small batches
 
 
+@pytest.mark.slow
 def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
     result = train(tiny(ws, name="rise", epochs=4, val_pairs=None, warmup_epochs=1))
     accs = [r["val"]["accuracy"] for r in result.history]
@@ -116,6 +117,7 @@ def _weights(run_dir):
     return c["backbone"], c["head"], c["optimizer"]
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_equals_uninterrupted_run(ws):
     train(tiny(ws, name="straight", batch_size=9))  # 4 steps per epoch
 
@@ -163,6 +165,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(ws, monkeypatch):
     assert ck.load_checkpoint(ws / "runs" / "nan" / ck.RUN_CHECKPOINT)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_init_loads_weights_and_freeze_keeps_them(ws, tmp_path):
     from kface_cli.models.registry import get_backbone
 
@@ -235,6 +238,7 @@ def test_cli_train_json(ws):
     assert bad.exit_code == 2 and "Valid networks" in bad.output
 
 
+@pytest.mark.slow
 def test_real_ctrl_c_leaves_a_checkpoint(tmp_path):
     """SIGINT to a real `kface train` process (with a DataLoader worker) stops it cleanly."""
     import os
