@@ -320,8 +320,7 @@ def extract_cmd(
             console.table(f"Extracted {result.res} from {result.source}", ["", ""], rows, justify_numbers=False)
         )
         if result.missing_by_code:
-            kinds = {"S": "acc", "L": "light", "E": "expr", "C": "cam"}
-            miss = [[code, describe(kinds[code[0]], code), n] for code, n in result.missing_by_code.items()]
+            miss = [[code, describe(code[0], code), n] for code, n in result.missing_by_code.items()]
             shown = miss if len(miss) <= 14 else miss[:13] + [["...", f"{len(miss) - 13} more codes (see --json)", ""]]
             console.show(
                 console.table(

@@ -52,7 +52,7 @@ class PairFaces:
 
     def __post_init__(self) -> None:
         assert self.faces.ndim == 4 and self.faces.shape[1:] == (FACE_SIZE, FACE_SIZE, 3), (
-            f"faces must be (U,112,112,3), got {self.faces.shape}"
+            f"faces must be (U,{FACE_SIZE},{FACE_SIZE},3), got {self.faces.shape}"
         )
         assert self.idx1.shape == self.idx2.shape == self.issame.shape, (
             "idx1, idx2, issame must have one entry per pair"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kface_cli.defaults import FACE_SIZE
 from kface_cli.errors import InputError
 from kface_cli.face.align import resize_crop
 
@@ -70,7 +71,7 @@ def safe_load_bin_pickle(data: bytes, source: str | Path = "<bytes>") -> tuple[l
     return [bytes(b) for b in bins], list(issame)
 
 
-def read_bin(path: str | Path, *, size: int = 112):
+def read_bin(path: str | Path, *, size: int = FACE_SIZE):
     """Read a ``.bin`` as :class:`~kface_cli.evaluate.protocols.PairFaces` (pairs = images 2k, 2k+1)."""
     from kface_cli.console import progress
     from kface_cli.evaluate.protocols import PairFaces

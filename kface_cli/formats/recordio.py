@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from kface_cli.atomic import atomic_path
+from kface_cli.defaults import FACE_SIZE
 from kface_cli.errors import InputError
 
 MAGIC = 0xCED7230A
@@ -244,7 +245,7 @@ def read_property(folder: str | Path) -> tuple[int, int, int] | None:
         values = [int(v) for v in p.read_text(encoding="utf-8").strip().split(",")]
         return values[0], values[1], values[2]
     except (ValueError, IndexError):
-        raise InputError(f"{p}: expected 'num_classes,112,112'", path=p) from None
+        raise InputError(f"{p}: expected 'num_classes,{FACE_SIZE},{FACE_SIZE}'", path=p) from None
 
 
 def dataset_index(reader: RecordIOReader, folder: str | Path | None = None) -> RecDatasetIndex:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kface_cli.defaults import FACE_SIZE
 from kface_cli.models.registry import register_backbone
 
 BN_EPS = 1e-5  # insightface uses 1e-5 everywhere (PyTorch's default too; stated for clarity)
@@ -33,7 +34,7 @@ class IResNetConfig:
     layers: tuple[int, int, int, int]  # blocks per stage
     embedding_size: int = 512
     widths: tuple[int, int, int, int] = (64, 128, 256, 512)  # channels per stage (insightface's)
-    input_size: int = 112  # square input side; the trunk divides it by 16 (112 -> 7)
+    input_size: int = FACE_SIZE  # square input side; the trunk divides it by 16 (112 -> 7)
     dropout: float = 0.0  # before fc; insightface's default is 0
     fp16: bool = False  # autocast (float16) the layers before fc
     autocast_dtype: str = "float16"  # "bfloat16" for bf16 training

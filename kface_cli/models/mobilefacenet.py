@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kface_cli.defaults import FACE_SIZE
 from kface_cli.models.registry import register_backbone
 
 
@@ -44,7 +45,7 @@ class MobileFaceNetConfig:
     stem_groups: int = 64  # groups of layers.1 when blocks[0] == 1
     fp16: bool = False  # autocast the layers before conv_sep (as insightface)
     autocast_dtype: str = "float16"
-    input_size: int = 112  # < 112: the (N,3,112,112) input is resized to this first (cheaper); multiple of 16
+    input_size: int = FACE_SIZE  # < 112: the (N,3,112,112) input is resized to this first (cheaper); multiple of 16
 
     def build(self) -> MobileFaceNet:
         return MobileFaceNet(self)
@@ -129,8 +130,8 @@ class MobileFaceNet(nn.Module):
 
     def __init__(self, config: MobileFaceNetConfig):
         super().__init__()
-        assert 16 <= config.input_size <= 112 and config.input_size % 16 == 0, (
-            f"input_size must be a multiple of 16 up to 112, got {config.input_size}"
+        assert 16 <= config.input_size <= FACE_SIZE and config.input_size % 16 == 0, (
+            f"input_size must be a multiple of 16 up to {FACE_SIZE}, got {config.input_size}"
         )
         self.config = config
         c1, c2 = 64 * config.scale, 128 * config.scale

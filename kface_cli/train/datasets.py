@@ -158,7 +158,7 @@ class RecordDataset(_BaseDataset):
         if len(self.labels) and int(self.labels.max()) >= self.num_classes:
             raise InputError(
                 f"{rec}: label {int(self.labels.max())} but only {self.num_classes} classes",
-                hint="Fix the `property` file (num_classes,112,112).",
+                hint=f"Fix the `property` file (num_classes,{FACE_SIZE},{FACE_SIZE}).",
             )
         self.flip = flip
 
