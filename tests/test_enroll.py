@@ -168,6 +168,7 @@ def _count(path: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_kill_9_mid_enroll_keeps_committed_batches_and_resumes(tmp_path, photos):
     g = tmp_path / "g.h5"
     proc = _spawn(photos, g, 0.25)
@@ -195,6 +196,7 @@ def test_kill_9_mid_enroll_keeps_committed_batches_and_resumes(tmp_path, photos)
     assert len(rows) == 9 and len(set(rows.hashes)) == 9
 
 
+@pytest.mark.slow
 def test_two_enrolls_at_once_lose_nothing(tmp_path, photos):
     a = _copy(photos, tmp_path / "a")
     b = tmp_path / "b"

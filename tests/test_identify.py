@@ -144,6 +144,7 @@ def test_errors_are_clear(world, tmp_path):
         identify([world["stranger"]], world["gallery"], PixelEmbedder(seed=5), detector=SidecarDetector())
 
 
+@pytest.mark.slow
 def test_cli_identify(world, tmp_path, mbf_model):
     from typer.testing import CliRunner
 

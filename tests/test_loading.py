@@ -27,8 +27,12 @@ from kface_cli.models.registry import get_backbone
 
 @pytest.mark.parametrize(
     ("which", "backend"),
-    [(w, "torch") for w in ("run", "run-name", "latest", "checkpoint", "bare+network", "bare-inferred")]
-    + [("run", "onnx"), ("checkpoint", "auto")],
+    [("run", "torch")]  # the quick subset loads one format; the others are slow (a second each)
+    + [
+        pytest.param(w, b, marks=pytest.mark.slow)
+        for w, b in [(w, "torch") for w in ("run-name", "latest", "checkpoint", "bare+network", "bare-inferred")]
+        + [("run", "onnx"), ("checkpoint", "auto")]
+    ],
 )
 def test_every_torch_format_and_backend(workspace, faces, reference, which, backend):
     args: dict = {"backend": backend}
@@ -49,6 +53,7 @@ def test_every_torch_format_and_backend(workspace, faces, reference, which, back
     assert cos.min() >= 0.9999
 
 
+@pytest.mark.slow
 def test_fingerprint_stability(backbone, workspace):
     a = load_embedder(workspace / "runs" / "demo", backend="torch")
     b = load_embedder(workspace / "insightface" / "backbone.pth", backend="onnx")
@@ -64,6 +69,7 @@ def test_fingerprint_stability(backbone, workspace):
     assert embedder_from_module(changed).fingerprint != a.fingerprint
 
 
+@pytest.mark.slow
 def test_foreign_onnx_model(backbone, faces, reference, tmp_path):
     import onnx
 

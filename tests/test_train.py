@@ -147,6 +147,7 @@ def test_interrupt_then_resume_equals_uninterrupted_run(ws):
         train(tiny(ws, name="cut", batch_size=9))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(ws, monkeypatch):
     from kface_cli.models import heads
 
@@ -194,6 +195,7 @@ def test_init_loads_weights_and_freeze_keeps_them(ws, tmp_path):
         train(tiny(ws, name="wrong", init=str(tmp_path / "mbf.pth")))
 
 
+@pytest.mark.slow
 def test_cli_train_json(ws):
     from kface_cli.cli import app
 
