@@ -67,7 +67,12 @@ JsonOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")]
-ResOpt = Annotated[str, typer.Option("--res", help=f"K-Face resolution: {', '.join(RESOLUTIONS)}.")]
+ResOpt = Annotated[
+    str,
+    typer.Option(
+        "--res", metavar=f"<{'|'.join(RESOLUTIONS)}>", help=f"K-Face resolution (any case): {', '.join(RESOLUTIONS)}."
+    ),
+]
 JobsOpt = Annotated[
     int,
     typer.Option("--jobs", "-j", help=f"Parallel jobs (0: one per CPU core, at most {MAX_AUTO_WORKERS}).", min=0),
