@@ -189,7 +189,7 @@ def writer_lock(gallery: Path, *, wait_message: bool = True) -> Iterator[None]:
     from kface_cli.atomic import storage_error
 
     gallery = Path(gallery)
-    lock = FileLock(lock_path(gallery), mode=FILE_MODE, preserve_lock_file=True)
+    lock = FileLock(lock_path(gallery), mode=FILE_MODE)
     try:
         gallery.parent.mkdir(parents=True, exist_ok=True)
         try:
