@@ -576,7 +576,11 @@ class Gallery:
     def _read(self, f, *, embeddings: bool, details: bool) -> GalleryRows:
         n = int(f.attrs["count"])
         raw_names = f["name"][:n]
-        vectors = np.asarray(f["embeddings"][:n], dtype=np.float32).reshape(n, -1) if embeddings else None
+        vectors = (
+            np.asarray(f["embeddings"][:n], dtype=np.float32).reshape(n, f["embeddings"].shape[1])
+            if embeddings
+            else None
+        )
         self._verify(f, embeddings=embeddings, names=raw_names, vectors=vectors)  # on the rows just read
         rows = GalleryRows(names=_decode(raw_names), checksum=_checksum_of(f))
         if embeddings:
