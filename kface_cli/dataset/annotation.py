@@ -91,11 +91,14 @@ def _numbers(line: str, lineno: int, source: str) -> list[float]:
     try:
         nums = [float(t) for t in tokens]
     except ValueError:
-        nums = None
-    if nums is None or not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in nums):
+        raise InputError(
+            f"{source}: line {lineno} is not numbers: {line.strip()[:80]!r}",
+            hint="K-Face annotations hold integers separated by tabs, spaces, commas or semicolons.",
+        ) from None
+    if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in nums):
         raise InputError(
             f"{source}: line {lineno} is not pixel coordinates: {line.strip()[:80]!r}",
-            hint=f"K-Face annotations hold integers (at most {MAX_COORDINATE:,} in size) separated by tabs, spaces, commas or semicolons.",
+            hint=f"Coordinates are finite and at most {MAX_COORDINATE:,} in size.",
         )
     return nums
 
