@@ -294,7 +294,7 @@ def _read_error(e: BaseException, path: Path, message: str) -> InputError:
         return InputError(
             f"cannot read {path.name}: permission denied",
             path=path,
-            hint="Make it readable for this user (it is not damaged).",
+            hint="Make it readable for this user, or run kface as a user who may read it.",
         )
     return InputError(message, path=path, hint="The file is damaged; download this identity's zip again.")
 

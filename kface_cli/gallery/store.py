@@ -438,7 +438,7 @@ class Gallery:
         if e.errno in (errno.EACCES, errno.EPERM):
             return InputError(
                 f"cannot read gallery {self.path}: permission denied",
-                hint="kface needs read access to the file (it is not damaged).",
+                hint="kface needs read access to the file; run it as a user who may read it.",
             )
         return InputError(
             f"cannot open gallery {self.path}: not a readable HDF5 file ({str(e).splitlines()[0][:120]})",
