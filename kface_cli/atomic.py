@@ -18,22 +18,25 @@ from typing import IO
 from kface_cli.errors import DiskFullError, KFaceError, ReadOnlyError
 
 #: errno values that mean "no room left" and "you may not write here".
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
 READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 #: What a full disk means for kface's files: every write is atomic, so nothing saved is damaged.
 DISK_FULL_HINT = "Nothing already saved was lost (every write is atomic); free some space and run the command again."
 
 
-def storage_error(e: OSError, path: str | Path, *, hint: str | None = None) -> KFaceError | None:
+def storage_error(
+    e: OSError, path: str | Path, *, disk_full_hint: str | None = None, read_only_hint: str | None = None
+) -> KFaceError | None:
     """The one-line error for a failed write of ``path`` (disk full, read-only), or None for other errors."""
     path = Path(path)
     if e.errno in DISK_FULL_ERRNOS:
-        return DiskFullError(f"the disk is full: cannot write {path}", hint=hint or DISK_FULL_HINT)
+        return DiskFullError(f"the disk is full: cannot write {path}", hint=disk_full_hint or DISK_FULL_HINT)
     if e.errno in READ_ONLY_ERRNOS:
         reason = "the filesystem is read-only" if e.errno == errno.EROFS else "permission denied"
         return ReadOnlyError(
             f"cannot write {path}: {reason}",
-            hint=hint or f"kface changes nothing there; make {path.parent} writable, or write somewhere else.",
+            hint=read_only_hint
+            or f"kface changes nothing there; make {path.parent} writable, or write somewhere else.",
         )
     return None
 

@@ -201,7 +201,7 @@ def writer_lock(gallery: Path, *, wait_message: bool = True) -> Iterator[None]:
     except Timeout:
         raise _busy(gallery) from None
     except OSError as e:
-        raise (storage_error(e, gallery, hint=_READ_ONLY_HINT) or e) from None
+        raise (storage_error(e, gallery, read_only_hint=_READ_ONLY_HINT) or e) from None
     try:
         yield
     finally:
@@ -412,7 +412,8 @@ class Gallery:
         deadline = None
         while True:
             try:
-                f = h5py.File(self.path, mode)
+                # best-effort: filesystems without locks (some NFS mounts) still open; conflicts still wait
+                f = h5py.File(self.path, mode, locking="best-effort")
                 break
             except BlockingIOError:  # the other side (reader or writer) has it open: take turns
                 if deadline is None:
@@ -433,7 +434,7 @@ class Gallery:
     def _open_error(self, e: OSError, mode: str) -> Exception:
         from kface_cli.atomic import storage_error
 
-        if mode != "r" and (err := storage_error(e, self.path, hint=_READ_ONLY_HINT)) is not None:
+        if mode != "r" and (err := storage_error(e, self.path, read_only_hint=_READ_ONLY_HINT)) is not None:
             return err
         if e.errno in (errno.EACCES, errno.EPERM):
             return InputError(
@@ -683,7 +684,7 @@ class Gallery:
         except OSError as e:  # a full disk: the rows in flight are not counted, nothing committed is touched
             from kface_cli.atomic import storage_error
 
-            raise (storage_error(e, self.path, hint=_BATCH_HINT) or e) from None
+            raise (storage_error(e, self.path, disk_full_hint=_BATCH_HINT) or e) from None
 
     def reserve(self, rows: int, model: ModelInfo) -> None:
         """Make room for ``rows`` templates in all (creating the gallery if needed).
