@@ -30,7 +30,7 @@ Why it never corrupts, even on ``kill -9``:
 * Growing past the capacity, removing people and rebuilding are copy-on-write: a new file is
   written beside the old one and renamed over it (``os.replace`` is atomic).
 * Writers hold an exclusive lock on ``gallery.h5.lock`` beside the file (``filelock``: ``flock``
-  on Unix, ``LockFileEx`` on Windows; released by the OS when a process dies), so two enrolls at
+  on Unix, ``msvcrt.locking`` on Windows; released by the OS when a process dies), so two enrolls at
   once take turns batch by batch and neither loses entries. Readers create no file at all: HDF5's
   own file lock keeps them from opening the file while a writer has it open (each side waits for
   the other), and the commit order above means that even without it (``HDF5_USE_FILE_LOCKING=FALSE``,
@@ -179,7 +179,7 @@ def lock_path(gallery: Path) -> Path:
 
 
 @contextmanager
-def writer_lock(gallery: Path, *, wait_message: bool = True) -> Iterator[None]:
+def writer_lock(gallery: Path) -> Iterator[None]:
     """Hold the exclusive writer lock on the lock file beside ``gallery`` (see the module doc).
 
     A folder where the lock file cannot be created raises :class:`~kface_cli.errors.ReadOnlyError`.
@@ -195,8 +195,7 @@ def writer_lock(gallery: Path, *, wait_message: bool = True) -> Iterator[None]:
         try:
             lock.acquire(blocking=False)
         except Timeout:
-            if wait_message:
-                _say_waiting(gallery)
+            _say_waiting(gallery)
             lock.acquire(timeout=LOCK_WAIT_SECONDS, poll_interval=_LOCK_POLL_SECONDS)
     except Timeout:
         raise _busy(gallery) from None
@@ -277,7 +276,7 @@ def _row_hash_sum(rows: np.ndarray, first: int) -> int:
     if pad:
         raw = np.concatenate([raw, np.zeros((n, pad), np.uint8)], axis=1)
     words = raw.view(np.uint64)
-    h = (words * _word_weights(words.shape[1])).sum(axis=1, dtype=np.uint64)
+    h = np.einsum("ij,j->i", words, _word_weights(words.shape[1]))  # wraps mod 2^64; no (n, words) temporary
     with np.errstate(over="ignore"):
         x = h ^ (np.arange(first, first + n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finaliser
