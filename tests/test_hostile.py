@@ -165,6 +165,23 @@ def case_gallery_name_changed_in_place(ctx: Ctx) -> None:
         load_index(g)
 
 
+def case_gallery_pointing_at_other_files(ctx: Ctx) -> None:
+    import h5py
+
+    g = _gallery(ctx.tmp)
+    secret = ctx.tmp / "secret"
+    secret.write_bytes(b"root:x:0:0:" * 100)
+    with h5py.File(g.path, "r+") as f:  # the name column's bytes now live in another file
+        old = f["name"]
+        shape, dtype = old.shape, old.dtype
+        del f["name"]
+        f.create_dataset("name", shape=shape, dtype=dtype, external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+        n = int(f.attrs["count"])
+        f.attrs["digest"] = store._format_digest(n, *store._digest_rows(f, 0, n))  # the digest is unkeyed
+    with pytest.raises(InputError, match=r"refers to data outside itself \(name\)"):
+        g.read(embeddings=False)
+
+
 # -- defect 3: images that claim huge sizes -------------------------------------------------------
 
 

@@ -470,6 +470,20 @@ class Gallery:
                 f"{self.path} is not a kface gallery (missing {', '.join(missing)})",
                 hint="Pass the gallery written by `kface enroll`, or enroll into a new file.",
             )
+        h5py = _h5py()
+        outside = [  # links, external raw data or virtual datasets would make kface read other files
+            k
+            for k in _ROW_FIELDS
+            if not isinstance(f.get(k, getlink=True), h5py.HardLink)
+            or not isinstance(f[k], h5py.Dataset)
+            or f[k].external
+            or f[k].is_virtual
+        ]
+        if outside:
+            raise InputError(
+                f"gallery {self.path} refers to data outside itself ({', '.join(outside)})",
+                hint="kface reads only data stored inside the gallery file; re-enroll into a new --gallery.",
+            )
         version = int(f.attrs["schema_version"])
         if version > SCHEMA_VERSION:
             raise InputError(
