@@ -182,6 +182,24 @@ def case_gallery_pointing_at_other_files(ctx: Ctx) -> None:
         g.read(embeddings=False)
 
 
+def case_gallery_claiming_more_rows_than_it_stores(ctx: Ctx) -> None:
+    import h5py
+
+    g = _gallery(ctx.tmp)
+    claimed = 50_000_000  # 100 GB of float32 embeddings, in a file of a few MB
+    with h5py.File(g.path, "r+") as f:
+        for k in store._ROW_FIELDS:
+            old = f[k]
+            shape, dtype = (claimed, *old.shape[1:]), old.dtype
+            del f[k]
+            f.create_dataset(k, shape=shape, dtype=dtype, chunks=(65536, *shape[1:]), compression="gzip")
+        f.attrs["count"] = np.int64(claimed)
+        f.attrs["digest"] = store._format_digest(0, 0, 0)
+    assert g.path.stat().st_size < 20 * 2**20
+    with pytest.raises(InputError, match="claims 50,000,000 rows but stores fewer"):
+        g.read(embeddings=False)
+
+
 # -- defect 3: images that claim huge sizes -------------------------------------------------------
 
 

@@ -364,6 +364,10 @@ def _create_datasets(f, capacity: int, embedding_size: int) -> None:
         f.create_dataset(name, shape=shape, maxshape=maxshape, chunks=chunks, dtype=dtype, dcpl=early(), **kw)
 
 
+def _row_nbytes(dataset) -> int:
+    return int(dataset.dtype.itemsize * np.prod(dataset.shape[1:], dtype=np.int64))
+
+
 def _round_capacity(n: int) -> int:
     return max(CHUNK_ROWS, -(-n // CHUNK_ROWS) * CHUNK_ROWS)
 
@@ -495,6 +499,14 @@ class Gallery:
             raise InputError(
                 f"gallery {self.path} is damaged (count {count} does not fit its datasets)",
                 hint="Re-enroll into a new --gallery.",
+            )
+        # kface writes every row uncompressed and allocated: a file that claims more rows than it
+        # stores (compressed or sparse datasets) would make a read allocate memory it never had.
+        short = [k for k in _ROW_FIELDS if f[k].id.get_storage_size() < count * _row_nbytes(f[k])]
+        if short:
+            raise InputError(
+                f"gallery {self.path} claims {count:,} rows but stores fewer ({', '.join(short)})",
+                hint="It was not written by kface; re-enroll into a new --gallery.",
             )
 
     def model(self) -> ModelInfo:
