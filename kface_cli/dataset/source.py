@@ -174,7 +174,8 @@ class IdentityReader:
                 raise _read_error(e, src.path, f"cannot list {src.path}: {e}") from None
             for p in found:
                 rel = p.relative_to(src.path).as_posix()
-                if not _inside(p, self._root):  # a link (or a link above it) leading out of the tree
+                # rglob does not descend into linked folders, so only an entry itself can be a link
+                if p.is_symlink() and not _inside(p, self._root):
                     self.unsafe.append(rel)
                 elif p.is_file():
                     size = p.stat().st_size
