@@ -552,6 +552,10 @@ CASES: dict[str, Callable[[Ctx], None]] = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+#: Cases slower than ~3 s on their own (importing torch).
+SLOW = {"pickle_that_runs_code"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in sorted(CASES)])
 def test_hostile(case, tmp_path, monkeypatch, capfd):
     CASES[case](Ctx(tmp_path, monkeypatch, capfd))
