@@ -300,6 +300,9 @@ def case_writes_to_a_read_only_folder_say_one_line(ctx: Ctx) -> None:
     with pytest.raises(ReadOnlyError):
         Gallery(folder / "new.h5").append(_templates(["DAN"]), MODEL)
     assert Gallery(g.path).read().names == ["ALICE", "BOB"]
+    root, _ = _one_source(ctx)
+    with pytest.raises(ReadOnlyError, match=f"make {folder} writable"):  # the folder that exists, not the one to create
+        extract(root, workdir=folder / "ws", res="Low")
 
 
 def case_read_only_gallery_file_is_never_rewritten(ctx: Ctx) -> None:
