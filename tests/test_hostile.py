@@ -82,7 +82,7 @@ def _inside(path, folder: Path) -> bool:
 
 
 def _read_only(ctx: Ctx, folder: Path) -> None:
-    """Make ``folder`` behave as on a read-only filesystem: every create or write there fails with EROFS."""
+    """Make ``folder`` behave as on a read-only filesystem: every create (file or folder) or write there fails with EROFS."""
     import h5py
 
     real_open, real_file = os.open, h5py.File
@@ -98,7 +98,15 @@ def _read_only(ctx: Ctx, folder: Path) -> None:
             raise OSError(errno.EROFS, f"Unable to synchronously open file (errno = {errno.EROFS})")
         return real_file(path, mode, *args, **kwargs)
 
+    real_mkdir = os.mkdir
+
+    def guarded_mkdir(path, *args, **kwargs):
+        if _inside(path, folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
     ctx.monkeypatch.setattr(os, "open", guarded_open)
+    ctx.monkeypatch.setattr(os, "mkdir", guarded_mkdir)
     ctx.monkeypatch.setattr(h5py, "File", guarded_file)
 
 
