@@ -1,16 +1,44 @@
 """Atomic writes: write to a temporary file in the same folder, then rename over the target.
 
 A reader never sees a half-written file, and an interrupted write never destroys what was saved.
+A full disk or a read-only folder becomes one clear :class:`~kface_cli.errors.KFaceError`
+(:func:`storage_error`), never an ``OSError`` traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+from kface_cli.errors import DiskFullError, KFaceError, ReadOnlyError
+
+#: errno values that mean "no room left" and "you may not write here".
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
+READ_ONLY_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+#: What a full disk means for kface's files: every write is atomic, so nothing saved is damaged.
+DISK_FULL_HINT = "Nothing already saved was lost (every write is atomic); free some space and run the command again."
+
+
+def storage_error(
+    e: OSError, path: str | Path, *, disk_full_hint: str | None = None, read_only_hint: str | None = None
+) -> KFaceError | None:
+    """The one-line error for a failed write of ``path`` (disk full, read-only), or None for other errors."""
+    path = Path(path)
+    if e.errno in DISK_FULL_ERRNOS:
+        return DiskFullError(f"the disk is full: cannot write {path}", hint=disk_full_hint or DISK_FULL_HINT)
+    if e.errno in READ_ONLY_ERRNOS:
+        reason = "the filesystem is read-only" if e.errno == errno.EROFS else "permission denied"
+        folder = next((p for p in path.parents if p.exists()), path.parent)  # the one that stopped us
+        return ReadOnlyError(
+            f"cannot write {path}: {reason}",
+            hint=read_only_hint or f"kface changes nothing there; make {folder} writable, or write somewhere else.",
+        )
+    return None
 
 
 def _umask() -> int:
@@ -25,23 +53,37 @@ def atomic_path(target: str | Path, suffix: str | None = None, mode: int | None 
 
     ``suffix`` defaults to the target's own suffix, for libraries that pick a format by extension
     (``cv2.imwrite``, ``torch.onnx.export``). ``mode`` defaults to 0666 less the umask.
+    A full disk (anywhere in the write) or a folder that cannot be written raises
+    :class:`~kface_cli.errors.DiskFullError` / :class:`~kface_cli.errors.ReadOnlyError`; the
+    target is then unchanged.
     """
     target = Path(target)
     if mode is None:
         mode = 0o666 & ~_umask()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix, dir=target.parent
-    )
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix, dir=target.parent
+        )
+    except OSError as e:
+        raise (storage_error(e, target) or e) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        # mkstemp creates 0600 files; give the result the permissions a plain open() would
-        # (files that must stay private, such as the gallery, set their own mode).
-        if tmp_path.exists() and mode is not None:
-            os.chmod(tmp_path, mode)
-        os.replace(tmp_path, target)
+        try:
+            yield tmp_path
+        except OSError as e:  # the body's own write failed: only "disk full" is about the target
+            if e.errno in DISK_FULL_ERRNOS:
+                raise storage_error(e, target) from None
+            raise
+        try:
+            # mkstemp creates 0600 files; give the result the permissions a plain open() would
+            # (files that must stay private, such as the gallery, set their own mode).
+            if tmp_path.exists() and mode is not None:
+                os.chmod(tmp_path, mode)
+            os.replace(tmp_path, target)
+        except OSError as e:
+            raise (storage_error(e, target) or e) from None
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise

@@ -339,7 +339,7 @@ def extract_cmd(
     if result.failed:
         console.error(
             f"{result.failed} of {result.identities} identities failed; the others were extracted. "
-            "Replace the damaged zips and run the same command again (finished identities are skipped)."
+            "Fix or replace the zips named above and run the same command again (finished identities are skipped)."
         )
         raise typer.Exit(1)
     res_flag = "" if result.res == DEFAULT_RESOLUTION else f" --res {result.res}"

@@ -44,3 +44,11 @@ class ModelMismatchError(KFaceError):
 
 class TrainingError(KFaceError):
     """Training cannot go on (NaN loss, no data, bad configuration)."""
+
+
+class DiskFullError(KFaceError):
+    """A write failed because the disk (or the user's quota) is full; nothing committed was lost."""
+
+
+class ReadOnlyError(KFaceError):
+    """A write was asked of a file or folder kface may not change (read-only file, folder or filesystem)."""

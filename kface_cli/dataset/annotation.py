@@ -23,6 +23,7 @@ right of the nose tip is the image-right one.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ BOX_NAMES: tuple[str, ...] = ("face", "eye_left", "eye_right", "nose", "mouth", 
 #: K-Face point indices of the five ArcFace points, in template order.
 ARCFACE_POINT_ORDER: tuple[int, ...] = (1, 2, 0, 3, 4)
 N_POINTS = 7
+#: Largest coordinate accepted in a file (pixels); real ones are below a few thousand.
+MAX_COORDINATE = 100_000
 MIN_BOXES, MAX_BOXES = 5, 7
 
 Box = tuple[float, float, float, float]  # x, y, w, h
@@ -86,12 +89,18 @@ class Annotation:
 def _numbers(line: str, lineno: int, source: str) -> list[float]:
     tokens = [t for t in _SEPARATORS.split(line.strip()) if t]
     try:
-        return [float(t) for t in tokens]
+        nums = [float(t) for t in tokens]
     except ValueError:
         raise InputError(
-            f"{source}: line {lineno} is not numbers: {line.strip()!r}",
+            f"{source}: line {lineno} is not numbers: {line.strip()[:80]!r}",
             hint="K-Face annotations hold integers separated by tabs, spaces, commas or semicolons.",
         ) from None
+    if not all(math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in nums):
+        raise InputError(
+            f"{source}: line {lineno} is not pixel coordinates: {line.strip()[:80]!r}",
+            hint=f"Coordinates are finite and at most {MAX_COORDINATE:,} in size.",
+        )
+    return nums
 
 
 def parse_annotation(text: str, source: str = "annotation") -> Annotation:
@@ -119,6 +128,8 @@ def parse_annotation(text: str, source: str = "annotation") -> Annotation:
             raise InputError(f"{source}: line {lineno} box has a negative size")
         raw_boxes.append((nums[0], nums[1], nums[2], nums[3]))
     pts = np.asarray(points, dtype=np.float64)
+    if np.ptp(pts, axis=0).max() < 1.0:
+        raise InputError(f"{source}: the 7 landmarks are all at one place", hint="The file is not a real annotation.")
     return Annotation(points=pts, boxes=_name_boxes(raw_boxes, nose_x=float(pts[0, 0])))
 
 

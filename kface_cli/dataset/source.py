@@ -12,17 +12,26 @@ original tutorial opened the zip again for every image, which re-reads its centr
 ~11,000 entries each time). Members are looked up by their K-Face codes, never by trusting their
 names: a member called ``../../etc/x`` or ``/S001/L1/E01/C7.jpg`` can never make a writer escape
 its output folder (see :func:`is_safe_member_name`).
+
+Every source is untrusted:
+
+* members are streamed to disk (:meth:`IdentityReader.copy_to`), never held whole in memory, and a
+  member larger than :data:`MAX_MEMBER_BYTES` or compressed more than :data:`MAX_COMPRESSION_RATIO`
+  to one (a "zip bomb") is skipped and listed in :attr:`IdentityReader.oversized`;
+* in an unpacked tree, a file or folder that is a symbolic link leading out of the identity's folder
+  (``C7.txt -> /etc/passwd``) is never followed: it is listed in :attr:`IdentityReader.unsafe`.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Literal
+from typing import IO, Literal
 
 from kface_cli.dataset.codes import (
     ACCESSORIES,
@@ -37,6 +46,16 @@ from kface_cli.errors import InputError
 from kface_cli.workspace import normalise_resolution
 
 SourceKind = Literal["zip", "dir"]
+#: Largest member read from a source. K-Face's largest real images are 864x576 JPEGs of a few
+#: hundred KB; 16 MiB is far above any real member and far below a decompression bomb.
+MAX_MEMBER_BYTES = 16 * 1024 * 1024
+#: Largest uncompressed:compressed ratio for a member above :data:`RATIO_CHECK_BYTES`. JPEGs
+#: barely compress (about 1:1) and annotations a few to one; zip bombs reach 1000:1 and more.
+MAX_COMPRESSION_RATIO = 100
+#: Members smaller than this are never refused for their ratio (a small text file of blanks is harmless).
+RATIO_CHECK_BYTES = 1024 * 1024
+#: Bytes copied at a time: memory stays bounded whatever a member's size.
+COPY_CHUNK_BYTES = 1024 * 1024
 #: A member named exactly as K-Face names them, optionally under one plain folder (e.g. the ID).
 _CANONICAL = re.compile(r"^(?:[A-Za-z0-9_\-]+/)?(S\d{3})/(L\d{1,2})/(E\d{2})/(C\d{1,2})\.(jpg|txt)$")
 #: (acc, light, expr, cam, ext) -> where it is inside the identity's zip or folder
@@ -122,9 +141,12 @@ class IdentityReader:
     def __init__(self, source: IdentitySource):
         self.source = source
         self._zip: zipfile.ZipFile | None = None
+        self._root: Path | None = None  # an unpacked identity's real folder (links must stay inside)
         self.index: dict[MemberKey, str] = {}
-        #: Member names skipped because they would escape the output folder.
+        #: Member names skipped because they would escape the output folder (or the source tree).
         self.unsafe: list[str] = []
+        #: (member name, why) of members skipped for their size or compression ratio.
+        self.oversized: list[tuple[str, str]] = []
         self.sizes: dict[MemberKey, int] = {}
 
     def __enter__(self) -> IdentityReader:
@@ -135,19 +157,33 @@ class IdentityReader:
                 infos = self._zip.infolist()
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
                 self.close()
-                raise InputError(
-                    f"corrupt or unreadable zip {src.path.name}: {e}",
-                    path=src.path,
-                    hint="Download this identity's zip again.",
-                ) from None
+                raise _read_error(e, src.path, f"corrupt or unreadable zip {src.path.name}: {e}") from None
             for info in infos:
                 if info.is_dir():
                     continue
+                why = _too_big(info.file_size, info.compress_size)
+                if why is not None:
+                    self.oversized.append((info.filename, why))
+                    continue
                 self._add(info.filename, info.file_size)
         else:
-            for p in sorted(src.path.rglob("*")):
-                if p.is_file():
-                    self._add(p.relative_to(src.path).as_posix(), p.stat().st_size)
+            self._root = src.path.resolve()
+            try:
+                found = sorted(src.path.rglob("*"))
+            except OSError as e:
+                raise _read_error(e, src.path, f"cannot list {src.path}: {e}") from None
+            for p in found:
+                rel = p.relative_to(src.path).as_posix()
+                # rglob does not descend into linked folders, so only an entry itself can be a link
+                if p.is_symlink() and not _inside(p, self._root):
+                    self.unsafe.append(rel)
+                elif p.is_file():
+                    size = p.stat().st_size
+                    why = _too_big(size, size)
+                    if why is not None:
+                        self.oversized.append((rel, why))
+                        continue
+                    self._add(rel, size)
         return self
 
     def _add(self, name: str, size: int) -> None:
@@ -186,19 +222,47 @@ class IdentityReader:
     def has(self, key: MemberKey) -> bool:
         return key in self.index
 
-    def read(self, key: MemberKey) -> bytes:
-        """The bytes of one member; a damaged member raises InputError naming the zip."""
+    def _open_member(self, key: MemberKey) -> IO[bytes]:
         name = self.index[key]
+        if self._zip is not None:
+            return self._zip.open(name)
+        path = self.source.path / name
+        if self._root is None or not _inside(path, self._root):  # replaced by a link since it was listed
+            raise InputError(f"{name} in {self.source.path} became a link out of the folder", path=self.source.path)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
+        return os.fdopen(fd, "rb")
+
+    def _chunks(self, key: MemberKey) -> Iterator[bytes]:
+        """The member's bytes, a chunk at a time, never more than :data:`MAX_MEMBER_BYTES` in all.
+
+        A damaged member raises InputError naming the zip.
+        """
+        name = self.index[key]
+        total = 0
         try:
-            if self._zip is not None:
-                return self._zip.read(name)
-            return (self.source.path / name).read_bytes()
+            with self._open_member(key) as f:
+                while chunk := f.read(COPY_CHUNK_BYTES):
+                    total += len(chunk)
+                    if total > MAX_MEMBER_BYTES:  # a member that grew since it was listed
+                        raise InputError(
+                            f"{name} in {self.source.path.name} is larger than {MAX_MEMBER_BYTES // 2**20} MiB",
+                            path=self.source.path,
+                        )
+                    yield chunk
         except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:  # CRC, deflate, truncation
-            raise InputError(
-                f"cannot read {name} from {self.source.path.name}: {e}",
-                path=self.source.path,
-                hint="The file is damaged; download this identity again.",
-            ) from None
+            raise _read_error(e, self.source.path, f"cannot read {name} from {self.source.path.name}: {e}") from None
+
+    def read(self, key: MemberKey) -> bytes:
+        """The bytes of one member (at most :data:`MAX_MEMBER_BYTES`); a damaged member raises InputError."""
+        return b"".join(self._chunks(key))
+
+    def copy_to(self, key: MemberKey, target: str | Path) -> None:
+        """Stream one member into ``target`` (atomically, in bounded memory)."""
+        from kface_cli.atomic import atomic_open
+
+        with atomic_open(target, "wb") as out:
+            for chunk in self._chunks(key):
+                out.write(chunk)
 
     def keys(self) -> Iterator[MemberKey]:
         return iter(self.index)
@@ -206,6 +270,34 @@ class IdentityReader:
 
 def open_identity(source: IdentitySource) -> IdentityReader:
     return IdentityReader(source)
+
+
+def _too_big(size: int, compressed: int) -> str | None:
+    """Why a member of ``size`` bytes (``compressed`` in the zip) is refused, or None."""
+    if size > MAX_MEMBER_BYTES:
+        return f"{size / 2**20:.0f} MiB, larger than the {MAX_MEMBER_BYTES // 2**20} MiB limit"
+    if size > RATIO_CHECK_BYTES and size > MAX_COMPRESSION_RATIO * max(compressed, 1):
+        return f"compressed {size / max(compressed, 1):.0f}:1, more than the {MAX_COMPRESSION_RATIO}:1 limit"
+    return None
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether ``path``, links followed, is ``root`` or below it (``root`` already resolved)."""
+    try:
+        return path.resolve().is_relative_to(root)
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
+def _read_error(e: BaseException, path: Path, message: str) -> InputError:
+    """A source that cannot be read: "permission denied" is not "damaged"."""
+    if isinstance(e, PermissionError):
+        return InputError(
+            f"cannot read {path.name}: permission denied",
+            path=path,
+            hint="Make it readable for this user, or run kface as a user who may read it.",
+        )
+    return InputError(message, path=path, hint="The file is damaged; download this identity's zip again.")
 
 
 def parse_id_list(text: str | Path | None) -> tuple[str, ...] | None:

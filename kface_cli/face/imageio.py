@@ -53,6 +53,9 @@ def decode_image(data: bytes, source: str | Path = "<bytes>") -> np.ndarray:
     if size is None:
         raise UnreadableImageError(f"cannot read image {source}", hint=_NOT_VALID)
     _check_pixels(size, source)
+    if data[:8] == _PNG_SIGNATURE and (problem := _png_damage(data)) is not None:
+        # checked here, not left to libpng, which prints "libpng error: ..." straight to stderr
+        raise UnreadableImageError(f"cannot read image {source}: {problem}", hint="The PNG file is damaged.")
     _quiet_opencv()
     try:
         raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
@@ -149,10 +152,68 @@ def _quiet_opencv() -> None:
             pass
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+#: Bytes inflated at a time when a PNG's compressed data is checked (memory stays bounded).
+_PNG_CHECK_CHUNK = 1 << 20
+
+
+def _png_damage(data: bytes) -> str | None:
+    """What is wrong with a PNG's chunks or compressed data (CRCs, truncation, zlib stream), or None.
+
+    The inflated bytes are thrown away as they come: this costs one inflate, not the image's memory.
+    """
+    import zlib
+
+    pos, n = len(_PNG_SIGNATURE), len(data)
+    inflater = zlib.decompressobj()
+    row_bytes = _png_row_bytes(data)  # None: interlaced or unknown (filter bytes not checked)
+    inflated = 0
+
+    def bad_filters(out: bytes) -> bool:  # each row starts with a filter type 0-4
+        nonlocal inflated
+        first = (-inflated) % row_bytes if row_bytes else 0
+        inflated += len(out)
+        return bool(row_bytes) and any(b > 4 for b in out[first::row_bytes])
+
+    while True:
+        if pos + 12 > n:
+            return "the file is truncated"
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        kind = data[pos + 4 : pos + 8]
+        end = pos + 12 + length
+        if end > n:
+            return "the file is truncated"
+        if zlib.crc32(data[pos + 4 : end - 4]) != int.from_bytes(data[end - 4 : end], "big"):
+            return f"CRC error in its {kind.decode('latin-1')!r} chunk"
+        if kind == b"IDAT":
+            try:
+                out = inflater.decompress(data[pos + 8 : end - 4], _PNG_CHECK_CHUNK)
+                while True:
+                    if bad_filters(out):
+                        return "its pixel rows are corrupt (bad filter type)"
+                    if not inflater.unconsumed_tail:
+                        break
+                    out = inflater.decompress(inflater.unconsumed_tail, _PNG_CHECK_CHUNK)
+            except zlib.error:
+                return "its compressed data is corrupt"
+        elif kind == b"IEND":
+            return None if inflater.eof else "its compressed data is incomplete"
+        pos = end
+
+
+def _png_row_bytes(data: bytes) -> int | None:
+    """Bytes per pixel row (with its filter byte) of a non-interlaced PNG, from IHDR; None otherwise."""
+    width, depth, colour, interlace = int.from_bytes(data[16:20], "big"), data[24], data[25], data[28]
+    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour)
+    if interlace or channels is None or width == 0:
+        return None
+    return 1 + (width * channels * depth + 7) // 8
+
+
 def image_size(data: bytes) -> tuple[int, int] | None:
     """(width, height) from the header of a JPEG, PNG, BMP, WebP or TIFF, without decoding; None if unknown."""
     try:
-        if data[:8] == b"\x89PNG\r\n\x1a\n":
+        if data[:8] == _PNG_SIGNATURE:
             if data[12:16] != b"IHDR":
                 return None
             return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")

@@ -22,8 +22,10 @@ the unit of ``--threshold`` and of the verification metrics.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +33,7 @@ import numpy as np
 
 from kface_cli.choices import IndexKind
 from kface_cli.defaults import AUTO_FLAT_MAX
-from kface_cli.errors import InputError
+from kface_cli.errors import DiskFullError, InputError, ReadOnlyError
 
 INDEX_SUFFIX = ".faiss"
 META_SUFFIX = ".faiss.json"
@@ -173,7 +175,10 @@ def save_index(index: SearchIndex, gallery: Path) -> None:
     path, meta = index_paths(gallery)
     # The index holds the embeddings too (biometric data): private, like the gallery itself.
     with atomic_path(path, mode=0o600) as tmp:
-        faiss.write_index(index.index, str(tmp))
+        try:
+            faiss.write_index(index.index, str(tmp))
+        except RuntimeError as e:  # FAISS reports a failed write as RuntimeError ("... (No space left on device)")
+            raise OSError(errno.ENOSPC if os.strerror(errno.ENOSPC) in str(e) else errno.EIO, str(e)) from None
     write_text(meta, json.dumps(index.meta(), indent=2) + "\n")
 
 
@@ -232,10 +237,13 @@ def load_index(
     if save:
         try:
             save_index(index, gallery.path)
-        except OSError as e:  # a read-only gallery folder still works, just without the cache
+        except ReadOnlyError:  # a read-only deployment: the index lives in memory, rebuilt each run
+            info(f"{gallery.path.parent} is read-only: the search index is kept in memory, not saved")
+        except (DiskFullError, OSError) as e:  # the cache only: the gallery is untouched
             from kface_cli.console import warn
 
-            warn(f"could not save the search index beside {gallery.path}: {e.strerror}")
+            reason = "the disk is full" if isinstance(e, DiskFullError) else (e.strerror or str(e))
+            warn(f"search index not saved beside {gallery.path} ({reason}); it is rebuilt next time")
     return LoadedIndex(index, rows.names, rebuilt=True)
 
 

@@ -29,15 +29,23 @@ Why it never corrupts, even on ``kill -9``:
   and the next append simply overwrites it.
 * Growing past the capacity, removing people and rebuilding are copy-on-write: a new file is
   written beside the old one and renamed over it (``os.replace`` is atomic).
-* Writers hold an exclusive ``fcntl.flock`` on ``gallery.h5.lock`` beside the file, readers a
-  shared one: two enrolls at once take turns batch by batch and neither loses entries.
+* Writers hold an exclusive lock on ``gallery.h5.lock`` beside the file (``filelock``: ``flock``
+  on Unix, ``msvcrt.locking`` on Windows; released by the OS when a process dies), so two enrolls at
+  once take turns batch by batch and neither loses entries. Readers create no file at all: HDF5's
+  own file lock keeps them from opening the file while a writer has it open (each side waits for
+  the other), and the commit order above means that even without it (``HDF5_USE_FILE_LOCKING=FALSE``,
+  filesystems without locks) a reader only ever sees committed rows. So ``kface identify`` works on
+  a gallery in a read-only folder or filesystem.
+* A read-only ``gallery.h5`` (no write permission bits) or folder is refused for writes with one
+  line (:class:`~kface_cli.errors.ReadOnlyError`), never rewritten; a full disk stops a write with
+  :class:`~kface_cli.errors.DiskFullError` before anything committed is touched.
 
-The file is created with mode 0600: it holds biometric data.
+The file is created with mode 0600: it holds biometric data. Rewrites keep the mode it has.
 """
 
 from __future__ import annotations
 
-import fcntl
+import errno
 import hashlib
 import os
 import time
@@ -48,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kface_cli.errors import InputError, ModelMismatchError
+from kface_cli.errors import InputError, ModelMismatchError, ReadOnlyError
 
 SCHEMA_VERSION = 1
 NAME_BYTES = 256
@@ -60,6 +68,17 @@ GROWTH_FACTOR = 1.5
 FILE_MODE = 0o600
 #: Rows copied at a time when the file is rewritten (bounds RAM for million-row galleries).
 COPY_BLOCK_ROWS = 65536
+#: How long to wait for another kface process that holds the gallery before giving up.
+LOCK_WAIT_SECONDS = 600.0
+_LOCK_POLL_SECONDS = 0.05
+_BATCH_HINT = (
+    "Every batch committed before this one is safe; free some space and run enroll again "
+    "(photos already enrolled are skipped)."
+)
+_READ_ONLY_HINT = (
+    "identify works as it is; enroll and `kface gallery --remove` need a writable gallery file and folder "
+    "(or copy the gallery somewhere writable)."
+)
 
 _ROW_FIELDS = ("embeddings", "name", "source", "box", "score", "added", "content_hash")
 _EMPTY_CHECKSUM = hashlib.sha256(b"kface-gallery").hexdigest()
@@ -160,24 +179,45 @@ def lock_path(gallery: Path) -> Path:
 
 
 @contextmanager
-def gallery_lock(gallery: Path, *, exclusive: bool, wait_message: bool = True) -> Iterator[None]:
-    """Hold ``flock`` on the lock file beside ``gallery`` (exclusive for writers, shared for readers)."""
-    path = lock_path(Path(gallery))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
-    try:
-        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            if wait_message:
-                from kface_cli.console import info
+def writer_lock(gallery: Path) -> Iterator[None]:
+    """Hold the exclusive writer lock on the lock file beside ``gallery`` (see the module doc).
 
-                info(f"waiting for another kface process using {gallery.name} ...")
-            fcntl.flock(fd, mode)
+    A folder where the lock file cannot be created raises :class:`~kface_cli.errors.ReadOnlyError`.
+    """
+    from filelock import FileLock, Timeout
+
+    from kface_cli.atomic import storage_error
+
+    gallery = Path(gallery)
+    lock = FileLock(lock_path(gallery), mode=FILE_MODE)
+    try:
+        gallery.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            _say_waiting(gallery)
+            lock.acquire(timeout=LOCK_WAIT_SECONDS, poll_interval=_LOCK_POLL_SECONDS)
+    except Timeout:
+        raise _busy(gallery) from None
+    except OSError as e:
+        raise (storage_error(e, gallery, read_only_hint=_READ_ONLY_HINT) or e) from None
+    try:
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        lock.release()
+
+
+def _say_waiting(gallery: Path) -> None:
+    from kface_cli.console import info
+
+    info(f"waiting for another kface process using {gallery.name} ...")
+
+
+def _busy(gallery: Path) -> InputError:
+    return InputError(
+        f"gallery {gallery} stayed in use by another kface process for {LOCK_WAIT_SECONDS:.0f} s",
+        hint="Wait for the other enroll or `kface gallery` to finish, then run this again.",
+    )
 
 
 def _fsync_file(path: Path) -> None:
@@ -236,7 +276,7 @@ def _row_hash_sum(rows: np.ndarray, first: int) -> int:
     if pad:
         raw = np.concatenate([raw, np.zeros((n, pad), np.uint8)], axis=1)
     words = raw.view(np.uint64)
-    h = (words * _word_weights(words.shape[1])).sum(axis=1, dtype=np.uint64)
+    h = np.einsum("ij,j->i", words, _word_weights(words.shape[1]))  # wraps mod 2^64; no (n, words) temporary
     with np.errstate(over="ignore"):
         x = h ^ (np.arange(first, first + n, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)  # splitmix64 finaliser
@@ -324,6 +364,10 @@ def _create_datasets(f, capacity: int, embedding_size: int) -> None:
         f.create_dataset(name, shape=shape, maxshape=maxshape, chunks=chunks, dtype=dtype, dcpl=early(), **kw)
 
 
+def _row_nbytes(dataset) -> int:
+    return int(dataset.dtype.itemsize * np.prod(dataset.shape[1:], dtype=np.int64))
+
+
 def _round_capacity(n: int) -> int:
     return max(CHUNK_ROWS, -(-n // CHUNK_ROWS) * CHUNK_ROWS)
 
@@ -350,13 +394,16 @@ class Gallery:
 
     def create(self, model: ModelInfo, capacity: int = CHUNK_ROWS) -> None:
         """Write a new, empty gallery for ``model`` (atomically, mode 0600). Fails if it exists."""
-        with gallery_lock(self.path, exclusive=True):
+        with self._writing():
             if self.path.exists():
                 raise InputError(f"gallery already exists: {self.path}", hint="Enroll into it, or remove it first.")
             self._write_new(model, capacity, created=time.time(), source=None, keep=None)
 
     def _open(self, mode: str = "r"):
-        """Open the HDF5 file; missing or unreadable files become a clear :class:`InputError`."""
+        """Open the HDF5 file; missing, unreadable or read-only files become one clear error.
+
+        While another process has the file open for writing (HDF5's file lock), wait for it.
+        """
         h5py = _h5py()
         if not self.path.exists():
             raise InputError(
@@ -365,19 +412,57 @@ class Gallery:
             )
         if self.path.is_dir():
             raise InputError(f"expected a gallery file, got a folder: {self.path}")
-        try:
-            f = h5py.File(self.path, mode)
-        except OSError as e:
-            raise InputError(
-                f"cannot open gallery {self.path}: not a readable HDF5 file ({str(e).splitlines()[0][:120]})",
-                hint="The file is damaged or is not a kface gallery; re-enroll into a new --gallery.",
-            ) from None
+        deadline = None
+        while True:
+            try:
+                # best-effort: filesystems without locks (some NFS mounts) still open; conflicts still wait
+                f = h5py.File(self.path, mode, locking="best-effort")
+                break
+            except BlockingIOError:  # the other side (reader or writer) has it open: take turns
+                if deadline is None:
+                    _say_waiting(self.path)
+                    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+                elif time.monotonic() > deadline:
+                    raise _busy(self.path) from None
+                time.sleep(_LOCK_POLL_SECONDS)
+            except OSError as e:
+                raise self._open_error(e, mode) from None
         try:
             self._validate(f)
         except BaseException:
             f.close()
             raise
         return f
+
+    def _open_error(self, e: OSError, mode: str) -> Exception:
+        from kface_cli.atomic import storage_error
+
+        if mode != "r" and (err := storage_error(e, self.path, read_only_hint=_READ_ONLY_HINT)) is not None:
+            return err
+        if e.errno in (errno.EACCES, errno.EPERM):
+            return InputError(
+                f"cannot read gallery {self.path}: permission denied",
+                hint="kface needs read access to the file; run it as a user who may read it.",
+            )
+        return InputError(
+            f"cannot open gallery {self.path}: not a readable HDF5 file ({str(e).splitlines()[0][:120]})",
+            hint="The file is damaged or is not a kface gallery; re-enroll into a new --gallery.",
+        )
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """The writer lock, after refusing a gallery file without write permission (never rewritten)."""
+        with writer_lock(self.path):
+            try:
+                st = self.path.stat()
+            except FileNotFoundError:
+                st = None
+            if st is not None and not st.st_mode & 0o222:
+                raise ReadOnlyError(
+                    f"gallery {self.path} is read-only (mode {st.st_mode & 0o777:04o}): kface will not change it",
+                    hint="Make it writable (chmod u+w) to enroll into it or remove people; identify works as it is.",
+                )
+            yield
 
     def _validate(self, f) -> None:
         missing = [k for k in _ROW_FIELDS if k not in f]
@@ -388,6 +473,20 @@ class Gallery:
             raise InputError(
                 f"{self.path} is not a kface gallery (missing {', '.join(missing)})",
                 hint="Pass the gallery written by `kface enroll`, or enroll into a new file.",
+            )
+        h5py = _h5py()
+        outside = [  # links, external raw data or virtual datasets would make kface read other files
+            k
+            for k in _ROW_FIELDS
+            if not isinstance(f.get(k, getlink=True), h5py.HardLink)
+            or not isinstance(f[k], h5py.Dataset)
+            or f[k].external
+            or f[k].is_virtual
+        ]
+        if outside:
+            raise InputError(
+                f"gallery {self.path} refers to data outside itself ({', '.join(outside)})",
+                hint="kface reads only data stored inside the gallery file; re-enroll into a new --gallery.",
             )
         version = int(f.attrs["schema_version"])
         if version > SCHEMA_VERSION:
@@ -401,9 +500,17 @@ class Gallery:
                 f"gallery {self.path} is damaged (count {count} does not fit its datasets)",
                 hint="Re-enroll into a new --gallery.",
             )
+        # kface writes every row uncompressed and allocated: a file that claims more rows than it
+        # stores (compressed or sparse datasets) would make a read allocate memory it never had.
+        short = [k for k in _ROW_FIELDS if f[k].id.get_storage_size() < count * _row_nbytes(f[k])]
+        if short:
+            raise InputError(
+                f"gallery {self.path} claims {count:,} rows but stores fewer ({', '.join(short)})",
+                hint="It was not written by kface; re-enroll into a new --gallery.",
+            )
 
     def model(self) -> ModelInfo:
-        with gallery_lock(self.path, exclusive=False), self._open() as f:
+        with self._open() as f:
             return self._model_of(f)
 
     @staticmethod
@@ -432,7 +539,7 @@ class Gallery:
 
     # reading ------------------------------------------------------------------------------
     def facts(self) -> GalleryFacts:
-        with gallery_lock(self.path, exclusive=False), self._open() as f:
+        with self._open() as f:
             n = int(f.attrs["count"])
             names = set(_decode(f["name"][:n])) if n else set()
             m = self._model_of(f)
@@ -453,12 +560,12 @@ class Gallery:
 
     def read(self, *, embeddings: bool = True, details: bool = False) -> GalleryRows:
         """The committed rows: names always; embeddings and the other columns on request."""
-        with gallery_lock(self.path, exclusive=False), self._open() as f:
+        with self._open() as f:
             return self._read(f, embeddings=embeddings, details=details)
 
     def verify(self) -> dict:
         """Full integrity check of every committed row (``kface gallery --check``)."""
-        with gallery_lock(self.path, exclusive=False), self._open() as f:
+        with self._open() as f:
             n = int(f.attrs["count"])
             digest = _digest_of(f)
             if digest is not None:
@@ -495,7 +602,11 @@ class Gallery:
     def _read(self, f, *, embeddings: bool, details: bool) -> GalleryRows:
         n = int(f.attrs["count"])
         raw_names = f["name"][:n]
-        vectors = np.asarray(f["embeddings"][:n], dtype=np.float32).reshape(n, -1) if embeddings else None
+        vectors = (
+            np.asarray(f["embeddings"][:n], dtype=np.float32).reshape(n, f["embeddings"].shape[1])
+            if embeddings
+            else None
+        )
         self._verify(f, embeddings=embeddings, names=raw_names, vectors=vectors)  # on the rows just read
         rows = GalleryRows(names=_decode(raw_names), checksum=_checksum_of(f))
         if embeddings:
@@ -517,7 +628,7 @@ class Gallery:
         return dict(sorted(counts.items()))
 
     def hashes(self) -> set[str]:
-        with gallery_lock(self.path, exclusive=False), self._open() as f:
+        with self._open() as f:
             n = int(f.attrs["count"])
             return {bytes(h).decode("ascii") for h in f["content_hash"][:n]}
 
@@ -528,7 +639,7 @@ class Gallery:
         Templates whose content hash is already in the gallery (or earlier in the batch) are
         skipped when ``skip_duplicates``: re-enrolling a photo is a no-op.
         """
-        with gallery_lock(self.path, exclusive=True):
+        with self._writing():
             if not self.path.exists():
                 self._write_new(model, _round_capacity(len(templates)), created=time.time(), source=None, keep=None)
             with self._open("r") as f:
@@ -566,34 +677,39 @@ class Gallery:
         src_bytes = np.array([_encode_source(t.source) for t in batch], dtype=h5py.string_dtype("utf-8", SOURCE_BYTES))
         hashes = [t.content_hash for t in batch]
         now = time.time()
-        with self._open("r+") as f:
-            start = int(f.attrs["count"])
-            end = start + len(batch)
-            assert end <= f["embeddings"].shape[0], "append called without room"
-            f["embeddings"][start:end] = emb
-            f["name"][start:end] = name_bytes
-            f["source"][start:end] = src_bytes
-            f["box"][start:end] = np.array([t.box for t in batch], dtype=np.float32).reshape(-1, 4)
-            f["score"][start:end] = np.array([t.score for t in batch], dtype=np.float32)
-            f["added"][start:end] = np.full(len(batch), now)
-            f["content_hash"][start:end] = np.array(
-                [h.encode("ascii") for h in hashes], dtype=h5py.string_dtype("ascii", HASH_CHARS)
-            )
-            f.flush()
+        try:
+            with self._open("r+") as f:
+                start = int(f.attrs["count"])
+                end = start + len(batch)
+                assert end <= f["embeddings"].shape[0], "append called without room"
+                f["embeddings"][start:end] = emb
+                f["name"][start:end] = name_bytes
+                f["source"][start:end] = src_bytes
+                f["box"][start:end] = np.array([t.box for t in batch], dtype=np.float32).reshape(-1, 4)
+                f["score"][start:end] = np.array([t.score for t in batch], dtype=np.float32)
+                f["added"][start:end] = np.full(len(batch), now)
+                f["content_hash"][start:end] = np.array(
+                    [h.encode("ascii") for h in hashes], dtype=h5py.string_dtype("ascii", HASH_CHARS)
+                )
+                f.flush()
+                _fsync_file(self.path)
+                # The commit: readers see the new rows only from here on.
+                f.attrs["checksum"] = np.bytes_(_chain_checksum(_checksum_of(f), hashes, emb, names).encode("ascii"))
+                f.attrs["count"] = np.int64(end)
+                f.flush()
+                # The digest last: a crash before it leaves it covering fewer rows (still verifiable).
+                digest = _digest_of(f)
+                if digest is not None and digest[0] == start:
+                    dn, de = _digest_rows(f, start, end)
+                    f.attrs["digest"] = _format_digest(end, (digest[1] + dn) & _M64, (digest[2] + de) & _M64)
+                else:
+                    f.attrs["digest"] = _format_digest(end, *_digest_rows(f, 0, end))
+                f.flush()
             _fsync_file(self.path)
-            # The commit: readers see the new rows only from here on.
-            f.attrs["checksum"] = np.bytes_(_chain_checksum(_checksum_of(f), hashes, emb, names).encode("ascii"))
-            f.attrs["count"] = np.int64(end)
-            f.flush()
-            # The digest last: a crash before it leaves it covering fewer rows (still verifiable).
-            digest = _digest_of(f)
-            if digest is not None and digest[0] == start:
-                dn, de = _digest_rows(f, start, end)
-                f.attrs["digest"] = _format_digest(end, (digest[1] + dn) & _M64, (digest[2] + de) & _M64)
-            else:
-                f.attrs["digest"] = _format_digest(end, *_digest_rows(f, 0, end))
-            f.flush()
-        _fsync_file(self.path)
+        except OSError as e:  # a full disk: the rows in flight are not counted, nothing committed is touched
+            from kface_cli.atomic import storage_error
+
+            raise (storage_error(e, self.path, disk_full_hint=_BATCH_HINT) or e) from None
 
     def reserve(self, rows: int, model: ModelInfo) -> None:
         """Make room for ``rows`` templates in all (creating the gallery if needed).
@@ -602,7 +718,7 @@ class Gallery:
         of by :data:`GROWTH_FACTOR` steps (each a full copy-on-write rewrite) with up to 50% of
         pre-allocated room left unused at the end.
         """
-        with gallery_lock(self.path, exclusive=True):
+        with self._writing():
             if not self.path.exists():
                 self._write_new(model, _round_capacity(rows), created=time.time(), source=None, keep=None)
                 return
@@ -615,7 +731,7 @@ class Gallery:
     def remove(self, names: Sequence[str]) -> int:
         """Remove every template of the given identities (copy-on-write). Returns how many went."""
         wanted = set(names)
-        with gallery_lock(self.path, exclusive=True):
+        with self._writing():
             with self._open() as f:
                 n = int(f.attrs["count"])
                 current = _decode(f["name"][:n])
@@ -628,7 +744,7 @@ class Gallery:
 
     def compact(self) -> None:
         """Rewrite the file with just enough room for its rows (after large removals)."""
-        with gallery_lock(self.path, exclusive=True):
+        with self._writing():
             with self._open() as f:
                 n = int(f.attrs["count"])
             self._rewrite(_round_capacity(n), keep=None)
@@ -648,7 +764,8 @@ class Gallery:
         n_src = int(source.attrs["count"]) if source is not None else 0
         n_keep = int(keep.sum()) if keep is not None else n_src
         capacity = _round_capacity(max(capacity, n_keep))
-        with atomic_path(self.path, mode=FILE_MODE) as tmp:
+        mode = self.path.stat().st_mode & 0o777 if self.path.exists() else FILE_MODE  # a rewrite keeps the mode
+        with atomic_path(self.path, mode=mode) as tmp:
             with h5py.File(tmp, "w") as g:
                 _create_datasets(g, capacity, model.embedding_size)
                 g.attrs["schema_version"] = SCHEMA_VERSION

@@ -15,8 +15,13 @@ identity). Practical notes:
   written atomically.
 - Output paths are built from the K-Face codes, never from member names, so a hostile member name
   (``../x``, ``/etc/x``) cannot write outside the workspace; such members are counted as unsafe.
-- A corrupt zip is reported and skipped; the other identities finish and the result lists it in
-  ``failures`` (the CLI then exits non-zero).
+- A corrupt zip, or one without a single K-Face member (empty, or another layout than
+  ``S001/L1/E01/C7.jpg``), is reported and skipped; the other identities finish and the result
+  lists it in ``failures`` (the CLI then exits non-zero).
+- Members are streamed to disk in bounded memory; one too large or too compressed (a zip bomb,
+  see :data:`~kface_cli.dataset.source.MAX_MEMBER_BYTES`) is skipped with a warning naming it.
+- A full disk or a read-only output folder stops the run with one line; every file already
+  written is complete, and the next run resumes.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from pathlib import Path
 from kface_cli.dataset import codes as kc
 from kface_cli.dataset.source import IdentitySource, list_identities, open_identity
 from kface_cli.defaults import auto_workers
-from kface_cli.errors import InputError
+from kface_cli.errors import InputError, KFaceError
 from kface_cli.workspace import DEFAULT_RESOLUTION, Workspace, normalise_resolution
 
 #: Folder inside a workspace where `kface sample-data` writes and `kface extract` looks by default.
@@ -86,6 +91,7 @@ class IdentityOutcome:
     missing: list[tuple[str, str, str, str]] = field(default_factory=list)  # wanted images the source lacks
     missing_annotations: int = 0
     unsafe_members: int = 0
+    oversized: list[tuple[str, str]] = field(default_factory=list)  # (member, why) skipped as too large
     error: str | None = None
 
 
@@ -106,6 +112,7 @@ class ExtractResult:
     missing_by_code: dict[str, int]
     missing_annotations: int
     unsafe_members: int
+    oversized_members: list[dict]  # {"id", "member", "why"}: skipped as too large or too compressed
     failures: list[dict]
     seconds: float
 
@@ -149,8 +156,6 @@ def _size(path: Path) -> int:
 
 def extract_identity(src: IdentitySource, dest: Path, sel: Selection) -> IdentityOutcome:
     """Extract one identity's selected images and annotations into ``dest`` (``raw/<Res>/<ID>``)."""
-    from kface_cli.atomic import write_bytes
-
     key = _marker_key(sel, src)
     if _is_complete(dest, key):
         saved = json.loads((dest / DONE_MARKER).read_text(encoding="utf-8"))
@@ -167,6 +172,12 @@ def extract_identity(src: IdentitySource, dest: Path, sel: Selection) -> Identit
     try:
         with open_identity(src) as reader:
             out.unsafe_members = len(reader.unsafe)
+            out.oversized = list(reader.oversized)
+            if not reader.index and not reader.oversized:
+                raise InputError(
+                    f"no K-Face images in {src.path.name}",
+                    hint="It is empty or laid out differently: expected members such as S001/L1/E01/C7.jpg.",
+                )
             for acc, light, expr, cam in sel.images():
                 for ext in (".jpg", ".txt"):
                     k = (acc, light, expr, cam, ext)
@@ -180,7 +191,7 @@ def extract_identity(src: IdentitySource, dest: Path, sel: Selection) -> Identit
                     rel = kc.member_path(acc, light, expr, cam, ext)  # built from codes: cannot escape dest
                     target = dest / rel
                     if not (target.is_file() and target.stat().st_size == reader.sizes[k]):
-                        write_bytes(target, reader.read(k))
+                        reader.copy_to(k, target)
                         out.written += 1
                     files[rel] = reader.sizes[k]
                     if ext == ".jpg":
@@ -258,14 +269,24 @@ def extract(
     with progress(f"Extracting {res}", total=len(sources)) as bar:
         with ThreadPoolExecutor(max_workers=n_workers) as pool:
             futures = [pool.submit(extract_identity, s, out_dir / s.id, sel) for s in sources]
-            for s, fut in zip(sources, futures):
-                o = fut.result()
-                if o.status == "failed":
-                    warn(f"identity {s.id} failed: {o.error}")
-                if o.unsafe_members:
-                    warn(f"{s.path.name}: ignored {o.unsafe_members} member(s) with unsafe names (absolute or '..')")
-                outcomes.append(o)
-                bar.advance()
+            try:
+                for s, fut in zip(sources, futures):
+                    o = fut.result()
+                    if o.status == "failed":
+                        warn(f"identity {s.id} failed: {o.error}")
+                    if o.unsafe_members:
+                        warn(
+                            f"{s.path.name}: ignored {o.unsafe_members} member(s) with unsafe names "
+                            "(absolute, '..', or a link out of the folder)"
+                        )
+                    for member, why in o.oversized:
+                        warn(f"{s.path.name}: skipped {member} ({why})")
+                    outcomes.append(o)
+                    bar.advance()
+            except KFaceError:  # a full disk or read-only output: the other identities would fail alike
+                for fut in futures:
+                    fut.cancel()
+                raise
     missing_by_code: Counter = Counter()
     for o in outcomes:
         for combo in o.missing:
@@ -287,6 +308,7 @@ def extract(
         missing_by_code=dict(sorted(missing_by_code.items(), key=lambda kv: _code_order(kv[0]))),
         missing_annotations=sum(o.missing_annotations for o in outcomes),
         unsafe_members=sum(o.unsafe_members for o in outcomes),
+        oversized_members=[{"id": o.id, "member": m, "why": w} for o in outcomes for m, w in o.oversized],
         failures=failures,
         seconds=time.perf_counter() - t0,
     )

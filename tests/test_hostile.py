@@ -1,0 +1,572 @@
+"""The hostile-input and fault matrix (issue 9): every defect found, kept as a case so none comes back.
+
+Each case is what a new user or an attacker does: a file that lies about itself, a zip bomb, a
+read-only deployment, a full disk. The promise is always the same: no code runs, no silent wrong
+answer, one clear line (a :class:`~kface_cli.errors.KFaceError`) instead of a traceback, and
+nothing already saved is lost.
+
+Read-only folders and full disks are simulated (tests run as root in CI containers, where
+permissions do not stop a write, and cannot mount a tiny filesystem): the write system calls
+raise the ``OSError`` the kernel would (``EROFS``, ``ENOSPC``), at the same places.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import textwrap
+import time
+import tracemalloc
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from synth_helpers import make_source
+
+from kface_cli.dataset import source as source_mod
+from kface_cli.dataset.annotation import parse_annotation
+from kface_cli.dataset.source import MAX_MEMBER_BYTES, list_identities, open_identity
+from kface_cli.errors import DiskFullError, InputError, ReadOnlyError
+from kface_cli.face.imageio import decode_image
+from kface_cli.gallery import store
+from kface_cli.gallery.index import index_paths, load_index
+from kface_cli.gallery.manage import manage_gallery
+from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+from kface_cli.prepare.extract import extract
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = ModelInfo("f" * 20, 16, "mbf", "/runs/a")
+WANTED = "S001/L1/E01/C7.jpg"  # in the tutorial selection and in every synthetic identity
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    monkeypatch: pytest.MonkeyPatch
+    capfd: pytest.CaptureFixture
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _templates(names, start=0):
+    rng = np.random.default_rng(start)
+    out = []
+    for i, name in enumerate(names, start):
+        e = rng.standard_normal(16).astype(np.float32)
+        out.append(Template(name, e / np.linalg.norm(e), f"/p/{name}/{i}.jpg", content_hash(f"{name}{i}".encode())))
+    return out
+
+
+def _gallery(folder: Path) -> Gallery:
+    g = Gallery(folder / "gallery.h5")
+    g.append(_templates(["ALICE", "BOB"]), MODEL)
+    return g
+
+
+def _listing(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in folder.iterdir()}
+
+
+def _inside(path, folder: Path) -> bool:
+    try:
+        return Path(os.fspath(path)).resolve().is_relative_to(folder.resolve())
+    except TypeError:  # a file descriptor
+        return False
+
+
+def _read_only(ctx: Ctx, folder: Path) -> None:
+    """Make ``folder`` behave as on a read-only filesystem: every create (file or folder) or write there fails with EROFS."""
+    import h5py
+
+    real_open, real_file = os.open, h5py.File
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+    def guarded_open(path, flags, *args, **kwargs):
+        if flags & writes and _inside(path, folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    def guarded_file(path, mode="r", *args, **kwargs):
+        if mode != "r" and _inside(path, folder):
+            raise OSError(errno.EROFS, f"Unable to synchronously open file (errno = {errno.EROFS})")
+        return real_file(path, mode, *args, **kwargs)
+
+    real_mkdir = os.mkdir
+
+    def guarded_mkdir(path, *args, **kwargs):
+        if _inside(path, folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    ctx.monkeypatch.setattr(os, "open", guarded_open)
+    ctx.monkeypatch.setattr(os, "mkdir", guarded_mkdir)
+    ctx.monkeypatch.setattr(h5py, "File", guarded_file)
+
+
+def _enospc(*_a, **_k):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _zip_with(path: Path, members: dict[str, bytes], base: Path | None = None) -> Path:
+    """A zip at ``path``: the members of ``base`` (another identity zip) plus or replaced by ``members``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as dst:
+        if base is not None:
+            with zipfile.ZipFile(base) as src:
+                for name in src.namelist():
+                    if name not in members:
+                        dst.writestr(name, src.read(name))
+        for name, data in members.items():
+            dst.writestr(name, data)
+    return path
+
+
+def _one_source(ctx: Ctx) -> tuple[Path, Path]:
+    """(a K-Face root holding one good identity zip, that zip)."""
+    root = make_source(ctx.tmp / "kface", n_ids=1)
+    (z,) = (root / "Low_Resolution").glob("*.zip")
+    return root, z
+
+
+# -- defect 1: model files never run code ---------------------------------------------------------
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def case_pickle_that_runs_code(ctx: Ctx) -> None:
+    import torch
+
+    from kface_cli.embedding.loading import load_torch_weights
+
+    marker = ctx.tmp / "pwned"
+    torch.save({"w": _RunsCode(marker)}, ctx.tmp / "backbone.pth")
+    (ctx.tmp / "config.json").write_text('{"network": "mbf"}')  # beside a config: once loaded unsafely
+    with pytest.raises(InputError, match="refused to load"):
+        load_torch_weights(ctx.tmp / "backbone.pth")
+    assert not marker.exists()
+
+
+# -- defect 2: silent corruption ------------------------------------------------------------------
+
+
+def case_gallery_name_changed_in_place(ctx: Ctx) -> None:
+    g = _gallery(ctx.tmp)
+    data = g.path.read_bytes()
+    at = data.index(b"ALICE\x00\x00")
+    with open(g.path, "r+b") as f:
+        f.seek(at)
+        f.write(b"MALLO")
+    with pytest.raises(InputError, match="integrity check: names changed"):
+        load_index(g)
+
+
+def case_gallery_pointing_at_other_files(ctx: Ctx) -> None:
+    import h5py
+
+    g = _gallery(ctx.tmp)
+    secret = ctx.tmp / "secret"
+    secret.write_bytes(b"root:x:0:0:" * 100)
+    with h5py.File(g.path, "r+") as f:  # the name column's bytes now live in another file
+        old = f["name"]
+        shape, dtype = old.shape, old.dtype
+        del f["name"]
+        f.create_dataset("name", shape=shape, dtype=dtype, external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+        n = int(f.attrs["count"])
+        f.attrs["digest"] = store._format_digest(n, *store._digest_rows(f, 0, n))  # the digest is unkeyed
+    with pytest.raises(InputError, match=r"refers to data outside itself \(name\)"):
+        g.read(embeddings=False)
+
+
+def case_gallery_claiming_more_rows_than_it_stores(ctx: Ctx) -> None:
+    import h5py
+
+    g = _gallery(ctx.tmp)
+    claimed = 50_000_000  # 100 GB of float32 embeddings, in a file of a few MB
+    with h5py.File(g.path, "r+") as f:
+        for k in store._ROW_FIELDS:
+            old = f[k]
+            shape, dtype = (claimed, *old.shape[1:]), old.dtype
+            del f[k]
+            f.create_dataset(k, shape=shape, dtype=dtype, chunks=(65536, *shape[1:]), compression="gzip")
+        f.attrs["count"] = np.int64(claimed)
+        f.attrs["digest"] = store._format_digest(0, 0, 0)
+    assert g.path.stat().st_size < 20 * 2**20
+    with pytest.raises(InputError, match="claims 50,000,000 rows but stores fewer"):
+        g.read(embeddings=False)
+
+
+# -- defect 3: images that claim huge sizes -------------------------------------------------------
+
+
+def case_jpeg_header_claims_65000_pixels_square(ctx: Ctx) -> None:
+    sof = b"\xff\xc0\x00\x11\x08" + (65000).to_bytes(2, "big") * 2 + b"\x03" + b"\x01\x22\x00" * 3
+    with pytest.raises(InputError, match="image too large"):
+        decode_image(b"\xff\xd8" + sof + b"\xff\xd9", "bomb.jpg")
+
+
+# -- defect 4: zip bombs --------------------------------------------------------------------------
+
+
+def case_zip_bomb_member_is_skipped_by_name(ctx: Ctx) -> None:
+    root, good = _one_source(ctx)
+    bomb = bytes(MAX_MEMBER_BYTES + 1)  # zeros: a few KB compressed
+    _zip_with(good, {WANTED: bomb, "S001/L3/E02/C8.jpg": bytes(2 * 2**20)}, base=_zip_with(ctx.tmp / "b.zip", {}, good))
+    assert good.stat().st_size < 200_000
+    tracemalloc.start()
+    try:
+        r = extract(root, workdir=ctx.tmp / "ws", res="Low", workers=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"extract held {peak / 2**20:.0f} MiB"
+    assert sorted(m["member"] for m in r.oversized_members) == ["S001/L1/E01/C7.jpg", "S001/L3/E02/C8.jpg"]
+    assert "compressed" in " ".join(m["why"] for m in r.oversized_members)  # the 2 MiB one: by its ratio
+    err = ctx.capfd.readouterr().err
+    assert f"{good.name}: skipped {WANTED}" in err
+    assert not list((ctx.tmp / "ws").rglob("C7.jpg")) and not list((ctx.tmp / "ws").rglob("C8.jpg"))
+    assert r.ok and r.images > 0  # the identity's other images were extracted
+
+
+def case_large_member_is_streamed(ctx: Ctx) -> None:
+    root, good = _one_source(ctx)
+    big = np.random.default_rng(0).integers(0, 256, 12 * 2**20, dtype=np.uint8).tobytes()  # incompressible
+    _zip_with(good, {WANTED: big}, base=_zip_with(ctx.tmp / "b.zip", {}, good))
+    (src,) = list_identities(root, "Low")
+    tracemalloc.start()
+    try:
+        with open_identity(src) as reader:
+            reader.copy_to(("S001", "L1", "E01", "C7", ".jpg"), ctx.tmp / "out.jpg")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (ctx.tmp / "out.jpg").read_bytes() == big
+    assert peak < 6 * 2**20, f"copying a 12 MiB member held {peak / 2**20:.1f} MiB"
+
+
+# -- defect 5: empty or mis-laid zips -------------------------------------------------------------
+
+
+def case_empty_and_mislaid_zips_fail(ctx: Ctx) -> None:
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    root, _ = _one_source(ctx)
+    folder = root / "Low_Resolution"
+    zipfile.ZipFile(folder / "19990101.zip", "w").close()
+    _zip_with(folder / "19990102.zip", {"photos/front.jpg": b"\xff\xd8", "readme.txt": b"hi"})
+    r = extract(root, workdir=ctx.tmp / "ws", res="Low")
+    assert not r.ok and r.failed == 2 and r.extracted == 1
+    errors = {f["id"]: f["error"] for f in r.failures}
+    assert "no K-Face images in 19990101.zip" in errors["19990101"]
+    assert "no K-Face images in 19990102.zip" in errors["19990102"]
+    res = CliRunner().invoke(app, ["extract", str(root), "--res", "Low", "-w", str(ctx.tmp / "ws2")])
+    assert res.exit_code == 1 and "19990101.zip" in res.output
+
+
+# -- defect 6: read-only deployments --------------------------------------------------------------
+
+
+def case_identify_on_a_read_only_folder(ctx: Ctx) -> None:
+    folder = ctx.tmp / "deploy"
+    g = _gallery(folder)
+    for p in folder.iterdir():  # a deployment ships the gallery alone (no lock, no index yet)
+        if p != g.path:
+            p.unlink()
+    before = _listing(folder)
+    _read_only(ctx, folder)
+    loaded = load_index(g)  # what identify does: read, build, try to save
+    assert loaded.names == ["ALICE", "BOB"] and len(loaded.index) == 2
+    assert Gallery(g.path).facts().templates == 2 and manage_gallery(g.path)["facts"]["templates"] == 2
+    assert _listing(folder) == before  # no lock file, no temporary file, no index written
+    err = ctx.capfd.readouterr().err
+    assert "read-only" in err and "in memory" in err and "Traceback" not in err
+
+
+def case_writes_to_a_read_only_folder_say_one_line(ctx: Ctx) -> None:
+    folder = ctx.tmp / "deploy"
+    g = _gallery(folder)
+    _read_only(ctx, folder)
+    with pytest.raises(ReadOnlyError, match="read-only") as e:
+        g.append(_templates(["CAROL"], start=5), MODEL)
+    assert "damaged" not in str(e.value)
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        manage_gallery(g.path, remove=["BOB"])
+    with pytest.raises(ReadOnlyError):
+        Gallery(folder / "new.h5").append(_templates(["DAN"]), MODEL)
+    assert Gallery(g.path).read().names == ["ALICE", "BOB"]
+    root, _ = _one_source(ctx)
+    with pytest.raises(ReadOnlyError, match=f"make {folder} writable"):  # the folder that exists, not the one to create
+        extract(root, workdir=folder / "ws", res="Low")
+
+
+def case_read_only_gallery_file_is_never_rewritten(ctx: Ctx) -> None:
+    g = _gallery(ctx.tmp)
+    g.path.chmod(0o444)
+    data = g.path.read_bytes()
+    with pytest.raises(ReadOnlyError, match=r"read-only \(mode 0444\)"):
+        manage_gallery(g.path, remove=["BOB"])
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        g.append(_templates(["CAROL"], start=5), MODEL)
+    assert g.path.read_bytes() == data and (g.path.stat().st_mode & 0o777) == 0o444
+    assert load_index(g).names == ["ALICE", "BOB"]  # identify still works
+
+
+def case_rewrite_keeps_the_file_mode(ctx: Ctx) -> None:
+    g = _gallery(ctx.tmp)
+    g.path.chmod(0o640)  # e.g. readable by a service's group
+    manage_gallery(g.path, remove=["BOB"])
+    assert (g.path.stat().st_mode & 0o777) == 0o640 and g.read().names == ["ALICE"]
+
+
+def case_permission_denied_is_not_damage(ctx: Ctx) -> None:
+    root, good = _one_source(ctx)
+
+    def denied(path, *a, **k):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+    ctx.monkeypatch.setattr(source_mod.zipfile, "ZipFile", denied)
+    r = extract(root, workdir=ctx.tmp / "ws", res="Low")
+    (failure,) = r.failures
+    assert "permission denied" in failure["error"] and "download" not in failure["error"].lower()
+    g = _gallery(ctx.tmp / "g")
+    ctx.monkeypatch.undo()
+    import h5py
+
+    ctx.monkeypatch.setattr(h5py, "File", lambda *a, **k: denied(g.path))
+    with pytest.raises(InputError, match="permission denied") as e:
+        g.read()
+    assert "damaged" not in str(e.value)
+
+
+# -- defect 7: a full disk ------------------------------------------------------------------------
+
+
+def case_disk_full_during_extract(ctx: Ctx) -> None:
+    root = make_source(ctx.tmp / "kface", n_ids=2)
+    ws = ctx.tmp / "ws"
+    extract(root, workdir=ws, res="Low", ids=(list_identities(root, "Low")[0].id,))
+    saved = {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()}
+    ctx.monkeypatch.setattr(os, "fsync", _enospc)
+    with pytest.raises(DiskFullError, match="the disk is full") as e:
+        extract(root, workdir=ws, res="Low", workers=1)
+    assert "Nothing already saved was lost" in str(e.value)
+    assert {p: p.read_bytes() for p in ws.rglob("*") if p.is_file()} == saved  # no partial or temporary file
+
+
+def case_disk_full_saving_the_index_after_enroll(ctx: Ctx) -> None:
+    import faiss
+
+    g = _gallery(ctx.tmp)  # committed
+    real = faiss.write_index
+
+    def full(index, path):
+        raise RuntimeError(
+            f"Error: 'ret == (size * 4)' failed: write error in {path}: 12 != 4096 (No space left on device)"
+        )
+
+    ctx.monkeypatch.setattr(faiss, "write_index", full)
+    loaded = load_index(g)  # enroll's last step, and identify's first
+    assert loaded.names == ["ALICE", "BOB"]
+    err = ctx.capfd.readouterr().err
+    assert "the disk is full" in err and "rebuilt next time" in err and "Traceback" not in err
+    assert not index_paths(g.path)[0].exists() and not [p for p in ctx.tmp.iterdir() if p.name.startswith(".")]
+    ctx.monkeypatch.setattr(faiss, "write_index", real)
+    assert load_index(g).rebuilt and index_paths(g.path)[0].exists()  # rebuilt once there is room
+
+
+def case_disk_full_mid_batch_keeps_committed_rows(ctx: Ctx) -> None:
+    g = _gallery(ctx.tmp)
+    ctx.monkeypatch.setattr(store, "_fsync_file", _enospc)
+    with pytest.raises(DiskFullError, match="Every batch committed before this one is safe"):
+        g.append(_templates(["CAROL"], start=5), MODEL)
+    ctx.monkeypatch.undo()
+    assert g.read().names == ["ALICE", "BOB"]  # the batch in flight was never counted
+    assert g.append(_templates(["CAROL"], start=5), MODEL).added == 1
+
+
+def case_disk_full_during_remove(ctx: Ctx) -> None:
+    g = _gallery(ctx.tmp)
+    data = g.path.read_bytes()
+    real = store._create_datasets
+
+    def full(f, *a, **k):
+        real(f, *a, **k)
+        raise OSError(errno.ENOSPC, "Can't synchronously write data (No space left on device)")
+
+    ctx.monkeypatch.setattr(store, "_create_datasets", full)
+    with pytest.raises(DiskFullError, match="the disk is full"):
+        manage_gallery(g.path, remove=["BOB"])
+    assert g.path.read_bytes() == data
+    assert not [p for p in ctx.tmp.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+# -- defects 8 and 9: options and config files ----------------------------------------------------
+
+
+def case_unbounded_options_and_non_utf8_config(ctx: Ctx) -> None:
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    runner = CliRunner()
+    (ctx.tmp / "raw" / "Middle" / "19990101").mkdir(parents=True)
+    for value in ("nan", "inf", "1e6"):
+        r = runner.invoke(app, ["crop", "--margin", value, "-w", str(ctx.tmp)])
+        assert r.exit_code == 2 and "margin" in r.output and "Traceback" not in r.output, r.output
+    cfg = ctx.tmp / "bad.toml"
+    cfg.write_bytes(b"epochs = 1\nname = '\xff\xfe'\n")
+    r = runner.invoke(app, ["train", "--config", str(cfg), "-w", str(ctx.tmp)])
+    assert r.exit_code == 2 and "UTF-8" in r.output, r.output
+
+
+# -- defect 11: links out of an unpacked source ---------------------------------------------------
+
+
+def case_symlinks_out_of_the_source_tree(ctx: Ctx) -> None:
+    root, good = _one_source(ctx)
+    tree = good.with_suffix("")
+    with zipfile.ZipFile(good) as zf:
+        zf.extractall(tree)
+    good.unlink()
+    secret = ctx.tmp / "secret.txt"
+    secret.write_text("root:x:0:0\n")
+    (tree / "S001/L1/E01/C7.txt").unlink()
+    (tree / "S001/L1/E01/C7.txt").symlink_to(secret)
+    outside = ctx.tmp / "outside"
+    (outside / "C8.jpg").parent.mkdir(parents=True)
+    (outside / "C8.jpg").write_bytes((tree / WANTED).read_bytes())
+    for p in (tree / "S001/L3/E02").iterdir():
+        p.unlink()
+    (tree / "S001/L3/E02").rmdir()
+    (tree / "S001/L3/E02").symlink_to(outside, target_is_directory=True)
+    r = extract(root, workdir=ctx.tmp / "ws", res="Low")
+    assert r.unsafe_members == 2
+    copied = [p for p in (ctx.tmp / "ws").rglob("*") if p.is_file()]
+    assert all("root:x" not in p.read_text(errors="replace") for p in copied)
+    assert not list((ctx.tmp / "ws").rglob("E02/C8.jpg"))
+    assert "link out of the folder" in ctx.capfd.readouterr().err
+
+
+# -- defect 12: nothing stray on stderr -----------------------------------------------------------
+
+
+def _png(width=40, height=30) -> bytes:
+    import cv2
+
+    ok, enc = cv2.imencode(".png", np.random.default_rng(1).integers(0, 255, (height, width, 3), dtype=np.uint8))
+    return enc.tobytes()
+
+
+def _with_crc(data: bytearray, start: int) -> bytes:
+    """Recompute the CRC of the chunk starting at ``start`` (so only the damage inside it remains)."""
+    import zlib
+
+    length = int.from_bytes(data[start : start + 4], "big")
+    end = start + 8 + length
+    data[end : end + 4] = zlib.crc32(bytes(data[start + 4 : end])).to_bytes(4, "big")
+    return bytes(data)
+
+
+def case_damaged_pngs_print_nothing(ctx: Ctx) -> None:
+    import zlib
+
+    png = _png()
+    idat = png.index(b"IDAT") - 4
+    crc = bytearray(png)
+    crc[idat + 20] ^= 0xFF
+    adler = bytearray(png)  # zlib stream with a wrong checksum, chunk CRC fixed up
+    length = int.from_bytes(png[idat : idat + 4], "big")
+    adler[idat + 8 + length - 1] ^= 0xFF
+    rows = zlib.decompress(png[idat + 8 : idat + 8 + length])
+    bad_filter = bytearray(rows)
+    bad_filter[0] = 9
+    packed = zlib.compress(bytes(bad_filter))
+    filt = bytearray(png[:idat]) + len(packed).to_bytes(4, "big") + b"IDAT" + packed + b"\0\0\0\0"
+    filt = bytearray(_with_crc(filt, idat)) + png[idat + 12 + length :]
+    cases = {
+        "truncated": png[: len(png) // 2],
+        "crc": bytes(crc),
+        "zlib": _with_crc(adler, idat),
+        "filter": bytes(filt),
+    }
+    ctx.capfd.readouterr()
+    for name, data in cases.items():
+        with pytest.raises(InputError, match="cannot read image"):
+            decode_image(data, f"{name}.png")
+    assert decode_image(png).shape == (30, 40, 3)
+    out, err = ctx.capfd.readouterr()
+    assert err == "" and out == "", err
+
+
+def case_landmarks_with_nan_huge_or_coincident_points(ctx: Ctx) -> None:
+    boxes = "100\t80\t120\t150\n120\t110\t20\t10\n160\t110\t20\t10\n150\t140\t15\t20\n150\t170\t40\t15\n"
+    good = ["130\t120", "180\t120", "155\t145", "135\t170", "175\t170", "110\t130", "200\t130"]
+    for first in ("nan\tnan", "1e300\t1e300", "inf\t0"):
+        with pytest.raises(InputError, match="line 1 is not pixel coordinates"):
+            parse_annotation("\n".join([first, *good[1:]]) + "\n" + boxes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a stray numpy RuntimeWarning fails the case
+        with pytest.raises(InputError, match="all at one place"):
+            parse_annotation("\n".join(["100\t100"] * 7) + "\n" + boxes)
+        assert parse_annotation("\n".join(good) + "\n" + boxes).points.shape == (7, 2)
+
+
+# -- issue 13: the lock works everywhere, readers create nothing ----------------------------------
+
+_HOLD_OPEN = textwrap.dedent(
+    """
+    import sys, time, h5py
+    f = h5py.File(sys.argv[1], "r+")  # a writer in the middle of a batch
+    print("open", flush=True)
+    time.sleep(float(sys.argv[2]))
+    f.close()
+    """
+)
+
+
+def case_reader_waits_for_a_writer_and_creates_no_lock(ctx: Ctx) -> None:
+    g = _gallery(ctx.tmp)
+    store.lock_path(g.path).unlink()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_OPEN, str(g.path), "1.0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        assert proc.stdout.readline().strip() == "open"
+        t0 = time.monotonic()
+        assert g.read().names == ["ALICE", "BOB"]
+        assert time.monotonic() - t0 > 0.3  # it waited for the writer instead of failing
+    finally:
+        proc.wait(timeout=30)
+    assert "waiting for another kface process" in ctx.capfd.readouterr().err
+    assert not store.lock_path(g.path).exists()
+
+
+CASES: dict[str, Callable[[Ctx], None]] = {
+    name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_") and callable(fn)
+}
+
+
+#: Cases slower than ~3 s on their own (importing torch).
+SLOW = {"pickle_that_runs_code"}
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in sorted(CASES)])
+def test_hostile(case, tmp_path, monkeypatch, capfd):
+    CASES[case](Ctx(tmp_path, monkeypatch, capfd))
