@@ -26,8 +26,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import os
+import sys
 import threading
+import types
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -139,13 +142,58 @@ def _quiet_native_stderr() -> Iterator[None]:
         os.close(fd)
 
 
+#: Packages whose ``__init__`` runs only when asked for a name (see :func:`_import_face_solutions`).
+_MP_DEFERRED_INITS = ("mediapipe", "mediapipe.python.solutions")
+
+
+def _import_face_solutions() -> tuple[Any, Any]:
+    """mediapipe's face_detection and face_mesh solutions, without the rest of mediapipe.
+
+    ``import mediapipe.<anything>`` first runs ``mediapipe/__init__.py``, which imports every
+    legacy solution (``drawing_utils``, and with it matplotlib: 1.4 s) and the Tasks API
+    (sounddevice...); the detector needs two solution modules. So ``mediapipe`` and
+    ``mediapipe.python.solutions`` are registered without running their ``__init__`` (their
+    submodules import as usual), and both run it the first time anyone asks either for a name it
+    lacks: code that uses ``mediapipe.solutions`` or ``mediapipe.tasks`` later in the same
+    process still gets the whole package.
+    """
+    deferred: list[tuple[types.ModuleType, Any]] = []
+
+    def finish() -> None:
+        while deferred:  # the solutions package first: mediapipe's __init__ imports it
+            module, spec = deferred.pop()
+            del module.__dict__["__getattr__"]
+            spec.loader.exec_module(module)
+
+    for name in _MP_DEFERRED_INITS:
+        if name in sys.modules:  # already imported (whole or deferred)
+            continue
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"No module named {name!r}")
+        module = importlib.util.module_from_spec(spec)
+
+        def module_getattr(attr: str, module: types.ModuleType = module) -> Any:
+            finish()
+            return getattr(module, attr)
+
+        module.__dict__["__getattr__"] = module_getattr
+        sys.modules[name] = module
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, module)
+        deferred.append((module, spec))
+    # import_module, not `from ... import`: that asks the package for the names first
+    return tuple(importlib.import_module(f"mediapipe.python.solutions.{m}") for m in ("face_detection", "face_mesh"))
+
+
 def _import_mediapipe() -> Any:
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from mediapipe.python.solutions import face_detection, face_mesh
+            face_detection, face_mesh = _import_face_solutions()
     except ImportError as e:  # pragma: no cover - mediapipe is a dependency
         raise KFaceError(
             f"mediapipe is not available: {e}", hint="Install it with `pip install 'mediapipe<=0.10.21'`."
