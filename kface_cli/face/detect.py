@@ -32,7 +32,7 @@ import sys
 import threading
 import types
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, get_args
@@ -120,7 +120,12 @@ class Detector(Protocol):
 # mediapipe: created lazily, cached, quiet
 # ------------------------------------------------------------------------------------------
 
-_MP_LOCK = threading.Lock()  # mediapipe graphs are not thread-safe
+#: A mediapipe graph serves one thread at a time: each thread runs graphs of its own (threads
+#: detect in parallel, see kface_cli/parallel.py). Imports and graph creation take this lock
+#: (creation silences file descriptor 2, which is process-wide).
+_MP_INIT_LOCK = threading.RLock()
+_THREAD_GRAPHS = threading.local()
+_MP_PROTOBUF_WARNING = r"SymbolDatabase\.GetPrototype\(\) is deprecated"
 
 
 @contextlib.contextmanager
@@ -187,6 +192,7 @@ def _import_face_solutions() -> tuple[Any, Any]:
     return tuple(importlib.import_module(f"mediapipe.python.solutions.{m}") for m in ("face_detection", "face_mesh"))
 
 
+@functools.cache
 def _import_mediapipe() -> Any:
     os.environ.setdefault("GLOG_minloglevel", "2")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -207,30 +213,42 @@ def _import_mediapipe() -> Any:
     return face_detection, face_mesh
 
 
-@functools.lru_cache(maxsize=4)
+def _thread_graph(key: tuple[Any, ...], make: Callable[[Any, Any], Any]) -> Any:
+    """This thread's mediapipe graph for ``key``, made by ``make(face_detection, face_mesh)`` once."""
+    graphs = _THREAD_GRAPHS.__dict__.setdefault("graphs", {})
+    if key not in graphs:
+        with _MP_INIT_LOCK:
+            solutions = _import_mediapipe()
+            with _quiet_native_stderr():
+                graph = make(*solutions)
+                graph.process(np.zeros((64, 64, 3), np.uint8))  # first run prints the delegate banner
+        graphs[key] = graph
+    return graphs[key]
+
+
 def _face_detection(min_confidence: float) -> Any:
-    face_detection, _ = _import_mediapipe()
-    with _quiet_native_stderr():
-        det = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
-        det.process(np.zeros((64, 64, 3), np.uint8))  # first run prints the delegate banner
-    return det
+    return _thread_graph(
+        ("detection", min_confidence),
+        lambda face_detection, _: face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=min_confidence
+        ),
+    )
 
 
-@functools.lru_cache(maxsize=1)
 def _face_mesh() -> Any:
-    _, face_mesh = _import_mediapipe()
-    with _quiet_native_stderr():
-        mesh = face_mesh.FaceMesh(
+    return _thread_graph(
+        ("mesh",),
+        lambda _, face_mesh: face_mesh.FaceMesh(
             static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
-        )
-        mesh.process(np.zeros((64, 64, 3), np.uint8))
-    return mesh
+        ),
+    )
 
 
 def _process(solution: Any, rgb: np.ndarray) -> Any:
-    with _MP_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # protobuf deprecation warnings from mediapipe's glue
-        return solution.process(np.ascontiguousarray(rgb))
+    # mediapipe's glue calls a protobuf API that newer protobuf deprecates, on every run. A filter,
+    # not catch_warnings(), which is not thread-safe; re-adding the same filter changes nothing.
+    warnings.filterwarnings("ignore", _MP_PROTOBUF_WARNING, UserWarning)
+    return solution.process(np.ascontiguousarray(rgb))
 
 
 # ------------------------------------------------------------------------------------------
