@@ -10,6 +10,7 @@ processed about as many times faster as there are cores::
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -35,16 +36,18 @@ def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int | None = 
 
     ``items`` is consumed lazily (a video or a huge folder is fine): at most
     ``AHEAD_PER_WORKER * workers`` results wait at once. ``workers`` None: :func:`default_workers`;
-    1: everything runs in the calling thread. An exception from ``fn`` is raised when its item's
-    turn comes; leaving the loop early cancels the items not started.
+    with 1 worker, or a single item, everything runs in the calling thread. An exception from
+    ``fn`` is raised when its item's turn comes; leaving the loop early cancels the items not started.
     """
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    if workers == 1:
-        yield from map(fn, items)
-        return
     source = iter(items)
+    head = [] if workers == 1 else list(itertools.islice(source, 2))
+    if workers == 1 or len(head) < 2:  # one photo: no thread (its detector graphs stay cached here)
+        yield from map(fn, itertools.chain(head, source))
+        return
+    source = itertools.chain(head, source)
     with ThreadPoolExecutor(workers, thread_name_prefix="kface-worker") as pool:
         pending: deque[Future[R]] = deque(
             pool.submit(fn, item) for _, item in zip(range(AHEAD_PER_WORKER * workers), source)

@@ -55,3 +55,8 @@ def test_an_error_is_raised_at_its_items_turn():
         for r in map_ordered(fail_on_3, range(10), workers=3):
             got.append(r)
     assert got == [0, 1, 2]
+
+
+def test_a_single_item_runs_in_the_calling_thread():
+    """One photo needs no thread, and its detector graphs stay cached in the caller's thread."""
+    assert list(map_ordered(lambda _: threading.get_ident(), ["only"], workers=4)) == [threading.get_ident()]
