@@ -15,8 +15,11 @@ throughput on 100 photos with one thread and with one per core (in-process, afte
 
 Without --known/--query the photos are made from tests/fixtures/astronaut.jpg (speed does not
 depend on who is in them); without --model a random-weight MobileFaceNet is exported to ONNX.
-face_recognition: `bash install-face-recognition-peer.sh /tmp/fr` installs its CLI into a venv
-of its own; it is found on PATH or in the default place of that script.
+face_recognition 1.3.0's CLI, in a venv of its own (found on PATH, or pass --face-recognition)::
+
+    python3 -m venv /tmp/fr
+    /tmp/fr/bin/pip install numpy Pillow Click 'setuptools<81' dlib-bin face-recognition-models
+    /tmp/fr/bin/pip install --no-deps face_recognition==1.3.0
 """
 
 from __future__ import annotations
@@ -126,14 +129,6 @@ def make_model(tmp: Path) -> Path:
     return export_model(run, tmp / "mbf.onnx").path
 
 
-def find_face_recognition(given: str | None) -> str | None:
-    """The face_recognition CLI: ``given``, else on PATH, else in install-face-recognition-peer.sh's default venv."""
-    if given:
-        return given
-    peer = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "face-recognition-peer/bin/face_recognition"
-    return shutil.which("face_recognition") or (str(peer) if peer.is_file() else None)
-
-
 def throughput(model: Path, folder: Path, tmp: Path, rounds: int) -> None:
     """identify and enroll of a folder of photos, in-process after loading: 1 thread vs one per core."""
     from kface_cli.embedding.loading import load_embedder
@@ -141,6 +136,7 @@ def throughput(model: Path, folder: Path, tmp: Path, rounds: int) -> None:
     from kface_cli.gallery.identify import identify
     from kface_cli.parallel import default_workers
 
+    os.environ["KFACE_NO_PROGRESS"] = "1"
     embedder = load_embedder(model)
     photos = sorted(folder.rglob("*.jpg"))
     gallery = tmp / "throughput.h5"
@@ -166,7 +162,7 @@ def main() -> None:
     ap.add_argument("--photos", type=int, default=100, help="photos for the throughput part (0: skip it)")
     ap.add_argument("--known", type=Path, default=None, help="folder of known people, one photo each")
     ap.add_argument("--query", type=Path, default=None, help="folder of the photos of the several-photo case")
-    ap.add_argument("--face-recognition", default=None, help="face_recognition CLI (default: PATH or peer venv)")
+    ap.add_argument("--face-recognition", default=None, help="face_recognition CLI (default: on PATH)")
     args = ap.parse_args()
     from kface_cli.face.imageio import write_image
 
@@ -209,7 +205,7 @@ def main() -> None:
             capture_output=True,
         )
         has_verify = subprocess.run([*kface, "verify", "--help"], env=env, capture_output=True).returncode == 0
-        fr = find_face_recognition(args.face_recognition)
+        fr = args.face_recognition or shutil.which("face_recognition")
 
         enrolled = iter(range(10**6))
         cases: list[tuple[str, Callable[[], list[str]] | None, list[str] | None]] = [
@@ -276,7 +272,7 @@ def main() -> None:
             f"cores {os.cpu_count()}, load average {os.getloadavg()[0]:.1f}; model {model.name}; "
             f"median of {args.rounds} rounds, commands interleaved; CPU = user + sys of all threads"
         )
-        print(f"face_recognition: {fr or 'not found (install it with install-face-recognition-peer.sh)'}\n")
+        print(f"face_recognition: {fr or 'not found (see the docstring to install it)'}\n")
         bare = ours["python -c pass"].median()[0]
         print(
             f"{'command':42s} {'kface wall':>10s} {'CPU':>6s} {'/ pass':>7s}   {'face_rec. wall':>14s} {'CPU':>6s} {'kface/fr':>8s}"
