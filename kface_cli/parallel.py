@@ -10,6 +10,7 @@ processed about as many times faster as there are cores::
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections import deque
@@ -20,7 +21,7 @@ from typing import TypeVar
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Most threads used by default (each runs its own detector graphs, about 20 MB each).
+#: Most threads used by default (each runs its own detector graphs).
 MAX_DEFAULT_WORKERS = 8
 #: Items submitted ahead of the one being consumed, per thread (bounds the decoded photos held).
 AHEAD_PER_WORKER = 2
@@ -48,17 +49,25 @@ def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int | None = 
         yield from map(fn, itertools.chain(head, source))
         return
     source = itertools.chain(head, source)
-    with ThreadPoolExecutor(workers, thread_name_prefix="kface-worker") as pool:
-        pending: deque[Future[R]] = deque(
-            pool.submit(fn, item) for _, item in zip(range(AHEAD_PER_WORKER * workers), source)
-        )
-        try:
-            while pending:
-                result = pending.popleft().result()
-                for item in source:  # one in, one out
-                    pending.append(pool.submit(fn, item))
-                    break
-                yield result
-        finally:
-            for future in pending:
-                future.cancel()
+    pool = _pool(workers)
+    pending: deque[Future[R]] = deque(
+        pool.submit(fn, item) for _, item in zip(range(AHEAD_PER_WORKER * workers), source)
+    )
+    try:
+        while pending:
+            result = pending.popleft().result()
+            for item in source:  # one in, one out
+                pending.append(pool.submit(fn, item))
+                break
+            yield result
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+@functools.cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """One pool per thread count, kept for the process: its threads, and what each keeps per
+    thread (mediapipe graphs, about 45 MB a thread), serve every later call instead of being
+    made again (and, for the graphs, never freed) each time."""
+    return ThreadPoolExecutor(workers, thread_name_prefix=f"kface-worker{workers}")

@@ -60,3 +60,15 @@ def test_an_error_is_raised_at_its_items_turn():
 def test_a_single_item_runs_in_the_calling_thread():
     """One photo needs no thread, and its detector graphs stay cached in the caller's thread."""
     assert list(map_ordered(lambda _: threading.get_ident(), ["only"], workers=4)) == [threading.get_ident()]
+
+
+def test_later_calls_reuse_the_threads():
+    """Threads keep per-thread state (detector graphs): a new call must not make new threads."""
+
+    def ident(_):
+        time.sleep(0.01)
+        return threading.current_thread()  # the object: a new thread may get an old one's ident
+
+    first = set(map_ordered(ident, range(8), workers=2))
+    second = set(map_ordered(ident, range(8), workers=2))
+    assert len(first) == 2 and second <= first
