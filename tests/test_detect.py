@@ -140,3 +140,19 @@ def test_import_has_no_side_effects():
     code = "import sys, kface_cli.face.detect as d; d.get_detector('auto'); print('mediapipe' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+@pytest.mark.slow
+def test_mediapipe_loads_without_drawing_utils_and_stays_whole_for_other_code():
+    code = (
+        "import sys\n"
+        "from kface_cli.face.detect import get_detector\n"
+        "from kface_cli.face.imageio import read_image\n"
+        "faces = get_detector('detect').detect(read_image(sys.argv[1]))\n"
+        "skipped = [m for m in ('matplotlib', 'mediapipe.tasks') if m in sys.modules]\n"
+        "import mediapipe as mp\n"  # code that uses mediapipe itself, later in the same process
+        "from mediapipe.python.solutions import drawing_utils\n"
+        "print(len(faces), skipped, bool(mp.__version__), mp.solutions.drawing_utils is drawing_utils, hasattr(mp.tasks, 'vision'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code, str(FIXTURE)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["1", "[]", "True", "True", "True"]

@@ -248,3 +248,19 @@ def test_cli_enroll_with_a_model_file(tmp_path, photos, mbf_model):
     assert Gallery(g).facts().embedding_size == 128
     missing = runner.invoke(app, ["enroll", str(tmp_path / "nope"), "--model", str(mbf_model), "-g", str(g)])
     assert missing.exit_code == 2 and "folder not found" in missing.output
+
+
+def test_threads_enroll_exactly_what_one_thread_does(tmp_path, photos):
+    root = _copy(photos, tmp_path / "people")
+    for suffix in (".jpg", ".txt"):  # the same photo twice in one run
+        shutil.copy(root / "Bob" / f"0{suffix}", root / "Alice" / f"bob-again{suffix}")
+    rows, outcomes = [], []
+    for workers in (1, 3):
+        result = enroll_folder(
+            root, tmp_path / f"g{workers}.h5", PixelEmbedder(), detector=SidecarDetector(), workers=workers
+        )
+        outcomes.append((result.totals(), result.identities))
+        rows.append(Gallery(tmp_path / f"g{workers}.h5").read(details=True))
+    assert outcomes[0] == outcomes[1] and outcomes[0][0]["duplicates"] == 1
+    assert rows[0].sources == rows[1].sources and rows[0].names == rows[1].names  # photo order kept
+    assert np.array_equal(rows[0].embeddings, rows[1].embeddings)

@@ -199,3 +199,12 @@ def test_camera_frames_stream_until_max_frames(world, monkeypatch, capsys):
     assert [i.image for i in result.images] == ["camera0#frame=0", "camera0#frame=3"]
     assert all(i.faces[0].name == "Bob" for i in result.images) and FakeCamera.released
     assert "camera0#frame=3: Bob" in capsys.readouterr().err
+
+
+def test_threads_keep_photo_order_and_errors(world, tmp_path):
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    paths = [world["probes"], broken, world["stranger"], world["people"]]
+    one, many = (_identify(world, paths, workers=w).to_json() for w in (1, 3))
+    assert one == many
+    assert [Path(i["image"]).name for i in one][3:5] == ["broken.jpg", "x.jpg"] and "error" in one[3]

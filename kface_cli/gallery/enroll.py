@@ -162,6 +162,7 @@ def enroll_folder(
     batch_size: int = ENROLL_BATCH_SIZE,
     detector=None,
     update_index: bool = True,
+    workers: int | None = None,
 ) -> EnrollResult:
     """Enroll every person in ``folder`` into the gallery (created if missing).
 
@@ -177,10 +178,13 @@ def enroll_folder(
         landmarks: ``auto`` | ``detect`` | ``sidecar`` (see :func:`kface_cli.face.detect.get_detector`).
         min_face: smallest face to look for, in pixels (None: the detector's default).
         batch_size: photos embedded and committed together (a crash loses at most one batch).
-        detector: an object with ``detect(image, path=None)`` to use instead of ``get_detector``.
+        detector: an object with ``detect(image, path=None)`` to use instead of ``get_detector``
+            (called from ``workers`` threads at once).
         update_index: rebuild the search index at the end, so the first identify is fast.
+        workers: threads reading, detecting and aligning photos (None: one per core).
     """
     from kface_cli.console import progress, warn
+    from kface_cli.parallel import map_ordered
 
     mode = PerIdentity.parse(per_identity, "--per-identity")
     if batch_size < 1:
@@ -263,9 +267,15 @@ def enroll_folder(
             commit_means()
 
     with progress("Enrolling", total=len(photos)) as bar:
-        for photo in photos:
+        for photo, (outcome, ready) in map_ordered(
+            lambda p: (p, _prepare(p, aligned, detector, known)), photos, workers
+        ):
             count(photo.name, "photos")
-            outcome = _prepare(photo, aligned, detector, known, pending)
+            if ready is not None and ready.digest in known:  # the same photo earlier in this run
+                outcome, ready = PhotoOutcome(photo.name, photo.path, Status.DUPLICATE), None
+            if ready is not None:
+                known.add(ready.digest)
+                pending.append(ready)
             remaining[photo.name] -= 1
             if outcome is not None:
                 if outcome.status is Status.DUPLICATE:
@@ -309,49 +319,49 @@ def enroll_folder(
     )
 
 
-def _prepare(photo: Photo, aligned: bool, detector, known: set[str], pending: list[_Pending]) -> PhotoOutcome | None:
-    """Read, hash, detect and align one photo; queue it in ``pending`` or say why not."""
+def _prepare(photo: Photo, aligned: bool, detector, known: set[str]) -> tuple[PhotoOutcome | None, _Pending | None]:
+    """Read, hash, detect and align one photo (on a worker thread): the face to queue, or why not.
+
+    A photo whose hash is in ``known`` is not detected; the caller queues the face and adds its
+    hash to ``known``, in photo order (a photo met twice in one run counts once).
+    """
     from kface_cli.face.imageio import decode_image
 
     try:
         data = photo.path.read_bytes()
     except OSError as e:
-        return PhotoOutcome(photo.name, photo.path, Status.UNREADABLE, e.strerror or str(e))
+        return PhotoOutcome(photo.name, photo.path, Status.UNREADABLE, e.strerror or str(e)), None
     digest = content_hash(data)
     if digest in known:
-        return PhotoOutcome(photo.name, photo.path, Status.DUPLICATE)
+        return PhotoOutcome(photo.name, photo.path, Status.DUPLICATE), None
     nan4 = (float("nan"),) * 4
     try:
         if aligned:
             from kface_cli.face.pipeline import load_aligned
 
-            face = load_aligned(photo.path)
-            known.add(digest)
-            pending.append(_Pending(photo, face, digest, nan4, float("nan")))
-            return None
+            return None, _Pending(photo, load_aligned(photo.path), digest, nan4, float("nan"))
         image = decode_image(data, photo.path)
     except KFaceError as e:
-        return PhotoOutcome(photo.name, photo.path, Status.UNREADABLE, e.message)
+        return PhotoOutcome(photo.name, photo.path, Status.UNREADABLE, e.message), None
     try:
         found = detector.detect(image, path=photo.path)
     except KFaceError as e:  # e.g. --landmarks sidecar and no .txt beside this photo
-        return PhotoOutcome(photo.name, photo.path, Status.NO_FACE, e.message)
+        return PhotoOutcome(photo.name, photo.path, Status.NO_FACE, e.message), None
     if not found:
         note = ""
         from kface_cli.face.pipeline import is_aligned_crop
 
         if is_aligned_crop(image):
             note = "looks like an aligned crop: use --aligned"
-        return PhotoOutcome(photo.name, photo.path, Status.NO_FACE, note)
+        return PhotoOutcome(photo.name, photo.path, Status.NO_FACE, note), None
     largest = found[0]  # detectors return faces largest first
     from kface_cli.face.align import norm_crop
 
     face = norm_crop(image, largest.points5)
-    known.add(digest)
-    pending.append(_Pending(photo, face, digest, tuple(float(v) for v in largest.box), float(largest.score)))
+    ready = _Pending(photo, face, digest, tuple(float(v) for v in largest.box), float(largest.score))
     if len(found) > 1:
-        return PhotoOutcome(photo.name, photo.path, Status.ADDED, f"{len(found)} faces: used the largest")
-    return None
+        return PhotoOutcome(photo.name, photo.path, Status.ADDED, f"{len(found)} faces: used the largest"), ready
+    return None, ready
 
 
 def resolve_embedder(embedder):

@@ -156,17 +156,13 @@ def _annotate_name(path: Path, used: set[str]) -> str:
 
 
 def _photo_frames(files: Sequence[Path], every: int, max_frames: int | None = None) -> Iterator[_Frame]:
-    from kface_cli.face.imageio import read_image
-
+    """Video frames, and photos not yet read (:func:`_find_faces` reads them, on a worker thread)."""
     used: set[str] = set()
     for f in files:
         if _is_video(f):
             yield from _video_frames(f, every, label=str(f), max_frames=max_frames)
             continue
-        try:
-            yield _Frame(str(f), read_image(f), f, _annotate_name(f, used))
-        except KFaceError as e:
-            yield _Frame(str(f), None, f, "", error=e.message)
+        yield _Frame(str(f), None, f, _annotate_name(f, used))
 
 
 def _open_capture(source: Path | int):
@@ -241,6 +237,7 @@ def identify(
     annotate: str | Path | None = None,
     batch_size: int = EMBED_BATCH_SIZE,
     detector=None,
+    workers: int | None = None,
 ) -> IdentifyResult:
     """Identify every face in ``paths`` (photos, folders, videos) or in ``camera`` frames.
 
@@ -256,9 +253,12 @@ def identify(
         min_face: smallest face to look for, in pixels (None: the detector's default, which
             searches zoomed tiles for small faces; e.g. 64 on webcam frames is several times faster).
         annotate: folder to write copies of the images with boxes and names drawn.
-        detector: an object with ``detect(image, path=None)`` instead of ``get_detector(landmarks)``.
+        detector: an object with ``detect(image, path=None)`` instead of ``get_detector(landmarks)``
+            (called from ``workers`` threads at once).
+        workers: threads reading and detecting photos (None: one per core; the camera uses one).
     """
     from kface_cli.console import info, progress, warn
+    from kface_cli.parallel import map_ordered
 
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
@@ -334,13 +334,9 @@ def identify(
 
     with progress("Identifying", total=total) as bar:
         try:
-            for frame in frames:
-                found = []
-                if frame.image is not None:
-                    try:
-                        found = _faces_of(frame, detector, aligned)
-                    except KFaceError as e:
-                        frame.error = e.message
+            for frame, found in map_ordered(
+                lambda f: _find_faces(f, detector, aligned), frames, 1 if camera is not None else workers
+            ):
                 if frame.error:
                     warn(f"{frame.label}: {frame.error}: skipped")
                 batch.append((frame, found))
@@ -353,6 +349,22 @@ def identify(
         flush()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _find_faces(
+    frame: _Frame, detector, aligned: bool
+) -> tuple[_Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]:
+    """Read a photo (unless it is a video frame), then :func:`_faces_of`; errors go to ``frame.error``."""
+    from kface_cli.face.imageio import read_image
+
+    found = []
+    try:
+        if frame.image is None and frame.path is not None:
+            frame.image = read_image(frame.path)
+        found = _faces_of(frame, detector, aligned)
+    except KFaceError as e:
+        frame.error = e.message
+    return frame, found
 
 
 def _faces_of(
