@@ -832,6 +832,7 @@ def generate_sample_data(
     import os
 
     from kface_cli.console import progress
+    from kface_cli.dataset.provenance import mark_synthetic
     from kface_cli.workspace import normalise_resolution
 
     out = Path(out)
@@ -859,6 +860,7 @@ def generate_sample_data(
                 paths.append(Path(path))
                 bar.advance()
                 images, total = images + n, total + size
+    mark_synthetic(out, seed=seed, identities=len(ids), grid=grid_name)
     return SampleDataResult(
         root=out,
         identities=len(ids),
