@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from kface_cli.errors import InputError
+from kface_cli.errors import InputError, KFaceError
 
 #: File types ``kface embed --out`` writes, by extension.
 NPY_SUFFIXES = (".npy",)
@@ -37,6 +37,20 @@ def _face_of(path: Path, loader: Any) -> np.ndarray:
     if face is None:
         raise InputError(f"no face found in {path}", hint="Use a photo where the face is clearly visible.")
     return face
+
+
+def _skipping(loader: Any) -> Any:
+    """``loader`` that warns about a photo it cannot use (unreadable, no annotation) and returns None."""
+    from kface_cli.console import warn
+
+    def load(path: Path) -> np.ndarray | None:
+        try:
+            return loader(path)
+        except KFaceError as e:
+            warn(f"{path}: {e.message}: skipped")
+            return None
+
+    return load
 
 
 @dataclass
@@ -96,7 +110,7 @@ def verify_photos(
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.evaluate.protocols import FaceLoader
     from kface_cli.face.detection import photo_paths
-    from kface_cli.gallery.enroll import resolve_embedder
+    from kface_cli.gallery.enroll import describe_model, resolve_embedder
     from kface_cli.gallery.identify import resolve_threshold
 
     paths = [photo_paths([p]) for p in (image1, image2)]
@@ -110,7 +124,7 @@ def verify_photos(
     loader = FaceLoader(landmarks)
     emb = embedder.embed(np.stack([_face_of(a, loader), _face_of(b, loader)]))  # (2, D) unit
     distance = float(np.sum((emb[0] - emb[1]) ** 2))
-    return VerifyResult(a, b, distance, thr, source, dict(embedder.describe()), warnings, time.perf_counter() - started)
+    return VerifyResult(a, b, distance, thr, source, describe_model(embedder), warnings, time.perf_counter() - started)
 
 
 @dataclass
@@ -159,13 +173,14 @@ def embed_photos(
 ) -> EmbedResult:
     """Embed the (largest) face of every photo in ``paths`` (photos or folders) and save them to ``out``.
 
-    Photos without a face are left out (listed in ``failed``, with a warning). ``out``: ``.npy``
+    Photos without a face, or that cannot be read, are left out (listed in ``failed``, with a
+    warning). ``out``: ``.npy``
     (plus a ``.names.txt`` sidecar) or ``.h5``/``.hdf5``; written atomically.
     """
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.evaluate.protocols import FaceLoader, embed_paths
     from kface_cli.face.detection import photo_paths
-    from kface_cli.gallery.enroll import resolve_embedder
+    from kface_cli.gallery.enroll import describe_model, resolve_embedder
 
     out = Path(out)
     _check_out(out)
@@ -173,9 +188,9 @@ def embed_photos(
     embedder = resolve_embedder(embedder)
     warnings = warn_if_synthetic(embedder)
     started = time.perf_counter()
-    emb, ok = embed_paths(embedder, files, loader=FaceLoader(landmarks), batch_size=batch_size)
+    emb, ok = embed_paths(embedder, files, loader=_skipping(FaceLoader(landmarks)), batch_size=batch_size)
     kept = [f for f, good in zip(files, ok) if good]
-    model = dict(embedder.describe())
+    model = describe_model(embedder)
     names_file = save_embeddings(out, [str(f) for f in kept], emb[ok], model)
     return EmbedResult(
         out=out,

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from kface_cli.errors import InputError, KFaceError
-from kface_cli.gallery.enroll import resolve_embedder
+from kface_cli.gallery.enroll import describe_model, resolve_embedder
 from kface_cli.gallery.index import DEFAULT_THRESHOLD, Candidate, IndexKind, load_index, search_identities
 from kface_cli.gallery.store import Gallery, ModelInfo
 
@@ -321,7 +321,7 @@ def identify(
         thr_source,
         gallery.path,
         {"kind": loaded.index.kind.value, "templates": len(loaded.index), **loaded.index.params},
-        model=dict(embedder.describe()) if hasattr(embedder, "describe") else {"fingerprint": embedder.fingerprint},
+        model=describe_model(embedder),
         warnings=warn_if_synthetic(embedder),
     )
     warned_glyphs: set[str] = set()
