@@ -1039,6 +1039,19 @@ def evaluate_cmd(
 PhotosArg = Annotated[list[Path], typer.Argument(help="Photos, or folders of photos.", show_default=False)]
 
 
+def _model_row(model: dict) -> list[str]:
+    return ["model", f"{model.get('network')} {model.get('fingerprint')}"]
+
+
+def _model_loader(model: str | None, network: str | None, workdir: Path | None) -> Callable:
+    """Loads the model when the domain function asks (after it has checked its inputs)."""
+    from kface_cli.embedding.loading import load_embedder
+    from kface_cli.workspace import Workspace
+
+    root = Workspace.resolve(workdir).root
+    return lambda: load_embedder(model, workdir=root, network=network)
+
+
 @command("verify")
 def verify_cmd(
     image1: Annotated[Path, typer.Argument(help="First photo (its largest face is used).", show_default=False)],
@@ -1060,17 +1073,9 @@ def verify_cmd(
 ) -> None:
     """Are two photos the same person? Distance and verdict at the model's threshold (exit 0 same, 1 different, 2 error)."""
     from kface_cli.embedding.compare import verify_photos
-    from kface_cli.embedding.loading import load_embedder
-    from kface_cli.workspace import Workspace
 
-    ws = Workspace.resolve(workdir)
-    result = verify_photos(
-        image1,
-        image2,
-        lambda: load_embedder(model, workdir=ws.root, network=network),
-        threshold=threshold,
-        landmarks=landmarks,
-    )
+    loader = _model_loader(model, network, workdir)
+    result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks)
     if json_output:
         console.print_json(result.to_json())
     else:
@@ -1079,7 +1084,7 @@ def verify_cmd(
             ["verdict", "[green]same person[/green]" if result.same else "[yellow]different people[/yellow]"],
             ["distance", f"{result.distance:.4f} (cosine {result.cosine:.4f})"],
             ["threshold", f"{result.threshold:.4f} ({result.threshold_source})"],
-            ["model", f"{result.model.get('network')} {result.model.get('fingerprint')}"],
+            _model_row(result.model),
         ]
         console.show(console.table("Verification", ["field", "value"], rows, justify_numbers=False))
     if not result.same:
@@ -1107,17 +1112,9 @@ def embed_cmd(
 ) -> None:
     """Write one unit-length embedding per photo (its largest face) to .npy + names, or HDF5."""
     from kface_cli.embedding.compare import embed_photos
-    from kface_cli.embedding.loading import load_embedder
-    from kface_cli.workspace import Workspace
 
-    ws = Workspace.resolve(workdir)
-    result = embed_photos(
-        paths,
-        lambda: load_embedder(model, workdir=ws.root, network=network),
-        out,
-        landmarks=landmarks,
-        batch_size=batch_size,
-    )
+    loader = _model_loader(model, network, workdir)
+    result = embed_photos(paths, loader, out, landmarks=landmarks, batch_size=batch_size)
     if json_output:
         console.print_json(result.to_json())
         return
@@ -1126,7 +1123,7 @@ def embed_cmd(
         ["names", result.names_file if result.names_file else "inside the file (dataset 'names')"],
         ["rows", f"{len(result.images)} x {result.embedding_size} float32, unit length"],
         ["no face (left out)", str(len(result.failed))],
-        ["model", f"{result.model.get('network')} {result.model.get('fingerprint')}"],
+        _model_row(result.model),
     ]
     console.show(console.table("Embeddings", ["field", "value"], rows, justify_numbers=False))
     console.info(f"{len(result.images)} photos embedded in {result.seconds:.1f} s")
