@@ -213,28 +213,29 @@ def _fmt(v: Any) -> str:
         if math.isnan(v):
             return "-"
         return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
-    if isinstance(v, Path):
-        return display_path(v)
+    if isinstance(v, Path) or (isinstance(v, str) and os.path.isabs(v) and "\n" not in v):
+        return display_path(v)  # a path: relative to the current folder when inside it
     return str(v)
 
 
 def show(renderable: Any) -> None:
     """Print a result (a table) unless --json is on: rich, or CSV/TSV rows with ``--format csv|tsv``.
 
-    In CSV/TSV, a titled table starts with a ``# title`` line, and tables are separated by a blank line.
+    In CSV/TSV, a titled table starts with a ``# title`` line, and tables are separated by a blank
+    line; anything else (a line of text) goes to stderr.
     """
     if MODE.json:
         return
     if MODE.format in ("csv", "tsv"):
+        if not isinstance(renderable, DataTable):  # a line of text is not a table row: stderr
+            info(str(renderable))
+            return
         buf = io.StringIO()
         writer = csv.writer(buf, delimiter="," if MODE.format == "csv" else "\t", lineterminator="\n")
-        if isinstance(renderable, DataTable):
-            if renderable.title:
-                buf.write(f"# {Text.from_markup(str(renderable.title)).plain}\n")
-            writer.writerow(renderable.data_columns)
-            writer.writerows(renderable.data_rows)
-        else:
-            writer.writerow([Text.from_markup(str(renderable)).plain])
+        if renderable.title:
+            buf.write(f"# {Text.from_markup(str(renderable.title)).plain}\n")
+        writer.writerow(renderable.data_columns)
+        writer.writerows(renderable.data_rows)
         sys.stdout.write(buf.getvalue() + "\n")
         sys.stdout.flush()
         return

@@ -48,6 +48,7 @@ def test_paths_are_shown_relative_to_the_current_folder(monkeypatch, tmp_path):
     assert console.display_path(tmp_path / "probes" / "a.jpg") == str(Path("probes") / "a.jpg")
     assert console.display_path("/elsewhere/a.jpg") == "/elsewhere/a.jpg"
     assert console._fmt(tmp_path / "x.jpg") == "x.jpg"
+    assert console._fmt(str(tmp_path / "split" / "train")) == str(Path("split") / "train")
 
 
 def test_progress_bar_at_80_columns_is_readable(monkeypatch):
@@ -69,6 +70,9 @@ def test_csv_and_tsv(capsys, fmt, sep):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "# Faces" and lines[1] == sep.join(["image", "name", "distance"])
     assert lines[2] == sep.join(["a b.jpg", "unknown", "0.5000"])  # markup stripped, every value whole
+    console.show("Report: reports/demo")
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Report: reports/demo" in captured.err  # text is not a table row
 
 
 def test_json_envelope_and_formats(capsys):
