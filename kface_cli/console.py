@@ -170,10 +170,28 @@ UNBROKEN_WORD = 40
 
 
 class DataTable(Table):
-    """A rich table that remembers its plain cells, so ``--format csv|tsv`` can print them."""
+    """A rich table that remembers its plain cells (for ``--format csv|tsv``) and shares space well.
+
+    When the table is wider than the console, every column starts at its minimum (its longest
+    unbroken word) and the space left is shared in proportion to what each column would need to
+    be whole; rich's own fallback shrinks all columns evenly, which leaves short-worded columns
+    wide and makes the table overflow sooner.
+    """
 
     data_columns: list[str]
     data_rows: list[list[str]]
+
+    def _calculate_column_widths(self, console: Console, options: Any) -> list[int]:
+        widths = super()._calculate_column_widths(console, options)
+        if sum(widths) <= options.max_width:
+            return widths
+        ranges = [self._measure_column(console, options, c) for c in self.columns]
+        lows = [r.minimum for r in ranges]
+        spare = options.max_width - sum(lows)
+        wants = [max(0, r.maximum - r.minimum) for r in ranges]
+        if spare <= 0 or not sum(wants):
+            return lows
+        return [low + want * spare // sum(wants) for low, want in zip(lows, wants)]
 
 
 def table(

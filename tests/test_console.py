@@ -43,6 +43,15 @@ def test_table_at_80_columns_keeps_file_names_and_numbers(screen):
         assert word in text, word  # whole, on one line
 
 
+def test_table_fits_when_its_words_do(screen):
+    """Rich alone would shrink every column evenly and overflow; the space is shared by need instead."""
+    rows = [[Path(r[0]).name, *r[1:]] for r in _identify_like_rows()]
+    console.show(console.table("Faces", ["image", "face", "box (x, y, w, h)", "name", "distance", "candidates"], rows))
+    lines = screen.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert all(Path(n).name in screen.getvalue() for n in NAMES)
+
+
 def test_paths_are_shown_relative_to_the_current_folder(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert console.display_path(tmp_path / "probes" / "a.jpg") == str(Path("probes") / "a.jpg")
