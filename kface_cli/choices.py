@@ -38,6 +38,16 @@ class Choice(str, Enum):
             raise InputError(f"unknown {what} {value!r}", hint=f"Use one of {', '.join(cls.values())}.") from None
 
 
+# ---- output ---------------------------------------------------------------------------------
+class OutputFormat(Choice):
+    """``--format``: how a command prints its results (JSON follows the schema in README.md)."""
+
+    TABLE = "table"
+    JSON = "json"
+    CSV = "csv"
+    TSV = "tsv"
+
+
 # ---- data stages ---------------------------------------------------------------------------
 class GridPreset(Choice):
     """``kface sample-data --grid``: the images generated per identity."""

@@ -25,7 +25,16 @@ from typing import Annotated
 import typer
 
 from kface_cli import console
-from kface_cli.choices import CropMode, ExportFormat, GridPreset, IndexKind, LandmarkMode, PerIdentity, SplitOrder
+from kface_cli.choices import (
+    CropMode,
+    ExportFormat,
+    GridPreset,
+    IndexKind,
+    LandmarkMode,
+    OutputFormat,
+    PerIdentity,
+    SplitOrder,
+)
 from kface_cli.defaults import (
     AUTO_FLAT_MAX,
     DEFAULT_OPSET,
@@ -63,7 +72,18 @@ WorkdirOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print the result as JSON on stdout (progress and warnings go to stderr).")
+    bool,
+    typer.Option(
+        "--json", help="Print the result as JSON on stdout, same as --format json (progress and warnings go to stderr)."
+    ),
+]
+FormatOpt = Annotated[
+    OutputFormat | None,
+    typer.Option(
+        "--format",
+        help="Result format (JSON follows the schema in README.md) \\[default: table].",
+        show_default=False,
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")]
@@ -118,23 +138,43 @@ _GLOBAL_FLAGS = (
 )
 
 
+def _option_names(signature: inspect.Signature) -> set[str]:
+    """Every option name (``--x``, ``-x``) that a command's parameters declare."""
+    names: set[str] = set()
+    for param in signature.parameters.values():
+        for info in getattr(param.annotation, "__metadata__", ()):
+            decls = [getattr(info, "default", None), *(getattr(info, "param_decls", None) or ())]
+            names.update(d for d in decls if isinstance(d, str) and d.startswith("-"))
+    return names
+
+
 def command(name: str | None = None, **kwargs) -> Callable:
     """Register a subcommand whose user errors print one red line and exit non-zero.
 
     The command also accepts ``--quiet`` and ``--debug`` (and ``--json``, where it declares
-    :data:`JsonOpt`) after its name; given before it, they apply too.
+    :data:`JsonOpt`) after its name; given before it, they apply too. A command with ``--json`` also
+    gets ``--format table|json|csv|tsv`` (unless it has a ``--format`` of its own, as ``export`` has
+    for the model format).
     """
 
     def decorator(fn: Callable) -> Callable:
+        signature = inspect.signature(fn, eval_str=True)
+        takes_format = "json_output" in signature.parameters and "--format" not in _option_names(signature)
+
         @functools.wraps(fn)
         def wrapper(*args, **kw):
             saved = dataclasses.replace(console.MODE)
             quiet, debug = kw.pop("quiet", False), kw.pop("debug", False)
+            output_format = kw.pop("output_format", None) if takes_format else None
             console.set_mode(quiet=saved.quiet or quiet, debug=saved.debug or debug)
-            if "json_output" in kw:
-                kw["json_output"] = bool(kw["json_output"]) or saved.json
-                console.set_mode(json_output=kw["json_output"])
+            json_flag = kw.get("json_output")
+            if json_flag is not None:
+                kw["json_output"] = json_flag = bool(json_flag) or saved.json
+                console.set_mode(json_output=json_flag)
             try:
+                if output_format is not None:
+                    console.set_mode(output_format=output_format)
+                    kw["json_output"] = console.MODE.json or bool(json_flag)
                 return fn(*args, **kw)
             except KFaceError as e:
                 if console.MODE.debug:
@@ -145,11 +185,15 @@ def command(name: str | None = None, **kwargs) -> Callable:
                 console.error("interrupted")
                 raise typer.Exit(130) from None
             finally:  # an in-process caller (tests, notebooks) gets the output mode it had
-                console.set_mode(json_output=saved.json, quiet=saved.quiet, debug=saved.debug)
+                vars(console.MODE).update(vars(saved))
 
-        signature = inspect.signature(fn, eval_str=True)
-        wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *_GLOBAL_FLAGS])
-        wrapper.__annotations__ = {**fn.__annotations__, **{p.name: p.annotation for p in _GLOBAL_FLAGS}}
+        extra = list(_GLOBAL_FLAGS)
+        if takes_format:
+            extra.append(
+                inspect.Parameter("output_format", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=FormatOpt)
+            )
+        wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {**fn.__annotations__, **{p.name: p.annotation for p in extra}}
         return app.command(name, **kwargs)(wrapper)
 
     return decorator
@@ -620,7 +664,7 @@ def train_cmd(
                 _fmt_num(r.get("loss"), "{:.4f}"),
                 _fmt_num(v.get("accuracy"), "{:.2%}"),
                 _fmt_num(v.get("threshold"), "{:.2f}"),
-                _fmt_num(v.get("tar_at_far_1e-2"), "{:.2%}"),
+                _fmt_num(v.get("tar"), "{:.2%}"),
                 _fmt_num(r.get("samples_per_s"), "{:.0f}"),
                 "*" if r.get("best") else "",
             ]
@@ -942,7 +986,7 @@ def gallery_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Show the gallery: its facts and identities with template counts; remove people; rebuild the index; check it."""
-    from kface_cli.gallery.manage import manage_gallery
+    from kface_cli.gallery.manage import facts_rows, manage_gallery
 
     report = manage_gallery(
         _gallery_path(gallery, workdir), remove=remove or [], rebuild_index=rebuild_index, index_kind=index, check=check
@@ -950,12 +994,12 @@ def gallery_cmd(
     if json_output:
         console.print_json(report)
         return
-    for name, n in report["removed"].items():
-        console.info(f"removed {n} templates of {name}")
+    for removed in report["removed"]:
+        console.info(f"removed {removed['templates']} templates of {removed['name']}")
     if "check" in report:
         c = report["check"]
         console.info(
-            f"checked {c['rows checked']:,} of {c['templates']:,} templates: intact"
+            f"checked {c['rows_checked']:,} of {c['templates']:,} templates: intact"
             if c["verified"]
             else "no digest to check against (written by an older kface; the next write adds one)"
         )
@@ -966,7 +1010,7 @@ def gallery_cmd(
         console.table(
             f"Gallery {facts['path']}",
             ["fact", "value"],
-            [[k, str(v)] for k, v in facts.items() if k != "path"],
+            facts_rows(facts),
             justify_numbers=False,
         )
     )
@@ -1089,6 +1133,133 @@ def evaluate_cmd(
         console.show(console.table(title, columns, rows))
     if result.report_dir is not None:
         console.show(f"Report: {result.report_dir}")
+
+
+# ============================================================================================
+# One photo at a time: verify, embed, detect
+# ============================================================================================
+
+PhotosArg = Annotated[list[Path], typer.Argument(help="Photos, or folders of photos.", show_default=False)]
+
+
+def _model_row(model: dict) -> list[str]:
+    return ["model", f"{model.get('network')} {model.get('fingerprint')}"]
+
+
+def _model_loader(model: str | None, network: str | None, workdir: Path | None) -> Callable:
+    """Loads the model when the domain function asks (after it has checked its inputs)."""
+    from kface_cli.embedding.loading import load_embedder
+    from kface_cli.workspace import Workspace
+
+    root = Workspace.resolve(workdir).root
+    return lambda: load_embedder(model, workdir=root, network=network)
+
+
+@command("verify")
+def verify_cmd(
+    image1: Annotated[Path, typer.Argument(help="First photo (its largest face is used).", show_default=False)],
+    image2: Annotated[Path, typer.Argument(help="Second photo.", show_default=False)],
+    model: ModelOpt = None,
+    network: NetworkOpt = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            "-t",
+            help="Squared L2 distance (2 - 2 cos) below which the two are the same person \\[default: the model's calibrated threshold, else 1.5 = cosine 0.25].",
+            show_default=False,
+        ),
+    ] = None,
+    landmarks: LandmarksOpt = "auto",
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Are two photos the same person? Distance and verdict at the model's threshold (exit 0 same, 1 different, 2 error)."""
+    from kface_cli.embedding.compare import verify_photos
+
+    loader = _model_loader(model, network, workdir)
+    result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks)
+    if json_output:
+        console.print_json(result.to_json())
+    else:
+        rows = [
+            ["photos", f"{console.display_path(result.image1)}  vs  {console.display_path(result.image2)}"],
+            ["verdict", "[green]same person[/green]" if result.same else "[yellow]different people[/yellow]"],
+            ["distance", f"{result.distance:.4f} (cosine {result.cosine:.4f})"],
+            ["threshold", f"{result.threshold:.4f} ({result.threshold_source})"],
+            _model_row(result.model),
+        ]
+        console.show(console.table("Verification", ["field", "value"], rows, justify_numbers=False))
+    if not result.same:
+        raise typer.Exit(1)
+
+
+@command("embed")
+def embed_cmd(
+    paths: PhotosArg,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Embeddings file: FILE.npy (rows in the order of FILE.names.txt) or FILE.h5 (HDF5: embeddings, names).",
+            show_default=False,
+        ),
+    ],
+    model: ModelOpt = None,
+    network: NetworkOpt = None,
+    landmarks: LandmarksOpt = "auto",
+    embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Write one unit-length embedding per photo (its largest face) to .npy + names, or HDF5."""
+    from kface_cli.embedding.compare import embed_photos
+
+    loader = _model_loader(model, network, workdir)
+    result = embed_photos(paths, loader, out, landmarks=landmarks, batch_size=embed_batch)
+    if json_output:
+        console.print_json(result.to_json())
+        return
+    rows = [
+        ["file", result.out],
+        ["names", result.names_file if result.names_file else "inside the file (dataset 'names')"],
+        ["rows", f"{len(result.images)} x {result.embedding_size} float32, unit length"],
+        ["no face (left out)", str(len(result.failed))],
+        _model_row(result.model),
+    ]
+    console.show(console.table("Embeddings", ["field", "value"], rows, justify_numbers=False))
+    console.info(f"{len(result.images)} photos embedded in {result.seconds:.1f} s")
+
+
+@command("detect")
+def detect_cmd(
+    paths: PhotosArg,
+    landmarks: LandmarksOpt = "auto",
+    min_face: MinFaceOpt = None,
+    annotate: Annotated[
+        Path | None,
+        typer.Option(
+            "--annotate",
+            help="Write copies of the photos with boxes, the 5 points and scores drawn into this folder.",
+            show_default=False,
+        ),
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Find the faces in photos: box, 5 landmarks (eyes, nose, mouth corners) and score of each."""
+    from kface_cli.face.detection import detect_photos, table_rows
+
+    result = detect_photos(paths, landmarks=landmarks, min_face=min_face, annotate=annotate)
+    if json_output:
+        console.print_json(result.to_json())
+        return
+    columns, rows = table_rows(result)
+    console.show(console.table(f"Faces in {len(result.images)} photos", columns, rows))
+    console.info(
+        f"{result.faces} faces in {len(result.images)} photos in {result.seconds:.2f} s"
+        + (f"; annotated photos in {annotate}" if annotate is not None else "")
+    )
 
 
 def main() -> None:

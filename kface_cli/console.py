@@ -1,12 +1,23 @@
 """Everything the user sees: messages, progress bars, tables and ``--json`` output.
 
-Results go to stdout (a rich table, or JSON with ``--json``); progress bars, warnings and errors go
-to stderr, so ``kface ... --json | jq`` always receives clean JSON. Domain modules report progress
-through :func:`progress` and warnings through :func:`warn`; they never print results themselves.
+Results go to stdout (a rich table; ``--format json|csv|tsv`` or ``--json`` for machines); progress
+bars, warnings and errors go to stderr, so ``kface ... --json | jq`` always receives clean JSON.
+Domain modules report progress through :func:`progress` and warnings through :func:`warn`; they
+never print results themselves.
+
+Tables never lose data: text columns fold instead of cutting (a path stays whole), a number is
+never split or cut, and when stdout is not a terminal (a pipe, a file) tables are laid out
+:data:`PIPE_WIDTH` columns wide unless ``$COLUMNS`` says otherwise. Every JSON result is an object
+carrying ``"schema": SCHEMA_VERSION`` (the schema is documented in README.md, "JSON output").
+
+Progress bars are rich on the command line; :func:`use_tqdm` switches them to ``tqdm.auto`` (which
+renders in Jupyter), as the Python API (:mod:`kface_cli.api`) does.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -18,9 +29,27 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
+from rich.text import Text
 
-out = Console(soft_wrap=True)  # results
+from kface_cli.choices import OutputFormat
+
+#: Version of the JSON every ``--json`` result follows (README.md, "JSON output"). Bump it when a
+#: key is renamed or removed or changes type; adding a key keeps the version.
+SCHEMA_VERSION = 1
+#: Result formats: ``--format table|json|csv|tsv`` (``--json`` is short for ``--format json``).
+FORMATS = OutputFormat.values()
+#: Table width when stdout is not a terminal and ``$COLUMNS`` is unset (rich would assume 80).
+PIPE_WIDTH = 200
+
+
+def _out_width() -> int | None:
+    if "COLUMNS" in os.environ or sys.stdout.isatty():
+        return None  # rich reads $COLUMNS or the terminal's size
+    return PIPE_WIDTH
+
+
+out = Console(soft_wrap=True, width=_out_width())  # results
 err = Console(stderr=True, soft_wrap=True)  # progress, warnings, errors
 
 
@@ -29,18 +58,53 @@ class OutputMode:
     json: bool = False
     quiet: bool = False
     debug: bool = False
+    format: str = "table"  # table, csv or tsv when json is off
+    tqdm: bool = False  # progress bars through tqdm.auto (the Python API) instead of rich
 
 
 MODE = OutputMode()
 
 
-def set_mode(*, json_output: bool | None = None, quiet: bool | None = None, debug: bool | None = None) -> None:
+def set_mode(
+    *,
+    json_output: bool | None = None,
+    quiet: bool | None = None,
+    debug: bool | None = None,
+    output_format: str | None = None,
+) -> None:
+    """Set the output mode; ``output_format="json"`` is the same as ``json_output=True``."""
+    if output_format is not None:
+        output_format = OutputFormat.parse(output_format, "--format").value
+        MODE.json = output_format == "json"
+        MODE.format = "table" if MODE.json else output_format
     if json_output is not None:
         MODE.json = json_output
     if quiet is not None:
         MODE.quiet = quiet
     if debug is not None:
         MODE.debug = debug
+
+
+@contextmanager
+def use_tqdm(enabled: bool = True) -> Iterator[None]:
+    """Within the block, :func:`progress` draws ``tqdm.auto`` bars (notebooks) instead of rich ones."""
+    saved = MODE.tqdm
+    MODE.tqdm = enabled
+    try:
+        yield
+    finally:
+        MODE.tqdm = saved
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` relative to the current folder when it lies inside it, else as given (for tables)."""
+    p = Path(path)
+    if p.is_absolute():
+        try:
+            return str(p.relative_to(Path.cwd()))
+        except ValueError:
+            return str(p)
+    return str(p)
 
 
 def info(message: str) -> None:
@@ -82,24 +146,80 @@ def to_json(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(_jsonable(obj), ensure_ascii=False, indent=indent)
 
 
+def json_result(obj: Any) -> dict[str, Any]:
+    """``obj`` as the JSON object every command prints: ``{"schema": SCHEMA_VERSION, ...}``.
+
+    A dataclass or dict keeps its keys; anything else (a list) goes under ``"results"``.
+    """
+    data = _jsonable(obj)
+    if not isinstance(data, dict):
+        data = {"results": data}
+    return {"schema": SCHEMA_VERSION, **{k: v for k, v in data.items() if k != "schema"}}
+
+
 def print_json(obj: Any) -> None:
-    """Machine-readable result on stdout."""
-    sys.stdout.write(to_json(obj) + "\n")
+    """Machine-readable result on stdout (see :func:`json_result`)."""
+    sys.stdout.write(to_json(json_result(obj)) + "\n")
     sys.stdout.flush()
+
+
+#: Words longer than this may fold across lines in a table; shorter ones (file names, IDs, numbers,
+#: header words) are never split.
+UNBROKEN_WORD = 40
+
+
+class DataTable(Table):
+    """A rich table that remembers its plain cells (for ``--format csv|tsv``) and shares space well.
+
+    When the table is wider than the console, every column starts at its minimum (its longest
+    unbroken word) and the space left is shared in proportion to what each column would need to
+    be whole; rich's own fallback shrinks all columns evenly, which leaves short-worded columns
+    wide and makes the table overflow sooner.
+    """
+
+    data_columns: list[str]
+    data_rows: list[list[str]]
+
+    def _calculate_column_widths(self, console: Console, options: Any) -> list[int]:
+        widths = super()._calculate_column_widths(console, options)
+        if sum(widths) <= options.max_width:
+            return widths
+        ranges = [self._measure_column(console, options, c) for c in self.columns]
+        lows = [r.minimum for r in ranges]
+        spare = options.max_width - sum(lows)
+        wants = [max(0, r.maximum - r.minimum) for r in ranges]
+        if spare <= 0 or not sum(wants):
+            return lows
+        return [low + want * spare // sum(wants) for low, want in zip(lows, wants)]
 
 
 def table(
     title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, justify_numbers: bool = True
-) -> Table:
-    t = Table(title=title, title_justify="left", header_style="bold")
-    first = rows[0] if rows else []
+) -> DataTable:
+    """A results table that loses nothing at any width.
+
+    Cells wrap at spaces only (a word up to :data:`UNBROKEN_WORD` characters, e.g. a file name or
+    a number, is never split), longer words fold, nothing is cut with "…"; numeric columns align
+    right. When even so the table cannot fit, it is printed wider than the console.
+    """
+    t = DataTable(title=title, title_justify="left", header_style="bold")
+    cells = [[_fmt(v) for v in r] for r in rows]
     for i, c in enumerate(columns):
+        values = [r[i] for r in rows if i < len(r) and r[i] is not None]
         numeric = (
-            justify_numbers and i < len(first) and isinstance(first[i], (int, float)) and not isinstance(first[i], bool)
+            justify_numbers
+            and bool(values)
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         )
-        t.add_column(c, justify="right" if numeric else "left")
-    for r in rows:
-        t.add_row(*[_fmt(v) for v in r])
+        plain = [Text.from_markup(c).plain] + [Text.from_markup(r[i]).plain for r in cells if i < len(r)]
+        longest = max((len(w) for p in plain for w in p.split() if len(w) <= UNBROKEN_WORD), default=0)
+        t.add_column(
+            c, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric, min_width=longest or None
+        )
+    for r in cells:
+        t.add_row(*r)
+    t.data_columns = [Text.from_markup(c).plain for c in columns]
+    t.data_rows = [[Text.from_markup(v).plain for v in r] for r in cells]
     return t
 
 
@@ -110,13 +230,33 @@ def _fmt(v: Any) -> str:
         if math.isnan(v):
             return "-"
         return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
+    if isinstance(v, Path) or (isinstance(v, str) and os.path.isabs(v) and "\n" not in v):
+        return display_path(v)  # a path: relative to the current folder when inside it
     return str(v)
 
 
 def show(renderable: Any) -> None:
-    """Print a rich renderable (table, panel) as a result, unless --json is on."""
-    if not MODE.json:
-        out.print(renderable)
+    """Print a result (a table) unless --json is on: rich, or CSV/TSV rows with ``--format csv|tsv``.
+
+    In CSV/TSV, a titled table starts with a ``# title`` line, and tables are separated by a blank
+    line; anything else (a line of text) goes to stderr.
+    """
+    if MODE.json:
+        return
+    if MODE.format in ("csv", "tsv"):
+        if not isinstance(renderable, DataTable):  # a line of text is not a table row: stderr
+            info(str(renderable))
+            return
+        buf = io.StringIO()
+        writer = csv.writer(buf, delimiter="," if MODE.format == "csv" else "\t", lineterminator="\n")
+        if renderable.title:
+            buf.write(f"# {Text.from_markup(str(renderable.title)).plain}\n")
+        writer.writerow(renderable.data_columns)
+        writer.writerows(renderable.data_rows)
+        sys.stdout.write(buf.getvalue() + "\n")
+        sys.stdout.flush()
+        return
+    out.print(renderable)
 
 
 class _Bar:
@@ -139,8 +279,30 @@ class _Bar:
         if "total" in fields:
             kwargs["total"] = fields.pop("total")
         if fields:
-            kwargs["info"] = "  ".join(f"{k} {_fmt(v)}" for k, v in fields.items())
+            kwargs["info"] = "  ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items()
+            )
         self._progress.update(self._task, **kwargs)
+
+
+class _TqdmBar:
+    """The same interface as :class:`_Bar`, drawn by ``tqdm.auto`` (a widget in notebooks)."""
+
+    def __init__(self, bar: Any):
+        self._bar = bar
+
+    def advance(self, n: float = 1) -> None:
+        self._bar.update(n)
+
+    def update(self, **fields: Any) -> None:
+        description = fields.pop("description", None)
+        if description is not None:
+            self._bar.set_description(description)
+        if "total" in fields:
+            self._bar.total = fields.pop("total")
+            self._bar.refresh()
+        if fields:
+            self._bar.set_postfix(fields)
 
 
 def _progress_enabled() -> bool:
@@ -151,9 +313,19 @@ def _progress_enabled() -> bool:
 
 @contextmanager
 def progress(description: str, total: float | None) -> Iterator[_Bar]:
-    """A rich progress bar on stderr: ``with progress("Cropping", n) as bar: bar.advance()``."""
+    """A progress bar on stderr: ``with progress("Cropping", n) as bar: bar.advance()``.
+
+    Rich on the command line (it keeps every column readable at 80 columns: the bar shrinks and
+    the extra fields fold); ``tqdm.auto`` inside :func:`use_tqdm`.
+    """
     if not _progress_enabled():
         yield _Bar(None, None)
+        return
+    if MODE.tqdm:
+        from tqdm.auto import tqdm
+
+        with tqdm(total=total, desc=description, file=sys.stderr, dynamic_ncols=True) as t:
+            yield _TqdmBar(t)  # type: ignore[misc]
         return
     from rich.progress import (
         BarColumn,
@@ -165,16 +337,19 @@ def progress(description: str, total: float | None) -> Iterator[_Bar]:
         TimeRemainingColumn,
     )
 
+    def fixed() -> Column:
+        return Column(no_wrap=True)
+
     columns = [
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("[bold]{task.description}", table_column=fixed()),
+        BarColumn(bar_width=None, table_column=Column(ratio=1, min_width=5)),
+        MofNCompleteColumn(table_column=fixed()),
+        TaskProgressColumn(table_column=fixed()),
+        TimeElapsedColumn(table_column=fixed()),
+        TextColumn("eta", table_column=fixed()),
+        TimeRemainingColumn(table_column=fixed()),
+        TextColumn("{task.fields[info]}", table_column=Column(overflow="fold", ratio=2)),
     ]
-    with Progress(*columns, console=err, transient=False) as p:
+    with Progress(*columns, console=err, transient=False, expand=True) as p:
         task = p.add_task(description, total=total, info="")
         yield _Bar(p, task)

@@ -48,7 +48,21 @@ def test_help_imports_no_heavy_library():
 
 
 @pytest.mark.parametrize(
-    "command", ["extract", "crop", "split", "train", "export", "enroll", "identify", "evaluate", "gallery"]
+    "command",
+    [
+        "extract",
+        "crop",
+        "split",
+        "train",
+        "export",
+        "enroll",
+        "identify",
+        "evaluate",
+        "gallery",
+        "verify",
+        "embed",
+        "detect",
+    ],
 )
 def test_command_help_imports_no_heavy_library(command):
     assert _heavy_imports(command, "--help") == []

@@ -74,4 +74,4 @@ def test_digest_survives_rewrites_and_check_reports(tmp_path):
     rows = g.read()
     assert rows.names.count("CAROL") == 1500 and "BOB" not in rows.names
     report = manage_gallery(g.path, check=True)
-    assert report["check"] == {"templates": 1501, "verified": True, "rows checked": 1501}
+    assert report["check"] == {"templates": 1501, "verified": True, "rows_checked": 1501}

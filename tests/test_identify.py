@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from gallery_helpers import CODES, FakeFace, PixelEmbedder, SidecarDetector, mbf_model, people_folder, render_photo  # noqa: F401 (fixture)
 
+from kface_cli.console import to_json
 from kface_cli.defaults import DEFAULT_THRESHOLD
 from kface_cli.errors import InputError, ModelMismatchError
 from kface_cli.gallery.enroll import enroll_folder
@@ -63,6 +64,9 @@ def test_threshold_decides_unknown(world):
     face = strict.images[0].faces[0]
     assert face.name == UNKNOWN and strict.threshold_source == "given"
     assert face.distance == pytest.approx(best.distance) and len(face.candidates) == 3  # all nearest listed
+    # JSON: null for no match, and the same candidates (best first) whether the face was named or not
+    assert face.to_json()["name"] is None
+    assert [c["name"] for c in face.to_json()["candidates"]] == [c["name"] for c in best.to_json()["candidates"]]
     assert not strict.matched_any()
     with pytest.raises(InputError, match="outside 0..4"):
         _identify(world, [world["stranger"]], threshold=7.0)
@@ -82,14 +86,18 @@ def test_json_csv_and_table(world, tmp_path):
     result = _identify(
         world, [world["probes"] / "김철수.jpg", tmp_path / "empty.jpg", world["people"] / "Bob" / "0.jpg"]
     )
-    data = json.loads(json.dumps(result.to_json(), ensure_ascii=False))
+    report = json.loads(to_json(result.to_json()))
+    assert report["threshold"] == DEFAULT_THRESHOLD and report["threshold_source"] == "default"
+    assert report["model"]["fingerprint"] == PixelEmbedder().fingerprint and report["faces"] == 2
+    data = report["images"]
     assert [Path(d["image"]).name for d in data] == ["김철수.jpg", "empty.jpg", "0.jpg"]
     face = data[0]["faces"][0]
     assert set(face) >= {"box", "name", "distance", "candidates"} and face["name"] == "김철수" and len(face["box"]) == 4
-    assert data[1]["faces"] == [] and "cannot read image" in data[1]["error"]
+    assert face["candidates"][0] == {"name": "김철수", "distance": face["distance"]}  # the best match comes first
+    assert data[0]["error"] is None and data[1]["faces"] == [] and "cannot read image" in data[1]["error"]
     assert data[2]["faces"][0]["name"] == "Bob" and data[2]["faces"][0]["distance"] < 1e-3  # an enrolled photo
     rows = list(csv.DictReader(write_csv(result, tmp_path / "out.csv").open(encoding="utf-8")))
-    assert [r["name"] for r in rows] == ["김철수", "Bob"] and rows[0]["candidates"].count(":") == 2
+    assert [r["name"] for r in rows] == ["김철수", "Bob"] and rows[0]["candidates"].count(":") == 3
     columns, table = table_rows(result)
     assert len(table) == 3 and "cannot read image" in table[1][3]
 
@@ -161,7 +169,8 @@ def test_cli_identify(world, tmp_path, mbf_model):
     )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data[0]["faces"][0]["name"] == "김철수" and data[0]["faces"][0]["distance"] < 1e-3
+    face = data["images"][0]["faces"][0]
+    assert data["schema"] == 1 and face["name"] == "김철수" and face["distance"] < 1e-3
     assert (tmp_path / "o.csv").is_file() and (tmp_path / "ann" / "1.jpg").is_file()
     r = runner.invoke(app, [*base, str(probe), "--threshold", "0", "--fail-unknown"])
     assert r.exit_code == 1, r.output
@@ -205,6 +214,10 @@ def test_threads_keep_photo_order_and_errors(world, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8 not a jpeg")
     paths = [world["probes"], broken, world["stranger"], world["people"]]
-    one, many = (_identify(world, paths, workers=w).to_json() for w in (1, 3))
+    one, many = (
+        {k: v for k, v in _identify(world, paths, workers=w).to_json().items() if k != "seconds"} for w in (1, 3)
+    )
     assert one == many
-    assert [Path(i["image"]).name for i in one][3:5] == ["broken.jpg", "x.jpg"] and "error" in one[3]
+    images = one["images"]
+    assert [Path(i["image"]).name for i in images][3:5] == ["broken.jpg", "x.jpg"]
+    assert images[3]["error"] and images[4]["error"] is None

@@ -37,13 +37,17 @@ def test_report_lists_identities_and_facts(gallery):
         {"name": "김철수", "templates": 3},
     ]
     facts = report["facts"]
-    assert (facts["templates"], facts["identities"], facts["embedding size"], facts["network"]) == (7, 3, 8, "mbf")
-    assert facts["fingerprint"] == "c" * 20 and report["removed"] == {}
+    assert (facts["templates"], facts["identities"], facts["embedding_size"], facts["network"]) == (7, 3, 8, "mbf")
+    assert facts["fingerprint"] == "c" * 20 and report["removed"] == []
 
 
 def test_remove_and_rebuild(gallery):
     report = manage_gallery(gallery.path, remove=["김철수"])
-    assert report["removed"] == {"김철수": 3} and report["index"]["rebuilt"] and report["index"]["count"] == 4
+    assert (
+        report["removed"] == [{"name": "김철수", "templates": 3}]
+        and report["index"]["rebuilt"]
+        and report["index"]["count"] == 4
+    )
     assert Gallery(gallery.path).identities() == {"Alice": 2, "Bob": 2}
     with pytest.raises(InputError, match="not in the gallery: Carol"):
         manage_gallery(gallery.path, remove=["Carol"])

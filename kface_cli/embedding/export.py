@@ -142,6 +142,7 @@ def export_metadata(
 ) -> dict[str, str]:
     """The key/value metadata stored inside an exported model."""
     from kface_cli import __version__
+    from kface_cli.dataset.provenance import META_TRAINING_DATA, run_training_data
     from kface_cli.embedding.embedder import META_WEIGHTS_DIGEST, ONNX_INPUT_NAME, ONNX_OUTPUT_NAME
     from kface_cli.face.align import ARCFACE_TEMPLATE
     from kface_cli.face.preprocess import PREPROCESS_SPEC
@@ -166,6 +167,9 @@ def export_metadata(
     }
     if opset is not None:
         meta["kface.opset"] = str(opset)
+    record = run_training_data(run)
+    if record is not None:
+        meta[META_TRAINING_DATA] = json.dumps(record)
     return meta
 
 

@@ -114,9 +114,11 @@ def _blend_label(image: np.ndarray, mask: np.ndarray, x: int, y: int, colour: tu
 
 
 def draw_faces(image: np.ndarray, faces, *, label_height: int = LABEL_HEIGHT_PX) -> np.ndarray:
-    """A copy of ``image`` (BGR) with each face's box and ``name (distance)`` drawn.
+    """A copy of ``image`` (BGR) with each face's box and label drawn.
 
-    ``faces``: objects with ``box`` (x, y, w, h), ``name`` and ``distance`` (``FaceMatch``).
+    ``faces``: objects with ``box`` (x, y, w, h) and either ``name`` and ``distance``
+    (``FaceMatch``: labelled ``name distance``) or ``score`` and ``points5`` (``DetectedFace``:
+    labelled with the score, the five points drawn as dots).
     """
     import cv2
 
@@ -125,11 +127,16 @@ def draw_faces(image: np.ndarray, faces, *, label_height: int = LABEL_HEIGHT_PX)
     lh = int(round(label_height * scale))
     for face in faces:
         x, y, w, h = (int(round(v)) for v in face.box)
-        known = face.name != "unknown"
-        colour = KNOWN_COLOUR if known else UNKNOWN_COLOUR
+        name = getattr(face, "name", None)
+        colour = KNOWN_COLOUR if name != "unknown" else UNKNOWN_COLOUR
         cv2.rectangle(out, (x, y), (x + w, y + h), colour, max(1, int(round(2 * scale))))
+        for px, py in getattr(face, "points5", None) if name is None else ():
+            cv2.circle(out, (int(round(px)), int(round(py))), max(2, int(round(2 * scale))), colour, -1)
         dist = getattr(face, "distance", None)
-        label = face.name if dist is None or not np.isfinite(dist) else f"{face.name} {dist:.2f}"
+        if name is None:
+            label = f"{face.score:.2f}"
+        else:
+            label = name if dist is None or not np.isfinite(dist) else f"{name} {dist:.2f}"
         mask = render_text(label, lh)
         _blend_label(out, mask, x, y - mask.shape[0] - 6 if y - mask.shape[0] - 6 >= 0 else y + h, colour)
     return out

@@ -308,7 +308,7 @@ def enroll_folder(
         load_index(gallery)
     return EnrollResult(
         gallery=gallery.path,
-        model=_describe(embedder),
+        model=describe_model(embedder),
         per_identity=mode.value,
         identities=summaries,
         problems=problems,
@@ -369,7 +369,8 @@ def resolve_embedder(embedder):
     return embedder() if callable(embedder) and not hasattr(embedder, "embed") else embedder
 
 
-def _describe(embedder) -> dict[str, Any]:
+def describe_model(embedder) -> dict[str, Any]:
+    """The model as results report it: network, fingerprint... (``Embedder.describe()``)."""
     if hasattr(embedder, "describe"):
         return dict(embedder.describe())
     return {"network": getattr(embedder, "network", None), "fingerprint": embedder.fingerprint}

@@ -23,7 +23,7 @@ import numpy as np
 from kface_cli.choices import LandmarkMode
 from kface_cli.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K, EMBED_BATCH_SIZE
 from kface_cli.errors import InputError, KFaceError
-from kface_cli.gallery.enroll import resolve_embedder
+from kface_cli.gallery.enroll import describe_model, resolve_embedder
 from kface_cli.gallery.index import Candidate, IndexKind, load_index, search_identities
 from kface_cli.gallery.store import Gallery, ModelInfo
 
@@ -41,13 +41,18 @@ class FaceMatch:
     distance: float  # squared L2 to the best identity's closest template
     candidates: list[Candidate]  # the next closest identities after the best
 
+    def ranked(self) -> list[Candidate]:
+        """The closest identities, best first, whether or not the best one was close enough to name."""
+        return self.candidates if self.name == UNKNOWN else [Candidate(self.name, self.distance), *self.candidates]
+
     def to_json(self) -> dict[str, Any]:
+        """One face (README: JSON output); ``name`` is null when nobody is close enough."""
         return {
             "box": [round(float(v), 2) for v in self.box],
             "score": None if not np.isfinite(self.score) else round(float(self.score), 4),
-            "name": self.name,
+            "name": None if self.name == UNKNOWN else self.name,
             "distance": None if not np.isfinite(self.distance) else round(float(self.distance), 4),
-            "candidates": [{"name": c.name, "distance": round(c.distance, 4)} for c in self.candidates],
+            "candidates": [{"name": c.name, "distance": round(c.distance, 4)} for c in self.ranked()],
         }
 
 
@@ -58,10 +63,7 @@ class ImageResult:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"image": self.image, "faces": [f.to_json() for f in self.faces]}
-        if self.error:
-            d["error"] = self.error
-        return d
+        return {"image": self.image, "faces": [f.to_json() for f in self.faces], "error": self.error}
 
 
 @dataclass
@@ -73,6 +75,8 @@ class IdentifyResult:
     index: dict[str, Any]
     seconds: float = 0.0
     annotated: list[Path] = field(default_factory=list)
+    model: dict[str, Any] = field(default_factory=dict)  # Embedder.describe(): network, fingerprint...
+    warnings: list[str] = field(default_factory=list)  # about the model (e.g. trained on synthetic faces)
 
     @property
     def faces(self) -> int:
@@ -81,8 +85,21 @@ class IdentifyResult:
     def matched_any(self) -> bool:
         return any(f.name != UNKNOWN for i in self.images for f in i.faces)
 
-    def to_json(self) -> list[dict[str, Any]]:
-        return [i.to_json() for i in self.images]
+    def to_json(self) -> dict[str, Any]:
+        """What ``kface identify --json`` prints (README: JSON output)."""
+        return {
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
+            "model": self.model,
+            "gallery": self.gallery,
+            "index": self.index,
+            "faces": self.faces,
+            "named": sum(1 for i in self.images for f in i.faces if f.name != UNKNOWN),
+            "seconds": round(self.seconds, 3),
+            "warnings": self.warnings,
+            "images": [i.to_json() for i in self.images],
+            "annotated": self.annotated,
+        }
 
 
 @dataclass
@@ -258,6 +275,7 @@ def identify(
         workers: threads reading and detecting photos (None: one per core; the camera uses one).
     """
     from kface_cli.console import info, progress, warn
+    from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.parallel import map_ordered
 
     if top_k < 1:
@@ -304,6 +322,8 @@ def identify(
         thr_source,
         gallery.path,
         {"kind": loaded.index.kind.value, "templates": len(loaded.index), **loaded.index.params},
+        model=describe_model(embedder),
+        warnings=warn_if_synthetic(embedder),
     )
     warned_glyphs: set[str] = set()
     batch: list[tuple[_Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]] = []
@@ -406,7 +426,9 @@ def _write_annotated(frame: _Frame, res: ImageResult, out_dir: Path, warned: set
 
 def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of the results table (one row per face; images without faces too)."""
-    columns = ["image", "face", "box (x, y, w, h)", "name", "distance", "candidates"]
+    from kface_cli.console import display_path
+
+    columns = ["image", "face", "box (x, y, w, h)", "name", "distance", "candidates (name:distance)"]
     rows: list[list[Any]] = []
     for img in result.images:
         if img.error:
@@ -417,13 +439,14 @@ def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
         for k, f in enumerate(img.faces, 1):
             box = ", ".join(f"{v:.0f}" for v in f.box)
             name = f.name if f.name != UNKNOWN else f"[yellow]{UNKNOWN}[/yellow]"
-            cands = ", ".join(f"{c.name} {c.distance:.3f}" for c in f.candidates)
-            rows.append([img.image, k, box, name, f.distance if np.isfinite(f.distance) else None, cands])
+            cands = ", ".join(f"{c.name}:{c.distance:.3f}" for c in f.ranked())
+            image = display_path(img.image) if "#" not in img.image else img.image
+            rows.append([image, k, box, name, f.distance if np.isfinite(f.distance) else None, cands])
     return columns, rows
 
 
 def write_csv(result: IdentifyResult, path: str | Path) -> Path:
-    """One row per face: image, face, x, y, w, h, name, distance, candidates (``name:dist;...``)."""
+    """One row per face: image, face, x, y, w, h, name, distance, candidates (``name:dist;...``, best first)."""
     import csv
     import io
 
@@ -441,7 +464,7 @@ def write_csv(result: IdentifyResult, path: str | Path) -> Path:
                     *(f"{v:.1f}" for v in f.box),
                     f.name,
                     f"{f.distance:.4f}" if np.isfinite(f.distance) else "",
-                    ";".join(f"{c.name}:{c.distance:.4f}" for c in f.candidates),
+                    ";".join(f"{c.name}:{c.distance:.4f}" for c in f.ranked()),
                 ]
             )
     write_text(path, buf.getvalue())

@@ -57,28 +57,43 @@ def manage_gallery(
             "path": str(facts.path),
             "templates": facts.templates,
             "identities": facts.identities,
-            "embedding size": facts.embedding_size,
+            "embedding_size": facts.embedding_size,
             "network": facts.network,
             "fingerprint": facts.fingerprint,
             "model": facts.model_source,
             "created": _dt.datetime.fromtimestamp(facts.created, _dt.timezone.utc).isoformat(timespec="seconds")
             if facts.created
             else None,
-            "schema version": facts.schema_version,
+            "schema_version": facts.schema_version,
             "capacity": facts.capacity,
-            "file size": _size(facts.file_bytes),
-            "index file": f"{index_file.name} ({_size(index_file.stat().st_size)})"
-            if index_file.is_file()
-            else "none yet (built on first identify)",
+            "file_bytes": facts.file_bytes,
+            "index_file": str(index_file) if index_file.is_file() else None,
+            "index_bytes": index_file.stat().st_size if index_file.is_file() else None,
         },
         "identities": [{"name": n, "templates": c} for n, c in identities.items()],
-        "removed": removed,
+        "removed": [{"name": n, "templates": c} for n, c in removed.items()],
         "index": index_info,
         **({"check": checked} if checked is not None else {}),
     }
 
 
-def _size(n: int) -> str:
+def facts_rows(facts: dict[str, Any]) -> list[list[str]]:
+    """The ``kface gallery`` facts table: one row per fact, sizes in KiB/MiB/GiB."""
+    rows = []
+    for key, value in facts.items():
+        if key in ("path", "index_bytes"):
+            continue
+        if key == "file_bytes":
+            key, value = "file size", _size(value)
+        elif key == "index_file":
+            value = (
+                f"{Path(value).name} ({_size(facts['index_bytes'])})" if value else "none yet (built on first identify)"
+            )
+        rows.append([key.replace("_", " "), str(value)])
+    return rows
+
+
+def _size(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -570,7 +570,7 @@ class Gallery:
             digest = _digest_of(f)
             if digest is not None:
                 self._verify(f, embeddings=True)
-            return {"templates": n, "verified": digest is not None, "rows checked": min(n, digest[0]) if digest else 0}
+            return {"templates": n, "verified": digest is not None, "rows_checked": min(n, digest[0]) if digest else 0}
 
     def _verify(
         self, f, *, embeddings: bool, names: np.ndarray | None = None, vectors: np.ndarray | None = None

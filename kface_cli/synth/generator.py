@@ -827,6 +827,7 @@ def generate_sample_data(
     per CPU core, at most 8). ``combos`` (a list of (acc, light, expr, cam)) replaces the preset's grid.
     """
     from kface_cli.console import progress
+    from kface_cli.dataset.provenance import mark_synthetic
 
     out = Path(out)
     res_list = tuple(dict.fromkeys(normalise_resolution(r) for r in resolutions))
@@ -852,6 +853,7 @@ def generate_sample_data(
                 paths.append(Path(path))
                 bar.advance()
                 images, total = images + n, total + size
+    mark_synthetic(out, seed=seed, identities=len(ids), grid=grid_name)
     return SampleDataResult(
         root=out,
         identities=len(ids),

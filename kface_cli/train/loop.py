@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from kface_cli import console
+from kface_cli.dataset.provenance import TRAINING_DATA_KEY, training_data
 from kface_cli.embedding.embedder import state_dict_digest
 from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
 from kface_cli.train import checkpoint as ck
@@ -248,7 +249,8 @@ def validate(backbone: Any, pair_faces: Any, *, network: str, batch_size: int = 
         "accuracy": m.get("accuracy"),
         "accuracy_std": m.get("accuracy_std"),
         "threshold": m.get("threshold"),
-        "tar_at_far_1e-2": tar.get("tar"),
+        "tar": tar.get("tar"),  # at FAR "far"
+        "far": VAL_FAR,
         "auc": m.get("auc"),
         "eer": m.get("eer"),
         "n_pairs": m.get("n_pairs"),
@@ -485,6 +487,7 @@ def _train(
         "num_images": num_images,
         "world_size": info.world_size,
         "data_source": str(getattr(dataset, "source", data_path)),
+        TRAINING_DATA_KEY: training_data(str(data_path), getattr(dataset, "classes", []), init=config.init),
         "val_pairs_file": str(val_path) if val_path else None,
         "steps_per_epoch": steps,
         "base_lr": lr,
@@ -655,7 +658,7 @@ def _train(
                     improved = acc is not None and (best["accuracy"] is None or acc > best["accuracy"])
                     console.info(
                         f"epoch {epoch + 1}: loss {_num(record['loss'])}, val accuracy {_pct(acc)} +- {_pct(val['accuracy_std'])}, "
-                        f"threshold {_num(val['threshold'])}, TAR@FAR=1e-2 {_pct(val['tar_at_far_1e-2'])}"
+                        f"threshold {_num(val['threshold'])}, TAR@FAR=1e-2 {_pct(val['tar'])}"
                         + ("  (best)" if improved else "")
                     )
                 elif info.is_main:

@@ -33,7 +33,7 @@ def write_plots(run_dir: str | Path) -> Path:
     val = [(r["epoch"], r["val"]) for r in epochs if r.get("val") and r["val"].get("accuracy") is not None]
     if val:
         ax_val.plot([e for e, _ in val], [100 * v["accuracy"] for _, v in val], marker="o", label="10-fold accuracy")
-        tar = [(e, v["tar_at_far_1e-2"]) for e, v in val if v.get("tar_at_far_1e-2") is not None]
+        tar = [(e, v["tar"]) for e, v in val if v.get("tar") is not None]
         if tar:
             ax_val.plot([e for e, _ in tar], [100 * t for _, t in tar], marker="s", label="TAR @ FAR 1e-2")
         ax_val.legend()
