@@ -302,24 +302,15 @@ def _identification_metrics(embedded: dict, fpirs: tuple[float, ...]) -> dict:
     )
 
 
-def _identify(
-    embedder: Any,
-    gallery: list[tuple[str, Path]],
-    probes: list[tuple[str, Path]],
-    options: EvaluateOptions,
-    cache: dict,
-    loader: Any,
-) -> dict:
-    t0 = time.perf_counter()
-    embedded = _embed_identification(embedder, gallery, probes, options, cache, loader)
-    t_embed = time.perf_counter() - t0
+def _identify(embedded: dict, options: EvaluateOptions, embed_s: float) -> dict:
+    """The identification metrics of embedded gallery and probes, with the per-condition breakdown."""
     t1 = time.perf_counter()
     ident = _identification_metrics(embedded, options.fpirs)
     ident["per_condition_identification"] = C.identification_breakdown(
         [C.codes_of(p) for p in embedded["probe_paths"]], ident["probe_ranks"]
     )
     ident["n_gallery_images"] = len(embedded["gallery_labels"])
-    ident["timing"] = {"embed_s": t_embed, "metrics_s": time.perf_counter() - t1}
+    ident["timing"] = {"embed_s": embed_s, "metrics_s": time.perf_counter() - t1}
     return ident
 
 
@@ -382,7 +373,9 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
 
     id_conditions: dict = {}
     if sets is not None:
-        ident = _identify(embedder, *sets, options, cache, loader)
+        t0 = time.perf_counter()
+        embedded = _embed_identification(embedder, *sets, options, cache, loader)
+        ident = _identify(embedded, options, embed_s=time.perf_counter() - t0)
         id_conditions = ident.pop("per_condition_identification")
         summary["timing_identification"] = ident.pop("timing")
         probe_ranks = ident.pop("probe_ranks")
