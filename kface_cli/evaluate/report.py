@@ -193,9 +193,9 @@ def plot_conditions(per_condition: dict, path: Path, overall: float | None = Non
         counts = [r.get("n_pairs") for r in rows.values()][::-1]
         colors = ["tab:red" if overall is not None and a < overall - 0.02 else "tab:blue" for a in accs]
         bars = ax.barh(names, [a - low for a in accs], left=low, color=colors, height=0.7)
-        for bar, a, n in zip(bars, accs, counts):
+        for bar, a, n in zip(bars, accs, counts):  # one column right of 100%: never over a bar or the line
             ax.text(
-                bar.get_x() + bar.get_width() + 0.002,
+                1.0 + 0.02 * (1.0 - low),
                 bar.get_y() + bar.get_height() / 2,
                 f"{100 * a:.1f}%" + (f"  ({n} pairs)" if n is not None else ""),
                 va="center",
@@ -203,7 +203,9 @@ def plot_conditions(per_condition: dict, path: Path, overall: float | None = Non
             )
         if overall is not None:
             ax.axvline(overall, color="k", ls="--", lw=1)
-        ax.set_xlim(low, 1.0 + 0.18 * (1.0 - low))  # room for the labels right of the bars
+        ax.axvline(1.0, color="0.6", lw=0.8)
+        ax.set_xlim(low, 1.0 + 0.34 * (1.0 - low))
+        ax.set_xticks([t for t in ax.get_xticks() if low <= t <= 1.0])
         ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         ax.set_title(f"by {label}", fontsize=9, loc="left")
         ax.tick_params(axis="y", labelsize=8)
