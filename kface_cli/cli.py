@@ -875,7 +875,7 @@ def identify_cmd(
         typer.Option(
             "--threshold",
             "-t",
-            help=f"Squared L2 distance (2 - 2 cos) below which a face is named \\[default: the model's calibrated threshold, else {DEFAULT_THRESHOLD:g} = cosine {DEFAULT_THRESHOLD_COSINE:g}].",
+            help=f"Squared L2 distance (2 - 2 cos) below which a face is named \\[default: the model's calibrated 1:N threshold, else its 1:1 one, else {DEFAULT_THRESHOLD:g} = cosine {DEFAULT_THRESHOLD_COSINE:g}].",
             show_default=False,
         ),
     ] = None,
@@ -949,7 +949,7 @@ def identify_cmd(
     else:
         columns, rows = table_rows(result)
         console.show(
-            console.table(f"Faces (threshold {result.threshold:.3f}, {result.threshold_source})", columns, rows)
+            console.table(f"Faces (threshold {result.threshold:.3f}: {result.threshold_detail})", columns, rows)
         )
         named = sum(1 for i in result.images for f in i.faces if f.name != "unknown")
         console.info(
@@ -1064,18 +1064,25 @@ def evaluate_cmd(
         ),
     ] = None,
     flip: Annotated[
-        bool | None,
+        bool,
         typer.Option(
             "--flip/--no-flip",
-            help="Flip-sum embeddings as in insightface's protocol (2x compute) \\[default: on; off with --save-threshold, to match `kface identify`].",
-            show_default=False,
+            help="Flip-sum embeddings for the metrics, as in insightface's protocol (2x compute). Thresholds are always calibrated without flip, as `kface identify` embeds.",
         ),
-    ] = None,
+    ] = True,
     target_far: Annotated[
         float | None,
         typer.Option(
             "--target-far",
-            help="Report the squared-L2 threshold whose FAR on these pairs is at most this (e.g. 1e-3).",
+            help="Calibrate the 1:1 (verification) threshold: the largest whose false accept rate on these pairs is at most this (e.g. 1e-3).",
+            show_default=False,
+        ),
+    ] = None,
+    target_fpir: Annotated[
+        float | None,
+        typer.Option(
+            "--target-fpir",
+            help="Calibrate the 1:N (identification) threshold: the largest at which at most this share of probes of people not enrolled get a name (e.g. 1e-2). Needs a gallery and probes (val split, or --gallery-dir/--probe-dir).",
             show_default=False,
         ),
     ] = None,
@@ -1083,7 +1090,14 @@ def evaluate_cmd(
         bool,
         typer.Option(
             "--save-threshold",
-            help="Store that threshold beside the model (best-accuracy threshold without --target-far); `kface identify` uses it.",
+            help="Store the calibrated thresholds beside the model for `kface identify` (1:N first, else 1:1); alone: the best-accuracy 1:1 threshold.",
+        ),
+    ] = False,
+    replace_threshold: Annotated[
+        bool,
+        typer.Option(
+            "--replace-threshold",
+            help="Save even over a calibration founded on more pairs or probes (otherwise it is kept and this one is not saved).",
         ),
     ] = False,
     name: Annotated[
@@ -1107,32 +1121,29 @@ def evaluate_cmd(
 ) -> None:
     """Verification and identification metrics, by K-Face condition, with a report folder and plots."""
     from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate
-    from kface_cli.evaluate.report import condition_table, summary_rows
+    from kface_cli.evaluate.report import condition_table, summary_rows, summary_title
 
     result = evaluate(
         EvaluateOptions(
             model=model, workdir=workdir, network=network, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
             bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
-            save_threshold=save_threshold, name=name,
+            target_fpir=target_fpir, save_threshold=save_threshold, replace_threshold=replace_threshold, name=name,
             batch_size=_deprecated("--batch-size", "--embed-batch", batch_size_deprecated, embed_batch),
         )
     )  # fmt: skip
     if json_output:
         console.print_json(result.summary)
-        return
-    model_info = result.summary.get("model") or {}
-    console.show(
-        console.table(
-            f"Evaluation: {model_info.get('network', '')} ({result.summary['protocol']})",
-            ["metric", "value", "note"],
-            summary_rows(result.summary),
+    else:
+        console.show(
+            console.table(summary_title(result.summary), ["metric", "value", "note"], summary_rows(result.summary))
         )
-    )
-    title, columns, rows = condition_table(result.summary.get("per_condition"))
-    if conditions and rows:
-        console.show(console.table(title, columns, rows))
-    if result.report_dir is not None:
-        console.show(f"Report: {result.report_dir}")
+        title, columns, rows = condition_table(result.summary.get("per_condition"))
+        if conditions and rows:
+            console.show(console.table(title, columns, rows))
+        if result.report_dir is not None:
+            console.show(f"Report: {result.report_dir}")
+    if any("not_saved" in c for c in (result.summary.get("calibration") or {}).values()):
+        raise typer.Exit(1)
 
 
 # ============================================================================================

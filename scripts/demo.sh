@@ -46,8 +46,8 @@ print(f"people/: {len(val)} enrolled identities; probes/: 4 of them + 3 unknown 
 PY
 step "6. Enroll the validation people into an HDF5 gallery with a FAISS index" \
   kface enroll "$KFACE_WORKDIR/people" --model "$KFACE_WORKDIR/demo.onnx"
-step "7. Evaluate on the val split: verification, identification, per condition; calibrate the threshold for FAR 1%" \
-  kface evaluate --model "$KFACE_WORKDIR/demo.onnx" --target-far 1e-2 --save-threshold --name demo
+step "7. Evaluate on the val split: verification, identification, per condition; calibrate thresholds for FAR 1% (1:1) and FPIR 10% (1:N)" \
+  kface evaluate --model "$KFACE_WORKDIR/demo.onnx" --target-far 1e-2 --target-fpir 1e-1 --save-threshold --name demo
 step "8. Identify the probes: 4 enrolled people in other light/expression/angle, and 3 people who are not enrolled" \
   kface identify "$KFACE_WORKDIR/probes" --model "$KFACE_WORKDIR/demo.onnx" --annotate "$KFACE_WORKDIR/annotated"
 

@@ -14,15 +14,19 @@ from kface_cli.formats.pairs import Pair, write_pairs_csv
 
 
 class FakeEmbedder:
-    """Honours the Embedder contract: 4x4x3 mean-pooled pixels, centred, L2-normalised (48-d)."""
+    """Honours the Embedder contract: 4x4x3 mean-pooled pixels, centred, L2-normalised (48-d);
+    with ``flip``, the pooled face plus its mirror image (like the real flip-sum)."""
 
     network = "fake"
     embedding_size = 48
-    flip = False
+    weights_digest = "f" * 40
 
-    def __init__(self, source: Path | None = None, fingerprint: str = "f" * 16):
+    def __init__(self, source: Path | None = None, fingerprint: str | None = None, flip: bool = False):
+        from kface_cli.embedding.embedder import make_fingerprint
+
         self.source = source
-        self.fingerprint = fingerprint
+        self.flip = flip
+        self.fingerprint = fingerprint or make_fingerprint(self.weights_digest, flip)
         self.embedded = 0  # faces embedded so far (to check caching)
         self.calls = 0
 
@@ -40,11 +44,15 @@ class FakeEmbedder:
         assert faces.ndim == 4 and faces.shape[1:] == (112, 112, 3) and faces.dtype == np.uint8
         self.calls += 1
         self.embedded += len(faces)
-        x = (
+        x = self._pooled(faces) + (self._pooled(faces[:, :, ::-1]) if self.flip else 0)
+        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
+
+    @staticmethod
+    def _pooled(faces: np.ndarray) -> np.ndarray:
+        return (
             faces.astype(np.float32).reshape(len(faces), 4, 28, 4, 28, 3).mean(axis=(2, 4)).reshape(len(faces), -1)
             - 127.5
         )
-        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
 
 
 def face_image(rng: np.random.Generator, base: np.ndarray, noise: float) -> np.ndarray:

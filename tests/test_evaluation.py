@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import cv2
@@ -9,11 +10,11 @@ import pytest
 from evaldata import FakeEmbedder, make_identities, make_pairs, make_workspace
 from typer.testing import CliRunner
 
-from kface_cli.embedding.calibration import load_threshold
+from kface_cli.embedding.calibration import IDENTIFICATION, VERIFICATION, identify_threshold, load_threshold
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate_embedder, val_identification_split
 from kface_cli.formats.binset import write_bin
-from kface_cli.formats.pairs import write_pairs_csv
+from kface_cli.formats.pairs import read_pairs_csv, write_pairs_csv
 
 
 def _ws(tmp_path, n_ids=10):
@@ -95,27 +96,113 @@ def test_gallery_and_probe_folders(tmp_path):
     assert (s["n_known"], s["n_unknown"], s["n_identities"]) == (9, 6, 3)
     assert s["rank1"] == 1.0 and s["cmc"][-1] == 1.0
     assert "unknown probes" in s["dir_at_fpir"]["1e-01"]["reason"]
+    with pytest.raises(InputError, match="needs verification pairs"):
+        evaluate_embedder(
+            FakeEmbedder(),
+            EvaluateOptions(
+                workdir=tmp_path, gallery_dir=tmp_path / "gallery", probe_dir=tmp_path / "probes", save_threshold=True
+            ),
+        )
+
+
+def _model(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    return model
 
 
 def test_calibration_saved_and_used(tmp_path):
     ws = _ws(tmp_path)
-    model = tmp_path / "m.onnx"
-    model.write_bytes(b"x")
-    emb = FakeEmbedder(source=model)
+    emb = FakeEmbedder(source=_model(tmp_path))
     s = evaluate_embedder(
         emb, EvaluateOptions(workdir=ws, target_far=0.05, save_threshold=True, write_report=False)
     ).summary
-    cal = s["calibration"]
+    cal = s["calibration"][VERIFICATION]
     assert (
         cal["target_far"] == 0.05
         and cal["achieved_far"] <= 0.05
         and cal["saved_to"].endswith("m.onnx.calibration.json")
+        and (cal["n_same"], cal["n_diff"]) == (60, 60)
     )
     # a looser FAR never gets a stricter (smaller) threshold
     assert cal["threshold"] <= s["tar_at_far"]["1e-01"]["threshold"]
     assert load_threshold(emb) == pytest.approx(cal["threshold"])
     with pytest.raises(KFaceError, match="at least 1000 different pairs"):
         evaluate_embedder(emb, EvaluateOptions(workdir=ws, target_far=1e-3, write_report=False))
+
+
+def test_1n_calibration_at_a_target_fpir_is_saved_for_identify(tmp_path):
+    ws = _ws(tmp_path)
+    emb = FakeEmbedder(source=_model(tmp_path))
+    s = evaluate_embedder(
+        emb, EvaluateOptions(workdir=ws, target_fpir=0.2, save_threshold=True, write_report=False, fpirs=(0.5, 0.2))
+    ).summary
+    assert set(s["calibration"]) == {IDENTIFICATION}  # --target-fpir alone: no 1:1 threshold
+    cal = s["calibration"][IDENTIFICATION]
+    assert cal["criterion"] == "target_fpir" and cal["achieved_fpir"] <= 0.2 and 0.0 < cal["dir"] <= 1.0
+    assert (cal["n_known"], cal["n_unknown"], cal["n_identities"]) == (s["n_known"], s["n_unknown"], 8)
+    assert cal["threshold"] == s["dir_at_fpir"]["2e-01"]["threshold"] <= s["dir_at_fpir"]["5e-01"]["threshold"]
+    assert identify_threshold(emb) == (pytest.approx(cal["threshold"]), IDENTIFICATION, "calibrated 1:N at FPIR 2e-01")
+    with pytest.raises(KFaceError, match="at least 100 unknown probes"):
+        evaluate_embedder(emb, EvaluateOptions(workdir=ws, target_fpir=1e-2, write_report=False))
+    with pytest.raises(InputError, match="needs identification data"):
+        evaluate_embedder(emb, EvaluateOptions(workdir=ws, pairs=ws / "split" / "val_pairs.csv", target_fpir=0.2))
+
+
+def test_calibration_never_changes_the_reported_metrics(tmp_path):
+    """Flip stays on for the metrics; the thresholds come from identify's embeddings (no flip)."""
+    ws = _ws(tmp_path)
+    model = _model(tmp_path)
+    opts = dict(workdir=ws, write_report=False)
+    plain = evaluate_embedder(FakeEmbedder(source=model, flip=True), EvaluateOptions(**opts)).summary
+    cal_opts = EvaluateOptions(target_far=0.05, target_fpir=0.2, save_threshold=True, **opts)
+    calibrated = evaluate_embedder(FakeEmbedder(source=model, flip=True), cal_opts).summary
+    for key in ("accuracy", "auc", "eer", "tar_at_far", "rank1", "dir_at_fpir", "per_condition"):
+        assert calibrated[key] == plain[key], key
+    assert calibrated["model"]["flip"] is True
+    no_flip = evaluate_embedder(FakeEmbedder(source=model, flip=False), cal_opts).summary
+    assert no_flip["accuracy"] != plain["accuracy"]  # flip does change the embeddings of this fake
+    for kind in (VERIFICATION, IDENTIFICATION):
+        assert calibrated["calibration"][kind]["threshold"] == pytest.approx(no_flip["calibration"][kind]["threshold"])
+        assert calibrated["calibration"][kind]["flip"] is False
+    identify_embedder = FakeEmbedder(source=model)  # as kface identify loads it: no flip
+    assert load_threshold(identify_embedder) == pytest.approx(calibrated["calibration"][VERIFICATION]["threshold"])
+
+
+def test_degenerate_pairs_never_overwrite_a_good_calibration(tmp_path):
+    """Issue 9, defect 10: --save-threshold on pairs without same-identity pairs saved 0.0 over a
+    good calibration, after which identify named nobody."""
+    ws = _ws(tmp_path)
+    emb = FakeEmbedder(source=_model(tmp_path))
+    good = evaluate_embedder(emb, EvaluateOptions(workdir=ws, save_threshold=True, write_report=False)).summary
+    good_threshold = good["calibration"][VERIFICATION]["threshold"]
+    assert good_threshold > 0 and load_threshold(emb) == good_threshold
+    pairs = read_pairs_csv(ws / "split" / "val_pairs.csv")
+    write_pairs_csv(tmp_path / "different.csv", [p for p in pairs if not p.same])
+    only_different = EvaluateOptions(workdir=ws, pairs=tmp_path / "different.csv", save_threshold=True)
+    with pytest.raises(KFaceError, match="0 same-person and 60 different-person pairs"):
+        evaluate_embedder(emb, only_different)
+    with pytest.raises(KFaceError, match="no same-person pairs"):
+        evaluate_embedder(emb, dataclasses.replace(only_different, target_far=0.1))
+    assert load_threshold(emb) == good_threshold
+
+
+def test_a_worse_founded_calibration_is_not_saved_unless_asked(tmp_path, capsys):
+    ws = _ws(tmp_path)
+    emb = FakeEmbedder(source=_model(tmp_path))
+    evaluate_embedder(emb, EvaluateOptions(workdir=ws, target_far=0.05, save_threshold=True, write_report=False))
+    saved = load_threshold(emb)
+    pairs = read_pairs_csv(ws / "split" / "val_pairs.csv")
+    few = [p for p in pairs if p.codes1.get("light") == "L7" or p.codes2.get("light") == "L7"]
+    write_pairs_csv(tmp_path / "few.csv", few)
+    opts = EvaluateOptions(workdir=ws, pairs=tmp_path / "few.csv", target_far=0.05, save_threshold=True)
+    cal = evaluate_embedder(emb, dataclasses.replace(opts, write_report=False)).summary["calibration"][VERIFICATION]
+    assert "saved_to" not in cal and "this one rests on" in cal["not_saved"] and cal["threshold"] != saved
+    assert load_threshold(emb) == saved
+    assert "verification threshold not saved" in capsys.readouterr().err
+    cal = evaluate_embedder(emb, dataclasses.replace(opts, write_report=False, replace_threshold=True)).summary
+    assert load_threshold(emb) == cal["calibration"][VERIFICATION]["threshold"] != saved
+    assert "replacing a better-founded verification threshold" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
@@ -125,6 +212,7 @@ def test_calibration_saved_and_used(tmp_path):
         (dict(lfw_pairs="pairs.txt"), "needs --root"),
         (dict(gallery_dir="g"), "both --gallery-dir and --probe-dir"),
         (dict(target_far=2.0), "between 0 and 1"),
+        (dict(target_fpir=0.0), "--target-fpir must be between 0 and 1"),
         (dict(), "val pairs not found"),
     ],
 )
@@ -141,7 +229,7 @@ def fake_model(monkeypatch, tmp_path):
 
     def load_embedder(model=None, **kw):
         seen.update(kw, model=model)
-        return FakeEmbedder(source=tmp_path / "m.onnx")
+        return FakeEmbedder(source=tmp_path / "m.onnx", flip=kw["flip"])
 
     monkeypatch.setattr(kface_cli.embedding.loading, "load_embedder", load_embedder)
     (tmp_path / "m.onnx").write_bytes(b"x")
@@ -166,7 +254,7 @@ def test_cli_table_and_json(tmp_path, fake_model):
         "metrics.json",
         "roc.png",
     ]
-    assert fake_model["flip"] is True
+    assert fake_model["flip"] is True and "Evaluation: fake (val, flip on)" in res.output
     res = runner.invoke(app, ["evaluate", "-w", str(ws), "--json", "--target-far", "0.1", "--save-threshold"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
@@ -181,8 +269,20 @@ def test_cli_table_and_json(tmp_path, fake_model):
         "rank5",
         "per_condition",
     } <= set(out)
-    assert out["calibration"]["saved_to"].endswith("m.onnx.calibration.json")
-    assert fake_model["flip"] is False  # calibrating for identify: no flip by default
+    assert out["calibration"]["verification"]["saved_to"].endswith("m.onnx.calibration.json")
+    assert fake_model["flip"] is True  # calibrating does not change the metrics' protocol
+    res = runner.invoke(
+        app,
+        ["evaluate", "-w", str(ws), "--no-flip", "--target-fpir", "0.2", "--save-threshold", "--no-conditions"],
+        env={"COLUMNS": "250", "KFACE_NO_PROGRESS": "1"},
+    )
+    assert res.exit_code == 0, res.output
+    assert fake_model["flip"] is False and "(val, flip off)" in res.output
+    assert "threshold 1:N at FPIR 2e-01" in res.output and "saved to" in res.output
+    pairs = read_pairs_csv(ws / "split" / "val_pairs.csv")
+    write_pairs_csv(tmp_path / "few.csv", pairs[:20])
+    res = runner.invoke(app, ["evaluate", "-w", str(ws), "--pairs", str(tmp_path / "few.csv"), "--save-threshold"])
+    assert res.exit_code == 1 and "verification threshold not saved" in res.output  # a better one is kept
     res = runner.invoke(app, ["evaluate", "-w", str(tmp_path / "empty")])
     assert res.exit_code == 2 and "val pairs not found" in res.output
 

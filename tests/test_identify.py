@@ -72,13 +72,25 @@ def test_threshold_decides_unknown(world):
         _identify(world, [world["stranger"]], threshold=7.0)
 
 
-def test_calibrated_threshold_is_used(world, monkeypatch):
-    import kface_cli.embedding.calibration as calibration
+def test_calibrated_1n_threshold_is_preferred_over_the_1to1_one(world, tmp_path):
+    from kface_cli.embedding.calibration import IDENTIFICATION, VERIFICATION, save_calibration
 
-    monkeypatch.setattr(calibration, "load_threshold", lambda embedder: 0.0123)
-    result = _identify(world, [world["stranger"]])
-    assert (result.threshold, result.threshold_source) == (0.0123, "calibrated")
-    assert result.images[0].faces[0].name == UNKNOWN
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    emb = PixelEmbedder()
+    emb.source = model
+    best = _identify(world, [world["stranger"]]).images[0].faces[0].distance
+    one_to_one = {"threshold": 3.9, "target_far": 1e-2, "n_same": 10, "n_diff": 100}
+    save_calibration(emb, VERIFICATION, one_to_one)
+    loose = identify([world["stranger"]], world["gallery"], emb, detector=SidecarDetector())
+    assert (loose.threshold, loose.threshold_source) == (3.9, "calibrated_verification")
+    assert loose.threshold_detail == "calibrated 1:1 at FAR 1e-02; no 1:N calibration"
+    assert loose.images[0].faces[0].name != UNKNOWN  # 3.9 accepts anyone
+    save_calibration(emb, IDENTIFICATION, {"threshold": best * 0.5, "target_fpir": 1e-1, "n_known": 5, "n_unknown": 10})
+    strict = identify([world["stranger"]], world["gallery"], emb, detector=SidecarDetector())
+    assert (strict.threshold, strict.threshold_source) == (pytest.approx(best * 0.5), "calibrated_identification")
+    assert strict.threshold_detail == "calibrated 1:N at FPIR 1e-01"
+    assert strict.images[0].faces[0].name == UNKNOWN
 
 
 def test_json_csv_and_table(world, tmp_path):

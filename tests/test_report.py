@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from kface_cli.evaluate import metrics as M
+from kface_cli.evaluate import report
 from kface_cli.evaluate.conditions import verification_breakdown
 from kface_cli.evaluate.evaluation import Evaluation
-from kface_cli.evaluate.report import condition_table, summary_rows, write_report
+from kface_cli.evaluate.report import condition_table, summary_rows, summary_title, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -22,7 +23,17 @@ def _evaluation(with_identification: bool) -> Evaluation:
     summary = M.verification_metrics(dist, issame)
     codes = [{"light": "L1" if i % 2 else "L7", "cam": "C7"} for i in range(400)]
     summary["per_condition"] = verification_breakdown(dist, issame, codes, codes, threshold=summary["threshold"])
-    summary["calibration"] = {"target_far": 0.01, "threshold": summary["tar_at_far"]["1e-02"]["threshold"]}
+    summary["model"] = {"network": "r50", "flip": True}
+    summary["protocol"] = "val"
+    summary["calibration"] = {
+        "verification": {
+            "target_far": 0.01,
+            "threshold": summary["tar_at_far"]["1e-02"]["threshold"],
+            "tar": summary["tar_at_far"]["1e-02"]["tar"],
+            "achieved_far": summary["tar_at_far"]["1e-02"]["achieved_far"],
+            "flip": False,
+        }
+    }
     if with_identification:
         summary.update(
             rank1=0.8,
@@ -66,7 +77,9 @@ def test_summary_and_condition_rows():
     assert rows["TAR @ FAR 1e-03"][1] == "-" and "1000 different pairs" in rows["TAR @ FAR 1e-03"][2]
     assert rows["TAR @ FAR 1e-01"][1].endswith("%")
     assert rows["DIR @ FPIR 1e-01"][1] == "-"
-    assert rows["threshold for FAR 0.01"][2].startswith("not saved")
+    assert rows["threshold 1:1 at FAR 1e-02"][1] == f"{ev.summary['calibration']['verification']['threshold']:.4f}"
+    assert rows["threshold 1:1 at FAR 1e-02"][2].endswith("(no flip, as identify); not saved (add --save-threshold)")
+    assert summary_title(ev.summary) == "Evaluation: r50 (val, flip on)"
     title, columns, crow = condition_table(ev.summary["per_condition"])
     assert (
         columns == ["condition", "description", "pairs", "acc@thr", "10-fold", "AUC", "EER"] and "either image" in title
@@ -78,3 +91,47 @@ def test_summary_and_condition_rows():
     assert columns == ["condition", "description", "probes", "rank-1", "rank-5"] and crow == [
         ["light L7", "dark", 4, "50.00%", "100.00%"]
     ]
+
+
+def _figure_texts(monkeypatch, draw) -> list[str]:
+    """Every text a plot puts on its figure (titles, labels, tick labels, annotations, legends)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda fig, path: figures.append(fig))
+    draw()
+    (fig,) = figures
+    fig.canvas.draw()
+    return [t.get_text() for t in fig.findobj(matplotlib.text.Text) if t.get_text()]
+
+
+def test_conditions_plot_reads_at_a_glance(monkeypatch, tmp_path):
+    """Descriptions instead of bare codes, each bar's value and pair count, an axis zoomed to the data."""
+    ev = _evaluation(False)
+    per_condition = ev.summary["per_condition"]
+    texts = _figure_texts(
+        monkeypatch,
+        lambda: report.plot_conditions(per_condition, tmp_path / "c.png", overall=ev.summary["best_accuracy"]),
+    )
+    l7 = per_condition["light"]["L7"]
+    assert "L7  0 lux, all lamps (dark)" in texts and "C7  frontal" in texts
+    assert f"{100 * l7['accuracy_at_threshold']:.1f}%  (200 pairs)" in texts
+    assert any(
+        t.startswith("accuracy at the overall best threshold (axis from 90%). dashed line: all pairs") for t in texts
+    )
+    assert not any(t.startswith("accuracy at the overall best threshold (axis from 0%") for t in texts)
+
+
+def test_zoomed_floor_shows_small_differences():
+    assert report._zoomed_floor([0.92, 0.94]) == 0.9  # 0.92 and 0.94 no longer look the same
+    assert report._zoomed_floor([0.3, 0.99]) == 0.2
+    assert report._zoomed_floor([0.01]) == 0.0 and report._zoomed_floor([1.0]) == 0.95
+
+
+def test_roc_marks_the_eer_and_cmc_zooms(monkeypatch, tmp_path):
+    ev = _evaluation(False)
+    texts = _figure_texts(monkeypatch, lambda: report.plot_roc(ev.dist, ev.issame, ev.summary, tmp_path / "r.png"))
+    assert f"EER {100 * ev.summary['eer']:.2f}% (threshold {ev.summary['eer_threshold']:.3f})" in texts
+    texts = _figure_texts(monkeypatch, lambda: report.plot_cmc([0.95, 0.97, 1.0], tmp_path / "c.png"))
+    assert "CMC (closed set); y axis from 0.90" in texts and "rank-1 95.0%" in texts

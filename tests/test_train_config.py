@@ -37,3 +37,17 @@ def test_non_utf8_config_is_one_error(tmp_path):
     p.write_bytes(b"epochs = 3\n\xff\xfe\x00")
     with pytest.raises(KFaceError, match="UTF-8"):
         read_config_file(p)
+
+
+def test_python_310_reads_configs_through_tomli(monkeypatch):
+    """Python 3.10 has no tomllib: --config falls back to the `tomli` package (declared for < 3.11)."""
+    import sys
+
+    tomllib = pytest.importorskip("tomllib")
+    monkeypatch.setattr(sys, "version_info", (3, 10, 13, "final", 0))
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # as on 3.10: `import tomllib` fails
+    monkeypatch.setitem(sys.modules, "tomli", tomllib)  # tomli is tomllib's origin, same API
+    assert read_config_file("demo_mbf")["network"] == "mbf_small"
+    monkeypatch.setitem(sys.modules, "tomli", None)
+    with pytest.raises(ImportError):
+        read_config_file("demo_mbf")

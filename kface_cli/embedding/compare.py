@@ -102,7 +102,7 @@ def verify_photos(
         embedder: an :class:`~kface_cli.embedding.embedder.Embedder`, or a function returning one
             (called once both photos are found to exist).
         threshold: squared-L2 distance below which the two are the same person (None: the
-            model's calibrated threshold, else 1.5).
+            model's calibrated 1:1 threshold, else 1.5).
         landmarks: ``auto`` | ``detect`` | ``sidecar`` (see :func:`kface_cli.face.detect.get_detector`).
 
     A photo without a face raises :class:`~kface_cli.errors.InputError`.
@@ -118,7 +118,7 @@ def verify_photos(
         raise InputError("verify compares two photos, not folders", hint="Pass two image files.")
     a, b = paths[0][0], paths[1][0]
     embedder = resolve_embedder(embedder)
-    thr, source = resolve_threshold(threshold, embedder)
+    thr, source, _ = resolve_threshold(threshold, embedder, one_to_one=True)
     warnings = warn_if_synthetic(embedder)
     started = time.perf_counter()
     loader = FaceLoader(landmarks)

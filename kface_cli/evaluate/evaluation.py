@@ -56,10 +56,9 @@ class EvaluateOptions:
     model: str | None = None
     workdir: Path | None = None
     network: str | None = None
-    #: Flip-sum embeddings (insightface protocol: normalize(emb(x) + emb(mirror x))). None: on,
-    #: except with ``save_threshold`` (``kface identify`` embeds without flip, and a calibration
-    #: is keyed by the embedder's fingerprint, which includes the flip flag).
-    flip: bool | None = None
+    #: Flip-sum embeddings for the reported metrics (insightface protocol: normalize(emb(x) +
+    #: emb(mirror x))). Thresholds are always calibrated without flip, as ``kface identify`` embeds.
+    flip: bool = True
     backend: str = "auto"
     pairs: Path | None = None
     lfw_pairs: Path | None = None
@@ -67,8 +66,13 @@ class EvaluateOptions:
     bin_file: Path | None = None
     gallery_dir: Path | None = None
     probe_dir: Path | None = None
+    #: Calibrate the 1:1 threshold for this false accept rate (needs pairs).
     target_far: float | None = None
+    #: Calibrate the 1:N threshold for this false positive identification rate (needs identification).
+    target_fpir: float | None = None
     save_threshold: bool = False
+    #: Save even over a calibration founded on more samples.
+    replace_threshold: bool = False
     name: str | None = None
     batch_size: int = EMBED_BATCH_SIZE
     landmarks: str = "auto"
@@ -109,6 +113,9 @@ def protocol_of(options: EvaluateOptions) -> Protocol | None:
         raise InputError(
             "--lfw-pairs needs --root, the folder holding <name>/<name>_0001.jpg", hint="Pass --root path/to/lfw."
         )
+    for option, value in (("--target-far", options.target_far), ("--target-fpir", options.target_fpir)):
+        if value is not None and not 0 < value < 1:
+            raise InputError(f"{option} must be between 0 and 1, got {value}", hint=f"e.g. {option} 1e-2.")
     if chosen:
         return chosen[0]
     if options.gallery_dir is not None:
@@ -123,25 +130,10 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
 
     protocol_of(options)  # validate before the (slow) model load
     ws = Workspace.resolve(options.workdir)
-    flip = resolve_flip(options)
     embedder = load_embedder(
-        options.model, workdir=ws.root, network=options.network, flip=flip, backend=options.backend
+        options.model, workdir=ws.root, network=options.network, flip=options.flip, backend=options.backend
     )  # type: ignore[arg-type]
     return evaluate_embedder(embedder, options)
-
-
-def resolve_flip(options: EvaluateOptions) -> bool:
-    """``options.flip``, or by default: on, off when saving a threshold for ``kface identify``."""
-    from kface_cli.console import warn
-
-    if options.flip is None:
-        return not options.save_threshold
-    if options.flip and options.save_threshold:
-        warn(
-            "--flip with --save-threshold: the threshold is stored for flip-sum embeddings; `kface identify` embeds "
-            "without flip and will not use it (drop --flip to calibrate for identify)"
-        )
-    return options.flip
 
 
 def _sanitise(name: str) -> str:
@@ -193,17 +185,24 @@ def _load_pairs(options: EvaluateOptions, protocol: Protocol, ws: Any):
     return read_bin(options.bin_file), str(options.bin_file)  # type: ignore[arg-type]
 
 
+def _embed_pairs(embedder: Any, prepared: Any, options: EvaluateOptions, cache: dict) -> Any:
+    """Pair distances; each image's embedding goes into ``cache`` (identification reuses it)."""
+    from kface_cli.evaluate.protocols import embed_pairs_detailed
+
+    res = embed_pairs_detailed(embedder, prepared, batch_size=options.batch_size)
+    ok = ~res.faces.failed  # type: ignore[operator]
+    cache.update({n: e for n, e, k in zip(res.faces.names, res.embeddings, ok) if k})
+    return res
+
+
 def _verify(embedder: Any, options: EvaluateOptions, protocol: Protocol, ws: Any, cache: dict, loader: Any) -> dict:
-    from kface_cli.evaluate.protocols import PairFaces, embed_pairs_detailed, prepare_pairs
+    from kface_cli.evaluate.protocols import PairFaces, prepare_pairs
 
     source, description = _load_pairs(options, protocol, ws)
     t0 = time.perf_counter()
     prepared = source if isinstance(source, PairFaces) else prepare_pairs(source, loader=loader)
-    res = embed_pairs_detailed(embedder, prepared, batch_size=options.batch_size)
+    res = _embed_pairs(embedder, prepared, options, cache if not isinstance(source, PairFaces) else {})
     t_embed = time.perf_counter() - t0
-    if not isinstance(source, PairFaces):  # reuse these embeddings for identification
-        ok = ~res.faces.failed  # type: ignore[operator]
-        cache.update({n: e for n, e, k in zip(res.faces.names, res.embeddings, ok) if k})
     t1 = time.perf_counter()
     ver = M.verification_metrics(res.dist, res.issame, fars=options.fars)
     per_condition: dict = {}
@@ -220,7 +219,7 @@ def _verify(embedder: Any, options: EvaluateOptions, protocol: Protocol, ws: Any
         per_condition_verification=per_condition,
         timing={"embed_s": t_embed, "metrics_s": t_metrics},
     )
-    return {"metrics": ver, "dist": res.dist, "issame": res.issame}
+    return {"metrics": ver, "dist": res.dist, "issame": res.issame, "prepared": prepared}
 
 
 # ------------------------------------------------------------------------------------------
@@ -256,7 +255,7 @@ def val_identification_split(val_dir: Path) -> tuple[list[tuple[str, Path]], lis
     return gallery, probes
 
 
-def _identify(
+def _embed_identification(
     embedder: Any,
     gallery: list[tuple[str, Path]],
     probes: list[tuple[str, Path]],
@@ -264,13 +263,9 @@ def _identify(
     cache: dict,
     loader: Any,
 ) -> dict:
+    """Gallery and probe embeddings (faces found), with their labels and the probes' paths."""
     from kface_cli.evaluate.protocols import embed_paths
 
-    if not probes:
-        raise InputError(
-            "no probe images to identify", hint="Each identity needs more than one image, or pass --probe-dir."
-        )
-    t0 = time.perf_counter()
     g_emb, g_ok = embed_paths(
         embedder,
         [p for _, p in gallery],
@@ -287,19 +282,50 @@ def _identify(
         batch_size=options.batch_size,
         description="Probe faces",
     )
-    t_embed = time.perf_counter() - t0
     if not g_ok.any():
         raise InputError("no face found in any gallery image")
-    g_labels = [lab for (lab, _), k in zip(gallery, g_ok) if k]
-    kept = [(lab, p) for (lab, p), k in zip(probes, p_ok) if k]
-    t1 = time.perf_counter()
-    ident = M.identification_metrics(p_emb[p_ok], [lab for lab, _ in kept], g_emb[g_ok], g_labels, fpirs=options.fpirs)
-    ident["per_condition_identification"] = C.identification_breakdown(
-        [C.codes_of(p) for _, p in kept], ident["probe_ranks"]
+    return {
+        "probe_emb": p_emb[p_ok],
+        "probe_labels": [lab for (lab, _), k in zip(probes, p_ok) if k],
+        "probe_paths": [p for (_, p), k in zip(probes, p_ok) if k],
+        "gallery_emb": g_emb[g_ok],
+        "gallery_labels": [lab for (lab, _), k in zip(gallery, g_ok) if k],
+    }
+
+
+def _identification_metrics(embedded: dict, fpirs: tuple[float, ...]) -> dict:
+    return M.identification_metrics(
+        embedded["probe_emb"],
+        embedded["probe_labels"],
+        embedded["gallery_emb"],
+        embedded["gallery_labels"],
+        fpirs=fpirs,
     )
-    ident["n_gallery_images"] = int(g_ok.sum())
-    ident["timing"] = {"embed_s": t_embed, "metrics_s": time.perf_counter() - t1}
+
+
+def _identify(embedded: dict, options: EvaluateOptions, embed_s: float) -> dict:
+    """The identification metrics of embedded gallery and probes, with the per-condition breakdown."""
+    t1 = time.perf_counter()
+    ident = _identification_metrics(embedded, options.fpirs)
+    ident["per_condition_identification"] = C.identification_breakdown(
+        [C.codes_of(p) for p in embedded["probe_paths"]], ident["probe_ranks"]
+    )
+    ident["n_gallery_images"] = len(embedded["gallery_labels"])
+    ident["timing"] = {"embed_s": embed_s, "metrics_s": time.perf_counter() - t1}
     return ident
+
+
+def _identification_sets(
+    options: EvaluateOptions, protocol: Protocol | None, ws: Any
+) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]] | None:
+    """(gallery, probes) of the identification protocol, or None when there is none."""
+    from kface_cli.evaluate.protocols import list_identity_folder
+
+    if options.gallery_dir is not None:
+        return list_identity_folder(options.gallery_dir), list_identity_folder(options.probe_dir)  # type: ignore[arg-type]
+    if protocol is Protocol.VAL and ws.val_dir.is_dir():
+        return val_identification_split(ws.val_dir)
+    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -311,16 +337,22 @@ SUMMARY_KEYS = ("accuracy", "accuracy_std", "threshold", "auc", "eer", "tar_at_f
 
 
 def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
-    """Evaluate an already loaded embedder (see :func:`evaluate`)."""
-    from kface_cli.evaluate.protocols import FaceLoader, list_identity_folder
+    """Evaluate an already loaded embedder (see :func:`evaluate`).
+
+    The metrics use ``embedder`` as given (with or without flip). Thresholds (``target_far``,
+    ``target_fpir``, ``save_threshold``) are calibrated on the embeddings ``kface identify`` makes,
+    without flip: when ``embedder`` flips, the faces are embedded a second time without it, and the
+    reported metrics stay those of ``embedder``.
+    """
+    from kface_cli.evaluate.protocols import FaceLoader
     from kface_cli.workspace import Workspace
 
     protocol = protocol_of(options)
-    if options.target_far is not None and not 0 < options.target_far < 1:
-        raise InputError(
-            f"--target-far must be between 0 and 1, got {options.target_far}", hint="e.g. --target-far 1e-3."
-        )
     ws = Workspace.resolve(options.workdir)
+    sets = _identification_sets(options, protocol, ws)
+    calibrating = options.target_far is not None or options.target_fpir is not None or options.save_threshold
+    if calibrating:
+        _check_calibration_inputs(options, protocol, sets)
     cache: dict[str, np.ndarray] = {}
     loader = FaceLoader(options.landmarks)
     describe = embedder.describe() if hasattr(embedder, "describe") else {"network": getattr(embedder, "network", None)}
@@ -329,26 +361,22 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
         "protocol": protocol.value if protocol else Protocol.IDENTIFICATION.value,
     }
     summary.update({k: None for k in SUMMARY_KEYS})
-    dist = issame = None
+    dist = issame = prepared = None
 
     ver_conditions: dict = {}
     if protocol is not None:
         v = _verify(embedder, options, protocol, ws, cache, loader)
         ver = v["metrics"]
-        dist, issame = v["dist"], v["issame"]
+        dist, issame, prepared = v["dist"], v["issame"], v["prepared"]
         ver_conditions = ver.pop("per_condition_verification")
         summary["timing_verification"] = ver.pop("timing")
         summary.update(ver)
 
-    gallery = probes = None
-    if options.gallery_dir is not None:
-        gallery = list_identity_folder(options.gallery_dir)
-        probes = list_identity_folder(options.probe_dir)  # type: ignore[arg-type]
-    elif protocol is Protocol.VAL and ws.val_dir.is_dir():
-        gallery, probes = val_identification_split(ws.val_dir)
     id_conditions: dict = {}
-    if gallery is not None and probes is not None:
-        ident = _identify(embedder, gallery, probes, options, cache, loader)
+    if sets is not None:
+        t0 = time.perf_counter()
+        embedded = _embed_identification(embedder, *sets, options, cache, loader)
+        ident = _identify(embedded, options, embed_s=time.perf_counter() - t0)
         id_conditions = ident.pop("per_condition_identification")
         summary["timing_identification"] = ident.pop("timing")
         probe_ranks = ident.pop("probe_ranks")
@@ -363,8 +391,8 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
         "verification: a pair counts under a condition when either image has it; identification: by the probe image"
     )
 
-    if options.target_far is not None or options.save_threshold:
-        summary["calibration"] = _calibrate(embedder, options, dist, issame, summary)
+    if calibrating:
+        summary["calibration"] = _calibrate(embedder, options, summary, prepared, sets, (dist, issame, cache), loader)
 
     evaluation = Evaluation(summary=summary, dist=dist, issame=issame)
     if options.write_report:
@@ -376,58 +404,124 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
     return evaluation
 
 
-def _calibrate(
-    embedder: Any, options: EvaluateOptions, dist: np.ndarray | None, issame: np.ndarray | None, summary: dict
-) -> dict:
-    """The threshold meeting ``--target-far`` (or the best-accuracy one), saved with the model on request."""
-    if dist is None or issame is None:
+# ------------------------------------------------------------------------------------------
+# threshold calibration (for kface identify)
+# ------------------------------------------------------------------------------------------
+
+
+def _check_calibration_inputs(options: EvaluateOptions, protocol: Protocol | None, sets: Any) -> None:
+    """Before any embedding: each requested calibration has the data it needs."""
+    if options.target_fpir is not None and sets is None:
         raise InputError(
-            "threshold calibration needs verification pairs",
-            hint="Evaluate on pairs (val split, --pairs, --lfw-pairs or --bin).",
+            "--target-fpir calibrates the 1:N threshold and needs identification data",
+            hint="Pass --gallery-dir and --probe-dir (probes of people not enrolled are the strangers), or use the val split.",
         )
+    wants_pairs = options.target_far is not None or (options.save_threshold and options.target_fpir is None)
+    if wants_pairs and protocol is None:
+        raise InputError(
+            "a 1:1 threshold (--target-far, or --save-threshold alone) needs verification pairs",
+            hint="Evaluate on pairs (val split, --pairs, --lfw-pairs or --bin), or pass --target-fpir for a 1:N threshold.",
+        )
+
+
+def _calibrate(
+    embedder: Any,
+    options: EvaluateOptions,
+    summary: dict,
+    prepared: Any,
+    sets: Any,
+    scores: tuple[np.ndarray | None, np.ndarray | None, dict],
+    loader: Any,
+) -> dict[str, dict]:
+    """``{kind: calibration}`` for each requested threshold, on identify's embeddings (no flip),
+    saved beside the model with ``save_threshold`` unless a better-founded one is there."""
+    from kface_cli.console import warn
+    from kface_cli.embedding import calibration as K
+
+    twin = K.without_flip(embedder)
+    dist, issame, cache = scores
+    if twin is not embedder:  # the reported metrics used flip: embed again as identify does
+        cache = {}
+        if prepared is not None:
+            res = _embed_pairs(twin, prepared, options, cache)
+            dist, issame = res.dist, res.issame
+    out: dict[str, dict] = {}
+    if options.target_far is not None or (options.save_threshold and options.target_fpir is None):
+        out[K.VERIFICATION] = _verification_threshold(dist, issame, options, summary)  # type: ignore[arg-type]
+    if options.target_fpir is not None:
+        embedded = _embed_identification(twin, *sets, options, cache, loader)
+        out[K.IDENTIFICATION] = _identification_threshold(embedded, options.target_fpir, summary)
+    for kind, cal in out.items():
+        cal["flip"] = bool(getattr(twin, "flip", False))
+        K.check(kind, cal)
+        if not options.save_threshold:
+            continue
+        weaker = K.weaker_than_saved(twin, kind, cal)
+        if weaker and not options.replace_threshold:
+            cal["not_saved"] = f"{weaker} (--replace-threshold saves it anyway)"
+            warn(f"{kind} threshold not saved: {cal['not_saved']}")
+        else:
+            if weaker:
+                warn(f"replacing a better-founded {kind} threshold: {weaker}")
+            cal["saved_to"] = str(K.save_calibration(twin, kind, cal))
+    return out
+
+
+def _verification_threshold(dist: np.ndarray, issame: np.ndarray, options: EvaluateOptions, summary: dict) -> dict:
+    """The 1:1 threshold meeting ``target_far``, or the best-accuracy one of these pairs."""
+    n_same, n_diff = int(issame.sum()), int((~issame).sum())
+    counts = {"n_pairs": int(issame.size), "n_same": n_same, "n_diff": n_diff, "pairs": summary.get("pairs_source")}
     if options.target_far is not None:
-        n_neg = int((~issame).sum())
-        reason = M.far_unsupported_reason(n_neg, options.target_far)
+        reason = M.far_unsupported_reason(n_diff, options.target_far)
         res = None if reason else M.tar_at_far(dist, issame, options.target_far)
         if res is None:
             raise KFaceError(
-                f"cannot calibrate for FAR {options.target_far:g}: {reason or 'no same pairs'}",
+                f"cannot calibrate for FAR {options.target_far:g}: {reason or 'no same-person pairs'}",
                 hint="Use a larger --target-far or more pairs (e.g. a larger val split).",
             )
         tar, threshold = res
-        cal = {
+        return {
             "criterion": "target_far",
             "target_far": options.target_far,
             "threshold": threshold,
             "tar": tar,
             "achieved_far": float(np.mean(dist[~issame] < threshold)),
-            "n_diff": n_neg,
+            **counts,
         }
-    else:
-        threshold = summary["threshold"]
-        if threshold is None:
-            raise KFaceError(
-                "no best-accuracy threshold to save (too few pairs)", hint="Pass --target-far or use more pairs."
-            )
-        cal = {
-            "criterion": "best_accuracy",
-            "target_far": None,
-            "threshold": threshold,
-            "tar": None,
-            "achieved_far": float(np.mean(dist[~issame] < threshold)) if (~issame).any() else None,
-        }
-    if options.save_threshold:
-        from kface_cli.embedding.calibration import save_threshold
-
-        path = save_threshold(
-            embedder,
-            cal["threshold"],
-            cal["target_far"],
-            criterion=cal["criterion"],
-            tar=cal["tar"],
-            achieved_far=cal["achieved_far"],
-            pairs=summary.get("pairs_source"),
-            n_pairs=summary.get("n_pairs"),
+    if n_same == 0 or n_diff == 0 or dist.size < 2:
+        raise KFaceError(
+            f"no best-accuracy threshold in pairs with {n_same} same-person and {n_diff} different-person pairs",
+            hint="Calibrate on pairs of both kinds, or pass --target-far.",
         )
-        cal["saved_to"] = str(path)
-    return cal
+    best = M.ten_fold_accuracy(dist, issame, nfolds=1)
+    threshold = best["threshold"]
+    return {
+        "criterion": "best_accuracy",
+        "target_far": None,
+        "threshold": threshold,
+        "tar": float(np.mean(dist[issame] < threshold)),
+        "achieved_far": float(np.mean(dist[~issame] < threshold)),
+        **counts,
+    }
+
+
+def _identification_threshold(embedded: dict, target_fpir: float, summary: dict) -> dict:
+    """The 1:N threshold at which at most ``target_fpir`` of the not-enrolled probes get a name."""
+    ident = _identification_metrics(embedded, (target_fpir,))
+    at = ident["dir_at_fpir"][M.far_key(target_fpir)]
+    if at["dir"] is None:
+        raise KFaceError(
+            f"cannot calibrate for FPIR {target_fpir:g}: {at['reason']}",
+            hint="Use a larger --target-fpir, or more probes of people who are not enrolled.",
+        )
+    return {
+        "criterion": "target_fpir",
+        "target_fpir": target_fpir,
+        "threshold": at["threshold"],
+        "dir": at["dir"],
+        "achieved_fpir": at["achieved_fpir"],
+        "n_known": ident["n_known"],
+        "n_unknown": ident["n_unknown"],
+        "n_identities": ident["n_identities"],
+        "gallery": (summary.get("identification") or {}).get("gallery"),
+    }

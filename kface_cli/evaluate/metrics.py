@@ -417,8 +417,8 @@ def identification_metrics(
     others (identities absent from the gallery) as unknowns.
 
     Returns ``n_probes, n_known, n_unknown, n_identities, rank1, rank5 (rank<k> for each k), cmc
-    (list, rank 1..min(max_rank, identities)), dir_at_fpir {"1e-01": {dir, threshold} | {dir: None,
-    reason}}, probe_ranks`` (rank per probe, 0 for unknown probes).
+    (list, rank 1..min(max_rank, identities)), dir_at_fpir {"1e-01": {dir, threshold, achieved_fpir} |
+    {dir: None, reason}}, probe_ranks`` (rank per probe, 0 for unknown probes).
     """
     probe_labels = np.asarray([str(x) for x in probe_labels])
     gallery_labels = np.asarray([str(x) for x in gallery_labels])
@@ -451,7 +451,12 @@ def identification_metrics(
             )
             out["dir_at_fpir"][far_key(f)] = {"fpir": f, "dir": None, "threshold": None, "reason": reason}
         else:
-            out["dir_at_fpir"][far_key(f)] = {"fpir": f, "dir": res[0], "threshold": res[1]}
+            out["dir_at_fpir"][far_key(f)] = {
+                "fpir": f,
+                "dir": res[0],
+                "threshold": res[1],
+                "achieved_fpir": float(np.mean(unknown_best < res[1])),
+            }
     probe_ranks = np.zeros(probe_labels.size, dtype=np.int64)
     probe_ranks[known] = ranks_known
     out["probe_ranks"] = probe_ranks.tolist()

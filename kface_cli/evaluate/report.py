@@ -3,11 +3,14 @@
 Files (written atomically; plots with matplotlib's Agg backend, no display needed):
 
 - ``metrics.json``: the summary printed by ``kface evaluate --json``;
-- ``roc.png``: TAR against FAR, log FAR axis, with the TAR@FAR points marked;
+- ``roc.png``: TAR against FAR, log FAR axis, with the TAR@FAR points and the EER point marked;
 - ``distances.png``: histograms of same-person and different-person squared-L2 distances with the
-  best-accuracy threshold (and the calibrated one, when there is one);
-- ``cmc.png``: the CMC curve (identification rate by rank), when identification ran;
-- ``conditions.png``: accuracy at the overall threshold per light / expression / camera / accessory.
+  best-accuracy threshold (and the calibrated FAR one, when calibrated on these distances);
+- ``cmc.png``: the CMC curve (identification rate by rank), y axis zoomed to the curve, when
+  identification ran;
+- ``conditions.png``: accuracy at the overall threshold per light / expression / camera / accessory,
+  one bar per condition named by its K-Face description, with its value and pair count, on an axis
+  that starts just below the worst condition (so 92% and 94% look different).
 """
 
 from __future__ import annotations
@@ -65,6 +68,14 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def _zoomed_floor(values: list[float], margin: float = 0.1) -> float:
+    """A lower axis limit that shows the differences between ``values`` (all in 0..1): a little
+    below the smallest, rounded down to a step of 0.05, never below 0."""
+    low = min(values) if values else 0.0
+    span = max(1.0 - low, 0.02)
+    return max(0.0, float(np.floor((low - margin * span) * 20) / 20))
+
+
 def plot_roc(dist: np.ndarray, issame: np.ndarray, summary: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -75,22 +86,32 @@ def plot_roc(dist: np.ndarray, issame: np.ndarray, summary: dict, path: Path) ->
     ax.plot(r.far[keep], r.tar[keep], lw=1.8, label=f"AUC {summary.get('auc') or 0:.4f}")
     for key, item in (summary.get("tar_at_far") or {}).items():
         if item.get("tar") is not None:
-            ax.plot([item["far"]], [item["tar"]], "o", ms=5)
+            ax.plot([item["far"]], [item["tar"]], "o", ms=5, color="tab:blue")
             ax.annotate(
-                f"{item['tar']:.3f} @ {key}",
+                f"TAR {100 * item['tar']:.1f}% @ FAR {key}",
                 (item["far"], item["tar"]),
                 textcoords="offset points",
-                xytext=(4, -12),
+                xytext=(5, -12),
                 fontsize=8,
             )
+    eer = summary.get("eer")
+    if eer:  # FAR = FRR = EER: the point (EER, 1 - EER) of the curve
+        ax.plot(
+            [eer],
+            [1 - eer],
+            "D",
+            ms=7,
+            color="tab:red",
+            label=f"EER {100 * eer:.2f}% (threshold {summary['eer_threshold']:.3f})",
+        )
     ax.set_xscale("log")
     ax.set_xlim(max(1.0 / max(n_neg, 1), 1e-6), 1.0)
     ax.set_ylim(0, 1.01)
-    ax.set_xlabel("false accept rate (FAR, log scale)")
-    ax.set_ylabel("true accept rate (TAR)")
-    ax.set_title("ROC: squared-L2 distance")
+    ax.set_xlabel(f"false accept rate (FAR, log scale; {n_neg} different-person pairs)")
+    ax.set_ylabel(f"true accept rate (TAR; {int(np.sum(issame))} same-person pairs)")
+    ax.set_title("ROC: accepting pairs closer than a threshold")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="lower right", fontsize=8)
     _save(fig, path)
 
 
@@ -106,11 +127,12 @@ def plot_distances(dist: np.ndarray, issame: np.ndarray, summary: dict, path: Pa
         ax.axvline(
             summary["threshold"], color="k", ls="--", label=f"best-accuracy threshold {summary['threshold']:.2f}"
         )
-    cal = summary.get("calibration") or {}
-    if cal.get("threshold") is not None and cal.get("target_far") is not None:
-        ax.axvline(
-            cal["threshold"], color="r", ls=":", label=f"FAR {cal['target_far']:g} threshold {cal['threshold']:.3f}"
-        )
+    flip = (summary.get("model") or {}).get("flip")
+    for cal in (summary.get("calibration") or {}).values():  # drawn when calibrated on these distances
+        if cal.get("target_far") is not None and cal.get("flip") == flip:
+            ax.axvline(
+                cal["threshold"], color="r", ls=":", label=f"FAR {cal['target_far']:g} threshold {cal['threshold']:.3f}"
+            )
     ax.set_xlabel("squared L2 distance (0 = identical, 4 = opposite)")
     ax.set_ylabel("density")
     ax.set_title("Pair distances")
@@ -124,32 +146,77 @@ def plot_cmc(cmc: list[float], path: Path) -> None:
     ranks = np.arange(1, len(cmc) + 1)
     fig, ax = plt.subplots(figsize=(6, 4.5))
     ax.plot(ranks, cmc, "o-", ms=3)
+    for k in (1, 5):
+        if k <= len(cmc):
+            ax.annotate(
+                f"rank-{k} {100 * cmc[k - 1]:.1f}%",
+                (k, cmc[k - 1]),
+                textcoords="offset points",
+                xytext=(6, -12),
+                fontsize=8,
+            )
     ax.set_xlabel("rank")
-    ax.set_ylabel("identification rate")
-    ax.set_ylim(0, 1.01)
+    ax.set_ylabel("identification rate (true identity within rank k)")
+    low = _zoomed_floor(list(cmc))
+    ax.set_ylim(low, 1.005)
     ax.set_xticks(ranks if len(ranks) <= 20 else ranks[:: max(1, len(ranks) // 10)])
-    ax.set_title("CMC (closed set)")
+    ax.set_title("CMC (closed set)" + (f"; y axis from {low:.2f}" if low > 0 else ""))
     ax.grid(True, alpha=0.3)
     _save(fig, path)
 
 
 def plot_conditions(per_condition: dict, path: Path, overall: float | None = None) -> None:
+    """Accuracy at the overall threshold per condition: horizontal bars labelled with the K-Face
+    description, the value and the pair count; the axis starts just below the worst condition."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import PercentFormatter
 
     from kface_cli.evaluate.conditions import FACTORS
 
-    factors = [(k, label) for k, label in FACTORS if k in per_condition]
-    fig, axes = plt.subplots(len(factors), 1, figsize=(8, 2.2 * len(factors)), squeeze=False)
-    for ax, (key, label) in zip(axes[:, 0], factors):
-        rows = {c: r for c, r in per_condition[key].items() if r.get("accuracy_at_threshold") is not None}
-        ax.bar(list(rows), [r["accuracy_at_threshold"] for r in rows.values()], color="tab:blue")
+    panels = []
+    for key, label in FACTORS:
+        rows = {c: r for c, r in (per_condition.get(key) or {}).items() if r.get("accuracy_at_threshold") is not None}
+        if rows:
+            panels.append((label, rows))
+    values = [r["accuracy_at_threshold"] for _, rows in panels for r in rows.values()]
+    low = _zoomed_floor(values + ([overall] if overall is not None else []))
+    fig, axes = plt.subplots(
+        len(panels),
+        1,
+        figsize=(8, 0.9 + 0.42 * len(values) + 0.5 * len(panels)),
+        squeeze=False,
+        gridspec_kw={"height_ratios": [len(rows) for _, rows in panels]},
+    )
+    for ax, (label, rows) in zip(axes[:, 0], panels):
+        names = [f"{c}  {r.get('description') or ''}".strip() for c, r in rows.items()][::-1]
+        accs = [r["accuracy_at_threshold"] for r in rows.values()][::-1]
+        counts = [r.get("n_pairs") for r in rows.values()][::-1]
+        colors = ["tab:red" if overall is not None and a < overall - 0.02 else "tab:blue" for a in accs]
+        bars = ax.barh(names, [a - low for a in accs], left=low, color=colors, height=0.7)
+        for bar, a, n in zip(bars, accs, counts):  # one column right of 100%: never over a bar or the line
+            ax.text(
+                1.0 + 0.02 * (1.0 - low),
+                bar.get_y() + bar.get_height() / 2,
+                f"{100 * a:.1f}%" + (f"  ({n} pairs)" if n is not None else ""),
+                va="center",
+                fontsize=8,
+            )
         if overall is not None:
-            ax.axhline(overall, color="k", ls="--", lw=1, label=f"all pairs {overall:.3f}")
-            ax.legend(loc="lower right", fontsize=8)
-        ax.set_ylim(0, 1.0)
-        ax.set_ylabel("accuracy")
-        ax.set_title(f"by {label} (pairs where either image has the code)", fontsize=9)
+            ax.axvline(overall, color="k", ls="--", lw=1)
+        ax.axvline(1.0, color="0.6", lw=0.8)
+        ax.set_xlim(low, 1.0 + 0.34 * (1.0 - low))
+        ax.set_xticks([t for t in ax.get_xticks() if low <= t <= 1.0])
+        ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+        ax.set_title(f"by {label}", fontsize=9, loc="left")
+        ax.tick_params(axis="y", labelsize=8)
         ax.tick_params(axis="x", labelsize=8)
+        ax.grid(True, axis="x", alpha=0.3)
+    dashed = f"dashed line: all pairs, {100 * overall:.1f}%; red: 2+ points below it. " if overall is not None else ""
+    axes[-1, 0].set_xlabel(
+        f"accuracy at the overall best threshold (axis from {100 * low:.0f}%). {dashed}"
+        "A pair counts under every condition either photo has.",
+        fontsize=8,
+    )
     fig.tight_layout()
     _save(fig, path)
 
@@ -216,12 +283,34 @@ def summary_rows(summary: dict) -> list[list[Any]]:
                 rows.append([f"DIR @ FPIR {key}", "-", item.get("reason", "")])
             else:
                 rows.append([f"DIR @ FPIR {key}", _pct(item["dir"]), f"threshold {item['threshold']:.4f}"])
-    cal = summary.get("calibration")
-    if cal:
-        note = f"saved to {cal['saved_to']}" if cal.get("saved_to") else "not saved (add --save-threshold)"
-        what = f"FAR {cal['target_far']:g}" if cal.get("target_far") is not None else "best accuracy"
-        rows.append([f"threshold for {what}", f"{cal['threshold']:.4f}", note])
+    for kind, cal in (summary.get("calibration") or {}).items():
+        rows.append(calibration_row(kind, cal))
     return rows
+
+
+def calibration_row(kind: str, cal: dict) -> list[Any]:
+    """``[what, threshold, note]``: the rate it achieves on identify's embeddings and where it went."""
+    from kface_cli.embedding.calibration import IDENTIFICATION, describe
+
+    if kind == IDENTIFICATION:
+        measured = f"DIR {_pct(cal['dir'])}, {cal['n_unknown']} strangers, FPIR {_pct(cal['achieved_fpir'])}"
+    else:
+        measured = f"TAR {_pct(cal['tar'])}, FAR {_pct(cal['achieved_far'])}"
+    flip = "with flip" if cal.get("flip") else "no flip, as identify"
+    if cal.get("saved_to"):
+        where = f"saved to {cal['saved_to']}"
+    elif cal.get("not_saved"):
+        where = "NOT saved: a better-founded one is kept"
+    else:
+        where = "not saved (add --save-threshold)"
+    return [f"threshold {describe(cal)}", f"{cal['threshold']:.4f}", f"{measured} ({flip}); {where}"]
+
+
+def summary_title(summary: dict) -> str:
+    """``Evaluation: mbf_small (val, flip on)``: the model, the protocol and whether flip was on."""
+    model = summary.get("model") or {}
+    flip = {True: ", flip on", False: ", flip off"}.get(model.get("flip"), "")
+    return f"Evaluation: {model.get('network', '')} ({summary['protocol']}{flip})"
 
 
 VERIFICATION_CONDITION_COLUMNS = ["pairs", "acc@thr", "10-fold", "AUC", "EER"]

@@ -5,8 +5,10 @@ vector) -> index search (batched over many faces at once) -> the closest identit
 is reported when its squared-L2 distance is below the threshold, otherwise ``unknown``.
 
 Threshold (squared L2 between unit vectors, ``2 - 2 cos``): ``--threshold`` when given, else the
-value calibrated for this model by ``kface evaluate --save-threshold``, else
-:data:`~kface_cli.defaults.DEFAULT_THRESHOLD` (1.5, i.e. cosine 0.25, as the tutorial).
+model's 1:N threshold (``kface evaluate --target-fpir F --save-threshold``: at most a share F of
+people who are not enrolled get a name), else its 1:1 threshold (``--target-far``), else
+:data:`~kface_cli.defaults.DEFAULT_THRESHOLD` (1.5, i.e. cosine 0.25, as the tutorial). The
+result says which (``threshold_source``, ``threshold_detail``).
 """
 
 from __future__ import annotations
@@ -70,13 +72,16 @@ class ImageResult:
 class IdentifyResult:
     images: list[ImageResult]
     threshold: float
-    threshold_source: str  # "given", "calibrated" or "default"
+    #: "given", "calibrated_identification" (1:N, FPIR), "calibrated_verification" (1:1, FAR) or "default"
+    threshold_source: str
     gallery: Path
     index: dict[str, Any]
     seconds: float = 0.0
     annotated: list[Path] = field(default_factory=list)
     model: dict[str, Any] = field(default_factory=dict)  # Embedder.describe(): network, fingerprint...
     warnings: list[str] = field(default_factory=list)  # about the model (e.g. trained on synthetic faces)
+    #: The threshold's origin in words, e.g. "calibrated 1:N at FPIR 1e-02".
+    threshold_detail: str = ""
 
     @property
     def faces(self) -> int:
@@ -90,6 +95,7 @@ class IdentifyResult:
         return {
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
+            "threshold_detail": self.threshold_detail,
             "model": self.model,
             "gallery": self.gallery,
             "index": self.index,
@@ -111,24 +117,24 @@ class _Frame:
     error: str | None = None
 
 
-def resolve_threshold(threshold: float | None, embedder) -> tuple[float, str]:
-    """``threshold`` if given, else the model's calibrated one, else the default (1.5)."""
+def resolve_threshold(threshold: float | None, embedder, *, one_to_one: bool = False) -> tuple[float, str, str]:
+    """``(threshold, source, detail)``: ``threshold`` if given, else the model's calibrated 1:N
+    threshold, else its 1:1 one, else the default (1.5). See the module docstring. ``one_to_one``
+    (``kface verify``): only a 1:1 calibration counts."""
+    from kface_cli.embedding.calibration import IDENTIFICATION, VERIFICATION, identify_threshold
+
     if threshold is not None:
         if not 0.0 <= threshold <= 4.0:
             raise InputError(
                 f"--threshold {threshold} is outside 0..4",
                 hint="It is a squared L2 distance between unit vectors (2 - 2 cos).",
             )
-        return float(threshold), "given"
-    try:
-        from kface_cli.embedding.calibration import load_threshold
-
-        calibrated = load_threshold(embedder)
-    except ImportError:  # pragma: no cover - calibration module absent
-        calibrated = None
+        return float(threshold), "given", "given with --threshold"
+    calibrated = identify_threshold(embedder, (VERIFICATION,) if one_to_one else (IDENTIFICATION, VERIFICATION))
     if calibrated is not None:
-        return float(calibrated), "calibrated"
-    return DEFAULT_THRESHOLD, "default"
+        value, kind, detail = calibrated
+        return value, f"calibrated_{kind}", detail
+    return DEFAULT_THRESHOLD, "default", f"default {DEFAULT_THRESHOLD:g}; model not calibrated"
 
 
 def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
@@ -262,7 +268,7 @@ def identify(
         embedder: an :class:`~kface_cli.embedding.embedder.Embedder` (the gallery's model), or a function
             returning one (called after the inputs and the gallery are checked).
         threshold: squared-L2 distance below which the best identity is reported (None: the
-            calibrated threshold of the model, else 1.5).
+            model's calibrated 1:N threshold, else its 1:1 one, else 1.5).
         top_k: identities listed per face (the best plus ``top_k - 1`` candidates).
         every: for videos and the camera, use one frame in ``every``.
         max_frames: stop a camera (or each video) after this many used frames.
@@ -295,7 +301,12 @@ def identify(
     if not loaded.names:
         raise InputError(f"gallery {gallery.path} is empty", hint="Enroll people first with `kface enroll DIR`.")
     per_identity = max(Counter(loaded.names).values())
-    thr, thr_source = resolve_threshold(threshold, embedder)
+    thr, thr_source, thr_detail = resolve_threshold(threshold, embedder)
+    if thr_source == "calibrated_verification":
+        info(
+            "using the model's 1:1 threshold: for identification against a gallery, calibrate a 1:N one with "
+            "`kface evaluate --target-fpir 1e-2 --save-threshold`"
+        )
     if not aligned and detector is None:
         from kface_cli.face.detect import get_detector
 
@@ -324,6 +335,7 @@ def identify(
         {"kind": loaded.index.kind.value, "templates": len(loaded.index), **loaded.index.params},
         model=describe_model(embedder),
         warnings=warn_if_synthetic(embedder),
+        threshold_detail=thr_detail,
     )
     warned_glyphs: set[str] = set()
     batch: list[tuple[_Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]] = []

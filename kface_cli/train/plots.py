@@ -1,4 +1,5 @@
-"""``runs/<name>/plots.png``: training loss, learning rate and validation accuracy, from ``log.jsonl``."""
+"""``runs/<name>/plots.png``: training loss, learning rate and validation accuracy, from ``log.jsonl``;
+the best epoch (the one ``backbone.pth`` holds) is marked."""
 
 from __future__ import annotations
 
@@ -36,7 +37,15 @@ def write_plots(run_dir: str | Path) -> Path:
         tar = [(e, v["tar"]) for e, v in val if v.get("tar") is not None]
         if tar:
             ax_val.plot([e for e, _ in tar], [100 * t for _, t in tar], marker="s", label="TAR @ FAR 1e-2")
-        ax_val.legend()
+        best = best_epoch(epochs)
+        if best is not None:
+            acc = 100 * best["val"]["accuracy"]
+            ax_val.axvline(best["epoch"], color="tab:red", ls=":", lw=1)
+            ax_val.plot(
+                [best["epoch"]], [acc], "*", ms=14, color="tab:red", label=f"best: epoch {best['epoch']}, {acc:.2f}%"
+            )
+        ax_val.xaxis.get_major_locator().set_params(integer=True)
+        ax_val.legend(fontsize=8)
     else:
         ax_val.text(0.5, 0.5, "no validation pairs", ha="center", va="center", transform=ax_val.transAxes)
     ax_val.set(xlabel="epoch", ylabel="%", title="validation")
@@ -48,3 +57,10 @@ def write_plots(run_dir: str | Path) -> Path:
         fig.savefig(tmp, dpi=80)
     plt.close(fig)
     return target
+
+
+def best_epoch(epochs: list[dict]) -> dict | None:
+    """The epoch record whose weights ``backbone.pth`` holds: the last one marked ``best`` that was
+    validated (None when no epoch was validated)."""
+    marked = [r for r in epochs if r.get("best") and (r.get("val") or {}).get("accuracy") is not None]
+    return marked[-1] if marked else None
