@@ -23,6 +23,7 @@ def CosFace(s: float, m: float) -> CombinedMargin:
 def SphereFace(s: float, m: float) -> CombinedMargin:
     return CombinedMargin(s, m, 0.0, 0.0)
 
+
 COS = torch.tensor([[0.8, 0.1, -0.3], [-0.95, 0.2, 0.5], [0.3, -0.6, 0.9]])
 LABELS = torch.tensor([0, 0, 2])
 

@@ -143,7 +143,9 @@ class RecordIOReader:
         """(continuation flag, length) of the record part at ``f``'s position."""
         head = f.read(8)
         if len(head) < 8:
-            raise InputError(f"{self.rec_path} ends in the middle of a record", hint="The file is truncated; re-copy it.")
+            raise InputError(
+                f"{self.rec_path} ends in the middle of a record", hint="The file is truncated; re-copy it."
+            )
         magic, lrec = struct.unpack("<II", head)
         if magic != MAGIC:
             raise InputError(

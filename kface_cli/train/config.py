@@ -55,7 +55,7 @@ class TrainConfig:
     # data ---------------------------------------------------------------------------------
     data: str | None = None  # identity folders or a folder with train.rec; None: workspace split/train
     val_pairs: str | None = None  # pairs CSV; None: workspace split/val_pairs.csv when present; "none": no validation
-    workers: int = 2  # DataLoader worker processes (0: load in the training process)
+    workers: int | None = None  # DataLoader worker processes (0: load in the training process); None: from the cores
     flip: bool = True  # random horizontal flips
     # model --------------------------------------------------------------------------------
     network: str = (
@@ -91,7 +91,7 @@ class TrainConfig:
         512  # before validating, re-estimate BatchNorm statistics on this many training images (0: off)
     )
     max_steps_per_epoch: int = 0  # 0: the whole epoch (a cap, for smoke tests and benchmarks)
-    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
+    channels_last: bool | None = None  # NHWC memory format; None: on CUDA, not on a CPU
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -123,7 +123,7 @@ class TrainConfig:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise KFaceError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         for key in ("workers", "freeze", "max_steps_per_epoch", "bn_recalibration"):
-            if getattr(self, key) < 0:
+            if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise KFaceError(f"--{key.replace('_', '-')} must not be negative, got {getattr(self, key)}")
         if self.lr is not None and self.lr <= 0:
             raise KFaceError(f"--lr must be positive, got {self.lr}")
