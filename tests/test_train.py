@@ -94,7 +94,7 @@ def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
     assert accs[-1] > accs[0] and max(accs) > 0.7, accs
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     run = result.run_dir
-    for f in ("config.json", "backbone.pth", "checkpoint.pt", "log.jsonl", "plots.png"):
+    for f in ("config.json", "backbone.pth", "backbone_last.pth", "checkpoint.pt", "log.jsonl", "plots.png"):
         assert (run / f).is_file(), f
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["network"] == "mbf_small" and cfg["embedding_size"] == 32 and cfg["num_classes"] == 6
@@ -103,12 +103,26 @@ def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
 
     net = get_backbone("mbf_small", embedding_size=32)
     net.load_state_dict(torch.load(run / "backbone.pth", weights_only=True), strict=True)
-    assert result.best_epoch == 1 + max(range(4), key=lambda i: (accs[i], -i))
+    assert result.best_epoch == 1 + max(range(4), key=lambda i: (accs[i], i))  # ties: the later epoch
     ckpt = ck.load_checkpoint(run / "checkpoint.pt")
+    last = torch.load(run / "backbone_last.pth", weights_only=True)
+    assert all(torch.equal(last[k], ckpt["backbone"][k]) for k in last)
     assert {"config", "backbone", "head", "optimizer", "scheduler", "epoch", "rng"} <= set(ckpt)
     assert ckpt["epoch"] == 4 and ckpt["head"]["weight"].shape == (6, 32)
     kinds = [r["type"] for r in read_log(run)]
     assert kinds.count("epoch") == 4 and kinds.count("step") == 4 * 6 and kinds[-1] == "end"
+
+
+def test_best_backbone_prefers_the_later_epoch_on_a_tie(ws, monkeypatch):
+    from kface_cli.train import loop
+
+    scores = iter([0.8, 0.9, 0.9])  # epochs 2 and 3 tie: epoch 3 trained longer at a lower lr
+    monkeypatch.setattr(loop, "validate", lambda *a, **kw: {"accuracy": next(scores), "accuracy_std": 0, "threshold": 1, "tar_at_far_1e-2": 1})
+    result = train(tiny(ws, name="tie", epochs=3, val_pairs=None, max_steps_per_epoch=2, bn_recalibration=0))
+    assert [r["best"] for r in result.history] == [True, True, True] and result.best_epoch == 3
+    best = torch.load(result.run_dir / "backbone.pth", weights_only=True)
+    final = ck.load_checkpoint(result.run_dir / "checkpoint.pt")["backbone"]
+    assert all(torch.equal(best[k], final[k]) for k in best)
 
 
 def _weights(run_dir):
