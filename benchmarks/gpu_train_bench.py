@@ -11,7 +11,8 @@ over NCCL.
    precision and memory format), samples/s, their ratio (goal >= 0.9) and peak GPU memory.
    Reference: insightface reports ~740 samples/s per GPU for r50 (8 GPUs, batch 512 each);
    the goal on one H200 is >= 2,000 samples/s.
-3. ``torchrun --nproc_per_node 1 -m kface_cli train`` on the same ``.rec`` (the launch path),
+3. CUDA's sync debug mode over 40 steps of kface's loop: how often the host waits.
+4. ``torchrun --nproc_per_node 1 -m kface_cli train`` on the same ``.rec`` (the launch path),
    and a torchrun NCCL check: process group, all_reduce, a few DDP steps of r50 in fp16.
 """
 
@@ -103,6 +104,30 @@ def main() -> None:
             }
             report["runs"].append(run)
             print(json.dumps(run), flush=True)
+
+        # host syncs inside the steady state: CUDA's sync debug mode warns at each one
+        import warnings
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                kface_rate(
+                    args.network,
+                    data=rec,
+                    workdir=Path(tmp) / "ws",
+                    workers=None,
+                    batch_size=128,
+                    steps=20,
+                    device=device,
+                    precision="fp16",
+                    channels_last=True,
+                )
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+        report["host_syncs"] = {"steps": 40, "count": len(syncs), "first": syncs[:3]}
+        print("host syncs in 40 steps (incl. set-up, checkpoints; fp16 GradScaler syncs once a step):", len(syncs))
 
         t0 = time.perf_counter()
         res = torchrun(

@@ -477,7 +477,6 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
         infer_network,
     )
     from kface_cli.train.datasets import SYNTHETIC_PREFIX, open_training_data
-    from kface_cli.train.schedule import poly_scheduler
     from kface_cli.workspace import Workspace
 
     t_start = time.perf_counter()
@@ -548,39 +547,9 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
     if channels_last:
         backbone.to(memory_format=torch.channels_last)
 
-    # -- optimiser and schedule ---------------------------------------------------------------
     lr = config.base_lr(info.world_size)
-    groups = [{"params": [p for p in backbone.parameters() if p.requires_grad]}, {"params": list(head.parameters())}]
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)
-    scheduler = poly_scheduler(optimizer, steps * config.epochs, int(round(config.warmup_epochs * steps)))
-    scaler = torch.amp.GradScaler(
-        device.type, growth_interval=SCALER_GROWTH_INTERVAL, enabled=config.precision == "fp16"
-    )
-
-    # -- the loader: built once, its workers live for the whole run -------------------------------
-    sampler = EpochBatches(
-        num_images,
-        config.batch_size,
-        seed=config.seed,
-        epoch=0,
-        rank=info.rank,
-        world_size=info.world_size,
-        flip=config.flip,
-        max_steps=config.max_steps_per_epoch,
-    )
-    workers = config.workers if config.workers is not None else auto_workers(device, info.world_size)
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",  # page-locked batches: asynchronous host-to-device copies
-        persistent_workers=workers > 0,
-        prefetch_factor=PREFETCH_BATCHES if workers else None,
-        worker_init_fn=_ignore_sigint if workers else None,
-    )
+    optimizer, scheduler, scaler = _build_optimizer(config, backbone, head, lr=lr, steps=steps, device=device)
+    sampler, loader, workers = _build_loader(config, info, dataset)
 
     run = _Run(
         config=config,
@@ -644,11 +613,56 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
         )
         console.info(
             f"Training {network} ({config.loss}) on {num_images} images of {num_classes} identities -> {run_dir}"
-            f" [{info.world_size} x {device}, {steps} steps/epoch, lr {lr:g}, {workers} loader workers]"
+            f" [{info.world_size} x {device}, {steps} steps/epoch, lr {lr:g}, {workers} data workers]"
         )
         run.log = open(run_dir / ck.RUN_LOG, "a", encoding="utf-8")
     run.t_train = time.perf_counter()
     return run
+
+
+def _build_optimizer(config: TrainConfig, backbone: Any, head: Any, *, lr: float, steps: int, device: Any):
+    """SGD or AdamW over (backbone, head), the per-iteration lr schedule and the fp16 GradScaler."""
+    import torch
+
+    from kface_cli.train.schedule import poly_scheduler
+
+    groups = [{"params": [p for p in backbone.parameters() if p.requires_grad]}, {"params": list(head.parameters())}]
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)
+    scheduler = poly_scheduler(optimizer, steps * config.epochs, int(round(config.warmup_epochs * steps)))
+    scaler = torch.amp.GradScaler(
+        device.type, growth_interval=SCALER_GROWTH_INTERVAL, enabled=config.precision == "fp16"
+    )
+    return optimizer, scheduler, scaler
+
+
+def _build_loader(config: TrainConfig, info: distributed.DistInfo, dataset: Any):
+    """The one DataLoader of the run: its workers live across epochs (the sampler moves instead)."""
+    import torch
+
+    sampler = EpochBatches(
+        len(dataset),
+        config.batch_size,
+        seed=config.seed,
+        epoch=0,
+        rank=info.rank,
+        world_size=info.world_size,
+        flip=config.flip,
+        max_steps=config.max_steps_per_epoch,
+    )
+    workers = config.workers if config.workers is not None else auto_workers(info.device, info.world_size)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=info.device.type == "cuda",  # page-locked batches: asynchronous host-to-device copies
+        persistent_workers=workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if workers else None,
+        worker_init_fn=_ignore_sigint if workers else None,
+    )
+    return sampler, loader, workers
 
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
