@@ -202,15 +202,12 @@ def run(args) -> dict:
     from kface_cli.train.config import TrainConfig
     from kface_cli.train.datasets import open_training_data
     from kface_cli.train.distributed import resolve_device
-    from kface_cli.train.loop import use_channels_last
 
     os.environ.setdefault("KFACE_NO_PROGRESS", "1")
     if args.threads:
         torch.set_num_threads(args.threads)  # both loops: kface train runs in this process
     device = resolve_device(args.device)
-    channels_last = (
-        use_channels_last(TrainConfig(), device) if args.channels_last is None else args.channels_last == "on"
-    )
+    channels_last = TrainConfig().channels_last if args.channels_last is None else args.channels_last == "on"
     report: dict = {"device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads()}
     if device.type == "cuda":
         report["gpu"] = torch.cuda.get_device_name(device)
@@ -308,7 +305,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per loop (r50 on a CPU: ~8 s each)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
-    ap.add_argument("--channels-last", choices=["on", "off"], help="default: what kface train picks for the device")
+    ap.add_argument("--channels-last", choices=["on", "off"], help="default: kface train's default")
     ap.add_argument("--memory-format-check", action="store_true", help="also time the plain loop in the other format")
     ap.add_argument("--workers", type=int, help="kface train's loader workers (default: its own, from the cores)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for every loop (0: torch's default)")

@@ -57,3 +57,6 @@ def test_backbone_state_dict_is_plain_and_detached():
     assert set(sd) == {"0.weight", "0.bias"}  # no "module." prefix
     sd["0.weight"].zero_()
     assert net[0].weight.abs().sum() > 0  # a copy, not the live parameters
+    conv = torch.nn.Conv2d(3, 4, 3).to(memory_format=torch.channels_last)  # how kface trains by default
+    assert not conv.weight.is_contiguous()
+    assert ck.backbone_state_dict(conv)["weight"].is_contiguous()  # saved in the usual layout

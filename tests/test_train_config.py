@@ -102,7 +102,7 @@ def test_every_field_is_a_train_option(monkeypatch):
         [
             "train",
             "--no-flip",
-            "--channels-last",
+            "--no-channels-last",
             "--margin",
             "0.4",
             "-b",
@@ -116,7 +116,7 @@ def test_every_field_is_a_train_option(monkeypatch):
     given = {k: v for k, v in seen.items() if v is not None}
     assert given == {
         "flip": False,
-        "channels_last": True,
+        "channels_last": False,
         "margin": "0.4",
         "batch_size": 8,
         "max_steps_per_epoch": 2,

@@ -96,5 +96,10 @@ def unwrap(model: Any) -> Any:
 
 
 def backbone_state_dict(model: Any) -> dict[str, Any]:
-    """Plain insightface-layout state_dict (no ``module.`` prefix), on the CPU."""
-    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+    """Plain insightface-layout state_dict (no ``module.`` prefix), on the CPU, contiguous
+    (a channels-last model's weights are saved in the usual layout)."""
+    import torch
+
+    return {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in unwrap(model).state_dict().items()
+    }

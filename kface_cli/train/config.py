@@ -119,7 +119,9 @@ class TrainConfig:
     max_steps_per_epoch: int = _opt(
         0, "Cap on the steps per epoch, for smoke tests and benchmarks (0: the whole epoch)."
     )
-    channels_last: bool | None = _opt(None, "NHWC memory format [default: on with CUDA, off on a CPU].")
+    channels_last: bool = _opt(
+        True, "NHWC memory format (measured faster on CPUs for mbf, r18, r50; what tensor-core convolutions read)."
+    )
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -226,12 +226,6 @@ def auto_workers(device: Any, world_size: int = 1, cores: int | None = None) -> 
     return max(1, min(MAX_AUTO_WORKERS, per_process - 1))
 
 
-def use_channels_last(config: TrainConfig, device: Any) -> bool:
-    """``--channels-last`` if given; else on CUDA (NHWC is what tensor-core convolutions read),
-    not on a CPU (measured slower there, see benchmarks/bench_train.py)."""
-    return config.channels_last if config.channels_last is not None else device.type == "cuda"
-
-
 def _read_init(path: str) -> tuple[dict[str, Any], Path]:
     """``--init`` weights: insightface backbone.pth, our backbone.pth, a run folder or checkpoint.pt."""
     from kface_cli.embedding.loading import load_torch_weights
@@ -407,7 +401,6 @@ class _Run:
     sampler: EpochBatches
     loader: Any
     workers: int
-    channels_last: bool
     lr: float
     data_source: str
     pair_faces: Any = None
@@ -543,8 +536,7 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
     head = build_head(num_classes, config.embedding_size, config.head_config())
     backbone.to(device)
     head.to(device)
-    channels_last = use_channels_last(config, device)
-    if channels_last:
+    if config.channels_last:
         backbone.to(memory_format=torch.channels_last)
 
     lr = config.base_lr(info.world_size)
@@ -568,7 +560,6 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
         sampler=sampler,
         loader=loader,
         workers=workers,
-        channels_last=channels_last,
         lr=lr,
         data_source=str(getattr(dataset, "source", data_path)),
         window=torch.zeros(config.log_every, device=device),
@@ -609,7 +600,6 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
             base_lr=lr,
             device=str(device),
             loader_workers=workers,
-            memory_format="channels_last" if channels_last else "contiguous",
         )
         console.info(
             f"Training {network} ({config.loss}) on {num_images} images of {num_classes} identities -> {run_dir}"
@@ -719,7 +709,7 @@ def _train_epoch(run: _Run, epoch: int, stop: _StopFlag, on_step: Callable[[int,
         for step, (x, y) in enumerate(run.loader, start=first):
             x = x.to(device, non_blocking=True)  # (B, 3, 112, 112)
             y = y.to(device, non_blocking=True)  # (B,)
-            if run.channels_last:
+            if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             loss = run.head(run.model(x), y)  # () global-batch mean
             run.optimizer.zero_grad(set_to_none=True)
