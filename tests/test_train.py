@@ -54,6 +54,16 @@ def test_workers_follow_the_cores():
     assert auto_workers(cpu, 1, cores=16) == 4 and auto_workers(cpu, 1, cores=2) == 1
 
 
+def test_fp16_scaler_grows_every_100_steps_as_insightface():
+    from kface_cli.train.loop import _build_optimizer
+
+    net, head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    cfg = TrainConfig(precision="fp16", batch_size=4)
+    _, sched, scaler = _build_optimizer(cfg, net, head, lr=0.1, steps=5, device=torch.device("cpu"))
+    assert scaler.is_enabled() and scaler.get_growth_interval() == 100
+    assert sched.get_last_lr() == [0.1, 0.1]
+
+
 def test_epoch_batches_shard_global_batches_and_resume_mid_epoch():
     one = list(EpochBatches(20, 4, seed=1, epoch=3))
     r0 = list(EpochBatches(20, 2, seed=1, epoch=3, rank=0, world_size=2))
