@@ -1,7 +1,9 @@
 """The training configuration: one frozen dataclass, from defaults < a TOML file < the command line.
 
 Every field can be set in a TOML file (``kface train --config FILE.toml``; keys are the field
-names, ``-`` or ``_``), and any option given on the command line overrides the file. The
+names, ``-`` or ``_``), and any option given on the command line overrides the file. Each field
+is also a ``kface train`` option (``--batch-size`` for ``batch_size``): its type, default and help
+(declared with :func:`_opt`) make the option, so a new field needs no edit in the CLI. The
 resolved configuration (with "auto" values filled in) is saved as ``runs/<name>/config.json``
 and inside every checkpoint; ``--resume`` rebuilds the run from it.
 
