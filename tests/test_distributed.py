@@ -139,6 +139,7 @@ def _single_process_reference(ws):
     return backbone, head, losses, after
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one(tmp_path):
     ws = make_workspace(tmp_path / "ws", train_ids=6, val_ids=0, per_id=4)  # 24 images: 3 global batches of 8
     (tmp_path / "run.toml").write_text(

@@ -101,6 +101,7 @@ def test_config_file_then_command_line(tmp_path):
     assert resolve_config(None, {"batch_size": 64}).base_lr() == pytest.approx(0.02)  # floor for small batches
 
 
+@pytest.mark.slow
 def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
     result = train(tiny(ws, name="rise", epochs=4, val_pairs=None, warmup_epochs=1))
     accs = [r["val"]["accuracy"] for r in result.history]
@@ -127,6 +128,7 @@ def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
     assert kinds.count("epoch") == 4 and kinds.count("step") == 4 * 6 and kinds[-1] == "end"
 
 
+@pytest.mark.slow
 def test_best_backbone_prefers_the_later_epoch_on_a_tie(ws, monkeypatch):
     from kface_cli.train import loop
 
@@ -148,6 +150,7 @@ def _weights(run_dir):
     return c["backbone"], c["head"], c["optimizer"]
 
 
+@pytest.mark.slow
 def test_interrupt_then_resume_equals_uninterrupted_run(ws):
     train(tiny(ws, name="straight", batch_size=9))  # 4 steps per epoch
 
@@ -177,6 +180,7 @@ def test_interrupt_then_resume_equals_uninterrupted_run(ws):
         train(tiny(ws, name="cut", batch_size=9))
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(ws, monkeypatch):
     from kface_cli.models import heads
 
@@ -195,6 +199,7 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(ws, monkeypatch):
     assert ck.load_checkpoint(ws / "runs" / "nan" / ck.RUN_CHECKPOINT)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_init_loads_weights_and_freeze_keeps_them(ws, tmp_path):
     from kface_cli.models.registry import get_backbone
 
@@ -223,6 +228,7 @@ def test_init_loads_weights_and_freeze_keeps_them(ws, tmp_path):
         train(tiny(ws, name="wrong", init=str(tmp_path / "mbf.pth")))
 
 
+@pytest.mark.slow
 def test_cli_train_json(ws):
     from kface_cli.cli import app
 
@@ -267,6 +273,7 @@ def test_cli_train_json(ws):
     assert bad.exit_code == 2 and "Valid networks" in bad.output
 
 
+@pytest.mark.slow
 def test_real_ctrl_c_leaves_a_checkpoint(tmp_path):
     """SIGINT to a real `kface train` process (with a DataLoader worker) stops it cleanly."""
     import os
