@@ -456,7 +456,7 @@ def train_cmd(
     workdir: WorkdirOpt = None,
     **options: object,
 ) -> None:
-    """Train a backbone with an ArcFace-family loss; runs/<name> gets backbone.pth, checkpoint, log and plots.
+    """Train a backbone with an ArcFace-family loss; runs/<name> gets backbone.pth (best), backbone_last.pth, checkpoint, log, plots.
 
     Multi-GPU: torchrun --nproc_per_node N -m kface_cli train ...
     """
@@ -492,7 +492,7 @@ def train_cmd(
         f" (val accuracy {100 * result.best_accuracy:.2f}%)" if result.best_accuracy is not None else ""
     )
     console.info(
-        f"{best}; {result.elapsed_s:.0f} s. Run folder {result.run_dir} (backbone.pth, checkpoint.pt, log.jsonl, plots.png). Next: kface export"
+        f"{best}; {result.elapsed_s:.0f} s. Run folder {result.run_dir} (backbone.pth, backbone_last.pth, checkpoint.pt, log.jsonl, plots.png). Next: kface export"
     )
 
 
