@@ -529,83 +529,52 @@ def _opt(help_text: str, *names: str) -> typer.Option:
     return typer.Option(*names, help=help_text, show_default=False)
 
 
+def _config_options(fn: Callable) -> Callable:
+    """Give ``fn(*, ..., **options)`` one option per TrainConfig field (but workdir): its name,
+    type and help come from the field, so a new field is a new option with no edit here."""
+    import inspect
+    import typing
+
+    from kface_cli.train.config import FIELDS, TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    params, annotations = [], {}
+    for name, f in FIELDS.items():
+        if name == "workdir":
+            continue
+        hint = hints[name]
+        kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        if typing.get_origin(hint) is tuple or kind not in (int, float, bool):
+            kind = str  # e.g. --margin m1,m2,m3: parsed by the config
+        flag = "--" + name.replace("_", "-")
+        names = [f"{flag}/--no-{flag[2:]}" if kind is bool else flag] + (
+            [f.metadata["short"]] if f.metadata.get("short") else []
+        )
+        shown = (
+            "" if f.default in (None, ()) or "[default" in f.metadata.get("help", "") else f" [default: {f.default}]"
+        )
+        if kind is bool and shown:
+            shown = f" [default: {flag[2:] if f.default else 'no-' + flag[2:]}]"
+        text = (f.metadata.get("help") or f"TrainConfig.{name}") + shown
+        annotations[name] = Annotated[kind | None, _opt(text.replace("[", "\\["), *names)]
+        params.append(
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotations[name])
+        )
+    own_hints = typing.get_type_hints(fn, include_extras=True)
+    own = [
+        p.replace(annotation=own_hints[p.name])
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    fn.__signature__ = inspect.Signature(params + own)
+    fn.__annotations__ = {**annotations, **own_hints}
+    return fn
+
+
 @command("train")
+@_config_options
 def train_cmd(
-    data: Annotated[
-        Path | None,
-        _opt(
-            "Identity folders (ROOT/<id>/*.jpg) or a folder with insightface train.rec/train.idx/property \\[default: split/train].",
-            "--data",
-        ),
-    ] = None,
-    network: Annotated[
-        str | None,
-        _opt(
-            "Backbone: r18, r34, r50, r100, r200, mbf, mbf_small \\[default: that of --init, else r50 on a GPU, mbf_small on a CPU].",
-            "--network",
-        ),
-    ] = None,
-    loss: Annotated[
-        str | None,
-        _opt(
-            "arcface, cosface, sphereface, combined, subcenter, softmax or normsoftmax \\[default: arcface].", "--loss"
-        ),
-    ] = None,
-    margin: Annotated[
-        str | None,
-        _opt(
-            "Margin: one value (ArcFace m, CosFace m, SphereFace m) or m1,m2,m3 for combined \\[default: the loss's own, e.g. 0.5].",
-            "--margin",
-        ),
-    ] = None,
-    scale: Annotated[float | None, _opt("Logit scale s \\[default: 64].", "--scale")] = None,
-    subcenters: Annotated[
-        int | None,
-        _opt("Sub-centres K per class (sub-center ArcFace) \\[default: 1; 3 with --loss subcenter].", "--subcenters"),
-    ] = None,
-    embedding_size: Annotated[
-        int | None, _opt("Embedding size \\[default: that of --init, else 512].", "--embedding-size")
-    ] = None,
-    batch_size: Annotated[
-        int | None,
-        _opt(
-            "Images per step and process \\[default: 128 on a GPU, 32 on a CPU, at most a quarter of the data].",
-            "--batch-size",
-            "-b",
-        ),
-    ] = None,
-    lr: Annotated[
-        float | None,
-        _opt("Learning rate \\[default: 0.1 x global batch / 1024 but at least 0.02 for sgd, 1e-3 for adamw].", "--lr"),
-    ] = None,
-    momentum: Annotated[float | None, _opt("SGD momentum \\[default: 0.9].", "--momentum")] = None,
-    weight_decay: Annotated[float | None, _opt("Weight decay \\[default: 5e-4].", "--weight-decay")] = None,
-    warmup_epochs: Annotated[
-        float | None, _opt("Linear warm-up epochs before the polynomial decay \\[default: 0].", "--warmup-epochs")
-    ] = None,
-    optimizer: Annotated[str | None, _opt("sgd or adamw \\[default: sgd].", "--optimizer")] = None,
-    epochs: Annotated[
-        int | None, _opt("Epochs \\[default: 20]; with --resume, raise it to train further.", "--epochs", "-e")
-    ] = None,
-    init: Annotated[
-        Path | None, _opt("Start from these backbone weights (insightface backbone.pth or a kface run).", "--init")
-    ] = None,
-    freeze: Annotated[
-        int | None, _opt("Keep the first N stages frozen (1 = the stem) \\[default: 0].", "--freeze")
-    ] = None,
-    precision: Annotated[
-        str | None, _opt("fp32, fp16 or bf16 (layers before fc under autocast) \\[default: fp32].", "--precision")
-    ] = None,
-    sample_rate: Annotated[
-        float | None, _opt("Partial FC: fraction of negative class centres per step \\[default: 1].", "--sample-rate")
-    ] = None,
-    val_pairs: Annotated[
-        str | None,
-        _opt("Validation pairs CSV, or 'none' \\[default: split/val_pairs.csv when present].", "--val-pairs"),
-    ] = None,
-    workers: Annotated[int | None, _opt("DataLoader worker processes \\[default: 2].", "--workers")] = None,
-    device: Annotated[str | None, _opt("auto, cpu, cuda, cuda:N \\[default: auto].", "--device")] = None,
-    seed: Annotated[int | None, _opt("Random seed \\[default: 0].", "--seed")] = None,
+    *,
     config: Annotated[
         str | None,
         _opt(
@@ -614,43 +583,18 @@ def train_cmd(
             "-c",
         ),
     ] = None,
-    name: Annotated[str | None, _opt("Run folder runs/<name> \\[default: <network>-<date>-<time>].", "--name")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue run --name exactly where it stopped.")] = False,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
+    **options: object,
 ) -> None:
-    """Train a backbone with an ArcFace-family loss; runs/<name> gets backbone.pth, checkpoint, log and plots.
+    """Train a backbone with an ArcFace-family loss; runs/<name> gets backbone.pth (best), backbone_last.pth, checkpoint, log, plots.
 
     Multi-GPU: torchrun --nproc_per_node N -m kface_cli train ...
     """
     from kface_cli.train.loop import train_from_options
 
-    overrides = dict(
-        data=str(data) if data else None,
-        network=network,
-        loss=loss,
-        margin=margin,
-        scale=scale,
-        subcenters=subcenters,
-        embedding_size=embedding_size,
-        batch_size=batch_size,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        warmup_epochs=warmup_epochs,
-        optimizer=optimizer,
-        epochs=epochs,
-        init=str(init) if init else None,
-        freeze=freeze,
-        precision=precision,
-        sample_rate=sample_rate,
-        val_pairs=val_pairs,
-        workers=workers,
-        device=device,
-        seed=seed,
-        name=name,
-        workdir=str(workdir) if workdir else None,
-    )
+    overrides = {**options, "workdir": str(workdir) if workdir else None}
     result = train_from_options(config, overrides, resume=resume)
     if json_output:
         console.print_json(result)
@@ -680,7 +624,7 @@ def train_cmd(
         f" (val accuracy {100 * result.best_accuracy:.2f}%)" if result.best_accuracy is not None else ""
     )
     console.info(
-        f"{best}; {result.elapsed_s:.0f} s. Run folder {result.run_dir} (backbone.pth, checkpoint.pt, log.jsonl, plots.png). Next: kface export"
+        f"{best}; {result.elapsed_s:.0f} s. Run folder {result.run_dir} (backbone.pth, backbone_last.pth, checkpoint.pt, log.jsonl, plots.png). Next: kface export"
     )
 
 

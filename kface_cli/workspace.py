@@ -22,6 +22,7 @@ from kface_cli.errors import InputError
 # The files of a run folder (runs/<name>/), named once for every module that reads or writes them.
 RUN_CONFIG = "config.json"  # the resolved training config
 RUN_BACKBONE = "backbone.pth"  # the best backbone: a plain state_dict in insightface's layout
+RUN_LAST_BACKBONE = "backbone_last.pth"  # the last epoch's backbone, same layout
 RUN_CHECKPOINT = "checkpoint.pt"  # everything needed to resume exactly
 RUN_LOG = "log.jsonl"  # one JSON record per step/epoch
 RUN_PLOTS = "plots.png"  # loss, learning rate, validation accuracy

@@ -62,6 +62,14 @@ def test_norm_crop_undoes_the_warp():
 
 def test_template_scales_with_crop_size():
     np.testing.assert_allclose(template_for(224), ARCFACE_TEMPLATE * 2)
+    # insightface's estimate_norm: multiples of 128 scale by size/128 and shift x by 8*ratio
+    want_128 = ARCFACE_TEMPLATE.copy()
+    want_128[:, 0] += 8.0
+    np.testing.assert_allclose(template_for(128), want_128)
+    want_256 = ARCFACE_TEMPLATE * 2
+    want_256[:, 0] += 16.0
+    np.testing.assert_allclose(template_for(256), want_256)
+    np.testing.assert_allclose(template_for(896), ARCFACE_TEMPLATE * 8)  # 7 x 128 = 8 x 112: the 112 rule wins
     m = similarity(2.0, 0, 30, 40)
     crop = norm_crop(np.zeros((400, 400, 3), np.uint8), transform_points(ARCFACE_TEMPLATE, m), size=224)
     assert crop.shape == (224, 224, 3)

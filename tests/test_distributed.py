@@ -53,9 +53,15 @@ def _worker(rank: int, out_dir: str, ws: str, port: int) -> None:
     mine = emb[rank * N_PER_RANK : (rank + 1) * N_PER_RANK].clone().requires_grad_(True)
     loss = head(mine, labels[rank * N_PER_RANK : (rank + 1) * N_PER_RANK])
     loss.backward()
+    # a sample pointing away from its own centre: loss ~80, above the old -log(1e-30) = 69 cap
+    far = build_head(C, D, HeadConfig(loss="arcface", scale=64.0))
+    with torch.no_grad():
+        far.weight.copy_(far.local_rows(weight))
+    far_loss = far(-weight[labels][rank * N_PER_RANK : (rank + 1) * N_PER_RANK], mine_labels(rank, labels))
     torch.save(
         {
             "loss": loss.detach(),
+            "far_loss": far_loss.detach(),
             "emb_grad": mine.grad,
             "w_grad": head.gather_rows(head.weight.grad),
             "weight": head.full_state_dict()["weight"],
@@ -77,6 +83,10 @@ def _worker(rank: int, out_dir: str, ws: str, port: int) -> None:
         app, ["train", "--config", cfg, "--workdir", ws, "--batch-size", str(BATCH), "--name", "ddp"]
     )
     assert res.exit_code == 0, res.output
+
+
+def mine_labels(rank: int, labels: torch.Tensor) -> torch.Tensor:
+    return labels[rank * N_PER_RANK : (rank + 1) * N_PER_RANK]
 
 
 def _free_port() -> int:
@@ -134,8 +144,8 @@ def test_two_processes_equal_one(tmp_path):
     ws = make_workspace(tmp_path / "ws", train_ids=6, val_ids=0, per_id=4)  # 24 images: 3 global batches of 8
     (tmp_path / "run.toml").write_text(
         f'[train]\nnetwork = "mbf_small"\nembedding_size = {EMB}\nbatch_size = 99\nepochs = 1\nworkers = 0\nlr = {LR}\n'
-        f'scale = {SCALE}\nval_pairs = "none"\nlog_every = 1\ndevice = "cpu"\n'
-    )  # batch_size: the command line wins
+        f'scale = {SCALE}\nval_pairs = "none"\nlog_every = 1\ndevice = "cpu"\nchannels_last = false\n'
+    )  # batch_size: the command line wins; contiguous as the reference below (NHWC kernels round differently)
     mp.spawn(_worker, args=(str(tmp_path), str(ws), _free_port()), nprocs=WORLD, join=True)
 
     # -- the sharded head equals one process holding every class ----------------------------
@@ -149,6 +159,13 @@ def test_two_processes_equal_one(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD))
     torch.testing.assert_close(r0["loss"], loss.detach())
     torch.testing.assert_close(r1["loss"], loss.detach())
+    far = build_head(C, D, HeadConfig(loss="arcface", scale=64.0))
+    with torch.no_grad():
+        far.weight.copy_(weight)
+    far_loss = far(-weight[labels], labels).detach()
+    assert far_loss > 75  # the sharded loss is the exact cross-entropy, not capped at -log(1e-30)
+    torch.testing.assert_close(r0["far_loss"], far_loss)
+    torch.testing.assert_close(r1["far_loss"], far_loss)
     torch.testing.assert_close(r0["weight"], weight)
     torch.testing.assert_close(r0["w_grad"], head.weight.grad)
     # each rank gets world_size x its slice of the gradient: DDP's averaging over ranks undoes it

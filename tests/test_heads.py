@@ -9,16 +9,20 @@ import torch
 import torch.nn.functional as F
 
 from kface_cli.errors import KFaceError
-from kface_cli.models.heads import (
-    ArcFace,
-    CombinedMargin,
-    CosFace,
-    HeadConfig,
-    MarginHead,
-    NormSoftmax,
-    SphereFace,
-    build_head,
-)
+from kface_cli.models.heads import CombinedMargin, HeadConfig, MarginHead, build_head
+
+
+def ArcFace(s: float, m: float) -> CombinedMargin:
+    return CombinedMargin(s, 1.0, m, 0.0)
+
+
+def CosFace(s: float, m: float) -> CombinedMargin:
+    return CombinedMargin(s, 1.0, 0.0, m)
+
+
+def SphereFace(s: float, m: float) -> CombinedMargin:
+    return CombinedMargin(s, m, 0.0, 0.0)
+
 
 COS = torch.tensor([[0.8, 0.1, -0.3], [-0.95, 0.2, 0.5], [0.3, -0.6, 0.9]])
 LABELS = torch.tensor([0, 0, 2])
@@ -51,7 +55,7 @@ def test_arcface_logits_follow_the_formula_and_the_paper_fallback():
 def test_cosface_sphereface_combined_and_normsoftmax():
     s = 30.0
     torch.testing.assert_close(CosFace(s, 0.35)(COS, LABELS), _expected(COS, LABELS, s, lambda c: c - 0.35))
-    torch.testing.assert_close(NormSoftmax(s)(COS, LABELS), s * COS)
+    torch.testing.assert_close(CombinedMargin(s, 1.0, 0.0, 0.0)(COS, LABELS), s * COS)
 
     m1, m2, m3 = 1.2, 0.3, 0.2
     theta_t = (math.pi - m2) / m1
@@ -101,6 +105,26 @@ def test_arcface_gradient_is_real_not_identity():
 def test_label_minus_one_gets_no_margin():
     got = ArcFace(10.0, 0.5)(COS, torch.tensor([-1, -1, -1]))
     torch.testing.assert_close(got, 10.0 * COS)
+    mixed = ArcFace(10.0, 0.5)(COS, torch.tensor([-1, 0, 2]))  # row 0 has no target here
+    torch.testing.assert_close(mixed[0], 10.0 * COS[0])
+    torch.testing.assert_close(mixed[1:], ArcFace(10.0, 0.5)(COS, LABELS)[1:])
+
+
+def test_margin_gradient_reaches_targets_and_others():
+    cos = COS.clone().requires_grad_(True)
+    ArcFace(1.0, 0.5)(cos, torch.tensor([-1, 0, 2])).sum().backward()
+    # non-targets (and row 0, which has none) pass gradient 1; targets d/dc cos(acos(c) + m)
+    assert cos.grad[0].tolist() == [1.0, 1.0, 1.0] and cos.grad[1, 1:].tolist() == [1.0, 1.0]
+    c = 0.9
+    want = math.cos(0.5) + math.sin(0.5) * c / math.sqrt(1 - c * c)
+    assert cos.grad[2, 2].item() == pytest.approx(want, rel=1e-4)
+
+
+def test_partial_fc_samples_at_least_one_row_when_no_class_is_local():
+    # a rank of a sharded run whose classes are all absent from the batch, sample rate * classes < 1
+    head = build_head(10, 4, HeadConfig(loss="arcface", sample_rate=0.05))
+    rows, cols = head._sample(torch.full((6,), -1))
+    assert rows.numel() == 1 and cols.tolist() == [-1] * 6
 
 
 def _head_with_weights(loss: str, W: torch.Tensor, **kw) -> MarginHead:

@@ -114,3 +114,20 @@ def test_corrupt_files_are_user_errors(tmp_path):
     (tmp_path / "z.rec").write_bytes(b"")
     with pytest.raises(InputError, match="index not found"):
         RecordIOReader(tmp_path / "z.rec")
+
+
+def test_labels_come_from_headers_without_reading_images(tmp_path, monkeypatch):
+    rec = tmp_path / "train.rec"
+    with RecordIOWriter(rec) as w:
+        w.write(0, pack(RecordHeader(0, 3.0, 0, 0), b"\xff" * 5000))  # a large "image"
+        w.write(1, pack(RecordHeader(0, 1.0, MAGIC, 0), b"jpeg"))  # id == magic: a split record
+        w.write(2, pack(RecordHeader(0, (2.0, 7.0), 0, 0), b"jpeg"))  # multi-label header
+    reader = RecordIOReader(rec)
+    assert reader.read_header(1) == RecordHeader(0, 1.0, MAGIC, 0)  # the split one is joined
+    assert reader.read_header(2).labels == (2.0, 7.0)
+    calls = []
+    real_read = RecordIOReader.read
+    monkeypatch.setattr(RecordIOReader, "read", lambda self, key: calls.append(key) or real_read(self, key))
+    assert reader.labels([0, 1, 2]).tolist() == [3, 1, 2]
+    assert calls == [1]  # only the split record needed a full read
+    assert dataset_index(reader, tmp_path).num_classes == 4  # no property file: largest label + 1

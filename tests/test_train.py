@@ -12,8 +12,7 @@ from typer.testing import CliRunner
 from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
 from kface_cli.train import checkpoint as ck
 from kface_cli.train.config import TrainConfig, resolve_config
-from kface_cli.train.loop import EpochBatches, read_log, train, train_from_options
-from kface_cli.train.schedule import lr_factor
+from kface_cli.train.loop import EpochBatches, auto_workers, read_log, train, train_from_options
 
 
 @pytest.fixture(autouse=True)
@@ -48,9 +47,21 @@ def tiny(ws, **kw) -> TrainConfig:
     return TrainConfig(**base).validate()
 
 
-def test_schedule_warmup_then_linear_decay():
-    assert [lr_factor(s, 10, 2) for s in (0, 1, 2, 6, 10)] == [0.0, 0.5, 1.0, 0.5, 0.0]
-    assert lr_factor(0, 5, 0) == 1.0 and lr_factor(4, 5, 0) == pytest.approx(0.2)
+def test_workers_follow_the_cores():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert auto_workers(cuda, 1, cores=16) == 8 and auto_workers(cuda, 4, cores=16) == 3
+    assert auto_workers(cuda, 1, cores=2) == 1
+    assert auto_workers(cpu, 1, cores=16) == 4 and auto_workers(cpu, 1, cores=2) == 1
+
+
+def test_fp16_scaler_grows_every_100_steps_as_insightface():
+    from kface_cli.train.loop import _build_optimizer
+
+    net, head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    cfg = TrainConfig(precision="fp16", batch_size=4)
+    _, sched, scaler = _build_optimizer(cfg, net, head, lr=0.1, steps=5, device=torch.device("cpu"))
+    assert scaler.is_enabled() and scaler.get_growth_interval() == 100
+    assert sched.get_last_lr() == [0.1, 0.1]
 
 
 def test_epoch_batches_shard_global_batches_and_resume_mid_epoch():
@@ -61,6 +72,9 @@ def test_epoch_batches_shard_global_batches_and_resume_mid_epoch():
     assert list(EpochBatches(20, 4, seed=1, epoch=3, start_step=2)) == one[2:]
     assert list(EpochBatches(20, 4, seed=1, epoch=4)) != one
     assert len({i for batch in one for i, _ in batch}) == 20
+    reused = EpochBatches(20, 4, seed=1, epoch=0)  # the loader's one sampler, moved from epoch to epoch
+    reused.set_epoch(3, start_step=1)
+    assert list(reused) == one[1:] and len(reused) == 4
 
 
 def test_config_file_then_command_line(tmp_path):
@@ -95,7 +109,7 @@ def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
     assert accs[-1] > accs[0] and max(accs) > 0.7, accs
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     run = result.run_dir
-    for f in ("config.json", "backbone.pth", "checkpoint.pt", "log.jsonl", "plots.png"):
+    for f in ("config.json", "backbone.pth", "backbone_last.pth", "checkpoint.pt", "log.jsonl", "plots.png"):
         assert (run / f).is_file(), f
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["network"] == "mbf_small" and cfg["embedding_size"] == 32 and cfg["num_classes"] == 6
@@ -104,12 +118,31 @@ def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
 
     net = get_backbone("mbf_small", embedding_size=32)
     net.load_state_dict(torch.load(run / "backbone.pth", weights_only=True), strict=True)
-    assert result.best_epoch == 1 + max(range(4), key=lambda i: (accs[i], -i))
+    assert result.best_epoch == 1 + max(range(4), key=lambda i: (accs[i], i))  # ties: the later epoch
     ckpt = ck.load_checkpoint(run / "checkpoint.pt")
+    last = torch.load(run / "backbone_last.pth", weights_only=True)
+    assert all(torch.equal(last[k], ckpt["backbone"][k]) for k in last)
     assert {"config", "backbone", "head", "optimizer", "scheduler", "epoch", "rng"} <= set(ckpt)
     assert ckpt["epoch"] == 4 and ckpt["head"]["weight"].shape == (6, 32)
     kinds = [r["type"] for r in read_log(run)]
     assert kinds.count("epoch") == 4 and kinds.count("step") == 4 * 6 and kinds[-1] == "end"
+
+
+@pytest.mark.slow
+def test_best_backbone_prefers_the_later_epoch_on_a_tie(ws, monkeypatch):
+    from kface_cli.train import loop
+
+    scores = iter([0.8, 0.9, 0.9])  # epochs 2 and 3 tie: epoch 3 trained longer at a lower lr
+    monkeypatch.setattr(
+        loop,
+        "validate",
+        lambda *a, **kw: {"accuracy": next(scores), "accuracy_std": 0, "threshold": 1, "tar": 1, "far": 1e-2},
+    )
+    result = train(tiny(ws, name="tie", epochs=3, val_pairs=None, max_steps_per_epoch=2, bn_recalibration=0))
+    assert [r["best"] for r in result.history] == [True, True, True] and result.best_epoch == 3
+    best = torch.load(result.run_dir / "backbone.pth", weights_only=True)
+    final = ck.load_checkpoint(result.run_dir / "checkpoint.pt")["backbone"]
+    assert all(torch.equal(best[k], final[k]) for k in best)
 
 
 def _weights(run_dir):

@@ -26,8 +26,19 @@ ARCFACE_TEMPLATE = np.array(
 )
 
 
+INSIGHTFACE_ALT_SIZE, INSIGHTFACE_ALT_SHIFT = 128, 8.0  # insightface's 128-based crops: template shifted right
+
+
 def template_for(size: int = FACE_SIZE) -> np.ndarray:
-    """The template scaled to a ``size`` x ``size`` crop (insightface scales it the same way)."""
+    """The template for a ``size`` x ``size`` crop, as insightface's ``estimate_norm`` makes it.
+
+    A multiple of 112: the template times ``size / 112``. A multiple of 128 (and not of 112):
+    the template times ``ratio = size / 128``, shifted right by ``8 * ratio`` pixels (the face
+    stays centred in the wider crop). Other sizes (insightface refuses them) scale by ``size / 112``.
+    """
+    if size % FACE_SIZE and not size % INSIGHTFACE_ALT_SIZE:
+        ratio = size / INSIGHTFACE_ALT_SIZE
+        return ARCFACE_TEMPLATE * ratio + [INSIGHTFACE_ALT_SHIFT * ratio, 0.0]
     return ARCFACE_TEMPLATE * (size / FACE_SIZE)
 
 

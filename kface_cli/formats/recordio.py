@@ -61,19 +61,24 @@ def pack(header: RecordHeader, data: bytes) -> bytes:
     return struct.pack(HEADER_FORMAT, 0, float(header.label), header.id, header.id2) + data
 
 
-def unpack(payload: bytes) -> tuple[RecordHeader, bytes]:
-    """Record payload -> (header, the rest: usually encoded image bytes)."""
+def _parse_header(payload: bytes) -> tuple[RecordHeader, int]:
+    """The header at the start of a record payload, and where the data after it begins."""
     if len(payload) < HEADER_SIZE:
         raise InputError(f"RecordIO payload of {len(payload)} bytes is shorter than the {HEADER_SIZE}-byte header")
     flag, label, id_, id2 = struct.unpack_from(HEADER_FORMAT, payload)
-    rest = payload[HEADER_SIZE:]
     if flag > 0:
-        need = 4 * flag
-        if len(rest) < need:
+        end = HEADER_SIZE + 4 * flag
+        if len(payload) < end:
             raise InputError(f"RecordIO header announces {flag} labels but the payload is too short")
-        labels = tuple(float(v) for v in np.frombuffer(rest[:need], dtype="<f4"))
-        return RecordHeader(flag, labels, id_, id2), rest[need:]
-    return RecordHeader(0, float(label), id_, id2), rest
+        labels = tuple(float(v) for v in np.frombuffer(payload[HEADER_SIZE:end], dtype="<f4"))
+        return RecordHeader(flag, labels, id_, id2), end
+    return RecordHeader(0, float(label), id_, id2), HEADER_SIZE
+
+
+def unpack(payload: bytes) -> tuple[RecordHeader, bytes]:
+    """Record payload -> (header, the rest: usually encoded image bytes)."""
+    header, start = _parse_header(payload)
+    return header, payload[start:]
 
 
 def read_index(idx_path: str | Path) -> dict[int, int]:
@@ -110,6 +115,8 @@ class RecordIOReader:
         self.keys = sorted(self.index)
         self._file = None
         self._pid = -1
+        self._raw = None  # unbuffered handle for header reads
+        self._raw_pid = -1
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -122,7 +129,7 @@ class RecordIOReader:
 
     def __getstate__(self):  # DataLoader pickles datasets for spawn-started workers
         state = dict(self.__dict__)
-        state["_file"], state["_pid"] = None, -1
+        state["_file"], state["_pid"], state["_raw"], state["_raw_pid"] = None, -1, None, -1
         return state
 
     def read(self, key: int) -> bytes:
@@ -133,21 +140,25 @@ class RecordIOReader:
         f.seek(self.index[key])
         return self._read_at(f)
 
+    def _part_header(self, f) -> tuple[int, int]:
+        """(continuation flag, length) of the record part at ``f``'s position."""
+        head = f.read(8)
+        if len(head) < 8:
+            raise InputError(
+                f"{self.rec_path} ends in the middle of a record", hint="The file is truncated; re-copy it."
+            )
+        magic, lrec = struct.unpack("<II", head)
+        if magic != MAGIC:
+            raise InputError(
+                f"{self.rec_path}: bad magic 0x{magic:08x} at byte {f.tell() - 8}",
+                hint="The .idx does not match this .rec, or the file is corrupt.",
+            )
+        return lrec >> 29, lrec & _LENGTH_MASK
+
     def _read_at(self, f) -> bytes:
         chunks: list[bytes] = []
         while True:
-            head = f.read(8)
-            if len(head) < 8:
-                raise InputError(
-                    f"{self.rec_path} ends in the middle of a record", hint="The file is truncated; re-copy it."
-                )
-            magic, lrec = struct.unpack("<II", head)
-            if magic != MAGIC:
-                raise InputError(
-                    f"{self.rec_path}: bad magic 0x{magic:08x} at byte {f.tell() - 8}",
-                    hint="The .idx does not match this .rec, or the file is corrupt.",
-                )
-            cflag, length = lrec >> 29, lrec & _LENGTH_MASK
+            cflag, length = self._part_header(f)
             data = f.read(length)
             if len(data) < length:
                 raise InputError(f"{self.rec_path} is truncated inside a record")
@@ -167,14 +178,37 @@ class RecordIOReader:
             else:
                 raise InputError(f"{self.rec_path}: unknown continuation flag {cflag}")
 
+    def read_header(self, key: int) -> RecordHeader:
+        """The header of record ``key`` alone: a few dozen bytes, the image is not read."""
+        if key not in self.index:
+            raise InputError(f"key {key} is not in {self.idx_path}")
+        if self._raw is None or self._raw_pid != os.getpid():
+            self._raw = open(self.rec_path, "rb", buffering=0)  # unbuffered: no 8 KB read-ahead per seek
+            self._raw_pid = os.getpid()
+        f = self._raw
+        f.seek(self.index[key])
+        cflag, length = self._part_header(f)
+        if cflag != WHOLE:  # split where the magic number appeared: rare, join the parts
+            return unpack(self.read(key))[0]
+        head = f.read(min(length, HEADER_SIZE))
+        flag = struct.unpack_from("<I", head)[0] if len(head) >= 4 else 0
+        if flag > 0:
+            head += f.read(min(length - len(head), 4 * flag))
+        return _parse_header(head)[0]
+
+    def labels(self, keys) -> np.ndarray:
+        """``labels[0]`` of each record in ``keys`` (int64), read from the headers only."""
+        return np.asarray([int(self.read_header(int(k)).labels[0]) for k in keys], dtype=np.int64)
+
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         for key in self.keys:
             yield key, self.read(key)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        for handle in (self._file, self._raw):
+            if handle is not None:
+                handle.close()
+        self._file = self._raw = None
 
 
 class RecordIOWriter:
@@ -254,12 +288,12 @@ def dataset_index(reader: RecordIOReader, folder: str | Path | None = None) -> R
     if not reader.keys:
         raise InputError(f"{reader.rec_path} holds no records")
     first = reader.keys[0]
-    header0, _ = unpack(reader.read(first))
+    header0 = reader.read_header(first)
     ranges: tuple[tuple[int, int], ...] = ()
     if first == 0 and header0.flag > 0:
         a, b = (int(v) for v in header0.labels[:2])
         keys = tuple(range(1, a))
-        ranges = tuple(tuple(int(v) for v in unpack(reader.read(k))[0].labels[:2]) for k in range(a, b))  # type: ignore[misc]
+        ranges = tuple(tuple(int(v) for v in reader.read_header(k).labels[:2]) for k in range(a, b))  # type: ignore[misc]
     else:
         keys = tuple(reader.keys)
     prop = read_property(folder if folder is not None else reader.rec_path.parent)
@@ -268,5 +302,5 @@ def dataset_index(reader: RecordIOReader, folder: str | Path | None = None) -> R
     elif ranges:
         num_classes = len(ranges)
     else:
-        num_classes = 1 + max(int(unpack(reader.read(k))[0].labels[0]) for k in keys)
+        num_classes = 1 + int(reader.labels(keys).max())
     return RecDatasetIndex(keys, num_classes, ranges)

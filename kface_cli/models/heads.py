@@ -25,10 +25,15 @@ combined) the angle is ``arccos`` of the clamped cosine and, past the turning po
 continuous and still decreasing in theta. Both rules are tested in tests/test_heads.py.
 
 Partial FC (``sample_rate < 1``): each step keeps the centres of every class in the batch plus a
-random sample of the others, ``max(sample_rate * C_local, #positives)`` in all. With
+random sample of the others, ``max(sample_rate * C_local, #positives, 1)`` in all (the sample
+size depends on the batch, so this step waits for the device, as insightface's does). With
 ``torch.distributed`` initialised the centres are split across ranks (rank r holds a contiguous
 block of classes), embeddings and labels are all-gathered, and the softmax is computed across the
-shards; the result equals one process holding every class.
+shards; the result equals one process holding every class, loss value included (log-sum-exp
+minus the target logit, exact).
+
+Nothing in the margin or the loss depends on the data's values for its shapes (no ``nonzero``,
+no boolean indexing), so a training step never makes the host wait for the accelerator.
 """
 
 from __future__ import annotations
@@ -139,37 +144,16 @@ class CombinedMargin(nn.Module):
         assert cos.dim() == 2 and labels.shape == (cos.shape[0],), (
             f"cos {tuple(cos.shape)}, labels {tuple(labels.shape)}"
         )
+        # no data-dependent shapes (no nonzero, no boolean indexing): the host never waits for the device
         has = labels >= 0  # (N,)
-        if not bool(has.any()):
-            return cos * self.s
-        rows = torch.nonzero(has, as_tuple=True)[0]  # (P,)
-        cols = labels[rows]  # (P,)
-        target = self.target_logit(cos[rows, cols])  # (P,)
-        out = cos.index_put((rows, cols), target)  # out-of-place: gradients flow through both
+        col = labels.clamp_min(0)[:, None]  # (N, 1); rows without a target touch column 0 and write it back
+        current = cos.gather(1, col)  # (N, 1)
+        target = torch.where(has[:, None], self.target_logit(current), current)  # (N, 1)
+        out = cos.scatter(1, col, target)  # out-of-place: gradients flow through both
         return out * self.s
 
     def extra_repr(self) -> str:
         return f"s={self.s}, m1={self.m1}, m2={self.m2}, m3={self.m3}"
-
-
-def ArcFace(s: float = DEFAULT_SCALE, m: float = 0.5) -> CombinedMargin:
-    """Additive angular margin: cos(theta + m)."""
-    return CombinedMargin(s, 1.0, m, 0.0)
-
-
-def CosFace(s: float = DEFAULT_SCALE, m: float = 0.35) -> CombinedMargin:
-    """Additive cosine margin: cos(theta) - m."""
-    return CombinedMargin(s, 1.0, 0.0, m)
-
-
-def SphereFace(s: float = DEFAULT_SCALE, m: float = 1.35) -> CombinedMargin:
-    """Multiplicative angular margin (insightface's SphereFace-like setting): cos(m*theta)."""
-    return CombinedMargin(s, m, 0.0, 0.0)
-
-
-def NormSoftmax(s: float = DEFAULT_SCALE) -> CombinedMargin:
-    """Normalised softmax: s * cos(theta), no margin."""
-    return CombinedMargin(s, 1.0, 0.0, 0.0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -224,26 +208,25 @@ class _ShardedCrossEntropy(torch.autograd.Function):
     def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         import torch.distributed as dist
 
-        n = logits.shape[0]
         row_max = logits.max(dim=1).values  # (Ng,)
         dist.all_reduce(row_max, op=dist.ReduceOp.MAX)
-        exp = (logits - row_max[:, None]).exp()  # (Ng, C_local)
+        shifted = logits - row_max[:, None]  # (Ng, C_local)
+        exp = shifted.exp()
         denom = exp.sum(dim=1)  # (Ng,)
         dist.all_reduce(denom, op=dist.ReduceOp.SUM)
-        prob = exp / denom[:, None]  # (Ng, C_local)
-        has = labels >= 0
-        target_prob = torch.zeros(n, device=logits.device, dtype=logits.dtype)
-        target_prob[has] = prob[has, labels[has]]
-        dist.all_reduce(target_prob, op=dist.ReduceOp.SUM)
-        ctx.save_for_backward(prob, labels)
-        return -target_prob.clamp_min(1e-30).log().mean()
+        has = labels >= 0  # (Ng,)
+        col = labels.clamp_min(0)[:, None]  # (Ng, 1)
+        # target logit - max, summed over ranks (exactly one rank holds each target)
+        target = shifted.gather(1, col).squeeze(1) * has  # (Ng,)
+        dist.all_reduce(target, op=dist.ReduceOp.SUM)
+        ctx.save_for_backward(exp / denom[:, None], col, has)
+        # -log softmax = log(sum exp(z - max)) - (z_target - max): exact, no floor on the probability
+        return (denom.log() - target).mean()
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        prob, labels = ctx.saved_tensors
-        grad = prob.clone()
-        has = labels >= 0
-        grad[has, labels[has]] -= 1.0
+        prob, col, has = ctx.saved_tensors
+        grad = prob.scatter_add(1, col, -has[:, None].to(prob.dtype))  # softmax - onehot
         return grad * (grad_out / prob.shape[0]), None
 
 
@@ -328,12 +311,12 @@ class MarginHead(nn.Module):
             return None, local_labels
         has = local_labels >= 0
         positives = torch.unique(local_labels[has], sorted=True)  # (P,)
-        num_sample = max(int(self.config.sample_rate * self.num_local), int(positives.numel()))
+        # at least one row: a rank that holds none of the batch's classes still takes part
+        num_sample = max(int(self.config.sample_rate * self.num_local), int(positives.numel()), 1)
         score = torch.rand(self.num_local, device=local_labels.device)  # (C_local,)
         score[positives] = 2.0  # positives always kept
         rows = torch.topk(score, k=num_sample).indices.sort().values  # (S,)
-        cols = local_labels.clone()
-        cols[has] = torch.searchsorted(rows, local_labels[has])
+        cols = torch.where(has, torch.searchsorted(rows, local_labels.clamp_min(0)), -1)
         return rows, cols
 
     def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,9 @@
   from every rank), optimizer (head states gathered too), scheduler, grad scaler, RNG states of
   every rank, completed epochs and steps, best accuracy so far, per-epoch history. Loadable
   with ``torch.load(..., weights_only=True)``.
-* ``backbone.pth``  the best backbone alone: a plain state_dict in insightface's layout.
+* ``backbone.pth``  the best backbone alone (the later epoch on ties): a plain state_dict in
+  insightface's layout.
+* ``backbone_last.pth`` the last epoch's backbone, same layout.
 * ``log.jsonl``     one JSON object per line: ``{"type": "step"|"epoch"|"stopped", ...}``.
 * ``plots.png``     training loss, learning rate and validation accuracy.
 """
@@ -21,7 +23,14 @@ from typing import Any
 import numpy as np
 
 from kface_cli.errors import InputError
-from kface_cli.workspace import RUN_BACKBONE, RUN_CHECKPOINT, RUN_CONFIG, RUN_LOG, RUN_PLOTS  # noqa: F401 (the run folder's files)
+from kface_cli.workspace import (  # noqa: F401 (the run folder's files)
+    RUN_BACKBONE,
+    RUN_CHECKPOINT,
+    RUN_CONFIG,
+    RUN_LAST_BACKBONE,
+    RUN_LOG,
+    RUN_PLOTS,
+)
 
 CHECKPOINT_FORMAT = "kface-checkpoint/1"
 
@@ -87,5 +96,10 @@ def unwrap(model: Any) -> Any:
 
 
 def backbone_state_dict(model: Any) -> dict[str, Any]:
-    """Plain insightface-layout state_dict (no ``module.`` prefix), on the CPU."""
-    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+    """Plain insightface-layout state_dict (no ``module.`` prefix), on the CPU, contiguous
+    (a channels-last model's weights are saved in the usual layout)."""
+    import torch
+
+    return {
+        k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in unwrap(model).state_dict().items()
+    }

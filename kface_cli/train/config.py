@@ -1,7 +1,9 @@
 """The training configuration: one frozen dataclass, from defaults < a TOML file < the command line.
 
 Every field can be set in a TOML file (``kface train --config FILE.toml``; keys are the field
-names, ``-`` or ``_``), and any option given on the command line overrides the file. The
+names, ``-`` or ``_``), and any option given on the command line overrides the file. Each field
+is also a ``kface train`` option (``--batch-size`` for ``batch_size``): its type, default and help
+(declared with :func:`_opt`) make the option, so a new field needs no edit in the CLI. The
 resolved configuration (with "auto" values filled in) is saved as ``runs/<name>/config.json``
 and inside every checkpoint; ``--resume`` rebuilds the run from it.
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from kface_cli.choices import Optimizer, Precision
+from kface_cli.choices import Loss, Optimizer, Precision
 from kface_cli.errors import KFaceError
 
 AUTO = "auto"
@@ -45,50 +47,80 @@ _FLOAT_RANGES = (
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
+def _opt(default: Any, help: str, short: str | None = None) -> Any:
+    """A TrainConfig field with its option help (``kface train --help`` is built from these)."""
+    return dataclasses.field(default=default, metadata={"help": help, "short": short})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a training run depends on. Defaults follow insightface's arcface_torch."""
 
     # data ---------------------------------------------------------------------------------
-    data: str | None = None  # identity folders or a folder with train.rec; None: workspace split/train
-    val_pairs: str | None = None  # pairs CSV; None: workspace split/val_pairs.csv when present; "none": no validation
-    workers: int = 2  # DataLoader worker processes (0: load in the training process)
-    flip: bool = True  # random horizontal flips
+    data: str | None = _opt(
+        None,
+        "Identity folders (ROOT/<id>/*.jpg), a folder with insightface train.rec/train.idx/property, "
+        "or synthetic:<ids>x<images> [default: the workspace's split/train].",
+    )
+    val_pairs: str | None = _opt(
+        None, "Validation pairs CSV, or 'none' [default: the workspace's split/val_pairs.csv when present]."
+    )
+    workers: int | None = _opt(
+        None,
+        "DataLoader worker processes, 0: load in the training process "
+        "[default: from the cores: all but one on a GPU (at most 8), a quarter on a CPU].",
+    )
+    flip: bool = _opt(True, "Random horizontal flips.")
     # model --------------------------------------------------------------------------------
-    network: str = (
-        AUTO  # r18 r34 r50 r100 r200 mbf mbf_small; auto: that of --init, else r50 on a GPU, mbf_small on a CPU
+    network: str = _opt(
+        AUTO,
+        "Backbone: r18, r34, r50, r100, r200, mbf, mbf_small; auto: that of --init, else r50 on a GPU, mbf_small on a CPU.",
     )
-    embedding_size: int | None = None  # None: that of --init, else 512
-    init: str | None = None  # backbone.pth to start from (insightface's or ours)
-    freeze: int = 0  # number of early stages kept frozen (0: none; the stem is stage 1)
+    embedding_size: int | None = _opt(None, "Embedding size [default: that of --init, else 512].")
+    init: str | None = _opt(None, "Start from these backbone weights (insightface backbone.pth or a kface run).")
+    freeze: int = _opt(0, "Keep the first N stages frozen (1 = the stem).")
     # loss ---------------------------------------------------------------------------------
-    loss: str = "arcface"  # arcface cosface sphereface combined subcenter softmax normsoftmax
-    scale: float = 64.0
-    margin: tuple[float, ...] = ()  # (): the loss's default; one value, or m1,m2,m3 for "combined"
-    subcenters: int = 1  # K sub-centres per class (subcenter: 3 unless set)
-    sample_rate: float = 1.0  # Partial FC: fraction of negative class centres per step
-    # optimisation -------------------------------------------------------------------------
-    optimizer: str = "sgd"
-    lr: float | None = None  # None: 0.1 x global batch / 1024 but at least 0.02 (sgd), 1e-3 (adamw)
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    batch_size: int | None = None  # per process; None: 128 on a GPU, 32 on a CPU, at most a quarter of the data
-    epochs: int = 20
-    warmup_epochs: float = 0.0  # linear warm-up, then polynomial (power 1) decay per iteration
-    grad_clip: float = GRAD_CLIP_NORM
-    precision: str = "fp32"  # fp16/bf16: the layers before fc under autocast
-    # run ----------------------------------------------------------------------------------
-    device: str = AUTO  # auto, cpu, cuda, cuda:1, ...
-    seed: int = 0
-    name: str | None = None  # run folder runs/<name>; None: <network>-<date>-<time>
-    workdir: str | None = None  # workspace; None: $KFACE_WORKDIR or the current folder
-    log_every: int = 10  # steps between JSONL log lines
-    val_batch_size: int = 64
-    bn_recalibration: int = (
-        512  # before validating, re-estimate BatchNorm statistics on this many training images (0: off)
+    loss: str = _opt("arcface", ", ".join(Loss.values()) + ".")
+    scale: float = _opt(64.0, "Logit scale s.")
+    margin: tuple[float, ...] = _opt(
+        (),
+        "Margin: one value (ArcFace m, CosFace m, SphereFace m) or m1,m2,m3 for combined "
+        "[default: the loss's own, e.g. 0.5].",
     )
-    max_steps_per_epoch: int = 0  # 0: the whole epoch (a cap, for smoke tests and benchmarks)
-    channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
+    subcenters: int = _opt(1, "Sub-centres K per class (sub-center ArcFace; --loss subcenter: 3 unless set).")
+    sample_rate: float = _opt(1.0, "Partial FC: fraction of negative class centres per step.")
+    # optimisation -------------------------------------------------------------------------
+    optimizer: str = _opt("sgd", " or ".join(Optimizer.values()) + ".")
+    lr: float | None = _opt(
+        None,
+        f"Learning rate [default: {SGD_REFERENCE_LR:g} x global batch / {SGD_REFERENCE_BATCH} but at least "
+        f"{SGD_MIN_AUTO_LR:g} for sgd, {ADAMW_DEFAULT_LR:g} for adamw].",
+    )
+    momentum: float = _opt(0.9, "SGD momentum.")
+    weight_decay: float = _opt(5e-4, "Weight decay.")
+    batch_size: int | None = _opt(
+        None, "Images per step and process [default: 128 on a GPU, 32 on a CPU, at most a quarter of the data].", "-b"
+    )
+    epochs: int = _opt(20, "Epochs; with --resume, raise it to train further.", "-e")
+    warmup_epochs: float = _opt(0.0, "Linear warm-up epochs before the polynomial decay (stepped per iteration).")
+    grad_clip: float = _opt(GRAD_CLIP_NORM, "Clip the backbone's gradient norm at this value.")
+    precision: str = _opt("fp32", ", ".join(Precision.values()) + " (fp16/bf16: the layers before fc under autocast).")
+    # run ----------------------------------------------------------------------------------
+    device: str = _opt(AUTO, "auto, cpu, cuda, cuda:N.")
+    seed: int = _opt(0, "Random seed.")
+    name: str | None = _opt(None, "Run folder runs/<name> [default: <network>-<date>-<time>].")
+    workdir: str | None = None  # workspace; None: $KFACE_WORKDIR or the current folder (the CLI's --workdir)
+    log_every: int = _opt(10, "Steps between log lines (and between reads of the loss from the device).")
+    val_batch_size: int = _opt(64, "Batch size of the validation after each epoch.")
+    bn_recalibration: int = _opt(
+        512, "Before validating, re-estimate BatchNorm statistics on this many training images (0: off)."
+    )
+    max_steps_per_epoch: int = _opt(
+        0, "Cap on the steps per epoch, for smoke tests and benchmarks (0: the whole epoch)."
+    )
+    channels_last: bool = _opt(
+        True, "NHWC memory format (measured faster on CPUs for mbf, r18, r50; what tensor-core convolutions read)."
+    )
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -116,7 +148,7 @@ class TrainConfig:
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise KFaceError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         for key in ("workers", "freeze", "max_steps_per_epoch", "bn_recalibration"):
-            if getattr(self, key) < 0:
+            if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise KFaceError(f"--{key.replace('_', '-')} must not be negative, got {getattr(self, key)}")
         if self.lr is not None and self.lr <= 0:
             raise KFaceError(f"--lr must be positive, got {self.lr}")

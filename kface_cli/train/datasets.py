@@ -143,7 +143,7 @@ class RecordDataset(_BaseDataset):
     """insightface ``train.rec``/``train.idx`` (+ ``property``) in ``folder``."""
 
     def __init__(self, folder: str | Path, *, flip: bool = True):
-        from kface_cli.formats.recordio import RecordIOReader, dataset_index, unpack
+        from kface_cli.formats.recordio import RecordIOReader, dataset_index
 
         folder = Path(folder)
         rec = folder / REC_NAME if folder.is_dir() else folder
@@ -151,9 +151,7 @@ class RecordDataset(_BaseDataset):
         self.reader = RecordIOReader(rec)
         index = dataset_index(self.reader, rec.parent)
         self.keys = np.asarray(index.image_keys, dtype=np.int64)
-        self.labels = np.asarray(
-            [int(unpack(self.reader.read(int(k)))[0].labels[0]) for k in self.keys], dtype=np.int64
-        )
+        self.labels = self.reader.labels(self.keys)  # record headers only: no image is read
         self.num_classes = int(index.num_classes)
         if len(self.labels) and int(self.labels.max()) >= self.num_classes:
             raise InputError(

@@ -1,8 +1,19 @@
-"""The training loop: read it top to bottom (nanoGPT style), one function, :func:`train`.
+"""The training loop, read top to bottom (nanoGPT style): :func:`train` -> :func:`_train`.
 
-    data (identity folders or train.rec) -> backbone (iresnet / MobileFaceNet) -> embeddings
-    -> margin head (ArcFace family, Partial FC) -> loss -> SGD/AdamW step -> lr schedule
-    after each epoch: verification on val pairs, checkpoint, best backbone.pth, log, plots
+    _setup          data (identity folders or train.rec) -> backbone (iresnet / MobileFaceNet)
+                    -> margin head (ArcFace family, Partial FC) -> optimizer, lr schedule, loader
+    _restore        with --resume: weights, optimizer, schedule, RNG states, position
+    per epoch:
+      _train_epoch  batches -> embeddings -> loss -> SGD/AdamW step -> lr step
+      _end_epoch    BatchNorm recalibration, verification on val pairs, backbone.pth (best),
+                    backbone_last.pth, the epoch's record
+      _save_checkpoint, log, plots
+
+The host never waits for the accelerator inside an epoch, except every ``log_every`` steps
+and at its end, where the per-step losses (kept on the device) are read back and checked: a
+non-finite one stops the run, and the checkpoint on disk is the last good one. Under torchrun
+the ranks agree on a Ctrl-C at those same points. The loader is built once (persistent workers,
+prefetching, pinned memory); the worker count follows the machine's cores unless ``--workers``.
 
 Reproducibility: every epoch's sample order and flips come from ``(seed, epoch)`` alone, and the
 RNG states are saved with each checkpoint, so ``--resume`` continues *exactly* (the same weights
@@ -11,12 +22,17 @@ as an uninterrupted run, also after a Ctrl-C in the middle of an epoch).
 Distributed (``torchrun``): every rank builds the same model, the backbone is wrapped in
 DistributedDataParallel, the head's class centres are sharded across ranks (Partial FC), each
 rank reads its own slice of every global batch, and rank 0 validates and writes the files.
+DDP keeps ``broadcast_buffers=True`` and full-precision gradients (insightface: False and fp16
+compression): every rank then holds the same BatchNorm statistics and the run equals one process
+(tests/test_distributed.py); see the README's training notes.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import random
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -39,6 +55,10 @@ from kface_cli.train.config import AUTO, TrainConfig, config_from_dict, resolve_
 RESUMABLE_CHANGES = ("epochs", "workers", "device", "log_every", "val_batch_size", "val_pairs")
 VAL_FAR = 1e-2  # TAR is reported at this FAR after every epoch
 PLOT_EVERY_S = 30.0  # redraw plots.png at most this often (and after the last epoch)
+SCALER_GROWTH_INTERVAL = 100  # fp16 GradScaler: steps without overflow before the scale doubles (insightface)
+PREFETCH_BATCHES = 4  # batches each loader worker prepares ahead
+MAX_AUTO_WORKERS = 8  # more rarely helps: a 112x112 JPEG decodes in well under a millisecond
+CPU_CORES_PER_WORKER = 4  # on a CPU device the cores train; loader workers get a quarter of them
 
 
 @dataclass
@@ -146,13 +166,22 @@ class EpochBatches:
         start_step: int = 0,
         max_steps: int = 0,
     ):
-        import torch
-
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        self.order = torch.randperm(num_images, generator=g).numpy()  # (N,)
-        self.flips = (torch.rand(num_images, generator=g) < 0.5).numpy() if flip else np.zeros(num_images, dtype=bool)
+        self.num_images, self.seed, self.flip = num_images, seed, flip
         self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
         self.steps = steps_per_epoch(num_images, batch_size, world_size, max_steps)
+        self.set_epoch(epoch, start_step)
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Move to ``epoch`` (from step ``start_step``): the loader and its workers stay as they are."""
+        import torch
+
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        self.order = torch.randperm(self.num_images, generator=g).numpy()  # (N,)
+        self.flips = (
+            (torch.rand(self.num_images, generator=g) < 0.5).numpy()
+            if self.flip
+            else np.zeros(self.num_images, dtype=bool)
+        )
         self.start_step = start_step
 
     def __len__(self) -> int:
@@ -178,6 +207,24 @@ def _auto_batch_size(device: Any, num_images: int, world_size: int) -> int:
     """128 on a GPU, 32 on a CPU; at most a quarter of the data per global batch (>= 2 for BatchNorm)."""
     preferred = 128 if device.type == "cuda" else 32
     return max(2, min(preferred, num_images // (4 * world_size)))
+
+
+def available_cores() -> int:
+    """CPU cores this process may use (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def auto_workers(device: Any, world_size: int = 1, cores: int | None = None) -> int:
+    """DataLoader workers per process when ``--workers`` is not given, from the machine's cores:
+    on a GPU every core but the training process's own (at most :data:`MAX_AUTO_WORKERS`); on a
+    CPU, where the cores run the network, a quarter of them (at least one)."""
+    per_process = max(1, (cores or available_cores()) // max(1, world_size))
+    if device.type == "cpu":
+        return max(1, per_process // CPU_CORES_PER_WORKER)
+    return max(1, min(MAX_AUTO_WORKERS, per_process - 1))
 
 
 def _read_init(path: str) -> tuple[dict[str, Any], Path]:
@@ -331,9 +378,89 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._previous)
 
 
+# ------------------------------------------------------------------------------------------
+# The run, top to bottom: set-up -> restore -> (one epoch -> end of epoch -> checkpoint) x epochs
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What one run holds: built by :func:`_setup`, advanced by the loop in :func:`_train`."""
+
+    config: TrainConfig
+    info: distributed.DistInfo
+    run_dir: Path
+    dataset: Any
+    num_classes: int
+    steps: int  # optimizer steps per epoch
+    backbone: Any
+    model: Any  # the backbone, or DistributedDataParallel around it
+    head: Any
+    frozen: list[Any]
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    sampler: EpochBatches
+    loader: Any
+    workers: int
+    lr: float
+    data_source: str
+    pair_faces: Any = None
+    val_path: Path | None = None
+    log: Any = None  # log.jsonl, open on rank 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] = field(default_factory=lambda: {"epoch": None, "accuracy": None})
+    epoch: int = 0  # position: completed epochs ...
+    step_in_epoch: int = 0  # ... + steps of the current one (what a checkpoint records)
+    start_epoch: int = 0
+    start_step: int = 0
+    losses: list[float] = field(default_factory=list)  # this epoch's per-step losses, read back so far
+    window: Any = None  # (log_every,) losses still on the device
+    pending: int = 0  # how many of ``window`` are not read back yet
+    samples_seen: int = 0
+    epoch_samples_per_s: float = 0.0
+    t_start: float = 0.0
+    t_train: float = 0.0
+    last_plot: float = -math.inf
+
+    @property
+    def device(self) -> Any:
+        return self.info.device
+
+    def write_log(self, record: dict[str, Any]) -> None:
+        if self.log is not None:
+            self.log.write(console.to_json(record, indent=None) + "\n")
+            self.log.flush()
+
+
 def _train(
     config: TrainConfig, info: distributed.DistInfo, resume: bool, on_step: Callable[[int, int], None] | None
 ) -> TrainResult:
+    run = _setup(config, info, resume)
+    stopped_cleanly = False
+    try:
+        with _StopFlag() as stop:
+            for epoch in range(run.start_epoch, run.config.epochs):
+                stopped_cleanly = _train_epoch(run, epoch, stop, on_step)
+                if stopped_cleanly:
+                    raise KeyboardInterrupt
+                record = _end_epoch(run, epoch)
+                _save_checkpoint(run)
+                run.write_log(record)
+                _maybe_plot(run, final=epoch + 1 == run.config.epochs)
+        _check_ranks_agree(run)
+    except KeyboardInterrupt:
+        _save_interrupted(run, stopped_cleanly)
+        raise
+    finally:
+        if run.log is not None:
+            run.log.close()
+    return _result(run)
+
+
+def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Run:
+    """Run folder, seeds, data, model, optimizer, schedule, loader, validation pairs, config.json;
+    with ``resume`` the checkpoint's state (:func:`_restore`)."""
     import torch
 
     from kface_cli.models.heads import build_head
@@ -344,7 +471,7 @@ def _train(
         infer_embedding_size,
         infer_network,
     )
-    from kface_cli.train.datasets import open_training_data
+    from kface_cli.train.datasets import SYNTHETIC_PREFIX, open_training_data
     from kface_cli.workspace import Workspace
 
     t_start = time.perf_counter()
@@ -365,12 +492,12 @@ def _train(
     # -- seeds -------------------------------------------------------------------------------
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
-    import random
-
     random.seed(config.seed)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
 
     # -- data --------------------------------------------------------------------------------
-    if config.data and config.data.startswith("synthetic:"):
+    if config.data and config.data.startswith(SYNTHETIC_PREFIX):
         data_path: Any = config.data  # random in-memory data (throughput checks)
     else:
         data_path = (
@@ -413,65 +540,44 @@ def _train(
     head.to(device)
     if config.channels_last:
         backbone.to(memory_format=torch.channels_last)
-    backbone_params = [p for p in backbone.parameters() if p.requires_grad]
-
-    # -- optimiser and schedule ---------------------------------------------------------------
-    from kface_cli.train.schedule import poly_scheduler
 
     lr = config.base_lr(info.world_size)
-    groups = [{"params": backbone_params}, {"params": list(head.parameters())}]
-    if config.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)
-    total_steps = steps * config.epochs
-    scheduler = poly_scheduler(optimizer, total_steps, int(round(config.warmup_epochs * steps)))
-    scaler = torch.amp.GradScaler(device.type, enabled=config.precision == "fp16")
+    optimizer, scheduler, scaler = _build_optimizer(config, backbone, head, lr=lr, steps=steps, device=device)
+    sampler, loader, workers = _build_loader(config, info, dataset)
 
-    # -- resume ------------------------------------------------------------------------------
-    start_epoch, start_step = 0, 0
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] = {"epoch": None, "accuracy": None}
+    run = _Run(
+        config=config,
+        info=info,
+        run_dir=run_dir,
+        dataset=dataset,
+        num_classes=num_classes,
+        steps=steps,
+        backbone=backbone,
+        model=backbone,
+        head=head,
+        frozen=frozen,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        scaler=scaler,
+        sampler=sampler,
+        loader=loader,
+        workers=workers,
+        lr=lr,
+        data_source=str(getattr(dataset, "source", data_path)),
+        window=torch.zeros(config.log_every, device=device),
+        t_start=t_start,
+    )
     if ckpt is not None:
-        if ckpt["num_classes"] != num_classes:
-            raise ModelMismatchError(
-                f"the data now has {num_classes} classes, the run was trained on {ckpt['num_classes']}",
-                hint="Resume with the same --data.",
-            )
-        backbone.load_state_dict(ckpt["backbone"])
-        head.load_full_state_dict(ckpt["head"])
-        optimizer.load_state_dict(_local_optimizer_state(ckpt["optimizer"], head))
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if ckpt.get("scaler"):
-            scaler.load_state_dict(ckpt["scaler"])
-        start_epoch, start_step = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
-        history, best = list(ckpt["history"]), dict(ckpt["best"])
-        rngs = ckpt["rng"]
-        if len(rngs) == info.world_size:
-            ck.restore_rng(rngs[info.rank], device)
-        else:
-            console.warn(
-                f"checkpoint was written by {len(rngs)} processes, now {info.world_size}: random states restart"
-            )
-        # the scheduler's lr_lambdas are rebuilt from the (possibly longer) epochs
-        scheduler.base_lrs = [lr for _ in scheduler.base_lrs]
-        if start_epoch >= config.epochs:
-            raise KFaceError(
-                f"run {name!r} already finished {start_epoch} epochs", hint="Pass a larger --epochs to train further."
-            )
-        console.info(f"Resuming {name} at epoch {start_epoch + 1}, step {start_step} of {steps}")
-
-    model: Any = backbone
+        _restore(run, ckpt)
     if info.distributed:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(backbone, device_ids=[device.index] if device.type == "cuda" else None)
+        run.model = DDP(backbone, device_ids=[device.index] if device.type == "cuda" else None)
 
     # -- validation pairs (rank 0) -----------------------------------------------------------
-    pair_faces = None
-    val_path = _resolve_val_pairs(config, ws)
+    run.val_path = _resolve_val_pairs(config, ws)
     if info.is_main:
-        if val_path is None:
+        if run.val_path is None:
             console.warn(
                 "no validation pairs (split/val_pairs.csv or --val-pairs): training without validation; backbone.pth will be the last epoch"
             )
@@ -479,246 +585,328 @@ def _train(
             from kface_cli.evaluate.protocols import prepare_pairs
             from kface_cli.formats.pairs import read_pairs_csv
 
-            pair_faces = prepare_pairs(read_pairs_csv(val_path), description="Loading val pairs")
+            run.pair_faces = prepare_pairs(read_pairs_csv(run.val_path), description="Loading val pairs")
 
     # -- files ---------------------------------------------------------------------------------
-    extra = {
-        "num_classes": num_classes,
-        "num_images": num_images,
-        "world_size": info.world_size,
-        "data_source": str(getattr(dataset, "source", data_path)),
-        TRAINING_DATA_KEY: training_data(str(data_path), getattr(dataset, "classes", []), init=config.init),
-        "val_pairs_file": str(val_path) if val_path else None,
-        "steps_per_epoch": steps,
-        "base_lr": lr,
-        "device": str(device),
-    }
     if info.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        save_config_json(run_dir / ck.RUN_CONFIG, config, **extra)
+        save_config_json(
+            run_dir / ck.RUN_CONFIG,
+            config,
+            num_classes=num_classes,
+            num_images=num_images,
+            world_size=info.world_size,
+            data_source=run.data_source,
+            **{TRAINING_DATA_KEY: training_data(str(data_path), getattr(dataset, "classes", []), init=config.init)},
+            val_pairs_file=str(run.val_path) if run.val_path else None,
+            steps_per_epoch=steps,
+            base_lr=lr,
+            device=str(device),
+            loader_workers=workers,
+        )
         console.info(
             f"Training {network} ({config.loss}) on {num_images} images of {num_classes} identities -> {run_dir}"
-            f" [{info.world_size} x {device}, {steps} steps/epoch, lr {lr:g}]"
+            f" [{info.world_size} x {device}, {steps} steps/epoch, lr {lr:g}, {workers} data workers]"
         )
-    log = open(run_dir / ck.RUN_LOG, "a", encoding="utf-8") if info.is_main else None
+        run.log = open(run_dir / ck.RUN_LOG, "a", encoding="utf-8")
+    run.t_train = time.perf_counter()
+    return run
 
-    def write_log(record: dict[str, Any]) -> None:
-        if log is not None:
-            log.write(console.to_json(record, indent=None) + "\n")
-            log.flush()
 
-    def save_checkpoint(epoch_done: int, step_in_epoch: int) -> None:
-        # every rank takes part (the head and its optimizer state are gathered); rank 0 writes
-        payload = {
-            "format": ck.CHECKPOINT_FORMAT,
-            "config": config.to_dict(),
-            "network": network,
-            "embedding_size": config.embedding_size,
-            "num_classes": num_classes,
-            "backbone": ck.backbone_state_dict(backbone),
-            "head": {k: v.cpu() for k, v in head.full_state_dict().items()},
-            "optimizer": _full_optimizer_state(optimizer, head),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-            "epoch": epoch_done,
-            "step_in_epoch": step_in_epoch,
-            "global_step": epoch_done * steps + step_in_epoch,
-            "rng": distributed.all_gather_object(info, ck.capture_rng(device)),
-            "best": best,
-            "history": history,
-            "partial_losses": list(partial_losses) if step_in_epoch else [],
-        }
-        if info.is_main:
-            ck.save_torch(run_dir / ck.RUN_CHECKPOINT, payload)
+def _build_optimizer(config: TrainConfig, backbone: Any, head: Any, *, lr: float, steps: int, device: Any):
+    """SGD or AdamW over (backbone, head), the per-iteration lr schedule and the fp16 GradScaler."""
+    import torch
 
-    # -- the loop ------------------------------------------------------------------------------
-    global_step = start_epoch * steps + start_step
-    samples_seen, t_train = 0, time.perf_counter()
-    last_record: dict[str, Any] = history[-1] if history else {}
-    cur_epoch, cur_step = start_epoch, start_step  # position for an interrupt checkpoint
-    partial_losses: list[float] = list(ckpt.get("partial_losses", [])) if ckpt is not None else []
-    stopped_cleanly = False
-    losses: list[float] = []
-    last_plot = -math.inf
-    try:
-        with _StopFlag() as stop:
-            for epoch in range(start_epoch, config.epochs):
-                first = start_step if epoch == start_epoch else 0
-                sampler = EpochBatches(
-                    num_images,
-                    config.batch_size,
-                    seed=config.seed,
-                    epoch=epoch,
-                    rank=info.rank,
-                    world_size=info.world_size,
-                    flip=config.flip,
-                    start_step=first,
-                    max_steps=config.max_steps_per_epoch,
-                )
-                loader = torch.utils.data.DataLoader(
-                    dataset,
-                    batch_sampler=sampler,
-                    num_workers=config.workers,
-                    pin_memory=device.type == "cuda",
-                    persistent_workers=False,
-                    worker_init_fn=_ignore_sigint if config.workers else None,
-                )
-                model.train()
-                for m in frozen:
-                    m.eval()  # frozen BatchNorm statistics stay as loaded
-                losses = list(partial_losses) if epoch == start_epoch else []
-                t_epoch, n_epoch = time.perf_counter(), 0
-                with console.progress(f"Epoch {epoch + 1}/{config.epochs}", total=len(sampler)) as bar:
-                    for step, (x, y) in enumerate(loader, start=first):
-                        x = x.to(device, non_blocking=True)  # (B, 3, 112, 112)
-                        y = y.to(device, non_blocking=True)  # (B,)
-                        if config.channels_last:
-                            x = x.contiguous(memory_format=torch.channels_last)
-                        embeddings = model(x)  # (B, emb)
-                        loss = head(embeddings, y)  # () global-batch mean
-                        if not torch.isfinite(loss):
-                            kept = (
-                                "the last good checkpoint is kept"
-                                if (run_dir / ck.RUN_CHECKPOINT).exists()
-                                else "no checkpoint was written yet"
-                            )
-                            write_log(
-                                {
-                                    "type": "stopped",
-                                    "reason": "non-finite loss",
-                                    "epoch": epoch + 1,
-                                    "step": step,
-                                    "loss": loss.item(),
-                                }
-                            )
-                            raise TrainingError(
-                                f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}: training stopped ({kept} in {run_dir})",
-                                hint="Lower --lr, add --warmup-epochs, or use --precision fp32.",
-                            )
-                        optimizer.zero_grad(set_to_none=True)
-                        scaler.scale(loss).backward()
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(
-                            backbone_params, config.grad_clip
-                        )  # backbone only, as insightface
-                        scaler.step(optimizer)
-                        scaler.update()
-                        scheduler.step()
-                        global_step += 1
-                        n_epoch += config.batch_size * info.world_size
-                        samples_seen += config.batch_size * info.world_size
-                        losses.append(loss.item())
-                        cur_step = step + 1
-                        rate = n_epoch / max(time.perf_counter() - t_epoch, 1e-9)
-                        bar.advance()
-                        bar.update(loss=losses[-1], lr=scheduler.get_last_lr()[0], samples_s=round(rate, 1))
-                        if global_step % config.log_every == 0:
-                            write_log(
-                                {
-                                    "type": "step",
-                                    "epoch": epoch + 1,
-                                    "step": global_step,
-                                    "loss": float(np.mean(losses[-config.log_every :])),
-                                    "lr": scheduler.get_last_lr()[0],
-                                    "samples_per_s": rate,
-                                    "time": time.time(),
-                                }
-                            )
-                        if on_step is not None:
-                            on_step(epoch, step + 1)
-                        if _agree(info, stop.stop):
-                            stopped_cleanly = True
-                            raise KeyboardInterrupt
+    from kface_cli.train.schedule import poly_scheduler
 
-                # -- end of epoch: validate, keep the best, checkpoint, log, plot ---------------
-                record: dict[str, Any] = {
-                    "type": "epoch",
-                    "epoch": epoch + 1,
-                    "loss": float(np.mean(losses)) if losses else None,
-                    "lr": scheduler.get_last_lr()[0],
-                    "samples_per_s": n_epoch / max(time.perf_counter() - t_epoch, 1e-9),
-                    "elapsed_s": time.perf_counter() - t_start,
-                }
-                improved = True
-                if config.bn_recalibration and (pair_faces is not None or epoch + 1 == config.epochs):
-                    # every rank, same images: BatchNorm buffers stay identical across ranks
-                    recalibrate_batchnorm(
-                        backbone,
-                        dataset,
-                        num_images=config.bn_recalibration,
-                        batch_size=config.batch_size,
-                        device=device,
-                        seed=config.seed,
-                        frozen=frozen,
-                    )
-                if info.is_main and pair_faces is not None:
-                    val = validate(model, pair_faces, network=network, batch_size=config.val_batch_size)
-                    record["val"] = val
-                    acc = val["accuracy"]
-                    improved = acc is not None and (best["accuracy"] is None or acc > best["accuracy"])
-                    console.info(
-                        f"epoch {epoch + 1}: loss {_num(record['loss'])}, val accuracy {_pct(acc)} +- {_pct(val['accuracy_std'])}, "
-                        f"threshold {_num(val['threshold'])}, TAR@FAR=1e-2 {_pct(val['tar'])}"
-                        + ("  (best)" if improved else "")
-                    )
-                elif info.is_main:
-                    console.info(f"epoch {epoch + 1}: loss {_num(record['loss'])}")
-                improved = bool(distributed.broadcast_object(info, improved))
-                if improved:
-                    best = {"epoch": epoch + 1, "accuracy": (record.get("val") or {}).get("accuracy")}
-                    best = distributed.broadcast_object(info, best)
-                    if info.is_main:
-                        ck.save_torch(run_dir / ck.RUN_BACKBONE, ck.backbone_state_dict(backbone))
-                record["best"] = improved
-                history.append(record)
-                last_record = record
-                losses = []
-                save_checkpoint(epoch + 1, 0)
-                cur_epoch, cur_step = epoch + 1, 0
-                write_log(record)
-                if info.is_main and (epoch + 1 == config.epochs or time.perf_counter() - last_plot > PLOT_EVERY_S):
-                    _plot(run_dir)
-                    last_plot = time.perf_counter()
-        # -- DDP sanity check: every rank must end with the same backbone ----------------------
-        digests = distributed.all_gather_object(info, state_dict_digest(ck.backbone_state_dict(backbone)))
-        if info.is_main:
-            write_log({"type": "end", "epochs": len(history), "backbone_digest_per_rank": digests, "time": time.time()})
-            if len(set(digests)) > 1:
-                console.warn(f"ranks ended with different backbone weights: {digests}")
-    except KeyboardInterrupt:
-        # Single process: always safe to save. Under torchrun only when every rank agreed to stop
-        # at this step (the checkpoint gathers the head shards from all ranks).
-        if not info.distributed or stopped_cleanly:
-            partial_losses[:] = losses if cur_step > 0 else []
-            save_checkpoint(cur_epoch, cur_step)
-            if info.is_main:
-                write_log({"type": "stopped", "reason": "interrupted", "epoch": cur_epoch, "step_in_epoch": cur_step})
-                console.warn(
-                    f"interrupted: checkpoint saved at epoch {cur_epoch} + {cur_step} steps; continue with "
-                    f"`kface train --name {name} --resume`"
-                )
-        elif info.is_main:
-            console.warn("interrupted: the checkpoint of the last completed epoch is kept")
-        raise
-    finally:
-        if log is not None:
-            log.close()
+    groups = [{"params": [p for p in backbone.parameters() if p.requires_grad]}, {"params": list(head.parameters())}]
+    if config.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)
+    scheduler = poly_scheduler(optimizer, steps * config.epochs, int(round(config.warmup_epochs * steps)))
+    scaler = torch.amp.GradScaler(
+        device.type, growth_interval=SCALER_GROWTH_INTERVAL, enabled=config.precision == "fp16"
+    )
+    return optimizer, scheduler, scaler
 
-    elapsed = time.perf_counter() - t_start
-    return TrainResult(
-        run_dir=run_dir,
-        network=network,
-        num_classes=num_classes,
-        num_images=num_images,
-        epochs=len(history),
-        best_epoch=best["epoch"],
-        best_accuracy=best["accuracy"],
-        last=last_record,
-        history=history,
-        elapsed_s=elapsed,
-        samples_per_s=samples_seen / max(time.perf_counter() - t_train, 1e-9),
+
+def _build_loader(config: TrainConfig, info: distributed.DistInfo, dataset: Any):
+    """The one DataLoader of the run: its workers live across epochs (the sampler moves instead)."""
+    import torch
+
+    sampler = EpochBatches(
+        len(dataset),
+        config.batch_size,
+        seed=config.seed,
+        epoch=0,
+        rank=info.rank,
         world_size=info.world_size,
-        device=str(device),
+        flip=config.flip,
+        max_steps=config.max_steps_per_epoch,
+    )
+    workers = config.workers if config.workers is not None else auto_workers(info.device, info.world_size)
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        pin_memory=info.device.type == "cuda",  # page-locked batches: asynchronous host-to-device copies
+        persistent_workers=workers > 0,
+        prefetch_factor=PREFETCH_BATCHES if workers else None,
+        worker_init_fn=_ignore_sigint if workers else None,
+    )
+    return sampler, loader, workers
+
+
+def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
+    """Continue from a checkpoint: weights, optimizer, schedule, scaler, RNG states, position."""
+    if ckpt["num_classes"] != run.num_classes:
+        raise ModelMismatchError(
+            f"the data now has {run.num_classes} classes, the run was trained on {ckpt['num_classes']}",
+            hint="Resume with the same --data.",
+        )
+    run.backbone.load_state_dict(ckpt["backbone"])
+    run.head.load_full_state_dict(ckpt["head"])
+    run.optimizer.load_state_dict(_local_optimizer_state(ckpt["optimizer"], run.head))
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    if ckpt.get("scaler"):
+        run.scaler.load_state_dict(ckpt["scaler"])
+    run.start_epoch, run.start_step = int(ckpt["epoch"]), int(ckpt["step_in_epoch"])
+    run.epoch, run.step_in_epoch = run.start_epoch, run.start_step
+    run.history, run.best = list(ckpt["history"]), dict(ckpt["best"])
+    run.losses = list(ckpt.get("partial_losses", []))
+    rngs = ckpt["rng"]
+    if len(rngs) == run.info.world_size:
+        ck.restore_rng(rngs[run.info.rank], run.device)
+    else:
+        console.warn(
+            f"checkpoint was written by {len(rngs)} processes, now {run.info.world_size}: random states restart"
+        )
+    # the scheduler's lr_lambdas are rebuilt from the (possibly longer) epochs
+    run.scheduler.base_lrs = [run.lr for _ in run.scheduler.base_lrs]
+    if run.start_epoch >= run.config.epochs:
+        raise KFaceError(
+            f"run {run.config.name!r} already finished {run.start_epoch} epochs",
+            hint="Pass a larger --epochs to train further.",
+        )
+    console.info(f"Resuming {run.config.name} at epoch {run.start_epoch + 1}, step {run.start_step} of {run.steps}")
+
+
+def _train_epoch(run: _Run, epoch: int, stop: _StopFlag, on_step: Callable[[int, int], None] | None) -> bool:
+    """One epoch of optimizer steps. Nothing here waits for the device except :func:`_read_losses`,
+    every ``log_every`` steps and at the end. True when every rank agreed to stop (Ctrl-C)."""
+    import torch
+
+    cfg, info, device = run.config, run.info, run.device
+    first = run.start_step if epoch == run.start_epoch else 0
+    if first == 0:
+        run.losses = []
+    run.sampler.set_epoch(epoch, first)
+    run.model.train()
+    for m in run.frozen:
+        m.eval()  # frozen BatchNorm statistics stay as loaded
+    clipped = [p for p in run.backbone.parameters() if p.requires_grad]  # backbone only, as insightface
+    global_batch = cfg.batch_size * info.world_size
+    t_epoch, n_epoch = time.perf_counter(), 0
+    with console.progress(f"Epoch {epoch + 1}/{cfg.epochs}", total=len(run.sampler)) as bar:
+        for step, (x, y) in enumerate(run.loader, start=first):
+            x = x.to(device, non_blocking=True)  # (B, 3, 112, 112)
+            y = y.to(device, non_blocking=True)  # (B,)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            loss = run.head(run.model(x), y)  # () global-batch mean
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scaler.scale(loss).backward()
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(clipped, cfg.grad_clip)
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.scheduler.step()
+            run.window[run.pending] = loss.detach()  # stays on the device
+            run.pending += 1
+            run.epoch, run.step_in_epoch = epoch, step + 1
+            n_epoch += global_batch
+            run.samples_seen += global_batch
+            bar.advance()
+            global_step = epoch * run.steps + step + 1
+            if global_step % cfg.log_every == 0 or step + 1 == run.steps:
+                _read_losses(run)
+                rate = n_epoch / max(time.perf_counter() - t_epoch, 1e-9)
+                lr = run.scheduler.get_last_lr()[0]
+                bar.update(loss=run.losses[-1], lr=lr, samples_s=round(rate, 1))
+                if global_step % cfg.log_every == 0:
+                    run.write_log(
+                        {
+                            "type": "step",
+                            "epoch": epoch + 1,
+                            "step": global_step,
+                            "loss": float(np.mean(run.losses[-cfg.log_every :])),
+                            "lr": lr,
+                            "samples_per_s": rate,
+                            "time": time.time(),
+                        }
+                    )
+                if info.distributed and _agree(info, stop.stop):  # ranks agree where they sync anyway
+                    return True
+            if on_step is not None:
+                on_step(epoch, step + 1)
+            if not info.distributed and stop.stop:
+                return True
+    run.epoch_samples_per_s = n_epoch / max(time.perf_counter() - t_epoch, 1e-9)
+    return False
+
+
+def _read_losses(run: _Run) -> None:
+    """Bring the pending step losses to the host (the one wait for the device) and stop on a
+    non-finite one: the checkpoint on disk is then the last good one."""
+    values = run.window[: run.pending].tolist()
+    first = run.step_in_epoch - run.pending
+    run.pending = 0
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            kept = (
+                "the last good checkpoint is kept"
+                if (run.run_dir / ck.RUN_CHECKPOINT).exists()
+                else "no checkpoint was written yet"
+            )
+            step = first + i + 1
+            run.write_log(
+                {"type": "stopped", "reason": "non-finite loss", "epoch": run.epoch + 1, "step": step, "loss": v}
+            )
+            raise TrainingError(
+                f"loss became {v} at epoch {run.epoch + 1}, step {step}: training stopped ({kept} in {run.run_dir})",
+                hint="Lower --lr, add --warmup-epochs, or use --precision fp32.",
+            )
+    run.losses.extend(values)
+
+
+def _end_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """Validate, keep the best backbone (the later epoch on ties) and the last one; the epoch's record."""
+    cfg, info = run.config, run.info
+    record: dict[str, Any] = {
+        "type": "epoch",
+        "epoch": epoch + 1,
+        "loss": float(np.mean(run.losses)) if run.losses else None,
+        "lr": run.scheduler.get_last_lr()[0],
+        "samples_per_s": run.epoch_samples_per_s,
+        "elapsed_s": time.perf_counter() - run.t_start,
+    }
+    if cfg.bn_recalibration and (run.pair_faces is not None or epoch + 1 == cfg.epochs):
+        # every rank, same images: BatchNorm buffers stay identical across ranks
+        recalibrate_batchnorm(
+            run.backbone,
+            run.dataset,
+            num_images=cfg.bn_recalibration,
+            batch_size=cfg.batch_size,
+            device=run.device,
+            seed=cfg.seed,
+            frozen=run.frozen,
+        )
+    improved = True
+    if info.is_main and run.pair_faces is not None:
+        val = validate(run.model, run.pair_faces, network=cfg.network, batch_size=cfg.val_batch_size)
+        record["val"] = val
+        acc, best_acc = val["accuracy"], run.best["accuracy"]
+        improved = acc is not None and (best_acc is None or acc >= best_acc)  # a tie: the later, more trained epoch
+        console.info(
+            f"epoch {epoch + 1}: loss {_num(record['loss'])}, val accuracy {_pct(acc)} +- {_pct(val['accuracy_std'])}, "
+            f"threshold {_num(val['threshold'])}, TAR@FAR=1e-2 {_pct(val['tar'])}" + ("  (best)" if improved else "")
+        )
+    elif info.is_main:
+        console.info(f"epoch {epoch + 1}: loss {_num(record['loss'])}")
+    improved = bool(distributed.broadcast_object(info, improved))
+    if info.is_main:
+        weights = ck.backbone_state_dict(run.backbone)
+        ck.save_torch(run.run_dir / ck.RUN_LAST_BACKBONE, weights)
+        if improved:
+            ck.save_torch(run.run_dir / ck.RUN_BACKBONE, weights)
+    if improved:
+        run.best = {"epoch": epoch + 1, "accuracy": (record.get("val") or {}).get("accuracy")}
+        run.best = distributed.broadcast_object(info, run.best)
+    record["best"] = improved
+    run.history.append(record)
+    run.losses = []
+    run.epoch, run.step_in_epoch = epoch + 1, 0
+    return record
+
+
+def _save_checkpoint(run: _Run) -> None:
+    """checkpoint.pt at the current position. Every rank takes part (the head and its optimizer
+    state are gathered); rank 0 writes."""
+    payload = {
+        "format": ck.CHECKPOINT_FORMAT,
+        "config": run.config.to_dict(),
+        "network": run.config.network,
+        "embedding_size": run.config.embedding_size,
+        "num_classes": run.num_classes,
+        "backbone": ck.backbone_state_dict(run.backbone),
+        "head": {k: v.cpu() for k, v in run.head.full_state_dict().items()},
+        "optimizer": _full_optimizer_state(run.optimizer, run.head),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
+        "epoch": run.epoch,
+        "step_in_epoch": run.step_in_epoch,
+        "global_step": run.epoch * run.steps + run.step_in_epoch,
+        "rng": distributed.all_gather_object(run.info, ck.capture_rng(run.device)),
+        "best": run.best,
+        "history": run.history,
+        "partial_losses": list(run.losses) if run.step_in_epoch else [],
+    }
+    if run.info.is_main:
+        ck.save_torch(run.run_dir / ck.RUN_CHECKPOINT, payload)
+
+
+def _save_interrupted(run: _Run, stopped_cleanly: bool) -> None:
+    """Ctrl-C: a checkpoint at the current step. Single process: always safe. Under torchrun only
+    when every rank agreed to stop at this step (the checkpoint gathers the head from all ranks)."""
+    if run.info.distributed and not stopped_cleanly:
+        if run.info.is_main:
+            console.warn("interrupted: the checkpoint of the last completed epoch is kept")
+        return
+    _read_losses(run)  # a non-finite loss among them: no checkpoint, the last good one stays
+    _save_checkpoint(run)
+    if run.info.is_main:
+        run.write_log(
+            {"type": "stopped", "reason": "interrupted", "epoch": run.epoch, "step_in_epoch": run.step_in_epoch}
+        )
+        console.warn(
+            f"interrupted: checkpoint saved at epoch {run.epoch} + {run.step_in_epoch} steps; continue with "
+            f"`kface train --name {run.config.name} --resume`"
+        )
+
+
+def _check_ranks_agree(run: _Run) -> None:
+    """DDP sanity check: every rank must end with the same backbone."""
+    digests = distributed.all_gather_object(run.info, state_dict_digest(ck.backbone_state_dict(run.backbone)))
+    if run.info.is_main:
+        run.write_log(
+            {"type": "end", "epochs": len(run.history), "backbone_digest_per_rank": digests, "time": time.time()}
+        )
+        if len(set(digests)) > 1:
+            console.warn(f"ranks ended with different backbone weights: {digests}")
+
+
+def _maybe_plot(run: _Run, final: bool) -> None:
+    if run.info.is_main and (final or time.perf_counter() - run.last_plot > PLOT_EVERY_S):
+        _plot(run.run_dir)
+        run.last_plot = time.perf_counter()
+
+
+def _result(run: _Run) -> TrainResult:
+    return TrainResult(
+        run_dir=run.run_dir,
+        network=run.config.network,
+        num_classes=run.num_classes,
+        num_images=len(run.dataset),
+        epochs=len(run.history),
+        best_epoch=run.best["epoch"],
+        best_accuracy=run.best["accuracy"],
+        last=run.history[-1] if run.history else {},
+        history=run.history,
+        elapsed_s=time.perf_counter() - run.t_start,
+        samples_per_s=run.samples_seen / max(time.perf_counter() - run.t_train, 1e-9),
+        world_size=run.info.world_size,
+        device=str(run.device),
     )
 
 
