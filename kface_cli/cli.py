@@ -271,7 +271,21 @@ def extract_cmd(
 
 @command("crop")
 def crop_cmd(
+    source: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A K-Face extraction, or any folder with one sub-folder of photos per person (SRC/<name>/**/*.jpg) \\[default: raw/<Res>].",
+            show_default=False,
+        ),
+    ] = None,
     res: ResOpt = "Middle",
+    landmarks: Annotated[
+        str,
+        typer.Option(
+            "--landmarks",
+            help="Where the 5 face points come from: annotation (K-Face .txt), detect (the detector, as `kface identify`), auto (the annotation when there is one, else the detector).",
+        ),
+    ] = "auto",
     mode: Annotated[
         str,
         typer.Option(
@@ -286,17 +300,25 @@ def crop_cmd(
     square: Annotated[
         bool, typer.Option("--square", help="box mode: grow the face box's short side to make it square.")
     ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Output folder \\[default: faces/<Res>, or faces/<SRC folder name> for other photos].",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         int, typer.Option("--workers", "-j", help="Parallel threads (0: one per CPU core, at most 8).")
     ] = 0,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Crop the extracted faces to 112x112 (aligned like insightface) into faces/<Res>, with a manifest."""
+    """Crop photos to 112x112 faces aligned like insightface, with a manifest: K-Face, or your own photos."""
     from kface_cli.prepare.crop import CropConfig, crop, parse_mode
 
-    config = CropConfig(mode=parse_mode(mode), size=size, margin=margin, square=square)
-    result = crop(workdir, res=res, config=config, workers=workers)
+    config = CropConfig(mode=parse_mode(mode), size=size, margin=margin, square=square, landmarks=landmarks)
+    result = crop(workdir, res=res, config=config, raw_dir=source, out_dir=out, workers=workers)
     if json_output:
         console.print_json(result)
         return
@@ -306,7 +328,12 @@ def crop_cmd(
         "box-fallback": "face box (profile: points degenerate)",
     }
     rows = [[labels.get(m, m), n] for m, n in sorted(result.methods.items())]
+    rows += [[f"landmarks: {src}", n] for src, n in sorted(result.landmark_sources.items())]
+    if result.several_faces:
+        rows.append(["several faces (largest used)", result.several_faces])
     rows += [[f"skipped: {status}", n] for status, n in sorted(result.problems.items())]
+    if result.resumed:
+        rows.append(["already cropped (skipped)", result.resumed])
     console.show(
         console.table(
             f"Cropped {result.cropped} of {result.images} images ({result.identities} identities) to {result.size}x{result.size}",
@@ -314,13 +341,20 @@ def crop_cmd(
             rows,
         )
     )
+    outcomes = sorted({k for c in result.by_camera.values() for k in c})
+    if len(outcomes) > 1:
+        cam_rows = [[cam, *(c.get(k, 0) for k in outcomes)] for cam, c in result.by_camera.items()]
+        console.show(console.table("Landmarks by camera", ["camera", *outcomes], cam_rows))
     for status, examples in result.examples.items():
         for ex in examples:
             console.warn(f"{status}: {ex}")
-    res_flag = "" if result.out.name == "Middle" else f" --res {result.out.name}"
+    if result.kind == "kface":
+        nxt = "kface split" + ("" if result.out.name == "Middle" else f" --res {result.out.name}")
+    else:
+        nxt = f"kface split --faces {result.out}"
     console.info(
         f"faces in {result.out}, manifest {result.manifest} ({result.seconds:.1f} s). "
-        f"Next: kface split{res_flag}" + (f" -w {workdir}" if workdir else "")
+        f"Next: {nxt}" + (f" -w {workdir}" if workdir else "")
     )
 
 
@@ -357,13 +391,30 @@ def split_cmd(
         ),
     ] = None,
     seed: SeedOpt = 0,
+    faces: Annotated[
+        Path | None,
+        typer.Option(
+            "--faces",
+            help="Crop folder to split (e.g. faces/<name> from `kface crop SRC`) \\[default: faces/<Res>].",
+            show_default=False,
+        ),
+    ] = None,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
     """Split the crops into identity-disjoint train/val folders, classes.csv and val_pairs.csv."""
     from kface_cli.prepare.split import split
 
-    result = split(workdir, res=res, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order, max_pairs=max_pairs)  # type: ignore[arg-type]
+    result = split(
+        workdir,
+        res=res,
+        faces_dir=faces,
+        val_ids=val_ids,
+        val_frac=val_frac,
+        seed=seed,
+        order=order,
+        max_pairs=max_pairs,
+    )  # type: ignore[arg-type]
     if json_output:
         console.print_json(result)
         return
@@ -471,6 +522,13 @@ def train_cmd(
         str | None,
         _opt("Validation pairs CSV, or 'none' \\[default: split/val_pairs.csv when present].", "--val-pairs"),
     ] = None,
+    augment: Annotated[
+        str | None,
+        _opt(
+            "Augmentations, e.g. jitter or jitter=0.05,colour=0.2 (jitter, scale, shift, colour, blur, grey; 'none') \\[default: none].",
+            "--augment",
+        ),
+    ] = None,
     workers: Annotated[int | None, _opt("DataLoader worker processes \\[default: 2].", "--workers")] = None,
     device: Annotated[str | None, _opt("auto, cpu, cuda, cuda:N \\[default: auto].", "--device")] = None,
     seed: Annotated[int | None, _opt("Random seed \\[default: 0].", "--seed")] = None,
@@ -515,6 +573,7 @@ def train_cmd(
         precision=precision,
         sample_rate=sample_rate,
         val_pairs=val_pairs,
+        augment=augment,
         workers=workers,
         device=device,
         seed=seed,
@@ -630,7 +689,7 @@ LandmarksOpt = Annotated[
     str,
     typer.Option(
         "--landmarks",
-        help="Where the 5 face points come from: auto (K-Face .txt sidecar when present, else the detector), detect, sidecar.",
+        help="Where the 5 face points come from: auto (K-Face .txt annotation when present, else the detector), detect, annotation.",
     ),
 ]
 MinFaceOpt = Annotated[
@@ -671,7 +730,8 @@ def enroll_cmd(
     aligned: Annotated[
         bool,
         typer.Option(
-            "--aligned", help="The photos are 112x112 aligned crops (e.g. `kface crop` output): no detection."
+            "--aligned",
+            help="Every photo is an aligned square crop: no detection (112 and 224 px squares, e.g. `kface crop` output, are used as they are anyway).",
         ),
     ] = False,
     per_identity: Annotated[
@@ -757,7 +817,11 @@ def identify_cmd(
         typer.Option("--max-frames", help="Stop after this many frames (camera or videos).", show_default=False),
     ] = None,
     aligned: Annotated[
-        bool, typer.Option("--aligned", help="The inputs are 112x112 aligned crops: no detection.")
+        bool,
+        typer.Option(
+            "--aligned",
+            help="Every input is an aligned square crop: no detection (112 and 224 px squares are used as they are anyway).",
+        ),
     ] = False,
     landmarks: LandmarksOpt = "auto",
     min_face: MinFaceOpt = None,
@@ -956,6 +1020,14 @@ def evaluate_cmd(
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Faces per forward pass.", min=1)] = 64,
+    landmarks: Annotated[
+        str | None,
+        typer.Option(
+            "--landmarks",
+            help="Align the val split's faces again from their source photos: detect (accuracy as deployed), annotation or auto; other photos: where their points come from \\[default: the aligned crops as they are].",
+            show_default=False,
+        ),
+    ] = None,
     conditions: Annotated[
         bool,
         typer.Option(
@@ -967,13 +1039,13 @@ def evaluate_cmd(
 ) -> None:
     """Verification and identification metrics, by K-Face condition, with a report folder and plots."""
     from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate
-    from kface_cli.evaluate.report import condition_table, summary_rows
+    from kface_cli.evaluate.report import condition_table, landmark_table, summary_rows
 
     result = evaluate(
         EvaluateOptions(
             model=model, workdir=workdir, network=network, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
             bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
-            save_threshold=save_threshold, name=name, batch_size=batch_size,
+            save_threshold=save_threshold, name=name, batch_size=batch_size, landmarks=landmarks,
         )
     )  # fmt: skip
     if json_output:
@@ -990,6 +1062,9 @@ def evaluate_cmd(
     title, columns, rows = condition_table(result.summary.get("per_condition"))
     if conditions and rows:
         console.show(console.table(title, columns, rows))
+    detection = landmark_table(result.summary.get("landmarks"))
+    if detection is not None:
+        console.show(console.table(*detection))
     if result.report_dir is not None:
         console.show(f"Report: {result.report_dir}")
 

@@ -92,6 +92,8 @@ class TrainConfig:
     )
     max_steps_per_epoch: int = 0  # 0: the whole epoch (a cap, for smoke tests and benchmarks)
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent GPUs)
+    # augmentation (kface_cli.train.augment) ----------------------------------------------
+    augment: str = ""  # e.g. "jitter" or "jitter=0.05,colour=0.2"; "": none
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
