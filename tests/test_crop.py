@@ -356,3 +356,18 @@ def test_detector_crops_of_synthetic_kface_fall_back_to_the_annotation(tmp_path)
     assert r.by_camera["C7"].get("mesh", 0) + r.by_camera["C7"].get("detector", 0) == 2
     rows = list(csv.DictReader(open(r.manifest, encoding="utf-8")))
     assert all(row["score"] for row in rows) and all(row["landmarks"] for row in rows)
+
+
+def test_crops_of_another_folder_are_never_overwritten(tmp_path, photos):
+    src, _ = photos
+    ws = tmp_path / "ws"
+    first = crop(ws, raw_dir=src)
+    before = first.manifest.read_bytes()
+    other = tmp_path / "elsewhere" / "members"  # same folder name, other photos
+    _photo(other / "Zoë" / "a.jpg")
+    with pytest.raises(InputError, match="another folder"):
+        crop(ws, raw_dir=other)
+    assert first.manifest.read_bytes() == before
+    assert crop(ws, raw_dir=other, out_dir=tmp_path / "zoe").cropped == 1
+    with pytest.raises(InputError, match="source folder"):
+        crop(ws, raw_dir=src, out_dir=src / "faces")

@@ -389,6 +389,14 @@ def crop(
         else (ws.faces(res) if kind == "kface" else ws.photo_faces(source.resolve().name))
     )
     settings = _settings(source, kind, config)
+    earlier = read_settings(out)
+    if source.resolve() == out.resolve() or source.resolve() in out.resolve().parents:
+        raise InputError(f"the crops would be written into their source folder {source}", hint="Pass --out DIR.")
+    if out_dir is None and earlier is not None and earlier.get("source") != settings["source"]:
+        raise InputError(
+            f"{out} holds crops of another folder ({earlier.get('source')})",
+            hint="Pass --out DIR for these crops, or remove that folder first.",
+        )
     done = _previous(out, settings)
     todo = [it for it in items if it.source not in done]
     records = [done[it.source] for it in items if it.source in done]
