@@ -371,3 +371,25 @@ def test_crops_of_another_folder_are_never_overwritten(tmp_path, photos):
     assert crop(ws, raw_dir=other, out_dir=tmp_path / "zoe").cropped == 1
     with pytest.raises(InputError, match="source folder"):
         crop(ws, raw_dir=src, out_dir=src / "faces")
+
+
+def test_an_interrupted_crop_resumes(tmp_path, photos, monkeypatch):
+    from kface_cli.prepare import crop as crop_module
+
+    src, stub = photos
+    monkeypatch.setattr(crop_module, "SAVE_EVERY_S", 0.0)  # save the manifest after every photo
+    real_detect = stub.detect
+
+    def interrupted(image, path=None):
+        if path.name == "a.jpg":  # the 7th of 8 photos (Latin, Cyrillic, then Hangul folders)
+            raise KeyboardInterrupt
+        return real_detect(image, path)
+
+    monkeypatch.setattr(stub, "detect", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        crop(tmp_path / "ws", raw_dir=src, workers=1)
+    monkeypatch.setattr(stub, "detect", real_detect)
+    stub.calls.clear()
+    again = crop(tmp_path / "ws", raw_dir=src, workers=1)
+    assert again.resumed == 4 and again.cropped == 6  # ok.jpg, b.jpg, group.bmp, b.png were saved
+    assert "group.bmp" not in stub.calls and "a.jpg" in stub.calls
