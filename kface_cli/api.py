@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from kface_cli.embedding.compare import VerifyResult
     from kface_cli.embedding.embedder import Embedder
     from kface_cli.face.detect import DetectedFace
+    from kface_cli.face.pipeline import AlignedFace
     from kface_cli.gallery.enroll import EnrollResult
     from kface_cli.gallery.identify import IdentifyResult
 
@@ -80,17 +81,17 @@ def detect(photo: Photo, *, landmarks: str = "auto", min_face: int | None = None
     """The faces in a photo, largest first: each with ``box`` (x, y, w, h), ``score`` and ``points5`` (5, 2).
 
     ``landmarks``: "auto" (a K-Face ``.txt`` beside the photo when there is one, else the
-    detector), "detect" or "sidecar". ``min_face``: smallest face searched for, in pixels.
+    detector), "detect" or "annotation". ``min_face``: smallest face searched for, in pixels.
     """
-    return [face for face, _ in _faces(photo, landmarks, min_face)]
+    return [found.face for found in _faces(photo, landmarks, min_face)]
 
 
 def align(photo: Photo, *, landmarks: str = "auto", min_face: int | None = None) -> list[np.ndarray]:
     """Each face of a photo aligned to the ArcFace template: (112, 112, 3) BGR uint8 crops, largest first."""
-    return [crop for _, crop in _faces(photo, landmarks, min_face)]
+    return [found.crop for found in _faces(photo, landmarks, min_face)]
 
 
-def _faces(photo: Photo, landmarks: str, min_face: int | None) -> list[tuple[DetectedFace, np.ndarray]]:
+def _faces(photo: Photo, landmarks: str, min_face: int | None) -> list[AlignedFace]:
     from kface_cli.face.pipeline import faces_in_image
 
     return faces_in_image(photo, _detector(landmarks, min_face))

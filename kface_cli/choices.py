@@ -110,11 +110,17 @@ class Backend(Choice):
 
 
 class LandmarkMode(Choice):
-    """Where the 5 face points come from: the K-Face .txt sidecar when present, the detector, or the sidecar only."""
+    """Where the 5 face points come from: the K-Face annotation (.txt beside the image) when there
+    is one, else the detector (``auto``); the detector only; the annotation only. ``sidecar`` is
+    the annotation's former name, still accepted."""
 
     AUTO = "auto"
     DETECT = "detect"
-    SIDECAR = "sidecar"
+    ANNOTATION = "annotation"
+
+    @classmethod
+    def _missing_(cls, value: object) -> LandmarkMode | None:
+        return cls.ANNOTATION if value == "annotation" else None
 
 
 # ---- gallery -------------------------------------------------------------------------------

@@ -120,6 +120,14 @@ NetworkOpt = Annotated[
         show_default=False,
     ),
 ]
+LandmarksOpt = Annotated[
+    LandmarkMode,
+    typer.Option(
+        "--landmarks",
+        case_sensitive=False,
+        help="Where the 5 face points come from: auto (the K-Face .txt annotation when present, else the detector), detect, annotation.",
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible for a given seed).")]
 
 
@@ -395,7 +403,15 @@ def extract_cmd(
     help=f"Crop the extracted faces to {FACE_SIZE}x{FACE_SIZE} (aligned like insightface) into faces/<Res>, with a manifest.",
 )
 def crop_cmd(
+    source: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A K-Face extraction, or any folder with one sub-folder of photos per person (SRC/<name>/**/*.jpg) \\[default: raw/<Res>].",
+            show_default=False,
+        ),
+    ] = None,
     res: ResOpt = DEFAULT_RESOLUTION,
+    landmarks: LandmarksOpt = LandmarkMode.AUTO,
     mode: Annotated[
         CropMode,
         typer.Option(
@@ -416,17 +432,31 @@ def crop_cmd(
     square: Annotated[
         bool, typer.Option("--square", help="box mode: grow the face box's short side to make it square.")
     ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Output folder \\[default: faces/<Res>, or faces/<SRC folder name> for other photos].",
+            show_default=False,
+        ),
+    ] = None,
     jobs: JobsOpt = 0,
     workers_deprecated: JobsDeprecatedOpt = None,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
+    """Crop photos to aligned faces with a manifest: a K-Face extraction, or your own photos (SRC/<name>/*.jpg)."""
     from kface_cli.prepare.crop import CropConfig, crop
 
     margin = _deprecated("--margin", "--box-margin", margin_deprecated, box_margin)
-    config = CropConfig(mode=mode, size=size, margin=margin, square=square)
+    config = CropConfig(mode=mode, size=size, margin=margin, square=square, landmarks=landmarks)
     result = crop(
-        workdir, res=res, config=config, workers=_deprecated("--workers", "--jobs (-j)", workers_deprecated, jobs)
+        workdir,
+        res=res,
+        config=config,
+        raw_dir=source,
+        out_dir=out,
+        workers=_deprecated("--workers", "--jobs (-j)", workers_deprecated, jobs),
     )
     if json_output:
         console.print_json(result)
@@ -437,7 +467,12 @@ def crop_cmd(
         "box-fallback": "face box (profile: points degenerate)",
     }
     rows = [[labels.get(m, m), n] for m, n in sorted(result.methods.items())]
+    rows += [[f"landmarks: {src}", n] for src, n in sorted(result.landmark_sources.items())]
+    if result.several_faces:
+        rows.append(["several faces (largest used)", result.several_faces])
     rows += [[f"skipped: {status}", n] for status, n in sorted(result.problems.items())]
+    if result.resumed:
+        rows.append(["already cropped (skipped)", result.resumed])
     console.show(
         console.table(
             f"Cropped {result.cropped} of {result.images} images ({result.identities} identities) to {result.size}x{result.size}",
@@ -445,13 +480,20 @@ def crop_cmd(
             rows,
         )
     )
+    outcomes = sorted({k for c in result.by_camera.values() for k in c})
+    if len(outcomes) > 1:
+        cam_rows = [[cam, *(c.get(k, 0) for k in outcomes)] for cam, c in result.by_camera.items()]
+        console.show(console.table("Landmarks by camera", ["camera", *outcomes], cam_rows))
     for status, examples in result.examples.items():
         for ex in examples:
             console.warn(f"{status}: {ex}")
-    res_flag = "" if result.out.name == DEFAULT_RESOLUTION else f" --res {result.out.name}"
+    if result.kind == "kface":
+        nxt = "kface split" + ("" if result.out.name == DEFAULT_RESOLUTION else f" --res {result.out.name}")
+    else:
+        nxt = f"kface split --faces {result.out}"
     console.info(
         f"faces in {result.out}, manifest {result.manifest} ({result.seconds:.1f} s). "
-        f"Next: kface split{res_flag}" + (f" -w {workdir}" if workdir else "")
+        f"Next: {nxt}" + (f" -w {workdir}" if workdir else "")
     )
 
 
@@ -489,13 +531,30 @@ def split_cmd(
         ),
     ] = None,
     seed: SeedOpt = 0,
+    faces: Annotated[
+        Path | None,
+        typer.Option(
+            "--faces",
+            help="Crop folder to split (e.g. faces/<name> from `kface crop SRC`) \\[default: faces/<Res>].",
+            show_default=False,
+        ),
+    ] = None,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
     """Split the crops into identity-disjoint train/val folders, classes.csv and val_pairs.csv."""
     from kface_cli.prepare.split import split
 
-    result = split(workdir, res=res, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order, max_pairs=max_pairs)
+    result = split(
+        workdir,
+        res=res,
+        faces_dir=faces,
+        val_ids=val_ids,
+        val_frac=val_frac,
+        seed=seed,
+        order=order,
+        max_pairs=max_pairs,
+    )
     if json_output:
         console.print_json(result)
         return
@@ -699,14 +758,6 @@ GalleryOpt = Annotated[
         "--gallery", "-g", help=f"Gallery file \\[default: {GALLERY_FILE} in the workspace].", show_default=False
     ),
 ]
-LandmarksOpt = Annotated[
-    LandmarkMode,
-    typer.Option(
-        "--landmarks",
-        case_sensitive=False,
-        help="Where the 5 face points come from: auto (K-Face .txt sidecar when present, else the detector), detect, sidecar.",
-    ),
-]
 MinFaceOpt = Annotated[
     int | None,
     typer.Option(
@@ -746,7 +797,8 @@ def enroll_cmd(
     aligned: Annotated[
         bool,
         typer.Option(
-            "--aligned", help="The photos are 112x112 aligned crops (e.g. `kface crop` output): no detection."
+            "--aligned",
+            help="Every photo is an aligned square crop: no detection (112 and 224 px squares, e.g. `kface crop` output, are used as they are anyway).",
         ),
     ] = False,
     per_identity: Annotated[
@@ -838,7 +890,11 @@ def identify_cmd(
         typer.Option("--max-frames", help="Stop after this many frames (camera or videos).", show_default=False),
     ] = None,
     aligned: Annotated[
-        bool, typer.Option("--aligned", help="The inputs are 112x112 aligned crops: no detection.")
+        bool,
+        typer.Option(
+            "--aligned",
+            help="Every input is an aligned square crop: no detection (112 and 224 px squares are used as they are anyway).",
+        ),
     ] = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     min_face: MinFaceOpt = None,
@@ -1054,6 +1110,15 @@ def evaluate_cmd(
     batch_size_deprecated: Annotated[
         int | None, typer.Option("--batch-size", hidden=True, help="Deprecated: --embed-batch.", show_default=False)
     ] = None,
+    landmarks: Annotated[
+        LandmarkMode | None,
+        typer.Option(
+            "--landmarks",
+            case_sensitive=False,
+            help="Align the val split's faces again from their source photos: detect (accuracy as deployed), annotation or auto; other photos: where their points come from \\[default: the aligned crops as they are].",
+            show_default=False,
+        ),
+    ] = None,
     conditions: Annotated[
         bool,
         typer.Option(
@@ -1065,14 +1130,14 @@ def evaluate_cmd(
 ) -> None:
     """Verification and identification metrics, by K-Face condition, with a report folder and plots."""
     from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate
-    from kface_cli.evaluate.report import condition_table, summary_rows, summary_title
+    from kface_cli.evaluate.report import condition_table, landmark_table, summary_rows, summary_title
 
     result = evaluate(
         EvaluateOptions(
             model=model, workdir=workdir, network=network, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
             bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
             target_fpir=target_fpir, save_threshold=save_threshold, replace_threshold=replace_threshold, name=name,
-            batch_size=_deprecated("--batch-size", "--embed-batch", batch_size_deprecated, embed_batch),
+            landmarks=landmarks, batch_size=_deprecated("--batch-size", "--embed-batch", batch_size_deprecated, embed_batch),
         )
     )  # fmt: skip
     if json_output:
@@ -1084,6 +1149,9 @@ def evaluate_cmd(
         title, columns, rows = condition_table(result.summary.get("per_condition"))
         if conditions and rows:
             console.show(console.table(title, columns, rows))
+        detection = landmark_table(result.summary.get("landmarks"))
+        if detection is not None:
+            console.show(console.table(*detection))
         if result.report_dir is not None:
             console.show(f"Report: {result.report_dir}")
     if any("not_saved" in c for c in (result.summary.get("calibration") or {}).values()):

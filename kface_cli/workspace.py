@@ -5,6 +5,7 @@ folder) holds every stage's output at a fixed place::
 
     raw/<Res>/<ID>/<S>/<L>/<E>/<C>.jpg (+ .txt)      extract
     faces/<Res>/<ID>/<ID>_<S>_<L>_<E>_<C>.jpg        crop (112x112), faces/<Res>/manifest.csv
+    faces/<name>/<person>/*.jpg                      crop of a folder of photos SRC=<...>/<name>
     split/train/<ID>/*.jpg, split/val/<ID>/*.jpg     split, split/classes.csv, split/val_pairs.csv
     runs/<name>/                                     train (config, backbone.pth, checkpoint.pt, logs)
     gallery.h5 (+ gallery.faiss)                     enroll
@@ -63,6 +64,10 @@ class Workspace:
 
     def faces(self, res: str) -> Path:
         return self.root / "faces" / normalise_resolution(res)
+
+    def photo_faces(self, name: str) -> Path:
+        """Crops of a folder of one's own photos (``kface crop SRC``): ``faces/<SRC folder name>``."""
+        return self.root / "faces" / name
 
     def manifest(self, res: str) -> Path:
         return self.faces(res) / MANIFEST

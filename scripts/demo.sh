@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole kface pipeline on the bundled synthetic K-Face sample (sample_data/), end to end:
-# extract -> crop -> split -> train -> export -> enroll -> identify -> evaluate.
+# extract -> crop -> split -> train -> export -> enroll -> identify -> evaluate, plus a training
+# set made from photos without annotation files (step 3b) and accuracy as deployed (step 7b).
 # Run through `make demo` (which installs kface into .venv first). Takes a few minutes on 2 cores.
 # Everything is written to demo_workspace/ (override with KFACE_DEMO_WORKDIR).
 set -euo pipefail
@@ -19,6 +20,27 @@ step "" kface extract "$SAMPLE" --lux L1 --expr E01 --angle C1,C5,C10
 
 step "2. Crop 112x112 faces aligned to the ArcFace template" kface crop
 step "3. Identity-disjoint train/val split with verification pairs" kface split --val-ids 10 --seed 0
+# Your own photos: no annotation files, any names, any folder depth. Four of the sample people
+# become "my_photos/<name>/<light>/*.jpg" with Korean names; crop finds their faces with the
+# detector (as `kface identify` will) and writes a training set `kface split` and `kface train` read.
+python3 - <<'PY'
+import os, shutil
+from pathlib import Path
+ws = Path(os.environ["KFACE_WORKDIR"])
+raw = ws / "raw" / "Middle"
+names = ["김민준", "이서연", "박지호", "최수아"]
+for name, ident in zip(names, sorted(p.name for p in raw.iterdir())):
+    for photo in sorted((raw / ident).rglob("*.jpg")):
+        light, cam = photo.parts[-3], photo.stem  # .../S001/<L>/<E>/<C>.jpg
+        dst = ws / "my_photos" / name / light / f"{photo.parts[-2]}_{cam}.jpg"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(photo, dst)  # the photo only: no .txt annotation
+print("my_photos/: 4 people, photos without annotation files")
+PY
+step "3b. Own photos without annotation files -> a training set (detector landmarks), in workspace own/" \
+  kface crop "$KFACE_WORKDIR/my_photos" -w "$KFACE_WORKDIR/own"
+step "" kface split --faces "$KFACE_WORKDIR/own/faces/my_photos" --val-ids 2 -w "$KFACE_WORKDIR/own"
+
 step "4. Train a MobileFaceNet from scratch with ArcFace (shipped config: demo_mbf)" \
   kface train --config demo_mbf --name demo
 step "5. Export the best model to ONNX (checks itself against torch)" \
@@ -48,6 +70,8 @@ step "6. Enroll the validation people into an HDF5 gallery with a FAISS index" \
   kface enroll "$KFACE_WORKDIR/people" --model "$KFACE_WORKDIR/demo.onnx"
 step "7. Evaluate on the val split: verification, identification, per condition; calibrate thresholds for FAR 1% (1:1) and FPIR 10% (1:N)" \
   kface evaluate --model "$KFACE_WORKDIR/demo.onnx" --target-far 1e-2 --target-fpir 1e-1 --save-threshold --name demo
+step "7b. Accuracy as deployed: the val faces aligned again from their photos by the detector, as identify does" \
+  kface evaluate --model "$KFACE_WORKDIR/demo.onnx" --landmarks detect --name demo-deployed --no-conditions
 step "8. Identify the probes: 4 enrolled people in other light/expression/angle, and 3 people who are not enrolled" \
   kface identify "$KFACE_WORKDIR/probes" --model "$KFACE_WORKDIR/demo.onnx" --annotate "$KFACE_WORKDIR/annotated"
 

@@ -31,7 +31,7 @@ class FakeFace:
 
 
 class SidecarDetector:
-    """Reads the K-Face ``.txt`` beside a photo (like ``get_detector("sidecar")``).
+    """Reads the K-Face ``.txt`` beside a photo (like ``get_detector("annotation")``).
 
     ``extra`` adds a smaller second face (to test multi-face photos); no sidecar = no face.
     """

@@ -18,8 +18,8 @@ def world(tmp_path_factory):
 
 
 def test_detect_align_embed(world):
-    faces = api.detect(world["probe"], landmarks="sidecar")
-    crops = api.align(world["probe"], landmarks="sidecar")
+    faces = api.detect(world["probe"], landmarks="annotation")
+    crops = api.align(world["probe"], landmarks="annotation")
     assert len(faces) == len(crops) == 1 and faces[0].points5.shape == (5, 2) and crops[0].shape == (112, 112, 3)
     model = PixelEmbedder()
     from_crops = api.embed(model, np.stack(crops))
@@ -48,9 +48,9 @@ def test_gallery_enroll_identify_remove(world, tmp_path, monkeypatch):
 
     monkeypatch.setattr(console, "progress", spy)
     gallery = api.Gallery(tmp_path / "g.h5", PixelEmbedder())
-    enrolled = gallery.enroll(world["people"], landmarks="sidecar")
+    enrolled = gallery.enroll(world["people"], landmarks="annotation")
     assert enrolled.added_templates == 4 and gallery.identities() == {"Alice": 2, "Bob": 2}
-    found = gallery.identify(world["probe"], landmarks="sidecar")
+    found = gallery.identify(world["probe"], landmarks="annotation")
     assert found.images[0].faces[0].name == "Alice"
     assert ("Enrolling", True) in seen and ("Identifying", True) in seen  # tqdm.auto bars inside the API
     assert not console.MODE.tqdm  # and rich again outside it

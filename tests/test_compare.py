@@ -32,12 +32,12 @@ def photos(tmp_path_factory):
 
 
 def test_verify_same_photo_and_threshold(photos):
-    same = verify_photos(photos["a1"], photos["a1"], PixelEmbedder(), landmarks="sidecar")
+    same = verify_photos(photos["a1"], photos["a1"], PixelEmbedder(), landmarks="annotation")
     assert same.same and same.distance == pytest.approx(0.0, abs=1e-5) and same.cosine == pytest.approx(1.0, abs=1e-5)
     assert (same.threshold, same.threshold_source) == (DEFAULT_THRESHOLD, "default")
-    pair = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), landmarks="sidecar")
+    pair = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), landmarks="annotation")
     assert 0 < pair.distance <= 4
-    strict = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), threshold=pair.distance, landmarks="sidecar")
+    strict = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), threshold=pair.distance, landmarks="annotation")
     assert not strict.same and strict.threshold_source == "given"  # match iff distance < threshold
     data = strict.to_json()
     assert data["same"] is False and data["model"]["fingerprint"] == PixelEmbedder().fingerprint
@@ -50,9 +50,9 @@ def test_verify_errors(photos, tmp_path):
     with pytest.raises(InputError, match="no face found in .*wall.jpg"):
         verify_photos(photos["a1"], tmp_path / "wall.jpg", PixelEmbedder())
     with pytest.raises(InputError, match="no K-Face annotation"):
-        verify_photos(photos["a1"], photos["none"], PixelEmbedder(), landmarks="sidecar")
+        verify_photos(photos["a1"], photos["none"], PixelEmbedder(), landmarks="annotation")
     with pytest.raises(InputError, match="not folders"):
-        verify_photos(photos["root"], photos["a1"], PixelEmbedder(), landmarks="sidecar")
+        verify_photos(photos["root"], photos["a1"], PixelEmbedder(), landmarks="annotation")
     with pytest.raises(InputError, match="not found"):
         verify_photos(tmp_path / "x.jpg", photos["a1"], PixelEmbedder())
 
@@ -60,14 +60,14 @@ def test_verify_errors(photos, tmp_path):
 @pytest.mark.parametrize("suffix", [".npy", ".h5"])
 def test_embed_writes_and_reads_back(photos, tmp_path, suffix):
     out = tmp_path / f"faces{suffix}"
-    result = embed_photos([photos["root"]], PixelEmbedder(), out, landmarks="sidecar")
+    result = embed_photos([photos["root"]], PixelEmbedder(), out, landmarks="annotation")
     assert [p.name for p in result.images] == ["1.jpg", "2.jpg", "1.jpg"] and [p.name for p in result.failed] == [
         "noface.jpg"
     ]
     names, vectors = load_embeddings(out)
     assert names == [str(p) for p in result.images] and vectors.shape == (3, 64)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    expected = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), landmarks="sidecar").distance
+    expected = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), landmarks="annotation").distance
     assert float(np.sum((vectors[0] - vectors[2]) ** 2)) == pytest.approx(expected, abs=1e-5)
     assert (result.names_file == out.with_suffix(NAMES_SUFFIX)) == (suffix == ".npy")
 
@@ -88,7 +88,7 @@ def test_cli_verify_exit_codes_and_embed(photos, tmp_path, mbf_model):
     from kface_cli.cli import app
 
     runner = CliRunner()
-    base = ["--model", str(mbf_model), "--network", "mbf", "--landmarks", "sidecar"]
+    base = ["--model", str(mbf_model), "--network", "mbf", "--landmarks", "annotation"]
     r = runner.invoke(app, ["verify", str(photos["a1"]), str(photos["a1"]), *base, "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)

@@ -91,7 +91,7 @@ def test_blank_image_has_no_faces(detector):
 
 
 def test_bad_inputs_and_options():
-    with pytest.raises(KFaceError, match="auto, detect, sidecar"):
+    with pytest.raises(KFaceError, match="auto, detect, annotation"):
         get_detector("landmarks")  # type: ignore[arg-type]
     with pytest.raises(KFaceError):
         get_detector("detect", min_face=0)
@@ -118,20 +118,20 @@ SIDECAR = """176\t116
 """
 
 
-def test_sidecar_and_auto_modes(tmp_path, photo):
+def test_annotation_and_auto_modes(tmp_path, photo):
     img_path = tmp_path / "C7.jpg"
     cv2.imwrite(str(img_path), np.zeros((240, 320, 3), np.uint8))
     (tmp_path / "C7.txt").write_text(SIDECAR)
     image = read_image(img_path)
-    for mode in ("sidecar", "auto"):
+    for mode in ("annotation", "annotation", "auto"):  # "annotation": the former name, still accepted
         faces = get_detector(mode).detect(image, path=img_path)  # type: ignore[arg-type]
-        assert len(faces) == 1 and faces[0].landmarks == "sidecar"
+        assert len(faces) == 1 and faces[0].landmarks == "annotation"
         np.testing.assert_allclose(faces[0].points5, [[150, 98], [200, 97], [176, 116], [155, 140], [196, 141]])
         assert faces[0].box == (110.0, 40.0, 130.0, 150.0)
     other = tmp_path / "photo.jpg"
     cv2.imwrite(str(other), photo)
     with pytest.raises(InputError, match="no K-Face annotation"):
-        get_detector("sidecar").detect(photo, path=other)
+        get_detector("annotation").detect(photo, path=other)
     auto = get_detector("auto").detect(photo, path=other)  # no .txt: the detector runs
     assert len(auto) == 1 and auto[0].landmarks == "mesh"
 

@@ -29,7 +29,7 @@ def photos(tmp_path_factory) -> Path:
 def test_faces_boxes_points_and_scores(photos):
     from kface_cli.dataset.annotation import read_annotation
 
-    result = detect_photos([photos], detector=get_detector("sidecar"))
+    result = detect_photos([photos], detector=get_detector("annotation"))
     assert [p.image.name for p in result.images] == ["a.jpg", "c.jpg", "b.jpg"]
     a = result.images[0]
     ann = read_annotation(photos / "a.txt")
@@ -39,13 +39,13 @@ def test_faces_boxes_points_and_scores(photos):
     assert result.faces == 2
     data = result.to_json()
     face = data["images"][0]["faces"][0]
-    assert len(face["box"]) == 4 and len(face["points5"]) == 5 and face["landmarks"] == "sidecar"
+    assert len(face["box"]) == 4 and len(face["points5"]) == 5 and face["landmarks"] == "annotation"
     columns, rows = table_rows(result)
     assert len(rows) == 3 and rows[0][0].name == "a.jpg" and rows[0][1] == 1 and len(rows[0][4].split()) == 5
 
 
 def test_annotate_draws_boxes_and_points(photos, tmp_path):
-    result = detect_photos([photos / "a.jpg"], detector=get_detector("sidecar"), annotate=tmp_path / "out")
+    result = detect_photos([photos / "a.jpg"], detector=get_detector("annotation"), annotate=tmp_path / "out")
     assert [p.name for p in result.annotated] == ["a.jpg"]
     src, drawn = read_image(photos / "a.jpg"), read_image(tmp_path / "out" / "a.jpg")
     assert drawn.shape == src.shape and np.abs(drawn.astype(int) - src.astype(int)).sum() > 1000
@@ -59,9 +59,9 @@ def test_errors(photos, tmp_path):
         photo_paths([tmp_path / "clip.mp4"])
     (tmp_path / "file").write_text("x")
     with pytest.raises(InputError, match="needs a folder"):
-        detect_photos([photos / "a.jpg"], detector=get_detector("sidecar"), annotate=tmp_path / "file")
+        detect_photos([photos / "a.jpg"], detector=get_detector("annotation"), annotate=tmp_path / "file")
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
-    result = detect_photos([tmp_path / "bad.jpg"], detector=get_detector("sidecar"))
+    result = detect_photos([tmp_path / "bad.jpg"], detector=get_detector("annotation"))
     assert result.images[0].faces == [] and "cannot read image" in result.images[0].error
 
 

@@ -134,7 +134,7 @@ def test_aligned_crops(tmp_path, photos):
     result = enroll_folder(root, tmp_path / "g.h5", PixelEmbedder(), aligned=True)
     assert result.added_templates == 9
     rows = Gallery(tmp_path / "g.h5").read(details=True)
-    assert np.isnan(rows.boxes).all()
+    assert (rows.boxes == [0, 0, 112, 112]).all() and np.isnan(rows.scores).all()  # the whole crop, no detection
 
 
 # -- real processes ------------------------------------------------------------------------------
@@ -235,7 +235,7 @@ def test_cli_enroll_with_a_model_file(tmp_path, photos, mbf_model):
             "--network",
             "mbf",
             "--landmarks",
-            "sidecar",
+            "annotation",
             "-g",
             str(g),
             "--json",

@@ -322,3 +322,57 @@ def test_default_report_names_do_not_collide(tmp_path):
         default_report_name(FakeEmbedder(source=tmp_path / "w600k r50.onnx"), Protocol.VAL, EvaluateOptions())
         == "w600k-r50-val"
     )
+
+
+def _with_source_photos(ws, monkeypatch):
+    """Each val crop pasted into a larger 'photo' (listed in split/sources.csv); a stub detector
+    finds the face in every photo except camera C9 ones, as a detector misses profiles."""
+    import numpy as np
+
+    from kface_cli.face import detect
+    from kface_cli.face.align import ARCFACE_TEMPLATE
+    from kface_cli.prepare.split import write_sources
+
+    sources = {}
+    for crop in sorted((ws / "split" / "val").glob("*/*.png")):
+        photo = np.full((240, 300, 3), 90, np.uint8)
+        photo[50:162, 100:212] = cv2.imread(str(crop))
+        path = ws / "photos" / crop.name
+        path.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(path), photo)
+        sources[crop.relative_to(ws / "split").as_posix()] = path
+    write_sources(ws / "split" / "sources.csv", sources, ws / "split")
+
+    class Stub:
+        def detect(self, image, path=None):
+            if "_C9" in path.name:
+                return []
+            points = (ARCFACE_TEMPLATE + [100, 50]).astype(np.float32)
+            return [detect.DetectedFace((100.0, 50.0, 112.0, 112.0), 0.95, points)]
+
+    real = detect.get_detector
+    monkeypatch.setattr(
+        detect, "get_detector", lambda mode="auto", **kw: Stub() if mode == "detect" else real(mode, **kw)
+    )
+
+
+def test_landmarks_detect_realigns_from_the_source_photos_and_counts_misses_per_camera(tmp_path, monkeypatch):
+    ws = _ws(tmp_path)
+    as_trained = evaluate_embedder(FakeEmbedder(), EvaluateOptions(workdir=ws, write_report=False)).summary
+    assert as_trained["landmarks"]["realigned_from_source_photos"] is False
+    with pytest.raises(InputError, match="sources.csv"):
+        evaluate_embedder(FakeEmbedder(), EvaluateOptions(workdir=ws, landmarks="detect", write_report=False))
+    _with_source_photos(ws, monkeypatch)
+    s = evaluate_embedder(FakeEmbedder(), EvaluateOptions(workdir=ws, landmarks="detect", write_report=False)).summary
+    lm = s["landmarks"]
+    assert lm["realigned_from_source_photos"] and lm["images"] == 40 and lm["no_face"] == 20
+    assert lm["by_condition"]["cam"] == {"C7": {"images": 20, "no_face": 0}, "C9": {"images": 20, "no_face": 20}}
+    assert s["n_failed_images"] == 20 and s["accuracy"] < as_trained["accuracy"]
+    assert (
+        s["per_condition"]["cam"]["C7"]["accuracy_at_threshold"]
+        > s["per_condition"]["cam"]["C9"]["accuracy_at_threshold"]
+    )
+    from kface_cli.evaluate.report import landmark_table
+
+    title, columns, rows = landmark_table(lm)
+    assert rows[0][:4] == ["camera C7", rows[0][1], 20, 0] and rows[1][2:4] == [20, 20]

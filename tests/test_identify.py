@@ -172,9 +172,9 @@ def test_cli_identify(world, tmp_path, mbf_model):
     from kface_cli.embedding.loading import load_embedder
 
     gallery = tmp_path / "g.h5"
-    enroll_folder(world["people"], gallery, load_embedder(mbf_model, network="mbf"), landmarks="sidecar")
+    enroll_folder(world["people"], gallery, load_embedder(mbf_model, network="mbf"), landmarks="annotation")
     runner = CliRunner()
-    base = ["identify", "--model", str(mbf_model), "--network", "mbf", "--landmarks", "sidecar", "-g", str(gallery)]
+    base = ["identify", "--model", str(mbf_model), "--network", "mbf", "--landmarks", "annotation", "-g", str(gallery)]
     probe = world["people"] / "김철수" / "1.jpg"  # enrolled: distance ~0 whatever the weights
     r = runner.invoke(
         app, [*base, str(probe), "--json", "--csv", str(tmp_path / "o.csv"), "--annotate", str(tmp_path / "ann")]

@@ -24,7 +24,10 @@ from kface_cli.cli import app
 pytestmark = pytest.mark.slow
 
 #: Keys whose value is a map keyed by data (codes, FAR levels, model metadata), not by field names.
-MAPS = {"metadata", "tar_at_far", "dir_at_fpir", "per_condition", "missing_by_code", "methods", "problems", "examples"}
+MAPS = {
+    "metadata", "tar_at_far", "dir_at_fpir", "per_condition", "missing_by_code", "methods", "problems", "examples",
+    "by_camera", "landmark_sources", "sources", "by_condition",
+}  # fmt: skip
 SNAKE = re.compile(r"[a-z][a-z0-9_]*")
 HUMAN_NUMBER = re.compile(r"^[\d.,]+ ?(B|KiB|MiB|GiB|kB|MB|GB|%|s)$")
 TRAIN_TOML = """[train]
@@ -112,7 +115,7 @@ def world(tmp_path_factory):
     probe = str(ws / "probes" / f"{val[0]}_C8.jpg")
     run("verify", str(ws / "people" / val[0] / "C7.jpg"), probe, "--model", model, "--threshold", "4")
     run("embed", str(ws / "probes"), "--model", model, "--out", str(ws / "e.npy"))
-    run("detect", str(ws / "probes"), "--landmarks", "sidecar")
+    run("detect", str(ws / "probes"), "--landmarks", "annotation")
     return {"ws": ws, "model": model, "json": {k: json.loads(v) for k, v in outputs.items()}}
 
 

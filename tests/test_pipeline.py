@@ -43,9 +43,10 @@ def test_faces_in_image_aligns_each_detected_face(tmp_path):
     cv2.imwrite(str(path), photo)
     det = _FixedDetector([points, points + 5])
     found = faces_in_image(path, det)
-    assert det.paths == [path]  # the detector receives the path (for sidecars)
+    assert det.paths == [path]  # the detector receives the path (for annotation files)
     assert len(found) == 2
-    face, crop = found[0]
+    face, crop = found[0].face, found[0].crop
+    assert found[0].method == "align"
     assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
     np.testing.assert_array_equal(crop, norm_crop(photo, face.points5))  # the one alignment function
     inner = (slice(10, 102), slice(10, 102))
@@ -57,7 +58,7 @@ def test_faces_in_image_aligns_each_detected_face(tmp_path):
 def test_real_photo_gives_an_arcface_crop():
     found = faces_in_image(FIXTURE, get_detector("detect"))
     assert len(found) == 1
-    _, crop = found[0]
+    crop = found[0].crop
     # the aligned crop holds a face where the template expects it: detect again on a padded copy
     padded = cv2.copyMakeBorder(
         cv2.resize(crop, (224, 224)), 112, 112, 112, 112, cv2.BORDER_CONSTANT, value=(128, 128, 128)
@@ -132,6 +133,77 @@ def test_odd_photo_formats_find_the_face(tmp_path, kind):
         cv2.imwrite(str(path), photo.astype(np.uint16) * 257)
     found = faces_in_image(path, get_detector("detect"))
     assert len(found) == 1
-    face, _ = found[0]
+    face = found[0].face
     left_eye, right_eye = face.points5[0], face.points5[1]
     assert left_eye[0] < right_eye[0] and abs(left_eye[1] - right_eye[1]) < 10  # upright, not rotated
+
+
+def test_crop_enroll_identify_and_evaluate_see_the_same_aligned_pixels(tmp_path, monkeypatch):
+    """The one face path: the four commands turn the same photo into identical aligned pixels."""
+    from gallery_helpers import CODES, PixelEmbedder, render_photo
+
+    from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate_embedder
+    from kface_cli.face import imageio
+    from kface_cli.formats.pairs import Pair, write_pairs_csv
+    from kface_cli.gallery.enroll import enroll_folder
+    from kface_cli.gallery.identify import identify
+    from kface_cli.prepare.crop import CropConfig, crop
+
+    class Recorder(PixelEmbedder):
+        def __init__(self):
+            super().__init__()
+            self.seen: list[np.ndarray] = []
+
+        def embed(self, faces, batch_size=64):
+            self.seen += list(np.asarray(faces))
+            return super().embed(faces, batch_size)
+
+    frontal = render_photo(tmp_path / "src" / "민지" / "frontal.jpg", "19062531", CODES[2])
+    profile = render_photo(tmp_path / "src" / "민지" / "profile.jpg", "19062531", ("S001", "L1", "E01", "C1"))
+    photos = [frontal, profile]
+
+    written: dict[str, np.ndarray] = {}
+    real_write = imageio.write_image
+    monkeypatch.setattr(
+        imageio,
+        "write_image",
+        lambda path, image, **kw: (written.__setitem__(Path(path).stem, image), real_write(path, image, **kw)),
+    )
+    result = crop(tmp_path / "ws", raw_dir=tmp_path / "src", config=CropConfig(landmarks="annotation"))
+    assert result.methods == {"align": 1, "box-fallback": 1}
+    by_crop = [written["frontal"], written["profile"]]
+
+    enrolled = Recorder()
+    enroll_folder(tmp_path / "src", tmp_path / "g.h5", enrolled, landmarks="annotation")
+    identified = Recorder()
+    identify(photos, tmp_path / "g.h5", identified, landmarks="annotation")
+    evaluated = Recorder()
+    pairs = tmp_path / "pairs.csv"
+    write_pairs_csv(pairs, [Pair(frontal, profile, True), Pair(profile, frontal, False)])
+    evaluate_embedder(
+        evaluated, EvaluateOptions(pairs=pairs, landmarks="annotation", workdir=tmp_path / "ws", write_report=False)
+    )
+    for seen in (enrolled.seen, identified.seen, evaluated.seen):
+        assert len(seen) == 2
+        for got, want in zip(seen, by_crop):
+            np.testing.assert_array_equal(got, want)
+    assert not np.array_equal(by_crop[0], by_crop[1])
+
+
+def test_one_rule_for_aligned_crops(tmp_path):
+    """A 112 or 224 px square is used as it is, whatever the caller; other sizes need a detector."""
+    crop = _face_like_aligned(2)
+    det = _FixedDetector([ARCFACE_TEMPLATE])
+    found = faces_in_image(crop, det)
+    assert det.paths == [] and found[0].method == "as-is" and found[0].face.landmarks == "aligned-crop"
+    np.testing.assert_array_equal(found[0].crop, crop)
+    big = cv2.resize(crop, (224, 224))
+    assert faces_in_image(big, det)[0].crop.shape == (112, 112, 3) and det.paths == []
+    forced = faces_in_image(crop, det, aligned=False)  # aligned=False: always detect
+    assert det.paths == [None] and forced[0].method == "align"
+    odd = cv2.resize(crop, (160, 160))
+    assert faces_in_image(odd, det, aligned=True)[0].method == "as-is"  # any square when told
+    with pytest.raises(InputError, match="not a square"):
+        faces_in_image(np.zeros((112, 150, 3), np.uint8), det, aligned=True)
+    with pytest.raises(ValueError, match="detector"):
+        faces_in_image(np.zeros((300, 400, 3), np.uint8))

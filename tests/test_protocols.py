@@ -45,26 +45,28 @@ def test_prepared_faces_are_not_loaded_again(tmp_path):
 
 
 def test_photos_go_through_detection_and_alignment_and_faceless_pairs_are_rejected(tmp_path, monkeypatch):
-    aligned = np.full((112, 112, 3), 200, np.uint8)
     photo = tmp_path / "photo.png"
-    cv2.imwrite(str(photo), np.full((230, 346, 3), 50, np.uint8))
+    cv2.imwrite(str(photo), np.full((230, 346, 3), 200, np.uint8))
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((230, 346, 3), 0, np.uint8))
     crop = tmp_path / "crop.png"
-    cv2.imwrite(str(crop), aligned)
+    cv2.imwrite(str(crop), np.full((112, 112, 3), 200, np.uint8))
     seen = []
-    from kface_cli.face import detect, pipeline
+    from kface_cli.face import detect
+    from kface_cli.face.align import ARCFACE_TEMPLATE
 
-    def faces_in_image(path, detector):
-        seen.append((path.name, detector))
-        return [] if path.name == "blank.png" else [("face", aligned)]
+    class Detector:  # a face at a known place in every non-black photo
+        def __init__(self, landmarks):
+            self.landmarks = landmarks
 
-    monkeypatch.setattr(pipeline, "is_aligned_crop", lambda image: False)
-    monkeypatch.setattr(pipeline, "load_aligned", lambda path: pytest.fail("not an aligned crop"))
-    monkeypatch.setattr(pipeline, "faces_in_image", faces_in_image)
-    monkeypatch.setattr(detect, "get_detector", lambda landmarks="auto": f"detector:{landmarks}")
+        def detect(self, image, path=None):
+            seen.append((path.name, self.landmarks))
+            points = (ARCFACE_TEMPLATE + [100, 50]).astype(np.float32)
+            return [] if image.max() == 0 else [detect.DetectedFace((100, 50, 112, 112), 0.9, points)]
+
+    monkeypatch.setattr(detect, "get_detector", lambda landmarks="auto": Detector(landmarks))
     dist, issame = P.embed_pairs(FakeEmbedder(), [(photo, crop, True), (blank, crop, True), (blank, photo, False)])
-    assert seen == [("photo.png", "detector:auto"), ("blank.png", "detector:auto")]
+    assert seen == [("photo.png", "auto"), ("blank.png", "auto")]  # the crop is used as it is
     assert dist[0] == pytest.approx(0.0, abs=1e-6)  # the photo's aligned face equals the crop
     assert dist[1] == P.FAILED_DISTANCE and dist[2] == P.FAILED_DISTANCE
 

@@ -103,7 +103,7 @@ def verify_photos(
             (called once both photos are found to exist).
         threshold: squared-L2 distance below which the two are the same person (None: the
             model's calibrated 1:1 threshold, else 1.5).
-        landmarks: ``auto`` | ``detect`` | ``sidecar`` (see :func:`kface_cli.face.detect.get_detector`).
+        landmarks: ``auto`` | ``detect`` | ``annotation`` (see :func:`kface_cli.face.detect.get_detector`).
 
     A photo without a face raises :class:`~kface_cli.errors.InputError`.
     """

@@ -68,7 +68,7 @@ def pair_codes(pairs: Sequence[Any]) -> tuple[list[dict], list[dict]]:
     return c1, c2
 
 
-def _code_sort_key(code: str) -> tuple[str, int]:
+def code_sort_key(code: str) -> tuple[str, int]:
     m = re.match(r"([A-Za-z]*)(\d+)", code)
     return (m.group(1), int(m.group(2))) if m else (code, 0)
 
@@ -112,7 +112,7 @@ def verification_breakdown(
     for key, _label in FACTORS:
         v1 = np.array([c.get(key, "") for c in codes1], dtype=object)
         v2 = np.array([c.get(key, "") for c in codes2], dtype=object)
-        values = sorted({v for v in np.concatenate([v1, v2]) if v}, key=_code_sort_key)
+        values = sorted({v for v in np.concatenate([v1, v2]) if v}, key=code_sort_key)
         if not values:
             continue
         rows = {}
@@ -131,7 +131,7 @@ def identification_breakdown(probe_codes: Sequence[dict], probe_ranks: Sequence[
     out: dict[str, dict[str, dict]] = {}
     for key, _label in FACTORS:
         vals = np.array([c.get(key, "") for c in probe_codes], dtype=object)
-        values = sorted({v for v in vals if v}, key=_code_sort_key)
+        values = sorted({v for v in vals if v}, key=code_sort_key)
         rows = {}
         for v in values:
             r = ranks[(vals == v) & (ranks > 0)]
@@ -154,5 +154,5 @@ def merge_breakdowns(verification: dict, identification: dict) -> dict:
         target = merged.setdefault(key, {})
         for code, r in rows.items():
             target.setdefault(code, {"description": r["description"]}).update(r)
-        merged[key] = dict(sorted(target.items(), key=lambda kv: _code_sort_key(kv[0])))
+        merged[key] = dict(sorted(target.items(), key=lambda kv: code_sort_key(kv[0])))
     return merged

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -75,7 +76,10 @@ class EvaluateOptions:
     replace_threshold: bool = False
     name: str | None = None
     batch_size: int = EMBED_BATCH_SIZE
-    landmarks: str = "auto"
+    #: None: aligned crops as they are (other photos: "auto"). "detect", "annotation" or "auto":
+    #: with the val split, every face is aligned again from its source photo with these landmarks
+    #: (``detect``: accuracy as deployed); elsewhere, the landmarks of photos that are not crops.
+    landmarks: str | None = None
     write_report: bool = True
     fars: tuple[float, ...] = M.DEFAULT_FARS
     fpirs: tuple[float, ...] = M.DEFAULT_FPIRS
@@ -354,7 +358,12 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
     if calibrating:
         _check_calibration_inputs(options, protocol, sets)
     cache: dict[str, np.ndarray] = {}
-    loader = FaceLoader(options.landmarks)
+    sources = None
+    if options.landmarks is not None and protocol is Protocol.VAL:
+        from kface_cli.prepare.split import read_sources
+
+        sources = read_sources(ws.split)
+    loader = FaceLoader(options.landmarks or "auto", sources=sources)
     describe = embedder.describe() if hasattr(embedder, "describe") else {"network": getattr(embedder, "network", None)}
     summary: dict[str, Any] = {
         "model": describe,
@@ -387,6 +396,7 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
             "n_probe_ranks": len(probe_ranks),
         }
     summary["per_condition"] = C.merge_breakdowns(ver_conditions, id_conditions) or None
+    summary["landmarks"] = landmark_report(options.landmarks, loader.outcomes, realigned=sources is not None)
     summary["condition_rule"] = (
         "verification: a pair counts under a condition when either image has it; identification: by the probe image"
     )
@@ -402,6 +412,34 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
         evaluation.report_dir = write_report(evaluation, ws.reports / name)
         summary["report_dir"] = str(evaluation.report_dir)
     return evaluation
+
+
+def landmark_report(mode: str | None, outcomes: dict[str, str], *, realigned: bool) -> dict:
+    """Where the faces' landmarks came from, and the faces the detector missed per K-Face condition.
+
+    A face without landmarks cannot be compared: its pairs count as rejected and, as a probe, it
+    is left out of identification (as a deployed system would fail on it).
+    """
+    sources = Counter(v or "none" for v in outcomes.values())
+    by_factor: dict[str, dict[str, dict[str, int]]] = {}
+    for path, found in outcomes.items():
+        codes = C.codes_of(Path(path))
+        for factor, _ in C.FACTORS:
+            if factor in codes:
+                entry = by_factor.setdefault(factor, {}).setdefault(codes[factor], {"images": 0, "no_face": 0})
+                entry["images"] += 1
+                entry["no_face"] += not found
+    return {
+        "mode": mode or "aligned crops as they are",
+        "realigned_from_source_photos": realigned,
+        "images": len(outcomes),
+        "no_face": sources.get("none", 0),
+        "sources": dict(sources),
+        "by_condition": {
+            factor: {code: rows[code] for code in sorted(rows, key=C.code_sort_key)}
+            for factor, rows in by_factor.items()
+        },
+    }
 
 
 # ------------------------------------------------------------------------------------------

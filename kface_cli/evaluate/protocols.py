@@ -66,31 +66,38 @@ class PairFaces:
 
 
 class FaceLoader:
-    """Loads one image as an aligned 112x112 face; the detector is built only when a photo needs it."""
+    """Loads one image as an aligned 112x112 face through :func:`kface_cli.face.pipeline.faces_in_image`.
 
-    def __init__(self, landmarks: str = "auto"):
-        self.landmarks = landmarks
-        self._detector: Any = None
+    Aligned crops are used as they are, other photos are detected (``landmarks``) and the largest
+    face is kept. With ``sources`` (face path -> source photo, e.g. the val split's
+    ``sources.csv``), each face is aligned again from its source photo: accuracy as deployed.
+    ``outcomes`` records where each face's landmarks came from ("" when no face was found).
+    """
+
+    def __init__(self, landmarks: str = "auto", sources: dict[Path, Path] | None = None):
+        from kface_cli.face.detect import get_detector
+
+        self.detector = get_detector(landmarks)  # mediapipe loads on the first photo that needs it
+        self.sources = sources
+        self.outcomes: dict[str, str] = {}
 
     def __call__(self, path: Path) -> np.ndarray | None:
         """The aligned face (112,112,3) BGR uint8, or None when no face is found."""
-        from kface_cli.face.imageio import read_image
+        import os
 
-        image = read_image(path)
-        if image.shape[:2] == (FACE_SIZE, FACE_SIZE):
-            return image  # an aligned crop: used as it is
-        from kface_cli.face import pipeline
+        from kface_cli.face.pipeline import faces_in_image
 
-        if pipeline.is_aligned_crop(image):
-            return pipeline.load_aligned(path)
-        if self._detector is None:
-            from kface_cli.face.detect import get_detector
-
-            self._detector = get_detector(landmarks=self.landmarks)
-        found = pipeline.faces_in_image(path, self._detector)
-        if not found:
-            return None
-        return found[0][1]  # largest face first
+        photo = path
+        if self.sources is not None:
+            photo = self.sources.get(Path(os.path.normpath(Path(path).absolute())))  # type: ignore[assignment]
+            if photo is None:
+                raise InputError(
+                    f"no source photo recorded for {path}",
+                    hint="Run `kface split` again so that split/sources.csv lists every face.",
+                )
+        found = faces_in_image(photo, self.detector, size=FACE_SIZE)
+        self.outcomes[str(path)] = found[0].face.landmarks if found else ""
+        return found[0].crop if found else None
 
 
 def _pair_fields(p: Any) -> tuple[Path, Path, bool]:
@@ -247,18 +254,12 @@ def embed_paths(
 
 def list_identity_folder(folder: str | Path) -> list[tuple[str, Path]]:
     """``(identity, image path)`` for every image under ``folder/<identity>/`` (sub-folders too), sorted."""
-    from kface_cli.face.imageio import is_image_file
+    from kface_cli.face.imageio import identity_photos
 
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"folder not found: {folder}", hint="Pass a folder with one sub-folder per identity.")
-    items = [
-        (d.name, f)
-        for d in sorted(folder.iterdir())
-        if d.is_dir()
-        for f in sorted(d.rglob("*"))
-        if f.is_file() and is_image_file(f)
-    ]
+    items = identity_photos(folder)
     if not items:
         raise InputError(f"no images in {folder}", hint="Expected <folder>/<identity>/<image>.jpg.")
     return items

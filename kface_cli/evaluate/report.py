@@ -354,3 +354,27 @@ def condition_table(per_condition: dict | None) -> tuple[str, list[str], list[li
     if has_id:
         parts.append("probes by their own codes")
     return f"By condition ({'; '.join(parts)})", columns, rows
+
+
+def landmark_table(landmarks: dict | None) -> tuple[str, list[str], list[list[Any]]] | None:
+    """``(title, columns, rows)`` of faces without landmarks per camera code (then the other
+    factors), when the faces were aligned again from their photos; None otherwise."""
+    from kface_cli.dataset.codes import describe
+    from kface_cli.evaluate.conditions import FACTORS
+
+    if not landmarks or not landmarks.get("realigned_from_source_photos"):
+        return None
+    by = landmarks.get("by_condition") or {}
+    order = ["cam"] + [key for key, _ in FACTORS if key != "cam"]
+    labels = dict(FACTORS)
+    rows = [
+        [f"{labels[key]} {code}", describe(key, code), r["images"], r["no_face"], _pct(r["no_face"] / r["images"])]
+        for key in order
+        for code, r in (by.get(key) or {}).items()
+    ]
+    sources = ", ".join(f"{k} {v}" for k, v in sorted(landmarks.get("sources", {}).items()))
+    title = (
+        f"Faces aligned again from their photos (landmarks {landmarks['mode']}: {sources}); "
+        "a face without landmarks fails its pairs and is left out of identification"
+    )
+    return title, ["condition", "description", "images", "no face", "share"], rows

@@ -102,6 +102,39 @@ def resize_crop(image: np.ndarray, size: int = FACE_SIZE) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
 
 
+def box_crop(
+    image: np.ndarray,
+    box: tuple[float, float, float, float],
+    size: int = FACE_SIZE,
+    margin: float = 0.0,
+    square: bool = False,
+) -> np.ndarray:
+    """Cut ``box`` (x, y, w, h) out of ``image`` (black outside), grown by ``margin``, resized to ``size``.
+
+    ``margin``: fraction of the box added on every side; ``square``: grow the short side to the
+    long one. The face-box crop of profiles (see :func:`is_degenerate`) and of ``kface crop --mode box``.
+    """
+    import cv2
+
+    from kface_cli.errors import InputError
+
+    x, y, w, h = (float(v) for v in box)
+    if w <= 0 or h <= 0:
+        raise InputError(f"face box has zero size ({w:g}x{h:g})")
+    cx, cy = x + w / 2, y + h / 2
+    if square:
+        w = h = max(w, h)
+    w, h = w * (1 + 2 * margin), h * (1 + 2 * margin)
+    x0, y0 = int(round(cx - w / 2)), int(round(cy - h / 2))
+    x1, y1 = x0 + max(int(round(w)), 1), y0 + max(int(round(h)), 1)
+    H, W = image.shape[:2]
+    pad = max(0, -x0, -y0, x1 - W, y1 - H)
+    if pad:
+        image = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=0)
+        x0, y0, x1, y1 = x0 + pad, y0 + pad, x1 + pad, y1 + pad
+    return resize_crop(image[y0:y1, x0:x1], size)
+
+
 def is_degenerate(points5: np.ndarray, min_eye_distance: float = 4.0, min_ratio: float = 0.25) -> bool:
     """True when 5 points cannot define a sensible similarity alignment (profile views).
 

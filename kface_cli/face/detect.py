@@ -18,8 +18,9 @@ How a photo is searched (:class:`MediaPipeDetector`):
    the crop, BlazeFace's own keypoints are used (eyes, nose; mouth corners estimated), but only
    for confident detections: Face Mesh doubles as a check that weeds out face-like textures.
 
-Sidecar mode (``landmarks="sidecar"``): images with a K-Face annotation beside them
-(``C7.txt`` next to ``C7.jpg``) use the annotated points; no detector runs.
+Annotation mode (``landmarks="annotation"``; ``"annotation"`` is its former name): images with a
+K-Face annotation beside them (``C7.txt`` next to ``C7.jpg``) use the annotated points; no
+detector runs. ``"auto"`` uses the annotation when there is one, else the detector.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ import numpy as np
 
 from kface_cli.choices import LandmarkMode
 from kface_cli.errors import InputError, KFaceError
+
+#: ``DetectedFace.landmarks`` of points read from a K-Face annotation file.
+ANNOTATION = LandmarkMode.ANNOTATION.value
 
 #: Smallest face searched for and kept, in pixels of the original image (larger side of its box):
 #: by default 40 px or 3% of the photo's longer side, whichever is larger.
@@ -88,7 +92,8 @@ class DetectedFace:
     """One face: box (x, y, w, h), detector confidence and 5 ArcFace-ordered landmarks (5, 2).
 
     ``landmarks`` says where the points came from: "mesh" (Face Mesh iris/nose/mouth points),
-    "detector" (BlazeFace keypoints; mouth corners estimated: less precise), or "sidecar".
+    "detector" (BlazeFace keypoints; mouth corners estimated: less precise), or "annotation"
+    (a K-Face annotation file).
     """
 
     box: Box
@@ -472,23 +477,23 @@ class MediaPipeDetector:
         return pts.astype(np.float32)
 
 
-class SidecarLandmarks:
+class AnnotationLandmarks:
     """Landmarks from a K-Face annotation beside the image (``C7.txt`` next to ``C7.jpg``)."""
 
-    name = "sidecar"
+    name = ANNOTATION
 
     def detect(self, image_bgr: np.ndarray, path: str | Path | None = None) -> list[DetectedFace]:
         sidecar = sidecar_path(path)
         if sidecar is None:
             raise InputError(
-                f"no K-Face annotation beside {path}" if path else "sidecar landmarks need the image's path",
+                f"no K-Face annotation beside {path}" if path else "annotation landmarks need the image's path",
                 hint="Use --landmarks detect (or auto) for photos without a .txt annotation.",
             )
         return [_face_from_sidecar(sidecar)]
 
 
 class AutoDetector:
-    """Sidecar landmarks when the image has a K-Face annotation beside it, else the detector."""
+    """Annotation landmarks when the image has a K-Face annotation beside it, else the detector."""
 
     name = "auto"
 
@@ -520,7 +525,7 @@ def _face_from_sidecar(txt: Path) -> DetectedFace:
     except KeyError:
         lo, hi = points.min(axis=0), points.max(axis=0)
         box = (float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1]))
-    return DetectedFace(box=box, score=1.0, points5=points, landmarks="sidecar")
+    return DetectedFace(box=box, score=1.0, points5=points, landmarks=ANNOTATION)
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -541,13 +546,14 @@ def get_detector(
     score_threshold: float = DEFAULT_SCORE_THRESHOLD,
     max_side: int = DEFAULT_MAX_SIDE,
 ) -> Detector:
-    """A face detector. ``landmarks``: "detect" (mediapipe), "sidecar" (K-Face .txt beside the
-    image) or "auto" (sidecar when the .txt exists, else detect). Mediapipe loads on first use.
+    """A face detector. ``landmarks``: "detect" (mediapipe), "annotation" (the K-Face .txt beside
+    the image; "annotation" is accepted too) or "auto" (the annotation when the .txt exists, else
+    detect). Mediapipe loads on first use.
 
     ``min_face`` (pixels; default 40 or 3% of the photo's longer side) and ``score_threshold``
     (0-1) trade recall for speed and false detections; see :class:`MediaPipeDetector`."""
     landmarks = LandmarkMode.parse(landmarks, "--landmarks")
-    if landmarks is LandmarkMode.SIDECAR:
-        return SidecarLandmarks()
+    if landmarks is LandmarkMode.ANNOTATION:
+        return AnnotationLandmarks()
     detector = MediaPipeDetector(min_face=min_face, score_threshold=score_threshold, max_side=max_side)
     return detector if landmarks is LandmarkMode.DETECT else AutoDetector(detector)

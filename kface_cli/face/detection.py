@@ -80,7 +80,7 @@ def detect_photos(
     """Find every face in ``paths`` (photos or folders of photos).
 
     Args:
-        landmarks: ``auto`` | ``detect`` | ``sidecar`` (see :func:`kface_cli.face.detect.get_detector`).
+        landmarks: ``auto`` | ``detect`` | ``annotation`` (see :func:`kface_cli.face.detect.get_detector`).
         min_face: smallest face to look for, in pixels (None: the detector's default).
         annotate: folder to write copies of the photos with boxes, points and scores drawn.
         detector: an object with ``detect(image, path=None)`` instead of ``get_detector(landmarks)``.
@@ -111,7 +111,7 @@ def detect_photos(
             try:
                 image = read_image(path)
                 entry.height, entry.width = image.shape[:2]
-                entry.faces = [face for face, _ in faces_in_image(path, detector)]
+                entry.faces = [found.face for found in faces_in_image(path, detector)]
             except KFaceError as e:
                 entry.error = e.message
                 warn(f"{path}: {e.message}: skipped")

@@ -37,6 +37,18 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def identity_photos(root: str | Path) -> list[tuple[str, Path]]:
+    """``(name, photo)`` for every image under ``root/<name>/`` (any depth), sorted; files and
+    folders whose name starts with a dot (``.DS_Store``, ``._IMG.jpg``, ``.thumbnails/``) are left out."""
+    root = Path(root)
+    found = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(d.rglob("*")):
+            if f.is_file() and is_image_file(f) and not any(part.startswith(".") for part in f.relative_to(d).parts):
+                found.append((d.name, f))
+    return found
+
+
 def decode_image(data: bytes, source: str | Path = "<bytes>") -> np.ndarray:
     """Decode encoded image bytes to a BGR uint8 (H, W, 3) array, applying EXIF orientation."""
     import cv2

@@ -6,8 +6,9 @@ Folder layouts (both may be mixed in one folder)::
     people/김철수/*.jpg          several photos per person: the name is the folder
                                  (photos in sub-folders count too, e.g. K-Face's raw tree)
 
-With ``aligned=True`` the photos are already aligned 112x112 crops (``kface crop`` output,
-``faces/<Res>/<ID>/*.jpg``): no detection, the name comes from the folder as above.
+Photos that are aligned crops (square, 112 or 224 px: ``kface crop`` output, ``faces/<Res>/<ID>/*.jpg``)
+are used without detection (:func:`kface_cli.face.pipeline.faces_in_image`, the path every stage
+shares); ``aligned=True`` does so for any square photo.
 
 Every photo is read once, hashed (SHA-256 of its bytes) and skipped when the gallery already
 holds that hash: running the same enrolment twice adds nothing. A photo with no face, or one that
@@ -170,12 +171,13 @@ def enroll_folder(
         embedder: a :class:`kface_cli.embedding.embedder.Embedder`, or a function returning one (called once
             the folder has been checked, so a typo is reported before the slow model load). The
             gallery must have been made with the same model (fingerprint), else :class:`ModelMismatchError`.
-        aligned: the photos are 112x112 aligned crops (skip detection).
+        aligned: every photo is an aligned square crop (skip detection); otherwise the one rule of
+            :func:`kface_cli.face.pipeline.is_aligned_crop` decides per photo.
         per_identity: ``all`` keeps one template per photo (best accuracy, more rows), ``mean``
             one normalised mean per person and run (smallest gallery; committed as soon as all
             of that person's photos are embedded).
         replace: first remove every template of the people found in ``folder``.
-        landmarks: ``auto`` | ``detect`` | ``sidecar`` (see :func:`kface_cli.face.detect.get_detector`).
+        landmarks: ``auto`` | ``detect`` | ``annotation`` (see :func:`kface_cli.face.detect.get_detector`).
         min_face: smallest face to look for, in pixels (None: the detector's default).
         batch_size: photos embedded and committed together (a crash loses at most one batch).
         detector: an object with ``detect(image, path=None)`` to use instead of ``get_detector``
@@ -202,7 +204,7 @@ def enroll_folder(
     known = gallery.hashes() if gallery.exists() and mode is PerIdentity.ALL else set()
     if mode is PerIdentity.ALL:  # grow the file once, to the size this run can reach
         gallery.reserve((gallery.facts().templates if gallery.exists() else 0) + len(photos), model)
-    if not aligned and detector is None:
+    if detector is None:  # mediapipe loads only if a photo needs it
         from kface_cli.face.detect import get_detector
 
         detector = get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)
@@ -325,7 +327,8 @@ def _prepare(photo: Photo, aligned: bool, detector, known: set[str]) -> tuple[Ph
     A photo whose hash is in ``known`` is not detected; the caller queues the face and adds its
     hash to ``known``, in photo order (a photo met twice in one run counts once).
     """
-    from kface_cli.face.imageio import decode_image
+    from kface_cli.face.imageio import UnreadableImageError, decode_image
+    from kface_cli.face.pipeline import faces_in_image
 
     try:
         data = photo.path.read_bytes()
@@ -334,31 +337,17 @@ def _prepare(photo: Photo, aligned: bool, detector, known: set[str]) -> tuple[Ph
     digest = content_hash(data)
     if digest in known:
         return PhotoOutcome(photo.name, photo.path, Status.DUPLICATE), None
-    nan4 = (float("nan"),) * 4
     try:
-        if aligned:
-            from kface_cli.face.pipeline import load_aligned
-
-            return None, _Pending(photo, load_aligned(photo.path), digest, nan4, float("nan"))
         image = decode_image(data, photo.path)
-    except KFaceError as e:
+        found = faces_in_image(image, detector, aligned=aligned or None, path=photo.path)
+    except UnreadableImageError as e:
         return PhotoOutcome(photo.name, photo.path, Status.UNREADABLE, e.message), None
-    try:
-        found = detector.detect(image, path=photo.path)
-    except KFaceError as e:  # e.g. --landmarks sidecar and no .txt beside this photo
+    except KFaceError as e:  # e.g. --landmarks annotation and no .txt beside this photo
         return PhotoOutcome(photo.name, photo.path, Status.NO_FACE, e.message), None
     if not found:
-        note = ""
-        from kface_cli.face.pipeline import is_aligned_crop
-
-        if is_aligned_crop(image):
-            note = "looks like an aligned crop: use --aligned"
-        return PhotoOutcome(photo.name, photo.path, Status.NO_FACE, note), None
-    largest = found[0]  # detectors return faces largest first
-    from kface_cli.face.align import norm_crop
-
-    face = norm_crop(image, largest.points5)
-    ready = _Pending(photo, face, digest, tuple(float(v) for v in largest.box), float(largest.score))
+        return PhotoOutcome(photo.name, photo.path, Status.NO_FACE), None
+    largest = found[0]  # faces come largest first
+    ready = _Pending(photo, largest.crop, digest, tuple(float(v) for v in largest.face.box), float(largest.face.score))
     if len(found) > 1:
         return PhotoOutcome(photo.name, photo.path, Status.ADDED, f"{len(found)} faces: used the largest"), ready
     return None, ready

@@ -1,6 +1,7 @@
 """Identification: name the faces in photos, folders, videos or a webcam against the gallery.
 
-Each face travels: image -> detector (box, 5 points) -> ``norm_crop`` (112x112) -> embedder (unit
+Each face travels: image -> :func:`kface_cli.face.pipeline.faces_in_image` (detector, 5 points,
+alignment to 112x112; aligned crops as they are) -> embedder (unit
 vector) -> index search (batched over many faces at once) -> the closest identities. The best one
 is reported when its squared-L2 distance is below the threshold, otherwise ``unknown``.
 
@@ -272,7 +273,8 @@ def identify(
         top_k: identities listed per face (the best plus ``top_k - 1`` candidates).
         every: for videos and the camera, use one frame in ``every``.
         max_frames: stop a camera (or each video) after this many used frames.
-        aligned: inputs are 112x112 aligned crops (the whole image is the face).
+        aligned: every input is an aligned square crop (the whole image is the face); otherwise
+            :func:`kface_cli.face.pipeline.is_aligned_crop` decides per image.
         min_face: smallest face to look for, in pixels (None: the detector's default, which
             searches zoomed tiles for small faces; e.g. 64 on webcam frames is several times faster).
         annotate: folder to write copies of the images with boxes and names drawn.
@@ -307,7 +309,7 @@ def identify(
             "using the model's 1:1 threshold: for identification against a gallery, calibrate a 1:N one with "
             "`kface evaluate --target-fpir 1e-2 --save-threshold`"
         )
-    if not aligned and detector is None:
+    if detector is None:  # mediapipe loads only if a photo needs it
         from kface_cli.face.detect import get_detector
 
         detector = get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)
@@ -403,19 +405,11 @@ def _faces_of(
     frame: _Frame, detector, aligned: bool
 ) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
     """(box, score, aligned 112x112 crop) of every face in the frame, largest first."""
-    from kface_cli.face.align import norm_crop
+    from kface_cli.face.pipeline import faces_in_image
 
-    image = frame.image
-    assert image is not None
-    if aligned:
-        from kface_cli.face.pipeline import load_aligned
-
-        if frame.path is None:
-            raise InputError("--aligned applies to photos of aligned crops, not to video or camera frames")
-        crop = load_aligned(frame.path)
-        return [((0.0, 0.0, float(image.shape[1]), float(image.shape[0])), float("nan"), crop)]
-    found = detector.detect(image, path=frame.path)
-    return [(tuple(float(v) for v in f.box), float(f.score), norm_crop(image, f.points5)) for f in found]
+    assert frame.image is not None
+    found = faces_in_image(frame.image, detector, aligned=aligned or None, path=frame.path)
+    return [(tuple(float(v) for v in f.face.box), float(f.face.score), f.crop) for f in found]
 
 
 def _write_annotated(frame: _Frame, res: ImageResult, out_dir: Path, warned: set[str]) -> Path:

@@ -7,6 +7,8 @@ Reads the crops listed in ``faces/<Res>/manifest.csv`` (or, without a manifest, 
     split/val/<ID>/*.jpg       validation identities: never seen in training
     split/classes.csv          id,label for the training identities (label = index in sorted order)
     split/val_pairs.csv        path1,path2,same + both images' K-Face codes (kface_cli.formats.pairs)
+    split/sources.csv          path,source: each face's source photo (paths relative to split/), so
+                               `kface evaluate --landmarks detect` can align the photos again
 
 Choosing the validation identities: ``val_ids`` (a count) or ``val_frac`` (a fraction); with
 ``order="random"`` (default) they are drawn with ``seed``; ``order="sorted"`` takes the LAST ones
@@ -21,6 +23,7 @@ camera. A previous split is replaced as a whole (written beside it, then swapped
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import time
@@ -43,6 +46,8 @@ from kface_cli.workspace import (
     normalise_resolution,
 )
 
+SOURCES_CSV = "sources.csv"  # split/: each face's source photo (``kface evaluate --landmarks detect``)
+
 
 @dataclass(frozen=True)
 class SplitResult:
@@ -61,21 +66,26 @@ class SplitResult:
     seconds: float
 
 
-def _identity_images(faces: Path) -> dict[str, list[Path]]:
+def _identity_images(faces: Path) -> tuple[dict[str, list[Path]], dict[Path, Path]]:
     """Images per identity: the manifest's successful crops when there is one (stale files from an
-    earlier crop with another selection are ignored), else every image in ``<ID>/`` folders."""
+    earlier crop with another selection are ignored), else every image in ``<ID>/`` folders; and
+    each crop's source photo, when the crop folder records its source (``kface crop`` does)."""
     manifest = faces / MANIFEST
     if manifest.is_file():
-        from kface_cli.prepare.crop import read_manifest
+        from kface_cli.prepare.crop import read_manifest, read_settings
 
         rows = [r for r in read_manifest(manifest) if r.get("status") == "ok" and r.get("path")]
+        root = (read_settings(faces) or {}).get("source")
         if rows:
             groups: dict[str, list[Path]] = {}
+            sources: dict[Path, Path] = {}
             for r in rows:
                 p = faces / r["path"]
                 if p.is_file():
                     groups.setdefault(r["id"], []).append(p)
-            return {k: sorted(v) for k, v in sorted(groups.items())}
+                    if root and r.get("source"):
+                        sources[p] = Path(root) / r["source"]
+            return {k: sorted(v) for k, v in sorted(groups.items())}, sources
     groups = {}
     for d in sorted(p for p in faces.iterdir() if p.is_dir() and kc.is_identity_id(p.name)):
         imgs = sorted(
@@ -85,7 +95,35 @@ def _identity_images(faces: Path) -> dict[str, list[Path]]:
         )
         if imgs:
             groups[d.name] = imgs
-    return groups
+    return groups, {}
+
+
+def write_sources(path: Path, sources: dict[str, Path], split_dir: Path) -> None:
+    """``path,source`` rows; sources are written relative to ``split_dir`` (where the CSV will live)."""
+    from kface_cli.atomic import atomic_open
+
+    base = split_dir.resolve()
+    with atomic_open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "source"])
+        for rel, src in sorted(sources.items()):
+            w.writerow([rel, Path(os.path.relpath(Path(src).resolve(), base)).as_posix()])
+
+
+def read_sources(split_dir: str | Path) -> dict[Path, Path]:
+    """Each split face's source photo (written by :func:`split`), keyed by the face's absolute path."""
+    split_dir = Path(split_dir).absolute()
+    path = split_dir / SOURCES_CSV
+    if not path.is_file():
+        raise InputError(
+            f"{split_dir} does not record the faces' source photos ({SOURCES_CSV} is missing)",
+            hint="Run `kface crop` and `kface split` again (this kface records them), then evaluate again.",
+        )
+    with open(path, newline="", encoding="utf-8") as f:
+        return {
+            Path(os.path.normpath(split_dir / row["path"])): Path(os.path.normpath(split_dir / row["source"]))
+            for row in csv.DictReader(f)
+        }
 
 
 def choose_val_ids(
@@ -190,7 +228,7 @@ def split(
         else ws.require(ws.faces(normalise_resolution(res)), f"{res} face crops", "kface crop")
     )
     out = Path(out_dir) if out_dir is not None else ws.split
-    groups = _identity_images(faces)
+    groups, sources = _identity_images(faces)
     if len(groups) < 3:
         raise InputError(
             f"{len(groups)} identit{'y' if len(groups) == 1 else 'ies'} with crops in {faces}",
@@ -209,13 +247,18 @@ def split(
     linked = True
     n_files = sum(len(groups[i]) for i in ids)
     counts = {"train": 0, "val": 0}
+    placed_sources: dict[str, Path] = {}  # path in the split -> source photo
     with progress("Splitting", total=n_files) as bar:
         for part, members in (("train", train), ("val", val)):
             for ident in members:
                 for img in groups[ident]:
                     linked &= _place(img, staging / part / ident / img.name)
+                    if img in sources:
+                        placed_sources[f"{part}/{ident}/{img.name}"] = sources[img]
                     counts[part] += 1
                     bar.advance()
+    if placed_sources:
+        write_sources(staging / SOURCES_CSV, placed_sources, out)
     with atomic_open(staging / CLASSES_CSV, "w", newline="") as f:
         f.write("id,label\n")
         for label, ident in enumerate(train):

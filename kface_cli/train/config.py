@@ -121,6 +121,11 @@ class TrainConfig:
     channels_last: bool = _opt(
         True, "NHWC memory format (measured faster on CPUs for mbf, r18, r50; what tensor-core convolutions read)."
     )
+    # augmentation (kface_cli.train.augment) ----------------------------------------------
+    augment: str = _opt(
+        "",
+        "Training augmentations, e.g. jitter or jitter=0.05,colour=0.2 (landmark jitter, scale, shift, colour, blur, grey; see README) [default: none].",
+    )
 
     # ------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -9,7 +9,8 @@
 Items are ``(image (3, 112, 112) float32 RGB in [-1, 1], label int)`` made by
 :func:`kface_cli.face.preprocess.faces_to_input`, the same preprocessing as every other stage; with
 ``flip=True`` each item is mirrored with probability 1/2 (drawn from torch's RNG, so DataLoader
-seeds make it reproducible). Images that are not 112x112 are resized.
+seeds make it reproducible). Images that are not 112x112 are resized. ``augment`` (a spec such as
+``"jitter,colour"``, see :mod:`kface_cli.train.augment`) perturbs every item drawn.
 
 Small folder datasets (up to ``PRELOAD_MAX_IMAGES``) are decoded once into memory: on a laptop
 CPU, JPEG decoding would otherwise compete with training for the same cores.
@@ -47,6 +48,7 @@ class _BaseDataset:
     num_classes: int
     labels: np.ndarray  # (N,) int64
     flip: bool
+    augment = None  # an Augment (kface_cli.train.augment), set by open_training_data
 
     def __len__(self) -> int:
         return int(len(self.labels))
@@ -56,8 +58,15 @@ class _BaseDataset:
         what the training loop does, so that runs and resumes are exact whatever the workers)."""
         if isinstance(i, tuple):
             i, mirror = i
-            return _to_item(self.image(int(i)), bool(mirror), random=False), int(self.labels[i])
-        return _to_item(self.image(i), self.flip), int(self.labels[i])
+            return _to_item(self._face(int(i)), bool(mirror), random=False), int(self.labels[i])
+        return _to_item(self._face(i), self.flip), int(self.labels[i])
+
+    def _face(self, i: int) -> np.ndarray:
+        if not self.augment:
+            return self.image(i)
+        from kface_cli.train.augment import draw_rng
+
+        return self.augment(resize_crop(self.image(i), FACE_SIZE), draw_rng())
 
     def image(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -189,14 +198,19 @@ def synthetic_dataset(spec: str, *, flip: bool = True, seed: int = 0) -> ArrayDa
     return ds
 
 
-def open_training_data(path: str | Path, *, flip: bool = True, preload: bool | None = None):
+def open_training_data(path: str | Path, *, flip: bool = True, preload: bool | None = None, augment: str = ""):
     """The dataset at ``path``: a ``train.rec`` folder, an identity-folder tree, or
-    ``synthetic:<ids>x<images>`` (random data for throughput checks)."""
-    if str(path).startswith(SYNTHETIC_PREFIX):
-        return synthetic_dataset(str(path), flip=flip)
-    path = Path(path)
-    if path.is_file() and path.suffix == ".rec":
-        return RecordDataset(path, flip=flip)
-    if (path / REC_NAME).is_file():
-        return RecordDataset(path, flip=flip)
-    return FolderDataset(path, flip=flip, preload=preload)
+    ``synthetic:<ids>x<images>`` (random data for throughput checks); ``augment``: a spec of
+    :mod:`kface_cli.train.augment`."""
+    from kface_cli.train.augment import parse_augment
+
+    augmentation = parse_augment(augment)
+    path_text = str(path)
+    if path_text.startswith(SYNTHETIC_PREFIX):
+        ds: _BaseDataset = synthetic_dataset(path_text, flip=flip)
+    elif (Path(path).is_file() and Path(path).suffix == ".rec") or (Path(path) / REC_NAME).is_file():
+        ds = RecordDataset(path, flip=flip)
+    else:
+        ds = FolderDataset(path, flip=flip, preload=preload)
+    ds.augment = augmentation if augmentation else None
+    return ds
