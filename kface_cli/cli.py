@@ -1152,11 +1152,9 @@ def invert_cmd(
     if json_output:
         console.print_json(result.to_json())
         return
-    rows = [[o["path"], o["seed"], f"{o['cosine']:.3f}", f"{o['seconds']:.1f}"] for o in result.outputs]
+    rows = [[o["path"], o["seed"], f"{o['cosine']:.3f}"] for o in result.outputs]
     console.show(
-        console.table(
-            f"Inverted {result.target}", ["image", "seed", "cosine to target", "seconds"], rows, justify_numbers=False
-        )
+        console.table(f"Inverted {result.target}", ["image", "seed", "cosine to target"], rows, justify_numbers=False)
     )
     console.info(
         f"{result.model['network']} {result.model['fingerprint'][:12]}, {result.steps} steps, BatchNorm prior {'on' if result.bn_prior else 'off'}; {result.seconds:.1f} s"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -102,8 +103,8 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Inversion:
-    image: np.ndarray  # (112, 112, 3) BGR uint8
-    cosine: float  # cos(f(image), target) under the inverted model, on the saved 8-bit image
+    images: np.ndarray  # (B, 112, 112, 3) BGR uint8
+    cosines: np.ndarray  # (B,) cos(f(image), target) under the inverted model, on the saved 8-bit images
     losses: list[float] = field(default_factory=list)  # total loss per step
     seconds: float = 0.0
 
@@ -111,52 +112,59 @@ class Inversion:
 def _to_bgr8(x: torch.Tensor) -> np.ndarray:
     from kface_cli.face.preprocess import MEAN, STD
 
-    rgb = (x[0].detach().permute(1, 2, 0).numpy() * STD + MEAN).round().clip(0, 255).astype(np.uint8)
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    rgb = (x.detach().permute(0, 2, 3, 1).numpy() * STD + MEAN).round().clip(0, 255).astype(np.uint8)
+    return np.ascontiguousarray(rgb[..., ::-1])
 
 
 def invert_embedding(
     module: torch.nn.Module,
-    target: np.ndarray,
+    targets: np.ndarray,
     *,
     steps: int = DEFAULT_STEPS,
     lr: float = DEFAULT_LR,
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
     bn_prior: bool = True,
     on_step: Any = None,
 ) -> Inversion:
-    """Optimise a 112x112 face whose embedding under ``module`` matches ``target`` (D,).
+    """Optimise 112x112 faces whose embeddings under ``module`` match ``targets`` (B, D) or (D,).
 
-    ``module``: a torch backbone (eval mode is set here; its weights are not changed).
-    ``on_step()`` is called after every step (progress bars).
+    The B images are optimised together, as one batch (the BatchNorm prior compares the batch's
+    statistics, as in the paper); image i starts from noise drawn with ``seeds[i]`` (one target
+    and several seeds: several faces of one person). ``module``: a torch backbone, put in eval
+    mode; its weights are not changed. ``on_step()`` is called after every step.
     """
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
     from kface_cli.face.preprocess import INPUT_SIZE, faces_to_input
 
     t0 = time.perf_counter()
+    want = F.normalize(torch.as_tensor(np.asarray(targets, np.float32)).reshape(-1, np.shape(targets)[-1]), dim=1)
+    if len(seeds) != want.shape[0]:
+        want = want.expand(len(seeds), -1)  # one target, several seeds
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
-    g = torch.Generator().manual_seed(int(seed))
-    want = F.normalize(torch.as_tensor(np.asarray(target, np.float32)).view(1, -1), dim=1)  # (1, D)
-    x = (torch.randn(1, 3, INPUT_SIZE, INPUT_SIZE, generator=g) * INIT_STD).clamp(-1, 1).requires_grad_(True)
+    x = torch.cat(
+        [torch.randn(1, 3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    )  # (B, 3, 112, 112)
+    x = (x * INIT_STD).clamp(-1, 1).requires_grad_(True)
+    g = torch.Generator().manual_seed(int(seeds[0]))  # jitter and flips
     opt = torch.optim.Adam([x], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(1, steps))))
-    prior = BatchNormPrior(module)
     losses: list[float] = []
-    with prior:
+    with BatchNormPrior(module) if bn_prior else contextlib.nullcontext() as prior:
         for _ in range(steps):
             dy, dx = (int(v) for v in torch.randint(-JITTER_PX, JITTER_PX + 1, (2,), generator=g))
             view = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
             if bool(torch.rand((), generator=g) < 0.5):
                 view = view.flip(3)
-            emb = module(view)  # (1, D)
+            emb = module(view)  # (B, D)
             loss = 1.0 - F.cosine_similarity(emb, want).mean() + TV_WEIGHT * total_variation(x)
-            bn = prior.loss()  # always measured (hooks are on); only counted with the prior
-            if bn_prior:
-                loss = loss + BN_WEIGHT * bn
+            if prior is not None:
+                loss = loss + BN_WEIGHT * prior.loss()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -166,11 +174,11 @@ def invert_embedding(
             losses.append(float(loss.detach()))
             if on_step is not None:
                 on_step()
-    image = _to_bgr8(x)
+    images = _to_bgr8(x)
     with torch.no_grad():
-        final = module(torch.from_numpy(faces_to_input(image[None])))
-    cosine = float(F.cosine_similarity(final, want).item())
-    return Inversion(image=image, cosine=cosine, losses=losses, seconds=time.perf_counter() - t0)
+        final = module(torch.from_numpy(faces_to_input(images)))
+    cosines = F.cosine_similarity(final, want).numpy()
+    return Inversion(images=images, cosines=cosines, losses=losses, seconds=time.perf_counter() - t0)
 
 
 # ------------------------------------------------------------------------------------------
@@ -241,7 +249,7 @@ class InvertResult:
     target: str
     bn_prior: bool
     steps: int
-    outputs: list[dict[str, Any]]  # path, seed, cosine, seconds
+    outputs: list[dict[str, Any]]  # path, seed, cosine
     seconds: float
 
     def to_json(self) -> dict[str, Any]:
@@ -299,14 +307,11 @@ def invert(
     if gallery is None and name is not None:
         gallery = Workspace.resolve(workdir).gallery
     target, described = _target(embedder, image=image, name=name, gallery=gallery, embedding=embedding)
+    seeds = [seed + i for i in range(n)]
+    with console.progress("Inverting", total=steps) as bar:
+        inv = invert_embedding(module, target, steps=steps, lr=lr, seeds=seeds, bn_prior=bn_prior, on_step=bar.advance)
     outputs = []
-    with console.progress("Inverting", total=n * steps) as bar:
-        for i, path in enumerate(paths):
-            inv = invert_embedding(
-                module, target, steps=steps, lr=lr, seed=seed + i, bn_prior=bn_prior, on_step=bar.advance
-            )
-            write_image(path, inv.image)
-            outputs.append(
-                {"path": str(path), "seed": seed + i, "cosine": round(inv.cosine, 4), "seconds": round(inv.seconds, 2)}
-            )
+    for path, s_, face, cos in zip(paths, seeds, inv.images, inv.cosines):
+        write_image(path, face)
+        outputs.append({"path": str(path), "seed": s_, "cosine": round(float(cos), 4)})
     return InvertResult(embedder.describe(), described, bn_prior, steps, outputs, time.perf_counter() - t0)

@@ -1,0 +1,147 @@
+"""Model inversion on sample data: are the inverted faces the right people, for another model?
+
+    python benchmarks/bench_invert.py -w WORKSPACE --model-a runs/A --model-b runs/B
+    python benchmarks/bench_invert.py --time-only                       # CPU seconds per inversion
+
+One template per val identity (people neither model trained on: the frontal L1/E01/C7 crop) is
+embedded with model A and inverted with A, with and without the BatchNorm prior. The inverted
+faces are then embedded with model B, trained independently (another seed), and identified
+among the val identities' real photos (every val crop but the templates; nearest photo): rank-1,
+against chance (1 / identities) and against the templates themselves (the ceiling). ``--picture``
+writes original | without prior | with prior for the first identities.
+
+CPU cost: seconds per inversion (DEFAULT_STEPS steps, one face, 1 thread and 2 threads) for
+mbf_small, mbf and r50 (random weights: the cost does not depend on them), with ratios against
+mbf_small measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+
+TEMPLATE_CODES = "_L1_E01_C7"  # the frontal, evenly lit, neutral crop of each identity
+TIME_STEPS = 3  # steps timed per network (the per-step cost is constant)
+
+
+def rank1(probes: np.ndarray, probe_ids: list[str], gallery: np.ndarray, gallery_ids: list[str]) -> float:
+    """Share of probes whose nearest gallery embedding (cosine) has their identity."""
+    nearest = (probes @ gallery.T).argmax(axis=1)
+    return float(np.mean([gallery_ids[j] == pid for j, pid in zip(nearest, probe_ids)]))
+
+
+def picture(rows: list[list[np.ndarray]], labels: list[str], head: list[str]) -> np.ndarray:
+    """A grid: one row per identity (original | without prior | with prior), column titles on top."""
+    from kface_cli.gallery.draw import blend_label, render_text
+
+    size, gap = rows[0][0].shape[0], 3
+    cols = len(rows[0])
+    title_h = 22
+    out = np.full((title_h + len(rows) * (size + gap), cols * (size + gap) - gap, 3), 255, np.uint8)
+    for c, text in enumerate(head):
+        mask = render_text(text, 13)
+        blend_label(out, mask, c * (size + gap), 0, (90, 90, 90))
+    for r, (faces, label) in enumerate(zip(rows, labels)):
+        for c, face in enumerate(faces):
+            y, x = title_h + r * (size + gap), c * (size + gap)
+            out[y : y + size, x : x + size] = face
+        blend_label(out, render_text(label, 12), 0, title_h + r * (size + gap) + size - 20, (60, 160, 60))
+    return out
+
+
+def identification(args: argparse.Namespace) -> None:
+    from kface_cli.embedding.embedder import embedder_from_module
+    from kface_cli.embedding.loading import load_embedder, load_torch_backbone
+    from kface_cli.face.imageio import read_image, write_image
+    from kface_cli.research.invert import invert_embedding
+
+    val = args.workdir / "split" / "val"
+    ids = sorted(p.name for p in val.iterdir() if p.is_dir())
+    templates, photos, photo_ids = [], [], []
+    for i in ids:
+        files = sorted(val.glob(f"{i}/*.jpg"))
+        t = next((f for f in files if TEMPLATE_CODES in f.name), files[0])
+        templates.append(read_image(t))
+        for f in files:
+            if f != t:
+                photos.append(read_image(f))
+                photo_ids.append(i)
+    templates_a = np.stack(templates)
+    module, net, size, src = load_torch_backbone(args.model_a, purpose="the benchmark")
+    emb_a = embedder_from_module(module, network=net, backend="torch", source=src, embedding_size=size)
+    targets = emb_a.embed(templates_a)
+    b = load_embedder(args.model_b)
+    gallery = b.embed(np.stack(photos))
+    print(f"{len(ids)} val identities, {len(photos)} real photos; model A {args.model_a}, model B {args.model_b}")
+    print(
+        f"chance {1 / len(ids):.0%}; the real templates under B: rank-1 {rank1(b.embed(templates_a), ids, gallery, photo_ids):.0%}"
+    )
+    results = {}
+    for prior in (False, True):
+        t0 = time.perf_counter()
+        inv = invert_embedding(module, targets, steps=args.steps, seeds=list(range(len(ids))), bn_prior=prior)
+        results[prior] = inv.images
+        r = rank1(b.embed(inv.images), ids, gallery, photo_ids)
+        print(
+            f"BN prior {'on ' if prior else 'off'}: rank-1 under B {r:.0%}; cosine to target under A {inv.cosines.mean():.3f}; "
+            f"{args.steps} steps, {time.perf_counter() - t0:.0f} s for {len(ids)} faces in one batch"
+        )
+    if args.picture:
+        k = min(args.picture_rows, len(ids))
+        rows = [[templates[i], results[False][i], results[True][i]] for i in range(k)]
+        write_image(args.picture, picture(rows, ids[:k], ["original", "no prior", "BN prior"]))
+        print(f"picture: {args.picture}")
+
+
+def timing(networks: list[str]) -> None:
+    import torch
+
+    from kface_cli.models.registry import get_backbone
+    from kface_cli.research.invert import DEFAULT_STEPS, invert_embedding
+
+    per_step: dict[tuple[str, int], float] = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        for net in networks:
+            torch.manual_seed(0)
+            module = get_backbone(net, embedding_size=512 if net != "mbf_small" else 128)
+            target = np.ones(module(torch.zeros(2, 3, 112, 112)).shape[1], np.float32)
+            invert_embedding(module, target, steps=1)  # warm-up
+            t0 = time.process_time()
+            invert_embedding(module, target, steps=TIME_STEPS)
+            per_step[net, threads] = (time.process_time() - t0) / TIME_STEPS
+            base = per_step[networks[0], threads]
+            print(
+                f"{net:>9}, {threads} thread(s): {per_step[net, threads]:.3f} CPU s/step, "
+                f"{per_step[net, threads] * DEFAULT_STEPS:.0f} CPU s per inversion ({DEFAULT_STEPS} steps); "
+                f"{per_step[net, threads] / base:.1f}x {networks[0]}"
+            )
+
+
+def main() -> None:
+    from kface_cli.research.invert import DEFAULT_STEPS
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-w", "--workdir", type=Path)
+    ap.add_argument("--model-a", help="the model inverted (run folder, checkpoint.pt or backbone.pth)")
+    ap.add_argument("--model-b", help="the independently trained model that judges the inversions")
+    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    ap.add_argument("--picture", type=Path, help="write original | no prior | BN prior rows here (PNG)")
+    ap.add_argument("--picture-rows", type=int, default=4)
+    ap.add_argument("--networks", nargs="+", default=["mbf_small", "mbf", "r50"])
+    ap.add_argument("--time-only", action="store_true")
+    ap.add_argument("--no-time", action="store_true")
+    args = ap.parse_args()
+    if not args.time_only:
+        if not (args.workdir and args.model_a and args.model_b):
+            ap.error("-w, --model-a and --model-b are needed (or --time-only)")
+        identification(args)
+    if not args.no_time:
+        timing(args.networks)
+
+
+if __name__ == "__main__":
+    main()
