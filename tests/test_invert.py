@@ -155,7 +155,11 @@ def test_invert_gallery_identity_target(model_file, tmp_path):
     vectors = emb.embed(synthetic_faces(3, seed=2))
     g = Gallery(tmp_path / "g.h5")
     g.append(
-        [Template(n, v, n, content_hash(n.encode())) for n, v in zip(["ann", "ann", "bo"], vectors)], ModelInfo.of(emb)
+        [
+            Template(n, v, f"{n}{i}", content_hash(f"{n}{i}".encode()))
+            for i, (n, v) in enumerate(zip(["ann", "ann", "bo"], vectors))
+        ],
+        ModelInfo.of(emb),
     )
     args = [
         "invert",
