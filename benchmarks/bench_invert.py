@@ -10,7 +10,7 @@ among the val identities' real photos (every val crop but the templates; nearest
 against chance (1 / identities) and against the templates themselves (the ceiling). ``--picture``
 writes original | without prior | with prior for the first identities.
 
-CPU cost: seconds per inversion (DEFAULT_STEPS steps, one face, 1 thread and 2 threads) for
+CPU cost: CPU seconds per inversion (DEFAULT_STEPS steps, one face, 1 thread) for
 mbf_small, mbf and r50 (random weights: the cost does not depend on them), with ratios against
 mbf_small measured in the same run.
 """
@@ -97,28 +97,32 @@ def identification(args: argparse.Namespace) -> None:
 
 
 def timing(networks: list[str]) -> None:
+    """CPU seconds per step on one thread (process time: on a shared machine, wall time lies)."""
     import torch
 
+    from kface_cli.embedding.export import synthetic_faces
     from kface_cli.models.registry import get_backbone
     from kface_cli.research.invert import DEFAULT_STEPS, invert_embedding
+    from kface_cli.train.datasets import ArrayDataset
+    from kface_cli.train.loop import recalibrate_batchnorm
 
-    per_step: dict[tuple[str, int], float] = {}
-    for threads in (1, 2):
-        torch.set_num_threads(threads)
-        for net in networks:
-            torch.manual_seed(0)
-            module = get_backbone(net, embedding_size=512 if net != "mbf_small" else 128)
-            target = np.ones(module(torch.zeros(2, 3, 112, 112)).shape[1], np.float32)
-            invert_embedding(module, target, steps=1)  # warm-up
-            t0 = time.process_time()
-            invert_embedding(module, target, steps=TIME_STEPS)
-            per_step[net, threads] = (time.process_time() - t0) / TIME_STEPS
-            base = per_step[networks[0], threads]
-            print(
-                f"{net:>9}, {threads} thread(s): {per_step[net, threads]:.3f} CPU s/step, "
-                f"{per_step[net, threads] * DEFAULT_STEPS:.0f} CPU s per inversion ({DEFAULT_STEPS} steps); "
-                f"{per_step[net, threads] / base:.1f}x {networks[0]}"
-            )
+    torch.set_num_threads(1)
+    faces = ArrayDataset(synthetic_faces(8), [0] * 8, num_classes=1)
+    per_step: dict[str, float] = {}
+    for net in networks:
+        torch.manual_seed(0)
+        module = get_backbone(net, embedding_size=512 if net != "mbf_small" else 128)
+        # random weights, BatchNorm statistics of real activations: realistic values, no denormals
+        recalibrate_batchnorm(module, faces, num_images=8, batch_size=8, device="cpu", seed=0)
+        target = np.ones(module(torch.zeros(2, 3, 112, 112)).shape[1], np.float32)
+        invert_embedding(module, target, steps=1)  # warm-up
+        t0 = time.process_time()
+        invert_embedding(module, target, steps=TIME_STEPS)
+        per_step[net] = (time.process_time() - t0) / TIME_STEPS
+        print(
+            f"{net:>9}: {per_step[net]:.3f} CPU s/step, {per_step[net] * DEFAULT_STEPS:.0f} CPU s per inversion "
+            f"({DEFAULT_STEPS} steps, one face, 1 thread); {per_step[net] / per_step[networks[0]]:.1f}x {networks[0]}"
+        )
 
 
 def main() -> None:
