@@ -21,12 +21,8 @@ from kface_cli.research.invert import BatchNormPrior, invert_embedding, output_p
 
 
 @pytest.fixture(autouse=True)
-def _quiet_single_thread(monkeypatch):
+def _no_progress(monkeypatch):
     monkeypatch.setenv("KFACE_NO_PROGRESS", "1")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_bn_prior_measures_distance_to_running_statistics_and_leaves_the_model_alone():
@@ -101,23 +97,18 @@ def model_file(tmp_path_factory):
     return path
 
 
-def test_invert_command_embedding_file_and_aligned_face(model_file, tmp_path):
+@pytest.fixture
+def invert_cmd(model_file):
+    return ["invert", "-m", str(model_file), "--network", "mbf_small"]
+
+
+@pytest.mark.slow
+def test_invert_command_embedding_file_and_aligned_face(invert_cmd, tmp_path):
     emb = tmp_path / "e.npy"
     np.save(emb, np.linspace(-1, 1, 32, dtype=np.float32))
     r = CliRunner().invoke(
         app,
-        [
-            "invert",
-            "-m",
-            str(model_file),
-            "--network",
-            "mbf_small",
-            "--embedding",
-            str(emb),
-            "--out",
-            str(tmp_path / "f.png"),
-        ]
-        + ["--steps", "3", "--n", "2", "--json"],
+        invert_cmd + ["--embedding", str(emb), "--out", str(tmp_path / "f.png"), "--steps", "3", "--n", "2", "--json"],
     )
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
@@ -128,24 +119,13 @@ def test_invert_command_embedding_file_and_aligned_face(model_file, tmp_path):
     write_image(face, synthetic_faces(1, seed=1)[0])
     r = CliRunner().invoke(
         app,
-        [
-            "invert",
-            "-m",
-            str(model_file),
-            "--network",
-            "mbf_small",
-            "--image",
-            str(face),
-            "--out",
-            str(tmp_path / "g.jpg"),
-        ]
-        + ["--steps", "2", "--no-bn-prior"],
+        invert_cmd + ["--image", str(face), "--out", str(tmp_path / "g.jpg"), "--steps", "2", "--no-bn-prior"],
     )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "g.jpg").is_file() and "prior off" in r.output
 
 
-def test_invert_gallery_identity_target(model_file, tmp_path):
+def test_invert_gallery_identity_target(model_file, invert_cmd, tmp_path):
     from kface_cli.embedding.embedder import embedder_from_module
     from kface_cli.embedding.loading import load_torch_backbone
     from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
@@ -161,17 +141,7 @@ def test_invert_gallery_identity_target(model_file, tmp_path):
         ],
         ModelInfo.of(emb),
     )
-    args = [
-        "invert",
-        "-m",
-        str(model_file),
-        "--network",
-        "mbf_small",
-        "--gallery",
-        str(tmp_path / "g.h5"),
-        "--steps",
-        "2",
-    ]
+    args = invert_cmd + ["--gallery", str(tmp_path / "g.h5"), "--steps", "2"]
     r = CliRunner().invoke(app, args + ["--name", "ann", "--out", str(tmp_path / "a.png"), "--json"])
     assert r.exit_code == 0, r.output
     assert "ann (2 templates" in json.loads(r.stdout)["target"]
@@ -179,14 +149,14 @@ def test_invert_gallery_identity_target(model_file, tmp_path):
     assert r.exit_code == 2 and "'cy' is not in gallery" in r.output
 
 
-def test_invert_refuses_onnx_two_targets_and_bad_files(model_file, tmp_path):
+def test_invert_refuses_onnx_two_targets_and_bad_files(model_file, invert_cmd, tmp_path):
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"not read")
     emb = tmp_path / "e.npy"
     np.save(emb, np.ones(32, np.float32))
     r = CliRunner().invoke(app, ["invert", "-m", str(onnx), "--embedding", str(emb), "--out", str(tmp_path / "x.png")])
     assert r.exit_code == 2 and "kface invert needs the torch weights" in r.output and "Traceback" not in r.output
-    base = ["invert", "-m", str(model_file), "--network", "mbf_small", "--out", str(tmp_path / "x.png")]
+    base = invert_cmd + ["--out", str(tmp_path / "x.png")]
     r = CliRunner().invoke(app, base + ["--embedding", str(emb), "--name", "ann"])
     assert r.exit_code == 2 and "exactly one target" in r.output
     np.save(emb, np.ones(7, np.float32))
