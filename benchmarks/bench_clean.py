@@ -96,6 +96,7 @@ def main() -> None:
     ap.add_argument("-w", "--workdir", type=Path, required=True)
     ap.add_argument("--stage", choices=["noise", "flags", "retrain", "all"], default="all")
     ap.add_argument("--epochs", type=int, default=None, help="training epochs (default: the config's)")
+    ap.add_argument("--csv", type=Path, help="flags: score this clean.csv (of `kface clean` on clean-sub) instead")
     ap.add_argument("--threshold", type=float, default=None, help="kface clean --threshold (default: the paper's 77)")
     args = ap.parse_args()
     ws = args.workdir.resolve()
@@ -117,15 +118,16 @@ def main() -> None:
     if args.stage in ("noise", "all"):
         print(json.dumps(inject_noise(ws / "split" / "train", out)))
     if args.stage in ("flags", "all"):
-        shutil.rmtree(out / "cleaned", ignore_errors=True)
-        result = clean_run(
-            run("clean-sub"), threshold=threshold, report=out / "report", apply_to=out / "cleaned", workdir=ws
-        )
-        print(
-            f"kface clean: {len(result.flagged)} of {result.images} flagged at {threshold:g} degrees; angles {result.angles}"
-        )
+        csv_path = args.csv
+        if csv_path is None:
+            shutil.rmtree(out / "cleaned", ignore_errors=True)
+            result = clean_run(
+                run("clean-sub"), threshold=threshold, report=out / "report", apply_to=out / "cleaned", workdir=ws
+            )
+            print(f"kface clean: {len(result.flagged)} of {result.images} flagged at {threshold:g} degrees")
+            csv_path = result.csv
         print("| threshold | flagged | noisy | precision | recall |\n|---|---|---|---|---|")
-        for q in flag_quality(result.csv, (60.0, 70.0, threshold, 80.0, 85.0)):
+        for q in flag_quality(csv_path, (60.0, 70.0, threshold, 80.0, 85.0)):
             print(f"| {q['threshold']:g} | {q['flagged']} | {q['noisy']} | {q['precision']:.3f} | {q['recall']:.3f} |")
     if args.stage in ("retrain", "all"):
         acc = {name: best_val_accuracy(run(name)) for name in ("clean-clean", "clean-noisy", "clean-cleaned")}

@@ -172,6 +172,11 @@ def invert_embedding(
             with torch.no_grad():
                 x.clamp_(-1.0, 1.0)
             losses.append(float(loss.detach()))
+            if not math.isfinite(losses[-1]):
+                raise KFaceError(
+                    f"the inversion diverged (loss {losses[-1]}) after {len(losses)} steps",
+                    hint="Lower --lr; a model whose BatchNorm statistics were never trained cannot be inverted.",
+                )
             if on_step is not None:
                 on_step()
     images = _to_bgr8(x)
