@@ -40,9 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
 DEFAULT_STEPS = 300
 DEFAULT_LR = 0.05
 BN_WEIGHT = 0.05
-TV_WEIGHT = 0.5
+TV_WEIGHT = 2.0
 JITTER_PX = 4
-INIT_STD = 0.2  # the starting image: N(0, INIT_STD) around mid-grey, in network-input units
+INIT_STD = 0.05  # the starting image: N(0, INIT_STD) around mid-grey, in network-input units
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg")
 MAX_EMBEDDING_BYTES = 1 << 20  # an --embedding .npy file is one vector (a few KB); refuse anything large
 
