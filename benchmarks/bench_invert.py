@@ -55,7 +55,7 @@ def picture(rows: list[list[np.ndarray]], labels: list[str], head: list[str]) ->
 
 
 def invert_batch(
-    model: str, targets: np.ndarray, seeds: list[int], steps: int, prior: bool
+    model: str, targets: np.ndarray, seeds: list[int], steps: int, prior: bool, bn_weight: float
 ) -> tuple[np.ndarray, np.ndarray]:
     import torch
 
@@ -64,7 +64,9 @@ def invert_batch(
 
     torch.set_num_threads(1)
     module = load_torch_backbone(model, purpose="the benchmark")[0]
-    inv = invert_embedding(module, targets, steps=steps, seeds=seeds[: len(targets)], bn_prior=prior)
+    inv = invert_embedding(
+        module, targets, steps=steps, seeds=seeds[: len(targets)], bn_prior=prior, bn_weight=bn_weight
+    )
     return inv.images, inv.cosines
 
 
@@ -106,6 +108,7 @@ def identification(args: argparse.Namespace) -> None:
                 list(range(lo, lo + args.batch)),
                 args.steps,
                 prior,
+                args.bn_weight,
             )
             for prior, lo in jobs
         ]
@@ -157,13 +160,14 @@ def timing(networks: list[str]) -> None:
 
 
 def main() -> None:
-    from kface_cli.research.invert import DEFAULT_STEPS
+    from kface_cli.research.invert import BN_WEIGHT, DEFAULT_STEPS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("-w", "--workdir", type=Path)
     ap.add_argument("--model-a", help="the model inverted (run folder, checkpoint.pt or backbone.pth)")
     ap.add_argument("--model-b", help="the independently trained model that judges the inversions")
     ap.add_argument("--steps", type=int, default=DEFAULT_STEPS)
+    ap.add_argument("--bn-weight", type=float, default=BN_WEIGHT, help="weight of the BatchNorm prior")
     ap.add_argument("--batch", type=int, default=5, help="faces inverted together (one process per batch and setting)")
     ap.add_argument("--picture", type=Path, help="write original | no prior | BN prior rows here (PNG)")
     ap.add_argument("--picture-rows", type=int, default=4)

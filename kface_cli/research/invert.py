@@ -124,6 +124,7 @@ def invert_embedding(
     lr: float = DEFAULT_LR,
     seeds: Sequence[int] = (0,),
     bn_prior: bool = True,
+    bn_weight: float = BN_WEIGHT,
     on_step: Any = None,
 ) -> Inversion:
     """Optimise 112x112 faces whose embeddings under ``module`` match ``targets`` (B, D) or (D,).
@@ -131,7 +132,8 @@ def invert_embedding(
     The B images are optimised together, as one batch (the BatchNorm prior compares the batch's
     statistics, as in the paper); image i starts from noise drawn with ``seeds[i]`` (one target
     and several seeds: several faces of one person). ``module``: a torch backbone, put in eval
-    mode; its weights are not changed. ``on_step()`` is called after every step.
+    mode; its weights are not changed. ``bn_weight``: the prior's weight in the loss.
+    ``on_step()`` is called after every step.
     """
     import contextlib
 
@@ -164,7 +166,7 @@ def invert_embedding(
             emb = module(view)  # (B, D)
             loss = 1.0 - F.cosine_similarity(emb, want).mean() + TV_WEIGHT * total_variation(x)
             if prior is not None:
-                loss = loss + BN_WEIGHT * prior.loss()
+                loss = loss + bn_weight * prior.loss()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
