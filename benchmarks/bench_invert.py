@@ -120,7 +120,7 @@ def identification(args: argparse.Namespace) -> None:
         results[prior] = images
         r = rank1(b.embed(images), ids, gallery, photo_ids)
         print(
-            f"BN prior {'on ' if prior else 'off'}: rank-1 under B {r:.0%}; cosine to target under A {cosines.mean():.3f}"
+            f"BN prior {f'on (weight {args.bn_weight:g})' if prior else 'off'}: rank-1 under B {r:.0%}; cosine to target under A {cosines.mean():.3f}"
         )
     print(f"{args.steps} steps, batches of {args.batch} faces, {len(jobs)} processes: {time.perf_counter() - t0:.0f} s")
     if args.picture:

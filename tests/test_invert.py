@@ -73,12 +73,15 @@ def test_inversion_loss_decreases_and_the_faces_move_towards_their_targets():
     with torch.no_grad():
         targets = net(torch.from_numpy(faces_to_input(synthetic_faces(2, seed=3)))).numpy()
     for prior in (True, False):
-        inv = invert_embedding(net, targets, steps=40, lr=0.05, seeds=[0, 1], bn_prior=prior)
+        # without the random shift/flip the descent is deterministic: the loss itself must fall
+        inv = invert_embedding(net, targets, steps=40, lr=0.05, seeds=[0, 1], bn_prior=prior, augment=False)
         assert inv.images.shape == (2, 112, 112, 3) and inv.images.dtype == np.uint8
         assert len(inv.losses) == 40
-        assert np.mean(inv.losses[-10:]) < np.mean(inv.losses[:10])
+        assert np.mean(inv.losses[-5:]) < 0.8 * np.mean(inv.losses[:5])
         start = invert_embedding(net, targets, steps=1, lr=1e-9, seeds=[0, 1], bn_prior=prior)  # the noise
         assert inv.cosines.mean() > start.cosines.mean() + 0.1
+        jittered = invert_embedding(net, targets, steps=40, lr=0.05, seeds=[0, 1], bn_prior=prior)
+        assert jittered.cosines.mean() > start.cosines.mean() + 0.1  # with augmentation too
     assert all(not p.requires_grad for p in net.parameters())  # the weights were never trained
 
 

@@ -125,6 +125,7 @@ def invert_embedding(
     seeds: Sequence[int] = (0,),
     bn_prior: bool = True,
     bn_weight: float = BN_WEIGHT,
+    augment: bool = True,
     on_step: Any = None,
 ) -> Inversion:
     """Optimise 112x112 faces whose embeddings under ``module`` match ``targets`` (B, D) or (D,).
@@ -133,6 +134,7 @@ def invert_embedding(
     statistics, as in the paper); image i starts from noise drawn with ``seeds[i]`` (one target
     and several seeds: several faces of one person). ``module``: a torch backbone, put in eval
     mode; its weights are not changed. ``bn_weight``: the prior's weight in the loss.
+    ``augment``: the random shift and flip of every step (off: a deterministic descent).
     ``on_step()`` is called after every step.
     """
     import contextlib
@@ -159,10 +161,12 @@ def invert_embedding(
     losses: list[float] = []
     with BatchNormPrior(module) if bn_prior else contextlib.nullcontext() as prior:
         for _ in range(steps):
-            dy, dx = (int(v) for v in torch.randint(-JITTER_PX, JITTER_PX + 1, (2,), generator=g))
-            view = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-            if bool(torch.rand((), generator=g) < 0.5):
-                view = view.flip(3)
+            view = x
+            if augment:
+                dy, dx = (int(v) for v in torch.randint(-JITTER_PX, JITTER_PX + 1, (2,), generator=g))
+                view = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+                if bool(torch.rand((), generator=g) < 0.5):
+                    view = view.flip(3)
             emb = module(view)  # (B, D)
             loss = 1.0 - F.cosine_similarity(emb, want).mean() + TV_WEIGHT * total_variation(x)
             if prior is not None:
