@@ -36,7 +36,7 @@ from kface_cli.errors import InputError, KFaceError, ModelMismatchError
 DEFAULT_THRESHOLD_DEG = 77.0  # the sub-center ArcFace paper's cut
 MINORITY_SHARE = 0.5  # a dominant sub-centre holding less than this share of its class is reported
 SHEET_MAX = 30  # flagged faces shown on the contact sheet (the largest angles first)
-SHEET_COLUMNS = 3  # flagged | its identity's typical face | the nearest identity's, per entry
+SHEET_COLUMNS = 3  # entries per row; an entry: flagged face | its identity's typical face | the nearest identity's
 ANGLE_BIN_DEG = 10  # histogram bins of the angle distribution
 EMBED_BATCH = 128
 NEAREST_CHUNK = 256  # images scored against every centre at once (memory: chunk x C x K floats)
@@ -319,7 +319,7 @@ def clean_run(
     ckpt = load_run_checkpoint(model, workdir)
     weight = ckpt.head.get("weight")
     C = ckpt.num_classes
-    K = int(weight.shape[0]) // C if weight is not None and weight.dim() == 2 else 0
+    K = int(weight.shape[0]) // C if hasattr(weight, "dim") and weight.dim() == 2 and C > 0 else 0
     if K < 2 or K * C != int(weight.shape[0]):
         loss = ckpt.config.get("loss", "?")
         raise InputError(
