@@ -39,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_STEPS = 300
 DEFAULT_LR = 0.05
-BN_WEIGHT = 0.05
+BN_WEIGHT = 0.01  # measured: 0.05 halves the rank-1 transfer of small models (README)
 TV_WEIGHT = 2.0
 JITTER_PX = 4
 INIT_STD = 0.05  # the starting image: N(0, INIT_STD) around mid-grey, in network-input units
