@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole kface pipeline on the bundled synthetic K-Face sample (sample_data/), end to end:
 # extract -> crop -> split -> train -> export -> enroll -> identify -> evaluate, plus a training
-# set made from photos without annotation files (step 3b) and accuracy as deployed (step 7b).
+# set made from photos without annotation files (step 3b), accuracy as deployed (step 7b), then
+# the paper's sub-center cleaning (clean) and model inversion (invert).
 # Run through `make demo` (which installs kface into .venv first). Takes a few minutes on 2 cores.
 # Everything is written to demo_workspace/ (override with KFACE_DEMO_WORKDIR).
 set -euo pipefail
@@ -75,4 +76,12 @@ step "7b. Accuracy as deployed: the val faces aligned again from their photos by
 step "8. Identify the probes: 4 enrolled people in other light/expression/angle, and 3 people who are not enrolled" \
   kface identify "$KFACE_WORKDIR/probes" --model "$KFACE_WORKDIR/demo.onnx" --annotate "$KFACE_WORKDIR/annotated"
 
-printf '\n\033[1;32mDemo finished.\033[0m Workspace: %s (runs/demo, gallery.h5, reports/demo, annotated/)\n' "$KFACE_WORKDIR"
+step "9. The paper's sub-center ArcFace on the same data (a quick 2-epoch run, K=3 sub-centers per identity)" \
+  kface train --config demo_mbf --loss subcenter --epochs 2 --val-pairs none --name demo-sub
+step "   ... flags the training images far from their identity's dominant sub-center (CSV + contact sheet)" \
+  kface clean demo-sub --sheet-max 12
+FIRST="$(ls "$KFACE_WORKDIR/people" | head -n 1)"
+step "10. Invert a gallery template back into a face (BatchNorm prior; torch weights of the demo run)" \
+  kface invert --model "$KFACE_WORKDIR/runs/demo" --name "$FIRST" --out "$KFACE_WORKDIR/inverted.png" --steps 100
+
+printf '\n\033[1;32mDemo finished.\033[0m Workspace: %s (runs/demo, gallery.h5, reports/demo, annotated/, reports/clean-demo-sub, inverted.png)\n' "$KFACE_WORKDIR"

@@ -9,7 +9,8 @@
     emb = load_embedder("model.pt")            # TorchScript from ``kface export --format torchscript``
 
 :func:`load_torch_weights` + :func:`build_backbone` give the torch module itself (``kface export``,
-``kface train --init``, ``kface invert``).
+``kface train --init``); :func:`load_torch_backbone` refuses exports (``kface invert``), and
+:func:`load_run_checkpoint` adds the margin head (``kface clean``).
 
 Security: every model file is untrusted. torch files are read with ``weights_only=True`` only
 (a pickle that names any code is refused, wherever the file lies, run folder or not); ONNX files
@@ -233,6 +234,57 @@ def load_torch_weights(path: Path) -> TorchWeights:
         )
     cfg = _read_run_config(path.parent)  # backbone.pth / checkpoint.pt inside a run folder
     return _weights_from_state(torch_load(path), path, cfg)
+
+
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """A kface training checkpoint: the backbone and the margin head of the same step."""
+
+    weights: TorchWeights
+    head: dict[str, Any]  # the head's full state_dict ("weight": (C*K, D) class centres)
+    config: dict[str, Any]  # the run's training config
+    num_classes: int
+    source: Path
+
+
+def load_run_checkpoint(model: str | Path | None, workdir: Path | None = None) -> RunCheckpoint:
+    """The backbone and head of a training run (``checkpoint.pt``; a run folder or name works too).
+
+    ``backbone.pth`` holds the best epoch's backbone only; analyses of the class centres
+    (``kface clean``) need the backbone the centres were trained with, which is the checkpoint's.
+    """
+    path = resolve_model_path(model, workdir)
+    file = path / RUN_CHECKPOINT if path.is_dir() else path
+    if not file.is_file():
+        raise InputError(
+            f"{path} has no {RUN_CHECKPOINT}", hint="Pass a run folder made by `kface train`, or its checkpoint.pt."
+        )
+    obj = torch_load(file)
+    if not isinstance(obj, dict) or not isinstance(obj.get("head"), dict) or "num_classes" not in obj:
+        raise InputError(
+            f"{file} is not a kface training checkpoint (no margin head in it)",
+            hint="Pass a run folder made by `kface train`, or its checkpoint.pt (not backbone.pth or ONNX).",
+        )
+    config = obj.get("config") if isinstance(obj.get("config"), dict) else {}
+    weights = _weights_from_state(obj, file, _read_run_config(file.parent))
+    return RunCheckpoint(weights, obj["head"], config, int(obj["num_classes"]), file)
+
+
+def load_torch_backbone(
+    model: str | Path | None, *, workdir: Path | None = None, network: str | None = None, purpose: str
+) -> tuple[torch.nn.Module, str, int, Path]:
+    """A torch backbone (module, network, D, source) for work that needs gradients (``kface invert``).
+
+    ONNX and TorchScript exports are refused with one line naming ``purpose``.
+    """
+    path = resolve_model_path(model, workdir)
+    if path.is_file() and (path.suffix.lower() == ".onnx" or _is_torchscript(path)):
+        raise InputError(
+            f"{purpose} needs the torch weights, and {path.name} is an exported model",
+            hint="Pass the run folder, its checkpoint.pt or a backbone.pth (exports carry no gradients here).",
+        )
+    module, name, size = build_backbone(load_torch_weights(path), network)
+    return module.float().eval(), name, size, path
 
 
 def _embedding_size_or_none(state_dict: dict[str, Any]) -> int | None:

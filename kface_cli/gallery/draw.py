@@ -95,7 +95,7 @@ def render_text(text: str, height: int = LABEL_HEIGHT_PX) -> np.ndarray:
     return np.concatenate(pieces, axis=1) if pieces else np.zeros((height, 1), dtype=np.uint8)
 
 
-def _blend_label(image: np.ndarray, mask: np.ndarray, x: int, y: int, colour: tuple[int, int, int]) -> None:
+def blend_label(image: np.ndarray, mask: np.ndarray, x: int, y: int, colour: tuple[int, int, int]) -> None:
     """Draw a filled label box at (x, y) (top-left) with white text from ``mask``; clipped to the image."""
     pad = 3
     h, w = mask.shape[0] + 2 * pad, mask.shape[1] + 2 * pad
@@ -138,5 +138,5 @@ def draw_faces(image: np.ndarray, faces, *, label_height: int = LABEL_HEIGHT_PX)
         else:
             label = name if dist is None or not np.isfinite(dist) else f"{name} {dist:.2f}"
         mask = render_text(label, lh)
-        _blend_label(out, mask, x, y - mask.shape[0] - 6 if y - mask.shape[0] - 6 >= 0 else y + h, colour)
+        blend_label(out, mask, x, y - mask.shape[0] - 6 if y - mask.shape[0] - 6 >= 0 else y + h, colour)
     return out

@@ -154,7 +154,7 @@ def choose_val_ids(
     return tuple(sorted(ids[i] for i in chosen))
 
 
-def _place(src: Path, dst: Path) -> bool:
+def link_or_copy(src: Path, dst: Path) -> bool:
     """Hard-link ``src`` at ``dst`` (True), or copy it when linking is impossible (False)."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -252,7 +252,7 @@ def split(
         for part, members in (("train", train), ("val", val)):
             for ident in members:
                 for img in groups[ident]:
-                    linked &= _place(img, staging / part / ident / img.name)
+                    linked &= link_or_copy(img, staging / part / ident / img.name)
                     if img in sources:
                         placed_sources[f"{part}/{ident}/{img.name}"] = sources[img]
                     counts[part] += 1
