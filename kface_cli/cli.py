@@ -605,6 +605,7 @@ def _config_options(fn: Callable) -> Callable:
         kind = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
         if typing.get_origin(hint) is tuple or kind not in (int, float, bool):
             kind = str  # e.g. --margin m1,m2,m3: parsed by the config
+        kind = f.metadata.get("choices") or kind  # a Choice enum: --help lists its values
         flag = "--" + name.replace("_", "-")
         names = [f"{flag}/--no-{flag[2:]}" if kind is bool else flag] + (
             [f.metadata["short"]] if f.metadata.get("short") else []

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from kface_cli.choices import Loss, Optimizer, Precision
+from kface_cli.choices import Choice, Loss, Optimizer, Precision
 from kface_cli.errors import KFaceError
 
 AUTO = "auto"
@@ -47,9 +47,10 @@ _FLOAT_RANGES = (
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
-def _opt(default: Any, help: str, short: str | None = None) -> Any:
-    """A TrainConfig field with its option help (``kface train --help`` is built from these)."""
-    return dataclasses.field(default=default, metadata={"help": help, "short": short})
+def _opt(default: Any, help: str, short: str | None = None, choices: type[Choice] | None = None) -> Any:
+    """A TrainConfig field with its option help (``kface train --help`` is built from these);
+    ``choices``: the :class:`Choice` enum whose values the option takes (listed in ``--help``)."""
+    return dataclasses.field(default=default, metadata={"help": help, "short": short, "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class TrainConfig:
     init: str | None = _opt(None, "Start from these backbone weights (insightface backbone.pth or a kface run).")
     freeze: int = _opt(0, "Keep the first N stages frozen (1 = the stem).")
     # loss ---------------------------------------------------------------------------------
-    loss: str = _opt("arcface", ", ".join(Loss.values()) + ".")
+    loss: str = _opt("arcface", "The loss (softmax family with margins).", choices=Loss)
     scale: float = _opt(64.0, "Logit scale s.")
     margin: tuple[float, ...] = _opt(
         (),
@@ -90,7 +91,7 @@ class TrainConfig:
     subcenters: int = _opt(1, "Sub-centres K per class (sub-center ArcFace; --loss subcenter: 3 unless set).")
     sample_rate: float = _opt(1.0, "Partial FC: fraction of negative class centres per step.")
     # optimisation -------------------------------------------------------------------------
-    optimizer: str = _opt("sgd", " or ".join(Optimizer.values()) + ".")
+    optimizer: str = _opt("sgd", "The optimizer.", choices=Optimizer)
     lr: float | None = _opt(
         None,
         f"Learning rate [default: {SGD_REFERENCE_LR:g} x global batch / {SGD_REFERENCE_BATCH} but at least "
@@ -104,7 +105,7 @@ class TrainConfig:
     epochs: int = _opt(20, "Epochs; with --resume, raise it to train further.", "-e")
     warmup_epochs: float = _opt(0.0, "Linear warm-up epochs before the polynomial decay (stepped per iteration).")
     grad_clip: float = _opt(GRAD_CLIP_NORM, "Clip the backbone's gradient norm at this value.")
-    precision: str = _opt("fp32", ", ".join(Precision.values()) + " (fp16/bf16: the layers before fc under autocast).")
+    precision: str = _opt("fp32", "Arithmetic (fp16/bf16: the layers before fc under autocast).", choices=Precision)
     # run ----------------------------------------------------------------------------------
     device: str = _opt(AUTO, "auto, cpu, cuda, cuda:N.")
     seed: int = _opt(0, "Random seed.")
