@@ -1190,11 +1190,11 @@ def verify_cmd(
         typer.Option(
             "--threshold",
             "-t",
-            help="Squared L2 distance (2 - 2 cos) below which the two are the same person \\[default: the model's calibrated threshold, else 1.5 = cosine 0.25].",
+            help=f"Squared L2 distance (2 - 2 cos) below which the two are the same person \\[default: the model's calibrated 1:1 threshold, else {DEFAULT_THRESHOLD:g} = cosine {DEFAULT_THRESHOLD_COSINE:g}].",
             show_default=False,
         ),
     ] = None,
-    landmarks: LandmarksOpt = "auto",
+    landmarks: LandmarksOpt = LandmarkMode.AUTO,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
@@ -1232,7 +1232,7 @@ def embed_cmd(
     ],
     model: ModelOpt = None,
     network: NetworkOpt = None,
-    landmarks: LandmarksOpt = "auto",
+    landmarks: LandmarksOpt = LandmarkMode.AUTO,
     embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
@@ -1259,7 +1259,7 @@ def embed_cmd(
 @command("detect")
 def detect_cmd(
     paths: PhotosArg,
-    landmarks: LandmarksOpt = "auto",
+    landmarks: LandmarksOpt = LandmarkMode.AUTO,
     min_face: MinFaceOpt = None,
     annotate: Annotated[
         Path | None,
