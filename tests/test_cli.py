@@ -166,8 +166,8 @@ def test_shell_completion_is_offered():
 
 
 #: What `kface identify` loads with an ONNX model: ONNX Runtime, mediapipe's two face graphs,
-#: OpenCV, the gallery (h5py) and its index (faiss).
-ONNX_IDENTIFY_IMPORTS = ["cv2", "faiss", "h5py", "mediapipe", "onnxruntime"]
+#: OpenCV and the gallery (h5py); a small gallery is searched in numpy (no faiss).
+ONNX_IDENTIFY_IMPORTS = ["cv2", "h5py", "mediapipe", "onnxruntime"]
 #: ...and not torch, the onnx package (ONNX Runtime reads the metadata), matplotlib, mediapipe's
 #: drawing utilities (they import matplotlib) or its Tasks API.
 IDENTIFY_PROBED = (*HEAVY, "mediapipe.python.solutions.drawing_utils", "mediapipe.tasks")

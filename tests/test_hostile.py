@@ -34,6 +34,7 @@ from kface_cli.dataset.annotation import parse_annotation
 from kface_cli.dataset.source import MAX_MEMBER_BYTES, list_identities, open_identity
 from kface_cli.errors import DiskFullError, InputError, ReadOnlyError
 from kface_cli.face.imageio import decode_image
+from kface_cli.gallery import index as index_module
 from kface_cli.gallery import store
 from kface_cli.gallery.index import index_paths, load_index
 from kface_cli.gallery.manage import manage_gallery
@@ -288,6 +289,8 @@ def case_identify_on_a_read_only_folder(ctx: Ctx) -> None:
             p.unlink()
     before = _listing(folder)
     _read_only(ctx, folder)
+    assert load_index(g).names == ["ALICE", "BOB"]  # a small gallery: exact numpy search, nothing to save
+    ctx.monkeypatch.setattr(index_module, "NUMPY_EXACT_MAX", 0)  # a gallery large enough for a saved index
     loaded = load_index(g)  # what identify does: read, build, try to save
     assert loaded.names == ["ALICE", "BOB"] and len(loaded.index) == 2
     assert Gallery(g.path).facts().templates == 2 and manage_gallery(g.path)["facts"]["templates"] == 2
@@ -379,6 +382,7 @@ def case_disk_full_saving_the_index_after_enroll(ctx: Ctx) -> None:
         )
 
     ctx.monkeypatch.setattr(faiss, "write_index", full)
+    ctx.monkeypatch.setattr(index_module, "NUMPY_EXACT_MAX", 0)  # a gallery large enough for a saved index
     loaded = load_index(g)  # enroll's last step, and identify's first
     assert loaded.names == ["ALICE", "BOB"]
     err = ctx.capfd.readouterr().err

@@ -94,7 +94,8 @@ def _gallery(tmp_path, n=20, dim=32):
     return g, model, emb
 
 
-def test_index_is_saved_reused_and_rebuilt_when_stale(tmp_path):
+def test_index_is_saved_reused_and_rebuilt_when_stale(tmp_path, monkeypatch):
+    monkeypatch.setattr(index_mod, "NUMPY_EXACT_MAX", 0)  # FAISS and a saved index, as for large galleries
     g, model, emb = _gallery(tmp_path)
     first = load_index(g)
     assert first.rebuilt and all(p.is_file() for p in index_paths(g.path))
@@ -117,3 +118,17 @@ def test_index_is_saved_reused_and_rebuilt_when_stale(tmp_path):
     assert load_index(g, "hnsw").index.kind is IndexKind.HNSW
     kept = load_index(g, "auto")
     assert not kept.rebuilt and kept.index.kind is IndexKind.HNSW
+
+
+def test_small_auto_galleries_are_searched_exactly_in_numpy_with_no_index_file(tmp_path):
+    g, model, emb = _gallery(tmp_path)
+    small = load_index(g)
+    assert isinstance(small.index.index, index_mod.NumpyFlatIP) and small.index.kind is IndexKind.FLAT
+    assert not any(p.exists() for p in index_paths(g.path))  # nothing built or saved
+    faiss_flat = build_index(emb, "flat")
+    queries = _unit(np.random.default_rng(7).standard_normal((5, emb.shape[1])))
+    a, b = small.index.search(queries, 4), faiss_flat.search(queries, 4)
+    np.testing.assert_array_equal(a.rows, b.rows)
+    np.testing.assert_allclose(a.distances, b.distances, atol=1e-5)
+    # a kind asked for explicitly still builds (and saves) the FAISS index
+    assert load_index(g, "flat").rebuilt and index_paths(g.path)[0].is_file()

@@ -107,16 +107,35 @@ class SearchIndex:
         return {"count": self.count, "checksum": self.checksum, "kind": self.kind.value, "params": self.params}
 
 
+#: ``auto`` galleries of at most this many templates are searched exactly in numpy, without a
+#: saved index: the same results as FAISS's flat index, and no FAISS import or index file for
+#: the one-photo, small-gallery runs where start-up is most of the time.
+NUMPY_EXACT_MAX = 10_000
+
+
+class NumpyFlatIP:
+    """Exact inner-product search in numpy, with FAISS's ``search(q, k) -> (sims, rows)`` shape."""
+
+    def __init__(self, x: np.ndarray):
+        self.x = np.ascontiguousarray(x, dtype=np.float32)  # (N, D) unit rows
+        self.ntotal = len(self.x)
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        sims = q @ self.x.T  # (Q, N)
+        rows = np.argsort(-sims, axis=1, kind="stable")[:, :k]  # (Q, k) best first
+        return np.take_along_axis(sims, rows, axis=1), rows
+
+
 #: Below this many queries FAISS runs on one thread: a handful of queries gains nothing from
 #: OpenMP, and on a busy machine its spinning threads multiply the latency.
 FEW_QUERIES = 8
 
 
 def _search_few_threads(index, q: np.ndarray, k: int):
+    if isinstance(index, NumpyFlatIP) or len(q) >= FEW_QUERIES:
+        return index.search(q, k)
     import faiss
 
-    if len(q) >= FEW_QUERIES:
-        return index.search(q, k)
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
@@ -184,11 +203,11 @@ def save_index(index: SearchIndex, gallery: Path) -> None:
 
 def _load_saved(gallery: Path, kind: IndexKind, count: int, checksum: str) -> SearchIndex | None:
     """The saved index if it matches the gallery (count, checksum and requested kind), else None."""
-    import faiss
-
     path, meta_path = index_paths(gallery)
     if not (path.is_file() and meta_path.is_file()):
         return None
+    import faiss
+
     try:
         meta = json.loads(meta_path.read_text())
         saved_kind = IndexKind.parse(meta["kind"], "index kind")
@@ -219,7 +238,9 @@ def load_index(
     """The gallery's index, rebuilt (and saved) when missing, stale, of another kind, or ``rebuild``.
 
     ``gallery`` is a :class:`~kface_cli.gallery.store.Gallery`. When the saved index matches,
-    only the names are read from the gallery (not the embeddings).
+    only the names are read from the gallery (not the embeddings). Without one, an ``auto``
+    gallery of at most :data:`NUMPY_EXACT_MAX` templates is searched exactly in numpy (nothing
+    built or saved).
     """
     from kface_cli.console import info
 
@@ -229,6 +250,12 @@ def load_index(
         saved = _load_saved(gallery.path, kind, len(rows), rows.checksum)
         if saved is not None:
             return LoadedIndex(saved, rows.names, rebuilt=False)
+        if kind is IndexKind.AUTO and len(rows) <= NUMPY_EXACT_MAX:
+            rows = gallery.read(embeddings=True)
+            exact = SearchIndex(
+                NumpyFlatIP(rows.embeddings), IndexKind.FLAT, len(rows), rows.checksum, {"engine": "numpy"}
+            )
+            return LoadedIndex(exact, rows.names, rebuilt=False)
     rows = gallery.read(embeddings=True)
     chosen = resolve_kind(kind, len(rows))
     if len(rows) > AUTO_FLAT_MAX or chosen is not IndexKind.FLAT:
