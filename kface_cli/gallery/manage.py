@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kface_cli.errors import InputError
-from kface_cli.gallery.index import IndexKind, index_paths, load_index
+from kface_cli.gallery.index import NUMPY_EXACT_MAX, IndexKind, index_paths, load_index
 from kface_cli.gallery.store import Gallery
 
 
@@ -87,7 +87,9 @@ def facts_rows(facts: dict[str, Any]) -> list[list[str]]:
             key, value = "file size", _size(value)
         elif key == "index_file":
             value = (
-                f"{Path(value).name} ({_size(facts['index_bytes'])})" if value else "none yet (built on first identify)"
+                f"{Path(value).name} ({_size(facts['index_bytes'])})"
+                if value
+                else f"none (searched without one up to {NUMPY_EXACT_MAX:,} templates; built on first identify above)"
             )
         rows.append([key.replace("_", " "), str(value)])
     return rows
