@@ -304,10 +304,10 @@ def enroll_folder(
         IdentitySummary(name, c["photos"], c["added"], c["duplicates"], c["skipped"], in_gallery.get(name, 0))
         for name, c in sorted(counts.items())
     ]
-    if update_index and gallery.exists():
-        from kface_cli.gallery.index import load_index
+    from kface_cli.gallery.index import NUMPY_EXACT_MAX, load_index
 
-        load_index(gallery)
+    if update_index and sum(in_gallery.values()) > NUMPY_EXACT_MAX:
+        load_index(gallery)  # build and save the FAISS index identify will load (small galleries need none)
     return EnrollResult(
         gallery=gallery.path,
         model=describe_model(embedder),
