@@ -156,3 +156,34 @@ def test_mediapipe_loads_without_drawing_utils_and_stays_whole_for_other_code():
     )
     out = subprocess.run([sys.executable, "-c", code, str(FIXTURE)], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["1", "[]", "True", "True", "True"]
+
+
+def test_a_dark_photo_is_searched_again_contrast_enhanced(photo):
+    from kface_cli.face.detect import MediaPipeDetector, is_low_light
+
+    dark = (photo.astype(np.float32) * 0.03).round().astype(np.uint8)  # mean grey level ~3 (K-Face L7)
+    assert is_low_light(dark) and not is_low_light(photo)
+    assert MediaPipeDetector(low_light=False).detect(dark) == []  # BlazeFace alone misses it
+    faces = MediaPipeDetector().detect(dark)
+    assert len(faces) == 1 and faces[0].low_light and faces[0].to_dict()["low_light"] is True
+    assert _errors(faces[0], REFERENCE_POINTS, IOD).max() < 0.15
+    assert not MediaPipeDetector().detect(photo)[0].low_light  # found at once: no second search
+
+
+def test_detect_mode_falls_back_to_a_sound_annotation_only_when_the_detector_misses(tmp_path, photo):
+    blank = tmp_path / "C1.jpg"  # no face for the detector, an annotation beside it
+    cv2.imwrite(str(blank), np.full((240, 320, 3), 128, np.uint8))
+    (tmp_path / "C1.txt").write_text(SIDECAR)
+    faces = get_detector("detect").detect(read_image(blank), path=blank)
+    assert len(faces) == 1 and faces[0].landmarks == "annotation-fallback"
+    np.testing.assert_allclose(faces[0].points5[0], [150, 98])
+    with_face = tmp_path / "C7.jpg"  # the detector finds the face: the annotation is not used
+    cv2.imwrite(str(with_face), photo)
+    (tmp_path / "C7.txt").write_text(SIDECAR)
+    assert get_detector("detect").detect(photo, path=with_face)[0].landmarks == "mesh"
+    small = tmp_path / "C2.jpg"  # the annotation's points lie outside this photo: no fallback
+    cv2.imwrite(str(small), np.full((90, 120, 3), 128, np.uint8))
+    (tmp_path / "C2.txt").write_text(SIDECAR)
+    assert get_detector("detect").detect(read_image(small), path=small) == []
+    (tmp_path / "C1.txt").write_text("not an annotation\n")  # unreadable: no fallback, no error
+    assert get_detector("detect").detect(read_image(blank), path=blank) == []

@@ -324,7 +324,7 @@ def test_default_report_names_do_not_collide(tmp_path):
     )
 
 
-def _with_source_photos(ws, monkeypatch):
+def _with_source_photos(ws, monkeypatch, fallback=False):
     """Each val crop pasted into a larger 'photo' (listed in split/sources.csv); a stub detector
     finds the face in every photo except camera C9 ones, as a detector misses profiles."""
     import numpy as np
@@ -343,11 +343,13 @@ def _with_source_photos(ws, monkeypatch):
         sources[crop.relative_to(ws / "split").as_posix()] = path
     write_sources(ws / "split" / "sources.csv", sources, ws / "split")
 
-    class Stub:
+    class Stub:  # misses every C9 face, or takes it from its "annotation" (``fallback``)
         def detect(self, image, path=None):
-            if "_C9" in path.name:
-                return []
             points = (ARCFACE_TEMPLATE + [100, 50]).astype(np.float32)
+            if "_C9" in path.name:
+                if not fallback:
+                    return []
+                return [detect.DetectedFace((100.0, 50.0, 112.0, 112.0), 1.0, points, detect.ANNOTATION_FALLBACK)]
             return [detect.DetectedFace((100.0, 50.0, 112.0, 112.0), 0.95, points)]
 
     real = detect.get_detector
@@ -366,7 +368,11 @@ def test_landmarks_detect_realigns_from_the_source_photos_and_counts_misses_per_
     s = evaluate_embedder(FakeEmbedder(), EvaluateOptions(workdir=ws, landmarks="detect", write_report=False)).summary
     lm = s["landmarks"]
     assert lm["realigned_from_source_photos"] and lm["images"] == 40 and lm["no_face"] == 20
-    assert lm["by_condition"]["cam"] == {"C7": {"images": 20, "no_face": 0}, "C9": {"images": 20, "no_face": 20}}
+    assert lm["by_condition"]["cam"] == {
+        "C7": {"images": 20, "no_face": 0, "fallback": 0, "low_light": 0},
+        "C9": {"images": 20, "no_face": 20, "fallback": 0, "low_light": 0},
+    }
+    assert lm["detector_only"] is None  # nothing was taken from an annotation
     assert s["n_failed_images"] == 20 and s["accuracy"] < as_trained["accuracy"]
     assert (
         s["per_condition"]["cam"]["C7"]["accuracy_at_threshold"]
@@ -375,4 +381,25 @@ def test_landmarks_detect_realigns_from_the_source_photos_and_counts_misses_per_
     from kface_cli.evaluate.report import landmark_table
 
     title, columns, rows = landmark_table(lm)
-    assert rows[0][:4] == ["camera C7", rows[0][1], 20, 0] and rows[1][2:4] == [20, 20]
+    assert rows[0][:6] == ["camera C7", rows[0][1], 20, 0, 0, 0] and rows[1][2:6] == [20, 0, 0, 20]
+
+
+def test_faces_taken_from_their_annotation_are_counted_and_the_detector_only_accuracy_is_reported(
+    tmp_path, monkeypatch
+):
+    ws = _ws(tmp_path)
+    _with_source_photos(ws, monkeypatch)
+    missed = evaluate_embedder(FakeEmbedder(), EvaluateOptions(workdir=ws, landmarks="detect", write_report=False))
+    _with_source_photos(ws, monkeypatch, fallback=True)
+    s = evaluate_embedder(FakeEmbedder(), EvaluateOptions(workdir=ws, landmarks="detect", write_report=False)).summary
+    lm = s["landmarks"]
+    assert lm["no_face"] == 0 and lm["sources"] == {"annotation-fallback": 20, "mesh": 20}
+    assert lm["by_condition"]["cam"]["C9"] == {"images": 20, "no_face": 0, "fallback": 20, "low_light": 0}
+    assert s["n_failed_images"] == 0 and s["accuracy"] > missed.summary["accuracy"]
+    strict = lm["detector_only"]  # the same faces counted as missed: the accuracy without fallback
+    assert strict["images_without_detection"] == 20
+    assert strict["accuracy"] == pytest.approx(missed.summary["accuracy"])
+    from kface_cli.evaluate.report import summary_rows
+
+    rows = {r[0]: r for r in summary_rows(s)}
+    assert rows["accuracy, detector only"][1].startswith(f"{100 * strict['accuracy']:.2f}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -396,7 +397,12 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
             "n_probe_ranks": len(probe_ranks),
         }
     summary["per_condition"] = C.merge_breakdowns(ver_conditions, id_conditions) or None
-    summary["landmarks"] = landmark_report(options.landmarks, loader.outcomes, realigned=sources is not None)
+    summary["landmarks"] = landmark_report(
+        options.landmarks, loader.outcomes, realigned=sources is not None, low_light=loader.low_light
+    )
+    summary["landmarks"]["detector_only"] = (
+        detector_only_accuracy(prepared, dist, issame, loader.outcomes) if dist is not None else None
+    )
     summary["condition_rule"] = (
         "verification: a pair counts under a condition when either image has it; identification: by the probe image"
     )
@@ -414,21 +420,31 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
     return evaluation
 
 
-def landmark_report(mode: str | None, outcomes: dict[str, str], *, realigned: bool) -> dict:
-    """Where the faces' landmarks came from, and the faces the detector missed per K-Face condition.
+def landmark_report(
+    mode: str | None, outcomes: dict[str, str], *, realigned: bool, low_light: Collection[str] = ()
+) -> dict:
+    """Where the faces' landmarks came from, and per K-Face condition the faces the detector missed
+    (``no_face``), those it missed that were taken from their annotation instead (``fallback``)
+    and those it found only in a contrast-enhanced copy of a dark photo (``low_light``).
 
     A face without landmarks cannot be compared: its pairs count as rejected and, as a probe, it
     is left out of identification (as a deployed system would fail on it).
     """
+    from kface_cli.face.detect import ANNOTATION_FALLBACK
+
     sources = Counter(v or "none" for v in outcomes.values())
     by_factor: dict[str, dict[str, dict[str, int]]] = {}
     for path, found in outcomes.items():
         codes = C.codes_of(Path(path))
         for factor, _ in C.FACTORS:
             if factor in codes:
-                entry = by_factor.setdefault(factor, {}).setdefault(codes[factor], {"images": 0, "no_face": 0})
+                entry = by_factor.setdefault(factor, {}).setdefault(
+                    codes[factor], {"images": 0, "no_face": 0, "fallback": 0, "low_light": 0}
+                )
                 entry["images"] += 1
                 entry["no_face"] += not found
+                entry["fallback"] += found == ANNOTATION_FALLBACK
+                entry["low_light"] += path in low_light
     return {
         "mode": mode or "aligned crops as they are",
         "realigned_from_source_photos": realigned,
@@ -439,6 +455,27 @@ def landmark_report(mode: str | None, outcomes: dict[str, str], *, realigned: bo
             factor: {code: rows[code] for code in sorted(rows, key=C.code_sort_key)}
             for factor, rows in by_factor.items()
         },
+    }
+
+
+def detector_only_accuracy(
+    prepared: Any, dist: np.ndarray, issame: np.ndarray, outcomes: dict[str, str]
+) -> dict | None:
+    """10-fold accuracy when the faces taken from their annotation (the detector missed them)
+    count as missed too: their pairs rejected. None when no face fell back."""
+    from kface_cli.evaluate.protocols import FAILED_DISTANCE
+    from kface_cli.face.detect import ANNOTATION_FALLBACK
+
+    fell_back = np.array([outcomes.get(n) == ANNOTATION_FALLBACK for n in prepared.names], dtype=bool)
+    if not fell_back.any():
+        return None
+    strict = dist.copy()
+    strict[fell_back[prepared.idx1] | fell_back[prepared.idx2]] = FAILED_DISTANCE
+    ver = M.verification_metrics(strict, issame)
+    return {
+        "accuracy": ver["accuracy"],
+        "accuracy_std": ver["accuracy_std"],
+        "images_without_detection": int(fell_back.sum() + prepared.failed.sum()),
     }
 
 

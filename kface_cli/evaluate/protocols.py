@@ -71,7 +71,8 @@ class FaceLoader:
     Aligned crops are used as they are, other photos are detected (``landmarks``) and the largest
     face is kept. With ``sources`` (face path -> source photo, e.g. the val split's
     ``sources.csv``), each face is aligned again from its source photo: accuracy as deployed.
-    ``outcomes`` records where each face's landmarks came from ("" when no face was found).
+    ``outcomes`` records where each face's landmarks came from ("" when no face was found),
+    ``low_light`` the faces found only in a contrast-enhanced copy of a dark photo.
     """
 
     def __init__(self, landmarks: str = "auto", sources: dict[Path, Path] | None = None):
@@ -80,6 +81,7 @@ class FaceLoader:
         self.detector = get_detector(landmarks)  # mediapipe loads on the first photo that needs it
         self.sources = sources
         self.outcomes: dict[str, str] = {}
+        self.low_light: set[str] = set()
 
     def __call__(self, path: Path) -> np.ndarray | None:
         """The aligned face (112,112,3) BGR uint8, or None when no face is found."""
@@ -97,6 +99,8 @@ class FaceLoader:
                 )
         found = faces_in_image(photo, self.detector, size=FACE_SIZE)
         self.outcomes[str(path)] = found[0].face.landmarks if found else ""
+        if found and found[0].face.low_light:
+            self.low_light.add(str(path))
         return found[0].crop if found else None
 
 

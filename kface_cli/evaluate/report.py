@@ -268,6 +268,16 @@ def summary_rows(summary: dict) -> list[list[Any]]:
                 rows.append([f"TAR @ FAR {key}", _pct(item["tar"]), f"threshold {item['threshold']:.4f}"])
         if summary.get("n_failed_images"):
             rows.append(["images without a face", str(summary["n_failed_images"]), "their pairs count as rejected"])
+        strict = (summary.get("landmarks") or {}).get("detector_only")
+        if strict:
+            rows.append(
+                [
+                    "accuracy, detector only",
+                    f"{_pct(strict['accuracy'])} +- {_pct(strict['accuracy_std'])}",
+                    f"the {strict['images_without_detection']} images the detector missed all rejected "
+                    "(none taken from their annotation)",
+                ]
+            )
     if summary.get("rank1") is not None:
         rows.append(
             [
@@ -368,13 +378,23 @@ def landmark_table(landmarks: dict | None) -> tuple[str, list[str], list[list[An
     order = ["cam"] + [key for key, _ in FACTORS if key != "cam"]
     labels = dict(FACTORS)
     rows = [
-        [f"{labels[key]} {code}", describe(key, code), r["images"], r["no_face"], _pct(r["no_face"] / r["images"])]
+        [
+            f"{labels[key]} {code}",
+            describe(key, code),
+            r["images"],
+            r.get("low_light", 0),
+            r.get("fallback", 0),
+            r["no_face"],
+            _pct((r["no_face"] + r.get("fallback", 0)) / r["images"]),
+        ]
         for key in order
         for code, r in (by.get(key) or {}).items()
     ]
     sources = ", ".join(f"{k} {v}" for k, v in sorted(landmarks.get("sources", {}).items()))
     title = (
         f"Faces aligned again from their photos (landmarks {landmarks['mode']}: {sources}); "
-        "a face without landmarks fails its pairs and is left out of identification"
+        "low light: found in a contrast-enhanced copy; missed: taken from the K-Face annotation when "
+        "there is one, else no face (its pairs fail, and it is left out of identification)"
     )
-    return title, ["condition", "description", "images", "no face", "share"], rows
+    columns = ["condition", "description", "images", "low light", "missed: annotation", "missed: no face", "missed"]
+    return title, columns, rows

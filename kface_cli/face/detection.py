@@ -138,5 +138,6 @@ def table_rows(result: DetectResult) -> tuple[list[str], list[list[Any]]]:
         for k, f in enumerate(img.faces, 1):
             box = ", ".join(f"{v:.0f}" for v in f.box)
             points = "  ".join(f"{x:.0f},{y:.0f}" for x, y in f.points5)
-            rows.append([img.image, k, box, float(f.score), points, f.landmarks])
+            source = f"{f.landmarks} (low light)" if f.low_light else f.landmarks
+            rows.append([img.image, k, box, float(f.score), points, source])
     return columns, rows

@@ -77,8 +77,6 @@ SETTINGS_FILE = "crop.json"
 JPEG_QUALITY = 95
 #: Seconds between manifest saves while cropping (what an interrupted run resumes from).
 SAVE_EVERY_S = 5.0
-#: ``landmarks`` column when the detector found nothing and the K-Face annotation was used.
-ANNOTATION_FALLBACK = "annotation-fallback"
 CODE_KEYS = ("acc", "light", "expr", "cam")
 
 
@@ -226,7 +224,7 @@ class _Croppers:
 def _crop_one(item: _Item, out: Path, config: CropConfig, croppers: _Croppers) -> CropRecord:
     from kface_cli.dataset.annotation import read_annotation
     from kface_cli.face.align import box_crop
-    from kface_cli.face.detect import ANNOTATION, sidecar_path
+    from kface_cli.face.detect import ANNOTATION, ANNOTATION_FALLBACK, sidecar_path
     from kface_cli.face.imageio import read_image, write_image
     from kface_cli.face.pipeline import faces_in_image
 
@@ -242,18 +240,14 @@ def _crop_one(item: _Item, out: Path, config: CropConfig, croppers: _Croppers) -
     except KFaceError as e:
         return record(Status.unreadable_image, e.message)
     try:
-        if txt is not None:
-            problems = read_annotation(txt).problems(image.shape[1], image.shape[0])
-            if problems and use_annotation:
+        if use_annotation:
+            problems = read_annotation(txt).problems(image.shape[1], image.shape[0])  # type: ignore[arg-type]
+            if problems:
                 return record(Status.malformed_annotation, "; ".join(problems))
-        else:
-            problems = []
         landmarker = croppers.annotation if use_annotation else croppers.detector
+        # the detector falls back to a sound annotation by itself (landmarks "annotation-fallback")
         found = faces_in_image(image, landmarker, path=item.path, size=config.size)
         landmarks = found[0].face.landmarks if found else ""
-        if not found and txt is not None and not problems:
-            found = faces_in_image(image, croppers.annotation, path=item.path, size=config.size)
-            landmarks = ANNOTATION_FALLBACK
         if not found:
             return record(Status.no_face, "the detector found no face", landmarks="detect")
         face = found[0]
@@ -264,7 +258,7 @@ def _crop_one(item: _Item, out: Path, config: CropConfig, croppers: _Croppers) -
     except (KFaceError, ValueError) as e:  # ValueError: numerically degenerate points
         return record(Status.malformed_annotation, str(e))
     write_image(out / item.out, crop, quality=JPEG_QUALITY)
-    n = len(found) if landmarks != ANNOTATION_FALLBACK else 0
+    n = len(found) if landmarks != ANNOTATION_FALLBACK else 0  # the detector counted no face
     detail = f"{n} faces: used the largest" if n > 1 else ""
     return CropRecord(item.out, item.codes, item.source, method, Status.ok.value, detail, landmarks, face.face.score, n)
 
