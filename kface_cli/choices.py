@@ -138,3 +138,11 @@ class IndexKind(Choice):
     FLAT = "flat"
     IVF = "ivf"
     HNSW = "hnsw"
+
+
+# ---- research ------------------------------------------------------------------------------
+class CleanRule(Choice):
+    """``kface clean --rule``: which angle flags a training image (see kface_cli.research.clean)."""
+
+    MARGIN = "margin"  # nearer another identity's dominant sub-center than its own, by more than the threshold
+    ANGLE = "angle"  # farther than the threshold from its own identity's dominant sub-center (the paper's)

@@ -26,6 +26,7 @@ import typer
 
 from kface_cli import console
 from kface_cli.choices import (
+    CleanRule,
     CropMode,
     ExportFormat,
     GridPreset,
@@ -37,6 +38,9 @@ from kface_cli.choices import (
 )
 from kface_cli.defaults import (
     AUTO_FLAT_MAX,
+    CLEAN_ANGLE_DEG,
+    CLEAN_MARGIN_DEG,
+    CLEAN_SHEET_MAX,
     DEFAULT_OPSET,
     DEFAULT_THRESHOLD,
     DEFAULT_THRESHOLD_COSINE,
@@ -1308,11 +1312,19 @@ def clean_cmd(
             show_default=False,
         ),
     ] = None,
+    rule: Annotated[
+        CleanRule,
+        typer.Option(
+            "--rule",
+            case_sensitive=False,
+            help="margin: flag images nearer another identity's dominant sub-center than their own by more than the threshold; angle (the paper's): images farther than the threshold from their own identity's.",
+        ),
+    ] = CleanRule.MARGIN,
     threshold: Annotated[
         float | None,
         typer.Option(
             "--threshold",
-            help="Flag images farther than this angle (degrees) from their identity's dominant sub-center \\[default: 77, the paper's].",
+            help=f"The rule's cut in degrees \\[default: margin {CLEAN_MARGIN_DEG:g}, angle {CLEAN_ANGLE_DEG:g} (the paper's)].",
             show_default=False,
         ),
     ] = None,
@@ -1335,17 +1347,26 @@ def clean_cmd(
     sheet_max: Annotated[
         int | None,
         typer.Option(
-            "--sheet-max", help="Flagged faces on the contact sheet (0: none) \\[default: 30].", show_default=False
+            "--sheet-max",
+            help=f"Flagged faces on the contact sheet (0: none) \\[default: {CLEAN_SHEET_MAX}].",
+            show_default=False,
         ),
     ] = None,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Find noisy training labels with sub-center ArcFace: images far from their identity's dominant sub-center."""
+    """Find noisy training labels with sub-center ArcFace: images that sit with another identity's dominant sub-center."""
     from kface_cli.research.clean import clean_run
 
     result = clean_run(
-        model, data=data, threshold=threshold, report=report, apply_to=apply_to, sheet_max=sheet_max, workdir=workdir
+        model,
+        data=data,
+        rule=rule,
+        threshold=threshold,
+        report=report,
+        apply_to=apply_to,
+        sheet_max=sheet_max,
+        workdir=workdir,
     )
     if json_output:
         console.print_json(result.to_json())
@@ -1377,9 +1398,11 @@ def clean_cmd(
         )
     )
     minority = [i.identity for i in result.minority_identities()]
+    m = a["margin"]
     console.info(
-        f"{len(result.flagged)} of {result.images} images flagged (angle > {result.threshold:g} degrees; median {a['median']}, "
-        f"95th percentile {a['p95']}); identities with a minority dominant sub-center: {', '.join(minority) or 'none'}"
+        f"{len(result.flagged)} of {result.images} images flagged ({result.rule} > {result.threshold:g} degrees); "
+        f"angle median {a['median']}, 95th percentile {a['p95']}; margin median {m['median']}, 95th percentile {m['p95']}; "
+        f"identities with a minority dominant sub-center: {', '.join(minority) or 'none'}"
     )
     console.info(
         f"CSV {result.csv}"

@@ -42,3 +42,12 @@ DEFAULT_OPSET = 17
 def auto_workers(workers: int) -> int:
     """``--workers``: the number given, or for 0 one per CPU core, at most :data:`MAX_AUTO_WORKERS`."""
     return workers if workers > 0 else min(MAX_AUTO_WORKERS, os.cpu_count() or 1)
+
+
+#: ``kface clean``: the default cut of each flagging rule, in degrees. ``--rule angle``: the angle
+#: to the identity's dominant sub-center (the sub-center ArcFace paper's 77, for s=64);
+#: ``--rule margin`` (the default): how much nearer another identity's dominant sub-center is.
+CLEAN_ANGLE_DEG = 77.0
+CLEAN_MARGIN_DEG = 12.0
+#: ``kface clean``: flagged faces shown on the contact sheet (the most suspect first).
+CLEAN_SHEET_MAX = 30

@@ -14,6 +14,7 @@ from trainingdata import make_workspace
 from typer.testing import CliRunner
 
 from kface_cli.cli import app
+from kface_cli.defaults import CLEAN_MARGIN_DEG
 from kface_cli.errors import InputError
 from kface_cli.research.clean import angle_histogram, assign_subcenters, clean_run, flag_images
 from kface_cli.train.config import TrainConfig
@@ -60,19 +61,42 @@ def test_assignment_on_a_constructed_case_has_the_known_answers():
     assert a.counts.tolist() == [[4, 1, 1], [0, 3, 0], [2, 2, 1]]
     assert a.dominant.tolist() == [0, 1, 0]  # class 2: a 2-2 tie goes to the lower index
     np.testing.assert_allclose(a.angle, [0, 0, 20, 60, 90, 90, 0, 10, 0, 0, 0, 90, 90, 90], atol=1e-3)
-    assert a.nearest_class.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 2]
+    # the other class with the nearest dominant sub-centre (ties: the lower index)
+    assert a.nearest_class.tolist() == [1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0]
+    np.testing.assert_allclose(a.nearest_angle, [90] * 5 + [0] + [90] * 8, atol=1e-3)
+    np.testing.assert_allclose(a.margin, [-90, -90, -70, -30, 0, 90, -90, -80, -90, -90, -90, 0, 0, 0], atol=1e-3)
     np.testing.assert_allclose(a.dominant_share(), [4 / 6, 1.0, 0.4])
 
 
-def test_flagging_follows_the_threshold():
+def test_flagging_follows_the_rule_and_threshold():
     x = np.stack([e for e, _ in CASE])
     labels = np.array([c for _, c in CASE])
     a = assign_subcenters(x, labels, CENTRES)
-    assert np.flatnonzero(flag_images(a, 77.0)).tolist() == [4, 5, 11, 12, 13]
-    assert np.flatnonzero(flag_images(a, 45.0)).tolist() == [3, 4, 5, 11, 12, 13]
+    assert np.flatnonzero(flag_images(a, 77.0, "angle")).tolist() == [4, 5, 11, 12, 13]
+    assert np.flatnonzero(flag_images(a, 45.0, "angle")).tolist() == [3, 4, 5, 11, 12, 13]
+    assert np.flatnonzero(flag_images(a, 12.0, "margin")).tolist() == [5]
+    assert np.flatnonzero(flag_images(a, 12.0)).tolist() == [5]  # margin is the default
+    with pytest.raises(InputError, match="unknown rule"):
+        flag_images(a, 12.0, "distance")
     hist = angle_histogram(a.angle, 30)
     assert [(h["from"], h["to"], h["images"]) for h in hist] == [(0, 30, 8), (30, 60, 0), (60, 90, 6)]
     assert sum(h["images"] for h in hist) == len(CASE)
+
+
+def test_margin_flags_a_face_near_another_identity_and_spares_faces_near_nobody():
+    """Image 14 is labelled 0 but sits 35 degrees from class 1's dominant sub-centre and 55 from
+    its own: the margin rule flags it, the angle rule does not. Images 4, 11-13 are 90 degrees
+    from every dominant sub-centre (a hard face is near none): the angle rule flags them, the
+    margin rule does not. Image 15 is 40 degrees from its own, 50 from class 1's: kept by both."""
+    case = CASE + [(_between(0, 4, 55), 0), (_between(0, 4, 40), 0)]
+    x = np.stack([e for e, _ in case])
+    labels = np.array([c for _, c in case])
+    a = assign_subcenters(x, labels, CENTRES)
+    assert a.dominant.tolist() == [0, 1, 0]
+    np.testing.assert_allclose(a.margin[14:], [55 - 35, 40 - 50], atol=1e-3)
+    assert a.nearest_class[14:].tolist() == [1, 1]
+    assert np.flatnonzero(flag_images(a, 12.0, "margin")).tolist() == [5, 14]
+    assert np.flatnonzero(flag_images(a, 77.0, "angle")).tolist() == [4, 5, 11, 12, 13]
 
 
 # ------------------------------------------------------------------------------------------
@@ -101,6 +125,9 @@ def test_clean_command_flags_writes_csv_sheet_and_a_cleaned_copy(subcenter_run, 
     ws = subcenter_run
     probe = clean_run("sub", workdir=ws, report=tmp_path / "probe", sheet_max=0)
     assert probe.subcenters == 3 and probe.images == 20 and probe.contact_sheet is None
+    assert probe.rule == "margin" and probe.threshold == CLEAN_MARGIN_DEG
+    rows = list(csv.DictReader(open(probe.csv)))
+    assert {f.path for f in probe.flagged} == {r["path"] for r in rows if float(r["margin"]) > CLEAN_MARGIN_DEG}
     threshold = float(np.percentile([r for r in _angles(probe.csv)], 70))  # about 6 of the 20 above it
     out = tmp_path / "cleaned"
     r = CliRunner().invoke(
@@ -110,6 +137,8 @@ def test_clean_command_flags_writes_csv_sheet_and_a_cleaned_copy(subcenter_run, 
             "sub",
             "-w",
             str(ws),
+            "--rule",
+            "angle",
             "--threshold",
             f"{threshold}",
             "--apply",
@@ -125,8 +154,8 @@ def test_clean_command_flags_writes_csv_sheet_and_a_cleaned_copy(subcenter_run, 
     above = {row["path"] for row in rows if float(row["angle"]) > threshold}
     assert {f["path"] for f in doc["flagged"]} == above and 0 < len(above) < 20
     assert {row["path"] for row in rows if row["flagged"] == "1"} == above
-    assert set(doc["flagged"][0]) >= {"path", "identity", "angle", "nearest_identity"}
-    assert doc["threshold"] == pytest.approx(threshold) and len(doc["identities"]) == 4
+    assert set(doc["flagged"][0]) >= {"path", "identity", "angle", "margin", "nearest_identity"}
+    assert doc["rule"] == "angle" and doc["threshold"] == pytest.approx(threshold) and len(doc["identities"]) == 4
     assert (tmp_path / "rep" / "contact_sheet.png").stat().st_size > 0
     kept = sorted(p.name for p in out.rglob("*.png"))
     assert len(kept) == 20 - len(above) == doc["applied"]["kept"]

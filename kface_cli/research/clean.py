@@ -7,7 +7,15 @@ noise (wrong-identity images, outliers) drifts to the others::
     embeddings (N, D) . centres (C, K, D)      both L2-normalised
     nearest sub-centre of its own class         per image
     dominant sub-centre of a class              the one most of its images are nearest to
-    angle to the class's dominant sub-centre    > threshold (the paper: 77 degrees) -> flagged
+    angle    to its own class's dominant sub-centre
+    margin   angle minus the angle to the nearest other class's dominant sub-centre
+
+Two rules flag an image (``--rule``): ``angle > threshold`` (the paper's, 77 degrees) or
+``margin > threshold`` (the default, 12 degrees: the image looks more like another identity).
+On the sample data the angle alone cannot tell a mislabelled face from a hard but correctly
+labelled one (the darkest light, the most extreme camera): both sit far from their identity's
+dominant sub-centre. A mislabelled face also sits near its true identity's dominant sub-centre;
+a hard face is near none (README, "The paper's other two results").
 
 A class whose dominant sub-centre holds less than half of its images is itself suspect (two
 people under one name, or mostly noise) and is reported as a minority identity.
@@ -31,18 +39,20 @@ from typing import Any
 
 import numpy as np
 
+from kface_cli.choices import CleanRule
+from kface_cli.defaults import CLEAN_ANGLE_DEG, CLEAN_MARGIN_DEG, CLEAN_SHEET_MAX
 from kface_cli.errors import InputError, KFaceError, ModelMismatchError
 
-DEFAULT_THRESHOLD_DEG = 77.0  # the sub-center ArcFace paper's cut
+DEFAULT_THRESHOLD_DEG = {CleanRule.MARGIN: CLEAN_MARGIN_DEG, CleanRule.ANGLE: CLEAN_ANGLE_DEG}
+DEFAULT_RULE = CleanRule.MARGIN
 MINORITY_SHARE = 0.5  # a dominant sub-centre holding less than this share of its class is reported
-SHEET_MAX = 30  # flagged faces shown on the contact sheet (the largest angles first)
 SHEET_COLUMNS = 3  # entries per row; an entry: flagged face | its identity's typical face | the nearest identity's
 ANGLE_BIN_DEG = 10  # histogram bins of the angle distribution
 EMBED_BATCH = 128
-NEAREST_CHUNK = 256  # images scored against every centre at once (memory: chunk x C x K floats)
+NEAREST_CHUNK = 256  # images scored against every dominant centre at once (memory: chunk x C floats)
 CSV_NAME = "clean.csv"
 SHEET_NAME = "contact_sheet.png"
-CSV_COLUMNS = ("path", "identity", "angle", "nearest_identity", "subcenter", "dominant_subcenter", "flagged")
+CSV_COLUMNS = ("path", "identity", "angle", "margin", "nearest_identity", "subcenter", "dominant_subcenter", "flagged")
 
 
 # ------------------------------------------------------------------------------------------
@@ -58,7 +68,13 @@ class SubcenterAssignment:
     counts: np.ndarray  # (C, K) images of each class nearest each of its sub-centres
     dominant: np.ndarray  # (C,) the sub-centre most of the class's images are nearest to
     angle: np.ndarray  # (N,) degrees between the image and its class's dominant sub-centre
-    nearest_class: np.ndarray  # (N,) class owning the nearest sub-centre of all
+    nearest_class: np.ndarray  # (N,) the other class whose dominant sub-centre is nearest
+    nearest_angle: np.ndarray  # (N,) degrees to that sub-centre (180 when there is no other class)
+
+    @property
+    def margin(self) -> np.ndarray:
+        """(N,) degrees by which another class's dominant sub-centre is nearer than the own one's."""
+        return self.angle - self.nearest_angle
 
     def dominant_share(self) -> np.ndarray:
         """(C,) share of each class's images nearest its dominant sub-centre (0 for empty classes)."""
@@ -83,17 +99,25 @@ def assign_subcenters(embeddings: np.ndarray, labels: np.ndarray, centres: np.nd
     counts = np.bincount(labels * K + subcenter, minlength=C * K).reshape(C, K)
     dominant = counts.argmax(axis=1)  # (C,); ties: the lowest index
     cos_dominant = own[np.arange(len(labels)), dominant[labels]]  # (N,)
-    angle = np.degrees(np.arccos(np.clip(cos_dominant, -1.0, 1.0)))
-    flat = w.reshape(C * K, D)
+    dominant_centres = w[np.arange(C), dominant]  # (C, D)
     nearest = np.empty(len(labels), dtype=np.int64)
+    cos_nearest = np.empty(len(labels), dtype=np.float32)
     for s in range(0, len(labels), NEAREST_CHUNK):
-        nearest[s : s + NEAREST_CHUNK] = (x[s : s + NEAREST_CHUNK] @ flat.T).argmax(axis=1) // K
-    return SubcenterAssignment(subcenter, counts, dominant, angle, nearest)
+        cos = x[s : s + NEAREST_CHUNK] @ dominant_centres.T  # (chunk, C)
+        cos[np.arange(len(cos)), labels[s : s + NEAREST_CHUNK]] = -2.0  # not the own class (-> 180 degrees)
+        nearest[s : s + NEAREST_CHUNK] = cos.argmax(axis=1)
+        cos_nearest[s : s + NEAREST_CHUNK] = cos.max(axis=1)
+    return SubcenterAssignment(subcenter, counts, dominant, _degrees(cos_dominant), nearest, _degrees(cos_nearest))
 
 
-def flag_images(assignment: SubcenterAssignment, threshold: float) -> np.ndarray:
-    """(N,) True for the images farther than ``threshold`` degrees from their class's dominant sub-centre."""
-    return assignment.angle > threshold
+def _degrees(cos: np.ndarray) -> np.ndarray:
+    return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
+def flag_images(assignment: SubcenterAssignment, threshold: float, rule: CleanRule | str = DEFAULT_RULE) -> np.ndarray:
+    """(N,) True for the images whose ``rule`` angle (module doc) exceeds ``threshold`` degrees."""
+    rule = CleanRule.parse(rule, "rule")
+    return (assignment.margin if rule == CleanRule.MARGIN else assignment.angle) > threshold
 
 
 def angle_histogram(angles: np.ndarray, bin_deg: int = ANGLE_BIN_DEG) -> list[dict[str, Any]]:
@@ -113,7 +137,8 @@ class FlaggedImage:
     path: str
     identity: str
     angle: float  # degrees to its identity's dominant sub-centre
-    nearest_identity: str  # the identity owning the nearest sub-centre of all
+    margin: float  # degrees by which nearest_identity's dominant sub-centre is nearer
+    nearest_identity: str  # the other identity whose dominant sub-centre is nearest
 
 
 @dataclass(frozen=True)
@@ -131,12 +156,13 @@ class IdentityReport:
 class CleanResult:
     run: Path
     data: Path
+    rule: CleanRule
     threshold: float
     subcenters: int
     images: int
     flagged: list[FlaggedImage]
     identities: list[IdentityReport]
-    angles: dict[str, Any]  # percentiles and histogram
+    angles: dict[str, Any]  # percentiles and histogram of the angle, percentiles of the margin
     csv: Path
     contact_sheet: Path | None
     applied: dict[str, Any] | None = None  # --apply: out, kept, removed, linked
@@ -149,6 +175,7 @@ class CleanResult:
         return {
             "run": str(self.run),
             "data": str(self.data),
+            "rule": str(self.rule),
             "threshold": self.threshold,
             "subcenters": self.subcenters,
             "images": self.images,
@@ -183,6 +210,7 @@ def write_csv(
                 p,
                 classes[c],
                 f"{a.angle[i]:.2f}",
+                f"{a.margin[i]:.2f}",
                 classes[a.nearest_class[i]],
                 int(a.subcenter[i]),
                 int(a.dominant[c]),
@@ -284,23 +312,26 @@ def clean_run(
     model: str | Path | None = None,
     *,
     data: str | Path | None = None,
+    rule: CleanRule | str = DEFAULT_RULE,
     threshold: float | None = None,
     report: str | Path | None = None,
     apply_to: str | Path | None = None,
     sheet_max: int | None = None,
     workdir: Path | None = None,
 ) -> CleanResult:
-    """Flag the training images far from their identity's dominant sub-centre (``kface clean``).
+    """Flag the training images that sit with another identity or far from their own (``kface clean``).
 
     Args:
         model: a run trained with ``--loss subcenter`` (folder, name or its checkpoint.pt);
             default the workspace's latest run.
         data: its training folder (``<id>/*.jpg``) \\[default: the one the run was trained on].
-        threshold: flag images whose angle to the dominant sub-centre exceeds this, in degrees
-            \\[default: DEFAULT_THRESHOLD_DEG, the paper's].
+        rule: ``margin`` flags images nearer another identity's dominant sub-centre than their own
+            by more than ``threshold`` degrees; ``angle`` (the paper's) images farther than
+            ``threshold`` degrees from their own identity's dominant sub-centre.
+        threshold: the rule's cut in degrees \\[default: DEFAULT_THRESHOLD_DEG of the rule].
         report: folder for ``clean.csv`` and ``contact_sheet.png`` \\[default: reports/clean-<run>].
         apply_to: also write a cleaned copy of the training folder here (hard links).
-        sheet_max: flagged faces on the contact sheet (0: no sheet) \\[default: SHEET_MAX].
+        sheet_max: flagged faces on the contact sheet (0: no sheet) \\[default: CLEAN_SHEET_MAX].
     """
     from kface_cli import console
     from kface_cli.embedding.embedder import embedder_from_module
@@ -310,9 +341,10 @@ def clean_run(
     from kface_cli.workspace import Workspace
 
     t0 = time.perf_counter()
-    threshold = DEFAULT_THRESHOLD_DEG if threshold is None else float(threshold)
-    sheet_max = SHEET_MAX if sheet_max is None else int(sheet_max)
-    if not 0.0 < threshold < 180.0:
+    rule = CleanRule.parse(rule, "rule")
+    threshold = DEFAULT_THRESHOLD_DEG[rule] if threshold is None else float(threshold)
+    sheet_max = CLEAN_SHEET_MAX if sheet_max is None else int(sheet_max)
+    if not 0.0 <= threshold < 180.0:
         raise KFaceError(f"--threshold is an angle in degrees between 0 and 180, got {threshold:g}")
     if sheet_max < 0:
         raise KFaceError(f"--sheet-max must be 0 or more, got {sheet_max}")
@@ -346,13 +378,20 @@ def clean_run(
             bar.advance(len(idx))
     centres = weight.float().numpy().reshape(C, K, -1)
     a = assign_subcenters(embeddings, dataset.labels, centres)
-    flagged_mask = flag_images(a, threshold)
+    flagged_mask = flag_images(a, threshold, rule)
     classes, labels, paths = dataset.classes, dataset.labels, dataset.paths
 
-    order = np.argsort(-a.angle[flagged_mask], kind="stable")
+    score = a.margin if rule == CleanRule.MARGIN else a.angle
+    order = np.argsort(-score[flagged_mask], kind="stable")
     idx_flagged = np.flatnonzero(flagged_mask)[order]
     flagged = [
-        FlaggedImage(str(paths[i]), classes[labels[i]], round(float(a.angle[i]), 2), classes[a.nearest_class[i]])
+        FlaggedImage(
+            str(paths[i]),
+            classes[labels[i]],
+            round(float(a.angle[i]), 2),
+            round(float(a.margin[i]), 2),
+            classes[a.nearest_class[i]],
+        )
         for i in idx_flagged
     ]
     share = a.dominant_share()
@@ -376,6 +415,9 @@ def clean_run(
         "p95": round(float(np.percentile(a.angle, 95)), 2),
         "max": round(float(a.angle.max()), 2),
         "histogram": angle_histogram(a.angle),
+        "margin": {
+            k: round(float(np.percentile(a.margin, q)), 2) for k, q in (("median", 50), ("p95", 95), ("max", 100))
+        },
     }
 
     ws = Workspace.resolve(workdir)
@@ -389,10 +431,11 @@ def clean_run(
             mine = np.flatnonzero(labels == c)
             typical[c] = int(mine[np.argmin(a.angle[mine])])
         entries = []
+        shown = "{:+.0f}\N{DEGREE SIGN}" if rule == CleanRule.MARGIN else "{:.0f}\N{DEGREE SIGN}"
         for i in idx_flagged[:sheet_max]:
             own, near = int(labels[i]), int(a.nearest_class[i])
             entries.append(
-                (dataset.image(i), f"{a.angle[i]:.0f}\N{DEGREE SIGN}", dataset.image(typical[own]), classes[own],
+                (dataset.image(i), shown.format(score[i]), dataset.image(typical[own]), classes[own],
                  dataset.image(typical[near]), classes[near])
             )  # fmt: skip
         sheet_path = out_dir / SHEET_NAME
@@ -403,6 +446,7 @@ def clean_run(
     return CleanResult(
         run=ckpt.source.parent,
         data=folder,
+        rule=rule,
         threshold=threshold,
         subcenters=K,
         images=n,
