@@ -4,6 +4,8 @@ cleaning buys in val accuracy, over several training seeds.
     python benchmarks/bench_clean.py -w WORKSPACE          # WORKSPACE: after extract/crop/split
     python benchmarks/bench_clean.py -w WORKSPACE --stage noise   # only build the folders
     python benchmarks/bench_clean.py -w WORKSPACE --sub-seeds 0 1 2 --seeds 0 1 2 --clean margin:12 angle:77
+    python benchmarks/bench_clean.py -w WORKSPACE --noise-seed 1 --stage noise   # a held-out noise draw,
+    python benchmarks/bench_clean.py -w WORKSPACE --noise-seed 1 --stage flags   # in bench_clean-noise1/
 
 Noise (seeded): 3 training identities are taken out and 10 of each one's images are mixed into
 the others as outliers (people who are in no class); 10% of the remaining images are moved to a
@@ -116,6 +118,9 @@ def main() -> None:
     ap.add_argument(
         "--epochs", type=int, default=8, help="training epochs (8: the README's numbers; demo_mbf itself now trains 12)"
     )
+    ap.add_argument(
+        "--noise-seed", type=int, default=SEED, help="seed of the injected noise (not 0: a held-out noise draw)"
+    )
     ap.add_argument("--sub-seeds", type=int, nargs="+", default=[0], help="seeds of the sub-center runs scored")
     ap.add_argument("--csv", type=Path, nargs="+", help="flags: score these clean.csv files (of other runs) instead")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of every retraining")
@@ -129,7 +134,8 @@ def main() -> None:
     )
     args = ap.parse_args()
     ws = args.workdir.resolve()
-    out = ws / "bench_clean"
+    suffix = f"-noise{args.noise_seed}" if args.noise_seed != SEED else ""
+    out = ws / f"bench_clean{suffix}"
     from kface_cli.research.clean import DEFAULT_RULE, DEFAULT_THRESHOLD_DEG, clean_run
     from kface_cli.train.loop import train_from_options
 
@@ -137,14 +143,14 @@ def main() -> None:
     extra = {"epochs": args.epochs}
 
     def run(folder: str, seed: int, loss: str = "arcface") -> Path:
-        name = f"clean-{'sub' if loss == 'subcenter' else folder}-s{seed}"
+        name = f"clean{suffix}-{'sub' if loss == 'subcenter' else folder}-s{seed}"
         if not (ws / "runs" / name / "checkpoint.pt").exists():
             opts = {"workdir": str(ws), "data": str(out / folder), "loss": loss, "name": name, "seed": seed, **extra}
             train_from_options(TRAIN_CONFIG, opts)
         return ws / "runs" / name
 
     if args.stage in ("noise", "all"):
-        print(json.dumps(inject_noise(ws / "split" / "train", out)))
+        print(json.dumps(inject_noise(ws / "split" / "train", out, seed=args.noise_seed)))
     cleaned = [f"cleaned-{rule}{cut:g}" for rule, cut in settings]
     if args.stage in ("flags", "all"):
         if args.csv:
