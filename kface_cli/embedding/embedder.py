@@ -385,23 +385,16 @@ def embedder_from_module(
     use_onnx = backend == "onnx" or (backend == "auto" and _auto_onnx_for(module))
     if use_onnx:
         data = _cached_onnx_bytes(module, digest) if cache_onnx else onnx_bytes_from_module(module)
-        session = ort_session(data)
-        return Embedder(
-            ort_forward(session),
-            network=network,
-            embedding_size=embedding_size,
-            weights_digest=digest,
-            flip=flip,
-            backend="onnx",
-            source=source,
-        )
+        forward = ort_forward(ort_session(data))
+    else:
+        forward = torch_forward(module, channels_last)
     return Embedder(
-        torch_forward(module, channels_last),
+        forward,
         network=network,
         embedding_size=embedding_size,
         weights_digest=digest,
         flip=flip,
-        backend="torch",
+        backend="onnx" if use_onnx else "torch",
         source=source,
     )
 

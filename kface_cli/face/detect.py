@@ -27,7 +27,7 @@ K-Face annotation beside them (``C7.txt`` next to ``C7.jpg``) use the annotated 
 detector runs. ``"auto"`` uses the annotation when there is one, else the detector.
 ``"detect"`` always runs the detector; only when it finds no face in a photo that has an annotation
 is the annotated face used, marked ``annotation-fallback`` (:class:`AnnotationFallback`): K-Face's
-profiles (C1, C20) are beyond BlazeFace, and callers count these faces apart.
+extreme profiles (C1, C2, C12, C13) are beyond BlazeFace, and callers count these faces apart.
 """
 
 from __future__ import annotations

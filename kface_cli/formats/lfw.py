@@ -65,33 +65,25 @@ def read_lfw_pairs(path: str | Path, root: str | Path, *, ext: str = ".jpg") -> 
         lines = lines[1:]
     pairs: list[Pair] = []
     for lineno, t in lines:
-        if len(t) == 3:
-            name, a, b = t
-            pairs.append(
-                Pair(
-                    lfw_image_path(root, name, _int(a, path, lineno), ext),
-                    lfw_image_path(root, name, _int(b, path, lineno), ext),
-                    True,
-                    {"id": name},
-                    {"id": name},
-                )
-            )
-        elif len(t) == 4:
+        if len(t) == 3:  # same person: name n1 n2
+            n1, a, b = t
+            n2 = n1
+        elif len(t) == 4:  # different people: name1 n1 name2 n2
             n1, a, n2, b = t
-            pairs.append(
-                Pair(
-                    lfw_image_path(root, n1, _int(a, path, lineno), ext),
-                    lfw_image_path(root, n2, _int(b, path, lineno), ext),
-                    False,
-                    {"id": n1},
-                    {"id": n2},
-                )
-            )
         else:
             raise InputError(
                 f"{path}:{lineno}: expected 'name n1 n2' or 'name1 n1 name2 n2', got {len(t)} fields",
                 hint="Is this an LFW pairs.txt?",
             )
+        pairs.append(
+            Pair(
+                lfw_image_path(root, n1, _int(a, path, lineno), ext),
+                lfw_image_path(root, n2, _int(b, path, lineno), ext),
+                len(t) == 3,
+                {"id": n1},
+                {"id": n2},
+            )
+        )
     if nfolds is not None and per_fold is not None:
         expected = nfolds * per_fold * 2
         if len(pairs) != expected:
