@@ -962,7 +962,7 @@ def identify_cmd(
             f"index {result.index['kind']} over {result.index['templates']:,} templates"
             + (f"; annotated images in {annotate}" if annotate is not None else "")
         )
-    if fail_unknown and not result.matched_any():
+    if (fail_unknown and not result.matched_any()) or _none_readable(result.images):
         raise typer.Exit(1)
 
 
@@ -1281,13 +1281,20 @@ def detect_cmd(
     result = detect_photos(paths, landmarks=landmarks, min_face=min_face, annotate=annotate)
     if json_output:
         console.print_json(result.to_json())
-        return
-    columns, rows = table_rows(result)
-    console.show(console.table(f"Faces in {len(result.images)} photos", columns, rows))
-    console.info(
-        f"{result.faces} faces in {len(result.images)} photos in {result.seconds:.2f} s"
-        + (f"; annotated photos in {annotate}" if annotate is not None else "")
-    )
+    else:
+        columns, rows = table_rows(result)
+        console.show(console.table(f"Faces in {len(result.images)} photos", columns, rows))
+        console.info(
+            f"{result.faces} faces in {len(result.images)} photos in {result.seconds:.2f} s"
+            + (f"; annotated photos in {annotate}" if annotate is not None else "")
+        )
+    if _none_readable(result.images):
+        raise typer.Exit(1)
+
+
+def _none_readable(images: list) -> bool:
+    """Whether every input photo failed to load (each already reported): the command exits 1."""
+    return bool(images) and all(img.error for img in images)
 
 
 # ============================================================================================

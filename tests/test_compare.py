@@ -72,6 +72,16 @@ def test_embed_writes_and_reads_back(photos, tmp_path, suffix):
     assert (result.names_file == out.with_suffix(NAMES_SUFFIX)) == (suffix == ".npy")
 
 
+def test_embed_without_any_face_writes_nothing_and_keeps_the_earlier_file(photos, tmp_path):
+    out = tmp_path / "faces.npy"
+    embed_photos([photos["a1"]], PixelEmbedder(), out, landmarks="annotation")
+    before = out.read_bytes()
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(InputError, match="no face found in any of the 1 photos"):
+        embed_photos([tmp_path / "bad.jpg"], PixelEmbedder(), out, landmarks="detect")
+    assert out.read_bytes() == before and load_embeddings(out)[1].shape == (1, 64)
+
+
 def test_embed_file_types(tmp_path):
     with pytest.raises(InputError, match="cannot tell the file type"):
         save_embeddings(tmp_path / "faces.csv", ["a"], np.zeros((1, 4), np.float32))

@@ -80,3 +80,16 @@ def test_cli_detect_finds_the_real_face(tmp_path):
     eye = face["points5"][0]
     assert x < eye[0] < x + w and y < eye[1] < y + h
     assert (tmp_path / "ann" / "astronaut.jpg").is_file()
+
+
+def test_cli_detect_exits_1_when_no_photo_can_be_read(tmp_path):
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    for extra in ([], ["--json"]):
+        r = CliRunner().invoke(app, ["detect", str(tmp_path / "bad.jpg"), *extra])
+        assert r.exit_code == 1 and "cannot read image" in r.output
+    r = CliRunner().invoke(app, ["detect", str(tmp_path / "bad.jpg"), str(ASTRONAUT), "--json"])
+    assert r.exit_code == 0, r.output  # one readable photo: a normal result

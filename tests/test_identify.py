@@ -191,6 +191,11 @@ def test_cli_identify(world, tmp_path, mbf_model):
     assert r.exit_code == 2 and "gallery not found" in r.output
     r = runner.invoke(app, ["identify", "-g", str(gallery)])
     assert r.exit_code == 2 and "nothing to identify" in r.output
+    (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
+    r = runner.invoke(app, [*base, str(tmp_path / "bad.jpg")])  # no photo readable: reported, exit 1
+    assert r.exit_code == 1 and "cannot read image" in r.output
+    r = runner.invoke(app, [*base, str(tmp_path / "bad.jpg"), str(probe)])  # one readable: a normal result
+    assert r.exit_code == 0, r.output
 
 
 def test_camera_frames_stream_until_max_frames(world, monkeypatch, capsys):

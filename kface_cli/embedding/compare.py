@@ -174,8 +174,8 @@ def embed_photos(
     """Embed the (largest) face of every photo in ``paths`` (photos or folders) and save them to ``out``.
 
     Photos without a face, or that cannot be read, are left out (listed in ``failed``, with a
-    warning). ``out``: ``.npy``
-    (plus a ``.names.txt`` sidecar) or ``.h5``/``.hdf5``; written atomically.
+    warning); when that leaves nothing, nothing is written (an earlier ``out`` stays as it was).
+    ``out``: ``.npy`` (plus a ``.names.txt`` sidecar) or ``.h5``/``.hdf5``; written atomically.
     """
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.evaluate.protocols import FaceLoader, embed_paths
@@ -190,6 +190,11 @@ def embed_photos(
     started = time.perf_counter()
     emb, ok = embed_paths(embedder, files, loader=_skipping(FaceLoader(landmarks)), batch_size=batch_size)
     kept = [f for f, good in zip(files, ok) if good]
+    if not kept:
+        raise InputError(
+            f"no face found in any of the {len(files)} photos (e.g. {files[0]}); nothing written to {out}",
+            hint="Check that the files are readable photos with a face (`kface detect` shows what is found).",
+        )
     model = describe_model(embedder)
     names_file = save_embeddings(out, [str(f) for f in kept], emb[ok], model)
     return EmbedResult(
