@@ -102,12 +102,17 @@ def test_config_file_then_command_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_short_run_validation_accuracy_rises_and_run_folder_is_complete(ws):
+def test_short_run_learns_and_run_folder_is_complete(ws):
     result = train(tiny(ws, name="rise", epochs=4, val_pairs=None, warmup_epochs=1))
     accs = [r["val"]["accuracy"] for r in result.history]
+    losses = [r["loss"] for r in result.history]
     assert len(accs) == 4
-    assert accs[-1] > accs[0] and max(accs) > 0.7, accs
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    # Only what must hold on any CPU's arithmetic, with a wide margin: the order of the epochs' val
+    # accuracies moves with the machine's float kernels (an AMD EPYC ends at its lowest), the loss
+    # falls by far more than half (about 11 -> 2.5 here), and 90 pairs of unseen identities are
+    # separated well above chance (0.5) in every epoch (0.73-0.94 seen on two CPUs).
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert min(accs) > 0.6 and max(accs) > 0.7, accs
     run = result.run_dir
     for f in ("config.json", "backbone.pth", "backbone_last.pth", "checkpoint.pt", "log.jsonl", "plots.png"):
         assert (run / f).is_file(), f
