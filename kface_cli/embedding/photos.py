@@ -1,4 +1,5 @@
-"""From pair lists and image folders to distances and embeddings (the evaluation protocols).
+"""Photos, pairs of photos and identity folders to embeddings and distances (evaluation protocols,
+training-time validation, verify/embed and research all use them).
 
 The expensive part of evaluation is embedding, so every protocol here:
 
