@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kface_cli.console import use_tqdm
+from kface_cli.defaults import EMBED_BATCH_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     from kface_cli.deploy.compare import VerifyResult
@@ -55,7 +56,7 @@ def load_model(
     """Load a face model: a run folder or name, ``checkpoint.pt``, insightface ``backbone.pth`` or ``.onnx``.
 
     ``model=None`` takes the best model of the workspace's latest run. ``network`` names the
-    backbone of a bare ``backbone.pth`` (r18...r200, mbf); ``flip`` adds the mirrored face's
+    backbone of a bare ``backbone.pth`` (one of :data:`~kface_cli.models.registry.BACKBONE_NAMES`); ``flip`` adds the mirrored face's
     embedding (slightly more accurate, twice the compute). ``backend``: "torch", "onnx" (ONNX
     Runtime) or "auto" (the faster: ONNX Runtime on a CPU, after a one-off conversion).
     """
@@ -97,7 +98,9 @@ def _faces(photo: Photo, landmarks: str, min_face: int | None) -> list[AlignedFa
     return faces_in_image(photo, _detector(landmarks, min_face))
 
 
-def embed(model: Embedder, faces: Photo | Sequence[str | Path] | np.ndarray, *, batch_size: int = 64) -> np.ndarray:
+def embed(
+    model: Embedder, faces: Photo | Sequence[str | Path] | np.ndarray, *, batch_size: int = EMBED_BATCH_SIZE
+) -> np.ndarray:
     """Unit-length embeddings.
 
     ``faces``: aligned crops ((112, 112, 3) or (N, 112, 112, 3) uint8, e.g. from :func:`align`):

@@ -75,7 +75,7 @@ def set_mode(
     """Set the output mode; ``output_format="json"`` is the same as ``json_output=True``."""
     if output_format is not None:
         output_format = OutputFormat.parse(output_format, "--format").value
-        MODE.json = output_format == "json"
+        MODE.json = output_format == OutputFormat.JSON
         MODE.format = "table" if MODE.json else output_format
     if json_output is not None:
         MODE.json = json_output
@@ -243,12 +243,12 @@ def show(renderable: Any) -> None:
     """
     if MODE.json:
         return
-    if MODE.format in ("csv", "tsv"):
+    if MODE.format in (OutputFormat.CSV, OutputFormat.TSV):
         if not isinstance(renderable, DataTable):  # a line of text is not a table row: stderr
             info(str(renderable))
             return
         buf = io.StringIO()
-        writer = csv.writer(buf, delimiter="," if MODE.format == "csv" else "\t", lineterminator="\n")
+        writer = csv.writer(buf, delimiter="," if MODE.format == OutputFormat.CSV else "\t", lineterminator="\n")
         if renderable.title:
             buf.write(f"# {Text.from_markup(str(renderable.title)).plain}\n")
         writer.writerow(renderable.data_columns)

@@ -12,24 +12,23 @@ from __future__ import annotations
 
 import functools
 import itertools
-import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TypeVar
 
+from kface_cli.defaults import auto_workers
+
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Most threads used by default (each runs its own detector graphs).
-MAX_DEFAULT_WORKERS = 8
 #: Items submitted ahead of the one being consumed, per thread (bounds the decoded photos held).
 AHEAD_PER_WORKER = 2
 
 
 def default_workers() -> int:
-    """Threads for per-photo work: one per core, at most :data:`MAX_DEFAULT_WORKERS`."""
-    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
+    """Threads for per-photo work (each runs its own detector graphs): :func:`~kface_cli.defaults.auto_workers`."""
+    return auto_workers()
 
 
 def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int | None = None) -> Iterator[R]:

@@ -1,6 +1,12 @@
-"""Test-wide settings: no writes to the user's home, quiet progress bars."""
+"""Test-wide settings (no writes to the user's home, quiet progress bars) and the shared fixtures.
+
+The helpers these fixtures are built on live in the ``tests/helpers/`` package.
+"""
+
+from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -26,3 +32,55 @@ def _default_output_mode():
     console.set_mode(json_output=False, quiet=False, debug=False)
     yield
     console.set_mode(json_output=saved[0], quiet=saved[1], debug=saved[2])
+
+
+# -- models --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def mbf_model(tmp_path_factory) -> Path:
+    """A MobileFaceNet backbone.pth (random weights, 128-d): what ``--model`` loads in CLI tests."""
+    import torch
+
+    from kface_cli.models.registry import get_backbone
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "backbone.pth"
+    torch.save(get_backbone("mbf", embedding_size=128).state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    """A small backbone (``helpers.models.NETWORK``, ``EMB``-d) with real BatchNorm statistics."""
+    import torch
+    from helpers.models import EMB, NETWORK, calibrated
+
+    from kface_cli.models.registry import get_backbone
+
+    torch.manual_seed(0)
+    return calibrated(get_backbone(NETWORK, EMB))
+
+
+@pytest.fixture(scope="module")
+def faces():
+    """Five synthetic aligned faces, (5, 112, 112, 3) BGR uint8."""
+    from kface_cli.embedding.export import synthetic_faces
+
+    return synthetic_faces(5, seed=3)
+
+
+@pytest.fixture(scope="module")
+def reference(backbone, faces):
+    """The backbone's unnormalised outputs on ``faces``, computed with torch alone."""
+    from helpers.models import torch_reference
+
+    return torch_reference(backbone, faces)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, backbone) -> Path:
+    """A workspace holding ``backbone`` as a run (``runs/demo``) and as insightface weights."""
+    from helpers.models import write_model_files
+
+    return write_model_files(tmp_path_factory.mktemp("ws"), backbone)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from geometry import similarity, transform_points
+from helpers.geometry import similarity, transform_points
 
 from kface_cli.face.align import (
     ARCFACE_TEMPLATE,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gallery_helpers import CODES, PixelEmbedder, mbf_model, people_folder, render_photo  # noqa: F401 (fixture)
+from helpers.embedders import FakeEmbedder
+from helpers.gallery import CODES, people_folder, render_photo
 
 from kface_cli import api, console
 
@@ -21,7 +22,7 @@ def test_detect_align_embed(world):
     faces = api.detect(world["probe"], landmarks="annotation")
     crops = api.align(world["probe"], landmarks="annotation")
     assert len(faces) == len(crops) == 1 and faces[0].points5.shape == (5, 2) and crops[0].shape == (112, 112, 3)
-    model = PixelEmbedder()
+    model = FakeEmbedder("pixels")
     from_crops = api.embed(model, np.stack(crops))
     from_path = api.embed(model, world["probe"])  # one photo: its largest face, shape (D,)
     assert from_crops.shape == (1, 64) and from_path.shape == (64,)
@@ -33,9 +34,11 @@ def test_detect_align_embed(world):
 
 def test_verify(world):
     alice = world["people"] / "Alice"
-    result = api.verify(PixelEmbedder(), alice / "0.jpg", alice / "0.jpg")
+    result = api.verify(FakeEmbedder("pixels"), alice / "0.jpg", alice / "0.jpg")
     assert result.same and result.distance < 1e-5 and result.threshold_source == "default"
-    assert not api.verify(PixelEmbedder(), alice / "0.jpg", world["people"] / "Bob" / "0.jpg", threshold=0.0).same
+    assert not api.verify(
+        FakeEmbedder("pixels"), alice / "0.jpg", world["people"] / "Bob" / "0.jpg", threshold=0.0
+    ).same
 
 
 def test_gallery_enroll_identify_remove(world, tmp_path, monkeypatch):
@@ -47,7 +50,7 @@ def test_gallery_enroll_identify_remove(world, tmp_path, monkeypatch):
         return real_progress(description, total)
 
     monkeypatch.setattr(console, "progress", spy)
-    gallery = api.Gallery(tmp_path / "g.h5", PixelEmbedder())
+    gallery = api.Gallery(tmp_path / "g.h5", FakeEmbedder("pixels"))
     enrolled = gallery.enroll(world["people"], landmarks="annotation")
     assert enrolled.added_templates == 4 and gallery.identities() == {"Alice": 2, "Bob": 2}
     found = gallery.identify(world["probe"], landmarks="annotation")

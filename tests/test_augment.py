@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from geometry import transform_points
+from helpers.geometry import transform_points
 
 from kface_cli.errors import KFaceError
 from kface_cli.face.align import ARCFACE_TEMPLATE, estimate_norm, norm_crop

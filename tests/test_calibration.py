@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers.embedders import FakeEmbedder
 
 from kface_cli.embedding.calibration import (
     IDENTIFICATION,
@@ -25,15 +25,6 @@ GOOD_1TO1 = {"threshold": 0.9, "target_far": 1e-3, "tar": 0.8, "n_same": 4000, "
 GOOD_1N = {"threshold": 0.6, "target_fpir": 1e-2, "dir": 0.7, "n_known": 200, "n_unknown": 100}
 
 
-class Emb:
-    def __init__(self, source, fingerprint="abc", flip=False):
-        self.source = None if source is None else Path(source)
-        self.fingerprint = fingerprint
-        self.flip = flip
-        self.network = "r50"
-        self.weights_digest = "d" * 40
-
-
 def _model(tmp_path, name="m.onnx"):
     model = tmp_path / name
     model.write_bytes(b"x")
@@ -47,10 +38,10 @@ def test_run_folder_and_files_inside_it_share_calibration_json(tmp_path):
     (run / "backbone.pth").write_bytes(b"")
     assert calibration_path(run) == run / "calibration.json"
     assert calibration_path(run / "backbone.pth") == run / "calibration.json"
-    path = save_calibration(Emb(run), VERIFICATION, GOOD_1TO1)
+    path = save_calibration(FakeEmbedder(source=run), VERIFICATION, GOOD_1TO1)
     assert path == run / "calibration.json"
-    assert load_threshold(Emb(run / "backbone.pth")) == 0.9
-    entry = load_calibration(Emb(run))
+    assert load_threshold(FakeEmbedder(source=run / "backbone.pth")) == 0.9
+    entry = load_calibration(FakeEmbedder(source=run))
     assert entry["target_far"] == 1e-3 and entry["tar"] == 0.8 and entry["flip"] is False
     assert entry["kind"] == VERIFICATION and entry["path"] == str(path)
 
@@ -58,18 +49,19 @@ def test_run_folder_and_files_inside_it_share_calibration_json(tmp_path):
 def test_bare_model_file_gets_a_sidecar_and_fingerprints_are_separate(tmp_path):
     model = _model(tmp_path, "w600k_r50.onnx")
     assert calibration_path(model) == tmp_path / "w600k_r50.onnx.calibration.json"
-    save_calibration(Emb(model, "aaa"), VERIFICATION, dict(GOOD_1TO1, threshold=1.1))
-    save_calibration(Emb(model, "bbb"), VERIFICATION, dict(GOOD_1TO1, threshold=1.2, target_far=None))
-    assert load_threshold(Emb(model, "aaa")) == 1.1
-    assert load_threshold(Emb(model, "bbb")) == 1.2
-    assert load_threshold(Emb(model, "ccc")) is None
+    a, b, c = (FakeEmbedder(source=model, seed=seed) for seed in (1, 2, 3))
+    save_calibration(a, VERIFICATION, dict(GOOD_1TO1, threshold=1.1))
+    save_calibration(b, VERIFICATION, dict(GOOD_1TO1, threshold=1.2, target_far=None))
+    assert load_threshold(FakeEmbedder(source=model, seed=1)) == 1.1
+    assert load_threshold(FakeEmbedder(source=model, seed=2)) == 1.2
+    assert load_threshold(c) is None
     data = json.loads((tmp_path / "w600k_r50.onnx.calibration.json").read_text())
-    assert data["version"] == 2 and set(data["entries"]) == {"aaa", "bbb"}
-    assert data["entries"]["bbb"][VERIFICATION]["target_far"] is None
+    assert data["version"] == 2 and set(data["entries"]) == {a.fingerprint, b.fingerprint}
+    assert data["entries"][b.fingerprint][VERIFICATION]["target_far"] is None
 
 
 def test_identify_prefers_the_1n_threshold_and_says_which_it_uses(tmp_path):
-    emb = Emb(_model(tmp_path))
+    emb = FakeEmbedder(source=_model(tmp_path))
     assert identify_threshold(emb) is None
     save_calibration(emb, VERIFICATION, GOOD_1TO1)
     assert identify_threshold(emb) == (0.9, VERIFICATION, "calibrated 1:1 at FAR 1e-03; no 1:N calibration")
@@ -82,13 +74,18 @@ def test_identify_prefers_the_1n_threshold_and_says_which_it_uses(tmp_path):
 
 def test_version_1_files_are_read_as_1to1_calibrations(tmp_path):
     model = _model(tmp_path)
-    v1 = {"version": 1, "entries": {"abc": {"threshold": 0.45, "target_far": 0.01, "n_pairs": 8120}}}
+    fp = FakeEmbedder().fingerprint
+    v1 = {"version": 1, "entries": {fp: {"threshold": 0.45, "target_far": 0.01, "n_pairs": 8120}}}
     calibration_path(model).write_text(json.dumps(v1))
-    assert identify_threshold(Emb(model)) == (0.45, VERIFICATION, "calibrated 1:1 at FAR 1e-02; no 1:N calibration")
-    save_calibration(Emb(model), IDENTIFICATION, GOOD_1N)  # upgrades the file, keeps the 1:1 entry
+    assert identify_threshold(FakeEmbedder(source=model)) == (
+        0.45,
+        VERIFICATION,
+        "calibrated 1:1 at FAR 1e-02; no 1:N calibration",
+    )
+    save_calibration(FakeEmbedder(source=model), IDENTIFICATION, GOOD_1N)  # upgrades the file, keeps the 1:1 entry
     data = json.loads(calibration_path(model).read_text())
-    assert data["version"] == 2 and set(data["entries"]["abc"]) == {VERIFICATION, IDENTIFICATION}
-    assert load_threshold(Emb(model)) == 0.45
+    assert data["version"] == 2 and set(data["entries"][fp]) == {VERIFICATION, IDENTIFICATION}
+    assert load_threshold(FakeEmbedder(source=model)) == 0.45
 
 
 @pytest.mark.parametrize(
@@ -104,7 +101,7 @@ def test_version_1_files_are_read_as_1to1_calibrations(tmp_path):
     ],
 )
 def test_degenerate_calibrations_are_refused_and_nothing_is_written(tmp_path, kind, entry, match):
-    emb = Emb(_model(tmp_path))
+    emb = FakeEmbedder(source=_model(tmp_path))
     with pytest.raises(KFaceError, match=match):
         check(kind, entry)
     with pytest.raises(KFaceError, match=match):
@@ -113,7 +110,7 @@ def test_degenerate_calibrations_are_refused_and_nothing_is_written(tmp_path, ki
 
 
 def test_a_weaker_calibration_is_detected_a_stronger_one_is_not(tmp_path):
-    emb = Emb(_model(tmp_path))
+    emb = FakeEmbedder(source=_model(tmp_path))
     assert weaker_than_saved(emb, VERIFICATION, GOOD_1TO1) is None  # nothing saved yet
     save_calibration(emb, VERIFICATION, GOOD_1TO1)
     reason = weaker_than_saved(emb, VERIFICATION, dict(GOOD_1TO1, n_same=60, n_diff=60))
@@ -126,22 +123,26 @@ def test_a_weaker_calibration_is_detected_a_stronger_one_is_not(tmp_path):
 def test_without_flip_shares_the_model_and_takes_identifys_fingerprint(tmp_path):
     from kface_cli.embedding.embedder import make_fingerprint
 
-    plain = Emb(None)
+    plain = FakeEmbedder("pixels")
     assert without_flip(plain) is plain
-    flipped = Emb(None, fingerprint=make_fingerprint("d" * 40, True), flip=True)
+    flipped = FakeEmbedder("pixels", flip=True)
+    assert flipped.fingerprint == make_fingerprint(flipped.weights_digest, True)
     twin = without_flip(flipped)
     assert twin is not flipped and twin.flip is False and flipped.flip is True
-    assert twin.fingerprint == make_fingerprint("d" * 40, False) != flipped.fingerprint
+    assert (
+        twin.fingerprint == make_fingerprint(flipped.weights_digest, False) == plain.fingerprint != flipped.fingerprint
+    )
+    assert twin.projection is flipped.projection and twin._forward == flipped._forward  # the same loaded model
 
 
 def test_errors(tmp_path):
-    assert load_threshold(Emb(None)) is None
+    assert load_threshold(FakeEmbedder()) is None
     with pytest.raises(KFaceError, match="no file or run folder"):
-        save_calibration(Emb(None), VERIFICATION, GOOD_1TO1)
+        save_calibration(FakeEmbedder(), VERIFICATION, GOOD_1TO1)
     model = _model(tmp_path)
     (tmp_path / "m.onnx.calibration.json").write_text("{not json")
     with pytest.raises(InputError, match="cannot read calibration"):
-        load_threshold(Emb(model))
+        load_threshold(FakeEmbedder(source=model))
     (tmp_path / "m.onnx.calibration.json").write_text("[]")
     with pytest.raises(InputError, match="not a kface calibration"):
-        load_threshold(Emb(model))
+        load_threshold(FakeEmbedder(source=model))

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from trainingdata import make_workspace
+from helpers.training import make_workspace
 from typer.testing import CliRunner
 
 from kface_cli.cli import app

@@ -175,7 +175,7 @@ IDENTIFY_PROBED = (*HEAVY, "mediapipe.python.solutions.drawing_utils", "mediapip
 
 @pytest.mark.slow
 def test_onnx_identify_imports_only_what_it_uses(tmp_path):
-    from embedding_fixtures import insightface_style_onnx
+    from helpers.models import insightface_style_onnx
 
     from kface_cli.deploy.enroll import enroll_folder
     from kface_cli.embedding.loading import load_embedder

@@ -2,7 +2,7 @@
 
 import json
 
-from synth_helpers import make_source
+from helpers.synth import make_source
 from typer.testing import CliRunner
 
 from kface_cli.cli import app

@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from gallery_helpers import CODES, PixelEmbedder, mbf_model, render_photo  # noqa: F401 (fixture)
+from helpers.embedders import FakeEmbedder
+from helpers.gallery import CODES, render_photo
 
 from kface_cli.defaults import DEFAULT_THRESHOLD
 from kface_cli.deploy.compare import (
@@ -32,15 +33,17 @@ def photos(tmp_path_factory):
 
 
 def test_verify_same_photo_and_threshold(photos):
-    same = verify_photos(photos["a1"], photos["a1"], PixelEmbedder(), landmarks="annotation")
+    same = verify_photos(photos["a1"], photos["a1"], FakeEmbedder("pixels"), landmarks="annotation")
     assert same.same and same.distance == pytest.approx(0.0, abs=1e-5) and same.cosine == pytest.approx(1.0, abs=1e-5)
     assert (same.threshold, same.threshold_source) == (DEFAULT_THRESHOLD, "default")
-    pair = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), landmarks="annotation")
+    pair = verify_photos(photos["a1"], photos["b1"], FakeEmbedder("pixels"), landmarks="annotation")
     assert 0 < pair.distance <= 4
-    strict = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), threshold=pair.distance, landmarks="annotation")
+    strict = verify_photos(
+        photos["a1"], photos["b1"], FakeEmbedder("pixels"), threshold=pair.distance, landmarks="annotation"
+    )
     assert not strict.same and strict.threshold_source == "given"  # match iff distance < threshold
     data = strict.to_json()
-    assert data["same"] is False and data["model"]["fingerprint"] == PixelEmbedder().fingerprint
+    assert data["same"] is False and data["model"]["fingerprint"] == FakeEmbedder("pixels").fingerprint
 
 
 def test_verify_errors(photos, tmp_path):
@@ -48,37 +51,37 @@ def test_verify_errors(photos, tmp_path):
 
     write_image(tmp_path / "wall.jpg", np.full((150, 200, 3), 128, np.uint8))
     with pytest.raises(InputError, match="no face found in .*wall.jpg"):
-        verify_photos(photos["a1"], tmp_path / "wall.jpg", PixelEmbedder())
+        verify_photos(photos["a1"], tmp_path / "wall.jpg", FakeEmbedder("pixels"))
     with pytest.raises(InputError, match="no K-Face annotation"):
-        verify_photos(photos["a1"], photos["none"], PixelEmbedder(), landmarks="annotation")
+        verify_photos(photos["a1"], photos["none"], FakeEmbedder("pixels"), landmarks="annotation")
     with pytest.raises(InputError, match="not folders"):
-        verify_photos(photos["root"], photos["a1"], PixelEmbedder(), landmarks="annotation")
+        verify_photos(photos["root"], photos["a1"], FakeEmbedder("pixels"), landmarks="annotation")
     with pytest.raises(InputError, match="not found"):
-        verify_photos(tmp_path / "x.jpg", photos["a1"], PixelEmbedder())
+        verify_photos(tmp_path / "x.jpg", photos["a1"], FakeEmbedder("pixels"))
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".h5"])
 def test_embed_writes_and_reads_back(photos, tmp_path, suffix):
     out = tmp_path / f"faces{suffix}"
-    result = embed_photos([photos["root"]], PixelEmbedder(), out, landmarks="annotation")
+    result = embed_photos([photos["root"]], FakeEmbedder("pixels"), out, landmarks="annotation")
     assert [p.name for p in result.images] == ["1.jpg", "2.jpg", "1.jpg"] and [p.name for p in result.failed] == [
         "noface.jpg"
     ]
     names, vectors = load_embeddings(out)
     assert names == [str(p) for p in result.images] and vectors.shape == (3, 64)
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    expected = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), landmarks="annotation").distance
+    expected = verify_photos(photos["a1"], photos["b1"], FakeEmbedder("pixels"), landmarks="annotation").distance
     assert float(np.sum((vectors[0] - vectors[2]) ** 2)) == pytest.approx(expected, abs=1e-5)
     assert (result.names_file == out.with_suffix(NAMES_SUFFIX)) == (suffix == ".npy")
 
 
 def test_embed_without_any_face_writes_nothing_and_keeps_the_earlier_file(photos, tmp_path):
     out = tmp_path / "faces.npy"
-    embed_photos([photos["a1"]], PixelEmbedder(), out, landmarks="annotation")
+    embed_photos([photos["a1"]], FakeEmbedder("pixels"), out, landmarks="annotation")
     before = out.read_bytes()
     (tmp_path / "bad.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(InputError, match="no face found in any of the 1 photos"):
-        embed_photos([tmp_path / "bad.jpg"], PixelEmbedder(), out, landmarks="detect")
+        embed_photos([tmp_path / "bad.jpg"], FakeEmbedder("pixels"), out, landmarks="detect")
     assert out.read_bytes() == before and load_embeddings(out)[1].shape == (1, 64)
 
 

@@ -5,8 +5,8 @@ import csv
 import cv2
 import numpy as np
 import pytest
-from geometry import similarity, transform_points
-from synth_helpers import make_source
+from helpers.geometry import similarity, transform_points
+from helpers.synth import make_source
 
 from kface_cli.dataset.annotation import format_annotation, parse_annotation
 from kface_cli.errors import InputError, KFaceError

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gallery_helpers import CODES, render_photo
+from helpers.gallery import CODES, render_photo
 
 from kface_cli.deploy.detect import detect_photos, photo_paths, table_rows
 from kface_cli.errors import InputError

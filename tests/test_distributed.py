@@ -11,7 +11,7 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from trainingdata import make_workspace
+from helpers.training import make_workspace
 
 from kface_cli.models.heads import HeadConfig, build_head
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from embedding_fixtures import EMB, NETWORK, _isolated_cache, backbone, faces, reference, unit, workspace  # noqa: F401 (fixtures)
+from helpers.models import EMB, NETWORK, unit
 
 from kface_cli.embedding.embedder import embedder_from_module
 

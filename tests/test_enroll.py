@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gallery_helpers import CODES, PixelEmbedder, SidecarDetector, mbf_model, people_folder, render_photo  # noqa: F401 (fixture)
+from helpers.embedders import FakeEmbedder
+from helpers.gallery import CODES, SidecarDetector, people_folder, render_photo
 
 from kface_cli.deploy.enroll import Status, enroll_folder, find_photos
 from kface_cli.errors import InputError, ModelMismatchError
@@ -56,7 +57,7 @@ def _empty(tmp_path: Path) -> Path:
 
 
 def test_enroll_folders_then_again_is_a_no_op(tmp_path, photos):
-    emb = PixelEmbedder()
+    emb = FakeEmbedder("pixels")
     g = tmp_path / "gallery.h5"
     first = enroll_folder(photos, g, emb, detector=SidecarDetector())
     assert first.added_templates == 9 and not first.problems
@@ -72,7 +73,7 @@ def test_one_photo_per_person_layout_and_unicode_stems(tmp_path):
     root = tmp_path / "one"
     render_photo(root / "박지성.jpg", "19072644")
     render_photo(root / "Zoë.jpg", "19072645")
-    result = enroll_folder(root, tmp_path / "g.h5", PixelEmbedder(), detector=SidecarDetector())
+    result = enroll_folder(root, tmp_path / "g.h5", FakeEmbedder("pixels"), detector=SidecarDetector())
     assert {i.name: i.added for i in result.identities} == {"Zoë": 1, "박지성": 1}
     assert Gallery(tmp_path / "g.h5").read().names == ["Zoë", "박지성"]
 
@@ -81,7 +82,7 @@ def test_bad_photos_are_reported_and_skipped(tmp_path, photos):
     root = _copy(photos, tmp_path / "people")
     (root / "Alice" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
     render_photo(root / "Bob" / "noface.jpg", PEOPLE["Bob"], CODES[3], sidecar=False)  # the stub detector finds nothing
-    result = enroll_folder(root, tmp_path / "g.h5", PixelEmbedder(), detector=SidecarDetector())
+    result = enroll_folder(root, tmp_path / "g.h5", FakeEmbedder("pixels"), detector=SidecarDetector())
     status = {p.path.name: p.status for p in result.problems}
     assert status == {"broken.jpg": Status.UNREADABLE, "noface.jpg": Status.NO_FACE}
     summary = {i.name: i for i in result.identities}
@@ -90,7 +91,7 @@ def test_bad_photos_are_reported_and_skipped(tmp_path, photos):
 
 
 def test_several_faces_use_the_largest_and_warn(tmp_path, photos, capsys):
-    result = enroll_folder(photos, tmp_path / "g.h5", PixelEmbedder(), detector=SidecarDetector(extra=True))
+    result = enroll_folder(photos, tmp_path / "g.h5", FakeEmbedder("pixels"), detector=SidecarDetector(extra=True))
     notes = [p for p in result.problems if p.status is Status.ADDED]
     assert len(notes) == 9 and all("2 faces" in p.note for p in notes)
     rows = Gallery(tmp_path / "g.h5").read(details=True)
@@ -100,7 +101,7 @@ def test_several_faces_use_the_largest_and_warn(tmp_path, photos, capsys):
 
 
 def test_mean_mode_and_replace(tmp_path, photos):
-    emb = PixelEmbedder()
+    emb = FakeEmbedder("pixels")
     g = tmp_path / "g.h5"
     result = enroll_folder(photos, g, emb, detector=SidecarDetector(), per_identity="mean")
     assert Gallery(g).identities() == {"Alice": 1, "Bob": 1, "김철수": 1}
@@ -117,9 +118,9 @@ def test_mean_mode_and_replace(tmp_path, photos):
 
 def test_wrong_model_is_refused(tmp_path, photos):
     g = tmp_path / "g.h5"
-    enroll_folder(photos, g, PixelEmbedder(seed=0), detector=SidecarDetector())
+    enroll_folder(photos, g, FakeEmbedder("pixels", seed=0), detector=SidecarDetector())
     with pytest.raises(ModelMismatchError, match="another model"):
-        enroll_folder(photos, g, PixelEmbedder(seed=1), detector=SidecarDetector())
+        enroll_folder(photos, g, FakeEmbedder("pixels", seed=1), detector=SidecarDetector())
 
 
 def test_aligned_crops(tmp_path, photos):
@@ -131,7 +132,7 @@ def test_aligned_crops(tmp_path, photos):
     for p in sorted(photos.rglob("*.jpg")):
         crop = norm_crop(read_image(p), read_annotation(p.with_suffix(".txt")).points5)
         write_image(root / p.parent.name / p.name, crop)
-    result = enroll_folder(root, tmp_path / "g.h5", PixelEmbedder(), aligned=True)
+    result = enroll_folder(root, tmp_path / "g.h5", FakeEmbedder("pixels"), aligned=True)
     assert result.added_templates == 9
     rows = Gallery(tmp_path / "g.h5").read(details=True)
     assert (rows.boxes == [0, 0, 112, 112]).all() and np.isnan(rows.scores).all()  # the whole crop, no detection
@@ -143,9 +144,10 @@ _ENROLL = textwrap.dedent(
     """
     import sys
     sys.path.insert(0, sys.argv[4])
-    from gallery_helpers import PixelEmbedder, SidecarDetector
+    from helpers.embedders import FakeEmbedder
+    from helpers.gallery import SidecarDetector
     from kface_cli.deploy.enroll import enroll_folder
-    enroll_folder(sys.argv[1], sys.argv[2], PixelEmbedder(delay=float(sys.argv[3])), detector=SidecarDetector(), batch_size=2, update_index=False)
+    enroll_folder(sys.argv[1], sys.argv[2], FakeEmbedder("pixels", delay=float(sys.argv[3])), detector=SidecarDetector(), batch_size=2, update_index=False)
     """
 )
 
@@ -180,7 +182,7 @@ def test_kill_9_mid_enroll_keeps_committed_batches_and_resumes(tmp_path, photos)
     kept = Gallery(g).read(details=True)
     assert 4 <= len(kept) < 9 and len(kept) % 2 == 0, len(kept)
     # every kept row is exactly what that photo embeds to
-    emb = PixelEmbedder()
+    emb = FakeEmbedder("pixels")
     det = SidecarDetector()
     from kface_cli.face.align import norm_crop
     from kface_cli.face.imageio import read_image
@@ -257,7 +259,7 @@ def test_threads_enroll_exactly_what_one_thread_does(tmp_path, photos):
     rows, outcomes = [], []
     for workers in (1, 3):
         result = enroll_folder(
-            root, tmp_path / f"g{workers}.h5", PixelEmbedder(), detector=SidecarDetector(), workers=workers
+            root, tmp_path / f"g{workers}.h5", FakeEmbedder("pixels"), detector=SidecarDetector(), workers=workers
         )
         outcomes.append((result.totals(), result.identities))
         rows.append(Gallery(tmp_path / f"g{workers}.h5").read(details=True))

@@ -7,7 +7,8 @@ import json
 
 import cv2
 import pytest
-from evaldata import FakeEmbedder, make_identities, make_pairs, make_workspace
+from helpers.embedders import FakeEmbedder
+from helpers.evaldata import make_identities, make_pairs, make_workspace
 from typer.testing import CliRunner
 
 from kface_cli.embedding.calibration import IDENTIFICATION, VERIFICATION, identify_threshold, load_threshold

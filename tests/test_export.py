@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from model_helpers import calibrated
+from helpers.models import calibrated
 from typer.testing import CliRunner
 
 from kface_cli.cli import app
@@ -30,11 +30,6 @@ def workspace(tmp_path_factory) -> Path:
     torch.save(net.state_dict(), run / "backbone.pth")
     (run / "config.json").write_text(json.dumps({"network": NETWORK, "embedding_size": EMB, "seed": 1}))
     return root
-
-
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("KFACE_CACHE", str(tmp_path_factory.getbasetemp() / "kface-cache"))
 
 
 @pytest.mark.slow

@@ -5,7 +5,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from synth_helpers import make_source
+from helpers.synth import make_source
 
 from kface_cli.dataset.source import list_identities
 from kface_cli.errors import InputError

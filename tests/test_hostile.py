@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from synth_helpers import make_source
+from helpers.synth import make_source
 
 from kface_cli.dataset import source as source_mod
 from kface_cli.dataset.annotation import parse_annotation

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gallery_helpers import CODES, FakeFace, PixelEmbedder, SidecarDetector, mbf_model, people_folder, render_photo  # noqa: F401 (fixture)
+from helpers.embedders import FakeEmbedder
+from helpers.gallery import CODES, FakeFace, SidecarDetector, people_folder, render_photo
 
 from kface_cli.console import to_json
 from kface_cli.defaults import DEFAULT_THRESHOLD
@@ -30,7 +31,7 @@ def world(tmp_path_factory):
         render_photo(probes / f"{name}.jpg", ident, CODES[3])
     render_photo(root / "stranger" / "x.jpg", STRANGER, CODES[3])
     gallery = root / "gallery.h5"
-    enroll_folder(people, gallery, PixelEmbedder(), detector=SidecarDetector())
+    enroll_folder(people, gallery, FakeEmbedder("pixels"), detector=SidecarDetector())
     return {
         "root": root,
         "people": people,
@@ -42,7 +43,7 @@ def world(tmp_path_factory):
 
 def _identify(world, paths, **kw):
     kw.setdefault("detector", SidecarDetector())
-    return identify(paths, world["gallery"], PixelEmbedder(), **kw)
+    return identify(paths, world["gallery"], FakeEmbedder("pixels"), **kw)
 
 
 def test_held_out_photos_are_named(world):
@@ -77,7 +78,7 @@ def test_calibrated_1n_threshold_is_preferred_over_the_1to1_one(world, tmp_path)
 
     model = tmp_path / "m.onnx"
     model.write_bytes(b"x")
-    emb = PixelEmbedder()
+    emb = FakeEmbedder("pixels")
     emb.source = model
     best = _identify(world, [world["stranger"]]).images[0].faces[0].distance
     one_to_one = {"threshold": 3.9, "target_far": 1e-2, "n_same": 10, "n_diff": 100}
@@ -100,7 +101,7 @@ def test_json_csv_and_table(world, tmp_path):
     )
     report = json.loads(to_json(result.to_json()))
     assert report["threshold"] == DEFAULT_THRESHOLD and report["threshold_source"] == "default"
-    assert report["model"]["fingerprint"] == PixelEmbedder().fingerprint and report["faces"] == 2
+    assert report["model"]["fingerprint"] == FakeEmbedder("pixels").fingerprint and report["faces"] == 2
     data = report["images"]
     assert [Path(d["image"]).name for d in data] == ["김철수.jpg", "empty.jpg", "0.jpg"]
     face = data[0]["faces"][0]
@@ -155,13 +156,13 @@ def test_errors_are_clear(world, tmp_path):
     with pytest.raises(InputError, match="not found"):
         _identify(world, [tmp_path / "nope.jpg"])
     with pytest.raises(InputError, match="gallery not found"):
-        identify([world["stranger"]], tmp_path / "none.h5", PixelEmbedder(), detector=SidecarDetector())
+        identify([world["stranger"]], tmp_path / "none.h5", FakeEmbedder("pixels"), detector=SidecarDetector())
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
     with pytest.raises(InputError, match="cannot open gallery"):
-        identify([world["stranger"]], junk, PixelEmbedder(), detector=SidecarDetector())
+        identify([world["stranger"]], junk, FakeEmbedder("pixels"), detector=SidecarDetector())
     with pytest.raises(ModelMismatchError, match="another model"):
-        identify([world["stranger"]], world["gallery"], PixelEmbedder(seed=5), detector=SidecarDetector())
+        identify([world["stranger"]], world["gallery"], FakeEmbedder("pixels", seed=5), detector=SidecarDetector())
 
 
 @pytest.mark.slow

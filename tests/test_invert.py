@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from model_helpers import calibrated
+from helpers.models import calibrated
 from torch import nn
 from typer.testing import CliRunner
 

@@ -8,17 +8,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from embedding_fixtures import (  # noqa: F401 (fixtures)
-    EMB,
-    NETWORK,
-    _isolated_cache,
-    backbone,
-    faces,
-    insightface_style_onnx,
-    reference,
-    unit,
-    workspace,
-)
+from helpers.models import EMB, NETWORK, insightface_style_onnx, unit
 
 from kface_cli.embedding.embedder import embedder_from_module, state_dict_digest
 from kface_cli.embedding.loading import load_embedder

@@ -5,7 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from evaldata import FakeEmbedder, make_identities, make_pairs
+from helpers.embedders import FakeEmbedder
+from helpers.evaldata import make_identities, make_pairs
 
 from kface_cli.embedding import photos as P
 from kface_cli.errors import InputError

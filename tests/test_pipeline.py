@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from geometry import similarity, transform_points
+from helpers.geometry import similarity, transform_points
 
 from kface_cli.errors import InputError
 from kface_cli.face.align import ARCFACE_TEMPLATE, norm_crop
@@ -140,7 +140,8 @@ def test_odd_photo_formats_find_the_face(tmp_path, kind):
 
 def test_crop_enroll_identify_and_evaluate_see_the_same_aligned_pixels(tmp_path, monkeypatch):
     """The one face path: the four commands turn the same photo into identical aligned pixels."""
-    from gallery_helpers import CODES, PixelEmbedder, render_photo
+    from helpers.embedders import FakeEmbedder
+    from helpers.gallery import CODES, render_photo
 
     from kface_cli.deploy.enroll import enroll_folder
     from kface_cli.deploy.identify import identify
@@ -149,9 +150,9 @@ def test_crop_enroll_identify_and_evaluate_see_the_same_aligned_pixels(tmp_path,
     from kface_cli.formats.pairs import Pair, write_pairs_csv
     from kface_cli.prepare.crop import CropConfig, crop
 
-    class Recorder(PixelEmbedder):
+    class Recorder(FakeEmbedder):
         def __init__(self):
-            super().__init__()
+            super().__init__("pixels")
             self.seen: list[np.ndarray] = []
 
         def embed(self, faces, batch_size=64):

@@ -54,20 +54,15 @@ def test_real_mixed_and_untraced_data(tmp_path):
     assert training_data("synthetic:10x4", ["0"])["synthetic_only"] is True
 
 
-class _Model:
-    def __init__(self, source=None, metadata=None):
-        self.source, self.metadata = source, metadata or {}
-
-
 def test_model_side_warning(tmp_path, capsys):
     run = tmp_path / "runs" / "demo"
     run.mkdir(parents=True)
     record = {"synthetic": True, "synthetic_only": True}
     (run / RUN_CONFIG).write_text(json.dumps({"network": "mbf", TRAINING_DATA_KEY: record}))
     for source in (run, run / "backbone.pth"):
-        assert model_training_data(_Model(source)) == record
-    exported = _Model(tmp_path / "demo.onnx", {META_TRAINING_DATA: json.dumps(record)})
-    assert "synthetic sample data" in synthetic_warning(exported)
-    assert warn_if_synthetic(exported) == [synthetic_warning(exported)] and "synthetic" in capsys.readouterr().err
+        assert model_training_data({}, source) == record
+    exported = ({META_TRAINING_DATA: json.dumps(record)}, tmp_path / "demo.onnx")
+    assert "synthetic sample data" in synthetic_warning(*exported)
+    assert warn_if_synthetic(*exported) == [synthetic_warning(*exported)] and "synthetic" in capsys.readouterr().err
     (run / RUN_CONFIG).write_text(json.dumps({"network": "mbf"}))  # a run from before the record: no warning
-    assert synthetic_warning(_Model(run)) is None and warn_if_synthetic(_Model(None)) == []
+    assert synthetic_warning({}, run) is None and warn_if_synthetic({}, None) == []

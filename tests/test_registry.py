@@ -55,3 +55,8 @@ def test_infer_network_rejects_foreign_state_dict():
     with pytest.raises(ModelMismatchError) as e:
         infer_network(sd)
     assert "r18" in str(e.value)  # the closest candidate is named
+
+
+def test_backbone_names_for_help_texts_are_the_registered_ones():
+    assert registry.list_backbones() == list(registry.BACKBONE_NAMES)
+    assert registry.backbone_names() == "mbf, mbf_small, r18, r34, r50, r100, r200"

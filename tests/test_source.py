@@ -3,7 +3,7 @@
 import zipfile
 
 import pytest
-from synth_helpers import make_source
+from helpers.synth import make_source
 
 from kface_cli.dataset.source import is_safe_member_name, list_identities, open_identity, parse_id_list, resolution_dir
 from kface_cli.errors import CodeError, InputError

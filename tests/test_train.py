@@ -6,13 +6,13 @@ import json
 
 import pytest
 import torch
-from trainingdata import make_workspace
+from helpers.training import make_workspace
 from typer.testing import CliRunner
 
 from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
 from kface_cli.train import checkpoint as ck
 from kface_cli.train.config import TrainConfig, resolve_config
-from kface_cli.train.loop import EpochBatches, auto_workers, read_log, train, train_from_options
+from kface_cli.train.loop import EpochBatches, loader_workers, read_log, train, train_from_options
 
 
 @pytest.fixture(autouse=True)
@@ -49,9 +49,9 @@ def tiny(ws, **kw) -> TrainConfig:
 
 def test_workers_follow_the_cores():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert auto_workers(cuda, 1, cores=16) == 8 and auto_workers(cuda, 4, cores=16) == 3
-    assert auto_workers(cuda, 1, cores=2) == 1
-    assert auto_workers(cpu, 1, cores=16) == 4 and auto_workers(cpu, 1, cores=2) == 1
+    assert loader_workers(cuda, 1, cores=16) == 8 and loader_workers(cuda, 4, cores=16) == 3
+    assert loader_workers(cuda, 1, cores=2) == 1
+    assert loader_workers(cpu, 1, cores=16) == 4 and loader_workers(cpu, 1, cores=2) == 1
 
 
 def test_fp16_scaler_grows_every_100_steps_as_insightface():

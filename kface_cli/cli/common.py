@@ -35,6 +35,7 @@ from kface_cli.defaults import (
     MAX_AUTO_WORKERS,
 )
 from kface_cli.errors import KFaceError
+from kface_cli.models.registry import backbone_names
 from kface_cli.workspace import GALLERY_FILE, RESOLUTIONS
 
 app = typer.Typer(
@@ -102,7 +103,7 @@ NetworkOpt = Annotated[
     str | None,
     typer.Option(
         "--network",
-        help="Backbone of a bare backbone.pth (r18, r34, r50, r100, r200, mbf); read from the run when there is one.",
+        help=f"Backbone of a bare backbone.pth ({backbone_names()}); read from the run when there is one.",
         show_default=False,
     ),
 ]

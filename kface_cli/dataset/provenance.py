@@ -12,7 +12,7 @@ when a model learned only from synthetic faces: on real photos its names are gue
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,18 +94,20 @@ def training_data(data: str | Path, identities: Sequence[str], *, init: str | Pa
     }
 
 
-def model_training_data(embedder: Any) -> dict[str, Any] | None:
-    """The training-data record of a model: from an exported model's metadata, or its run's config.json."""
+def model_training_data(metadata: Mapping[str, str], source: str | Path | None) -> dict[str, Any] | None:
+    """The training-data record of a model: from an exported model's metadata, or its run's config.json.
+
+    ``metadata`` and ``source`` are an embedder's (``embedder.metadata``, ``embedder.source``).
+    """
     from kface_cli.workspace import RUN_CONFIG
 
-    meta = getattr(embedder, "metadata", None) or {}
+    meta = metadata or {}
     if meta.get(META_TRAINING_DATA):
         try:
             record = json.loads(meta[META_TRAINING_DATA])
         except ValueError:
             return None
         return record if isinstance(record, dict) else None
-    source = getattr(embedder, "source", None)
     if source is None:
         return None
     source = Path(source)
@@ -125,9 +127,9 @@ def run_training_data(run: str | Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def synthetic_warning(embedder: Any) -> str | None:
+def synthetic_warning(metadata: Mapping[str, str], source: str | Path | None) -> str | None:
     """A one-line warning when the model learned only from synthetic sample data, else None."""
-    record = model_training_data(embedder)
+    record = model_training_data(metadata, source)
     if not record or not record.get("synthetic_only"):
         return None
     return (
@@ -137,11 +139,11 @@ def synthetic_warning(embedder: Any) -> str | None:
     )
 
 
-def warn_if_synthetic(embedder: Any) -> list[str]:
+def warn_if_synthetic(metadata: Mapping[str, str], source: str | Path | None) -> list[str]:
     """Warn on stderr when the model learned only from synthetic faces; the warnings, for JSON output."""
     from kface_cli.console import warn
 
-    message = synthetic_warning(embedder)
+    message = synthetic_warning(metadata, source)
     if message is None:
         return []
     warn(message)

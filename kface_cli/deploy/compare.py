@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from kface_cli.defaults import EMBED_BATCH_SIZE
+from kface_cli.embedding.embedder import EmbedderOrLoader
 from kface_cli.errors import InputError, KFaceError
 
 #: File types ``kface embed --out`` writes, by extension.
@@ -91,7 +93,7 @@ class VerifyResult:
 def verify_photos(
     image1: str | Path,
     image2: str | Path,
-    embedder: Any,
+    embedder: EmbedderOrLoader,
     *,
     threshold: float | None = None,
     landmarks: str = "auto",
@@ -118,7 +120,7 @@ def verify_photos(
     a, b = paths[0][0], paths[1][0]
     embedder = resolve_embedder(embedder)
     thr, source, _ = resolve_threshold(threshold, embedder, one_to_one=True)
-    warnings = warn_if_synthetic(embedder)
+    warnings = warn_if_synthetic(embedder.metadata, embedder.source)
     started = time.perf_counter()
     loader = FaceLoader(landmarks)
     emb = embedder.embed(np.stack([_face_of(a, loader), _face_of(b, loader)]))  # (2, D) unit
@@ -164,11 +166,11 @@ def _check_out(out: Path) -> None:
 
 def embed_photos(
     paths: Sequence[str | Path],
-    embedder: Any,
+    embedder: EmbedderOrLoader,
     out: str | Path,
     *,
     landmarks: str = "auto",
-    batch_size: int = 64,
+    batch_size: int = EMBED_BATCH_SIZE,
 ) -> EmbedResult:
     """Embed the (largest) face of every photo in ``paths`` (photos or folders) and save them to ``out``.
 
@@ -185,7 +187,7 @@ def embed_photos(
     _check_out(out)
     files = photo_paths(paths)
     embedder = resolve_embedder(embedder)
-    warnings = warn_if_synthetic(embedder)
+    warnings = warn_if_synthetic(embedder.metadata, embedder.source)
     started = time.perf_counter()
     emb, ok = embed_paths(embedder, files, loader=_skipping(FaceLoader(landmarks)), batch_size=batch_size)
     kept = [f for f, good in zip(files, ok) if good]

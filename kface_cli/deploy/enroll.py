@@ -33,6 +33,7 @@ import numpy as np
 from kface_cli.choices import LandmarkMode, PerIdentity
 from kface_cli.defaults import EMBED_BATCH_SIZE, ENROLL_BATCH_SIZE
 from kface_cli.deploy.model import describe_model, resolve_embedder
+from kface_cli.embedding.embedder import EmbedderOrLoader
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
 
@@ -154,7 +155,7 @@ class _Pending:
 def enroll_folder(
     folder: str | Path,
     gallery_path: str | Path,
-    embedder,
+    embedder: EmbedderOrLoader,
     *,
     aligned: bool = False,
     per_identity: PerIdentity | str = PerIdentity.ALL,

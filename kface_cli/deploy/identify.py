@@ -28,6 +28,7 @@ from kface_cli.defaults import DEFAULT_TOP_K, EMBED_BATCH_SIZE
 from kface_cli.deploy import sources
 from kface_cli.deploy.model import describe_model, resolve_embedder, resolve_threshold
 from kface_cli.deploy.sources import Frame, expand_inputs
+from kface_cli.embedding.embedder import EmbedderOrLoader
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.gallery.index import Candidate, IndexKind, load_index, search_identities
 from kface_cli.gallery.store import Gallery, ModelInfo
@@ -113,7 +114,7 @@ class IdentifyResult:
 def identify(
     paths: Sequence[str | Path],
     gallery_path: str | Path,
-    embedder,
+    embedder: EmbedderOrLoader,
     *,
     threshold: float | None = None,
     top_k: int = DEFAULT_TOP_K,
@@ -202,7 +203,7 @@ def identify(
         gallery.path,
         {"kind": loaded.index.kind.value, "templates": len(loaded.index), **loaded.index.params},
         model=describe_model(embedder),
-        warnings=warn_if_synthetic(embedder),
+        warnings=warn_if_synthetic(embedder.metadata, embedder.source),
         threshold_detail=thr_detail,
     )
     warned_glyphs: set[str] = set()

@@ -9,32 +9,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from kface_cli.defaults import DEFAULT_THRESHOLD
+from kface_cli.defaults import DEFAULT_THRESHOLD, MAX_DISTANCE
+from kface_cli.embedding.embedder import Embedder, EmbedderOrLoader
 from kface_cli.errors import InputError
 
 
-def resolve_embedder(embedder):
+def resolve_embedder(embedder: EmbedderOrLoader) -> Embedder:
     """An embedder, or the result of calling a loader that returns one."""
-    return embedder() if callable(embedder) and not hasattr(embedder, "embed") else embedder
+    return embedder if isinstance(embedder, Embedder) else embedder()
 
 
-def describe_model(embedder) -> dict[str, Any]:
+def describe_model(embedder: Embedder) -> dict[str, Any]:
     """The model as results report it: network, fingerprint... (``Embedder.describe()``)."""
-    if hasattr(embedder, "describe"):
-        return dict(embedder.describe())
-    return {"network": getattr(embedder, "network", None), "fingerprint": embedder.fingerprint}
+    return dict(embedder.describe())
 
 
-def resolve_threshold(threshold: float | None, embedder, *, one_to_one: bool = False) -> tuple[float, str, str]:
+def resolve_threshold(
+    threshold: float | None, embedder: Embedder, *, one_to_one: bool = False
+) -> tuple[float, str, str]:
     """``(threshold, source, detail)``: ``threshold`` if given, else the model's calibrated 1:N
     threshold, else its 1:1 one, else the default (1.5). See the module docstring. ``one_to_one``
     (``kface verify``): only a 1:1 calibration counts."""
     from kface_cli.embedding.calibration import IDENTIFICATION, VERIFICATION, identify_threshold
 
     if threshold is not None:
-        if not 0.0 <= threshold <= 4.0:
+        if not 0.0 <= threshold <= MAX_DISTANCE:
             raise InputError(
-                f"--threshold {threshold} is outside 0..4",
+                f"--threshold {threshold} is outside 0..{MAX_DISTANCE:g}",
                 hint="It is a squared L2 distance between unit vectors (2 - 2 cos).",
             )
         return float(threshold), "given", "given with --threshold"

@@ -28,15 +28,18 @@ samples, a threshold inside 0..4), and never silently replaces one founded on mo
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from kface_cli.defaults import MAX_DISTANCE
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.workspace import RUN_CONFIG
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kface_cli.embedding.embedder import Embedder
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_SUFFIX = ".calibration.json"
@@ -50,8 +53,6 @@ EVIDENCE = {
     VERIFICATION: ("n_same", "n_diff", "same-person pairs", "different-person pairs"),
     IDENTIFICATION: ("n_known", "n_unknown", "enrolled-person probes", "not-enrolled probes"),
 }
-#: Squared L2 between unit vectors lies in 0..4.
-MAX_DISTANCE = 4.0
 
 
 def calibration_path(source: str | Path) -> Path:
@@ -83,8 +84,8 @@ def _read(path: Path) -> dict:
     return {"version": CALIBRATION_VERSION, "entries": entries}
 
 
-def _source_of(embedder: Any) -> Path:
-    source = getattr(embedder, "source", None)
+def _source_of(embedder: Embedder) -> Path:
+    source = embedder.source
     if source is None:
         raise KFaceError(
             "this model has no file or run folder to store a threshold beside",
@@ -93,18 +94,11 @@ def _source_of(embedder: Any) -> Path:
     return Path(source)
 
 
-def without_flip(embedder: Any) -> Any:
+def without_flip(embedder: Embedder) -> Embedder:
     """The same model embedding without flip, as ``kface enroll`` and ``kface identify`` do (the
     embedder itself when flip is already off). Shares the loaded weights; only the flag and the
     fingerprint differ."""
-    if not getattr(embedder, "flip", False):
-        return embedder
-    from kface_cli.embedding.embedder import make_fingerprint
-
-    twin = copy.copy(embedder)
-    twin.flip = False
-    twin.fingerprint = make_fingerprint(embedder.weights_digest, False)
-    return twin
+    return embedder.with_flip(False)
 
 
 def check(kind: str, entry: dict) -> None:
@@ -120,7 +114,9 @@ def check(kind: str, entry: dict) -> None:
             )
     threshold = float(entry["threshold"])
     if not (math.isfinite(threshold) and 0.0 < threshold <= MAX_DISTANCE):
-        raise KFaceError(f"threshold {threshold} is outside the squared-L2 range (0, 4]", hint="Calibrate again.")
+        raise KFaceError(
+            f"threshold {threshold} is outside the squared-L2 range (0, {MAX_DISTANCE:g}]", hint="Calibrate again."
+        )
 
 
 def _counts(kind: str, entry: dict) -> tuple[int, int]:
@@ -128,7 +124,7 @@ def _counts(kind: str, entry: dict) -> tuple[int, int]:
     return int(entry.get(pos_key) or 0), int(entry.get(neg_key) or 0)
 
 
-def weaker_than_saved(embedder: Any, kind: str, entry: dict) -> str | None:
+def weaker_than_saved(embedder: Embedder, kind: str, entry: dict) -> str | None:
     """Why saving ``entry`` would replace a calibration founded on more samples (None: it would not).
 
     A threshold rests on its negatives (it is placed among their distances) and is judged by its
@@ -147,7 +143,7 @@ def weaker_than_saved(embedder: Any, kind: str, entry: dict) -> str | None:
     )
 
 
-def save_calibration(embedder: Any, kind: str, entry: dict) -> Path:
+def save_calibration(embedder: Embedder, kind: str, entry: dict) -> Path:
     """Store ``entry`` (``threshold`` plus how it was found: ``criterion``, the target, the counts of
     :data:`EVIDENCE`, ...) as this embedder's ``kind`` calibration; returns the file's path.
 
@@ -164,17 +160,17 @@ def save_calibration(embedder: Any, kind: str, entry: dict) -> Path:
         "threshold": float(entry["threshold"]),
         "distance": "squared_l2",
         "rule": "match iff distance < threshold",
-        "network": getattr(embedder, "network", None),
-        "flip": bool(getattr(embedder, "flip", False)),
+        "network": embedder.network,
+        "flip": embedder.flip,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     write_text(path, json.dumps(data, indent=2, default=str) + "\n")
     return path
 
 
-def load_calibration(embedder: Any, kind: str = VERIFICATION) -> dict | None:
+def load_calibration(embedder: Embedder, kind: str = VERIFICATION) -> dict | None:
     """This embedder's stored ``kind`` calibration (with ``path`` and ``kind`` added), or None."""
-    source = getattr(embedder, "source", None)
+    source = embedder.source
     if source is None:
         return None
     path = calibration_path(source)
@@ -182,7 +178,7 @@ def load_calibration(embedder: Any, kind: str = VERIFICATION) -> dict | None:
     return dict(entry, path=str(path), kind=kind) if isinstance(entry, dict) else None
 
 
-def load_threshold(embedder: Any, kind: str = VERIFICATION) -> float | None:
+def load_threshold(embedder: Embedder, kind: str = VERIFICATION) -> float | None:
     """This embedder's calibrated ``kind`` threshold, or None when it was never calibrated."""
     entry = load_calibration(embedder, kind)
     return None if entry is None else float(entry["threshold"])
@@ -200,7 +196,7 @@ def describe(entry: dict) -> str:
 
 
 def identify_threshold(
-    embedder: Any, kinds: tuple[str, ...] = (IDENTIFICATION, VERIFICATION)
+    embedder: Embedder, kinds: tuple[str, ...] = (IDENTIFICATION, VERIFICATION)
 ) -> tuple[float, str, str] | None:
     """A calibrated threshold as ``(value, kind, description)``: the first of ``kinds`` that was
     calibrated (``kface identify`` prefers 1:N and falls back to 1:1, the description says so;

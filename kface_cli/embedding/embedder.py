@@ -19,6 +19,7 @@ in-memory export takes 1-6 s (mbf-r50), so it is cached on disk per weights dige
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import mmap
 import os
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from kface_cli.choices import Backend
-from kface_cli.defaults import DEFAULT_OPSET, FACE_SIZE
+from kface_cli.defaults import DEFAULT_OPSET, EMBED_BATCH_SIZE, FACE_SIZE
 from kface_cli.errors import InputError
 from kface_cli.face.preprocess import PREPROCESS_SPEC, faces_to_input
 
@@ -186,6 +187,18 @@ class Embedder:
             f"backend={self.backend!r}, fingerprint={self.fingerprint!r}, source={str(self.source) if self.source else None!r})"
         )
 
+    def with_flip(self, flip: bool) -> Embedder:
+        """The same model with flip test-time augmentation on or off (``self`` when it already is).
+
+        Shares the loaded weights; only the flag and the fingerprint differ.
+        """
+        if bool(flip) == self.flip:
+            return self
+        twin = copy.copy(self)
+        twin.flip = bool(flip)
+        twin.fingerprint = make_fingerprint(self.weights_digest, twin.flip)
+        return twin
+
     def describe(self) -> dict[str, Any]:
         """Plain dict for tables, JSON output and gallery/report metadata."""
         return {
@@ -198,7 +211,7 @@ class Embedder:
             "preprocess": PREPROCESS_SPEC,
         }
 
-    def embed(self, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    def embed(self, faces: np.ndarray, batch_size: int = EMBED_BATCH_SIZE) -> np.ndarray:
         """(N, 112, 112, 3) BGR uint8 aligned faces -> (N, D) float32 unit vectors.
 
         Faces must be aligned to the ArcFace template (``kface_cli.face.pipeline`` does that).
@@ -238,6 +251,11 @@ class Embedder:
             f"model returned {emb.shape}, expected ({x.shape[0]}, {self.embedding_size})"
         )
         return emb
+
+
+#: What a deployment function accepts as its model: an embedder, or a function that loads one
+#: (called once, when the first face needs it, so a command fails fast on bad input).
+EmbedderOrLoader = Embedder | Callable[[], Embedder]
 
 
 def _l2_normalise(v: np.ndarray) -> np.ndarray:
@@ -382,7 +400,7 @@ def embedder_from_module(
     if embedding_size is None:
         embedding_size = module_output_size(module)
     digest = state_dict_digest(module.state_dict())
-    use_onnx = backend == "onnx" or (backend == "auto" and _auto_onnx_for(module))
+    use_onnx = backend == Backend.ONNX or (backend == Backend.AUTO and _auto_onnx_for(module))
     if use_onnx:
         data = _cached_onnx_bytes(module, digest) if cache_onnx else onnx_bytes_from_module(module)
         forward = ort_forward(ort_session(data))

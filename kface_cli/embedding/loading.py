@@ -388,7 +388,7 @@ def load_embedder(
     backend = check_backend(backend)
     path = resolve_model_path(model, workdir)
     if path.is_file() and path.suffix.lower() == ".onnx":
-        if backend == "torch":
+        if backend == Backend.TORCH:
             raise KFaceError(
                 f"{path.name} is an ONNX model; it runs on ONNX Runtime only", hint="Use backend 'onnx' or 'auto'."
             )
@@ -399,7 +399,7 @@ def load_embedder(
     import torch
 
     module, name, size = build_backbone(weights, network)
-    if backend != "onnx" and torch.cuda.is_available():
+    if backend != Backend.ONNX and torch.cuda.is_available():
         module = module.cuda()  # "auto" then stays on torch (see _auto_onnx_for)
     channels_last = next(module.parameters()).device.type == "cpu"
     if channels_last:

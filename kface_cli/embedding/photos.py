@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from kface_cli.defaults import FACE_SIZE
+from kface_cli.defaults import EMBED_BATCH_SIZE, FACE_SIZE, MAX_DISTANCE
+from kface_cli.embedding.embedder import Embedder
 from kface_cli.errors import InputError
 from kface_cli.formats.pairs import PairFaces
 
 #: Distance given to pairs whose image has no detectable face (the maximum squared L2 of unit vectors).
-FAILED_DISTANCE = 4.0
+FAILED_DISTANCE = MAX_DISTANCE
 #: Images embedded per chunk (bounds memory; the embedder batches inside each chunk).
 EMBED_CHUNK = 2048
 
@@ -120,7 +121,7 @@ def prepare_pairs(
 
 
 def embed_faces(
-    embedder: Any, faces: np.ndarray, *, batch_size: int = 64, description: str = "Embedding"
+    embedder: Embedder, faces: np.ndarray, *, batch_size: int = EMBED_BATCH_SIZE, description: str = "Embedding"
 ) -> np.ndarray:
     """Embed (U,112,112,3) BGR faces in chunks with a progress bar. Returns (U, D) float32, unit rows."""
     from kface_cli.console import progress
@@ -135,7 +136,7 @@ def embed_faces(
             out.append(emb)
             bar.advance(len(chunk))
     if not out:
-        return np.zeros((0, getattr(embedder, "embedding_size", 0)), dtype=np.float32)
+        return np.zeros((0, embedder.embedding_size), dtype=np.float32)
     return np.concatenate(out)
 
 
@@ -145,7 +146,9 @@ def pair_distances(emb: np.ndarray, idx1: np.ndarray, idx2: np.ndarray) -> np.nd
     return np.sum(np.square(diff), axis=1).astype(np.float64)
 
 
-def embed_pairs(embedder: Any, pairs: Sequence[Any] | PairFaces, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+def embed_pairs(
+    embedder: Embedder, pairs: Sequence[Any] | PairFaces, batch_size: int = EMBED_BATCH_SIZE
+) -> tuple[np.ndarray, np.ndarray]:
     """``(dist (N,) float64 squared L2, issame (N,) bool)`` for a pair list or prepared :class:`PairFaces`.
 
     Each unique image is embedded once. Pass a :class:`PairFaces` from :func:`prepare_pairs` to
@@ -163,12 +166,14 @@ class EmbeddedPairs:
     embeddings: np.ndarray  # (U, D) float32, one per unique image (zeros where failed)
 
 
-def embed_pairs_detailed(embedder: Any, pairs: Sequence[Any] | PairFaces, batch_size: int = 64) -> EmbeddedPairs:
+def embed_pairs_detailed(
+    embedder: Embedder, pairs: Sequence[Any] | PairFaces, batch_size: int = EMBED_BATCH_SIZE
+) -> EmbeddedPairs:
     """Like :func:`embed_pairs`, also returning the prepared faces and per-image embeddings."""
     pf = pairs if isinstance(pairs, PairFaces) else prepare_pairs(pairs)
     assert pf.failed is not None
     ok = ~pf.failed
-    emb = np.zeros((len(pf.faces), max(int(getattr(embedder, "embedding_size", 0) or 0), 1)), dtype=np.float32)
+    emb = np.zeros((len(pf.faces), max(int(embedder.embedding_size or 0), 1)), dtype=np.float32)
     if ok.any():
         e = embed_faces(embedder, pf.faces[ok], batch_size=batch_size)
         if emb.shape[1] != e.shape[1]:
@@ -181,12 +186,12 @@ def embed_pairs_detailed(embedder: Any, pairs: Sequence[Any] | PairFaces, batch_
 
 
 def embed_paths(
-    embedder: Any,
+    embedder: Embedder,
     paths: Sequence[str | Path],
     *,
     loader: FaceLoader | None = None,
     cache: dict[str, np.ndarray] | None = None,
-    batch_size: int = 64,
+    batch_size: int = EMBED_BATCH_SIZE,
     description: str = "Loading faces",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Embed image files, reusing ``cache`` (path -> embedding) and filling it.
@@ -214,7 +219,7 @@ def embed_paths(
     if faces:
         emb_new = embed_faces(embedder, np.stack(faces), batch_size=batch_size)
         cache.update(zip(loaded, emb_new))
-    dim = next(iter(cache.values())).shape[0] if cache else max(int(getattr(embedder, "embedding_size", 1) or 1), 1)
+    dim = next(iter(cache.values())).shape[0] if cache else max(embedder.embedding_size, 1)
     out = np.zeros((len(keys), dim), dtype=np.float32)
     ok = np.array([k in cache for k in keys], dtype=bool)
     for i, k in enumerate(keys):

@@ -31,6 +31,7 @@ import numpy as np
 
 from kface_cli.defaults import EMBED_BATCH_SIZE
 from kface_cli.embedding import metrics as M
+from kface_cli.embedding.embedder import Embedder
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.evaluate import conditions as C
 
@@ -145,9 +146,9 @@ def _sanitise(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.") or "report"
 
 
-def default_report_name(embedder: Any, protocol: Protocol | None, options: EvaluateOptions) -> str:
+def default_report_name(embedder: Embedder, protocol: Protocol | None, options: EvaluateOptions) -> str:
     """``<model>-<protocol>``: ``demo-val``, ``demo-bin-lfw``, ``demo-lfw-pairs``, ``demo-pairs-mine``, ``demo-identification``."""
-    src = getattr(embedder, "source", None)
+    src = embedder.source
     model = Path(src).stem if src is not None and Path(src).suffix else (Path(src).name if src is not None else "model")
     if protocol is Protocol.BIN:
         what = "bin-" + Path(options.bin_file).stem  # type: ignore[arg-type]
@@ -190,7 +191,7 @@ def _load_pairs(options: EvaluateOptions, protocol: Protocol, ws: Any):
     return read_bin(options.bin_file), str(options.bin_file)  # type: ignore[arg-type]
 
 
-def _embed_pairs(embedder: Any, prepared: Any, options: EvaluateOptions, cache: dict) -> Any:
+def _embed_pairs(embedder: Embedder, prepared: Any, options: EvaluateOptions, cache: dict) -> Any:
     """Pair distances; each image's embedding goes into ``cache`` (identification reuses it)."""
     from kface_cli.embedding.photos import embed_pairs_detailed
 
@@ -200,7 +201,9 @@ def _embed_pairs(embedder: Any, prepared: Any, options: EvaluateOptions, cache: 
     return res
 
 
-def _verify(embedder: Any, options: EvaluateOptions, protocol: Protocol, ws: Any, cache: dict, loader: Any) -> dict:
+def _verify(
+    embedder: Embedder, options: EvaluateOptions, protocol: Protocol, ws: Any, cache: dict, loader: Any
+) -> dict:
     from kface_cli.embedding.photos import PairFaces, prepare_pairs
 
     source, description = _load_pairs(options, protocol, ws)
@@ -261,7 +264,7 @@ def val_identification_split(val_dir: Path) -> tuple[list[tuple[str, Path]], lis
 
 
 def _embed_identification(
-    embedder: Any,
+    embedder: Embedder,
     gallery: list[tuple[str, Path]],
     probes: list[tuple[str, Path]],
     options: EvaluateOptions,
@@ -341,7 +344,7 @@ def _identification_sets(
 SUMMARY_KEYS = ("accuracy", "accuracy_std", "threshold", "auc", "eer", "tar_at_far", "rank1", "rank5", "per_condition")
 
 
-def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
+def evaluate_embedder(embedder: Embedder, options: EvaluateOptions) -> Evaluation:
     """Evaluate an already loaded embedder (see :func:`evaluate`).
 
     The metrics use ``embedder`` as given (with or without flip). Thresholds (``target_far``,
@@ -365,9 +368,8 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
 
         sources = read_sources(ws.split)
     loader = FaceLoader(options.landmarks or "auto", sources=sources)
-    describe = embedder.describe() if hasattr(embedder, "describe") else {"network": getattr(embedder, "network", None)}
     summary: dict[str, Any] = {
-        "model": describe,
+        "model": embedder.describe(),
         "protocol": protocol.value if protocol else Protocol.IDENTIFICATION.value,
     }
     summary.update({k: None for k in SUMMARY_KEYS})
@@ -500,7 +502,7 @@ def _check_calibration_inputs(options: EvaluateOptions, protocol: Protocol | Non
 
 
 def _calibrate(
-    embedder: Any,
+    embedder: Embedder,
     options: EvaluateOptions,
     summary: dict,
     prepared: Any,
@@ -527,7 +529,7 @@ def _calibrate(
         embedded = _embed_identification(twin, *sets, options, cache, loader)
         out[K.IDENTIFICATION] = _identification_threshold(embedded, options.target_fpir, summary)
     for kind, cal in out.items():
-        cal["flip"] = bool(getattr(twin, "flip", False))
+        cal["flip"] = twin.flip
         K.check(kind, cal)
         if not options.save_threshold:
             continue

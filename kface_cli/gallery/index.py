@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from kface_cli.choices import IndexKind
-from kface_cli.defaults import AUTO_FLAT_MAX
+from kface_cli.defaults import AUTO_FLAT_MAX, MAX_DISTANCE
 from kface_cli.errors import DiskFullError, InputError, ReadOnlyError
 
 INDEX_SUFFIX = ".faiss"
@@ -99,7 +99,7 @@ class SearchIndex:
                 np.full((len(q), k), -1, dtype=np.int64), np.full((len(q), k), np.inf, dtype=np.float32)
             )
         sims, rows = _search_few_threads(self.index, q, k)  # (Q, k) inner products, descending
-        dist = np.clip(cosine_to_distance(sims.astype(np.float32)), 0.0, 4.0)
+        dist = np.clip(cosine_to_distance(sims.astype(np.float32)), 0.0, MAX_DISTANCE)
         dist[rows < 0] = np.inf
         return SearchResult(rows.astype(np.int64), dist)
 

@@ -56,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kface_cli.embedding.embedder import Embedder
 from kface_cli.errors import InputError, ModelMismatchError, ReadOnlyError
 
 SCHEMA_VERSION = 1
@@ -113,13 +114,13 @@ class ModelInfo:
     source: str = ""
 
     @classmethod
-    def of(cls, embedder) -> ModelInfo:
-        """From a :class:`kface_cli.embedding.embedder.Embedder` (anything with fingerprint/embedding_size/network/source)."""
-        src = getattr(embedder, "source", None)
+    def of(cls, embedder: Embedder) -> ModelInfo:
+        """From an :class:`~kface_cli.embedding.embedder.Embedder`."""
+        src = embedder.source
         return cls(
             fingerprint=str(embedder.fingerprint),
             embedding_size=int(embedder.embedding_size),
-            network=str(getattr(embedder, "network", "") or ""),
+            network=embedder.network or "",
             source=str(Path(src).resolve()) if src is not None else "",
         )
 

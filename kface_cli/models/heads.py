@@ -46,9 +46,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kface_cli.choices import Loss
+from kface_cli.defaults import DEFAULT_LOGIT_SCALE
 from kface_cli.errors import KFaceError
 
-DEFAULT_SCALE = 64.0
+DEFAULT_SCALE = DEFAULT_LOGIT_SCALE
 #: Default margins per loss, as (m1, m2, m3) of the combined margin (insightface's values).
 DEFAULT_MARGINS: dict[str, tuple[float, float, float]] = {
     "arcface": (1.0, 0.5, 0.0),
@@ -85,20 +86,20 @@ class HeadConfig:
             return m  # type: ignore[return-value]
         if len(m) != 1:
             raise KFaceError(f"--margin takes one value or three (m1,m2,m3), got {len(m)}: {self.margin}")
-        if self.loss in ("arcface", "subcenter"):
+        if self.loss in (Loss.ARCFACE, Loss.SUBCENTER):
             return (1.0, m[0], 0.0)
-        if self.loss == "cosface":
+        if self.loss == Loss.COSFACE:
             return (1.0, 0.0, m[0])
-        if self.loss == "sphereface":
+        if self.loss == Loss.SPHEREFACE:
             return (m[0], 0.0, 0.0)
         raise KFaceError(
             f"--margin with --loss {self.loss} needs three values m1,m2,m3"
-            if self.loss == "combined"
+            if self.loss == Loss.COMBINED
             else f"--loss {self.loss} has no margin; drop --margin"
         )
 
     def num_subcenters(self) -> int:
-        if self.loss == "subcenter" and self.subcenters <= 1:
+        if self.loss == Loss.SUBCENTER and self.subcenters <= 1:
             return DEFAULT_SUBCENTERS
         return int(self.subcenters)
 
@@ -264,7 +265,7 @@ class MarginHead(nn.Module):
         base, extra = divmod(self.num_classes, self.world_size)
         self.num_local = base + (1 if self.rank < extra else 0)
         self.class_start = base * self.rank + min(self.rank, extra)
-        self.plain_softmax = config.loss == "softmax"
+        self.plain_softmax = config.loss == Loss.SOFTMAX
         self.weight = nn.Parameter(self._initial_weight())  # (C_local*K, D)
         self.bias = nn.Parameter(torch.zeros(self.num_local)) if self.plain_softmax else None
         m1, m2, m3 = config.margins()

@@ -39,6 +39,10 @@ __all__ = [
 ]
 
 DEFAULT_EMBEDDING_SIZE = 512
+#: The built-in backbones' canonical names, as :func:`list_backbones` orders them: help texts name
+#: them from here without importing torch (tests/test_registry.py checks that they are exactly
+#: the ones ``iresnet`` and ``mobilefacenet`` register).
+BACKBONE_NAMES = ("mbf", "mbf_small", "r18", "r34", "r50", "r100", "r200")
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,11 @@ def _ensure_loaded() -> None:
     # The modules register their backbones on import; importing them here keeps
     # ``import kface_cli.models.registry`` free of torch for callers that only need names.
     from kface_cli.models import iresnet, mobilefacenet  # noqa: F401
+
+
+def backbone_names() -> str:
+    """``"mbf, mbf_small, r18, ..."``: every backbone, for help texts and messages (no torch import)."""
+    return ", ".join(BACKBONE_NAMES)
 
 
 def list_backbones(*, with_aliases: bool = False) -> list[str] | dict[str, tuple[str, ...]]:

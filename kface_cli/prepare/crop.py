@@ -232,7 +232,7 @@ def _crop_one(item: _Item, out: Path, config: CropConfig, croppers: _Croppers) -
         return CropRecord("", item.codes, item.source, "", status.value, detail, **kw)
 
     txt = sidecar_path(item.path)
-    use_annotation = config.landmarks == ANNOTATION or (config.landmarks == "auto" and txt is not None)
+    use_annotation = config.landmarks == ANNOTATION or (config.landmarks == LandmarkMode.AUTO and txt is not None)
     if use_annotation and txt is None:
         return record(Status.missing_annotation, f"no {item.path.with_suffix('.txt').name}")
     try:

@@ -232,7 +232,7 @@ def extract(
     """Extract the selection for every identity (or ``ids``) of ``source`` at resolution ``res``.
 
     ``out`` defaults to the workspace's ``raw/<Res>``; ``source`` to ``<workdir>/source``.
-    ``workers`` 0 means one thread per CPU core (at most 8). Per-identity problems (corrupt zips)
+    ``workers`` 0 means one thread per CPU core (at most :data:`~kface_cli.defaults.MAX_AUTO_WORKERS`). Per-identity problems (corrupt zips)
     are collected in ``failures``; problems with the request itself (no such folder, unknown IDs,
     bad codes) raise :class:`~kface_cli.errors.KFaceError`.
     """

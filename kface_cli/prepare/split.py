@@ -147,7 +147,7 @@ def choose_val_ids(
             f"cannot hold out {k} of {n} identities for validation",
             hint="Validation needs at least 2 identities (for different-identity pairs) and training at least 1.",
         )
-    if order == "sorted":
+    if order == SplitOrder.SORTED:
         return tuple(ids[n - k :])
     rng = np.random.default_rng(seed)
     chosen = rng.choice(n, size=k, replace=False)

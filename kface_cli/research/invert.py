@@ -37,6 +37,8 @@ from kface_cli.errors import InputError, KFaceError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from kface_cli.embedding.embedder import Embedder
+
 DEFAULT_STEPS = 300
 DEFAULT_LR = 0.05
 BN_WEIGHT = 0.01  # measured: 0.05 halves the rank-1 transfer of small models (README)
@@ -220,7 +222,7 @@ def read_embedding_file(path: Path, size: int) -> np.ndarray:
 
 
 def _target(
-    embedder: Any, *, image: Path | None, name: str | None, gallery: Path | None, embedding: Path | None
+    embedder: Embedder, *, image: Path | None, name: str | None, gallery: Path | None, embedding: Path | None
 ) -> tuple[np.ndarray, str]:
     given = [k for k, v in (("--image", image), ("--name", name), ("--embedding", embedding)) if v is not None]
     if len(given) != 1:

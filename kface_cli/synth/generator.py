@@ -729,12 +729,12 @@ def grid(preset: GridPreset | str = GridPreset.SAMPLE) -> list[tuple[str, str, s
     :data:`SAMPLE_EXTRAS` (30 images); ``full``: 6 x 30 x 3 x 20 = 10,800 images.
     """
     preset = GridPreset.parse(preset, "grid")
-    if preset == "full":
+    if preset == GridPreset.FULL:
         sel = {k: kc.all_codes(k) for k in kc.CODE_KINDS}
     else:
         sel = kc.TUTORIAL_SELECTION
     combos = [(s, l_, e, c) for s in sel["acc"] for l_ in sel["light"] for e in sel["expr"] for c in sel["cam"]]
-    if preset == "sample":
+    if preset == GridPreset.SAMPLE:
         combos += [x for x in SAMPLE_EXTRAS if x not in combos]
     return combos
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from kface_cli.workspace import (  # noqa: F401 (the run folder's files)
     RUN_LOG,
     RUN_PLOTS,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 CHECKPOINT_FORMAT = "kface-checkpoint/1"
 
@@ -46,17 +49,18 @@ def save_torch(path: str | Path, obj: Any) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """A checkpoint written by :func:`save_torch` (loaded on the CPU, tensors only)."""
-    import torch
+    """A checkpoint written by :func:`save_torch` (loaded on the CPU, tensors only, with
+    :func:`kface_cli.embedding.loading.torch_load`, the one ``torch.load``)."""
+    from kface_cli.embedding.loading import torch_load
 
     path = Path(path)
     if not path.is_file():
         raise InputError(f"checkpoint not found: {path}", hint="Nothing to resume; start the run without --resume.")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, or not ours
+        ckpt = torch_load(path)
+    except InputError as e:  # corrupt file, or not ours
         raise InputError(
-            f"cannot read checkpoint {path}: {e}", hint="The file is damaged or was not written by kface."
+            f"cannot read checkpoint {path}: {e.message}", hint="The file is damaged or was not written by kface."
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a kface checkpoint", hint="Pass a run folder made by `kface train`.")
@@ -90,12 +94,12 @@ def restore_rng(state: dict[str, Any], device: Any = None) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def unwrap(model: Any) -> Any:
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     """The module inside DistributedDataParallel (or the module itself)."""
     return getattr(model, "module", model)
 
 
-def backbone_state_dict(model: Any) -> dict[str, Any]:
+def backbone_state_dict(model: torch.nn.Module) -> dict[str, Any]:
     """Plain insightface-layout state_dict (no ``module.`` prefix), on the CPU, contiguous
     (a channels-last model's weights are saved in the usual layout)."""
     import torch

@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import Any, get_args
 
 from kface_cli.choices import Choice, Loss, Optimizer, Precision
+from kface_cli.defaults import DEFAULT_LOGIT_SCALE, EMBED_BATCH_SIZE, MAX_AUTO_WORKERS
 from kface_cli.errors import KFaceError
+from kface_cli.models.registry import backbone_names
 
 AUTO = "auto"
 GRAD_CLIP_NORM = 5.0  # insightface's clip norm
@@ -69,20 +71,20 @@ class TrainConfig:
     workers: int | None = _opt(
         None,
         "DataLoader worker processes, 0: load in the training process "
-        "[default: from the cores: all but one on a GPU (at most 8), a quarter on a CPU].",
+        f"[default: from the cores: all but one on a GPU (at most {MAX_AUTO_WORKERS}), a quarter on a CPU].",
     )
     flip: bool = _opt(True, "Random horizontal flips.")
     # model --------------------------------------------------------------------------------
     network: str = _opt(
         AUTO,
-        "Backbone: r18, r34, r50, r100, r200, mbf, mbf_small; auto: that of --init, else r50 on a GPU, mbf_small on a CPU.",
+        f"Backbone: {backbone_names()}; auto: that of --init, else r50 on a GPU, mbf_small on a CPU.",
     )
     embedding_size: int | None = _opt(None, "Embedding size [default: that of --init, else 512].")
     init: str | None = _opt(None, "Start from these backbone weights (insightface backbone.pth or a kface run).")
     freeze: int = _opt(0, "Keep the first N stages frozen (1 = the stem).")
     # loss ---------------------------------------------------------------------------------
     loss: str = _opt("arcface", "The loss (softmax family with margins).", choices=Loss)
-    scale: float = _opt(64.0, "Logit scale s.")
+    scale: float = _opt(DEFAULT_LOGIT_SCALE, "Logit scale s.")
     margin: tuple[float, ...] = _opt(
         (),
         "Margin: one value (ArcFace m, CosFace m, SphereFace m) or m1,m2,m3 for combined "
@@ -112,7 +114,7 @@ class TrainConfig:
     name: str | None = _opt(None, "Run folder runs/<name> [default: <network>-<date>-<time>].")
     workdir: str | None = None  # workspace; None: $KFACE_WORKDIR or the current folder (the CLI's --workdir)
     log_every: int = _opt(10, "Steps between log lines (and between reads of the loss from the device).")
-    val_batch_size: int = _opt(64, "Batch size of the validation after each epoch.")
+    val_batch_size: int = _opt(EMBED_BATCH_SIZE, "Batch size of the validation after each epoch.")
     bn_recalibration: int = _opt(
         512, "Before validating, re-estimate BatchNorm statistics on this many training images (0: off)."
     )
@@ -201,7 +203,7 @@ class TrainConfig:
         K-Face-sized runs with small batches would barely move)."""
         if self.lr is not None:
             return float(self.lr)
-        if self.optimizer == "adamw":
+        if self.optimizer == Optimizer.ADAMW:
             return ADAMW_DEFAULT_LR
         assert self.batch_size is not None, "batch_size is resolved before the learning rate"
         return max(SGD_REFERENCE_LR * self.batch_size * world_size / SGD_REFERENCE_BATCH, SGD_MIN_AUTO_LR)

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import signal
 import time
@@ -39,17 +38,24 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kface_cli import console
+from kface_cli.choices import Optimizer, Precision
 from kface_cli.dataset.provenance import TRAINING_DATA_KEY, training_data
+from kface_cli.defaults import EMBED_BATCH_SIZE, auto_workers, available_cores
 from kface_cli.embedding.embedder import state_dict_digest
 from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
 from kface_cli.train import checkpoint as ck
 from kface_cli.train import distributed
 from kface_cli.train.config import AUTO, TrainConfig, config_from_dict, resolve_config, save_config_json
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from kface_cli.formats.pairs import PairFaces
 
 #: Options that may change when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = ("epochs", "workers", "device", "log_every", "val_batch_size", "val_pairs")
@@ -57,7 +63,6 @@ VAL_FAR = 1e-2  # TAR is reported at this FAR after every epoch
 PLOT_EVERY_S = 30.0  # redraw plots.png at most this often (and after the last epoch)
 SCALER_GROWTH_INTERVAL = 100  # fp16 GradScaler: steps without overflow before the scale doubles (insightface)
 PREFETCH_BATCHES = 4  # batches each loader worker prepares ahead
-MAX_AUTO_WORKERS = 8  # more rarely helps: a 112x112 JPEG decodes in well under a millisecond
 CPU_CORES_PER_WORKER = 4  # on a CPU device the cores train; loader workers get a quarter of them
 
 
@@ -209,22 +214,15 @@ def _auto_batch_size(device: Any, num_images: int, world_size: int) -> int:
     return max(2, min(preferred, num_images // (4 * world_size)))
 
 
-def available_cores() -> int:
-    """CPU cores this process may use (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
-def auto_workers(device: Any, world_size: int = 1, cores: int | None = None) -> int:
+def loader_workers(device: Any, world_size: int = 1, cores: int | None = None) -> int:
     """DataLoader workers per process when ``--workers`` is not given, from the machine's cores:
-    on a GPU every core but the training process's own (at most :data:`MAX_AUTO_WORKERS`); on a
-    CPU, where the cores run the network, a quarter of them (at least one)."""
+    on a GPU every core but the training process's own (capped by
+    :func:`~kface_cli.defaults.auto_workers`); on a CPU, where the cores run the network, a quarter
+    of them (at least one)."""
     per_process = max(1, (cores or available_cores()) // max(1, world_size))
     if device.type == "cpu":
         return max(1, per_process // CPU_CORES_PER_WORKER)
-    return max(1, min(MAX_AUTO_WORKERS, per_process - 1))
+    return auto_workers(cores=per_process - 1)
 
 
 def _read_init(path: str) -> tuple[dict[str, Any], Path]:
@@ -281,7 +279,9 @@ def _resolve_val_pairs(config: TrainConfig, ws: Any) -> Path | None:
     return ws.val_pairs if ws.val_pairs.is_file() else None
 
 
-def validate(backbone: Any, pair_faces: Any, *, network: str, batch_size: int = 64) -> dict[str, Any]:
+def validate(
+    backbone: torch.nn.Module, pair_faces: PairFaces, *, network: str, batch_size: int = EMBED_BATCH_SIZE
+) -> dict[str, Any]:
     """Verification on prepared val pairs (flip TTA, as insightface): 10-fold accuracy, threshold,
     TAR at FAR 1e-2, AUC, EER. Uses the same embedder and metrics as ``kface evaluate``."""
     from kface_cli.embedding.embedder import embedder_from_module
@@ -525,12 +525,12 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
             f"the global batch ({config.batch_size} x {info.world_size} processes) is larger than the data ({num_images} images)",
             hint="Lower --batch-size.",
         )
-    lowp = config.precision != "fp32"
+    lowp = config.precision != Precision.FP32
     backbone = get_backbone(
         network,
         config.embedding_size,
         fp16=lowp,
-        autocast_dtype="bfloat16" if config.precision == "bf16" else "float16",
+        autocast_dtype="bfloat16" if config.precision == Precision.BF16 else "float16",
     )
     if init is not None:
         _apply_init(backbone, *init)
@@ -620,13 +620,13 @@ def _build_optimizer(config: TrainConfig, backbone: Any, head: Any, *, lr: float
     from kface_cli.train.schedule import poly_scheduler
 
     groups = [{"params": [p for p in backbone.parameters() if p.requires_grad]}, {"params": list(head.parameters())}]
-    if config.optimizer == "sgd":
+    if config.optimizer == Optimizer.SGD:
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=config.momentum, weight_decay=config.weight_decay)
     else:
         optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay)
     scheduler = poly_scheduler(optimizer, steps * config.epochs, int(round(config.warmup_epochs * steps)))
     scaler = torch.amp.GradScaler(
-        device.type, growth_interval=SCALER_GROWTH_INTERVAL, enabled=config.precision == "fp16"
+        device.type, growth_interval=SCALER_GROWTH_INTERVAL, enabled=config.precision == Precision.FP16
     )
     return optimizer, scheduler, scaler
 
@@ -645,7 +645,7 @@ def _build_loader(config: TrainConfig, info: distributed.DistInfo, dataset: Any)
         flip=config.flip,
         max_steps=config.max_steps_per_epoch,
     )
-    workers = config.workers if config.workers is not None else auto_workers(info.device, info.world_size)
+    workers = config.workers if config.workers is not None else loader_workers(info.device, info.world_size)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_sampler=sampler,

@@ -1,19 +1,13 @@
-"""Shared helpers for the gallery tests: synthetic K-Face photos, a sidecar detector, a fast embedder.
-
-The stand-in embedder is deterministic and quick (a fixed random projection of the aligned
-crop's pixels), so enrol/identify logic is tested without training a network; the CLI tests use
-a real MobileFaceNet file through ``load_embedder``.
-"""
+"""Synthetic K-Face photos and people folders, and a detector that reads their sidecars (gallery,
+deployment and API tests; their embedder is ``helpers.embedders.FakeEmbedder("pixels")``, the CLI
+tests use a real MobileFaceNet file, the ``mbf_model`` fixture)."""
 
 from __future__ import annotations
 
-import hashlib
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 CODES = [
     ("S001", "L1", "E01", "C6"),
@@ -54,34 +48,6 @@ class SidecarDetector:
         return faces
 
 
-class PixelEmbedder:
-    """Deterministic stand-in for :class:`kface_cli.embedding.embedder.Embedder` (unit vectors from pixels)."""
-
-    def __init__(self, embedding_size: int = 64, seed: int = 0, delay: float = 0.0):
-        rng = np.random.default_rng(seed)
-        self.projection = rng.standard_normal((28 * 28, embedding_size)).astype(np.float32)
-        self.embedding_size = embedding_size
-        self.network = "pixels"
-        self.source = None
-        self.flip = False
-        self.delay = delay
-        self.fingerprint = hashlib.sha256(self.projection.tobytes()).hexdigest()[:20]
-
-    def embed(self, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        import cv2
-
-        if self.delay:
-            time.sleep(self.delay)
-        faces = np.asarray(faces)
-        small = np.stack(
-            [cv2.resize(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY), (28, 28), interpolation=cv2.INTER_AREA) for f in faces]
-        ).astype(np.float32)
-        small = small.reshape(len(faces), -1)
-        small -= small.mean(axis=1, keepdims=True)
-        emb = small @ self.projection  # (N, D)
-        return (emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)).astype(np.float32)
-
-
 def render_photo(path: Path, identity: str, codes=CODES[0], res: str = "Low", sidecar: bool = True) -> Path:
     """Write a synthetic K-Face photo of ``identity`` (an 8-digit K-Face ID) and its .txt sidecar."""
     from kface_cli.dataset.annotation import format_annotation
@@ -105,16 +71,3 @@ def people_folder(root: Path, names: dict[str, str], photos_each: int = 2, layou
             for j in range(photos_each):
                 render_photo(root / name / f"{j}.jpg", ident, CODES[j % len(CODES)])
     return root
-
-
-@pytest.fixture(scope="session")
-def mbf_model(tmp_path_factory) -> Path:
-    """A MobileFaceNet backbone.pth (random weights, 128-d): what ``--model`` loads in CLI tests."""
-    import torch
-
-    from kface_cli.models.registry import get_backbone
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "backbone.pth"
-    torch.save(get_backbone("mbf", embedding_size=128).state_dict(), path)
-    return path

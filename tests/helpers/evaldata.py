@@ -1,4 +1,4 @@
-"""Small synthetic evaluation data for the evaluate tests (not a test module).
+"""Small synthetic evaluation data for the evaluate and photo-embedding tests.
 
 Identities are smooth random colour patterns; each image adds condition-dependent noise, and
 light L7 ("dark") images are much noisier, so a per-condition breakdown has something to show.
@@ -11,48 +11,6 @@ from pathlib import Path
 import numpy as np
 
 from kface_cli.formats.pairs import Pair, write_pairs_csv
-
-
-class FakeEmbedder:
-    """Honours the Embedder contract: 4x4x3 mean-pooled pixels, centred, L2-normalised (48-d);
-    with ``flip``, the pooled face plus its mirror image (like the real flip-sum)."""
-
-    network = "fake"
-    embedding_size = 48
-    weights_digest = "f" * 40
-
-    def __init__(self, source: Path | None = None, fingerprint: str | None = None, flip: bool = False):
-        from kface_cli.embedding.embedder import make_fingerprint
-
-        self.source = source
-        self.flip = flip
-        self.fingerprint = fingerprint or make_fingerprint(self.weights_digest, flip)
-        self.embedded = 0  # faces embedded so far (to check caching)
-        self.calls = 0
-
-    def describe(self) -> dict:
-        return {
-            "network": self.network,
-            "embedding_size": self.embedding_size,
-            "flip": self.flip,
-            "fingerprint": self.fingerprint,
-            "source": str(self.source) if self.source else None,
-        }
-
-    def embed(self, faces: np.ndarray, batch_size: int = 64) -> np.ndarray:
-        faces = np.asarray(faces)
-        assert faces.ndim == 4 and faces.shape[1:] == (112, 112, 3) and faces.dtype == np.uint8
-        self.calls += 1
-        self.embedded += len(faces)
-        x = self._pooled(faces) + (self._pooled(faces[:, :, ::-1]) if self.flip else 0)
-        return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-6)).astype(np.float32)
-
-    @staticmethod
-    def _pooled(faces: np.ndarray) -> np.ndarray:
-        return (
-            faces.astype(np.float32).reshape(len(faces), 4, 28, 4, 28, 3).mean(axis=(2, 4)).reshape(len(faces), -1)
-            - 127.5
-        )
 
 
 def face_image(rng: np.random.Generator, base: np.ndarray, noise: float) -> np.ndarray:

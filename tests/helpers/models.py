@@ -1,4 +1,5 @@
-"""Fixtures shared by test_embedder.py and test_loading.py: a small calibrated backbone, faces, a workspace of model files."""
+"""Small random backbones that behave like real ones, and the model files made from them (embedder,
+loading, export, invert and CLI tests; the fixtures are in ``tests/conftest.py``)."""
 
 from __future__ import annotations
 
@@ -6,39 +7,33 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
-from model_helpers import calibrated
 
 from kface_cli.embedding.embedder import ONNX_INPUT_NAME
-from kface_cli.models.registry import get_backbone
 from kface_cli.train.checkpoint import capture_rng
 
+#: The small network and embedding size of the model-file tests.
 NETWORK = "mbf_small"
 EMB = 32
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("KFACE_CACHE", str(tmp_path_factory.getbasetemp() / "kface-cache"))
-
-
-@pytest.fixture(scope="module")
-def backbone() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return calibrated(get_backbone(NETWORK, EMB))
-
-
-@pytest.fixture(scope="module")
-def faces() -> np.ndarray:
+def calibrated(net: torch.nn.Module) -> torch.nn.Module:
+    """Random weights with BatchNorm statistics of real activations: realistic outputs that differ
+    between faces, and no denormal floats (which make CPU convolutions 5-10x slower)."""
     from kface_cli.embedding.export import synthetic_faces
+    from kface_cli.face.preprocess import faces_to_input
 
-    return synthetic_faces(5, seed=3)
+    for m in net.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average over the calibration batch
+    net.train()
+    with torch.no_grad():
+        net(torch.from_numpy(faces_to_input(synthetic_faces(8, seed=42))))
+    return net.eval()
 
 
-@pytest.fixture(scope="module")
-def reference(backbone, faces) -> np.ndarray:
-    """Unnormalised torch outputs on the faces (RGB, (x-127.5)/127.5), computed independently."""
+def torch_reference(backbone: torch.nn.Module, faces: np.ndarray) -> np.ndarray:
+    """Unnormalised torch outputs on ``faces`` (RGB, (x-127.5)/127.5), computed independently of kface."""
     x = faces[..., ::-1].astype(np.float32)
     x = (x - 127.5) / 127.5
     with torch.no_grad():
@@ -49,9 +44,9 @@ def unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory, backbone) -> Path:
-    root = tmp_path_factory.mktemp("ws")
+def write_model_files(root: Path, backbone: torch.nn.Module) -> Path:
+    """``root/runs/demo`` (backbone.pth, config.json, checkpoint.pt) and ``root/insightface/backbone.pth``
+    (DDP-style ``module.`` keys) from ``backbone``; returns ``root``."""
     run = root / "runs" / "demo"
     run.mkdir(parents=True)
     state = backbone.state_dict()
@@ -61,7 +56,7 @@ def workspace(tmp_path_factory, backbone) -> Path:
     torch.save(ckpt, run / "checkpoint.pt")
     bare = root / "insightface"
     bare.mkdir()
-    torch.save({f"module.{k}": v for k, v in state.items()}, bare / "backbone.pth")  # DDP-style keys
+    torch.save({f"module.{k}": v for k, v in state.items()}, bare / "backbone.pth")
     return root
 
 
