@@ -116,7 +116,10 @@ def main() -> None:
     ap.add_argument("-w", "--workdir", type=Path, required=True)
     ap.add_argument("--stage", choices=["noise", "flags", "retrain", "all"], default="all")
     ap.add_argument(
-        "--epochs", type=int, default=8, help="training epochs (8: the README's numbers; demo_mbf itself now trains 12)"
+        "--epochs",
+        type=int,
+        default=8,
+        help="training epochs (8: the numbers of docs/research.md; demo_mbf itself now trains 12)",
     )
     ap.add_argument(
         "--noise-seed", type=int, default=SEED, help="seed of the injected noise (not 0: a held-out noise draw)"

@@ -10,7 +10,7 @@ found.
 
     python benchmarks/bench_deployed.py WORKSPACE RUN_DIR [RUN_DIR ...]
 
-The README's "Accuracy as deployed" table came from this measurement on the demo workspace with
+The "Accuracy as deployed" table of docs/evaluate.md came from this measurement on the demo workspace with
 runs trained by ``kface train --config demo_mbf`` on crops from ``kface crop --landmarks auto``
 or ``detect``, with and without ``--augment``.
 """

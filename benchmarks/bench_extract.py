@@ -25,7 +25,8 @@ from kface_cli.atomic import write_bytes
 from kface_cli.console import set_mode
 from kface_cli.dataset import codes as kc
 from kface_cli.prepare.extract import Selection, extract
-from kface_cli.synth.generator import grid, identity_ids, identity_zip_bytes, make_identity
+from kface_cli.synth.identity import identity_ids, make_identity
+from kface_cli.synth.sample_data import grid, identity_zip_bytes
 
 
 def build_source(root: Path, n_ids: int, res: str = "Middle") -> list[str]:

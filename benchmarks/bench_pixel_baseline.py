@@ -81,7 +81,7 @@ def main() -> None:
         if (default / f"{args.res}_Resolution").is_dir():
             root = default
         else:
-            from kface_cli.synth.generator import generate_sample_data
+            from kface_cli.synth.sample_data import generate_sample_data
 
             tmp = tempfile.TemporaryDirectory()
             root = Path(tmp.name)

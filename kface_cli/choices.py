@@ -40,7 +40,7 @@ class Choice(str, Enum):
 
 # ---- output ---------------------------------------------------------------------------------
 class OutputFormat(Choice):
-    """``--format``: how a command prints its results (JSON follows the schema in README.md)."""
+    """``--format``: how a command prints its results (JSON follows the schema in docs/json.md)."""
 
     TABLE = "table"
     JSON = "json"

@@ -8,7 +8,7 @@ never print results themselves.
 Tables never lose data: text columns fold instead of cutting (a path stays whole), a number is
 never split or cut, and when stdout is not a terminal (a pipe, a file) tables are laid out
 :data:`PIPE_WIDTH` columns wide unless ``$COLUMNS`` says otherwise. Every JSON result is an object
-carrying ``"schema": SCHEMA_VERSION`` (the schema is documented in README.md, "JSON output").
+carrying ``"schema": SCHEMA_VERSION`` (the schema is documented in docs/json.md).
 
 Progress bars are rich on the command line; :func:`use_tqdm` switches them to ``tqdm.auto`` (which
 renders in Jupyter), as the Python API (:mod:`kface_cli.api`) does.
@@ -34,7 +34,7 @@ from rich.text import Text
 
 from kface_cli.choices import OutputFormat
 
-#: Version of the JSON every ``--json`` result follows (README.md, "JSON output"). Bump it when a
+#: Version of the JSON every ``--json`` result follows (docs/json.md). Bump it when a
 #: key is renamed or removed or changes type; adding a key keeps the version.
 SCHEMA_VERSION = 1
 #: Result formats: ``--format table|json|csv|tsv`` (``--json`` is short for ``--format json``).

@@ -1,4 +1,4 @@
-"""One JSON schema across every command (README: JSON output), and tables that keep every name and number.
+"""One JSON schema across every command (docs/json.md), and tables that keep every name and number.
 
 The whole pipeline runs once on a tiny synthetic workspace (through the command line, as a user
 would); then one test per command checks its ``--json`` keys and types: a ``schema`` version,
@@ -42,7 +42,7 @@ workers = 0
 """
 NUM = (int, float)
 STR_OR_NONE = (str, type(None))
-#: Per command: keys every --json output has, with their types (others may be added; see README).
+#: Per command: keys every --json output has, with their types (others may be added; see docs/json.md).
 EXPECTED = {
     "sample-data": {"root": str, "identities": int, "images": int, "bytes": int, "zips": list},
     "extract": {"out": str, "identities": int, "images": int, "missing_by_code": dict, "seconds": float},

@@ -11,28 +11,29 @@ from kface_cli.dataset.annotation import parse_annotation
 from kface_cli.errors import InputError
 from kface_cli.face.align import is_degenerate
 from kface_cli.synth import generator as synth
+from kface_cli.synth import identity, sample_data
 
 
 @pytest.fixture(scope="module")
 def ident():
-    return synth.make_identity(synth.identity_ids(1, seed=5)[0], seed=5)
+    return identity.make_identity(identity.identity_ids(1, seed=5)[0], seed=5)
 
 
 def test_identity_ids_look_like_kface():
-    ids = synth.identity_ids(25, seed=1)
+    ids = identity.identity_ids(25, seed=1)
     assert len(ids) == len(set(ids)) == 25 and ids == sorted(ids)
     for i in ids:
         assert len(i) == 8 and i.isdigit()
         datetime.strptime(i[:6], "%y%m%d")  # a real date
         assert i[6] in "1234" and i[7] != "0"
-    assert synth.identity_ids(25, seed=1) == ids
-    assert synth.identity_ids(25, seed=2) != ids
+    assert identity.identity_ids(25, seed=1) == ids
+    assert identity.identity_ids(25, seed=2) != ids
 
 
 def test_identities_are_deterministic_and_distinct():
-    a, b = synth.make_identity("19062531", 0), synth.make_identity("19062542", 0)
-    assert synth.make_identity("19062531", 0) == a
-    assert a != b and synth.make_identity("19062531", 1) != a
+    a, b = identity.make_identity("19062531", 0), identity.make_identity("19062542", 0)
+    assert identity.make_identity("19062531", 0) == a
+    assert a != b and identity.make_identity("19062531", 1) != a
 
 
 @pytest.mark.parametrize(("res", "shape"), [("Low", (115, 173, 3)), ("Middle", (230, 346, 3)), ("High", (576, 864, 3))])
@@ -102,9 +103,9 @@ def test_zip_layout_annotations_and_determinism(ident):
         ("S002", "L1", "E01", "C7"),
         ("S001", "L2", "E01", "C7"),
     ]
-    data, n = synth.identity_zip_bytes(ident, "Low", combos, seed=5)
+    data, n = sample_data.identity_zip_bytes(ident, "Low", combos, seed=5)
     assert n == 4
-    assert synth.identity_zip_bytes(ident, "Low", combos, seed=5)[0] == data  # byte-identical
+    assert sample_data.identity_zip_bytes(ident, "Low", combos, seed=5)[0] == data  # byte-identical
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         names = set(zf.namelist())
         # annotations only for S001 with L1, L3, L6, L7
@@ -123,25 +124,28 @@ def test_zip_layout_annotations_and_determinism(ident):
 
 def test_generate_sample_data(tmp_path):
     combos = [("S001", "L1", "E01", "C7"), ("S001", "L3", "E02", "C8")]
-    result = synth.generate_sample_data(
+    result = sample_data.generate_sample_data(
         tmp_path, n_ids=3, seed=2, resolutions=("Low", "Middle"), combos=combos, ids_per_resolution={"Middle": 1}
     )
     assert result.identities == 3 and result.images == 4 * 2
     assert sorted(p.name for p in (tmp_path / "Low_Resolution").iterdir()) == [
-        f"{i}.zip" for i in synth.identity_ids(3, 2)
+        f"{i}.zip" for i in identity.identity_ids(3, 2)
     ]
     assert len(list((tmp_path / "Middle_Resolution").iterdir())) == 1
 
 
 def test_grids_and_resolution_limits():
-    assert len(synth.grid("tutorial")) == 24
-    sample = synth.grid("sample")
-    assert len(sample) == 30 and set(synth.grid("tutorial")) < set(sample)  # the tutorial's 24 plus 6
-    assert len(synth.grid("full")) == 6 * 30 * 3 * 20
+    assert len(sample_data.grid("tutorial")) == 24
+    sample = sample_data.grid("sample")
+    assert len(sample) == 30 and set(sample_data.grid("tutorial")) < set(sample)  # the tutorial's 24 plus 6
+    assert len(sample_data.grid("full")) == 6 * 30 * 3 * 20
     with pytest.raises(InputError, match="unknown grid"):
-        synth.grid("huge")
-    assert synth.parse_resolution_limits("Middle,low:8,High:2") == (("Middle", "Low", "High"), {"Low": 8, "High": 2})
+        sample_data.grid("huge")
+    assert sample_data.parse_resolution_limits("Middle,low:8,High:2") == (
+        ("Middle", "Low", "High"),
+        {"Low": 8, "High": 2},
+    )
     with pytest.raises(InputError):
-        synth.parse_resolution_limits("Middle:x")
+        sample_data.parse_resolution_limits("Middle:x")
     with pytest.raises(InputError):
-        synth.parse_resolution_limits("Huge")
+        sample_data.parse_resolution_limits("Huge")

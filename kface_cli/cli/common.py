@@ -68,7 +68,7 @@ FormatOpt = Annotated[
     OutputFormat | None,
     typer.Option(
         "--format",
-        help="Result format (JSON follows the schema in README.md) \\[default: table].",
+        help="Result format (JSON follows the schema in docs/json.md) \\[default: table].",
         show_default=False,
     ),
 ]

@@ -75,7 +75,7 @@ def sample_data_cmd(
 ) -> None:
     """Generate synthetic identities in K-Face's exact layout (zips, image sizes, annotations)."""
     from kface_cli.prepare.extract import default_source
-    from kface_cli.synth.generator import generate_sample_data, parse_resolution_limits
+    from kface_cli.synth.sample_data import generate_sample_data, parse_resolution_limits
 
     resolutions, limits = parse_resolution_limits(res)
     target = out if out is not None else default_source(workdir)

@@ -29,105 +29,122 @@ from kface_cli.defaults import (
 # ============================================================================================
 
 
+PairsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--pairs", help="Pairs CSV (path1,path2,same[,codes]) \\[default: split/val_pairs.csv].", show_default=False
+    ),
+]
+LfwPairsOpt = Annotated[
+    Path | None, typer.Option("--lfw-pairs", help="LFW-style pairs.txt (needs --root).", show_default=False)
+]
+RootOpt = Annotated[
+    Path | None,
+    typer.Option("--root", help="Image folder for --lfw-pairs: <root>/<name>/<name>_0001.jpg.", show_default=False),
+]
+BinFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--bin", help="insightface verification .bin (lfw.bin, cfp_fp.bin, agedb_30.bin).", show_default=False
+    ),
+]
+GalleryDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--gallery-dir", help="Identification gallery: one sub-folder of images per identity.", show_default=False
+    ),
+]
+ProbeDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--probe-dir",
+        help="Identification probes, one sub-folder per identity; identities absent from the gallery are the open-set unknowns.",
+        show_default=False,
+    ),
+]
+FlipOpt = Annotated[
+    bool,
+    typer.Option(
+        "--flip/--no-flip",
+        help="Flip-sum embeddings for the metrics, as in insightface's protocol (2x compute). Thresholds are always calibrated without flip, as `kface identify` embeds.",
+    ),
+]
+TargetFarOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--target-far",
+        help="Calibrate the 1:1 (verification) threshold: the largest whose false accept rate on these pairs is at most this (e.g. 1e-3).",
+        show_default=False,
+    ),
+]
+TargetFpirOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--target-fpir",
+        help="Calibrate the 1:N (identification) threshold: the largest at which at most this share of probes of people not enrolled get a name (e.g. 1e-2). Needs a gallery and probes (val split, or --gallery-dir/--probe-dir).",
+        show_default=False,
+    ),
+]
+SaveThresholdOpt = Annotated[
+    bool,
+    typer.Option(
+        "--save-threshold",
+        help="Store the calibrated thresholds beside the model for `kface identify` (1:N first, else 1:1); alone: the best-accuracy 1:1 threshold.",
+    ),
+]
+ReplaceThresholdOpt = Annotated[
+    bool,
+    typer.Option(
+        "--replace-threshold",
+        help="Save even over a calibration founded on more pairs or probes (otherwise it is kept and this one is not saved).",
+    ),
+]
+NameOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--name", help="Report folder name under reports/ \\[default: <model>-<protocol>].", show_default=False
+    ),
+]
+BatchSizeDeprecatedOpt = Annotated[
+    int | None, typer.Option("--batch-size", hidden=True, help="Deprecated: --embed-batch.", show_default=False)
+]
+LandmarksOpt = Annotated[
+    LandmarkMode | None,
+    typer.Option(
+        "--landmarks",
+        case_sensitive=False,
+        help="Align the val split's faces again from their source photos: detect (accuracy as deployed), annotation or auto; other photos: where their points come from \\[default: the aligned crops as they are].",
+        show_default=False,
+    ),
+]
+ConditionsOpt = Annotated[
+    bool,
+    typer.Option(
+        "--conditions/--no-conditions", help="Show the per-condition (light, expression, camera, accessory) table."
+    ),
+]
+
+
 @command("evaluate")
 def evaluate_cmd(
     model: ModelOpt = None,
     network: NetworkOpt = None,
-    pairs: Annotated[
-        Path | None,
-        typer.Option(
-            "--pairs", help="Pairs CSV (path1,path2,same[,codes]) \\[default: split/val_pairs.csv].", show_default=False
-        ),
-    ] = None,
-    lfw_pairs: Annotated[
-        Path | None, typer.Option("--lfw-pairs", help="LFW-style pairs.txt (needs --root).", show_default=False)
-    ] = None,
-    root: Annotated[
-        Path | None,
-        typer.Option("--root", help="Image folder for --lfw-pairs: <root>/<name>/<name>_0001.jpg.", show_default=False),
-    ] = None,
-    bin_file: Annotated[
-        Path | None,
-        typer.Option(
-            "--bin", help="insightface verification .bin (lfw.bin, cfp_fp.bin, agedb_30.bin).", show_default=False
-        ),
-    ] = None,
-    gallery_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--gallery-dir", help="Identification gallery: one sub-folder of images per identity.", show_default=False
-        ),
-    ] = None,
-    probe_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--probe-dir",
-            help="Identification probes, one sub-folder per identity; identities absent from the gallery are the open-set unknowns.",
-            show_default=False,
-        ),
-    ] = None,
-    flip: Annotated[
-        bool,
-        typer.Option(
-            "--flip/--no-flip",
-            help="Flip-sum embeddings for the metrics, as in insightface's protocol (2x compute). Thresholds are always calibrated without flip, as `kface identify` embeds.",
-        ),
-    ] = True,
-    target_far: Annotated[
-        float | None,
-        typer.Option(
-            "--target-far",
-            help="Calibrate the 1:1 (verification) threshold: the largest whose false accept rate on these pairs is at most this (e.g. 1e-3).",
-            show_default=False,
-        ),
-    ] = None,
-    target_fpir: Annotated[
-        float | None,
-        typer.Option(
-            "--target-fpir",
-            help="Calibrate the 1:N (identification) threshold: the largest at which at most this share of probes of people not enrolled get a name (e.g. 1e-2). Needs a gallery and probes (val split, or --gallery-dir/--probe-dir).",
-            show_default=False,
-        ),
-    ] = None,
-    save_threshold: Annotated[
-        bool,
-        typer.Option(
-            "--save-threshold",
-            help="Store the calibrated thresholds beside the model for `kface identify` (1:N first, else 1:1); alone: the best-accuracy 1:1 threshold.",
-        ),
-    ] = False,
-    replace_threshold: Annotated[
-        bool,
-        typer.Option(
-            "--replace-threshold",
-            help="Save even over a calibration founded on more pairs or probes (otherwise it is kept and this one is not saved).",
-        ),
-    ] = False,
-    name: Annotated[
-        str | None,
-        typer.Option(
-            "--name", help="Report folder name under reports/ \\[default: <model>-<protocol>].", show_default=False
-        ),
-    ] = None,
+    pairs: PairsOpt = None,
+    lfw_pairs: LfwPairsOpt = None,
+    root: RootOpt = None,
+    bin_file: BinFileOpt = None,
+    gallery_dir: GalleryDirOpt = None,
+    probe_dir: ProbeDirOpt = None,
+    flip: FlipOpt = True,
+    target_far: TargetFarOpt = None,
+    target_fpir: TargetFpirOpt = None,
+    save_threshold: SaveThresholdOpt = False,
+    replace_threshold: ReplaceThresholdOpt = False,
+    name: NameOpt = None,
     embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
-    batch_size_deprecated: Annotated[
-        int | None, typer.Option("--batch-size", hidden=True, help="Deprecated: --embed-batch.", show_default=False)
-    ] = None,
-    landmarks: Annotated[
-        LandmarkMode | None,
-        typer.Option(
-            "--landmarks",
-            case_sensitive=False,
-            help="Align the val split's faces again from their source photos: detect (accuracy as deployed), annotation or auto; other photos: where their points come from \\[default: the aligned crops as they are].",
-            show_default=False,
-        ),
-    ] = None,
-    conditions: Annotated[
-        bool,
-        typer.Option(
-            "--conditions/--no-conditions", help="Show the per-condition (light, expression, camera, accessory) table."
-        ),
-    ] = True,
+    batch_size_deprecated: BatchSizeDeprecatedOpt = None,
+    landmarks: LandmarksOpt = None,
+    conditions: ConditionsOpt = True,
     workdir: WorkdirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:

@@ -31,63 +31,72 @@ from kface_cli.defaults import (
 # ============================================================================================
 
 
+CleanModelOpt = Annotated[
+    str | None,
+    typer.Argument(
+        help="Run trained with --loss subcenter (folder, name or checkpoint.pt) \\[default: the latest run].",
+        show_default=False,
+    ),
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Its training folder (<id>/*.jpg) \\[default: the folder the run was trained on].",
+        show_default=False,
+    ),
+]
+RuleOpt = Annotated[
+    CleanRule,
+    typer.Option(
+        "--rule",
+        case_sensitive=False,
+        help="margin: flag images nearer another identity's dominant sub-center than their own by more than the threshold; angle (the paper's): images farther than the threshold from their own identity's.",
+    ),
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        help=f"The rule's cut in degrees \\[default: margin {CLEAN_MARGIN_DEG:g}, angle {CLEAN_ANGLE_DEG:g} (the paper's)].",
+        show_default=False,
+    ),
+]
+ReportOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--report",
+        help="Folder for clean.csv and contact_sheet.png \\[default: reports/clean-<run>].",
+        show_default=False,
+    ),
+]
+ApplyToOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--apply",
+        help="Also write a cleaned copy of the training folder here (hard links; originals untouched).",
+        show_default=False,
+    ),
+]
+SheetMaxOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--sheet-max",
+        help=f"Flagged faces on the contact sheet (0: none) \\[default: {CLEAN_SHEET_MAX}].",
+        show_default=False,
+    ),
+]
+
+
 @command("clean")
 def clean_cmd(
-    model: Annotated[
-        str | None,
-        typer.Argument(
-            help="Run trained with --loss subcenter (folder, name or checkpoint.pt) \\[default: the latest run].",
-            show_default=False,
-        ),
-    ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            "--data",
-            help="Its training folder (<id>/*.jpg) \\[default: the folder the run was trained on].",
-            show_default=False,
-        ),
-    ] = None,
-    rule: Annotated[
-        CleanRule,
-        typer.Option(
-            "--rule",
-            case_sensitive=False,
-            help="margin: flag images nearer another identity's dominant sub-center than their own by more than the threshold; angle (the paper's): images farther than the threshold from their own identity's.",
-        ),
-    ] = CleanRule.MARGIN,
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--threshold",
-            help=f"The rule's cut in degrees \\[default: margin {CLEAN_MARGIN_DEG:g}, angle {CLEAN_ANGLE_DEG:g} (the paper's)].",
-            show_default=False,
-        ),
-    ] = None,
-    report: Annotated[
-        Path | None,
-        typer.Option(
-            "--report",
-            help="Folder for clean.csv and contact_sheet.png \\[default: reports/clean-<run>].",
-            show_default=False,
-        ),
-    ] = None,
-    apply_to: Annotated[
-        Path | None,
-        typer.Option(
-            "--apply",
-            help="Also write a cleaned copy of the training folder here (hard links; originals untouched).",
-            show_default=False,
-        ),
-    ] = None,
-    sheet_max: Annotated[
-        int | None,
-        typer.Option(
-            "--sheet-max",
-            help=f"Flagged faces on the contact sheet (0: none) \\[default: {CLEAN_SHEET_MAX}].",
-            show_default=False,
-        ),
-    ] = None,
+    model: CleanModelOpt = None,
+    data: DataOpt = None,
+    rule: RuleOpt = CleanRule.MARGIN,
+    threshold: ThresholdOpt = None,
+    report: ReportOpt = None,
+    apply_to: ApplyToOpt = None,
+    sheet_max: SheetMaxOpt = None,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
@@ -106,7 +115,12 @@ def clean_cmd(
     )
     if json_output:
         console.print_json(result.to_json())
-        return
+    else:
+        _show_clean(result)
+
+
+def _show_clean(result) -> None:
+    """The tables and status lines of ``kface clean``."""
     rows = [
         [
             i.identity,

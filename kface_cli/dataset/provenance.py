@@ -135,7 +135,7 @@ def synthetic_warning(metadata: Mapping[str, str], source: str | Path | None) ->
     return (
         "this model was trained only on synthetic sample data: on photos of real people its names and "
         "same/different answers are guesses. Train on real faces or start from pretrained weights "
-        "(README: Using real data)"
+        "(docs/real-data.md)"
     )
 
 

@@ -75,7 +75,7 @@ class VerifyResult:
         return 1.0 - self.distance / 2.0
 
     def to_json(self) -> dict[str, Any]:
-        """What ``kface verify --json`` prints (README: JSON output)."""
+        """What ``kface verify --json`` prints (docs/json.md)."""
         return {
             "image1": self.image1,
             "image2": self.image2,
@@ -140,7 +140,7 @@ class EmbedResult:
     seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        """What ``kface embed --json`` prints (README: JSON output)."""
+        """What ``kface embed --json`` prints (docs/json.md)."""
         return {
             "out": self.out,
             "names_file": self.names_file,

@@ -50,7 +50,7 @@ class DetectResult:
         return sum(len(i.faces) for i in self.images)
 
     def to_json(self) -> dict[str, Any]:
-        """What ``kface detect --json`` prints (README: JSON output)."""
+        """What ``kface detect --json`` prints (docs/json.md)."""
         return {
             "faces": self.faces,
             "seconds": round(self.seconds, 3),

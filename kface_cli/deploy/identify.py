@@ -51,7 +51,7 @@ class FaceMatch:
         return self.candidates if self.name == UNKNOWN else [Candidate(self.name, self.distance), *self.candidates]
 
     def to_json(self) -> dict[str, Any]:
-        """One face (README: JSON output); ``name`` is null when nobody is close enough."""
+        """One face (docs/json.md); ``name`` is null when nobody is close enough."""
         return {
             "box": [round(float(v), 2) for v in self.box],
             "score": None if not np.isfinite(self.score) else round(float(self.score), 4),
@@ -94,7 +94,7 @@ class IdentifyResult:
         return any(f.name != UNKNOWN for i in self.images for f in i.faces)
 
     def to_json(self) -> dict[str, Any]:
-        """What ``kface identify --json`` prints (README: JSON output)."""
+        """What ``kface identify --json`` prints (docs/json.md)."""
         return {
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,

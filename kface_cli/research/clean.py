@@ -15,7 +15,7 @@ Two rules flag an image (``--rule``): ``angle > threshold`` (the paper's, 77 deg
 On the sample data the angle alone cannot tell a mislabelled face from a hard but correctly
 labelled one (the darkest light, the most extreme camera): both sit far from their identity's
 dominant sub-centre. A mislabelled face also sits near its true identity's dominant sub-centre;
-a hard face is near none (README, "The paper's other two results").
+a hard face is near none (docs/research.md).
 
 A class whose dominant sub-centre holds less than half of its images is itself suspect (two
 people under one name, or mostly noise) and is reported as a minority identity.
@@ -35,13 +35,17 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kface_cli.choices import CleanRule
 from kface_cli.defaults import CLEAN_ANGLE_DEG, CLEAN_MARGIN_DEG, CLEAN_SHEET_MAX
 from kface_cli.errors import InputError, KFaceError, ModelMismatchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kface_cli.embedding.loading import RunCheckpoint
+    from kface_cli.train.datasets import FolderDataset
 
 DEFAULT_THRESHOLD_DEG = {CleanRule.MARGIN: CLEAN_MARGIN_DEG, CleanRule.ANGLE: CLEAN_ANGLE_DEG}
 DEFAULT_RULE = CleanRule.MARGIN
@@ -333,9 +337,7 @@ def clean_run(
         apply_to: also write a cleaned copy of the training folder here (hard links).
         sheet_max: flagged faces on the contact sheet (0: no sheet) \\[default: CLEAN_SHEET_MAX].
     """
-    from kface_cli import console
-    from kface_cli.embedding.embedder import embedder_from_module
-    from kface_cli.embedding.loading import build_backbone, load_run_checkpoint
+    from kface_cli.embedding.loading import load_run_checkpoint
     from kface_cli.face.imageio import write_image
     from kface_cli.train.datasets import FolderDataset
     from kface_cli.workspace import Workspace
@@ -351,13 +353,7 @@ def clean_run(
     ckpt = load_run_checkpoint(model, workdir)
     weight = ckpt.head.get("weight")
     C = ckpt.num_classes
-    K = int(weight.shape[0]) // C if hasattr(weight, "dim") and weight.dim() == 2 and C > 0 else 0
-    if K < 2 or K * C != int(weight.shape[0]):
-        loss = ckpt.config.get("loss", "?")
-        raise InputError(
-            f"{ckpt.source} was trained with --loss {loss} ({max(K, 1)} centre per identity): clean needs sub-centres",
-            hint="Train with --loss subcenter (K=3 sub-centres per identity) on the folder to clean, then run kface clean on that run.",
-        )
+    K = _subcenters_of(ckpt)
     folder = _training_folder(data, ckpt.config, workdir)
     dataset = FolderDataset(folder, flip=False, preload=False)
     if dataset.num_classes != C:
@@ -365,17 +361,8 @@ def clean_run(
             f"{folder} has {dataset.num_classes} identities, the run was trained on {C}",
             hint="Pass the run's own training folder with --data.",
         )
-    module, network, size = build_backbone(ckpt.weights)
-    embedder = embedder_from_module(
-        module, network=network, backend="auto", source=ckpt.source, embedding_size=size, cache_onnx=True
-    )
+    embeddings = _embed_training_faces(ckpt, dataset)
     n = len(dataset)
-    embeddings = np.empty((n, size), dtype=np.float32)
-    with console.progress("Embedding training faces", total=n) as bar:
-        for s in range(0, n, EMBED_BATCH):
-            idx = range(s, min(n, s + EMBED_BATCH))
-            embeddings[s : s + len(idx)] = embedder.embed(np.stack([dataset.image(i) for i in idx]))
-            bar.advance(len(idx))
     centres = weight.float().numpy().reshape(C, K, -1)
     a = assign_subcenters(embeddings, dataset.labels, centres)
     flagged_mask = flag_images(a, threshold, rule)
@@ -394,31 +381,8 @@ def clean_run(
         )
         for i in idx_flagged
     ]
-    share = a.dominant_share()
-    identities = []
-    for c, name in enumerate(classes):
-        mine = labels == c
-        identities.append(
-            IdentityReport(
-                name,
-                int(mine.sum()),
-                int(flagged_mask[mine].sum()),
-                int(a.dominant[c]),
-                round(float(share[c]), 3),
-                round(float(np.median(a.angle[mine])), 2),
-                bool(share[c] < MINORITY_SHARE),
-            )
-        )
-    angles = {
-        "median": round(float(np.median(a.angle)), 2),
-        "p5": round(float(np.percentile(a.angle, 5)), 2),
-        "p95": round(float(np.percentile(a.angle, 95)), 2),
-        "max": round(float(a.angle.max()), 2),
-        "histogram": angle_histogram(a.angle),
-        "margin": {
-            k: round(float(np.percentile(a.margin, q)), 2) for k, q in (("median", 50), ("p95", 95), ("max", 100))
-        },
-    }
+    identities = _identity_reports(a, classes, labels, flagged_mask)
+    angles = _angle_summary(a)
 
     ws = Workspace.resolve(workdir)
     out_dir = Path(report) if report is not None else ws.reports / f"clean-{ckpt.source.parent.name}"
@@ -426,20 +390,8 @@ def clean_run(
     write_csv(csv_path, paths, classes, labels, a, flagged_mask)
     sheet_path = None
     if sheet_max and len(idx_flagged):
-        typical = {}  # class -> its image nearest its dominant sub-centre
-        for c in range(C):
-            mine = np.flatnonzero(labels == c)
-            typical[c] = int(mine[np.argmin(a.angle[mine])])
-        entries = []
-        shown = "{:+.0f}\N{DEGREE SIGN}" if rule == CleanRule.MARGIN else "{:.0f}\N{DEGREE SIGN}"
-        for i in idx_flagged[:sheet_max]:
-            own, near = int(labels[i]), int(a.nearest_class[i])
-            entries.append(
-                (dataset.image(i), shown.format(score[i]), dataset.image(typical[own]), classes[own],
-                 dataset.image(typical[near]), classes[near])
-            )  # fmt: skip
         sheet_path = out_dir / SHEET_NAME
-        write_image(sheet_path, contact_sheet(entries))
+        write_image(sheet_path, _sheet(a, dataset, idx_flagged[:sheet_max], score, rule))
     applied = None
     if apply_to is not None:
         applied = write_cleaned_copy(paths, [classes[c] for c in labels], ~flagged_mask, Path(apply_to), folder)
@@ -458,3 +410,92 @@ def clean_run(
         applied=applied,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _subcenters_of(ckpt: RunCheckpoint) -> int:
+    """K, the sub-centres per identity of a run's margin head; a run without them is refused."""
+    weight = ckpt.head.get("weight")
+    C = ckpt.num_classes
+    K = int(weight.shape[0]) // C if hasattr(weight, "dim") and weight.dim() == 2 and C > 0 else 0
+    if K < 2 or K * C != int(weight.shape[0]):
+        loss = ckpt.config.get("loss", "?")
+        raise InputError(
+            f"{ckpt.source} was trained with --loss {loss} ({max(K, 1)} centre per identity): clean needs sub-centres",
+            hint="Train with --loss subcenter (K=3 sub-centres per identity) on the folder to clean, then run kface clean on that run.",
+        )
+    return K
+
+
+def _embed_training_faces(ckpt: RunCheckpoint, dataset: FolderDataset) -> np.ndarray:
+    """(N, D) embeddings of every image of ``dataset`` by the run's backbone, with a progress bar."""
+    from kface_cli import console
+    from kface_cli.embedding.embedder import embedder_from_module
+    from kface_cli.embedding.loading import build_backbone
+
+    module, network, size = build_backbone(ckpt.weights)
+    embedder = embedder_from_module(
+        module, network=network, backend="auto", source=ckpt.source, embedding_size=size, cache_onnx=True
+    )
+    n = len(dataset)
+    embeddings = np.empty((n, size), dtype=np.float32)
+    with console.progress("Embedding training faces", total=n) as bar:
+        for s in range(0, n, EMBED_BATCH):
+            idx = range(s, min(n, s + EMBED_BATCH))
+            embeddings[s : s + len(idx)] = embedder.embed(np.stack([dataset.image(i) for i in idx]))
+            bar.advance(len(idx))
+    return embeddings
+
+
+def _identity_reports(
+    a: SubcenterAssignment, classes: list[str], labels: np.ndarray, flagged_mask: np.ndarray
+) -> list[IdentityReport]:
+    share = a.dominant_share()
+    identities = []
+    for c, name in enumerate(classes):
+        mine = labels == c
+        identities.append(
+            IdentityReport(
+                name,
+                int(mine.sum()),
+                int(flagged_mask[mine].sum()),
+                int(a.dominant[c]),
+                round(float(share[c]), 3),
+                round(float(np.median(a.angle[mine])), 2),
+                bool(share[c] < MINORITY_SHARE),
+            )
+        )
+    return identities
+
+
+def _angle_summary(a: SubcenterAssignment) -> dict:
+    """Median, percentiles, maximum and histogram of the angles; the margin's median, p95, maximum."""
+    return {
+        "median": round(float(np.median(a.angle)), 2),
+        "p5": round(float(np.percentile(a.angle, 5)), 2),
+        "p95": round(float(np.percentile(a.angle, 95)), 2),
+        "max": round(float(a.angle.max()), 2),
+        "histogram": angle_histogram(a.angle),
+        "margin": {
+            k: round(float(np.percentile(a.margin, q)), 2) for k, q in (("median", 50), ("p95", 95), ("max", 100))
+        },
+    }
+
+
+def _sheet(
+    a: SubcenterAssignment, dataset: FolderDataset, shown_idx: np.ndarray, score: np.ndarray, rule: CleanRule
+) -> np.ndarray:
+    """The contact sheet: each flagged face beside a typical face of its own and of the nearest identity."""
+    classes, labels = dataset.classes, dataset.labels
+    typical = {}  # class -> its image nearest its dominant sub-centre
+    for c in range(len(classes)):
+        mine = np.flatnonzero(labels == c)
+        typical[c] = int(mine[np.argmin(a.angle[mine])])
+    entries = []
+    shown = "{:+.0f}\N{DEGREE SIGN}" if rule == CleanRule.MARGIN else "{:.0f}\N{DEGREE SIGN}"
+    for i in shown_idx:
+        own, near = int(labels[i]), int(a.nearest_class[i])
+        entries.append(
+            (dataset.image(i), shown.format(score[i]), dataset.image(typical[own]), classes[own],
+             dataset.image(typical[near]), classes[near])
+        )  # fmt: skip
+    return contact_sheet(entries)

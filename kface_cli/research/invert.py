@@ -15,7 +15,7 @@ statistics, adversarial noise does not)::
 ``x`` is the network input itself ((x - 127.5) / 127.5, RGB), kept in [-1, 1], optimised with
 Adam and a cosine-decaying learning rate. Without the BN prior (``bn_prior=False``) the same
 optimisation finds an image the model maps to the target but that other models do not: the
-measurement in the README embeds the results with an independently trained second model.
+measurement in docs/research.md embeds the results with an independently trained second model.
 
 What this means for deployments: a leaked gallery of templates leaks faces. Galleries are
 written 0600 and are biometric data.
@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 DEFAULT_STEPS = 300
 DEFAULT_LR = 0.05
-BN_WEIGHT = 0.01  # measured: 0.05 halves the rank-1 transfer of small models (README)
+BN_WEIGHT = 0.01  # measured: 0.05 halves the rank-1 transfer of small models (docs/research.md)
 TV_WEIGHT = 2.0
 JITTER_PX = 4
 INIT_STD = 0.05  # the starting image: N(0, INIT_STD) around mid-grey, in network-input units

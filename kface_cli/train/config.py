@@ -127,7 +127,7 @@ class TrainConfig:
     # augmentation (kface_cli.train.augment) ----------------------------------------------
     augment: str = _opt(
         "",
-        "Training augmentations, e.g. jitter or jitter=0.05,colour=0.2 (landmark jitter, scale, shift, colour, blur, grey; see README) [default: none].",
+        "Training augmentations, e.g. jitter or jitter=0.05,colour=0.2 (landmark jitter, scale, shift, colour, blur, grey; see docs/train.md) [default: none].",
     )
 
     # ------------------------------------------------------------------------------------

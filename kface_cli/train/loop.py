@@ -24,7 +24,7 @@ DistributedDataParallel, the head's class centres are sharded across ranks (Part
 rank reads its own slice of every global batch, and rank 0 validates and writes the files.
 DDP keeps ``broadcast_buffers=True`` and full-precision gradients (insightface: False and fp16
 compression): every rank then holds the same BatchNorm statistics and the run equals one process
-(tests/test_distributed.py); see the README's training notes.
+(tests/test_distributed.py); see docs/train.md.
 """
 
 from __future__ import annotations

@@ -52,9 +52,10 @@ def render_photo(path: Path, identity: str, codes=CODES[0], res: str = "Low", si
     """Write a synthetic K-Face photo of ``identity`` (an 8-digit K-Face ID) and its .txt sidecar."""
     from kface_cli.dataset.annotation import format_annotation
     from kface_cli.face.imageio import write_image
-    from kface_cli.synth import generator as synth
+    from kface_cli.synth.generator import render_face
+    from kface_cli.synth.identity import make_identity
 
-    face = synth.render_face(synth.make_identity(identity), *codes, res)
+    face = render_face(make_identity(identity), *codes, res)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_image(path, face.image)
     if sidecar:

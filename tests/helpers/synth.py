@@ -22,7 +22,8 @@ SMALL_COMBOS = (
 @functools.cache
 def _cached_source(n_ids: int, res: str) -> Path:
     from kface_cli.atomic import write_bytes
-    from kface_cli.synth.generator import identity_ids, identity_zip_bytes, make_identity
+    from kface_cli.synth.identity import identity_ids, make_identity
+    from kface_cli.synth.sample_data import identity_zip_bytes
 
     root = Path(tempfile.mkdtemp(prefix="kface-synth-"))
     for ident in identity_ids(n_ids, seed=3):
