@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from kface_cli.embedding.calibration import IDENTIFICATION, VERIFICATION, identify_threshold, load_threshold
 from kface_cli.errors import InputError, KFaceError
-from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate_embedder, val_identification_split
+from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate_embedder
+from kface_cli.evaluate.identification import val_identification_split
 from kface_cli.formats.binset import write_bin
 from kface_cli.formats.pairs import read_pairs_csv, write_pairs_csv
 

@@ -33,7 +33,7 @@ import numpy as np
 from kface_cli.choices import LandmarkMode, PerIdentity
 from kface_cli.defaults import EMBED_BATCH_SIZE, ENROLL_BATCH_SIZE
 from kface_cli.deploy.model import describe_model, resolve_embedder
-from kface_cli.embedding.embedder import EmbedderOrLoader
+from kface_cli.embedding.embedder import Embedder, EmbedderOrLoader
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
 
@@ -187,7 +187,7 @@ def enroll_folder(
         update_index: rebuild the search index at the end, so the first identify is fast.
         workers: threads reading, detecting and aligning photos (None: one per core).
     """
-    from kface_cli.console import progress, warn
+    from kface_cli.console import progress
     from kface_cli.parallel import map_ordered
 
     mode = PerIdentity.parse(per_identity, "--per-identity")
@@ -210,96 +210,21 @@ def enroll_folder(
         from kface_cli.face.detector import get_detector
 
         detector = get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)
-
-    counts: dict[str, dict[str, int]] = {}
-    problems: list[PhotoOutcome] = []
-    pending: list[_Pending] = []
-    added_templates = 0
-    mean_groups: dict[str, list[tuple[np.ndarray, str]]] = {}  # name -> [(embedding, digest)]
-
-    def count(name: str, key: str, n: int = 1) -> None:
-        c = counts.setdefault(name, {"photos": 0, "added": 0, "duplicates": 0, "skipped": 0})
-        c[key] += n
-
-    remaining = Counter(p.name for p in photos)  # photos not yet processed, per identity
-
-    def commit_means() -> None:
-        """Mean mode: one template per identity whose photos are all embedded."""
-        nonlocal added_templates
-        done = [name for name in mean_groups if remaining[name] == 0]
-        if not done:
-            return
-        templates = []
-        for name in done:
-            items = mean_groups.pop(name)
-            mean = np.mean([e for e, _ in items], axis=0)  # (D,)
-            mean = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
-            digest = hashlib.sha256("\n".join(sorted(d for _, d in items)).encode()).hexdigest()
-            own = [p.path for p in photos if p.name == name]
-            source = str(own[0]) if len(own) == 1 else str(own[0].parent)
-            templates.append(Template(name, mean, source, digest))
-        result = gallery.append(templates, model)
-        added_templates += result.added
-        for t in templates:
-            if t.source in result.duplicates:  # the same photos were enrolled before: a no-op
-                c = counts[t.name]
-                c["duplicates"] += c["added"]
-                c["added"] = 0
-
-    def commit() -> None:
-        nonlocal added_templates
-        if not pending:
-            commit_means()
-            return
-        faces = np.stack([p.face for p in pending])  # (B, 112, 112, 3)
-        emb = embedder.embed(faces, batch_size=max(1, min(batch_size, EMBED_BATCH_SIZE)))  # (B, D) unit
-        if mode is PerIdentity.MEAN:
-            for p, e in zip(pending, emb):
-                mean_groups.setdefault(p.photo.name, []).append((e, p.digest))
-                count(p.photo.name, "added")
-        else:
-            templates = [
-                Template(p.photo.name, e, str(p.photo.path), p.digest, p.box, p.score) for p, e in zip(pending, emb)
-            ]
-            result = gallery.append(templates, model)
-            added_templates += result.added
-            dup = set(result.duplicates)
-            for p in pending:
-                count(p.photo.name, "duplicates" if str(p.photo.path) in dup else "added")
-        pending.clear()
-        if mode is PerIdentity.MEAN:
-            commit_means()
-
+    run = _Enrollment(gallery, model, embedder, mode, photos, min(batch_size, EMBED_BATCH_SIZE))
     with progress("Enrolling", total=len(photos)) as bar:
         for photo, (outcome, ready) in map_ordered(
             lambda p: (p, _prepare(p, aligned, detector, known)), photos, workers
         ):
-            count(photo.name, "photos")
             if ready is not None and ready.digest in known:  # the same photo earlier in this run
                 outcome, ready = PhotoOutcome(photo.name, photo.path, Status.DUPLICATE), None
             if ready is not None:
                 known.add(ready.digest)
-                pending.append(ready)
-            remaining[photo.name] -= 1
-            if outcome is not None:
-                if outcome.status is Status.DUPLICATE:
-                    count(photo.name, "duplicates")
-                elif outcome.status is Status.ADDED:  # added with a note (several faces)
-                    problems.append(outcome)
-                    warn(f"{photo.path}: {outcome.note}")
-                else:
-                    count(photo.name, "skipped")
-                    problems.append(outcome)
-                    what = (
-                        outcome.note
-                        if str(photo.path) in outcome.note
-                        else f"{photo.path}: {outcome.status.value}" + (f" ({outcome.note})" if outcome.note else "")
-                    )
-                    warn(f"{what}: skipped")
-            if len(pending) >= batch_size:
-                commit()
+            run.take(photo, outcome, ready)
+            if len(run.pending) >= batch_size:
+                run.commit()
             bar.advance()
-        commit()
+        run.commit()
+    counts, problems, added_templates = run.counts, run.problems, run.added_templates
 
     in_gallery = gallery.identities() if gallery.exists() else {}
     summaries = [
@@ -321,6 +246,106 @@ def enroll_folder(
         removed_templates=removed,
         seconds=time.perf_counter() - started,
     )
+
+
+class _Enrollment:
+    """What one ``enroll_folder`` run has seen so far: counts per identity, problems, the faces
+    waiting to be embedded and committed, and (mean mode) the embeddings per identity."""
+
+    def __init__(
+        self,
+        gallery: Gallery,
+        model: ModelInfo,
+        embedder: Embedder,
+        mode: PerIdentity,
+        photos: list[Photo],
+        embed_batch: int,
+    ):
+        self.gallery, self.model, self.embedder, self.mode, self.photos = gallery, model, embedder, mode, photos
+        self.embed_batch = max(1, embed_batch)
+        self.counts: dict[str, dict[str, int]] = {}
+        self.problems: list[PhotoOutcome] = []
+        self.pending: list[_Pending] = []
+        self.added_templates = 0
+        self.mean_groups: dict[str, list[tuple[np.ndarray, str]]] = {}  # name -> [(embedding, digest)]
+        self.remaining = Counter(p.name for p in photos)  # photos not yet processed, per identity
+
+    def count(self, name: str, key: str, n: int = 1) -> None:
+        c = self.counts.setdefault(name, {"photos": 0, "added": 0, "duplicates": 0, "skipped": 0})
+        c[key] += n
+
+    def take(self, photo: Photo, outcome: PhotoOutcome | None, ready: _Pending | None) -> None:
+        """Count one prepared photo; its face (``ready``) waits for the next commit."""
+        from kface_cli.console import warn
+
+        self.count(photo.name, "photos")
+        if ready is not None:
+            self.pending.append(ready)
+        self.remaining[photo.name] -= 1
+        if outcome is None:
+            return
+        if outcome.status is Status.DUPLICATE:
+            self.count(photo.name, "duplicates")
+        elif outcome.status is Status.ADDED:  # added with a note (several faces)
+            self.problems.append(outcome)
+            warn(f"{photo.path}: {outcome.note}")
+        else:
+            self.count(photo.name, "skipped")
+            self.problems.append(outcome)
+            what = (
+                outcome.note
+                if str(photo.path) in outcome.note
+                else f"{photo.path}: {outcome.status.value}" + (f" ({outcome.note})" if outcome.note else "")
+            )
+            warn(f"{what}: skipped")
+
+    def commit(self) -> None:
+        """Embed the pending faces and append them to the gallery (mean mode: collect them, and
+        commit the identities whose photos are all embedded)."""
+        if not self.pending:
+            self.commit_means()
+            return
+        faces = np.stack([p.face for p in self.pending])  # (B, 112, 112, 3)
+        emb = self.embedder.embed(faces, batch_size=self.embed_batch)  # (B, D) unit
+        if self.mode is PerIdentity.MEAN:
+            for p, e in zip(self.pending, emb):
+                self.mean_groups.setdefault(p.photo.name, []).append((e, p.digest))
+                self.count(p.photo.name, "added")
+        else:
+            templates = [
+                Template(p.photo.name, e, str(p.photo.path), p.digest, p.box, p.score)
+                for p, e in zip(self.pending, emb)
+            ]
+            result = self.gallery.append(templates, self.model)
+            self.added_templates += result.added
+            dup = set(result.duplicates)
+            for p in self.pending:
+                self.count(p.photo.name, "duplicates" if str(p.photo.path) in dup else "added")
+        self.pending.clear()
+        if self.mode is PerIdentity.MEAN:
+            self.commit_means()
+
+    def commit_means(self) -> None:
+        """Mean mode: one template per identity whose photos are all embedded."""
+        done = [name for name in self.mean_groups if self.remaining[name] == 0]
+        if not done:
+            return
+        templates = []
+        for name in done:
+            items = self.mean_groups.pop(name)
+            mean = np.mean([e for e, _ in items], axis=0)  # (D,)
+            mean = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+            digest = hashlib.sha256("\n".join(sorted(d for _, d in items)).encode()).hexdigest()
+            own = [p.path for p in self.photos if p.name == name]
+            source = str(own[0]) if len(own) == 1 else str(own[0].parent)
+            templates.append(Template(name, mean, source, digest))
+        result = self.gallery.append(templates, self.model)
+        self.added_templates += result.added
+        for t in templates:
+            if t.source in result.duplicates:  # the same photos were enrolled before: a no-op
+                c = self.counts[t.name]
+                c["duplicates"] += c["added"]
+                c["added"] = 0
 
 
 def _prepare(photo: Photo, aligned: bool, detector, known: set[str]) -> tuple[PhotoOutcome | None, _Pending | None]:

@@ -28,9 +28,9 @@ from kface_cli.defaults import DEFAULT_TOP_K, EMBED_BATCH_SIZE
 from kface_cli.deploy import sources
 from kface_cli.deploy.model import describe_model, resolve_embedder, resolve_threshold
 from kface_cli.deploy.sources import Frame, expand_inputs
-from kface_cli.embedding.embedder import EmbedderOrLoader
+from kface_cli.embedding.embedder import Embedder, EmbedderOrLoader
 from kface_cli.errors import InputError, KFaceError
-from kface_cli.gallery.index import Candidate, IndexKind, load_index, search_identities
+from kface_cli.gallery.index import Candidate, IndexKind, LoadedIndex, load_index, search_identities
 from kface_cli.gallery.store import Gallery, ModelInfo
 
 UNKNOWN = "unknown"
@@ -153,47 +153,13 @@ def identify(
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.parallel import map_ordered
 
-    if top_k < 1:
-        raise InputError(f"--top-k must be at least 1, got {top_k}")
-    if every < 1:
-        raise InputError(f"--every must be at least 1, got {every}")
-    capture = None
-    if camera is None:
-        files = expand_inputs(paths)  # before the slow model load: typos fail fast
-    else:
-        capture = sources.open_capture(camera)
-    gallery = Gallery(gallery_path)
-    gallery.model()  # missing / corrupt gallery: fail before loading the model
-    embedder = resolve_embedder(embedder)
-    gallery.check_model(ModelInfo.of(embedder))
-    loaded = load_index(gallery, index_kind)
-    if not loaded.names:
-        raise InputError(f"gallery {gallery.path} is empty", hint="Enroll people first with `kface enroll DIR`.")
+    _at_least_one(top_k=top_k, every=every)
+    frames, total = _frames(paths, camera, every, max_frames)  # before the slow model load: typos fail fast
+    gallery, embedder, loaded = _open_gallery(gallery_path, embedder, index_kind)
     per_identity = max(Counter(loaded.names).values())
-    thr, thr_source, thr_detail = resolve_threshold(threshold, embedder)
-    if thr_source == "calibrated_verification":
-        info(
-            "using the model's 1:1 threshold: for identification against a gallery, calibrate a 1:N one with "
-            "`kface evaluate --target-fpir 1e-2 --save-threshold`"
-        )
-    if detector is None:  # mediapipe loads only if a photo needs it
-        from kface_cli.face.detector import get_detector
-
-        detector = get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)
-    out_dir = Path(annotate) if annotate is not None else None
-    if out_dir is not None:
-        if out_dir.exists() and not out_dir.is_dir():
-            raise InputError(f"--annotate needs a folder, got a file: {out_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
-
-    if camera is not None:
-        frames: Iterable[Frame] = sources.video_frames(
-            camera, every, label=f"camera{camera}", max_frames=max_frames, cap=capture
-        )
-        total = max_frames
-    else:
-        frames = sources.photo_frames(files, every, max_frames)
-        total = len(files) if not any(sources.is_video(f) for f in files) else None
+    thr, thr_source, thr_detail = _identify_threshold(threshold, embedder)
+    detector = _detector(landmarks, min_face) if detector is None else detector
+    out_dir = _annotate_dir(annotate)
 
     started = time.perf_counter()  # after the model and index are loaded: the time per photo
     result = IdentifyResult(
@@ -218,14 +184,8 @@ def identify(
         k = 0
         for frame, found in batch:
             res = ImageResult(frame.label, error=frame.error)
-            for box, score, _ in found:
-                cands = ranked[k]
-                k += 1
-                best = cands[0] if cands else None
-                if best is not None and best.distance < thr:
-                    res.faces.append(FaceMatch(box, score, best.name, best.distance, cands[1:]))
-                else:
-                    res.faces.append(FaceMatch(box, score, UNKNOWN, best.distance if best else float("inf"), cands))
+            res.faces = [_match(box, score, ranked[k + j], thr) for j, (box, score, _) in enumerate(found)]
+            k += len(found)
             result.images.append(res)
             if camera is not None:  # live: a line per frame as it comes
                 info(f"{res.image}: " + (", ".join(f"{f.name} {f.distance:.2f}" for f in res.faces) or "no face"))
@@ -250,6 +210,78 @@ def identify(
         flush()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _frames(
+    paths: Sequence[str | Path], camera: int | None, every: int, max_frames: int | None
+) -> tuple[Iterable[Frame], int | None]:
+    """The frames to identify faces in, and how many there are (None: not known in advance).
+    The inputs are checked (the files listed, the camera opened) now; frames are read later."""
+    if camera is not None:
+        capture = sources.open_capture(camera)
+        return sources.video_frames(camera, every, f"camera{camera}", max_frames, cap=capture), max_frames
+    files = expand_inputs(paths)
+    return sources.photo_frames(files, every, max_frames), sources.photo_count(files)
+
+
+def _detector(landmarks: LandmarkMode | str, min_face: int | None):
+    """The face detector for ``landmarks`` (mediapipe loads only when a photo needs it)."""
+    from kface_cli.face.detector import get_detector
+
+    return get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)
+
+
+def _open_gallery(
+    gallery_path: str | Path, embedder: EmbedderOrLoader, index_kind: IndexKind | str
+) -> tuple[Gallery, Embedder, LoadedIndex]:
+    """The gallery, checked before the model is loaded, the model (checked against the gallery's)
+    and the search index; an empty gallery is an error."""
+    gallery = Gallery(gallery_path)
+    gallery.model()  # missing / corrupt gallery: fail before loading the model
+    embedder = resolve_embedder(embedder)
+    gallery.check_model(ModelInfo.of(embedder))
+    loaded = load_index(gallery, index_kind)
+    if not loaded.names:
+        raise InputError(f"gallery {gallery.path} is empty", hint="Enroll people first with `kface enroll DIR`.")
+    return gallery, embedder, loaded
+
+
+def _at_least_one(**counts: int) -> None:
+    for name, value in counts.items():
+        if value < 1:
+            raise InputError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def _identify_threshold(threshold: float | None, embedder: Embedder) -> tuple[float, str, str]:
+    """:func:`~kface_cli.deploy.model.resolve_threshold`, with a hint when only a 1:1 threshold was calibrated."""
+    from kface_cli.console import info
+
+    thr, thr_source, thr_detail = resolve_threshold(threshold, embedder)
+    if thr_source == "calibrated_verification":
+        info(
+            "using the model's 1:1 threshold: for identification against a gallery, calibrate a 1:N one with "
+            "`kface evaluate --target-fpir 1e-2 --save-threshold`"
+        )
+    return thr, thr_source, thr_detail
+
+
+def _annotate_dir(annotate: str | Path | None) -> Path | None:
+    """The ``--annotate`` folder, created (None when not asked for)."""
+    if annotate is None:
+        return None
+    out_dir = Path(annotate)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--annotate needs a folder, got a file: {out_dir}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _match(box: tuple[float, float, float, float], score: float, cands: list[Candidate], thr: float) -> FaceMatch:
+    """The face named after its best candidate when that is nearer than ``thr``, else unknown."""
+    best = cands[0] if cands else None
+    if best is not None and best.distance < thr:
+        return FaceMatch(box, score, best.name, best.distance, cands[1:])
+    return FaceMatch(box, score, UNKNOWN, best.distance if best else float("inf"), cands)
 
 
 def _find_faces(

@@ -68,6 +68,11 @@ def annotate_name(path: Path, used: set[str]) -> str:
     return name
 
 
+def photo_count(files: Sequence[Path]) -> int | None:
+    """How many frames :func:`photo_frames` yields for ``files``: one per photo (None when a video is among them)."""
+    return None if any(is_video(f) for f in files) else len(files)
+
+
 def photo_frames(files: Sequence[Path], every: int, max_frames: int | None = None) -> Iterator[Frame]:
     """Video frames, and photos not yet read (:func:`kface_cli.deploy.identify._find_faces` reads them, on a worker thread)."""
     used: set[str] = set()

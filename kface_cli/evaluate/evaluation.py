@@ -34,13 +34,7 @@ from kface_cli.embedding import metrics as M
 from kface_cli.embedding.embedder import Embedder
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.evaluate import conditions as C
-
-#: The canonical K-Face image enrolled per identity in the val-split identification protocol.
-CANONICAL_CODES = {"acc": "S001", "light": "L1", "expr": "E01", "cam": "C7"}
-#: Fraction of val identities kept out of the gallery as open-set unknowns.
-UNKNOWN_FRACTION = 0.2
-#: Fewest val identities for which some are held out as unknowns.
-MIN_IDENTITIES_FOR_UNKNOWNS = 5
+from kface_cli.evaluate import identification as I
 
 
 class Protocol(str, Enum):
@@ -235,94 +229,6 @@ def _verify(
 # ------------------------------------------------------------------------------------------
 
 
-def _canonical_rank(path: Path) -> tuple:
-    codes = C.codes_of(path)
-    return tuple(codes.get(k) != v for k, v in CANONICAL_CODES.items()) + (path.name,)
-
-
-def val_identification_split(val_dir: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
-    """(gallery, probes) from ``split/val/<id>/``: see the module docstring for the rule."""
-    from kface_cli.embedding.photos import list_identity_folder
-
-    items = list_identity_folder(val_dir)
-    by_id: dict[str, list[Path]] = {}
-    for ident, path in items:
-        by_id.setdefault(ident, []).append(path)
-    ids = sorted(by_id)
-    n_unknown = max(1, int(round(len(ids) * UNKNOWN_FRACTION))) if len(ids) >= MIN_IDENTITIES_FOR_UNKNOWNS else 0
-    unknown = set(ids[len(ids) - n_unknown :])
-    gallery, probes = [], []
-    for ident in ids:
-        paths = by_id[ident]
-        if ident in unknown:
-            probes += [(ident, p) for p in paths]
-            continue
-        enrolled = min(paths, key=_canonical_rank)
-        gallery.append((ident, enrolled))
-        probes += [(ident, p) for p in paths if p != enrolled]
-    return gallery, probes
-
-
-def _embed_identification(
-    embedder: Embedder,
-    gallery: list[tuple[str, Path]],
-    probes: list[tuple[str, Path]],
-    options: EvaluateOptions,
-    cache: dict,
-    loader: Any,
-) -> dict:
-    """Gallery and probe embeddings (faces found), with their labels and the probes' paths."""
-    from kface_cli.embedding.photos import embed_paths
-
-    g_emb, g_ok = embed_paths(
-        embedder,
-        [p for _, p in gallery],
-        loader=loader,
-        cache=cache,
-        batch_size=options.batch_size,
-        description="Gallery faces",
-    )
-    p_emb, p_ok = embed_paths(
-        embedder,
-        [p for _, p in probes],
-        loader=loader,
-        cache=cache,
-        batch_size=options.batch_size,
-        description="Probe faces",
-    )
-    if not g_ok.any():
-        raise InputError("no face found in any gallery image")
-    return {
-        "probe_emb": p_emb[p_ok],
-        "probe_labels": [lab for (lab, _), k in zip(probes, p_ok) if k],
-        "probe_paths": [p for (_, p), k in zip(probes, p_ok) if k],
-        "gallery_emb": g_emb[g_ok],
-        "gallery_labels": [lab for (lab, _), k in zip(gallery, g_ok) if k],
-    }
-
-
-def _identification_metrics(embedded: dict, fpirs: tuple[float, ...]) -> dict:
-    return M.identification_metrics(
-        embedded["probe_emb"],
-        embedded["probe_labels"],
-        embedded["gallery_emb"],
-        embedded["gallery_labels"],
-        fpirs=fpirs,
-    )
-
-
-def _identify(embedded: dict, options: EvaluateOptions, embed_s: float) -> dict:
-    """The identification metrics of embedded gallery and probes, with the per-condition breakdown."""
-    t1 = time.perf_counter()
-    ident = _identification_metrics(embedded, options.fpirs)
-    ident["per_condition_identification"] = C.identification_breakdown(
-        [C.codes_of(p) for p in embedded["probe_paths"]], ident["probe_ranks"]
-    )
-    ident["n_gallery_images"] = len(embedded["gallery_labels"])
-    ident["timing"] = {"embed_s": embed_s, "metrics_s": time.perf_counter() - t1}
-    return ident
-
-
 def _identification_sets(
     options: EvaluateOptions, protocol: Protocol | None, ws: Any
 ) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]] | None:
@@ -332,7 +238,7 @@ def _identification_sets(
     if options.gallery_dir is not None:
         return list_identity_folder(options.gallery_dir), list_identity_folder(options.probe_dir)  # type: ignore[arg-type]
     if protocol is Protocol.VAL and ws.val_dir.is_dir():
-        return val_identification_split(ws.val_dir)
+        return I.val_identification_split(ws.val_dir)
     return None
 
 
@@ -387,8 +293,8 @@ def evaluate_embedder(embedder: Embedder, options: EvaluateOptions) -> Evaluatio
     id_conditions: dict = {}
     if sets is not None:
         t0 = time.perf_counter()
-        embedded = _embed_identification(embedder, *sets, options, cache, loader)
-        ident = _identify(embedded, options, embed_s=time.perf_counter() - t0)
+        embedded = I.embed_identification(embedder, *sets, options, cache, loader)
+        ident = I.identify_metrics(embedded, options, embed_s=time.perf_counter() - t0)
         id_conditions = ident.pop("per_condition_identification")
         summary["timing_identification"] = ident.pop("timing")
         probe_ranks = ident.pop("probe_ranks")
@@ -526,7 +432,7 @@ def _calibrate(
     if options.target_far is not None or (options.save_threshold and options.target_fpir is None):
         out[K.VERIFICATION] = _verification_threshold(dist, issame, options, summary)  # type: ignore[arg-type]
     if options.target_fpir is not None:
-        embedded = _embed_identification(twin, *sets, options, cache, loader)
+        embedded = I.embed_identification(twin, *sets, options, cache, loader)
         out[K.IDENTIFICATION] = _identification_threshold(embedded, options.target_fpir, summary)
     for kind, cal in out.items():
         cal["flip"] = twin.flip
@@ -584,7 +490,7 @@ def _verification_threshold(dist: np.ndarray, issame: np.ndarray, options: Evalu
 
 def _identification_threshold(embedded: dict, target_fpir: float, summary: dict) -> dict:
     """The 1:N threshold at which at most ``target_fpir`` of the not-enrolled probes get a name."""
-    ident = _identification_metrics(embedded, (target_fpir,))
+    ident = I.identification_metrics(embedded, (target_fpir,))
     at = ident["dir_at_fpir"][M.far_key(target_fpir)]
     if at["dir"] is None:
         raise KFaceError(

@@ -32,16 +32,7 @@ extreme profiles (C1, C2, C12, C13) are beyond BlazeFace, and callers count thes
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import importlib.util
-import os
-import sys
-import threading
-import types
-import warnings
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,6 +41,7 @@ import numpy as np
 
 from kface_cli.choices import LandmarkMode
 from kface_cli.errors import InputError, KFaceError
+from kface_cli.face import graphs
 
 #: ``DetectedFace.landmarks`` of points read from a K-Face annotation file.
 ANNOTATION = LandmarkMode.ANNOTATION.value
@@ -138,141 +130,6 @@ class DetectedFace:
 
 class Detector(Protocol):
     def detect(self, image_bgr: np.ndarray, path: str | Path | None = None) -> list[DetectedFace]: ...
-
-
-# ------------------------------------------------------------------------------------------
-# mediapipe: created lazily, cached, quiet
-# ------------------------------------------------------------------------------------------
-
-#: A mediapipe graph serves one thread at a time: each thread runs graphs of its own (threads
-#: detect in parallel, see kface_cli/parallel.py). Imports and graph creation take this lock
-#: (creation silences file descriptor 2, which is process-wide).
-_MP_INIT_LOCK = threading.RLock()
-_THREAD_GRAPHS = threading.local()
-_MP_PROTOBUF_WARNING = r"SymbolDatabase\.GetPrototype\(\) is deprecated"
-
-
-@contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """Silence mediapipe/TFLite's C++ log lines (written straight to file descriptor 2)."""
-    try:
-        fd = os.dup(2)
-    except OSError:  # no real stderr (e.g. some notebook kernels)
-        yield
-        return
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(fd, 2)
-    finally:
-        os.close(fd)
-
-
-#: Packages whose ``__init__`` runs only when asked for a name (see :func:`_import_face_solutions`).
-_MP_DEFERRED_INITS = ("mediapipe", "mediapipe.python.solutions")
-
-
-def _import_face_solutions() -> tuple[Any, Any]:
-    """mediapipe's face_detection and face_mesh solutions, without the rest of mediapipe.
-
-    ``import mediapipe.<anything>`` first runs ``mediapipe/__init__.py``, which imports every
-    legacy solution (``drawing_utils``, and with it matplotlib: 1.4 s) and the Tasks API
-    (sounddevice...); the detector needs two solution modules. So ``mediapipe`` and
-    ``mediapipe.python.solutions`` are registered without running their ``__init__`` (their
-    submodules import as usual), and both run it the first time anyone asks either for a name it
-    lacks: code that uses ``mediapipe.solutions`` or ``mediapipe.tasks`` later in the same
-    process still gets the whole package.
-    """
-    deferred: list[tuple[types.ModuleType, Any]] = []
-
-    def finish() -> None:
-        while deferred:  # the solutions package first: mediapipe's __init__ imports it
-            module, spec = deferred.pop()
-            del module.__dict__["__getattr__"]
-            spec.loader.exec_module(module)
-
-    for name in _MP_DEFERRED_INITS:
-        if name in sys.modules:  # already imported (whole or deferred)
-            continue
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.loader is None:
-            raise ImportError(f"No module named {name!r}")
-        module = importlib.util.module_from_spec(spec)
-
-        def module_getattr(attr: str, module: types.ModuleType = module) -> Any:
-            finish()
-            return getattr(module, attr)
-
-        module.__dict__["__getattr__"] = module_getattr
-        sys.modules[name] = module
-        parent, _, child = name.rpartition(".")
-        if parent:
-            setattr(sys.modules[parent], child, module)
-        deferred.append((module, spec))
-    # import_module, not `from ... import`: that asks the package for the names first
-    return tuple(importlib.import_module(f"mediapipe.python.solutions.{m}") for m in ("face_detection", "face_mesh"))
-
-
-@functools.cache
-def _import_mediapipe() -> Any:
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            face_detection, face_mesh = _import_face_solutions()
-    except ImportError as e:  # pragma: no cover - mediapipe is a dependency
-        raise KFaceError(
-            f"mediapipe is not available: {e}", hint="Install it with `pip install 'mediapipe<=0.10.21'`."
-        ) from None
-    try:
-        from absl import logging as absl_logging
-
-        absl_logging.set_verbosity(absl_logging.ERROR)
-    except ImportError:  # pragma: no cover
-        pass
-    return face_detection, face_mesh
-
-
-def _thread_graph(key: tuple[Any, ...], make: Callable[[Any, Any], Any]) -> Any:
-    """This thread's mediapipe graph for ``key``, made by ``make(face_detection, face_mesh)`` once."""
-    graphs = _THREAD_GRAPHS.__dict__.setdefault("graphs", {})
-    if key not in graphs:
-        with _MP_INIT_LOCK:
-            solutions = _import_mediapipe()
-            with _quiet_native_stderr():
-                graph = make(*solutions)
-                graph.process(np.zeros((64, 64, 3), np.uint8))  # first run prints the delegate banner
-        graphs[key] = graph
-    return graphs[key]
-
-
-def _face_detection(min_confidence: float) -> Any:
-    return _thread_graph(
-        ("detection", min_confidence),
-        lambda face_detection, _: face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=min_confidence
-        ),
-    )
-
-
-def _face_mesh() -> Any:
-    return _thread_graph(
-        ("mesh",),
-        lambda _, face_mesh: face_mesh.FaceMesh(
-            static_image_mode=True, max_num_faces=1, refine_landmarks=True, min_detection_confidence=0.3
-        ),
-    )
-
-
-def _process(solution: Any, rgb: np.ndarray) -> Any:
-    # mediapipe's glue calls a protobuf API that newer protobuf deprecates, on every run. A filter,
-    # not catch_warnings(), which is not thread-safe; re-adding the same filter changes nothing.
-    warnings.filterwarnings("ignore", _MP_PROTOBUF_WARNING, UserWarning)
-    return solution.process(np.ascontiguousarray(rgb))
 
 
 # ------------------------------------------------------------------------------------------
@@ -428,7 +285,7 @@ class MediaPipeDetector:
 
     def _candidates(self, rgb: np.ndarray, min_face_work: float) -> list[tuple[Box, float, np.ndarray]]:
         """BlazeFace on the whole image, then on tiles of 1/2, 1/4... of its side."""
-        detector = _face_detection(self.score_threshold)
+        detector = graphs.face_detection(self.score_threshold)
         h, w = rgb.shape[:2]
         side = max(h, w)
         cands: list[tuple[Box, float, np.ndarray]] = []
@@ -454,7 +311,7 @@ class MediaPipeDetector:
         if max(ch, cw) > _DETECTOR_INPUT:  # area-filtered downscale beats the graph's bilinear one
             f = _DETECTOR_INPUT / max(ch, cw)
             crop = cv2.resize(crop, (max(1, round(cw * f)), max(1, round(ch * f))), interpolation=cv2.INTER_AREA)
-        result = _process(detector, crop)
+        result = graphs.process(detector, crop)
         out = []
         for d in result.detections or []:
             score = float(d.score[0])
@@ -491,7 +348,7 @@ class MediaPipeDetector:
         crop = cv2.warpAffine(
             image, m, (_MESH_CROP_SIDE, _MESH_CROP_SIDE), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
         )
-        result = _process(_face_mesh(), cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
+        result = graphs.process(graphs.face_mesh(), cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
         if not result.multi_face_landmarks:
             return None
         lm = result.multi_face_landmarks[0].landmark
