@@ -266,6 +266,7 @@ def _string_keys(tree: ast.AST) -> set[str]:
 
 @cache
 def command_keys(command: str) -> frozenset[str]:
+    assert command in COMMAND_SOURCES, f"tests/test_docs.py: add `kface {command}` to COMMAND_SOURCES"
     keys: set[str] = set()
     for pattern in (*COMMAND_SOURCES[command], *COMMON_SOURCES):
         files = sorted(PACKAGE.glob(pattern))
