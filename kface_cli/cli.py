@@ -911,7 +911,9 @@ def _enroll_embeddings(
         return
     console.info(
         f"{result.added:,} templates added ({result.duplicates:,} already there) for {result.identities:,} identities "
-        f"from {result.file} in {result.seconds:.1f} s; {result.templates:,} templates in {result.gallery}; "
+        f"from {result.file} in {result.seconds:.1f} s"
+        + (f" (+{result.index_seconds:.1f} s building the search index)" if result.index_seconds >= 0.05 else "")
+        + f"; {result.templates:,} templates in {result.gallery}; "
         f"model {result.model['network'] or '?'} {result.model['fingerprint'][:12]}"
     )
 

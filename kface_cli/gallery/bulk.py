@@ -53,7 +53,8 @@ class BulkResult:
     duplicates: int
     identities: int
     templates: int  # in the gallery afterwards
-    seconds: float
+    seconds: float  # reading, checking and committing the rows
+    index_seconds: float = 0.0  # building and saving the search index afterwards
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +68,7 @@ class BulkResult:
             "identities": self.identities,
             "templates_in_gallery": self.templates,
             "seconds": round(self.seconds, 3),
+            "index_seconds": round(self.index_seconds, 3),
         }
 
 
@@ -219,13 +221,24 @@ def enroll_embeddings(
                     f"than gallery {gallery.path} ({ours.network or '?'} {ours.fingerprint[:12]}, {ours.embedding_size}-d)",
                     hint="Embed the photos with the gallery's model, or enrol into a new --gallery.",
                 )
+        emb = f["embeddings"]
+        for a in range(0, n, batch_rows):  # every row checked before anything is committed
+            block = np.asarray(emb[a : a + batch_rows], dtype=np.float32)
+            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+            bad = np.flatnonzero(~np.isfinite(norms) | (norms < 1e-6))
+            if len(bad):
+                row = a + int(bad[0])
+                what = "is not finite (NaN or infinite)" if not np.isfinite(block[bad[0]]).all() else "is zero"
+                raise InputError(
+                    f"{file}: embedding {row} ({entries[row]!r}) {what}; nothing was enrolled",
+                    hint="The model or job that wrote the file is broken; embed the photos again.",
+                )
         sources = entries if mode is not NamesFrom.ENTRY else [f"{file.name}#{i}" for i in range(n)]
         started = time.perf_counter()
         before = gallery.facts().templates if gallery.exists() else 0
         text = sum(len(s.encode("utf-8", "surrogateescape")) for s in names + sources)
         gallery.reserve(before + n, model, text_bytes=text + (gallery._text_used() if before else 0))
         added = duplicates = 0
-        emb = f["embeddings"]
         with progress("Enrolling embeddings", total=n) as bar:
             for a in range(0, n, batch_rows):
                 b = min(n, a + batch_rows)
@@ -237,6 +250,7 @@ def enroll_embeddings(
                 bar.advance(b - a)
     from kface_cli.gallery.index import NUMPY_EXACT_MAX, load_index
 
+    seconds = time.perf_counter() - started
     facts = gallery.facts()
     if update_index and facts.templates > NUMPY_EXACT_MAX:
         load_index(gallery)  # build and save the index identify will load
@@ -250,5 +264,6 @@ def enroll_embeddings(
         duplicates=duplicates,
         identities=len(set(names)),
         templates=facts.templates,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
+        index_seconds=time.perf_counter() - started - seconds,
     )

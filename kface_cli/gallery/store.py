@@ -223,7 +223,10 @@ class _Block:
         return len(self.names)
 
     def lengths(self) -> np.ndarray:
-        return np.array([(len(n), len(s)) for n, s in zip(self.names, self.sources)], dtype=np.uint16).reshape(-1, 2)
+        out = np.empty((len(self.names), 2), dtype=np.uint16)
+        out[:, 0] = np.fromiter(map(len, self.names), dtype=np.int64, count=len(self.names))
+        out[:, 1] = np.fromiter(map(len, self.sources), dtype=np.int64, count=len(self.sources))
+        return out
 
     def text(self) -> bytes:
         return b"".join(n + s for n, s in zip(self.names, self.sources))
@@ -993,10 +996,12 @@ class Gallery:
         stored = _to_stored(vectors, model.embedding_size, self.path)  # checks, normalises: (N, D) float16
         name_bytes = [_encode_name(n) for n in names]
         src_bytes = [_encode_source(s) for s in sources] if sources is not None else [b""] * len(names)
-        hashes = np.frombuffer(
-            b"".join(hashlib.sha256(n + b"\0" + e.tobytes()).digest() for n, e in zip(name_bytes, stored)),
-            dtype=np.uint8,
-        ).reshape(-1, HASH_BYTES)
+        hashes = np.empty((len(names), HASH_BYTES), dtype=np.uint8)
+        for i, (n, e) in enumerate(zip(name_bytes, stored)):
+            h = hashlib.sha256(n)
+            h.update(b"\0")
+            h.update(e)
+            hashes[i] = np.frombuffer(h.digest(), dtype=np.uint8)
         if not len(names):
             return AppendResult(0)
         if reserve:
@@ -1046,20 +1051,12 @@ class Gallery:
                 commit = self._commit_of(f)
                 capacity = int(f["embeddings"].shape[0])
                 text_room = int(f["text"].shape[0])
-                known = (
-                    {bytes(h) for h in f["content_hash"][: commit.count]} if skip_duplicates else set()
-                )  # committed rows only
+                existing = np.asarray(f["content_hash"][: commit.count]) if skip_duplicates else None
             duplicates: list[str] = []
             if skip_duplicates:
-                keep = np.zeros(len(block), dtype=bool)
-                for i, h in enumerate(block.hashes):
-                    key = h.tobytes()
-                    if key in known:
-                        duplicates.append(_text(block.sources[i]))
-                    else:
-                        known.add(key)
-                        keep[i] = True
+                keep = _new_rows(existing, block.hashes)
                 if not keep.all():
+                    duplicates = [_text(block.sources[i]) for i in np.flatnonzero(~keep)]
                     block = block.select(keep)
             if not len(block):
                 return AppendResult(0, duplicates)
@@ -1365,19 +1362,51 @@ def _to_stored(vectors: np.ndarray, embedding_size: int, where: Path) -> np.ndar
         )
     if x.dtype.kind not in "fiu":
         raise InputError(f"embeddings must be numbers, got {x.dtype}", path=where)
-    x = x.astype(np.float32)
-    finite = np.isfinite(x).all(axis=1)
-    norms = np.linalg.norm(np.where(finite[:, None], x, 0), axis=1)
-    bad = np.flatnonzero(~finite | (norms < 1e-6) | ~np.isfinite(norms))
-    if len(bad):
-        what = "not finite (NaN or infinite)" if not finite[bad[0]] else "zero"
-        raise InputError(
-            f"{len(bad):,} of {len(x):,} embeddings are {what} or unusable (first: row {int(bad[0])}); nothing from this batch was stored",
-            hint="The model or the file that produced them is broken; check it with `kface verify` on two photos.",
-            path=where,
-        )
-    stored = (x / norms[:, None]).astype(np.float16)
-    return stored
+    out = np.empty(x.shape, dtype=np.float16)
+    step = 8192  # rows at a time: the float32 temporaries stay in cache-sized pieces
+    for a in range(0, len(x), step):
+        block = np.asarray(x[a : a + step], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))  # NaN or inf anywhere in a row shows here
+        bad = ~np.isfinite(norms) | (norms < 1e-6)
+        if bad.any():
+            rows = np.flatnonzero(bad)
+            for r in rows:  # a row of huge but finite values overflows float32 squares: rescale it
+                v = block[r].astype(np.float64)
+                if np.isfinite(v).all() and np.abs(v).max() > 0:
+                    norms[r] = np.linalg.norm(v)
+                    bad[r] = not (np.isfinite(norms[r]) and norms[r] >= 1e-6)
+            if bad.any():
+                first = int(np.flatnonzero(bad)[0])
+                what = "not finite (NaN or infinite)" if not np.isfinite(block[first]).all() else "zero"
+                raise InputError(
+                    f"{int(bad.sum()):,} embeddings are {what} or unusable (first: row {a + first}); nothing from "
+                    "this call was stored",
+                    hint="The model or the file that produced them is broken; check it with `kface verify` on two photos.",
+                    path=where,
+                )
+        out[a : a + step] = block / norms[:, None]
+    return out
+
+
+def _new_rows(existing: np.ndarray, batch: np.ndarray) -> np.ndarray:
+    """Which rows of ``batch`` (B, 32) hashes are in neither ``existing`` (N, 32) nor earlier in the batch."""
+    keys = np.ascontiguousarray(batch).view(np.uint64)[:, 0]  # the first 8 bytes of random hashes
+    old_keys = np.ascontiguousarray(existing).view(np.uint64)[:, 0] if len(existing) else np.zeros(0, np.uint64)
+    keep = np.ones(len(batch), dtype=bool)
+    maybe_old = np.flatnonzero(np.isin(keys, old_keys))
+    if len(maybe_old):  # confirm on all 32 bytes
+        full = {existing[i].tobytes() for i in np.flatnonzero(np.isin(old_keys, keys[maybe_old]))}
+        for i in maybe_old:
+            keep[i] = batch[i].tobytes() not in full
+    unique, counts = np.unique(keys, return_counts=True)
+    if (counts > 1).any():  # repeats inside the batch: the first one counts
+        seen: set[bytes] = set()
+        for i in np.flatnonzero(np.isin(keys, unique[counts > 1])):
+            b = batch[i].tobytes()
+            if b in seen:
+                keep[i] = False
+            seen.add(b)
+    return keep
 
 
 class _V2:
