@@ -250,10 +250,11 @@ def enroll_embeddings(
                 bar.advance(b - a)
     from kface_cli.gallery.index import NUMPY_EXACT_MAX, load_index
 
-    seconds = time.perf_counter() - started
     facts = gallery.facts()
+    seconds = time.perf_counter() - started
     if update_index and facts.templates > NUMPY_EXACT_MAX:
         load_index(gallery)  # build and save the index identify will load
+    index_seconds = time.perf_counter() - started - seconds
     return BulkResult(
         gallery=gallery.path,
         file=file,
@@ -265,5 +266,5 @@ def enroll_embeddings(
         identities=len(set(names)),
         templates=facts.templates,
         seconds=seconds,
-        index_seconds=time.perf_counter() - started - seconds,
+        index_seconds=index_seconds,
     )

@@ -99,7 +99,7 @@ def facts_rows(facts: dict[str, Any]) -> list[list[str]]:
         if key == "file_bytes":
             key, value = "file size", _size(value)
         elif key == "bytes_per_template":
-            key, value = "size per template", _size(value)
+            key, value = "file size per template", _size(value)
         elif key == "index_file":
             value = (
                 f"{Path(value).name} ({_size(facts['index_bytes'])})"

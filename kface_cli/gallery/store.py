@@ -773,7 +773,13 @@ class Gallery:
         return int(f.attrs["schema_version"])
 
     def model(self) -> ModelInfo:
+        """The model the gallery was made with (its fingerprint checked against the digest)."""
         with self._open() as f:
+            if self._version(f) == SCHEMA_VERSION and self._commit_of(f).meta != _meta_hash(f.attrs):
+                raise InputError(
+                    f"gallery {self.path} failed its integrity check: its model or schema changed since they were written",
+                    hint="Restore it from a backup or re-enroll into a new --gallery; `kface gallery --check` checks the whole file.",
+                )
             return self._model_of(f)
 
     @staticmethod
@@ -1172,7 +1178,9 @@ class Gallery:
             with self._open() as f:
                 self._refuse_old(f)
                 commit = self._commit_of(f)
-            self._rewrite(_round_capacity(commit.count), text_room=commit.text + TEXT_PER_ROW_GUESS * CHUNK_ROWS)
+            spare = _round_capacity(commit.count) - commit.count
+            per_row = commit.text / commit.count if commit.count else TEXT_PER_ROW_GUESS
+            self._rewrite(_round_capacity(commit.count), text_room=commit.text + int(spare * per_row) + 8)
 
     def upgrade(self) -> dict:
         """Convert a schema 1 gallery to schema 2 (float16, compact text, full digest), keeping the original.
@@ -1200,9 +1208,23 @@ class Gallery:
                 n = old.count
                 text = sum(len(b) for blk in old.blocks(None) for b in blk.names + blk.sources)
             backup = self._backup_name()
-            os.link(self.path, backup)
             try:
-                self._rewrite(_round_capacity(n), text_room=text + TEXT_PER_ROW_GUESS * CHUNK_ROWS)
+                os.link(self.path, backup)  # no copy: the rename below leaves the old inode to the backup
+            except OSError:  # a filesystem without hard links: a real copy
+                import shutil
+
+                from kface_cli.atomic import storage_error
+
+                try:
+                    shutil.copy2(self.path, backup)
+                except OSError as e:
+                    backup.unlink(missing_ok=True)
+                    raise (storage_error(e, backup) or e) from None
+            try:
+                spare = _round_capacity(n) - n
+                self._rewrite(
+                    _round_capacity(n), text_room=text + int(spare * (text / n if n else TEXT_PER_ROW_GUESS)) + 8
+                )
             except BaseException:
                 backup.unlink(missing_ok=True)
                 raise
