@@ -16,9 +16,9 @@ import pytest
 from typer.testing import CliRunner
 
 from kface_cli.cli import app
-from kface_cli.embedding.compare import save_embeddings
+from kface_cli.deploy.bulk import enroll_embeddings, identity_names
+from kface_cli.deploy.compare import save_embeddings
 from kface_cli.errors import InputError, ModelMismatchError
-from kface_cli.gallery.bulk import enroll_embeddings, identity_names
 from kface_cli.gallery.store import Gallery, ModelInfo
 
 REPO = Path(__file__).resolve().parents[1]
@@ -156,7 +156,7 @@ _KILLED = textwrap.dedent(
     from pathlib import Path
     import numpy as np
     from kface_cli.gallery import store
-    from kface_cli.gallery.bulk import enroll_embeddings
+    from kface_cli.deploy.bulk import enroll_embeddings
     path, file, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
     seen = [0]
     real = store._fsync_file

@@ -1,7 +1,7 @@
 """Bulk enrolment: embeddings computed elsewhere (``kface embed``, another machine, a batch job) into a gallery.
 
 The input is the HDF5 file ``kface embed --out FILE.h5`` writes
-(:func:`kface_cli.embedding.compare.save_embeddings`)::
+(:func:`kface_cli.deploy.compare.save_embeddings`)::
 
     embeddings (N, D) float   one row per face
     names      (N,)   text    per row: the photo's path (``kface embed``) or an identity name
@@ -184,7 +184,7 @@ def enroll_embeddings(
     must match the file's. The gallery's must match too (:class:`ModelMismatchError`).
     """
     from kface_cli.console import info, progress
-    from kface_cli.gallery.enroll import resolve_embedder
+    from kface_cli.deploy.model import resolve_embedder
 
     file = Path(file)
     if batch_rows < 1:
