@@ -43,13 +43,16 @@ def test_cli_enrolls_an_embed_file_with_names_from_folders(tmp_path):
     r = CliRunner().invoke(app, ["enroll", "--embeddings", str(f), "-g", str(g), "--json"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert (out["templates_added"], out["identities"], out["names_from"]) == (4, 3, "folder")
+    assert (out["templates_added"], len(out["identities"]), out["names_from"]) == (4, 3, "folder")
+    assert out["identities"][0] == {"name": "Alice", "rows": 1, "added": 1, "duplicates": 0, "templates": 1}
     rows = Gallery(g).read(details=True)
     assert rows.names == ["김철수", "김철수", "Alice", "Bob"] and rows.sources == entries
     np.testing.assert_allclose(rows.embeddings, x / 3.0, atol=2e-3)
     assert Gallery(g).model().fingerprint == MODEL["fingerprint"]
     again = CliRunner().invoke(app, ["enroll", "--embeddings", str(f), "-g", str(g), "--json"])
-    assert json.loads(again.stdout)["templates_added"] == 0  # enrolling the same file twice adds nothing
+    second = json.loads(again.stdout)
+    assert second["templates_added"] == 0 and second["duplicates"] == 4  # enrolling the same file twice adds nothing
+    assert {k for k in ("gallery", "model", "templates_added", "identities", "problems")} <= second.keys()
     assert Gallery(g).facts().templates == 4
 
 

@@ -53,21 +53,29 @@ class BulkResult:
     duplicates: int
     identities: int
     templates: int  # in the gallery afterwards
+    per_identity: list[dict[str, Any]]  # {name, rows, added, duplicates, templates}, sorted by name
     seconds: float  # reading, checking and committing the rows
     index_seconds: float = 0.0  # building and saving the search index afterwards
 
     def to_json(self) -> dict[str, Any]:
+        """What ``kface enroll --embeddings --json`` prints: ``kface enroll``'s keys, plus the file's."""
         return {
+            "photos": 0,
+            "added": self.added,
+            "duplicates": self.duplicates,
+            "skipped": 0,
+            "templates_added": self.added,
+            "templates_removed": 0,
             "gallery": self.gallery,
-            "embeddings_file": self.file,
             "model": self.model,
+            "per_identity": "all",
+            "seconds": round(self.seconds, 3),
+            "identities": self.per_identity,
+            "problems": [],
+            "embeddings_file": self.file,
             "names_from": self.names_from,
             "rows": self.rows,
-            "templates_added": self.added,
-            "duplicates": self.duplicates,
-            "identities": self.identities,
             "templates_in_gallery": self.templates,
-            "seconds": round(self.seconds, 3),
             "index_seconds": round(self.index_seconds, 3),
         }
 
@@ -239,6 +247,7 @@ def enroll_embeddings(
         text = sum(len(s.encode("utf-8", "surrogateescape")) for s in names + sources)
         gallery.reserve(before + n, model, text_bytes=text + (gallery._text_used() if before else 0))
         added = duplicates = 0
+        duplicate_sources: set[str] = set()
         with progress("Enrolling embeddings", total=n) as bar:
             for a in range(0, n, batch_rows):
                 b = min(n, a + batch_rows)
@@ -247,11 +256,22 @@ def enroll_embeddings(
                 )
                 added += r.added
                 duplicates += len(r.duplicates)
+                duplicate_sources.update(r.duplicates)
                 bar.advance(b - a)
     from kface_cli.gallery.index import NUMPY_EXACT_MAX, load_index
 
+    in_gallery = gallery.identities()
     facts = gallery.facts()
     seconds = time.perf_counter() - started
+    stats: dict[str, list[int]] = {}
+    for name, source in zip(names, sources):
+        row = stats.setdefault(name, [0, 0])
+        row[0] += 1
+        row[1] += source in duplicate_sources
+    per_identity = [
+        {"name": k, "rows": v[0], "added": v[0] - v[1], "duplicates": v[1], "templates": in_gallery.get(k, 0)}
+        for k, v in sorted(stats.items())
+    ]
     if update_index and facts.templates > NUMPY_EXACT_MAX:
         load_index(gallery)  # build and save the index identify will load
     index_seconds = time.perf_counter() - started - seconds
@@ -263,7 +283,8 @@ def enroll_embeddings(
         rows=n,
         added=added,
         duplicates=duplicates,
-        identities=len(set(names)),
+        identities=len(stats),
+        per_identity=per_identity,
         templates=facts.templates,
         seconds=seconds,
         index_seconds=index_seconds,
