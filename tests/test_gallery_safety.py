@@ -9,6 +9,7 @@ gallery vouches for it. Older (schema 1) galleries are read with a warning and u
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import h5py
@@ -346,3 +347,18 @@ def test_schema1_count_that_is_not_an_integer_is_one_line(tmp_path, count):
     with pytest.raises(InputError, match="damaged") as e:
         Gallery(path).read()
     assert str(path) in str(e.value)
+
+
+def test_fifo_named_as_gallery_or_index_is_never_opened(tmp_path, monkeypatch):
+    fifo = tmp_path / "fifo.h5"
+    os.mkfifo(fifo)
+    with pytest.raises(InputError, match="not a regular file"):
+        Gallery(fifo).read()  # would block forever in open()
+    monkeypatch.setattr(index_mod, "NUMPY_EXACT_MAX", 0)
+    g, _ = _gallery(tmp_path)
+    load_index(g)
+    faiss_path = index_paths(g.path)[0]
+    faiss_path.unlink()
+    os.mkfifo(faiss_path)  # the index swapped for a FIFO: rebuilt, not read
+    loaded = load_index(g, save=False)
+    assert loaded.rebuilt and loaded.names == ["ALICE", "BOB"]

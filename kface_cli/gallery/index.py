@@ -31,6 +31,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,6 +253,8 @@ def _load_saved(gallery: Path, kind: IndexKind, count: int, checksum: str, tag: 
     import faiss
 
     try:
+        if not (stat.S_ISREG(os.lstat(path).st_mode) and stat.S_ISREG(os.lstat(meta_path).st_mode)):
+            return None, "changed"  # links, FIFOs and devices are never read
         if meta_path.stat().st_size > MAX_META_BYTES:
             return None, "changed"
         raw = meta_path.read_bytes()

@@ -70,6 +70,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -543,6 +544,10 @@ class Gallery:
             )
         if self.path.is_dir():
             raise InputError(f"expected a gallery file, got a folder: {self.path}")
+        if not stat.S_ISREG(self.path.stat().st_mode):  # a FIFO or device would block or never end
+            raise InputError(
+                f"gallery {self.path} is not a regular file", hint="Pass the gallery file `kface enroll` wrote."
+            )
         deadline = None
         while True:
             try:
