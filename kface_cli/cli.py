@@ -160,7 +160,7 @@ def _option_names(signature: inspect.Signature) -> set[str]:
     return names
 
 
-def command(name: str | None = None, **kwargs) -> Callable:
+def command(name: str | None = None, *, group: typer.Typer | None = None, **kwargs) -> Callable:
     """Register a subcommand whose user errors print one red line and exit non-zero.
 
     The command also accepts ``--quiet`` and ``--debug`` (and ``--json``, where it declares
@@ -206,7 +206,7 @@ def command(name: str | None = None, **kwargs) -> Callable:
             )
         wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore[attr-defined]
         wrapper.__annotations__ = {**fn.__annotations__, **{p.name: p.annotation for p in extra}}
-        return app.command(name, **kwargs)(wrapper)
+        return (group or app).command(name, **kwargs)(wrapper)
 
     return decorator
 
@@ -953,9 +953,18 @@ def identify_cmd(
         console.print_json(result.to_json())
     else:
         columns, rows = table_rows(result)
+        from kface_cli.dataset.provenance import title_note
+        from kface_cli.gallery.identify import UNCALIBRATED, uncalibrated_hint
+
         console.show(
-            console.table(f"Faces (threshold {result.threshold:.3f}: {result.threshold_detail})", columns, rows)
+            console.table(
+                f"Faces (threshold {result.threshold:.3f}: {result.threshold_detail}){title_note(result.warnings)}",
+                columns,
+                rows,
+            )
         )
+        if result.threshold_source == UNCALIBRATED:
+            console.info(f"hint: {uncalibrated_hint(model)}")
         named = sum(1 for i in result.images for f in i.faces if f.name != "unknown")
         console.info(
             f"{result.faces} faces in {len(result.images)} images, {named} named, in {result.seconds:.2f} s; "
@@ -1214,10 +1223,19 @@ def verify_cmd(
             ["photos", f"{console.display_path(result.image1)}  vs  {console.display_path(result.image2)}"],
             ["verdict", "[green]same person[/green]" if result.same else "[yellow]different people[/yellow]"],
             ["distance", f"{result.distance:.4f} (cosine {result.cosine:.4f})"],
-            ["threshold", f"{result.threshold:.4f} ({result.threshold_source})"],
+            ["threshold", f"{result.threshold:.4f} ({result.threshold_detail or result.threshold_source})"],
             _model_row(result.model),
         ]
-        console.show(console.table("Verification", ["field", "value"], rows, justify_numbers=False))
+        from kface_cli.dataset.provenance import title_note
+        from kface_cli.gallery.identify import UNCALIBRATED, uncalibrated_hint
+
+        uncalibrated = result.threshold_source == UNCALIBRATED
+        title = "Verification" + (" (threshold NOT calibrated for this model)" if uncalibrated else "")
+        console.show(
+            console.table(title + title_note(result.warnings), ["field", "value"], rows, justify_numbers=False)
+        )
+        if uncalibrated:
+            console.info(f"hint: {uncalibrated_hint(model)}")
     if not result.same:
         raise typer.Exit(1)
 
@@ -1481,6 +1499,124 @@ def invert_cmd(
     console.info(
         f"{result.model['network']} {result.model['fingerprint'][:12]}, {result.steps} steps, BatchNorm prior {'on' if result.bn_prior else 'off'}; {result.seconds:.1f} s"
     )
+
+
+# ============================================================================================
+# Pretrained packs: models list | get | remove
+# ============================================================================================
+
+models_app = typer.Typer(
+    help="Pretrained model packs: list the known ones, fetch one (checksummed, atomic), remove one. Cache: $KFACE_HOME.",
+    no_args_is_help=True,
+)
+app.add_typer(models_app, name="models")
+
+
+def _mib(n: int | None) -> str:
+    return f"{n / 2**20:.0f} MB" if n else ""
+
+
+@command("list", group=models_app)
+def models_list_cmd(json_output: JsonOpt = False) -> None:
+    """Known packs (what is inside, size, licence, cached or not) and the packs already fetched."""
+    from kface_cli.hub.cache import catalog
+
+    result = catalog()
+    if json_output:
+        console.print_json(result)
+        return
+    rows = [
+        [
+            p["name"],
+            p["recognition"] + (f"; {p['contents']}" if p["contents"] and p["contents"] != "-" else ""),
+            _mib(p["bytes"]) if p["cached"] else (p["size"] or ""),
+            p["licence"] or "",
+            "yes" if p["cached"] else "no",
+            (p["sha256"] or "not recorded yet")[:16],
+        ]
+        for p in result["packs"]
+    ]
+    console.show(
+        console.table(
+            f"Model packs (cache {result['models']})",
+            ["name", "inside", "size", "licence", "cached", "sha256"],
+            rows,
+            justify_numbers=False,
+        )
+    )
+    console.info("Fetch one: `kface models get NAME --accept-licence`; use it: `kface identify PHOTO --model NAME`.")
+
+
+@command("get", group=models_app)
+def models_get_cmd(
+    source: Annotated[
+        str, typer.Argument(help="A known pack's name, an http(s) URL, or a .zip/.onnx file.", metavar="NAME|URL|FILE")
+    ],
+    name: Annotated[
+        str | None,
+        typer.Option(
+            "--name", help="Keep it under this name [default: the pack's name or the file name].", show_default=False
+        ),
+    ] = None,
+    sha256: Annotated[
+        str | None,
+        typer.Option(
+            "--sha256", help="Expected SHA-256 of the download (hex); checked before unpacking.", show_default=False
+        ),
+    ] = None,
+    accept_licence: Annotated[
+        bool,
+        typer.Option(
+            "--accept-licence", help="Accept the pack's licence (insightface's: non-commercial research use only)."
+        ),
+    ] = False,
+    json_output: JsonOpt = False,
+) -> None:
+    """Fetch a pretrained pack into the cache: download, verify its SHA-256, unpack safely, find its recognition model."""
+    from kface_cli.hub.fetch import fetch_pack, interactive
+
+    result = fetch_pack(
+        source,
+        name=name,
+        sha256=sha256,
+        accept_licence=accept_licence,
+        confirm=(lambda q: typer.confirm(q, default=False, err=True)) if interactive() else None,
+    )
+    if json_output:
+        console.print_json(result.to_json())
+        return
+    m = result.manifest
+    rec = m["recognition"]
+    rows = [
+        ["name", result.name],
+        ["status", result.status],
+        ["path", str(result.path)],
+        ["source", m.get("source")],
+        ["sha256", f"{m.get('sha256')} ({m.get('sha256_checked')})"],
+        ["licence", m.get("licence")],
+        ["recognition model", f"{rec['file']}: input {rec['inputs'][0]}, {rec['embedding_size']}-d embedding"],
+        ["other models (unused)", ", ".join(o["file"] for o in m.get("other_models", [])) or "none"],
+    ]
+    console.show(console.table(f"Pack {result.name}", ["field", "value"], rows, justify_numbers=False))
+    console.info(
+        f"Use it: `kface enroll PEOPLE --model {result.name}`, `kface identify PHOTO --model {result.name}`. "
+        f"Its threshold is not calibrated: run `kface evaluate --model {result.name} --target-far 1e-3 --save-threshold` on labelled photos."
+    )
+
+
+@command("remove", group=models_app)
+def models_remove_cmd(
+    name: Annotated[str, typer.Argument(help="The fetched pack's name (`kface models list`).", show_default=False)],
+    json_output: JsonOpt = False,
+) -> None:
+    """Forget a fetched pack: its folder under $KFACE_HOME is deleted."""
+    from kface_cli.hub.cache import remove_pack
+
+    pack = remove_pack(name)
+    if json_output:
+        console.print_json({"name": pack.name, "path": pack.path, "removed": True})
+        return
+    console.info(f"removed pack {pack.name} ({pack.path})")
 
 
 def main() -> None:

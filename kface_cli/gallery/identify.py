@@ -73,7 +73,7 @@ class ImageResult:
 class IdentifyResult:
     images: list[ImageResult]
     threshold: float
-    #: "given", "calibrated_identification" (1:N, FPIR), "calibrated_verification" (1:1, FAR) or "default"
+    #: "given", "calibrated_identification" (1:N, FPIR), "calibrated_verification" (1:1, FAR) or "uncalibrated"
     threshold_source: str
     gallery: Path
     index: dict[str, Any]
@@ -97,6 +97,7 @@ class IdentifyResult:
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
             "threshold_detail": self.threshold_detail,
+            "threshold_hint": uncalibrated_hint() if self.threshold_source == UNCALIBRATED else None,
             "model": self.model,
             "gallery": self.gallery,
             "index": self.index,
@@ -118,6 +119,19 @@ class _Frame:
     error: str | None = None
 
 
+#: ``threshold_source`` of a model with no calibration for the question asked (the default threshold).
+UNCALIBRATED = "uncalibrated"
+
+
+def uncalibrated_hint(model: str | None = None) -> str:
+    """The one line that says how to calibrate an uncalibrated model's threshold."""
+    m = f" --model {model}" if model else ""
+    return (
+        f"the threshold is not calibrated for this model: run `kface evaluate{m} --target-far 1e-3 --save-threshold` "
+        f"(1:1) or `--target-fpir 1e-2 --save-threshold` (1:N) on labelled photos of your own"
+    )
+
+
 def resolve_threshold(threshold: float | None, embedder, *, one_to_one: bool = False) -> tuple[float, str, str]:
     """``(threshold, source, detail)``: ``threshold`` if given, else the model's calibrated 1:N
     threshold, else its 1:1 one, else the default (1.5). See the module docstring. ``one_to_one``
@@ -135,7 +149,7 @@ def resolve_threshold(threshold: float | None, embedder, *, one_to_one: bool = F
     if calibrated is not None:
         value, kind, detail = calibrated
         return value, f"calibrated_{kind}", detail
-    return DEFAULT_THRESHOLD, "default", f"default {DEFAULT_THRESHOLD:g}; model not calibrated"
+    return DEFAULT_THRESHOLD, UNCALIBRATED, f"default {DEFAULT_THRESHOLD:g}, NOT calibrated for this model"
 
 
 def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
