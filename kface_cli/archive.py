@@ -67,21 +67,26 @@ def inside(path: Path, root: Path) -> bool:
         return False
 
 
-def extract_all(archive: str | Path, dest: str | Path, *, max_member_bytes: int, max_total_bytes: int) -> list[str]:
+def extract_all(
+    archive: str | Path, dest: str | Path, *, max_member_bytes: int, max_total_bytes: int, label: str | None = None
+) -> list[str]:
     """Unpack every file of the zip ``archive`` into the folder ``dest`` (created); the names written.
 
     All or nothing: a member with an unsafe name, a link, one too large or too compressed, a total
     above ``max_total_bytes`` or a damaged member raises :class:`UnsafeArchiveError` (or
     :class:`~kface_cli.errors.InputError` for a damaged zip) and ``dest`` is removed again. Unpack
-    into a fresh temporary folder and rename it when this returns.
+    into a fresh temporary folder and rename it when this returns. ``label`` names the archive in
+    messages (e.g. the URL it came from) instead of its (temporary) file name.
     """
     archive, dest = Path(archive), Path(dest)
+    name = label or archive.name
+    where = None if label else archive
     try:
         zf = zipfile.ZipFile(archive)
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise InputError(
-            f"{archive.name} is not a readable zip archive: {e}",
-            path=archive,
+            f"{name} is not a readable zip archive: {e}",
+            path=where,
             hint="The download is incomplete or the file is not a zip; fetch it again.",
         ) from None
     written: list[str] = []
@@ -92,32 +97,32 @@ def extract_all(archive: str | Path, dest: str | Path, *, max_member_bytes: int,
             for info in zf.infolist():  # check everything before writing anything
                 if not is_safe_member_name(info.filename):
                     raise UnsafeArchiveError(
-                        f"{archive.name} refused: member {info.filename!r} would be written outside its folder",
-                        path=archive,
+                        f"{name} refused: member {info.filename!r} would be written outside its folder",
+                        path=where,
                         hint="Archives with absolute paths or '..' in member names are never unpacked.",
                     )
                 if is_link(info):
                     raise UnsafeArchiveError(
-                        f"{archive.name} refused: member {info.filename!r} is a symbolic link",
-                        path=archive,
+                        f"{name} refused: member {info.filename!r} is a symbolic link",
+                        path=where,
                         hint="Archives with links are never unpacked.",
                     )
                 why = too_big(info.file_size, info.compress_size, max_member_bytes)
                 if why is not None:
-                    raise UnsafeArchiveError(f"{archive.name} refused: member {info.filename!r} is {why}", path=archive)
+                    raise UnsafeArchiveError(f"{name} refused: member {info.filename!r} is {why}", path=where)
                 total += info.file_size
             if total > max_total_bytes:
                 raise UnsafeArchiveError(
-                    f"{archive.name} refused: it unpacks to {total / 2**20:.0f} MiB, more than the "
+                    f"{name} refused: it unpacks to {total / 2**20:.0f} MiB, more than the "
                     f"{max_total_bytes / 2**20:.0f} MiB limit",
-                    path=archive,
+                    path=where,
                 )
             dest.mkdir(parents=True, exist_ok=True)
             root = dest.resolve()
             for info in infos:
                 target = dest / PurePosixPath(info.filename.replace("\\", "/"))
                 if not inside(target.parent, root) and target.parent != dest:
-                    raise UnsafeArchiveError(f"{archive.name} refused: {info.filename!r} leaves its folder")
+                    raise UnsafeArchiveError(f"{name} refused: {info.filename!r} leaves its folder")
                 target.parent.mkdir(parents=True, exist_ok=True)
                 copied = 0
                 with zf.open(info) as src, open(target, "xb") as out:
@@ -125,15 +130,15 @@ def extract_all(archive: str | Path, dest: str | Path, *, max_member_bytes: int,
                         copied += len(chunk)
                         if copied > max(info.file_size, 0) or copied > max_member_bytes:
                             raise UnsafeArchiveError(
-                                f"{archive.name} refused: member {info.filename!r} is larger than it claims",
-                                path=archive,
+                                f"{name} refused: member {info.filename!r} is larger than it claims",
+                                path=where,
                             )
                         out.write(chunk)
                 written.append(info.filename)
     except (zipfile.BadZipFile, zlib.error, EOFError, ValueError, FileExistsError) as e:  # CRC, deflate, duplicates
         shutil.rmtree(dest, ignore_errors=True)
         raise InputError(
-            f"cannot unpack {archive.name}: {e}", path=archive, hint="The archive is damaged; fetch it again."
+            f"cannot unpack {name}: {e}", path=where, hint="The archive is damaged; fetch it again."
         ) from None
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)

@@ -112,7 +112,7 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Run folder, checkpoint, insightface backbone.pth or ONNX file \\[default: best model of the latest run].",
+        help="Run folder, checkpoint, insightface backbone.pth, ONNX file, or a fetched pack's name (`kface models list`) \\[default: best model of the latest run].",
         show_default=False,
     ),
 ]

@@ -82,6 +82,9 @@ def test_good_pack_is_cached_found_by_signature_and_resolved(parts, home, tmp_pa
     (tmp_path / "direct.onnx").write_bytes(parts["model"])
     faces = np.random.default_rng(0).integers(0, 255, (3, 112, 112, 3), dtype=np.uint8)
     by_name = load_embedder("mypack", workdir=tmp_path).embed(faces)
+    from kface_cli import api
+
+    np.testing.assert_allclose(api.load_model("mypack", workdir=tmp_path).embed(faces), by_name, atol=1e-6)
     direct = load_embedder(tmp_path / "direct.onnx").embed(faces)
     np.testing.assert_allclose(by_name, direct, atol=1e-6)
     # listed, then forgotten

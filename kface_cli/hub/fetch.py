@@ -319,15 +319,21 @@ def fetch_pack(
         if zipfile.is_zipfile(archive):
             from kface_cli.archive import extract_all
 
-            extract_all(archive, unpacked, max_member_bytes=MAX_MEMBER_BYTES, max_total_bytes=MAX_UNPACKED_BYTES)
+            extract_all(
+                archive,
+                unpacked,
+                max_member_bytes=MAX_MEMBER_BYTES,
+                max_total_bytes=MAX_UNPACKED_BYTES,
+                label=src.location,
+            )
         elif _looks_like_onnx(archive, src.location):
             unpacked.mkdir()
             file_name = Path(urlparse(src.location).path if src.kind != "file" else src.location).name
             shutil.copyfile(archive, unpacked / (file_name if file_name.lower().endswith(".onnx") else f"{name}.onnx"))
         else:
             raise InputError(
-                f"{src.location} is neither a zip archive nor an .onnx model",
-                hint="A pack is a zip of ONNX models (as insightface's buffalo_l.zip), or one .onnx file.",
+                f"{src.location} is neither a zip archive nor an .onnx model (or it is incomplete); nothing was kept",
+                hint="A pack is a zip of ONNX models (as insightface's buffalo_l.zip), or one .onnx file: fetch it again.",
             )
         if archive.parent == work:
             archive.unlink()  # the pack's files are what is kept
