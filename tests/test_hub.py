@@ -236,6 +236,18 @@ def test_cli_done_when_flow(parts, home, tmp_path):
     assert r.exit_code == 0 and "NOT calibrated" in r.stdout
     r = runner.invoke(app, ["verify", str(probe), str(people / "Alice" / "1.jpg"), *common])
     assert "threshold NOT calibrated for this model" in r.stdout and "--save-threshold" in r.output
+    # a model trained on synthetic faces only says so in the table's title, also with -q
+    import onnx
+
+    from kface_cli.dataset.provenance import META_TRAINING_DATA, SYNTHETIC_TITLE_NOTE
+
+    proto = onnx.load_from_string(parts["model"])
+    prop = proto.metadata_props.add()
+    prop.key, prop.value = META_TRAINING_DATA, json.dumps({"synthetic": True, "synthetic_only": True})
+    onnx.save(proto, str(tmp_path / "synthetic.onnx"))
+    pair = [str(probe), str(people / "Alice" / "1.jpg"), "--landmarks", "annotation", "-q"]
+    r = runner.invoke(app, ["verify", *pair, "--model", str(tmp_path / "synthetic.onnx")])
+    assert SYNTHETIC_TITLE_NOTE[:30] in r.stdout  # a narrow terminal may wrap the rest of the title
     r = runner.invoke(app, ["models", "list", "--json"])
     listed = {p["name"]: p for p in json.loads(r.stdout)["packs"]}
     assert listed["mypack"]["cached"] and listed["mypack"]["sha256"] == sha256(parts["good"])
