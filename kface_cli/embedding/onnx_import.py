@@ -242,7 +242,7 @@ def onnx_to_weights(path: str | Path, network: str | None = None) -> TorchWeight
     size = int(meta.get("kface.embedding_size") or (dims[-1] if dims and dims[-1] else 0)) or None
     if size is None or not MIN_EMBEDDING <= size <= MAX_EMBEDDING:
         raise NotMappable(
-            f"{path.name} has no single [N, D] output: it is not a face-embedding model",
+            f"{path.name} has no single [N, D] embedding output ({MIN_EMBEDDING} <= D <= {MAX_EMBEDDING}): it is not a face-embedding model",
             hint="For --init, pass a kface run, a backbone.pth (insightface's arcface_torch model zoo) or a face-embedding ONNX.",
             path=path,
         )
