@@ -36,7 +36,7 @@ def models_list_cmd(json_output: JsonOpt = False) -> None:
             _mib(p["bytes"]) if p["cached"] else (p["size"] or ""),
             p["licence"] or "",
             "yes" if p["cached"] else "no",
-            (p["sha256"] or "not recorded yet")[:16],
+            p["sha256"] or "",
         ]
         for p in result["packs"]
     ]
