@@ -192,3 +192,15 @@ def test_sigkill_during_bulk_enrolment_keeps_committed_batches(tmp_path):
     np.testing.assert_allclose(rows.embeddings, x[:2000], atol=2e-3)
     result = enroll_embeddings(f, g, batch_rows=1000, update_index=False)
     assert (result.added, result.duplicates, result.templates) == (3000, 2000, n)
+
+
+def test_a_model_named_as_well_must_have_made_the_file(tmp_path):
+    f = _file(tmp_path / "emb.h5", ["a", "b"], _vectors(2))
+
+    class Other(_Model):
+        fingerprint = "99" * 10
+
+    with pytest.raises(ModelMismatchError, match="than --model"):
+        enroll_embeddings(f, tmp_path / "g.h5", embedder=Other())
+    assert not (tmp_path / "g.h5").exists()
+    assert enroll_embeddings(f, tmp_path / "g.h5", embedder=_Model()).added == 2
