@@ -15,6 +15,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from gallery_helpers import SidecarDetector, mbf_model, render_photo  # noqa: F401 (fixture)
 from typer.testing import CliRunner
 
 from kface_cli.cli import app
@@ -362,3 +363,44 @@ def test_fifo_named_as_gallery_or_index_is_never_opened(tmp_path, monkeypatch):
     os.mkfifo(faiss_path)  # the index swapped for a FIFO: rebuilt, not read
     loaded = load_index(g, save=False)
     assert loaded.rebuilt and loaded.names == ["ALICE", "BOB"]
+
+
+@pytest.mark.parametrize("tamper", ["digest deleted", "row past the count", "fingerprint"])
+def test_identify_on_a_tampered_gallery_exits_2_naming_nobody(tmp_path, tamper, mbf_model):
+    """The whole command, with the model the gallery was made with: one line, exit 2, no name."""
+    from kface_cli.embedding.loading import load_embedder
+
+    model = ModelInfo.of(load_embedder(mbf_model))
+    photo = render_photo(tmp_path / "photos" / "stranger.jpg", "19062421")
+    g = Gallery(tmp_path / "gallery.h5")
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, model.embedding_size)).astype(np.float32)
+    g.append_vectors(["ALICE", "BOB"], x, model)
+    stranger = load_embedder(mbf_model).embed(_aligned(photo))[0]
+    with h5py.File(g.path, "r+") as f:
+        if tamper == "digest deleted":
+            del f.attrs["digest"]
+            f["embeddings"][0] = stranger.astype(np.float16)
+        elif tamper == "row past the count":
+            parts = f.attrs["digest"].decode().split(":")
+            f["embeddings"][2] = stranger.astype(np.float16)
+            f["lengths"][2] = (5, 0)
+            t = int(parts[2])
+            f["text"][t : t + 5] = np.frombuffer(b"ALICE", np.uint8)
+            parts[1], parts[2] = f"{3:012d}", f"{t + 5:016d}"
+            f.attrs["digest"] = np.bytes_(":".join(parts).encode())
+        else:
+            f.attrs["fingerprint"] = "0" * 20
+    r = CliRunner().invoke(
+        app,
+        ["identify", str(photo), "-g", str(g.path), "--model", str(mbf_model), "--landmarks", "annotation", "--json"],
+    )
+    assert r.exit_code == 2, r.output
+    assert "gallery.h5" in r.output and "ALICE" not in r.output and "Traceback" not in r.output
+
+
+def _aligned(photo: Path) -> np.ndarray:
+    from kface_cli.face.imageio import decode_image
+    from kface_cli.face.pipeline import faces_in_image
+
+    return np.stack([faces_in_image(decode_image(photo.read_bytes(), photo), SidecarDetector(), path=photo)[0].crop])
