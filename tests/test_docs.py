@@ -364,7 +364,7 @@ def test_a_wrong_option_command_or_value_is_caught(tmp_path):
 
 def test_a_key_the_command_does_not_write_is_caught():
     good = JsonExample("t", "verify", '{"schema": 1, "same": false, "model": {"fingerprint": "ab"}, ...}')
-    stale = JsonExample("t", "verify", '{"same": false, "threshold_detail": "calibrated", "model": {"colour": 1}}')
+    stale = JsonExample("t", "verify", '{"same": false, "verdict": "different", "model": {"colour": 1}}')
     maps = JsonExample("t", "evaluate", '{"tar_at_far": {"1e-02": {"whatever_key": 1}}, "accuracy": 0.9}')
     assert unknown_keys(good) == [] and unknown_keys(maps) == []
-    assert unknown_keys(stale) == ["threshold_detail", "model/colour"]
+    assert unknown_keys(stale) == ["verdict", "model/colour"]
