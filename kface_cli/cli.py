@@ -17,15 +17,18 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from kface_cli import console
 from kface_cli.choices import (
+    MAX_SEED,
     CleanRule,
     CropMode,
     ExportFormat,
@@ -132,7 +135,10 @@ LandmarksOpt = Annotated[
         help="Where the 5 face points come from: auto (the K-Face .txt annotation when present, else the detector), detect, annotation.",
     ),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible for a given seed).")]
+SeedOpt = Annotated[
+    int,
+    typer.Option("--seed", help="Random seed (results are reproducible for a given seed).", min=0, max=MAX_SEED),
+]
 
 
 def _deprecated(old: str, new: str, old_value, new_value):
@@ -187,15 +193,21 @@ def command(name: str | None = None, **kwargs) -> Callable:
                 if output_format is not None:
                     console.set_mode(output_format=output_format)
                     kw["json_output"] = console.MODE.json or bool(json_flag)
-                return fn(*args, **kw)
-            except KFaceError as e:
-                if console.MODE.debug:
-                    console.err.print_exception()
-                console.error(str(e))
-                raise typer.Exit(e.exit_code) from None
+                with console.quiet_third_party(not console.MODE.debug):
+                    return fn(*args, **kw)
             except KeyboardInterrupt:
                 console.error("interrupted")
                 raise typer.Exit(130) from None
+            except BrokenPipeError:  # `kface ... | head`: the reader has all it wanted
+                console.close_stdout()
+                raise typer.Exit(141) from None
+            except Exception as e:
+                if isinstance(e, (typer.Exit, typer.Abort)) or (user_error := _user_error(e)) is None:
+                    raise
+                if console.MODE.debug:
+                    console.err.print_exception()
+                console.error(str(user_error))
+                raise typer.Exit(user_error.exit_code) from None
             finally:  # an in-process caller (tests, notebooks) gets the output mode it had
                 vars(console.MODE).update(vars(saved))
 
@@ -209,6 +221,36 @@ def command(name: str | None = None, **kwargs) -> Callable:
         return app.command(name, **kwargs)(wrapper)
 
     return decorator
+
+
+def _user_error(e: BaseException) -> KFaceError | None:
+    """The one line for an exception that the user's machine caused, or None for a real bug.
+
+    A :class:`KFaceError` is its own line; a read-only place or a full disk anywhere (a folder
+    that cannot be made, standard output on a full disk) names the file; running out of memory
+    (``ulimit -v``, a too-large batch: ``MemoryError``, torch's or ONNX Runtime's allocation
+    failures) says what to do.
+    """
+    from kface_cli.atomic import os_error
+
+    if isinstance(e, KFaceError):
+        return e
+    if isinstance(e, OSError):
+        return os_error(e)
+    if isinstance(e, MemoryError) or (isinstance(e, Exception) and _ALLOCATION_FAILURE.search(str(e)[:2000])):
+        return KFaceError(
+            "out of memory",
+            hint="Free some memory, raise the memory limit (ulimit -v), or use a smaller --embed-batch, "
+            "--batch-size or fewer --jobs; nothing already saved was lost.",
+        )
+    return None
+
+
+#: What torch, ONNX Runtime and C++ libraries say when an allocation fails.
+_ALLOCATION_FAILURE = re.compile(
+    r"std::bad_alloc|bad_alloc|[Ff]ailed to allocate memory|can't allocate memory|"
+    r"[Cc]annot allocate memory|[Oo]ut of memory|Unable to allocate"
+)
 
 
 def _version(value: bool) -> None:
@@ -1212,7 +1254,7 @@ def verify_cmd(
     else:
         rows = [
             ["photos", f"{console.display_path(result.image1)}  vs  {console.display_path(result.image2)}"],
-            ["verdict", "[green]same person[/green]" if result.same else "[yellow]different people[/yellow]"],
+            ["verdict", Text("same person", "green") if result.same else Text("different people", "yellow")],
             ["distance", f"{result.distance:.4f} (cosine {result.cosine:.4f})"],
             ["threshold", f"{result.threshold:.4f} ({result.threshold_source})"],
             _model_row(result.model),
@@ -1490,3 +1532,6 @@ def main() -> None:
     except KFaceError as e:  # raised outside a command (e.g. in a callback)
         console.error(str(e))
         sys.exit(e.exit_code)
+    except SystemExit as e:
+        console.close_stdout()  # a full or closed stdout: one line, not "Exception ignored" at exit
+        raise e from None

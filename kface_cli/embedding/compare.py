@@ -15,6 +15,7 @@ its largest face is used.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -216,19 +217,23 @@ def save_embeddings(
 
     Returns the names sidecar of a ``.npy`` (None for HDF5, which holds the names itself).
     """
-    from kface_cli.atomic import atomic_path, write_text
+    from kface_cli.atomic import atomic_open, atomic_path
     from kface_cli.console import SCHEMA_VERSION, to_json
 
     out = Path(out)
     _check_out(out)
     vectors = np.asarray(embeddings, dtype=np.float32)
     assert vectors.ndim == 2 and len(vectors) == len(names), "one name per embedding row"
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in NPY_SUFFIXES:
         sidecar = out.with_suffix(NAMES_SUFFIX)
-        with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            np.save(f, vectors)
-        write_text(sidecar, "".join(f"{n}\n" for n in names))
+        # both written in full before either is renamed into place: a full disk leaves the old
+        # pair as it was, never new vectors beside old names
+        with atomic_path(out) as tmp, atomic_open(sidecar, "w") as names_file:
+            with open(tmp, "wb") as f:
+                np.save(f, vectors)
+                f.flush()
+                os.fsync(f.fileno())
+            names_file.write("".join(f"{n}\n" for n in names))
         return sidecar
     import h5py
 

@@ -129,11 +129,15 @@ def detect_photos(
 
 def table_rows(result: DetectResult) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of ``kface detect``'s table (one row per face; photos without faces too)."""
+    from rich.text import Text
+
+    from kface_cli.console import printable
+
     columns = ["image", "face", "box (x, y, w, h)", "score", "5 points (eyes, nose, mouth corners)", "points from"]
     rows: list[list[Any]] = []
     for img in result.images:
         if img.error or not img.faces:
-            note = f"[red]{img.error}[/red]" if img.error else "[dim]no face[/dim]"
+            note = Text(printable(img.error), "red") if img.error else Text("no face", "dim")
             rows.append([img.image, None, note, None, "", ""])
         for k, f in enumerate(img.faces, 1):
             box = ", ".join(f"{v:.0f}" for v in f.box)

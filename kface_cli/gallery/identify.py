@@ -140,7 +140,7 @@ def resolve_threshold(threshold: float | None, embedder, *, one_to_one: bool = F
 
 def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
     """Photos and videos named on the command line; folders are searched recursively."""
-    from kface_cli.face.imageio import is_image_file
+    from kface_cli.face.imageio import check_regular_file, is_image_file
 
     if not paths:
         raise InputError("no photos given", hint="Pass photos, folders or videos, or --camera 0.")
@@ -155,6 +155,7 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
                 raise InputError(f"no photos or videos in {p}")
             out.extend(found)
         elif is_image_file(p) or _is_video(p):
+            check_regular_file(p)  # a FIFO named photo.jpg would block forever
             out.append(p)
         else:
             raise InputError(
@@ -290,6 +291,8 @@ def identify(
         raise InputError(f"--top-k must be at least 1, got {top_k}")
     if every < 1:
         raise InputError(f"--every must be at least 1, got {every}")
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {max_frames}", hint="Leave it out to read every frame.")
     capture = None
     if camera is None:
         files = expand_inputs(paths)  # before the slow model load: typos fail fast
@@ -432,19 +435,21 @@ def _write_annotated(frame: _Frame, res: ImageResult, out_dir: Path, warned: set
 
 def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of the results table (one row per face; images without faces too)."""
-    from kface_cli.console import display_path
+    from rich.text import Text
+
+    from kface_cli.console import display_path, printable
 
     columns = ["image", "face", "box (x, y, w, h)", "name", "distance", "candidates (name:distance)"]
     rows: list[list[Any]] = []
     for img in result.images:
         if img.error:
-            rows.append([img.image, "-", "-", f"[red]{img.error}[/red]", None, ""])
+            rows.append([img.image, "-", "-", Text(printable(img.error), "red"), None, ""])
             continue
         if not img.faces:
-            rows.append([img.image, "-", "-", "[dim]no face[/dim]", None, ""])
+            rows.append([img.image, "-", "-", Text("no face", "dim"), None, ""])
         for k, f in enumerate(img.faces, 1):
             box = ", ".join(f"{v:.0f}" for v in f.box)
-            name = f.name if f.name != UNKNOWN else f"[yellow]{UNKNOWN}[/yellow]"
+            name = f.name if f.name != UNKNOWN else Text(UNKNOWN, "yellow")
             cands = ", ".join(f"{c.name}:{c.distance:.3f}" for c in f.ranked())
             image = display_path(img.image) if "#" not in img.image else img.image
             rows.append([image, k, box, name, f.distance if np.isfinite(f.distance) else None, cands])

@@ -228,8 +228,20 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+#: Names and paths are bytes-safe: a non-UTF-8 name (a CP949 folder from a Windows zip) is kept as
+#: the bytes it was (``surrogateescape``), so it is stored, read back and matched unchanged.
+NAME_ERRORS = "surrogateescape"
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8", NAME_ERRORS)
+    except UnicodeEncodeError:  # a lone surrogate that no file name produced: shown as U+FFFD
+        return text.encode("utf-8", "replace")
+
+
 def _encode(text: str, size: int, what: str) -> bytes:
-    data = text.encode("utf-8")
+    data = _utf8(text)
     if len(data) > size:
         raise InputError(
             f"{what} is too long for the gallery ({len(data)} bytes of UTF-8, at most {size}): {text[:60]!r}..."
@@ -239,7 +251,7 @@ def _encode(text: str, size: int, what: str) -> bytes:
 
 def _encode_source(text: str) -> bytes:
     """Paths longer than the column keep their end (the file name), cut at a character boundary."""
-    data = text.encode("utf-8")
+    data = _utf8(text)
     if len(data) <= SOURCE_BYTES:
         return data
     tail = data[-(SOURCE_BYTES - 3) :]
@@ -249,13 +261,13 @@ def _encode_source(text: str) -> bytes:
 
 
 def _decode(values: np.ndarray) -> list[str]:
-    return [bytes(v).decode("utf-8", errors="replace") for v in values]
+    return [bytes(v).decode("utf-8", errors=NAME_ERRORS) for v in values]
 
 
 def _chain_checksum(previous: str, hashes: Sequence[str], embeddings: np.ndarray, names: Sequence[str]) -> str:
     h = hashlib.sha256(previous.encode())
     for n, c in zip(names, hashes):
-        h.update(n.encode("utf-8") + b"\0" + c.encode() + b"\0")
+        h.update(_utf8(n) + b"\0" + c.encode() + b"\0")
     h.update(np.ascontiguousarray(embeddings, dtype=np.float32).tobytes())
     return h.hexdigest()
 
@@ -639,6 +651,8 @@ class Gallery:
         Templates whose content hash is already in the gallery (or earlier in the batch) are
         skipped when ``skip_duplicates``: re-enrolling a photo is a no-op.
         """
+        for t in templates:  # a name that cannot be stored is refused before a file is created
+            _encode(t.name, NAME_BYTES, "identity name")
         with self._writing():
             if not self.path.exists():
                 self._write_new(model, _round_capacity(len(templates)), created=time.time(), source=None, keep=None)
