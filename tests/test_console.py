@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from rich.text import Text
 from rich.console import Console
+from rich.text import Text
 
 from kface_cli import console
 from kface_cli.errors import InputError

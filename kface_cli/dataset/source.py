@@ -28,6 +28,7 @@ import os
 import re
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -158,10 +159,17 @@ class IdentityReader:
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
                 self.close()
                 raise _read_error(e, src.path, f"corrupt or unreadable zip {src.path.name}: {e}") from None
+            counts = Counter(info.filename for info in infos)
+            duplicates: set[str] = set()
             for info in infos:
                 if info.is_dir():
                     continue
-                why = _too_big(info.file_size, info.compress_size)
+                if counts[info.filename] > 1:  # which copy is "the" member? neither: checked and read alike
+                    if info.filename not in duplicates:
+                        duplicates.add(info.filename)
+                        self.oversized.append((info.filename, DUPLICATE_WHY.format(n=counts[info.filename])))
+                    continue
+                why = _unreadable_member(info) or _too_big(info.file_size, info.compress_size)
                 if why is not None:
                     self.oversized.append((info.filename, why))
                     continue
@@ -249,7 +257,8 @@ class IdentityReader:
                             path=self.source.path,
                         )
                     yield chunk
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:  # CRC, deflate, truncation
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
+            # CRC, deflate, truncation; RuntimeError: encrypted, NotImplementedError: compression method
             raise _read_error(e, self.source.path, f"cannot read {name} from {self.source.path.name}: {e}") from None
 
     def read(self, key: MemberKey) -> bytes:
@@ -270,6 +279,23 @@ class IdentityReader:
 
 def open_identity(source: IdentitySource) -> IdentityReader:
     return IdentityReader(source)
+
+
+#: Why members sharing one name are skipped: the size check would see one copy, extraction another.
+DUPLICATE_WHY = "the zip lists {n} members with this name; none is used"
+#: Compression methods Python's zipfile reads (Deflate64, PPMd, ... are not).
+_READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_METHOD_NAMES = {9: "Deflate64", 98: "PPMd", 99: "AES", 93: "Zstandard", 95: "XZ", 6: "Implode"}
+
+
+def _unreadable_member(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member cannot be read (encrypted, an unsupported compression method), or None."""
+    if info.flag_bits & 0x1:
+        return "encrypted: kface cannot read password-protected zips; unzip it with its password first"
+    if info.compress_type not in _READABLE_METHODS:
+        method = _METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
+        return f"compressed with {method}, which kface cannot read; re-zip it with standard Deflate (or unzip it first)"
+    return None
 
 
 def _too_big(size: int, compressed: int) -> str | None:
