@@ -64,6 +64,18 @@ def os_error(e: OSError) -> KFaceError | None:
     return storage_error(e, path)
 
 
+def ensure_dir(folder: str | Path) -> Path:
+    """``mkdir -p folder``; a read-only place or a full disk is one line naming the folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise KFaceError(f"cannot make folder {folder}: a file of that name is in the way") from None
+    except OSError as e:
+        raise (storage_error(e, folder) or e) from None
+    return folder
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)

@@ -97,7 +97,9 @@ def detect_photos(
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(f"--annotate needs a folder, got a file: {out_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        from kface_cli.atomic import ensure_dir
+
+        ensure_dir(out_dir)
     if detector is None:
         from kface_cli.face.detect import get_detector
 

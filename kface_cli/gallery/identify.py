@@ -320,7 +320,9 @@ def identify(
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(f"--annotate needs a folder, got a file: {out_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        from kface_cli.atomic import ensure_dir
+
+        ensure_dir(out_dir)
 
     if camera is not None:
         frames: Iterable[_Frame] = _video_frames(

@@ -156,7 +156,9 @@ def choose_val_ids(
 
 def link_or_copy(src: Path, dst: Path) -> bool:
     """Hard-link ``src`` at ``dst`` (True), or copy it when linking is impossible (False)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    from kface_cli.atomic import ensure_dir
+
+    ensure_dir(dst.parent)
     try:
         os.link(src, dst)
         return True
