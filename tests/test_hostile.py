@@ -13,6 +13,7 @@ raise the ``OSError`` the kernel would (``EROFS``, ``ENOSPC``), at the same plac
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import subprocess
 import sys
@@ -562,7 +563,23 @@ def case_reader_waits_for_a_writer_and_creates_no_lock(ctx: Ctx) -> None:
     assert not store.lock_path(g.path).exists()
 
 
+def _run_variant(fn: Callable, variant: str, ctx: Ctx) -> None:
+    fn(ctx, variant)
+
+
 # == round 2 (issue 25): read-only, full disk, zips, names, special files, bounds, output =========
+
+#: Cases with several variants: ``name -> (function(ctx, variant), variants)``; each variant is
+#: its own entry of the matrix (``name[variant]``).
+VARIANT_CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {}
+
+
+def variants(*names: str) -> Callable:
+    def register(fn: Callable) -> Callable:
+        VARIANT_CASES[fn.__name__.removeprefix("variant_")] = (fn, names)
+        return fn
+
+    return register
 
 
 def _read_only_everywhere(ctx: Ctx, folder: Path) -> None:
@@ -681,25 +698,29 @@ def case_read_only_train_leaves_no_run_folder(ctx: Ctx) -> None:
     assert list((ws / "runs").iterdir()) == []
 
 
-def case_options_out_of_range_say_one_line(ctx: Ctx) -> None:
+@variants("sample-data --seed -1", "split --faces MISSING", "train --subcenters 0")
+def variant_option_out_of_range_is_one_line(ctx: Ctx, what: str) -> None:
     from kface_cli.choices import check_seed
     from kface_cli.prepare.split import split
     from kface_cli.synth.generator import generate_sample_data
     from kface_cli.train.config import TrainConfig
 
-    out = _one_line(_cli("sample-data", ctx.tmp / "s", "--seed", "-1"))
-    assert "--seed" in out and not (ctx.tmp / "s").exists()
-    with pytest.raises(InputError, match="--seed"):
-        generate_sample_data(ctx.tmp / "s", n_ids=1, seed=-1)
-    with pytest.raises(InputError, match="--seed"):
-        check_seed(2**32)
-    assert "face crops folder not found: MISSING" in _one_line(_cli("split", "-w", ctx.tmp, "--faces", "MISSING"))
-    with pytest.raises(InputError, match="--seed"):
-        split(ctx.tmp, faces_dir=_crops(ctx.tmp / "faces"), seed=-1)
-    with pytest.raises(KFaceError, match="--subcenters must be at least 1"):
-        TrainConfig(subcenters=0).validate()
-    out = _one_line(_cli("train", "-w", ctx.tmp, "--data", "synthetic:3x2", "--subcenters", "0", "--name", "sub0"))
-    assert "--subcenters" in out and not (ctx.tmp / "runs").exists()  # no run folder left behind
+    if what == "sample-data --seed -1":
+        out = _one_line(_cli("sample-data", ctx.tmp / "s", "--seed", "-1"))
+        assert "--seed" in out and not (ctx.tmp / "s").exists()
+        with pytest.raises(InputError, match="--seed"):
+            generate_sample_data(ctx.tmp / "s", n_ids=1, seed=-1)
+        with pytest.raises(InputError, match="--seed"):
+            check_seed(2**32)
+        with pytest.raises(InputError, match="--seed"):
+            split(ctx.tmp, faces_dir=_crops(ctx.tmp / "faces"), seed=-1)
+    elif what == "split --faces MISSING":
+        assert "face crops folder not found: MISSING" in _one_line(_cli("split", "-w", ctx.tmp, "--faces", "MISSING"))
+    else:
+        with pytest.raises(KFaceError, match="--subcenters must be at least 1"):
+            TrainConfig(subcenters=0).validate()
+        out = _one_line(_cli("train", "-w", ctx.tmp, "--data", "synthetic:3x2", "--subcenters", "0", "--name", "s0"))
+        assert "--subcenters" in out and not (ctx.tmp / "runs").exists()  # no run folder left behind
 
 
 def case_max_frames_zero_and_csv_onto_a_folder(ctx: Ctx) -> None:
@@ -822,30 +843,40 @@ def case_full_or_closed_stdout(ctx: Ctx) -> None:
     assert Gallery(g.path).read().names == ["ALICE", "BOB"]
 
 
-def case_out_of_memory_and_stray_warnings_are_one_line(ctx: Ctx) -> None:
+_MEMORY_ERRORS = {
+    "MemoryError": MemoryError(),
+    "ONNX Runtime": RuntimeError(
+        "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer of size 1"
+    ),
+    "std::bad_alloc": RuntimeError("std::bad_alloc"),
+    "torch": RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes"),
+}
+
+
+@variants(*_MEMORY_ERRORS)
+def variant_out_of_memory_is_one_line(ctx: Ctx, kind: str) -> None:
     from kface_cli.gallery import manage
 
     g = _gallery(ctx.tmp)
-    for boom in (
-        MemoryError(),
-        RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer"),
-        RuntimeError("std::bad_alloc"),
-        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes"),
-    ):
 
-        def fails(*a, boom=boom, **k):
-            raise boom
+    def fails(*a, **k):
+        raise _MEMORY_ERRORS[kind]
 
-        ctx.monkeypatch.setattr(manage, "manage_gallery", fails)
-        out = _one_line(_cli("gallery", "-g", g.path))
-        assert "out of memory" in out and len(out.strip().splitlines()) <= 2, out
+    ctx.monkeypatch.setattr(manage, "manage_gallery", fails)
+    out = _one_line(_cli("gallery", "-g", g.path))
+    assert "out of memory" in out and len(out.strip().splitlines()) <= 2, out
     ctx.monkeypatch.setattr(manage, "manage_gallery", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
     assert isinstance(_cli("gallery", "-g", g.path).exception, RuntimeError)  # real bugs keep their traceback
-    real = manage_gallery
+
+
+def case_stray_warnings_are_silenced_unless_debug(ctx: Ctx) -> None:
+    from kface_cli.gallery import manage
+
+    g = _gallery(ctx.tmp)
 
     def noisy(*a, **k):
         warnings.warn("stray third-party warning", UserWarning, stacklevel=1)
-        return real(*a, **k)
+        return manage_gallery(*a, **k)
 
     ctx.monkeypatch.setattr(manage, "manage_gallery", noisy)
     for flags, shown in (([], False), (["--debug"], True)):
@@ -890,29 +921,23 @@ def _patch_zip(path: Path, member: str, *, flag_bits: int = 0, method: int | Non
     path.write_bytes(bytes(data))
 
 
-def case_encrypted_deflate64_and_duplicate_zip_members(ctx: Ctx) -> None:
+@variants("encrypted", "Deflate64", "duplicate names")
+def variant_unreadable_zip_member_is_skipped(ctx: Ctx, why: str) -> None:
     root, good = _one_source(ctx)
-    for why, patch in (
-        ("encrypted", {"flag_bits": 0x1}),
-        ("Deflate64", {"method": 9}),
-    ):
-        ws = ctx.tmp / f"ws-{why}"
-        _patch_zip(good, WANTED, **patch)
-        r = extract(root, workdir=ws, res="Low")
-        assert not r.failures and r.images > 0, r
-        err = ctx.capfd.readouterr().err
-        assert why in err and WANTED in err and good.name in err and "Traceback" not in err
-        assert not list(ws.rglob("C7.jpg")) or all(p.parent.name != "E01" for p in ws.rglob("C7.jpg"))
-        _one_source(ctx)  # a fresh zip for the next variant
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes
-        with zipfile.ZipFile(good, "a") as z:
-            z.writestr(WANTED, b"\xff\xd8 a second, different member of the same name")
-    ws = ctx.tmp / "ws-dup"
+    if why == "duplicate names":  # checked on the first, extracted from the last: neither is used now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes
+            with zipfile.ZipFile(good, "a") as z:
+                z.writestr(WANTED, b"\xff\xd8 a second, different member of the same name")
+        why = "2 members with this name"
+    else:
+        _patch_zip(good, WANTED, **({"flag_bits": 0x1} if why == "encrypted" else {"method": 9}))
+    ws = ctx.tmp / "ws"
     r = extract(root, workdir=ws, res="Low")
+    assert not r.failures and r.images > 0, r
     err = ctx.capfd.readouterr().err
-    assert "2 members with this name" in err and WANTED in err and r.images > 0
-    assert not [p for p in ws.rglob("*.jpg") if p.as_posix().endswith(WANTED)]  # neither copy used
+    assert why in err and WANTED in err and good.name in err and "Traceback" not in err
+    assert not [p for p in ws.rglob("*.jpg") if p.as_posix().endswith(WANTED)]
 
 
 def _non_utf8(raw: bytes) -> str:
@@ -1025,11 +1050,9 @@ def _rec(folder: Path, records: dict[int, tuple], property_text: str | None = No
     return folder
 
 
-def case_hostile_train_rec(ctx: Ctx) -> None:
-    from kface_cli.train.datasets import RecordDataset
-
+def _hostile_rec_records(what: str) -> tuple[dict[int, tuple], str | None]:
     img = _png()
-    cases = {
+    return {
         "identity range to 2e9": ({0: ((3.0, 2e9), b""), 1: (0.0, img), 2: (0.0, img), 3: ((1.0, 3.0), b"")}, None),
         "image keys to 2e9": ({0: ((2e9, 2e9 + 2), b""), 1: (0.0, img)}, None),
         "NaN label": ({1: (float("nan"), img), 2: (0.0, img)}, None),
@@ -1037,17 +1060,32 @@ def case_hostile_train_rec(ctx: Ctx) -> None:
         "negative label": ({1: (-1.0, img), 2: (0.0, img)}, None),
         "property of 1e12 classes": ({1: (0.0, img), 2: (1.0, img)}, "1000000000000,112,112"),
         "property with more classes than images": ({1: (0.0, img), 2: (1.0, img)}, "5000,112,112"),
-    }
+    }[what]
+
+
+@variants(
+    "identity range to 2e9",
+    "image keys to 2e9",
+    "NaN label",
+    "label 1e12",
+    "negative label",
+    "property of 1e12 classes",
+    "property with more classes than images",
+)
+def variant_hostile_train_rec(ctx: Ctx, what: str) -> None:
+    from kface_cli.train.datasets import RecordDataset
+
+    records, prop = _hostile_rec_records(what)
+    folder = _rec(ctx.tmp / "rec", records, prop)
     tracemalloc.start()
     try:
-        for what, (records, prop) in cases.items():
-            folder = _rec(ctx.tmp / what.replace(" ", "_"), records, prop)
-            with pytest.raises(InputError) as e:
-                RecordDataset(folder)
-            assert "train.rec" in str(e.value) or "property" in str(e.value), what
-        assert tracemalloc.get_traced_memory()[1] < 50 * 2**20
+        with pytest.raises(InputError) as e:
+            RecordDataset(folder)
+        assert tracemalloc.get_traced_memory()[1] < 50 * 2**20  # refused before allocating
     finally:
         tracemalloc.stop()
+    assert "train.rec" in str(e.value) or "property" in str(e.value)
+    img = _png()
     ok = RecordDataset(_rec(ctx.tmp / "ok", {1: (0.0, img), 2: (1.0, img)}, "2,112,112"))
     assert ok.num_classes == 2 and ok.labels.tolist() == [0, 1]
 
@@ -1070,6 +1108,13 @@ def case_names_and_paths_are_printed_as_text(ctx: Ctx) -> None:
 CASES: dict[str, Callable[[Ctx], None]] = {
     name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_") and callable(fn)
 }
+CASES.update(
+    {
+        f"{name}[{variant}]": functools.partial(_run_variant, fn, variant)
+        for name, (fn, names) in VARIANT_CASES.items()
+        for variant in names
+    }
+)
 
 
 #: Cases slower than ~3 s on their own (importing torch).
