@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -62,6 +63,23 @@ def os_error(e: OSError) -> KFaceError | None:
         if path.is_file() and not os.access(path, os.R_OK):
             return ReadOnlyError(f"cannot read {path}: permission denied", hint="Check the file's permissions.")
     return storage_error(e, path)
+
+
+def special_file_kind(mode: int) -> str | None:
+    """What a file that is not a regular file is ("a named pipe (FIFO)"...), or None for a regular
+    file. Reading a FIFO blocks until a writer comes, a device never ends: kface reads neither."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
 
 
 def ensure_dir(folder: str | Path) -> Path:

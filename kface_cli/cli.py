@@ -27,6 +27,7 @@ import typer
 from rich.text import Text
 
 from kface_cli import console
+from kface_cli.atomic import os_error
 from kface_cli.choices import (
     MAX_SEED,
     CleanRule,
@@ -231,25 +232,24 @@ def _user_error(e: BaseException) -> KFaceError | None:
     (``ulimit -v``, a too-large batch: ``MemoryError``, torch's or ONNX Runtime's allocation
     failures) says what to do.
     """
-    from kface_cli.atomic import os_error
-
     if isinstance(e, KFaceError):
         return e
-    if isinstance(e, OSError):
-        return os_error(e)
-    if isinstance(e, MemoryError) or (isinstance(e, Exception) and _ALLOCATION_FAILURE.search(str(e)[:2000])):
+    if isinstance(e, MemoryError) or _ALLOCATION_FAILURE.search(str(e)[:2000]):
         return KFaceError(
             "out of memory",
             hint="Free some memory, raise the memory limit (ulimit -v), or use a smaller --embed-batch, "
             "--batch-size or fewer --jobs; nothing already saved was lost.",
         )
+    if isinstance(e, OSError):
+        return os_error(e)
     return None
 
 
-#: What torch, ONNX Runtime and C++ libraries say when an allocation fails.
+#: What torch, ONNX Runtime, C++ libraries and the loader say when memory (or a thread) cannot be had.
 _ALLOCATION_FAILURE = re.compile(
     r"std::bad_alloc|bad_alloc|[Ff]ailed to allocate memory|can't allocate memory|"
-    r"[Cc]annot allocate memory|[Oo]ut of memory|Unable to allocate"
+    r"[Cc]annot allocate memory|[Oo]ut of memory|Unable to allocate|failed to map segment from shared object|"
+    r"can't start new thread"
 )
 
 

@@ -99,14 +99,14 @@ def use_tqdm(enabled: bool = True) -> Iterator[None]:
 
 
 #: Environment variables that quiet the C libraries' own log lines (FFmpeg inside OpenCV, OpenCV,
-#: TensorFlow Lite and glog inside MediaPipe, ONNX Runtime); set unless the user set them or --debug.
+#: TensorFlow Lite and glog inside MediaPipe; ONNX Runtime sessions are made with errors-only logging);
+#: set unless the user set them or --debug.
 QUIET_LIBRARY_ENV = {
     "OPENCV_FFMPEG_LOGLEVEL": "-8",  # AV_LOG_QUIET
     "OPENCV_LOG_LEVEL": "ERROR",
     "OPENCV_VIDEOIO_DEBUG": "0",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "GLOG_minloglevel": "2",
-    "ORT_LOGGING_LEVEL": "3",
 }
 
 

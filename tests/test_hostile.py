@@ -840,6 +840,19 @@ def case_full_or_closed_stdout(ctx: Ctx) -> None:
         assert r.returncode == 2, r.stderr
         assert "the disk is full" in r.stderr and "standard output" in r.stderr
         assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
+    # a reader that went away (`kface ... | head -0`): quiet, exit 141 like SIGPIPE
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    r = subprocess.run(
+        [sys.executable, "-m", "kface_cli", "gallery", "-g", str(g.path), "--json"],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "KFACE_NO_PROGRESS": "1"},
+        timeout=120,
+    )
+    os.close(write_end)
+    assert r.returncode == 141 and r.stderr == "", r.stderr
     assert Gallery(g.path).read().names == ["ALICE", "BOB"]
 
 
@@ -850,6 +863,8 @@ _MEMORY_ERRORS = {
     ),
     "std::bad_alloc": RuntimeError("std::bad_alloc"),
     "torch": RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes"),
+    "a library under ulimit -v": ImportError("libtorch_cpu.so: failed to map segment from shared object"),
+    "no thread": RuntimeError("can't start new thread"),
 }
 
 
@@ -1016,6 +1031,12 @@ def case_special_files_named_like_photos_are_refused_unopened(ctx: Ctx) -> None:
             pass
         pytest.fail("reading a FIFO named photo.jpg blocked")
     assert len(errors) == 4 and all(kind in message and "not a photo" in message for kind, message in errors)
+    from kface_cli.embedding.loading import resolve_model_path
+
+    model = ctx.tmp / "model.onnx"
+    os.mkfifo(model)
+    with pytest.raises(InputError, match="named pipe.*not a model file"):
+        resolve_model_path(model, ctx.tmp)  # `--model model.onnx`, checked before torch or ONNX Runtime opens it
 
 
 def case_bin_repeating_one_image_through_pickle_memo(ctx: Ctx) -> None:

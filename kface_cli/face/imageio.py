@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import functools
 import os
-import stat
 from pathlib import Path
 
 import numpy as np
 
+from kface_cli.atomic import special_file_kind
 from kface_cli.errors import InputError
 
 #: Largest image accepted, in pixels (width x height) as the header claims; K-Face's largest
@@ -85,22 +85,6 @@ def decode_image(data: bytes, source: str | Path = "<bytes>") -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def _kind(mode: int) -> str | None:
-    """What a file that is not a regular file is (for the message), or None for a regular file."""
-    if stat.S_ISREG(mode):
-        return None
-    for test, name in (
-        (stat.S_ISDIR, "a folder"),
-        (stat.S_ISFIFO, "a named pipe (FIFO)"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-    ):
-        if test(mode):
-            return name
-    return "not a regular file"
-
-
 def check_regular_file(path: str | Path) -> None:
     """Refuse, without opening it, a path that is not a regular file (a FIFO named ``photo.jpg``
     would block ``open()`` forever; a device never ends; a socket cannot be read)."""
@@ -111,7 +95,7 @@ def check_regular_file(path: str | Path) -> None:
         raise InputError(f"image not found: {path}", hint="Check the path.") from None
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
-    kind = _kind(mode)
+    kind = special_file_kind(mode)
     if kind is not None:
         raise UnreadableImageError(
             f"{path} is {kind}, not a photo", hint="kface reads photos and videos from regular files only."
@@ -133,7 +117,7 @@ def read_file(path: str | Path, limit: int = MAX_IMAGE_BYTES) -> bytes:
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
     with os.fdopen(fd, "rb") as fh:
-        kind = _kind(os.fstat(fd).st_mode)
+        kind = special_file_kind(os.fstat(fd).st_mode)
         if kind is not None:
             raise UnreadableImageError(f"{path} is {kind}, not a photo")
         if hasattr(os, "set_blocking"):
