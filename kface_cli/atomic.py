@@ -34,7 +34,7 @@ def storage_error(
         return DiskFullError(f"the disk is full: cannot write {path}", hint=disk_full_hint or DISK_FULL_HINT)
     if e.errno in READ_ONLY_ERRNOS:
         reason = "the filesystem is read-only" if e.errno == errno.EROFS else "permission denied"
-        folder = next((p for p in path.parents if p.exists()), path.parent)  # the one that stopped us
+        folder = next((p for p in path.absolute().parents if p.exists()), path.parent)  # the one that stopped us
         return ReadOnlyError(
             f"cannot write {path}: {reason}",
             hint=read_only_hint or f"kface changes nothing there; make {folder} writable, or write somewhere else.",
