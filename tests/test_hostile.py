@@ -653,9 +653,9 @@ def case_read_only_crop(ctx: Ctx) -> None:
 def case_read_only_annotate_and_report(ctx: Ctx) -> None:
     from gallery_helpers import PixelEmbedder, SidecarDetector, people_folder
 
+    from kface_cli.deploy.enroll import enroll_folder
+    from kface_cli.deploy.identify import identify
     from kface_cli.evaluate.report import write_report
-    from kface_cli.gallery.enroll import enroll_folder
-    from kface_cli.gallery.identify import identify
 
     people = people_folder(ctx.tmp / "people", {"Alice": "19072652", "Bob": "19072653"}, photos_each=1)
     gallery = ctx.tmp / "g" / "gallery.h5"
@@ -726,8 +726,8 @@ def variant_option_out_of_range_is_one_line(ctx: Ctx, what: str) -> None:
 def case_max_frames_zero_and_csv_onto_a_folder(ctx: Ctx) -> None:
     from gallery_helpers import PixelEmbedder, SidecarDetector, people_folder
 
-    from kface_cli.gallery.enroll import enroll_folder
-    from kface_cli.gallery.identify import identify, write_csv
+    from kface_cli.deploy.enroll import enroll_folder
+    from kface_cli.deploy.identify import identify, write_csv
 
     people = people_folder(ctx.tmp / "people", {"Alice": "19072652"}, photos_each=1)
     gallery = ctx.tmp / "gallery.h5"
@@ -766,7 +766,7 @@ def case_disk_full_splitting_keeps_the_old_split(ctx: Ctx) -> None:
 
 
 def case_disk_full_saving_npy_keeps_the_old_pair(ctx: Ctx) -> None:
-    from kface_cli.embedding.compare import save_embeddings
+    from kface_cli.deploy.compare import save_embeddings
 
     out = ctx.tmp / "e.npy"
     save_embeddings(out, ["a", "b"], np.eye(2, 4, dtype=np.float32))
@@ -968,9 +968,9 @@ def case_non_utf8_names_round_trip(ctx: Ctx) -> None:
     from gallery_helpers import PixelEmbedder, SidecarDetector, render_photo
 
     from kface_cli.console import printable, to_json
-    from kface_cli.embedding.compare import save_embeddings
-    from kface_cli.gallery.enroll import enroll_folder
-    from kface_cli.gallery.identify import identify, write_csv
+    from kface_cli.deploy.compare import save_embeddings
+    from kface_cli.deploy.enroll import enroll_folder
+    from kface_cli.deploy.identify import identify, write_csv
 
     name = _non_utf8(KOREAN_CP949)
     people = ctx.tmp / "people"
@@ -1002,8 +1002,8 @@ def case_special_files_named_like_photos_are_refused_unopened(ctx: Ctx) -> None:
     import socket
     import threading
 
+    from kface_cli.deploy.sources import expand_inputs
     from kface_cli.face.imageio import UnreadableImageError, read_image
-    from kface_cli.gallery.identify import expand_inputs
 
     if not hasattr(os, "mkfifo"):
         pytest.skip("no FIFOs here")
