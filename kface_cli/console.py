@@ -116,16 +116,27 @@ def quiet_third_party(enabled: bool = True) -> Iterator[None]:
     FFmpeg) are not printed: kface says what matters in its own words. ``--debug`` shows them.
 
     This is the one place that decides: Python warnings are ignored inside the block (restored
-    after it), and the C libraries' log levels are set through their environment variables.
+    after it), so are "Exception ignored in ..." reports of objects that fail while being freed
+    (h5py's, after a full disk: the real error is reported as one line), and the C libraries' log
+    levels are set through their environment variables.
     """
     if not enabled:
         yield
         return
     for key, value in QUIET_LIBRARY_ENV.items():
         os.environ.setdefault(key, value)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        yield
+    saved_hook = sys.unraisablehook
+    sys.unraisablehook = _ignore_unraisable
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.unraisablehook = saved_hook
+
+
+def _ignore_unraisable(_unraisable: Any) -> None:
+    """An exception raised while an object was freed: not the command's outcome, not shown."""
 
 
 def close_stdout() -> None:

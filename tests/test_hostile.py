@@ -765,27 +765,29 @@ def case_disk_full_splitting_keeps_the_old_split(ctx: Ctx) -> None:
     assert sorted(p.name for p in ws.iterdir()) == ["faces", "split"]  # no split.tmp filling the disk
 
 
-def case_disk_full_saving_npy_keeps_the_old_pair(ctx: Ctx) -> None:
-    from kface_cli.deploy.compare import save_embeddings
+@variants("e.npy vectors", "e.npy names", "e.h5")
+def variant_disk_full_saving_embeddings_keeps_the_old_file(ctx: Ctx, what: str) -> None:
+    from kface_cli.deploy.compare import load_embeddings, save_embeddings
 
-    out = ctx.tmp / "e.npy"
+    out = ctx.tmp / what.split()[0]
     save_embeddings(out, ["a", "b"], np.eye(2, 4, dtype=np.float32))
-    saved = _listing(ctx.tmp), out.read_bytes(), out.with_suffix(".names.txt").read_bytes()
-    real = os.fsync
-    for failing_call in (1, 2):  # the vectors' write, then the names' write
-        calls = []
+    saved = {p.name: p.read_bytes() for p in ctx.tmp.iterdir()}
+    failing_call = 2 if what == "e.npy names" else 1  # the vectors' write, then the names' write
+    real, calls = os.fsync, []
 
-        def fsync(fd, failing_call=failing_call, calls=calls):
-            calls.append(fd)
-            if len(calls) == failing_call:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            return real(fd)
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == failing_call:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
 
-        ctx.monkeypatch.setattr(os, "fsync", fsync)
-        with pytest.raises(DiskFullError):
-            save_embeddings(out, ["c", "d", "e"], np.ones((3, 4), dtype=np.float32))
-        ctx.monkeypatch.undo()
-        assert (_listing(ctx.tmp), out.read_bytes(), out.with_suffix(".names.txt").read_bytes()) == saved
+    ctx.monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(DiskFullError):
+        save_embeddings(out, ["c", "d", "e"], np.ones((3, 4), dtype=np.float32))
+    ctx.monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in ctx.tmp.iterdir()} == saved  # no new file, no temporary file
+    assert load_embeddings(out)[0] == ["a", "b"]
+    assert "Traceback" not in ctx.capfd.readouterr().err
 
 
 def case_disk_full_writing_a_checkpoint(ctx: Ctx) -> None:
@@ -968,7 +970,7 @@ def case_non_utf8_names_round_trip(ctx: Ctx) -> None:
     from gallery_helpers import PixelEmbedder, SidecarDetector, render_photo
 
     from kface_cli.console import printable, to_json
-    from kface_cli.deploy.compare import save_embeddings
+    from kface_cli.deploy.compare import load_embeddings, save_embeddings
     from kface_cli.deploy.enroll import enroll_folder
     from kface_cli.deploy.identify import identify, write_csv
 
@@ -987,6 +989,9 @@ def case_non_utf8_names_round_trip(ctx: Ctx) -> None:
     assert "\ufffd" in printable(name) and KOREAN_CP949 not in printable(name).encode()
     save_embeddings(ctx.tmp / "e.npy", [name], np.ones((1, 4), dtype=np.float32))
     assert (ctx.tmp / "e.names.txt").read_bytes() == KOREAN_CP949 + b"\n"
+    for out in ("e.npy", "e.h5"):  # `embed --out`: the names come back as they were
+        save_embeddings(ctx.tmp / out, [name, "Bob"], np.ones((2, 4), dtype=np.float32))
+        assert load_embeddings(ctx.tmp / out)[0] == [name, "Bob"]
     manage_gallery(gallery, remove=[name])
     assert Gallery(gallery).read().names == ["Bob"]
 
