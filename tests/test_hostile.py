@@ -957,6 +957,17 @@ def variant_unreadable_zip_member_is_skipped(ctx: Ctx, why: str) -> None:
     assert not [p for p in ws.rglob("*.jpg") if p.as_posix().endswith(WANTED)]
 
 
+@variants("encrypted", "Deflate64")
+def variant_model_pack_with_an_unreadable_member_is_refused(ctx: Ctx, why: str) -> None:
+    from kface_cli.archive import extract_all
+
+    pack = _zip_with(ctx.tmp / "pack.zip", {"w600k_r50.onnx": b"\x08" * 4096, "README.txt": b"hi"})
+    _patch_zip(pack, "w600k_r50.onnx", **({"flag_bits": 0x1} if why == "encrypted" else {"method": 9}))
+    with pytest.raises(InputError, match=why) as e:
+        extract_all(pack, ctx.tmp / "out", max_member_bytes=2**20, max_total_bytes=2**20)
+    assert "w600k_r50.onnx" in str(e.value) and not (ctx.tmp / "out").exists()
+
+
 def _non_utf8(raw: bytes) -> str:
     return os.fsdecode(raw)
 
