@@ -424,6 +424,10 @@ class Gallery:
             )
         if self.path.is_dir():
             raise InputError(f"expected a gallery file, got a folder: {self.path}")
+        from kface_cli.atomic import special_file_kind
+
+        if (kind := special_file_kind(self.path.stat().st_mode)) is not None:  # a FIFO would block forever
+            raise InputError(f"{self.path} is {kind}, not a gallery file", hint="Pass a kface gallery (.h5).")
         deadline = None
         while True:
             try:
