@@ -740,6 +740,8 @@ def case_max_frames_zero_and_csv_onto_a_folder(ctx: Ctx) -> None:
     with pytest.raises(KFaceError, match="it is a folder"):
         write_csv(result, folder)  # `identify --csv DIR`
     assert list(folder.iterdir()) == []
+    out = _one_line(_cli("identify", people, "-g", gallery, "--csv", folder))  # refused before the model loads
+    assert "--csv must be a file, got a folder" in out
     assert [p.name for p in ctx.tmp.iterdir() if p.name.startswith(".")] == []
 
 

@@ -207,6 +207,8 @@ def identify_cmd(
         raise InputError("nothing to identify", hint="Pass photos, folders or videos, or --camera 0.")
     if camera is not None and paths:
         raise InputError("pass either photos/videos or --camera, not both")
+    if csv_path is not None and csv_path.is_dir():  # checked before the work, not after it
+        raise InputError(f"--csv must be a file, got a folder: {csv_path}", hint="Pass e.g. --csv results.csv.")
     ws = Workspace.resolve(workdir)
     result = identify(
         paths or [],
