@@ -218,6 +218,8 @@ def _frames(
 ) -> tuple[Iterable[Frame], int | None]:
     """The frames to identify faces in, and how many there are (None: not known in advance).
     The inputs are checked (the files listed, the camera opened) now; frames are read later."""
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {max_frames}", hint="Leave it out to read every frame.")
     if camera is not None:
         capture = sources.open_capture(camera)
         return sources.video_frames(camera, every, f"camera{camera}", max_frames, cap=capture), max_frames
@@ -270,10 +272,12 @@ def _annotate_dir(annotate: str | Path | None) -> Path | None:
     """The ``--annotate`` folder, created (None when not asked for)."""
     if annotate is None:
         return None
+    from kface_cli.atomic import ensure_dir
+
     out_dir = Path(annotate)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--annotate needs a folder, got a file: {out_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir)
     return out_dir
 
 
@@ -332,19 +336,21 @@ def _write_annotated(frame: Frame, res: ImageResult, out_dir: Path, warned: set[
 
 def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of the results table (one row per face; images without faces too)."""
-    from kface_cli.console import display_path
+    from rich.text import Text
+
+    from kface_cli.console import display_path, printable
 
     columns = ["image", "face", "box (x, y, w, h)", "name", "distance", "candidates (name:distance)"]
     rows: list[list[Any]] = []
     for img in result.images:
         if img.error:
-            rows.append([img.image, "-", "-", f"[red]{img.error}[/red]", None, ""])
+            rows.append([img.image, "-", "-", Text(printable(img.error), "red"), None, ""])
             continue
         if not img.faces:
-            rows.append([img.image, "-", "-", "[dim]no face[/dim]", None, ""])
+            rows.append([img.image, "-", "-", Text("no face", "dim"), None, ""])
         for k, f in enumerate(img.faces, 1):
             box = ", ".join(f"{v:.0f}" for v in f.box)
-            name = f.name if f.name != UNKNOWN else f"[yellow]{UNKNOWN}[/yellow]"
+            name = f.name if f.name != UNKNOWN else Text(UNKNOWN, "yellow")
             cands = ", ".join(f"{c.name}:{c.distance:.3f}" for c in f.ranked())
             image = display_path(img.image) if "#" not in img.image else img.image
             rows.append([image, k, box, name, f.distance if np.isfinite(f.distance) else None, cands])
