@@ -71,7 +71,8 @@ def main() -> None:
     from kface_cli.face.detector import get_detector
     from kface_cli.face.imageio import read_image, write_image
     from kface_cli.gallery.index import load_index, search_identities
-    from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+    from kface_cli.gallery.schema import ModelInfo, Template, content_hash
+    from kface_cli.gallery.store import Gallery
     from kface_cli.models.registry import get_backbone
 
     torch.manual_seed(0)

@@ -3,7 +3,7 @@
 Writes a real ``gallery.h5`` of N random unit 512-d templates (one identity each) through
 :meth:`Gallery.append_vectors` (float16 on disk, as every gallery now stores them), then searches
 Q queries exactly, twice: against the float32 originals, and against the stored float16 rows read
-back as the gallery reader does (float32, renormalised: ``store._unit``). Queries are noisy copies
+back as the gallery reader does (float32, renormalised: ``formats._unit``). Queries are noisy copies
 of random templates at several noise levels, down to cosines with their source where the source
 is barely ahead of the best of a million strangers (the hard cases, where a rounding error could
 flip the answer). Reports per level the agreement of the best-match identity (float16 vs float32),
@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kface_cli.gallery import store  # noqa: E402
+from kface_cli.gallery import formats  # noqa: E402
 from kface_cli.gallery.store import Gallery, ModelInfo  # noqa: E402
 
 DIM = 512
@@ -93,7 +93,7 @@ def main() -> None:
         for i in range(blocks):
             x32 = block(i, n)
             first = i * BLOCK
-            x16 = store._unit(emb[first : first + len(x32)])  # what Gallery.read returns
+            x16 = formats._unit(emb[first : first + len(x32)])  # what Gallery.read returns
             for x, best, row in ((x32, best32, row32), (x16, best16, row16)):
                 sims = queries @ x.T  # (Q, B)
                 j = sims.argmax(1)

@@ -28,7 +28,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kface_cli.gallery.store import Gallery, ModelInfo, Template  # noqa: E402
+from kface_cli.gallery.schema import ModelInfo
+from kface_cli.gallery.store import Gallery, Template  # noqa: E402
 
 DIM = 512
 BLOCK = 65536

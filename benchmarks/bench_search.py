@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from kface_cli.gallery import store  # noqa: E402
+from kface_cli.gallery import schema  # noqa: E402
 from kface_cli.gallery.index import IndexKind, build_index, resolve_kind  # noqa: E402
 
 DIM = 512
@@ -103,7 +103,7 @@ def gallery_cost(n: int) -> tuple[int, int]:
     """Bytes on disk (gallery.h5 rows) and in RAM for search (index + names) for the auto index."""
     # schema 2: float16 embedding, name/source lengths, box, score, time, SHA-256, and the text of
     # name + source (here ~13 + ~36 bytes: "person0001234", "/photos/person0001234/1234.jpg")
-    row = DIM * 2 + 4 + 16 + 4 + 8 + store.HASH_BYTES + 13 + 36
+    row = DIM * 2 + 4 + 16 + 4 + 8 + schema.HASH_BYTES + 13 + 36
     vector = DIM * 4 if resolve_kind("auto", n) is IndexKind.FLAT else DIM + 8  # float32, or 8-bit codes + id
     ram = vector + 60  # + a short Python str per name
     return row * n, ram * n
@@ -131,7 +131,8 @@ def measure_store(x: np.ndarray, ids: np.ndarray, folder: Path, auto_index) -> N
     import subprocess
 
     from kface_cli.gallery.index import SearchIndex, index_paths, save_index
-    from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+    from kface_cli.gallery.schema import ModelInfo, Template, content_hash
+    from kface_cli.gallery.store import Gallery
 
     g = Gallery(folder / "gallery.h5")
     model = ModelInfo("bench", DIM, "synthetic", "")

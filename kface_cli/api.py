@@ -172,8 +172,8 @@ class Gallery:
         in the gallery (same name and embedding) is skipped. Returns how many were added.
         100,000 512-d templates take seconds.
         """
+        from kface_cli.gallery.schema import ModelInfo
         from kface_cli.gallery.store import Gallery as Store
-        from kface_cli.gallery.store import ModelInfo
 
         return Store(self.path).append_vectors(list(names), vectors, ModelInfo.of(self.model), sources=sources).added
 

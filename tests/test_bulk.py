@@ -20,7 +20,8 @@ from kface_cli.cli import app
 from kface_cli.deploy.bulk import enroll_embeddings, identity_names
 from kface_cli.deploy.compare import save_embeddings
 from kface_cli.errors import InputError, ModelMismatchError
-from kface_cli.gallery.store import Gallery, ModelInfo
+from kface_cli.gallery.schema import ModelInfo
+from kface_cli.gallery.store import Gallery
 
 REPO = Path(__file__).resolve().parents[1]
 EMBEDDER = FakeEmbedder("pixels", embedding_size=16)  # the model the files below were made with

@@ -20,11 +20,12 @@ from typer.testing import CliRunner
 
 from kface_cli.cli import app
 from kface_cli.errors import InputError, KFaceError
+from kface_cli.gallery import formats, schema
 from kface_cli.gallery import index as index_mod
-from kface_cli.gallery import store
 from kface_cli.gallery.index import build_index, index_paths, load_index, search_identities
 from kface_cli.gallery.manage import manage_gallery
-from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+from kface_cli.gallery.schema import ModelInfo, Template, content_hash
+from kface_cli.gallery.store import Gallery
 
 MODEL = ModelInfo("f" * 20, 16, "mbf", "/runs/a")
 
@@ -291,14 +292,14 @@ def _write_v1(path: Path, ts: list[Template], *, digest: bool, count=None) -> No
         f.attrs["count"] = np.int64(n) if count is None else count
         f.attrs["checksum"] = np.bytes_(b"0" * 64)
         if digest:
-            v1 = store._V1(Gallery(path), f)
-            dn = store._row_hash_sum(v1._name_rows(f["name"][:n], f["content_hash"][:n]), 0)
-            de = store._row_hash_sum(np.asarray(f["embeddings"][:n], np.float32), 0)
-            f.attrs["digest"] = np.bytes_(f"{n:020d}:{dn & store._M64:016x}:{de & store._M64:016x}".encode())
+            v1 = formats._V1(Gallery(path), f)
+            dn = schema._row_hash_sum(v1._name_rows(f["name"][:n], f["content_hash"][:n]), 0)
+            de = schema._row_hash_sum(np.asarray(f["embeddings"][:n], np.float32), 0)
+            f.attrs["digest"] = np.bytes_(f"{n:020d}:{dn & schema._M64:016x}:{de & schema._M64:016x}".encode())
 
 
 def test_schema1_gallery_is_read_with_a_warning_and_upgraded(tmp_path, capfd):
-    store._warned_old.clear()
+    schema._warned_old.clear()
     path = tmp_path / "gallery.h5"
     ts = _templates(["ALICE", "BOB", "ALICE"])
     _write_v1(path, ts, digest=False)

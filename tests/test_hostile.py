@@ -36,10 +36,11 @@ from kface_cli.dataset.source import MAX_MEMBER_BYTES, list_identities, open_ide
 from kface_cli.errors import DiskFullError, InputError, KFaceError, ReadOnlyError
 from kface_cli.face.imageio import decode_image
 from kface_cli.gallery import index as index_module
-from kface_cli.gallery import store
+from kface_cli.gallery import lock, schema, store
 from kface_cli.gallery.index import index_paths, load_index
 from kface_cli.gallery.manage import manage_gallery
-from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+from kface_cli.gallery.schema import ModelInfo, Template, content_hash
+from kface_cli.gallery.store import Gallery
 from kface_cli.prepare.extract import extract
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,7 +198,7 @@ def case_gallery_claiming_more_rows_than_it_stores(ctx: Ctx) -> None:
     g = _gallery(ctx.tmp)
     claimed = 50_000_000  # 100 GB of float32 embeddings, in a file of a few MB
     with h5py.File(g.path, "r+") as f:
-        for k in store._ROW_FIELDS:
+        for k in schema._ROW_FIELDS:
             old = f[k]
             shape, dtype = (claimed, *old.shape[1:]), old.dtype
             del f[k]
@@ -445,7 +446,7 @@ def case_stale_temporary_of_a_killed_rewrite_is_removed(ctx: Ctx) -> None:
     ctx.monkeypatch.setattr(store, "LOCK_WAIT_SECONDS", 0.3)
     from filelock import FileLock
 
-    holder = FileLock(store.lock_path(g.path))
+    holder = FileLock(lock.lock_path(g.path))
     holder.acquire()  # another writer at work: its temporary may be live, nothing is removed
     try:
         with pytest.raises(InputError, match="in use by another kface process"):
@@ -602,7 +603,7 @@ _HOLD_OPEN = textwrap.dedent(
 
 def case_reader_waits_for_a_writer_and_creates_no_lock(ctx: Ctx) -> None:
     g = _gallery(ctx.tmp)
-    store.lock_path(g.path).unlink()
+    lock.lock_path(g.path).unlink()
     proc = subprocess.Popen(
         [sys.executable, "-c", _HOLD_OPEN, str(g.path), "1.0"],
         stdout=subprocess.PIPE,
@@ -617,7 +618,7 @@ def case_reader_waits_for_a_writer_and_creates_no_lock(ctx: Ctx) -> None:
     finally:
         proc.wait(timeout=30)
     assert "waiting for another kface process" in ctx.capfd.readouterr().err
-    assert not store.lock_path(g.path).exists()
+    assert not lock.lock_path(g.path).exists()
 
 
 def _run_variant(fn: Callable, variant: str, ctx: Ctx) -> None:
@@ -708,7 +709,8 @@ def case_read_only_crop(ctx: Ctx) -> None:
 
 
 def case_read_only_annotate_and_report(ctx: Ctx) -> None:
-    from gallery_helpers import PixelEmbedder, SidecarDetector, people_folder
+    from helpers.embedders import FakeEmbedder
+    from helpers.gallery import SidecarDetector, people_folder
 
     from kface_cli.deploy.enroll import enroll_folder
     from kface_cli.deploy.identify import identify
@@ -716,12 +718,12 @@ def case_read_only_annotate_and_report(ctx: Ctx) -> None:
 
     people = people_folder(ctx.tmp / "people", {"Alice": "19072652", "Bob": "19072653"}, photos_each=1)
     gallery = ctx.tmp / "g" / "gallery.h5"
-    enroll_folder(people, gallery, PixelEmbedder(), detector=SidecarDetector())
+    enroll_folder(people, gallery, FakeEmbedder("pixels"), detector=SidecarDetector())
     ro = ctx.tmp / "ro"
     ro.mkdir()
     _read_only_everywhere(ctx, ro)
     with pytest.raises(ReadOnlyError, match=f"make {ro} writable"):
-        identify([people], gallery, PixelEmbedder(), detector=SidecarDetector(), annotate=ro / "annotated")
+        identify([people], gallery, FakeEmbedder("pixels"), detector=SidecarDetector(), annotate=ro / "annotated")
     with pytest.raises(ReadOnlyError, match="read-only"):
         write_report(None, ro / "reports" / "run")  # what `kface evaluate` writes first
     assert list(ro.iterdir()) == []
@@ -759,7 +761,7 @@ def case_read_only_train_leaves_no_run_folder(ctx: Ctx) -> None:
 def variant_option_out_of_range_is_one_line(ctx: Ctx, what: str) -> None:
     from kface_cli.choices import check_seed
     from kface_cli.prepare.split import split
-    from kface_cli.synth.generator import generate_sample_data
+    from kface_cli.synth.sample_data import generate_sample_data
     from kface_cli.train.config import TrainConfig
 
     if what == "sample-data --seed -1":
@@ -781,17 +783,18 @@ def variant_option_out_of_range_is_one_line(ctx: Ctx, what: str) -> None:
 
 
 def case_max_frames_zero_and_csv_onto_a_folder(ctx: Ctx) -> None:
-    from gallery_helpers import PixelEmbedder, SidecarDetector, people_folder
+    from helpers.embedders import FakeEmbedder
+    from helpers.gallery import SidecarDetector, people_folder
 
     from kface_cli.deploy.enroll import enroll_folder
     from kface_cli.deploy.identify import identify, write_csv
 
     people = people_folder(ctx.tmp / "people", {"Alice": "19072652"}, photos_each=1)
     gallery = ctx.tmp / "gallery.h5"
-    enroll_folder(people, gallery, PixelEmbedder(), detector=SidecarDetector())
+    enroll_folder(people, gallery, FakeEmbedder("pixels"), detector=SidecarDetector())
     with pytest.raises(InputError, match="--max-frames must be at least 1"):
-        identify([people], gallery, PixelEmbedder(), detector=SidecarDetector(), max_frames=0)
-    result = identify([people], gallery, PixelEmbedder(), detector=SidecarDetector())
+        identify([people], gallery, FakeEmbedder("pixels"), detector=SidecarDetector(), max_frames=0)
+    result = identify([people], gallery, FakeEmbedder("pixels"), detector=SidecarDetector())
     folder = ctx.tmp / "results"
     folder.mkdir()
     with pytest.raises(KFaceError, match="it is a folder"):
@@ -1037,7 +1040,8 @@ KOREAN_CP949 = "홍길동".encode("cp949")  # a folder name from a Windows zip, 
 def case_non_utf8_names_round_trip(ctx: Ctx) -> None:
     import json
 
-    from gallery_helpers import PixelEmbedder, SidecarDetector, render_photo
+    from helpers.embedders import FakeEmbedder
+    from helpers.gallery import SidecarDetector, render_photo
 
     from kface_cli.console import printable, to_json
     from kface_cli.deploy.compare import load_embeddings, save_embeddings
@@ -1049,9 +1053,9 @@ def case_non_utf8_names_round_trip(ctx: Ctx) -> None:
     render_photo(people / name / "a.jpg", "19072652")
     render_photo(people / "Bob" / "b.jpg", "19072653")
     gallery = ctx.tmp / "gallery.h5"
-    enroll_folder(people, gallery, PixelEmbedder(), detector=SidecarDetector())
+    enroll_folder(people, gallery, FakeEmbedder("pixels"), detector=SidecarDetector())
     assert sorted(Gallery(gallery).read().names) == sorted(["Bob", name])  # stored as the bytes it was
-    result = identify([people / name / "a.jpg"], gallery, PixelEmbedder(), detector=SidecarDetector())
+    result = identify([people / name / "a.jpg"], gallery, FakeEmbedder("pixels"), detector=SidecarDetector())
     assert result.images[0].faces[0].name == name
     csv_path = write_csv(result, ctx.tmp / "out.csv")
     assert KOREAN_CP949 in csv_path.read_bytes()

@@ -18,7 +18,8 @@ from kface_cli.gallery.index import (
     resolve_kind,
     search_identities,
 )
-from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+from kface_cli.gallery.schema import ModelInfo, Template, content_hash
+from kface_cli.gallery.store import Gallery
 
 
 def _unit(x):

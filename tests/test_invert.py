@@ -131,7 +131,8 @@ def test_invert_command_embedding_file_and_aligned_face(invert_cmd, tmp_path):
 def test_invert_gallery_identity_target(model_file, invert_cmd, tmp_path):
     from kface_cli.embedding.embedder import embedder_from_module
     from kface_cli.embedding.loading import load_torch_backbone
-    from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+    from kface_cli.gallery.schema import ModelInfo, Template, content_hash
+    from kface_cli.gallery.store import Gallery
 
     module, net, size, src = load_torch_backbone(model_file, network="mbf_small", purpose="test")
     emb = embedder_from_module(module, network=net, backend="torch", source=src, embedding_size=size)

@@ -12,7 +12,8 @@ from kface_cli.cli import app
 from kface_cli.errors import InputError
 from kface_cli.gallery.index import index_paths
 from kface_cli.gallery.manage import manage_gallery
-from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+from kface_cli.gallery.schema import ModelInfo, Template, content_hash
+from kface_cli.gallery.store import Gallery
 
 
 @pytest.fixture()

@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 from kface_cli.errors import InputError, ModelMismatchError
-from kface_cli.gallery.store import SCHEMA_VERSION, Gallery, ModelInfo, Template, content_hash
+from kface_cli.gallery.schema import SCHEMA_VERSION, ModelInfo, Template, content_hash
+from kface_cli.gallery.store import Gallery
 
 MODEL = ModelInfo("f" * 20, 16, "mbf", "/runs/a")
 REPO = Path(__file__).resolve().parents[1]
@@ -161,7 +162,8 @@ _WRITER = textwrap.dedent(
     from pathlib import Path
     import numpy as np
     from kface_cli.gallery import store
-    from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+    from kface_cli.gallery.schema import ModelInfo, Template, content_hash
+    from kface_cli.gallery.store import Gallery
     path, tag, batches, rows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     hook, kill_batch = (sys.argv[5], int(sys.argv[6])) if len(sys.argv) > 6 else ("", 0)
     batch, held = -1, False

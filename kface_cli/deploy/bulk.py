@@ -28,7 +28,8 @@ import numpy as np
 
 from kface_cli.embedding.embedder import EmbedderOrLoader
 from kface_cli.errors import InputError, ModelMismatchError
-from kface_cli.gallery.store import MAX_EMBEDDING_SIZE, MAX_ROWS, Gallery, ModelInfo
+from kface_cli.gallery.schema import MAX_EMBEDDING_SIZE, MAX_ROWS, ModelInfo
+from kface_cli.gallery.store import Gallery
 
 #: Rows read from the file and committed to the gallery at a time.
 BULK_BATCH_ROWS = 16384

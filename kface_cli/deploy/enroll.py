@@ -35,7 +35,8 @@ from kface_cli.defaults import EMBED_BATCH_SIZE, ENROLL_BATCH_SIZE
 from kface_cli.deploy.model import describe_model, resolve_embedder
 from kface_cli.embedding.embedder import Embedder, EmbedderOrLoader
 from kface_cli.errors import InputError, KFaceError
-from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+from kface_cli.gallery.schema import ModelInfo, Template, content_hash
+from kface_cli.gallery.store import Gallery
 
 
 class Status(str, Enum):

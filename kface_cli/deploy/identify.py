@@ -31,7 +31,8 @@ from kface_cli.deploy.sources import Frame, expand_inputs
 from kface_cli.embedding.embedder import Embedder, EmbedderOrLoader
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.gallery.index import Candidate, IndexKind, LoadedIndex, load_index, search_identities
-from kface_cli.gallery.store import Gallery, ModelInfo
+from kface_cli.gallery.schema import ModelInfo
+from kface_cli.gallery.store import Gallery
 
 UNKNOWN = "unknown"
 #: Photos (or frames) whose faces are embedded and searched together.

@@ -218,7 +218,9 @@ def save_index(index: SearchIndex, gallery) -> bool:
     import faiss
 
     from kface_cli.atomic import atomic_path, write_bytes
-    from kface_cli.gallery.store import SCHEMA_VERSION, Gallery, writer_lock
+    from kface_cli.gallery.lock import writer_lock
+    from kface_cli.gallery.schema import SCHEMA_VERSION
+    from kface_cli.gallery.store import Gallery
 
     gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
     path, meta_path = index_paths(gallery.path)

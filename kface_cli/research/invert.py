@@ -239,7 +239,8 @@ def _target(
         if face is None:
             raise InputError(f"no face found in {image}", hint="Pass a photo with a visible face, or an aligned crop.")
         return embedder.embed(face[None])[0], str(image)
-    from kface_cli.gallery.store import Gallery, ModelInfo
+    from kface_cli.gallery.schema import ModelInfo
+    from kface_cli.gallery.store import Gallery
 
     store = Gallery(gallery)  # type: ignore[arg-type]
     if not store.exists():
