@@ -194,61 +194,73 @@ def _enroll_embeddings(
     )
 
 
+PathsOpt = Annotated[
+    list[Path] | None, typer.Argument(help="Photos, folders of photos, or video files.", show_default=False)
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--threshold",
+        "-t",
+        help=f"Squared L2 distance (2 - 2 cos) below which a face is named \\[default: the model's calibrated 1:N threshold, else its 1:1 one, else {DEFAULT_THRESHOLD:g} = cosine {DEFAULT_THRESHOLD_COSINE:g}].",
+        show_default=False,
+    ),
+]
+TopKOpt = Annotated[
+    int, typer.Option("--top-k", "-k", help="Identities listed per face (the best and the next candidates).")
+]
+EveryOpt = Annotated[int, typer.Option("--every", help="Videos and camera: use one frame in N.")]
+CameraOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--camera", help="Read frames from this webcam (e.g. 0) until Ctrl-C or --max-frames.", show_default=False
+    ),
+]
+MaxFramesOpt = Annotated[
+    int | None,
+    typer.Option("--max-frames", help="Stop after this many frames (camera or videos).", show_default=False),
+]
+AlignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--aligned",
+        help="Every input is an aligned square crop: no detection (112 and 224 px squares are used as they are anyway).",
+    ),
+]
+CsvPathOpt = Annotated[
+    Path | None, typer.Option("--csv", help="Also write one row per face to this CSV file.", show_default=False)
+]
+AnnotateOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--annotate",
+        help="Write copies of the images with boxes and names drawn into this folder.",
+        show_default=False,
+    ),
+]
+FailUnknownOpt = Annotated[
+    bool, typer.Option("--fail-unknown", help="Exit with code 1 when no face matched anyone in the gallery.")
+]
+
+
 @command("identify")
 def identify_cmd(
-    paths: Annotated[
-        list[Path] | None, typer.Argument(help="Photos, folders of photos, or video files.", show_default=False)
-    ] = None,
+    paths: PathsOpt = None,
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
-    threshold: Annotated[
-        float | None,
-        typer.Option(
-            "--threshold",
-            "-t",
-            help=f"Squared L2 distance (2 - 2 cos) below which a face is named \\[default: the model's calibrated 1:N threshold, else its 1:1 one, else {DEFAULT_THRESHOLD:g} = cosine {DEFAULT_THRESHOLD_COSINE:g}].",
-            show_default=False,
-        ),
-    ] = None,
-    top_k: Annotated[
-        int, typer.Option("--top-k", "-k", help="Identities listed per face (the best and the next candidates).")
-    ] = DEFAULT_TOP_K,
-    every: Annotated[int, typer.Option("--every", help="Videos and camera: use one frame in N.")] = 1,
-    camera: Annotated[
-        int | None,
-        typer.Option(
-            "--camera", help="Read frames from this webcam (e.g. 0) until Ctrl-C or --max-frames.", show_default=False
-        ),
-    ] = None,
-    max_frames: Annotated[
-        int | None,
-        typer.Option("--max-frames", help="Stop after this many frames (camera or videos).", show_default=False),
-    ] = None,
-    aligned: Annotated[
-        bool,
-        typer.Option(
-            "--aligned",
-            help="Every input is an aligned square crop: no detection (112 and 224 px squares are used as they are anyway).",
-        ),
-    ] = False,
+    threshold: ThresholdOpt = None,
+    top_k: TopKOpt = DEFAULT_TOP_K,
+    every: EveryOpt = 1,
+    camera: CameraOpt = None,
+    max_frames: MaxFramesOpt = None,
+    aligned: AlignedOpt = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     min_face: MinFaceOpt = None,
     index: IndexOpt = IndexKind.AUTO,
-    csv_path: Annotated[
-        Path | None, typer.Option("--csv", help="Also write one row per face to this CSV file.", show_default=False)
-    ] = None,
-    annotate: Annotated[
-        Path | None,
-        typer.Option(
-            "--annotate",
-            help="Write copies of the images with boxes and names drawn into this folder.",
-            show_default=False,
-        ),
-    ] = None,
-    fail_unknown: Annotated[
-        bool, typer.Option("--fail-unknown", help="Exit with code 1 when no face matched anyone in the gallery.")
-    ] = False,
+    csv_path: CsvPathOpt = None,
+    annotate: AnnotateOpt = None,
+    fail_unknown: FailUnknownOpt = False,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:

@@ -179,6 +179,36 @@ def identity_names(entries: list[str], names_from: NamesFrom | str) -> tuple[lis
     return names, mode
 
 
+def _check_rows(emb, n: int, batch_rows: int, file: Path, entries: list[str]) -> None:
+    """Every row finite and non-zero, read in blocks of ``batch_rows``; else one line naming the row."""
+    for a in range(0, n, batch_rows):
+        block = np.asarray(emb[a : a + batch_rows], dtype=np.float32)
+        norms = np.sqrt(np.einsum("ij,ij->i", block, block))
+        bad = np.flatnonzero(~np.isfinite(norms) | (norms < 1e-6))
+        if len(bad):
+            row = a + int(bad[0])
+            what = "is not finite (NaN or infinite)" if not np.isfinite(block[bad[0]]).all() else "is zero"
+            raise InputError(
+                f"{file}: embedding {row} ({entries[row]!r}) {what}; nothing was enrolled",
+                hint="The model or job that wrote the file is broken; embed the photos again.",
+            )
+
+
+def _per_identity(
+    names: list[str], sources: list[str], duplicate_sources: set[str], in_gallery: dict[str, int]
+) -> list[dict[str, Any]]:
+    """Per identity of the file: its rows, how many were added or already there, its templates now."""
+    stats: dict[str, list[int]] = {}
+    for name, source in zip(names, sources):
+        row = stats.setdefault(name, [0, 0])
+        row[0] += 1
+        row[1] += source in duplicate_sources
+    return [
+        {"name": k, "rows": v[0], "added": v[0] - v[1], "duplicates": v[1], "templates": in_gallery.get(k, 0)}
+        for k, v in sorted(stats.items())
+    ]
+
+
 def enroll_embeddings(
     file: str | Path,
     gallery_path: str | Path,
@@ -232,17 +262,7 @@ def enroll_embeddings(
                     hint="Embed the photos with the gallery's model, or enrol into a new --gallery.",
                 )
         emb = f["embeddings"]
-        for a in range(0, n, batch_rows):  # every row checked before anything is committed
-            block = np.asarray(emb[a : a + batch_rows], dtype=np.float32)
-            norms = np.sqrt(np.einsum("ij,ij->i", block, block))
-            bad = np.flatnonzero(~np.isfinite(norms) | (norms < 1e-6))
-            if len(bad):
-                row = a + int(bad[0])
-                what = "is not finite (NaN or infinite)" if not np.isfinite(block[bad[0]]).all() else "is zero"
-                raise InputError(
-                    f"{file}: embedding {row} ({entries[row]!r}) {what}; nothing was enrolled",
-                    hint="The model or job that wrote the file is broken; embed the photos again.",
-                )
+        _check_rows(emb, n, batch_rows, file, entries)  # every row checked before anything is committed
         sources = entries if mode is not NamesFrom.ENTRY else [f"{file.name}#{i}" for i in range(n)]
         started = time.perf_counter()
         before = gallery.facts().templates if gallery.exists() else 0
@@ -262,18 +282,9 @@ def enroll_embeddings(
                 bar.advance(b - a)
     from kface_cli.gallery.index import NUMPY_EXACT_MAX, load_index
 
-    in_gallery = gallery.identities()
     facts = gallery.facts()
     seconds = time.perf_counter() - started
-    stats: dict[str, list[int]] = {}
-    for name, source in zip(names, sources):
-        row = stats.setdefault(name, [0, 0])
-        row[0] += 1
-        row[1] += source in duplicate_sources
-    per_identity = [
-        {"name": k, "rows": v[0], "added": v[0] - v[1], "duplicates": v[1], "templates": in_gallery.get(k, 0)}
-        for k, v in sorted(stats.items())
-    ]
+    per_identity = _per_identity(names, sources, duplicate_sources, gallery.identities())
     if update_index and facts.templates > NUMPY_EXACT_MAX:
         load_index(gallery)  # build and save the index identify will load
     index_seconds = time.perf_counter() - started - seconds
@@ -285,7 +296,7 @@ def enroll_embeddings(
         rows=n,
         added=added,
         duplicates=duplicates,
-        identities=len(stats),
+        identities=len(per_identity),
         per_identity=per_identity,
         templates=facts.templates,
         seconds=seconds,

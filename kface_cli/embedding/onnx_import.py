@@ -101,6 +101,25 @@ def _leaf_order(module: Any) -> list[Any]:
     return order
 
 
+def _put(param: Any, array: np.ndarray) -> None:
+    """Copy ``array`` into the parameter or buffer ``param`` (reshaped when only the shape differs)."""
+    import torch
+
+    if tuple(param.shape) != tuple(array.shape):
+        if param.numel() != array.size:
+            raise ValueError(f"shape {tuple(array.shape)} where kface has {tuple(param.shape)}")
+        array = array.reshape(tuple(param.shape))
+    param.copy_(torch.from_numpy(np.array(array, dtype=np.float32)))  # a writable copy
+
+
+def _identity_bn(bn: Any, bias: np.ndarray) -> None:
+    """A BatchNorm that only adds ``bias`` (what an exporter folded into the layer before it)."""
+    bn.weight.fill_(1.0)
+    _put(bn.bias, bias)
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1.0 - bn.eps)
+
+
 def _map(module: Any, graph: Any) -> str | None:
     """Fill ``module``'s parameters from ``graph``; None on success, else why not."""
     import torch
@@ -120,19 +139,6 @@ def _map(module: Any, graph: Any) -> str | None:
             raise KeyError(name)
         return values[name]
 
-    def put(param: Any, array: np.ndarray) -> None:
-        if tuple(param.shape) != tuple(array.shape):
-            if param.numel() != array.size:
-                raise ValueError(f"shape {tuple(array.shape)} where kface has {tuple(param.shape)}")
-            array = array.reshape(tuple(param.shape))
-        param.copy_(torch.from_numpy(np.array(array, dtype=np.float32)))  # a writable copy
-
-    def identity_bn(bn: Any, bias: np.ndarray) -> None:
-        bn.weight.fill_(1.0)
-        put(bn.bias, bias)
-        bn.running_mean.zero_()
-        bn.running_var.fill_(1.0 - bn.eps)
-
     try:
         with torch.no_grad():
             while i < len(layers):
@@ -150,15 +156,15 @@ def _map(module: Any, graph: Any) -> str | None:
                         or list(a.get("pads", [0] * 4))[:2] != list(layer.padding)
                     ):
                         return f"convolution {node.name or j} has other strides, padding or groups"
-                    put(layer.weight, need(node.input[1]))
+                    _put(layer.weight, need(node.input[1]))
                     bias = values.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
                     if bias is not None and layer.bias is not None:
-                        put(layer.bias, bias)
+                        _put(layer.bias, bias)
                     elif bias is not None:  # a BatchNorm folded into the convolution
                         nxt = layers[i + 1] if i + 1 < len(layers) else None
                         if not isinstance(nxt, torch.nn.modules.batchnorm._BatchNorm):
                             return f"convolution {node.name or j} has a bias kface's layer has not"
-                        identity_bn(nxt, bias)
+                        _identity_bn(nxt, bias)
                         i += 1
                     elif layer.bias is not None:
                         layer.bias.zero_()
@@ -166,14 +172,14 @@ def _map(module: Any, graph: Any) -> str | None:
                     if node.op_type != "BatchNormalization":
                         return f"node {j} is {node.op_type} where kface has a BatchNorm"
                     scale, b, mean, var = (need(n) for n in node.input[1:5])
-                    put(layer.weight, scale)
-                    put(layer.bias, b)
-                    put(layer.running_mean, mean)
-                    put(layer.running_var, var + float(a.get("epsilon", 1e-5)) - layer.eps)
+                    _put(layer.weight, scale)
+                    _put(layer.bias, b)
+                    _put(layer.running_mean, mean)
+                    _put(layer.running_var, var + float(a.get("epsilon", 1e-5)) - layer.eps)
                 elif isinstance(layer, torch.nn.PReLU):
                     if node.op_type != "PRelu":
                         return f"node {j} is {node.op_type} where kface has a PReLU"
-                    put(layer.weight, need(node.input[1]))
+                    _put(layer.weight, need(node.input[1]))
                 elif isinstance(layer, torch.nn.Linear):
                     if node.op_type == "Gemm":
                         w = need(node.input[1])
@@ -185,17 +191,17 @@ def _map(module: Any, graph: Any) -> str | None:
                         w, bias = need(node.input[1]).T, extra["bias"]
                     else:
                         return f"node {j} is {node.op_type} where kface has a fully connected layer"
-                    put(layer.weight, w)
+                    _put(layer.weight, w)
                     if layer.bias is not None:
                         if bias is None:
                             layer.bias.zero_()
                         else:
-                            put(layer.bias, bias)
+                            _put(layer.bias, bias)
                     elif bias is not None:
                         nxt = layers[i + 1] if i + 1 < len(layers) else None
                         if not isinstance(nxt, torch.nn.modules.batchnorm._BatchNorm):
                             return "the fully connected layer has a bias kface's has not"
-                        identity_bn(nxt, bias)
+                        _identity_bn(nxt, bias)
                         i += 1
                 i += 1
                 j += 1

@@ -279,6 +279,11 @@ class Gallery(GalleryReads, GalleryAppends, GalleryMaintenance):
                     raise self._damaged(f"{key} is {len(value):,} characters long")
         if "created" in f.attrs and not isinstance(f.attrs["created"], float | np.floating | int | np.integer):
             raise self._damaged("created is not a number")
+        self._validate_datasets(f, version, d)
+        self._validate_rows(f, version, fields)
+
+    def _validate_datasets(self, f, version: int, d: int) -> None:
+        """Each dataset's dimensions, dtype and width (``d``: the embedding size)."""
         emb_dtype = np.float16 if version == SCHEMA_VERSION else np.float32
         expected = {"embeddings": (2, emb_dtype, d), "box": (2, np.float32, 4), "score": (1, np.float32, None)}
         expected["added"] = (1, np.float64, None)
@@ -296,6 +301,9 @@ class Gallery(GalleryReads, GalleryAppends, GalleryMaintenance):
                 ds = f[k]
                 if ds.ndim != 1 or ds.dtype.kind != "S" or ds.dtype.itemsize > 4096:
                     raise self._damaged(f"{k} is {ds.dtype} with {ds.ndim} dimensions, expected fixed-length text")
+
+    def _validate_rows(self, f, version: int, fields: tuple[str, ...]) -> None:
+        """The datasets agree on the rows, the committed count fits them, and they store what they claim."""
         row_fields = [k for k in fields if k != "text"]
         capacity = f["embeddings"].shape[0]
         if capacity > MAX_ROWS or any(f[k].shape[0] != capacity for k in row_fields):

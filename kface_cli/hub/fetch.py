@@ -315,26 +315,7 @@ def fetch_pack(
         if not sha256:
             _check_digest(actual, src.known.sha256 if src.known else None, src, "pinned")
             _check_digest(actual, recorded, src, "recorded at the first download")
-        unpacked = work / "pack"
-        if zipfile.is_zipfile(archive):
-            from kface_cli.archive import extract_all
-
-            extract_all(
-                archive,
-                unpacked,
-                max_member_bytes=MAX_MEMBER_BYTES,
-                max_total_bytes=MAX_UNPACKED_BYTES,
-                label=src.location,
-            )
-        elif _looks_like_onnx(archive, src.location):
-            unpacked.mkdir()
-            file_name = Path(urlparse(src.location).path if src.kind != "file" else src.location).name
-            shutil.copyfile(archive, unpacked / (file_name if file_name.lower().endswith(".onnx") else f"{name}.onnx"))
-        else:
-            raise InputError(
-                f"{src.location} is neither a zip archive nor an .onnx model (or it is incomplete); nothing was kept",
-                hint="A pack is a zip of ONNX models (as insightface's buffalo_l.zip), or one .onnx file: fetch it again.",
-            )
+        unpacked = _unpack(archive, work / "pack", src, name)
         if archive.parent == work:
             archive.unlink()  # the pack's files are what is kept
         from kface_cli.hub.signature import find_models
@@ -343,29 +324,7 @@ def fetch_pack(
         rec = found.recognition
         assert rec is not None
         now = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-        manifest = {
-            "version": cache.MANIFEST_VERSION,
-            "name": name,
-            "source": src.location if src.kind != "file" else str(Path(src.location).resolve()),
-            "source_kind": src.kind,
-            "sha256": actual,
-            "sha256_checked": "given (--sha256)"
-            if sha256
-            else "pinned"
-            if src.known and src.known.sha256
-            else "recorded at the first download"
-            if recorded
-            else "none (recorded now)"
-            if src.digest_key
-            else "none",
-            "archive_bytes": os.path.getsize(src.location) if src.kind == "file" else None,
-            "licence": src.known.licence if src.known else "unknown: see where the pack came from",
-            "licence_accepted": accepted,
-            "fetched_at": now,
-            "recognition": {**rec.to_json(), "bytes": (unpacked / rec.file).stat().st_size},
-            "other_models": [s.to_json() for s in found.others],
-            "bytes": sum(p.stat().st_size for p in unpacked.rglob("*") if p.is_file()),
-        }
+        manifest = _manifest(name, src, actual, sha256, recorded, accepted, now, unpacked, found)
         from kface_cli.atomic import write_text
 
         write_text(unpacked / cache.MANIFEST, json.dumps(manifest, indent=2) + "\n")
@@ -381,6 +340,70 @@ def fetch_pack(
         return FetchResult(name, final, "fetched", manifest, time.perf_counter() - started)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _unpack(archive: Path, unpacked: Path, src: _Source, name: str) -> Path:
+    """The pack's files in ``unpacked``: a zip's members (bounded, inside the folder) or one .onnx."""
+    if zipfile.is_zipfile(archive):
+        from kface_cli.archive import extract_all
+
+        extract_all(
+            archive,
+            unpacked,
+            max_member_bytes=MAX_MEMBER_BYTES,
+            max_total_bytes=MAX_UNPACKED_BYTES,
+            label=src.location,
+        )
+    elif _looks_like_onnx(archive, src.location):
+        unpacked.mkdir()
+        file_name = Path(urlparse(src.location).path if src.kind != "file" else src.location).name
+        shutil.copyfile(archive, unpacked / (file_name if file_name.lower().endswith(".onnx") else f"{name}.onnx"))
+    else:
+        raise InputError(
+            f"{src.location} is neither a zip archive nor an .onnx model (or it is incomplete); nothing was kept",
+            hint="A pack is a zip of ONNX models (as insightface's buffalo_l.zip), or one .onnx file: fetch it again.",
+        )
+    return unpacked
+
+
+def _manifest(
+    name: str,
+    src: _Source,
+    actual: str,
+    sha256: str | None,
+    recorded: str | None,
+    accepted: bool,
+    now: str,
+    unpacked: Path,
+    found: Any,
+) -> dict[str, Any]:
+    """What ``manifest.json`` records of a fetched pack: where from, its digest and how it was
+    checked, the licence, the recognition model and the others."""
+    rec = found.recognition
+    manifest = {
+        "version": cache.MANIFEST_VERSION,
+        "name": name,
+        "source": src.location if src.kind != "file" else str(Path(src.location).resolve()),
+        "source_kind": src.kind,
+        "sha256": actual,
+        "sha256_checked": "given (--sha256)"
+        if sha256
+        else "pinned"
+        if src.known and src.known.sha256
+        else "recorded at the first download"
+        if recorded
+        else "none (recorded now)"
+        if src.digest_key
+        else "none",
+        "archive_bytes": os.path.getsize(src.location) if src.kind == "file" else None,
+        "licence": src.known.licence if src.known else "unknown: see where the pack came from",
+        "licence_accepted": accepted,
+        "fetched_at": now,
+        "recognition": {**rec.to_json(), "bytes": (unpacked / rec.file).stat().st_size},
+        "other_models": [s.to_json() for s in found.others],
+        "bytes": sum(p.stat().st_size for p in unpacked.rglob("*") if p.is_file()),
+    }
+    return manifest
 
 
 def _looks_like_onnx(path: Path, location: str) -> bool:
