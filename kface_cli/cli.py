@@ -116,6 +116,13 @@ ModelOpt = Annotated[
         show_default=False,
     ),
 ]
+TrustModelOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-model",
+        help="Let a TorchScript model run: it is a program that can read and write any file (refused otherwise; ONNX and state_dicts run no code).",
+    ),
+]
 NetworkOpt = Annotated[
     str | None,
     typer.Option(
@@ -799,6 +806,7 @@ def enroll_cmd(
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     aligned: Annotated[
         bool,
         typer.Option(
@@ -842,7 +850,7 @@ def enroll_cmd(
     result = enroll_folder(
         folder,
         _gallery_path(gallery, workdir),
-        lambda: load_embedder(model, workdir=ws.root, network=network),
+        lambda: load_embedder(model, workdir=ws.root, network=network, trust_model=trust_model),
         aligned=aligned,
         per_identity=per_identity,
         replace=replace,
@@ -871,6 +879,7 @@ def identify_cmd(
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -935,7 +944,7 @@ def identify_cmd(
     result = identify(
         paths or [],
         _gallery_path(gallery, workdir),
-        lambda: load_embedder(model, workdir=ws.root, network=network),
+        lambda: load_embedder(model, workdir=ws.root, network=network, trust_model=trust_model),
         threshold=threshold,
         top_k=top_k,
         every=every,
@@ -1035,6 +1044,7 @@ def gallery_cmd(
 def evaluate_cmd(
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     pairs: Annotated[
         Path | None,
         typer.Option(
@@ -1139,7 +1149,7 @@ def evaluate_cmd(
 
     result = evaluate(
         EvaluateOptions(
-            model=model, workdir=workdir, network=network, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
+            model=model, workdir=workdir, network=network, trust_model=trust_model, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
             bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
             target_fpir=target_fpir, save_threshold=save_threshold, replace_threshold=replace_threshold, name=name,
             landmarks=landmarks, batch_size=_deprecated("--batch-size", "--embed-batch", batch_size_deprecated, embed_batch),
@@ -1174,13 +1184,13 @@ def _model_row(model: dict) -> list[str]:
     return ["model", f"{model.get('network')} {model.get('fingerprint')}"]
 
 
-def _model_loader(model: str | None, network: str | None, workdir: Path | None) -> Callable:
+def _model_loader(model: str | None, network: str | None, workdir: Path | None, trust_model: bool = False) -> Callable:
     """Loads the model when the domain function asks (after it has checked its inputs)."""
     from kface_cli.embedding.loading import load_embedder
     from kface_cli.workspace import Workspace
 
     root = Workspace.resolve(workdir).root
-    return lambda: load_embedder(model, workdir=root, network=network)
+    return lambda: load_embedder(model, workdir=root, network=network, trust_model=trust_model)
 
 
 @command("verify")
@@ -1189,6 +1199,7 @@ def verify_cmd(
     image2: Annotated[Path, typer.Argument(help="Second photo.", show_default=False)],
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -1205,7 +1216,7 @@ def verify_cmd(
     """Are two photos the same person? Distance and verdict at the model's threshold (exit 0 same, 1 different, 2 error)."""
     from kface_cli.embedding.compare import verify_photos
 
-    loader = _model_loader(model, network, workdir)
+    loader = _model_loader(model, network, workdir, trust_model)
     result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks)
     if json_output:
         console.print_json(result.to_json())
@@ -1236,6 +1247,7 @@ def embed_cmd(
     ],
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
     json_output: JsonOpt = False,
@@ -1244,7 +1256,7 @@ def embed_cmd(
     """Write one unit-length embedding per photo (its largest face) to .npy + names, or HDF5."""
     from kface_cli.embedding.compare import embed_photos
 
-    loader = _model_loader(model, network, workdir)
+    loader = _model_loader(model, network, workdir, trust_model)
     result = embed_photos(paths, loader, out, landmarks=landmarks, batch_size=embed_batch)
     if json_output:
         console.print_json(result.to_json())
