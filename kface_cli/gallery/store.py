@@ -364,6 +364,26 @@ def _create_datasets(f, capacity: int, embedding_size: int) -> None:
         f.create_dataset(name, shape=shape, maxshape=maxshape, chunks=chunks, dtype=dtype, dcpl=early(), **kw)
 
 
+def _row_arrays(batch: Sequence[Template], model: ModelInfo) -> dict[str, np.ndarray]:
+    """The rows of ``batch`` as the arrays written into each row field (embeddings as float32)."""
+    emb = np.stack([np.asarray(t.embedding, dtype=np.float32).reshape(-1) for t in batch])  # (B, D)
+    assert emb.shape[1] == model.embedding_size, f"embedding size {emb.shape[1]} != gallery's {model.embedding_size}"
+    h5py = _h5py()
+    return {
+        "embeddings": emb,
+        "name": np.array(
+            [_encode(t.name, NAME_BYTES, "identity name") for t in batch], dtype=h5py.string_dtype("utf-8", NAME_BYTES)
+        ),
+        "source": np.array([_encode_source(t.source) for t in batch], dtype=h5py.string_dtype("utf-8", SOURCE_BYTES)),
+        "box": np.array([t.box for t in batch], dtype=np.float32).reshape(-1, 4),
+        "score": np.array([t.score for t in batch], dtype=np.float32),
+        "added": np.full(len(batch), time.time()),
+        "content_hash": np.array(
+            [t.content_hash.encode("ascii") for t in batch], dtype=h5py.string_dtype("ascii", HASH_CHARS)
+        ),
+    }
+
+
 def _row_nbytes(dataset) -> int:
     return int(dataset.dtype.itemsize * np.prod(dataset.shape[1:], dtype=np.int64))
 
@@ -665,32 +685,15 @@ class Gallery:
 
     def _write_rows(self, batch: Sequence[Template], model: ModelInfo) -> None:
         """Write rows into pre-allocated room, fsync, then commit ``count`` and ``checksum`` last."""
-        emb = np.stack([np.asarray(t.embedding, dtype=np.float32).reshape(-1) for t in batch])  # (B, D)
-        assert emb.shape[1] == model.embedding_size, (
-            f"embedding size {emb.shape[1]} != gallery's {model.embedding_size}"
-        )
-        names = [t.name for t in batch]
-        h5py = _h5py()
-        name_bytes = np.array(
-            [_encode(n, NAME_BYTES, "identity name") for n in names], dtype=h5py.string_dtype("utf-8", NAME_BYTES)
-        )
-        src_bytes = np.array([_encode_source(t.source) for t in batch], dtype=h5py.string_dtype("utf-8", SOURCE_BYTES))
-        hashes = [t.content_hash for t in batch]
-        now = time.time()
+        rows = _row_arrays(batch, model)
+        emb, names, hashes = rows["embeddings"], [t.name for t in batch], [t.content_hash for t in batch]
         try:
             with self._open("r+") as f:
                 start = int(f.attrs["count"])
                 end = start + len(batch)
                 assert end <= f["embeddings"].shape[0], "append called without room"
-                f["embeddings"][start:end] = emb
-                f["name"][start:end] = name_bytes
-                f["source"][start:end] = src_bytes
-                f["box"][start:end] = np.array([t.box for t in batch], dtype=np.float32).reshape(-1, 4)
-                f["score"][start:end] = np.array([t.score for t in batch], dtype=np.float32)
-                f["added"][start:end] = np.full(len(batch), now)
-                f["content_hash"][start:end] = np.array(
-                    [h.encode("ascii") for h in hashes], dtype=h5py.string_dtype("ascii", HASH_CHARS)
-                )
+                for field_name, values in rows.items():
+                    f[field_name][start:end] = values
                 f.flush()
                 _fsync_file(self.path)
                 # The commit: readers see the new rows only from here on.
@@ -742,6 +745,29 @@ class Gallery:
                 self._rewrite(capacity, keep=keep)
             return removed
 
+    def replace(self, names: Sequence[str], templates: Sequence[Template], model: ModelInfo) -> int:
+        """Swap every template of ``names`` for ``templates`` in one copy-on-write rewrite.
+
+        The old rows and the new ones change places in a single atomic rename: an interrupted
+        call leaves the gallery as it was. Returns how many old templates went. ``templates``
+        must not be empty (a person is never left with none by a replace).
+        """
+        assert templates, "replace() needs new templates"
+        wanted = set(names)
+        with self._writing():
+            if not self.path.exists():
+                self._write_new(model, _round_capacity(len(templates)), created=time.time(), source=None, keep=None)
+                self._write_rows(templates, model)
+                return 0
+            with self._open() as f:
+                self._check(self._model_of(f), model)
+                n = int(f.attrs["count"])
+                keep = np.array([nm not in wanted for nm in _decode(f["name"][:n])], dtype=bool)
+                capacity = max(int(f["embeddings"].shape[0]), int(keep.sum()) + len(templates))
+                created = float(f.attrs.get("created", time.time()))
+                self._write_new(model, capacity, created=created, source=f, keep=keep, extra=templates)
+            return int((~keep).sum())
+
     def compact(self) -> None:
         """Rewrite the file with just enough room for its rows (after large removals)."""
         with self._writing():
@@ -756,14 +782,24 @@ class Gallery:
             created = float(f.attrs.get("created", time.time()))
             self._write_new(model, capacity, created=created, source=f, keep=keep)
 
-    def _write_new(self, model: ModelInfo, capacity: int, *, created: float, source, keep: np.ndarray | None) -> None:
-        """Write a complete gallery file next to ``self.path`` and atomically rename it into place."""
+    def _write_new(
+        self,
+        model: ModelInfo,
+        capacity: int,
+        *,
+        created: float,
+        source,
+        keep: np.ndarray | None,
+        extra: Sequence[Template] = (),
+    ) -> None:
+        """Write a complete gallery file next to ``self.path`` and atomically rename it into place
+        (the kept rows of ``source``, then the ``extra`` templates)."""
         from kface_cli.atomic import atomic_path
 
         h5py = _h5py()
         n_src = int(source.attrs["count"]) if source is not None else 0
         n_keep = int(keep.sum()) if keep is not None else n_src
-        capacity = _round_capacity(max(capacity, n_keep))
+        capacity = _round_capacity(max(capacity, n_keep + len(extra)))
         mode = self.path.stat().st_mode & 0o777 if self.path.exists() else FILE_MODE  # a rewrite keeps the mode
         with atomic_path(self.path, mode=mode) as tmp:
             with h5py.File(tmp, "w") as g:
@@ -792,8 +828,16 @@ class Gallery:
                         _decode(block["name"]),
                     )
                     out += k
-                if keep is None and source is not None:
+                if keep is None and source is not None and not extra:
                     checksum = _checksum_of(source)  # same rows: the index built for them stays valid
+                if extra:
+                    rows = _row_arrays(extra, model)
+                    for name, values in rows.items():
+                        g[name][out : out + len(extra)] = values
+                    checksum = _chain_checksum(
+                        checksum, [t.content_hash for t in extra], rows["embeddings"], [t.name for t in extra]
+                    )
+                    out += len(extra)
                 g.attrs["checksum"] = np.bytes_(checksum.encode("ascii"))  # fixed-length: rewritten in place
                 g.attrs["count"] = np.int64(out)
                 g.attrs["digest"] = _format_digest(out, *_digest_rows(g, 0, out))
