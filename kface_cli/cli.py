@@ -940,6 +940,10 @@ def identify_cmd(
         raise InputError("nothing to identify", hint="Pass photos, folders or videos, or --camera 0.")
     if camera is not None and paths:
         raise InputError("pass either photos/videos or --camera, not both")
+    if csv_path is not None:
+        from kface_cli.atomic import check_output
+
+        check_output(csv_path, inputs=[_gallery_path(gallery, workdir), model, *(paths or [])], option="--csv")
     ws = Workspace.resolve(workdir)
     result = identify(
         paths or [],

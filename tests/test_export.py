@@ -109,6 +109,20 @@ def test_export_errors(workspace, tmp_path):
         export_model(None, tmp_path / "m.onnx", workdir=tmp_path)
 
 
+def test_export_never_writes_over_a_checkpoint_or_a_gallery(workspace, tmp_path):
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"backbone": {"w": torch.zeros(2)}}, ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(InputError, match="checkpoint.pt is a model; refusing to overwrite it"):
+        export_model(workspace / "runs" / "tiny", ckpt, fmt="torchscript")
+    assert ckpt.read_bytes() == before
+    import os
+
+    os.link(workspace / "runs" / "tiny" / "backbone.pth", tmp_path / "same.onnx")  # a hard link to the source
+    with pytest.raises(InputError, match="also an input"):
+        export_model(workspace / "runs" / "tiny", tmp_path / "same.onnx")
+
+
 @pytest.mark.slow
 def test_cli_export(workspace, tmp_path):
     runner = CliRunner()

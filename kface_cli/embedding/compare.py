@@ -182,9 +182,13 @@ def embed_photos(
     from kface_cli.face.detection import photo_paths
     from kface_cli.gallery.enroll import describe_model, resolve_embedder
 
+    from kface_cli.atomic import check_output
+
     out = Path(out)
     _check_out(out)
     files = photo_paths(paths)
+    for target in _outputs(out):  # before the work: never over a photo, a gallery or a model
+        check_output(target, inputs=[*paths, *files], option="--out")
     embedder = resolve_embedder(embedder)
     warnings = warn_if_synthetic(embedder)
     started = time.perf_counter()
@@ -207,6 +211,11 @@ def embed_photos(
         warnings=warnings,
         seconds=time.perf_counter() - started,
     )
+
+
+def _outputs(out: Path) -> list[Path]:
+    """The files :func:`save_embeddings` writes for ``out`` (a .npy gets its names file)."""
+    return [out, out.with_suffix(NAMES_SUFFIX)] if out.suffix.lower() in NPY_SUFFIXES else [out]
 
 
 def save_embeddings(

@@ -27,7 +27,7 @@ from kface_cli.choices import ExportFormat
 from kface_cli.defaults import DEFAULT_OPSET, FACE_SIZE
 from kface_cli.errors import KFaceError
 from kface_cli.face.preprocess import MEAN, STD
-from kface_cli.workspace import RUN_ONNX, RUN_TORCHSCRIPT
+from kface_cli.workspace import RUN_BACKBONE, RUN_CHECKPOINT, RUN_ONNX, RUN_TORCHSCRIPT
 
 #: The file written beside the source model when no ``--out`` is given, per format.
 DEFAULT_FILE_NAMES = {ExportFormat.ONNX: RUN_ONNX, ExportFormat.TORCHSCRIPT: RUN_TORCHSCRIPT}
@@ -221,6 +221,10 @@ def export_model(
         raise KFaceError(
             f"{source.name} is already an ONNX model", hint="Export from a run folder, checkpoint.pt or backbone.pth."
         )
+    from kface_cli.atomic import ONNX_KIND, TORCHSCRIPT_KIND, check_output
+
+    inputs = [source, *((source / n for n in (RUN_BACKBONE, RUN_CHECKPOINT)) if source.is_dir() else ())]
+    check_output(out, inputs=inputs, may_replace={ONNX_KIND if fmt is ExportFormat.ONNX else TORCHSCRIPT_KIND})
     weights = loading.load_torch_weights(source)
     module, name, size = loading.build_backbone(weights, network)
     module = module.float().eval()

@@ -282,6 +282,7 @@ def identify(
             (called from ``workers`` threads at once).
         workers: threads reading and detecting photos (None: one per core; the camera uses one).
     """
+    from kface_cli.atomic import check_output_folder
     from kface_cli.console import info, progress, warn
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.parallel import map_ordered
@@ -293,6 +294,8 @@ def identify(
     capture = None
     if camera is None:
         files = expand_inputs(paths)  # before the slow model load: typos fail fast
+        if annotate is not None:
+            check_output_folder(annotate, inputs=files, option="--annotate")
     else:
         capture = _open_capture(camera)
     gallery = Gallery(gallery_path)
