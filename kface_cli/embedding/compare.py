@@ -177,12 +177,11 @@ def embed_photos(
     warning); when that leaves nothing, nothing is written (an earlier ``out`` stays as it was).
     ``out``: ``.npy`` (plus a ``.names.txt`` sidecar) or ``.h5``/``.hdf5``; written atomically.
     """
+    from kface_cli.atomic import check_output
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.evaluate.protocols import FaceLoader, embed_paths
     from kface_cli.face.detection import photo_paths
     from kface_cli.gallery.enroll import describe_model, resolve_embedder
-
-    from kface_cli.atomic import check_output
 
     out = Path(out)
     _check_out(out)
