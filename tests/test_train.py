@@ -9,7 +9,7 @@ import torch
 from trainingdata import make_workspace
 from typer.testing import CliRunner
 
-from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
+from kface_cli.errors import InputError, KFaceError, ModelMismatchError, TrainingError
 from kface_cli.train import checkpoint as ck
 from kface_cli.train.config import TrainConfig, resolve_config
 from kface_cli.train.loop import EpochBatches, auto_workers, read_log, train, train_from_options
@@ -183,6 +183,26 @@ def test_interrupt_then_resume_equals_uninterrupted_run(ws):
         train_from_options(None, {"workdir": str(ws), "name": "cut"}, resume=True)
     with pytest.raises(KFaceError, match="already exists"):
         train(tiny(ws, name="cut", batch_size=9))
+
+
+@pytest.mark.slow
+def test_resuming_a_copied_run_continues_the_copy(ws):
+    import shutil
+
+    train(tiny(ws, name="orig", epochs=1))
+    shutil.copytree(ws / "runs" / "orig", ws / "runs" / "copy")
+    before = {p.name: p.read_bytes() for p in (ws / "runs" / "orig").iterdir()}
+    result = train_from_options(None, {"workdir": str(ws), "name": "copy", "epochs": 2}, resume=True)
+    assert result.run_dir == ws / "runs" / "copy" and result.epochs == 2
+    assert ck.load_checkpoint(ws / "runs" / "copy" / ck.RUN_CHECKPOINT)["epoch"] == 2
+    assert ck.load_checkpoint(ws / "runs" / "copy" / ck.RUN_CHECKPOINT)["config"]["name"] == "copy"
+    assert {p.name: p.read_bytes() for p in (ws / "runs" / "orig").iterdir()} == before  # untouched
+    # a saved config with odd values is one line naming the checkpoint
+    saved = ck.load_checkpoint(ws / "runs" / "copy" / ck.RUN_CHECKPOINT)
+    saved["config"]["epochs"] = "many"
+    ck.save_torch(ws / "runs" / "copy" / ck.RUN_CHECKPOINT, saved)
+    with pytest.raises(InputError, match="checkpoint.pt: its saved training config is damaged"):
+        train_from_options(None, {"workdir": str(ws), "name": "copy", "epochs": 3}, resume=True)
 
 
 @pytest.mark.slow
