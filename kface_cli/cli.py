@@ -203,6 +203,11 @@ def command(name: str | None = None, **kwargs) -> Callable:
             except KeyboardInterrupt:
                 console.error("interrupted")
                 raise typer.Exit(130) from None
+            except MemoryError:  # anywhere: one line, nothing committed is lost (writes are atomic)
+                if console.MODE.debug:
+                    console.err.print_exception()
+                console.error(OUT_OF_MEMORY)
+                raise typer.Exit(2) from None
             finally:  # an in-process caller (tests, notebooks) gets the output mode it had
                 vars(console.MODE).update(vars(saved))
 
@@ -216,6 +221,14 @@ def command(name: str | None = None, **kwargs) -> Callable:
         return app.command(name, **kwargs)(wrapper)
 
     return decorator
+
+
+#: The line for a MemoryError, wherever it happens.
+OUT_OF_MEMORY = (
+    "out of memory: this machine (or its memory limit, e.g. ulimit -v) cannot hold what this command needs. "
+    "Nothing already saved was lost; use smaller batches (--embed-batch, --commit-every), fewer inputs at once, "
+    "or a machine with more memory."
+)
 
 
 def _version(value: bool) -> None:
@@ -1506,3 +1519,6 @@ def main() -> None:
     except KFaceError as e:  # raised outside a command (e.g. in a callback)
         console.error(str(e))
         sys.exit(e.exit_code)
+    except MemoryError:
+        console.error(OUT_OF_MEMORY)
+        sys.exit(2)
