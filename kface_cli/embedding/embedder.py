@@ -437,7 +437,7 @@ def module_output_size(module: torch.nn.Module) -> int:
     was_training = module.training
     module.eval()
     try:
-        device = next(module.parameters()).device
+        device = next(module.parameters(), torch.empty(0)).device
         with torch.inference_mode():
             return int(module(torch.zeros(2, 3, FACE_SIZE, FACE_SIZE, device=device)).shape[1])
     finally:
