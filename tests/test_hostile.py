@@ -231,7 +231,7 @@ def case_zero_or_nan_model_says_nothing(ctx: Ctx) -> None:
 def case_replace_with_no_face_keeps_the_person(ctx: Ctx) -> None:
     from gallery_helpers import PixelEmbedder
 
-    from kface_cli.gallery.enroll import enroll_folder
+    from kface_cli.deploy.enroll import enroll_folder
 
     class NoFace:
         def detect(self, image, path=None):
