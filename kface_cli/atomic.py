@@ -117,8 +117,13 @@ def write_bytes(target: str | Path, data: bytes) -> None:
 #: File name endings of model files (a model is never overwritten by another command's output).
 MODEL_SUFFIXES = (".onnx", ".pth", ".pt", ".ts", ".ckpt", ".safetensors")
 #: What :func:`protected_kind` calls each kind of file that an output option never overwrites.
-GALLERY_KIND, ONNX_KIND, TORCHSCRIPT_KIND, TORCH_KIND = "kface gallery", "ONNX model", "TorchScript model", "model"
+GALLERY_KIND = "kface gallery or an HDF5 file kface did not write"
+ONNX_KIND, TORCHSCRIPT_KIND, TORCH_KIND = "ONNX model", "TorchScript model", "model"
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: The first bytes (HDF5 user block) of the embeddings files ``kface embed --out x.h5`` writes:
+#: the one kind of HDF5 file an output may replace.
+EMBEDDINGS_MARKER = b"kface-embeddings\n"
+EMBEDDINGS_USERBLOCK = 512
 
 
 def same_file(a: str | Path, b: str | Path) -> bool:
@@ -135,8 +140,9 @@ def same_file(a: str | Path, b: str | Path) -> bool:
 def protected_kind(path: str | Path) -> str | None:
     """The kind of an existing file no output may overwrite (a kface gallery or a model), or None.
 
-    Judged by content, not by name: an HDF5 file with a gallery's attributes, a torch archive
-    (TorchScript or weights), a file named like a model.
+    Judged by content, not by name: an HDF5 file (a gallery; the embeddings files of ``kface
+    embed`` start with :data:`EMBEDDINGS_MARKER` instead), a torch archive (TorchScript or
+    weights), a file named like a model.
     """
     import zipfile
 
@@ -146,12 +152,9 @@ def protected_kind(path: str | Path) -> str | None:
             return None
         with open(path, "rb") as f:
             head = f.read(8)
-        if head == _HDF5_MAGIC:
-            import h5py
-
-            with h5py.File(path, "r") as h5:
-                if "fingerprint" in h5.attrs and "embeddings" in h5:
-                    return GALLERY_KIND
+        if head == _HDF5_MAGIC:  # a gallery, or HDF5 data kface did not write (h5py is not a core import)
+            return GALLERY_KIND
+        if head == EMBEDDINGS_MARKER[:8]:  # `kface embed --out x.h5` output: may be written again
             return None
         if head[:4] == b"PK\x03\x04":
             with zipfile.ZipFile(path) as z:

@@ -100,7 +100,9 @@ def test_embed_never_writes_over_a_gallery_a_photo_or_a_model(photos, tmp_path):
     e = np.ones(64, np.float32) / 8
     Gallery(g).append([Template("ann", e, "a.jpg", content_hash(b"a"))], ModelInfo("f" * 20, 64, "mbf", "/r"))
     before = g.read_bytes()
-    with pytest.raises(InputError, match="is a kface gallery; refusing to overwrite it"):
+    with pytest.raises(
+        InputError, match="is a kface gallery or an HDF5 file kface did not write; refusing to overwrite it"
+    ):
         embed_photos([photos["a1"]], PixelEmbedder(), g, landmarks="annotation")
     assert g.read_bytes() == before
     os.link(photos["a1"], tmp_path / "link.npy")  # a hard link to the input photo

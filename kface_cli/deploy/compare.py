@@ -239,11 +239,16 @@ def save_embeddings(
         return sidecar
     import h5py
 
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("embeddings", data=vectors)
-        f.create_dataset("names", data=list(names), dtype=h5py.string_dtype("utf-8"))
-        f.attrs["schema"] = SCHEMA_VERSION
-        f.attrs["model"] = to_json(model or {}, indent=None)
+    from kface_cli.atomic import EMBEDDINGS_MARKER, EMBEDDINGS_USERBLOCK
+
+    with atomic_path(out) as tmp:
+        with h5py.File(tmp, "w", userblock_size=EMBEDDINGS_USERBLOCK) as f:
+            f.create_dataset("embeddings", data=vectors)
+            f.create_dataset("names", data=list(names), dtype=h5py.string_dtype("utf-8"))
+            f.attrs["schema"] = SCHEMA_VERSION
+            f.attrs["model"] = to_json(model or {}, indent=None)
+        with open(tmp, "r+b") as block:  # the user block says what the file is, without h5py
+            block.write(EMBEDDINGS_MARKER)
     return None
 
 
