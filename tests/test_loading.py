@@ -197,43 +197,57 @@ def test_checkpoints_kface_writes_load_weights_only(workspace):
 # -- issue 25: models never run code unasked; fingerprints come from the weights --------------------
 
 
-def test_torchscript_runs_only_with_trust_model(tmp_path, backbone, monkeypatch):
-    path = tmp_path / "model.pt"
-    torch.jit.save(torch.jit.trace(backbone.eval(), torch.zeros(1, 3, 112, 112), check_trace=False), str(path))
-    loaded = []
-    real_load = torch.jit.load
-    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loaded.append(a) or real_load(*a, **k))
-    with pytest.raises(InputError, match="--trust-model") as err:
-        load_embedder(path)
-    assert "TorchScript" in str(err.value) and not loaded  # refused before torch.jit.load
+def _tiny_torchscript(path):
+    """A small TorchScript file (scripting a backbone takes seconds; refusals never load it)."""
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
+    return path
+
+
+def test_torchscript_runs_only_with_trust_model(tmp_path, monkeypatch):
     from kface_cli import api
     from kface_cli.embedding.loading import load_torch_weights
 
+    path = _tiny_torchscript(tmp_path / "model.pt")
+    loaded = []
+    monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loaded.append(a))
+    with pytest.raises(InputError, match="--trust-model") as err:
+        load_embedder(path)
+    assert "TorchScript" in str(err.value)
     with pytest.raises(InputError, match="--trust-model"):
         api.load_model(path)
     with pytest.raises(InputError, match="TorchScript program"):  # weights-only places never run it
         load_torch_weights(path)
-    assert not loaded
+    assert not loaded  # refused before torch.jit.load could run anything
+
+
+@pytest.mark.slow
+def test_a_trusted_torchscript_has_the_fingerprint_of_its_weights(tmp_path, backbone):
+    from kface_cli import api
+
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.trace(backbone.eval(), torch.zeros(1, 3, 112, 112), check_trace=False), str(path))
     emb = api.load_model(path, trust_model=True)
-    assert loaded and emb.fingerprint == embedder_from_module(backbone).fingerprint  # from its weights
+    assert emb.fingerprint == embedder_from_module(backbone).fingerprint
 
 
-def test_a_torchscript_via_the_cli_needs_trust_model(tmp_path, backbone):
+def test_a_torchscript_via_the_cli_needs_trust_model(tmp_path):
     import cv2
     from typer.testing import CliRunner
 
     from kface_cli.cli import app
 
-    path = tmp_path / "model.pt"
-    torch.jit.save(torch.jit.trace(backbone.eval(), torch.zeros(1, 3, 112, 112), check_trace=False), str(path))
+    path = _tiny_torchscript(tmp_path / "model.pt")
     photo = tmp_path / "a.png"
     cv2.imwrite(str(photo), np.full((112, 112, 3), 128, np.uint8))
     (tmp_path / "people").mkdir()
     cv2.imwrite(str(tmp_path / "people" / "ann.png"), np.full((112, 112, 3), 128, np.uint8))
     (tmp_path / "pairs.csv").write_text(f"{photo},{photo},1\n{photo},{photo},0\n")
+    from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+
+    Gallery(tmp_path / "gallery.h5").append(
+        [Template("ann", np.ones(2, np.float32) / 2**0.5, "a", content_hash(b"a"))], ModelInfo("f" * 20, 2, "x", "/")
+    )
     where = ["--model", str(path), "--workdir", str(tmp_path)]
-    trusted = CliRunner().invoke(app, ["enroll", str(tmp_path / "people"), "--aligned", "--trust-model", *where])
-    assert trusted.exit_code == 0, trusted.output
     for args in (
         ["verify", str(photo), str(photo), "--landmarks", "detect"],
         ["embed", str(photo), "--out", str(tmp_path / "e.npy")],
@@ -244,6 +258,22 @@ def test_a_torchscript_via_the_cli_needs_trust_model(tmp_path, backbone):
         result = CliRunner().invoke(app, [*args, *where])
         assert result.exit_code == 2, (args, result.output)
         assert "--trust-model" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_a_trusted_torchscript_enrolls_via_the_cli(tmp_path, backbone):
+    import cv2
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    path = tmp_path / "model.pt"
+    torch.jit.save(torch.jit.trace(backbone.eval(), torch.zeros(1, 3, 112, 112), check_trace=False), str(path))
+    (tmp_path / "people").mkdir()
+    cv2.imwrite(str(tmp_path / "people" / "ann.png"), np.full((112, 112, 3), 128, np.uint8))
+    where = ["--model", str(path), "--workdir", str(tmp_path)]
+    trusted = CliRunner().invoke(app, ["enroll", str(tmp_path / "people"), "--aligned", "--trust-model", *where])
+    assert trusted.exit_code == 0, trusted.output
 
 
 def _onnx_with_metadata(module, path, meta):
@@ -407,6 +437,7 @@ def test_allocation_failure_at_run_time_is_one_line(tmp_path, faces):
         emb.embed(faces)
 
 
+@pytest.mark.slow
 def test_torch_models_run_when_the_onnx_cache_cannot_be_written(workspace, faces, monkeypatch):
     import errno
 
@@ -425,6 +456,7 @@ def test_torch_models_run_when_the_onnx_cache_cannot_be_written(workspace, faces
     assert load_embedder(workspace / "runs" / "demo", backend="onnx").embed(faces).shape == (5, EMB)
 
 
+@pytest.mark.slow
 def test_a_damaged_onnx_cache_file_is_exported_again(workspace, faces, monkeypatch, tmp_path):
     monkeypatch.setenv("KFACE_CACHE", str(tmp_path / "cache"))
     first = load_embedder(workspace / "runs" / "demo", backend="onnx")
