@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from trainingdata import make_workspace
@@ -348,3 +349,17 @@ def test_real_ctrl_c_leaves_a_checkpoint(tmp_path):
     saved = ck.load_checkpoint(ws / "runs" / "sig" / ck.RUN_CHECKPOINT)
     assert saved["epoch"] * 4 + saved["step_in_epoch"] >= 1
     assert read_log(ws / "runs" / "sig")[-1]["type"] == "stopped"
+
+
+def test_validation_of_a_backbone_gone_nan_is_a_training_error():
+    from kface_cli.embedding.export import synthetic_faces
+    from kface_cli.formats.pairs import PairFaces
+    from kface_cli.models.registry import get_backbone
+    from kface_cli.train.loop import validate
+
+    net = get_backbone("mbf_small", 32).eval()
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    pairs = PairFaces(synthetic_faces(2), np.array([0]), np.array([1]), np.array([False]))
+    with pytest.raises(TrainingError, match="validation stopped the run: .*NaN or infinite embeddings"):
+        validate(net, pairs, network="mbf_small")

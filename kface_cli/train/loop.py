@@ -301,7 +301,13 @@ def validate(backbone: Any, pair_faces: Any, *, network: str, batch_size: int = 
     from kface_cli.embedding.photos import embed_pairs
 
     embedder = embedder_from_module(ck.unwrap(backbone), flip=True, network=network, backend="torch")
-    dist, issame = embed_pairs(embedder, pair_faces, batch_size=batch_size)
+    try:
+        dist, issame = embed_pairs(embedder, pair_faces, batch_size=batch_size)
+    except InputError as e:  # NaN or zero embeddings: the weights went bad although the loss did not
+        raise TrainingError(
+            f"validation stopped the run: {e.message}",
+            hint="The last good checkpoint is kept; resume with a lower --lr, or train with --precision fp32.",
+        ) from None
     m = verification_metrics(dist, issame, fars=(VAL_FAR,))
     tar = m["tar_at_far"].get(far_key(VAL_FAR)) or {}
     return {
