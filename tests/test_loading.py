@@ -494,3 +494,27 @@ def test_odd_run_configs_are_one_line_naming_the_file(workspace, tmp_path, confi
     with pytest.raises(InputError, match=re.escape(words)) as err:
         load_embedder(run, backend="torch")
     assert "config.json" in str(err.value)
+
+
+def test_onnx_weights_in_external_files_are_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((1, 3), np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["data"], ["m"], axes=[2, 3], keepdims=0),
+            helper.make_node("Add", ["m", "w"], ["y"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+        initializer=[weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "inside.onnx"))
+    assert load_embedder(tmp_path / "inside.onnx").embedding_size == 3
+    onnx.save(model, str(tmp_path / "outside.onnx"), save_as_external_data=True, size_threshold=0, location="w.bin")
+    with pytest.raises(InputError, match="keeps weights in external data files"):
+        load_embedder(tmp_path / "outside.onnx")
