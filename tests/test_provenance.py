@@ -79,3 +79,11 @@ def test_deeply_nested_records_are_no_record(tmp_path):
     assert model_training_data(_Model(tmp_path / "m.onnx", {META_TRAINING_DATA: deep})) is None
     (tmp_path / RUN_CONFIG).write_text(deep)
     assert run_training_data(tmp_path) is None
+
+
+def test_title_note_names_a_synthetic_model():
+    from kface_cli.dataset.provenance import SYNTHETIC_TITLE_NOTE, title_note
+
+    exported = _Model(None, {META_TRAINING_DATA: json.dumps({"synthetic": True, "synthetic_only": True})})
+    assert SYNTHETIC_TITLE_NOTE in title_note([synthetic_warning(exported)])
+    assert title_note([]) == "" and title_note(["something else"]) == ""

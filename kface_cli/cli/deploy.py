@@ -239,9 +239,18 @@ def identify_cmd(
         console.print_json(result.to_json())
     else:
         columns, rows = table_rows(result)
+        from kface_cli.dataset.provenance import title_note
+        from kface_cli.deploy.model import UNCALIBRATED, uncalibrated_hint
+
         console.show(
-            console.table(f"Faces (threshold {result.threshold:.3f}: {result.threshold_detail})", columns, rows)
+            console.table(
+                f"Faces (threshold {result.threshold:.3f}: {result.threshold_detail}){title_note(result.warnings)}",
+                columns,
+                rows,
+            )
         )
+        if result.threshold_source == UNCALIBRATED:
+            console.info(f"hint: {uncalibrated_hint(model)}")
         named = sum(1 for i in result.images for f in i.faces if f.name != "unknown")
         console.info(
             f"{result.faces} faces in {len(result.images)} images, {named} named, in {result.seconds:.2f} s; "
@@ -364,10 +373,19 @@ def verify_cmd(
             ["photos", f"{console.display_path(result.image1)}  vs  {console.display_path(result.image2)}"],
             ["verdict", "[green]same person[/green]" if result.same else "[yellow]different people[/yellow]"],
             ["distance", f"{result.distance:.4f} (cosine {result.cosine:.4f})"],
-            ["threshold", f"{result.threshold:.4f} ({result.threshold_source})"],
+            ["threshold", f"{result.threshold:.4f} ({result.threshold_detail or result.threshold_source})"],
             _model_row(result.model),
         ]
-        console.show(console.table("Verification", ["field", "value"], rows, justify_numbers=False))
+        from kface_cli.dataset.provenance import title_note
+        from kface_cli.deploy.model import UNCALIBRATED, uncalibrated_hint
+
+        uncalibrated = result.threshold_source == UNCALIBRATED
+        title = "Verification" + (" (threshold NOT calibrated for this model)" if uncalibrated else "")
+        console.show(
+            console.table(title + title_note(result.warnings), ["field", "value"], rows, justify_numbers=False)
+        )
+        if uncalibrated:
+            console.info(f"hint: {uncalibrated_hint(model)}")
     if not result.same:
         raise typer.Exit(1)
 

@@ -59,14 +59,22 @@ class VerifyResult:
     image2: Path
     distance: float
     threshold: float
-    threshold_source: str  # "given", "calibrated" or "default"
+    threshold_source: str  # "given", "calibrated_verification" or "uncalibrated" (the default threshold)
     model: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    threshold_detail: str = ""  # the threshold's origin in words
 
     @property
     def same(self) -> bool:
         return self.distance < self.threshold
+
+    @property
+    def threshold_hint(self) -> str | None:
+        """How to calibrate the threshold, when it is not calibrated."""
+        from kface_cli.deploy.model import UNCALIBRATED, uncalibrated_hint
+
+        return uncalibrated_hint() if self.threshold_source == UNCALIBRATED else None
 
     @property
     def cosine(self) -> float:
@@ -82,6 +90,8 @@ class VerifyResult:
             "cosine": round(self.cosine, 6),
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
+            "threshold_detail": self.threshold_detail,
+            "threshold_hint": self.threshold_hint,
             "model": self.model,
             "warnings": self.warnings,
             "seconds": round(self.seconds, 3),
@@ -117,13 +127,15 @@ def verify_photos(
         raise InputError("verify compares two photos, not folders", hint="Pass two image files.")
     a, b = paths[0][0], paths[1][0]
     embedder = resolve_embedder(embedder)
-    thr, source, _ = resolve_threshold(threshold, embedder, one_to_one=True)
+    thr, source, detail = resolve_threshold(threshold, embedder, one_to_one=True)
     warnings = warn_if_synthetic(embedder)
     started = time.perf_counter()
     loader = FaceLoader(landmarks)
     emb = embedder.embed(np.stack([_face_of(a, loader), _face_of(b, loader)]))  # (2, D) unit
     distance = float(np.sum((emb[0] - emb[1]) ** 2))
-    return VerifyResult(a, b, distance, thr, source, describe_model(embedder), warnings, time.perf_counter() - started)
+    return VerifyResult(
+        a, b, distance, thr, source, describe_model(embedder), warnings, time.perf_counter() - started, detail
+    )
 
 
 @dataclass
