@@ -66,16 +66,31 @@ def _gallery_path(gallery: Path | None, workdir: Path | None) -> Path:
 @command("enroll")
 def enroll_cmd(
     folder: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
             help="Photos of known people: DIR/<name>.jpg (one each) and/or DIR/<name>/*.jpg (several).",
             show_default=False,
         ),
-    ],
+    ] = None,
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
     trust_model: TrustModelOpt = False,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--embeddings",
+            help="Enrol precomputed embeddings instead of photos: the FILE.h5 `kface embed --out` writes (its model must be the gallery's).",
+            show_default=False,
+        ),
+    ] = None,
+    names_from: Annotated[
+        str,
+        typer.Option(
+            "--names-from",
+            help="With --embeddings: identity names from each entry's text (entry), its photo's folder (folder) or file stem (stem); auto: folder when every entry is a path, else entry.",
+        ),
+    ] = "auto",
     aligned: Annotated[
         bool,
         typer.Option(
@@ -114,12 +129,30 @@ def enroll_cmd(
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Add the faces of known people to the gallery (re-enrolling a photo is a no-op)."""
+    """Add the faces of known people to the gallery, from photos or precomputed embeddings (re-enrolling is a no-op)."""
     from kface_cli.deploy.enroll import enroll_folder, summary_rows
     from kface_cli.embedding.loading import load_embedder
+    from kface_cli.errors import InputError
     from kface_cli.workspace import Workspace
 
     ws = Workspace.resolve(workdir)
+    if embeddings is not None:
+        if folder is not None:
+            raise InputError("pass either a folder of photos or --embeddings FILE.h5, not both")
+        _enroll_embeddings(
+            embeddings,
+            _gallery_path(gallery, workdir),
+            model,
+            network,
+            ws.root,
+            names_from,
+            commit_every,
+            json_output,
+            trust_model=trust_model,
+        )
+        return
+    if folder is None:
+        raise InputError("nothing to enroll", hint="Pass a folder of photos, or --embeddings FILE.h5.")
     result = enroll_folder(
         folder,
         _gallery_path(gallery, workdir),
@@ -141,6 +174,47 @@ def enroll_cmd(
     console.info(
         f"{t['templates_added']} templates added{removed} from {t['photos']} photos in {result.seconds:.1f} s "
         f"({result.photos_per_second:.1f} photos/s); model {result.model.get('network')} {str(result.model.get('fingerprint'))[:12]}"
+    )
+
+
+def _enroll_embeddings(
+    file: Path,
+    gallery: Path,
+    model,
+    network,
+    root,
+    names_from: str,
+    commit_every: int,
+    json_output: bool,
+    *,
+    trust_model: bool = False,
+) -> None:
+    from kface_cli.deploy.bulk import NamesFrom, enroll_embeddings
+    from kface_cli.embedding.loading import load_embedder
+    from kface_cli.errors import InputError
+
+    try:
+        mode = NamesFrom(names_from.lower())
+    except ValueError:
+        raise InputError(f"--names-from must be auto, entry, folder or stem, got {names_from!r}") from None
+    result = enroll_embeddings(
+        file,
+        gallery,
+        names_from=mode,
+        embedder=(lambda: load_embedder(model, workdir=root, network=network, trust_model=trust_model))
+        if model is not None
+        else None,
+        batch_rows=max(commit_every, 1024),
+    )
+    if json_output:
+        console.print_json(result.to_json())
+        return
+    console.info(
+        f"{result.added:,} templates added ({result.duplicates:,} already there) for {result.identities:,} identities "
+        f"from {result.file} in {result.seconds:.1f} s"
+        + (f" (+{result.index_seconds:.1f} s building the search index)" if result.index_seconds >= 0.05 else "")
+        + f"; {result.templates:,} templates in {result.gallery}; "
+        f"model {result.model['network'] or '?'} {result.model['fingerprint'][:12]}"
     )
 
 
@@ -282,27 +356,45 @@ def gallery_cmd(
             help="Verify every name and embedding against the digest written with them (reads the whole file).",
         ),
     ] = False,
+    upgrade: Annotated[
+        bool,
+        typer.Option(
+            "--upgrade",
+            help="Convert an older (schema 1) gallery to the current format and sign it; the original is kept beside it.",
+        ),
+    ] = False,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Show the gallery: its facts and identities with template counts; remove people; rebuild the index; check it."""
+    """Show the gallery: its facts and identities with template counts; remove people; rebuild the index; check or upgrade it."""
     from kface_cli.gallery.manage import facts_rows, manage_gallery
 
     report = manage_gallery(
-        _gallery_path(gallery, workdir), remove=remove or [], rebuild_index=rebuild_index, index_kind=index, check=check
+        _gallery_path(gallery, workdir),
+        remove=remove or [],
+        rebuild_index=rebuild_index,
+        index_kind=index,
+        check=check,
+        upgrade=upgrade,
     )
     if json_output:
         console.print_json(report)
         return
+    if "upgrade" in report:
+        u = report["upgrade"]
+        console.info(
+            f"upgraded {report['facts']['path']} from schema {u['from_schema']} to {u['schema_version']} "
+            f"({u['templates']:,} templates, {u['bytes_before'] / 2**20:.1f} -> {u['file_bytes'] / 2**20:.1f} MiB"
+            + ("" if u["had_digest"] else "; it had no digest: signed as it was")
+            + f"); the original is kept as {u['backup']}"
+            if u["upgraded"]
+            else f"{report['facts']['path']} already has the current format (schema {u['schema_version']}): nothing to do"
+        )
     for removed in report["removed"]:
         console.info(f"removed {removed['templates']} templates of {removed['name']}")
     if "check" in report:
         c = report["check"]
-        console.info(
-            f"checked {c['rows_checked']:,} of {c['templates']:,} templates: intact"
-            if c["verified"]
-            else "no digest to check against (written by an older kface; the next write adds one)"
-        )
+        console.info(f"checked {c['rows_checked']:,} of {c['templates']:,} templates, the model and the schema: intact")
     if report["index"].get("rebuilt"):
         console.info(f"rebuilt the {report['index']['kind']} search index over {report['index']['count']:,} templates")
     facts = report["facts"]
