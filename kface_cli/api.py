@@ -76,10 +76,10 @@ def load_model(
 
 def _model(model: Any) -> Embedder:
     """A loaded model: ``model`` itself, or :func:`load_model` of a path or run name (untrusted)."""
-    if hasattr(model, "embed") and hasattr(model, "fingerprint"):
-        return model
     if isinstance(model, (str, Path)):
         return load_model(model)
+    if hasattr(model, "fingerprint"):  # an Embedder, or any object that carries a model's identity
+        return model
     from kface_cli.errors import KFaceError
 
     raise KFaceError(

@@ -130,7 +130,7 @@ def test_replace_swaps_old_rows_for_new_in_one_rewrite(tmp_path, monkeypatch):
     assert len(renames) == 1  # one atomic rename: the old rows and the new ones change places together
     rows = g.read(details=True)
     assert rows.names == ["b", "c", "a", "a", "a"]
-    np.testing.assert_array_equal(rows.embeddings[2:], np.stack([t.embedding for t in new]))
+    np.testing.assert_allclose(rows.embeddings[2:], np.stack([t.embedding for t in new]), atol=1e-3)  # float16
     assert g.verify()["verified"] and g.facts().templates == 5
     g.append(_templates(["d"], start=20), MODEL)  # the chain goes on after a replace
     assert g.verify()["verified"] and g.identities() == {"a": 3, "b": 1, "c": 1, "d": 1}
