@@ -15,6 +15,7 @@ its largest face is used.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -235,32 +236,46 @@ def save_embeddings(
 
     Returns the names sidecar of a ``.npy`` (None for HDF5, which holds the names itself).
     """
-    from kface_cli.atomic import atomic_path, write_text
+    from kface_cli.atomic import atomic_open, atomic_path
     from kface_cli.console import SCHEMA_VERSION, to_json
 
     out = Path(out)
     _check_out(out)
     vectors = np.asarray(embeddings, dtype=np.float32)
     assert vectors.ndim == 2 and len(vectors) == len(names), "one name per embedding row"
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in NPY_SUFFIXES:
         sidecar = out.with_suffix(NAMES_SUFFIX)
-        with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            np.save(f, vectors)
-        write_text(sidecar, "".join(f"{n}\n" for n in names))
+        # both written in full before either is renamed into place: a full disk leaves the old
+        # pair as it was, never new vectors beside old names
+        with atomic_path(out) as tmp, atomic_open(sidecar, "w") as names_file:
+            with open(tmp, "wb") as f:
+                np.save(f, vectors)
+                f.flush()
+                os.fsync(f.fileno())
+            names_file.write("".join(f"{n}\n" for n in names))
         return sidecar
+    import io
+
     import h5py
 
     from kface_cli.atomic import EMBEDDINGS_MARKER, EMBEDDINGS_USERBLOCK
 
-    with atomic_path(out) as tmp:
-        with h5py.File(tmp, "w", userblock_size=EMBEDDINGS_USERBLOCK) as f:
-            f.create_dataset("embeddings", data=vectors)
-            f.create_dataset("names", data=list(names), dtype=h5py.string_dtype("utf-8"))
-            f.attrs["schema"] = SCHEMA_VERSION
-            f.attrs["model"] = to_json(model or {}, indent=None)
-        with open(tmp, "r+b") as block:  # the user block says what the file is, without h5py
-            block.write(EMBEDDINGS_MARKER)
+    # built in memory, then written as plain bytes: a full disk is one clean OSError (HDF5 itself
+    # would print a traceback per object it fails to flush), and the old file stays as it was
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", userblock_size=EMBEDDINGS_USERBLOCK) as f:
+        f.create_dataset("embeddings", data=vectors)
+        f.create_dataset(  # bytes-safe: a non-UTF-8 name is stored as the bytes it was
+            "names", data=[n.encode("utf-8", "surrogateescape") for n in names], dtype=h5py.string_dtype("utf-8")
+        )
+        f.attrs["schema"] = SCHEMA_VERSION
+        f.attrs["model"] = to_json(model or {}, indent=None)
+    data = buf.getbuffer()
+    data[: len(EMBEDDINGS_MARKER)] = EMBEDDINGS_MARKER  # the user block says what the file is, without h5py
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return None
 
 
@@ -273,13 +288,13 @@ def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
     if path.suffix.lower() in NPY_SUFFIXES:
         vectors = np.load(path, allow_pickle=False)
         sidecar = path.with_suffix(NAMES_SUFFIX)
-        names = sidecar.read_text(encoding="utf-8").splitlines() if sidecar.is_file() else []
+        names = sidecar.read_text(encoding="utf-8", errors="surrogateescape").splitlines() if sidecar.is_file() else []
     else:
         import h5py
 
         with h5py.File(path, "r") as f:
             vectors = f["embeddings"][()]
-            names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+            names = [n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n) for n in f["names"][()]]
     if len(names) != len(vectors):
         raise InputError(f"{path} has {len(vectors)} embeddings but {len(names)} names", path=path)
     return names, np.asarray(vectors, dtype=np.float32)
