@@ -52,6 +52,7 @@ def load_model(
     flip: bool = False,
     backend: str = "auto",
     workdir: str | Path | None = None,
+    trust_model: bool = False,
 ) -> Embedder:
     """Load a face model: a run folder or name, ``checkpoint.pt``, insightface ``backbone.pth`` or ``.onnx``.
 
@@ -59,6 +60,8 @@ def load_model(
     backbone of a bare ``backbone.pth`` (one of :data:`~kface_cli.models.registry.BACKBONE_NAMES`); ``flip`` adds the mirrored face's
     embedding (slightly more accurate, twice the compute). ``backend``: "torch", "onnx" (ONNX
     Runtime) or "auto" (the faster: ONNX Runtime on a CPU, after a one-off conversion).
+    ``trust_model=True`` lets a TorchScript file run: TorchScript is a program that can read and
+    write any file, so it is refused otherwise (docs/security.md).
     """
     from kface_cli.embedding.loading import load_embedder
 
@@ -68,6 +71,23 @@ def load_model(
         network=network,
         flip=flip,
         backend=backend,  # type: ignore[arg-type]
+        trust_model=trust_model,
+    )
+
+
+def _model(model: Any) -> Embedder:
+    """A loaded model: ``model`` itself, or :func:`load_model` of a path or run name (untrusted)."""
+    if isinstance(model, (str, Path)):
+        return load_model(model)
+    from kface_cli.embedding.embedder import Embedder
+
+    if isinstance(model, Embedder):
+        return model
+    from kface_cli.errors import KFaceError
+
+    raise KFaceError(
+        f"model must be a loaded model (api.load_model) or a path, got {type(model).__name__}",
+        hint="model = api.load_model('runs/demo'), then pass model.",
     )
 
 
@@ -99,14 +119,18 @@ def _faces(photo: Photo, landmarks: str, min_face: int | None) -> list[AlignedFa
 
 
 def embed(
-    model: Embedder, faces: Photo | Sequence[str | Path] | np.ndarray, *, batch_size: int = EMBED_BATCH_SIZE
+    model: Embedder | str | Path,
+    faces: Photo | Sequence[str | Path] | np.ndarray,
+    *,
+    batch_size: int = EMBED_BATCH_SIZE,
 ) -> np.ndarray:
-    """Unit-length embeddings.
+    """Unit-length embeddings (``model``: a loaded model, or a path for :func:`load_model`).
 
     ``faces``: aligned crops ((112, 112, 3) or (N, 112, 112, 3) uint8, e.g. from :func:`align`):
     one row each; or one photo path: its largest face, shape (D,); or a list of photo paths:
     (N, D), a row of NaN where a photo has no face.
     """
+    model = _model(model)
     if isinstance(faces, np.ndarray):
         return model.embed(faces, batch_size=batch_size)
     from kface_cli.embedding.photos import FaceLoader, embed_paths
@@ -119,23 +143,26 @@ def embed(
     return vectors[0] if single else vectors
 
 
-def verify(model: Embedder, photo1: str | Path, photo2: str | Path, *, threshold: float | None = None) -> VerifyResult:
+def verify(
+    model: Embedder | str | Path, photo1: str | Path, photo2: str | Path, *, threshold: float | None = None
+) -> VerifyResult:
     """Are two photos the same person? ``.same``, ``.distance``, ``.cosine``, ``.threshold`` (+ its source).
 
+    ``model``: a loaded model, or a path or run name (loaded with :func:`load_model`).
     The threshold is ``threshold`` when given, else the model's calibrated one
     (``kface evaluate --save-threshold``), else 1.5 (cosine 0.25).
     """
     from kface_cli.deploy.compare import verify_photos
 
-    return verify_photos(photo1, photo2, model, threshold=threshold)
+    return verify_photos(photo1, photo2, _model(model), threshold=threshold)
 
 
 class Gallery:
     """Known people in an HDF5 gallery file (created on the first :meth:`enroll`), searched with FAISS."""
 
-    def __init__(self, path: str | Path, model: Embedder):
+    def __init__(self, path: str | Path, model: Embedder | str | Path):
         self.path = Path(path)
-        self.model = model
+        self.model = _model(model)
 
     def __repr__(self) -> str:
         return f"Gallery({str(self.path)!r}, model={self.model.network} {self.model.fingerprint})"

@@ -22,6 +22,7 @@ from kface_cli.cli.common import (
     LandmarksOpt,
     ModelOpt,
     NetworkOpt,
+    TrustModelOpt,
     WorkdirOpt,
     command,
     deprecated,
@@ -63,64 +64,79 @@ def _gallery_path(gallery: Path | None, workdir: Path | None) -> Path:
     return gallery if gallery is not None else Workspace.resolve(workdir).gallery
 
 
+FolderOpt = Annotated[
+    Path | None,
+    typer.Argument(
+        help="Photos of known people: DIR/<name>.jpg (one each) and/or DIR/<name>/*.jpg (several).",
+        show_default=False,
+    ),
+]
+EmbeddingsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--embeddings",
+        help="Enrol precomputed embeddings instead of photos: the FILE.h5 `kface embed --out` writes (its model must be the gallery's).",
+        show_default=False,
+    ),
+]
+NamesFromOpt = Annotated[
+    str,
+    typer.Option(
+        "--names-from",
+        help="With --embeddings: identity names from each entry's text (entry), its photo's folder (folder) or file stem (stem); auto: folder when every entry is a path, else entry.",
+    ),
+]
+EnrollAlignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--aligned",
+        help="Every photo is an aligned square crop: no detection (112 and 224 px squares, e.g. `kface crop` output, are used as they are anyway).",
+    ),
+]
+PerIdentityOpt = Annotated[
+    PerIdentity,
+    typer.Option(
+        "--per-identity",
+        case_sensitive=False,
+        help="Templates kept per person: all (one per photo) or mean (one averaged template).",
+    ),
+]
+ReplaceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--replace",
+        help="Swap the templates of every person in DIR for the new ones, in one transaction (a person none of whose new photos has a face keeps the old ones).",
+    ),
+]
+CommitEveryOpt = Annotated[
+    int,
+    typer.Option(
+        "--commit-every",
+        help="Photos embedded and saved together (an interrupted run keeps every saved batch).",
+        min=1,
+    ),
+]
+BatchSizeDeprecatedOpt = Annotated[
+    int | None, typer.Option("--batch-size", hidden=True, help="Deprecated: --commit-every.", show_default=False)
+]
+
+
 @command("enroll")
 def enroll_cmd(
-    folder: Annotated[
-        Path | None,
-        typer.Argument(
-            help="Photos of known people: DIR/<name>.jpg (one each) and/or DIR/<name>/*.jpg (several).",
-            show_default=False,
-        ),
-    ] = None,
+    folder: FolderOpt = None,
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
-    embeddings: Annotated[
-        Path | None,
-        typer.Option(
-            "--embeddings",
-            help="Enrol precomputed embeddings instead of photos: the FILE.h5 `kface embed --out` writes (its model must be the gallery's).",
-            show_default=False,
-        ),
-    ] = None,
-    names_from: Annotated[
-        str,
-        typer.Option(
-            "--names-from",
-            help="With --embeddings: identity names from each entry's text (entry), its photo's folder (folder) or file stem (stem); auto: folder when every entry is a path, else entry.",
-        ),
-    ] = "auto",
-    aligned: Annotated[
-        bool,
-        typer.Option(
-            "--aligned",
-            help="Every photo is an aligned square crop: no detection (112 and 224 px squares, e.g. `kface crop` output, are used as they are anyway).",
-        ),
-    ] = False,
-    per_identity: Annotated[
-        PerIdentity,
-        typer.Option(
-            "--per-identity",
-            case_sensitive=False,
-            help="Templates kept per person: all (one per photo) or mean (one averaged template).",
-        ),
-    ] = PerIdentity.ALL,
-    replace: Annotated[
-        bool, typer.Option("--replace", help="First remove the existing templates of every person in DIR.")
-    ] = False,
+    trust_model: TrustModelOpt = False,
+    embeddings: EmbeddingsOpt = None,
+    names_from: NamesFromOpt = "auto",
+    aligned: EnrollAlignedOpt = False,
+    per_identity: PerIdentityOpt = PerIdentity.ALL,
+    replace: ReplaceOpt = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     min_face: MinFaceOpt = None,
-    commit_every: Annotated[
-        int,
-        typer.Option(
-            "--commit-every",
-            help="Photos embedded and saved together (an interrupted run keeps every saved batch).",
-            min=1,
-        ),
-    ] = ENROLL_BATCH_SIZE,
-    batch_size_deprecated: Annotated[
-        int | None, typer.Option("--batch-size", hidden=True, help="Deprecated: --commit-every.", show_default=False)
-    ] = None,
+    commit_every: CommitEveryOpt = ENROLL_BATCH_SIZE,
+    batch_size_deprecated: BatchSizeDeprecatedOpt = None,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
@@ -135,7 +151,15 @@ def enroll_cmd(
         if folder is not None:
             raise InputError("pass either a folder of photos or --embeddings FILE.h5, not both")
         _enroll_embeddings(
-            embeddings, _gallery_path(gallery, workdir), model, network, ws.root, names_from, commit_every, json_output
+            embeddings,
+            _gallery_path(gallery, workdir),
+            model,
+            network,
+            ws.root,
+            names_from,
+            commit_every,
+            json_output,
+            trust_model=trust_model,
         )
         return
     if folder is None:
@@ -143,7 +167,7 @@ def enroll_cmd(
     result = enroll_folder(
         folder,
         _gallery_path(gallery, workdir),
-        lambda: load_embedder(model, workdir=ws.root, network=network),
+        lambda: load_embedder(model, workdir=ws.root, network=network, trust_model=trust_model),
         aligned=aligned,
         per_identity=per_identity,
         replace=replace,
@@ -165,7 +189,16 @@ def enroll_cmd(
 
 
 def _enroll_embeddings(
-    file: Path, gallery: Path, model, network, root, names_from: str, commit_every: int, json_output: bool
+    file: Path,
+    gallery: Path,
+    model,
+    network,
+    root,
+    names_from: str,
+    commit_every: int,
+    json_output: bool,
+    *,
+    trust_model: bool = False,
 ) -> None:
     from kface_cli.deploy.bulk import NamesFrom, enroll_embeddings
     from kface_cli.embedding.loading import load_embedder
@@ -179,7 +212,9 @@ def _enroll_embeddings(
         file,
         gallery,
         names_from=mode,
-        embedder=(lambda: load_embedder(model, workdir=root, network=network)) if model is not None else None,
+        embedder=(lambda: load_embedder(model, workdir=root, network=network, trust_model=trust_model))
+        if model is not None
+        else None,
         batch_rows=max(commit_every, 1024),
     )
     if json_output:
@@ -249,6 +284,7 @@ def identify_cmd(
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     threshold: ThresholdOpt = None,
     top_k: TopKOpt = DEFAULT_TOP_K,
     every: EveryOpt = 1,
@@ -276,11 +312,15 @@ def identify_cmd(
         raise InputError("pass either photos/videos or --camera, not both")
     if csv_path is not None and csv_path.is_dir():  # checked before the work, not after it
         raise InputError(f"--csv must be a file, got a folder: {csv_path}", hint="Pass e.g. --csv results.csv.")
+    if csv_path is not None:
+        from kface_cli.atomic import check_output
+
+        check_output(csv_path, inputs=[_gallery_path(gallery, workdir), model, *(paths or [])], option="--csv")
     ws = Workspace.resolve(workdir)
     result = identify(
         paths or [],
         _gallery_path(gallery, workdir),
-        lambda: load_embedder(model, workdir=ws.root, network=network),
+        lambda: load_embedder(model, workdir=ws.root, network=network, trust_model=trust_model),
         threshold=threshold,
         top_k=top_k,
         every=every,
@@ -409,13 +449,13 @@ def _model_row(model: dict) -> list[str]:
     return ["model", f"{model.get('network')} {model.get('fingerprint')}"]
 
 
-def _model_loader(model: str | None, network: str | None, workdir: Path | None) -> Callable:
+def _model_loader(model: str | None, network: str | None, workdir: Path | None, trust_model: bool = False) -> Callable:
     """Loads the model when the domain function asks (after it has checked its inputs)."""
     from kface_cli.embedding.loading import load_embedder
     from kface_cli.workspace import Workspace
 
     root = Workspace.resolve(workdir).root
-    return lambda: load_embedder(model, workdir=root, network=network)
+    return lambda: load_embedder(model, workdir=root, network=network, trust_model=trust_model)
 
 
 @command("verify")
@@ -424,6 +464,7 @@ def verify_cmd(
     image2: Annotated[Path, typer.Argument(help="Second photo.", show_default=False)],
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -440,7 +481,7 @@ def verify_cmd(
     """Are two photos the same person? Distance and verdict at the model's threshold (exit 0 same, 1 different, 2 error)."""
     from kface_cli.deploy.compare import verify_photos
 
-    loader = _model_loader(model, network, workdir)
+    loader = _model_loader(model, network, workdir, trust_model)
     result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks)
     if json_output:
         console.print_json(result.to_json())
@@ -480,6 +521,7 @@ def embed_cmd(
     ],
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
     json_output: JsonOpt = False,
@@ -488,7 +530,7 @@ def embed_cmd(
     """Write one unit-length embedding per photo (its largest face) to .npy + names, or HDF5."""
     from kface_cli.deploy.compare import embed_photos
 
-    loader = _model_loader(model, network, workdir)
+    loader = _model_loader(model, network, workdir, trust_model)
     result = embed_photos(paths, loader, out, landmarks=landmarks, batch_size=embed_batch)
     if json_output:
         console.print_json(result.to_json())

@@ -179,7 +179,9 @@ def enroll_folder(
         per_identity: ``all`` keeps one template per photo (best accuracy, more rows), ``mean``
             one normalised mean per person and run (smallest gallery; committed as soon as all
             of that person's photos are embedded).
-        replace: first remove every template of the people found in ``folder``.
+        replace: swap the templates of the people found in ``folder`` for the new ones, in one
+            transaction at the end; a person without a usable new photo keeps the old templates
+            (and when nobody has one, :class:`InputError` and the gallery is unchanged).
         landmarks: ``auto`` | ``detect`` | ``annotation`` (see :func:`kface_cli.face.detector.get_detector`).
         min_face: smallest face to look for, in pixels (None: the detector's default).
         batch_size: photos embedded and committed together (a crash loses at most one batch).
@@ -202,16 +204,21 @@ def enroll_folder(
     if gallery.exists():
         gallery.check_model(model)
     removed = 0
-    if replace and gallery.exists():
-        removed = gallery.remove(sorted({p.name for p in photos}))
-    known = gallery.hashes() if gallery.exists() and mode is PerIdentity.ALL else set()
-    if mode is PerIdentity.ALL:  # grow the file once, to the size this run can reach
+    # --replace is one transaction: the new templates are staged here and swapped for the old ones
+    # in one rewrite at the end, and only for people who got some (an interrupted run changes nothing)
+    replaced = sorted({p.name for p in photos}) if replace else []
+    staged: list[Template] = []
+    before = gallery.identities() if replace and gallery.exists() else {}
+    known = _known_hashes(gallery, mode, replaced if replace else None)
+    if mode is PerIdentity.ALL and not replace:  # grow the file once, to the size this run can reach
         gallery.reserve((gallery.facts().templates if gallery.exists() else 0) + len(photos), model)
     if detector is None:  # mediapipe loads only if a photo needs it
-        from kface_cli.face.detector import get_detector
+        from kface_cli.deploy.identify import default_detector
 
-        detector = get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)
-    run = _Enrollment(gallery, model, embedder, mode, photos, min(batch_size, EMBED_BATCH_SIZE))
+        detector = default_detector(landmarks, min_face)
+    run = _Enrollment(
+        gallery, model, embedder, mode, photos, min(batch_size, EMBED_BATCH_SIZE), staged if replace else None
+    )
     with progress("Enrolling", total=len(photos)) as bar:
         for photo, (outcome, ready) in map_ordered(
             lambda p: (p, _prepare(p, aligned, detector, known)), photos, workers
@@ -227,11 +234,10 @@ def enroll_folder(
         run.commit()
     counts, problems, added_templates = run.counts, run.problems, run.added_templates
 
+    if replace:
+        removed, added_templates = _swap_in(gallery, replaced, staged, before, model, folder)
     in_gallery = gallery.identities() if gallery.exists() else {}
-    summaries = [
-        IdentitySummary(name, c["photos"], c["added"], c["duplicates"], c["skipped"], in_gallery.get(name, 0))
-        for name, c in sorted(counts.items())
-    ]
+    summaries = _summaries(counts, in_gallery)
     from kface_cli.gallery.index import NUMPY_EXACT_MAX, load_index
 
     if update_index and sum(in_gallery.values()) > NUMPY_EXACT_MAX:
@@ -249,6 +255,23 @@ def enroll_folder(
     )
 
 
+def _summaries(counts: dict[str, dict[str, int]], in_gallery: dict[str, int]) -> list[IdentitySummary]:
+    return [
+        IdentitySummary(name, c["photos"], c["added"], c["duplicates"], c["skipped"], in_gallery.get(name, 0))
+        for name, c in sorted(counts.items())
+    ]
+
+
+def _known_hashes(gallery: Gallery, mode: PerIdentity, replaced: list[str] | None) -> set[str]:
+    """Content hashes already enrolled: a photo with one of them is a duplicate. With ``--replace``
+    (``replaced``: the people being replaced), their own old photos do not count."""
+    if replaced is not None and gallery.exists():
+        rows = gallery.read(embeddings=False, details=True)
+        others = set(replaced)
+        return {h for n, h in zip(rows.names, rows.hashes or []) if n not in others}
+    return gallery.hashes() if gallery.exists() and mode is PerIdentity.ALL else set()
+
+
 class _Enrollment:
     """What one ``enroll_folder`` run has seen so far: counts per identity, problems, the faces
     waiting to be embedded and committed, and (mean mode) the embeddings per identity."""
@@ -261,8 +284,12 @@ class _Enrollment:
         mode: PerIdentity,
         photos: list[Photo],
         embed_batch: int,
+        staged: list[Template] | None = None,
     ):
+        """``staged``: with ``--replace``, the list new templates go to (swapped in at the end)
+        instead of being appended."""
         self.gallery, self.model, self.embedder, self.mode, self.photos = gallery, model, embedder, mode, photos
+        self.staged = staged
         self.embed_batch = max(1, embed_batch)
         self.counts: dict[str, dict[str, int]] = {}
         self.problems: list[PhotoOutcome] = []
@@ -317,6 +344,12 @@ class _Enrollment:
                 Template(p.photo.name, e, str(p.photo.path), p.digest, p.box, p.score)
                 for p, e in zip(self.pending, emb)
             ]
+            if self.staged is not None:
+                self.staged.extend(templates)
+                for p in self.pending:
+                    self.count(p.photo.name, "added")
+                self.pending.clear()
+                return
             result = self.gallery.append(templates, self.model)
             self.added_templates += result.added
             dup = set(result.duplicates)
@@ -340,6 +373,9 @@ class _Enrollment:
             own = [p.path for p in self.photos if p.name == name]
             source = str(own[0]) if len(own) == 1 else str(own[0].parent)
             templates.append(Template(name, mean, source, digest))
+        if self.staged is not None:
+            self.staged.extend(templates)
+            return
         result = self.gallery.append(templates, self.model)
         self.added_templates += result.added
         for t in templates:
@@ -347,6 +383,37 @@ class _Enrollment:
                 c = self.counts[t.name]
                 c["duplicates"] += c["added"]
                 c["added"] = 0
+
+
+def _swap_in(
+    gallery: Gallery,
+    replaced: list[str],
+    staged: list[Template],
+    before: dict[str, int],
+    model: ModelInfo,
+    folder: str | Path,
+) -> tuple[int, int]:
+    """``--replace``'s commit: swap the old templates of everyone with new ones, in one rewrite.
+
+    People without a new template keep their old ones (a warning says so); when nobody has any,
+    nothing changes and the command fails. Returns (templates removed, templates added).
+    """
+    from kface_cli.console import warn
+
+    fresh = {t.name for t in staged}
+    kept = [n for n in replaced if n in before and n not in fresh]
+    if kept and not fresh:
+        names = ", ".join(kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
+        raise InputError(
+            f"--replace found no usable face for {names} in {folder}: the gallery is unchanged "
+            f"({sum(before[n] for n in kept)} templates kept)",
+            hint="Check the photos (the warnings above say why each was skipped), then run it again.",
+        )
+    for n in kept:
+        warn(f"--replace: no photo of {n} gave a face, so its {before[n]} templates are kept")
+    if not staged:
+        return 0, 0
+    return gallery.replace(sorted(fresh), staged, model), len(staged)
 
 
 def _prepare(photo: Photo, aligned: bool, detector, known: set[str]) -> tuple[PhotoOutcome | None, _Pending | None]:

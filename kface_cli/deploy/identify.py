@@ -156,11 +156,11 @@ def identify(
     from kface_cli.parallel import map_ordered
 
     _at_least_one(top_k=top_k, every=every)
-    frames, total = _frames(paths, camera, every, max_frames)  # before the slow model load: typos fail fast
+    frames, total = _frames(paths, camera, every, max_frames, annotate)  # before the slow model load: typos fail fast
     gallery, embedder, loaded = _open_gallery(gallery_path, embedder, index_kind)
     per_identity = max(Counter(loaded.names).values())
     thr, thr_source, thr_detail = _identify_threshold(threshold, embedder)
-    detector = _detector(landmarks, min_face) if detector is None else detector
+    detector = default_detector(landmarks, min_face) if detector is None else detector
     out_dir = _annotate_dir(annotate)
 
     started = time.perf_counter()  # after the model and index are loaded: the time per photo
@@ -215,7 +215,7 @@ def identify(
 
 
 def _frames(
-    paths: Sequence[str | Path], camera: int | None, every: int, max_frames: int | None
+    paths: Sequence[str | Path], camera: int | None, every: int, max_frames: int | None, annotate: str | Path | None
 ) -> tuple[Iterable[Frame], int | None]:
     """The frames to identify faces in, and how many there are (None: not known in advance).
     The inputs are checked (the files listed, the camera opened) now; frames are read later."""
@@ -225,10 +225,14 @@ def _frames(
         capture = sources.open_capture(camera)
         return sources.video_frames(camera, every, f"camera{camera}", max_frames, cap=capture), max_frames
     files = expand_inputs(paths)
+    if annotate is not None:
+        from kface_cli.atomic import check_output_folder
+
+        check_output_folder(annotate, inputs=files, option="--annotate")
     return sources.photo_frames(files, every, max_frames), sources.photo_count(files)
 
 
-def _detector(landmarks: LandmarkMode | str, min_face: int | None):
+def default_detector(landmarks: LandmarkMode | str, min_face: int | None):
     """The face detector for ``landmarks`` (mediapipe loads only when a photo needs it)."""
     from kface_cli.face.detector import get_detector
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from kface_cli.errors import InputError
-from kface_cli.gallery.formats import _new_rows, _to_stored
+from kface_cli.gallery.formats import _V2, _new_rows, _to_stored
 from kface_cli.gallery.schema import (
     GROWTH_FACTOR,
     HASH_BYTES,
@@ -43,8 +43,11 @@ class GalleryAppends:
         """
         if not templates:
             return AppendResult(0)
+        return self._append_block(self._block_of(templates, model), model, skip_duplicates=skip_duplicates)
+
+    def _block_of(self, templates: Sequence[Template], model: ModelInfo) -> _Block:
         emb = np.stack([np.asarray(t.embedding, dtype=np.float32).reshape(-1) for t in templates])  # (B, D)
-        block = _Block(
+        return _Block(
             names=[_encode_name(t.name) for t in templates],
             sources=[_encode_source(t.source) for t in templates],
             embeddings=_to_stored(emb, model.embedding_size, self.path),
@@ -53,7 +56,6 @@ class GalleryAppends:
             added=np.full(len(templates), time.time()),
             hashes=_hash_bytes([t.content_hash for t in templates]),
         )
-        return self._append_block(block, model, skip_duplicates=skip_duplicates)
 
     def append_vectors(
         self,
@@ -194,3 +196,32 @@ class GalleryAppends:
             want_text = text_bytes if text_bytes is not None else int(rows * per_row * 1.05) + TEXT_PER_ROW_GUESS
             if rows > capacity or want_text > text_room:
                 self._rewrite(max(rows, capacity), text_room=max(want_text, text_room))
+
+    def replace(self, names: Sequence[str], templates: Sequence[Template], model: ModelInfo) -> int:
+        """Swap every template of ``names`` for ``templates`` in one copy-on-write rewrite.
+
+        The old rows and the new ones change places in a single atomic rename: an interrupted
+        call leaves the gallery as it was. Returns how many old templates went. ``templates``
+        must not be empty (a person is never left with none by a replace).
+        """
+        assert templates, "replace() needs new templates"
+        block = self._block_of(templates, model)
+        wanted = set(names)
+        with self._writing():
+            if not self.path.exists():
+                room = len(block.text()) + len(block) * TEXT_PER_ROW_GUESS
+                self._write_new(model, len(block), created=time.time(), text_room=room, extra=block)
+                return 0
+            with self._open() as f:
+                self._refuse_old(f)
+                self._check(self._model_of(f), model)
+                current = self._read(f, embeddings=False, details=False).names
+                keep = np.array([nm not in wanted for nm in current], dtype=bool)
+                capacity = max(int(f["embeddings"].shape[0]), int(keep.sum()) + len(block))
+                text_room = int(f["text"].shape[0]) + len(block.text())
+                created = float(f.attrs.get("created", time.time()))
+                source = _V2(self, f)
+                self._write_new(
+                    model, capacity, created=created, source=source, keep=keep, text_room=text_room, extra=block
+                )
+            return int((~keep).sum())

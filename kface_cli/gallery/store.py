@@ -425,14 +425,16 @@ class Gallery(GalleryReads, GalleryAppends, GalleryMaintenance):
         source=None,
         keep: np.ndarray | None = None,
         text_room: int | None = None,
+        extra: _Block | None = None,
     ) -> None:
-        """Write a complete gallery file next to ``self.path`` and atomically rename it into place."""
+        """Write a complete gallery file next to ``self.path`` and atomically rename it into place
+        (the kept rows of ``source``, then the ``extra`` rows)."""
         from kface_cli.atomic import atomic_path
 
         h5py = _h5py()
         n_src = source.count if source is not None else 0
         n_keep = int(keep.sum()) if keep is not None else n_src
-        capacity = _round_capacity(max(capacity, n_keep))
+        capacity = _round_capacity(max(capacity, n_keep + (len(extra) if extra is not None else 0)))
         text_room = _round_text(max(int(text_room or 0), 1))
         mode = self.path.stat().st_mode & 0o777 if self.path.exists() else FILE_MODE  # a rewrite keeps the mode
         try:
@@ -458,6 +460,10 @@ class Gallery(GalleryReads, GalleryAppends, GalleryMaintenance):
                                 g.attrs["digest"] = _Commit(
                                     c.count, c.text, c.meta, c.names, c.embeddings, source.commit.index
                                 ).format()
+                    if extra is not None and len(extra):
+                        if len(extra.text()) + self._commit_text(g) > g["text"].shape[0]:
+                            g["text"].resize((_round_text(self._commit_text(g) + len(extra.text())),))
+                        _write_into(g, extra)
                 _fsync_file(tmp)
         except (ValueError, RuntimeError, OSError) as e:  # h5py reports some failed writes as ValueError
             if _disk_full(e):
