@@ -75,7 +75,7 @@ def load_model(
     )
 
 
-def _model(model: Any) -> Embedder:
+def _model(model: Embedder | str | Path) -> Embedder:
     """A loaded model: ``model`` itself, or :func:`load_model` of a path or run name (untrusted)."""
     if isinstance(model, (str, Path)):
         return load_model(model)
