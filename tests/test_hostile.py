@@ -564,7 +564,8 @@ def case_stale_temporary_of_a_killed_rewrite_is_removed(ctx: Ctx) -> None:
     index_tmp.write_bytes(b"\0" * 10)
     other = ctx.tmp / ".other.h5.k3x_9qzp.h5"  # not ours: kept
     other.write_bytes(b"x")
-    ctx.monkeypatch.setattr(store, "LOCK_WAIT_SECONDS", 0.3)
+    ctx.monkeypatch.setattr(store, "LOCK_WAIT_SECONDS", 0.3)  # readers (Gallery._open)
+    ctx.monkeypatch.setattr(lock, "LOCK_WAIT_SECONDS", 0.3)  # writers (writer_lock)
     from filelock import FileLock
 
     holder = FileLock(lock.lock_path(g.path))

@@ -534,7 +534,7 @@ def load_embedder(
             ``.onnx`` file (ours or insightface's, e.g. ``w600k_r50.onnx``). None: the workspace's
             latest run.
         workdir: workspace used to find the latest run / run names.
-        network: backbone name for a bare ``backbone.pth`` (r18, r34, r50, r100, r200, mbf);
+        network: backbone name for a bare ``backbone.pth`` (:data:`~kface_cli.models.registry.BACKBONE_NAMES`);
             read from the run's config.json when there is one, else inferred from the weights.
         flip: flip test-time augmentation (about +0.1-0.3% verification accuracy, 2x the compute).
         backend: "torch", "onnx" (ONNX Runtime) or "auto" (the faster one; ONNX on CPU).
