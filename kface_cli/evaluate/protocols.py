@@ -69,17 +69,20 @@ class FaceLoader:
     """Loads one image as an aligned 112x112 face through :func:`kface_cli.face.pipeline.faces_in_image`.
 
     Aligned crops are used as they are, other photos are detected (``landmarks``) and the largest
-    face is kept. With ``sources`` (face path -> source photo, e.g. the val split's
+    face is kept (``aligned=True``: every image is taken as an aligned crop). With ``sources`` (face path -> source photo, e.g. the val split's
     ``sources.csv``), each face is aligned again from its source photo: accuracy as deployed.
     ``outcomes`` records where each face's landmarks came from ("" when no face was found),
     ``low_light`` the faces found only in a contrast-enhanced copy of a dark photo.
     """
 
-    def __init__(self, landmarks: str = "auto", sources: dict[Path, Path] | None = None):
+    def __init__(
+        self, landmarks: str = "auto", sources: dict[Path, Path] | None = None, *, aligned: bool | None = None
+    ):
         from kface_cli.face.detect import get_detector
 
         self.detector = get_detector(landmarks)  # mediapipe loads on the first photo that needs it
         self.sources = sources
+        self.aligned = aligned  # True: every image is an aligned crop (--aligned); None: checked
         self.outcomes: dict[str, str] = {}
         self.low_light: set[str] = set()
 
@@ -97,7 +100,7 @@ class FaceLoader:
                     f"no source photo recorded for {path}",
                     hint="Run `kface split` again so that split/sources.csv lists every face.",
                 )
-        found = faces_in_image(photo, self.detector, size=FACE_SIZE)
+        found = faces_in_image(photo, self.detector, size=FACE_SIZE, aligned=self.aligned)
         self.outcomes[str(path)] = found[0].face.landmarks if found else ""
         if found and found[0].face.low_light:
             self.low_light.add(str(path))

@@ -6,9 +6,10 @@ Folder layouts (both may be mixed in one folder)::
     people/김철수/*.jpg          several photos per person: the name is the folder
                                  (photos in sub-folders count too, e.g. K-Face's raw tree)
 
-Photos that are aligned crops (square, 112 or 224 px: ``kface crop`` output, ``faces/<Res>/<ID>/*.jpg``)
-are used without detection (:func:`kface_cli.face.pipeline.faces_in_image`, the path every stage
-shares); ``aligned=True`` does so for any square photo.
+Photos proven to be aligned crops (``kface crop`` output, ``faces/<Res>/<ID>/*.jpg``, or a 112/224 px
+square whose face the detector finds on the ArcFace template) are used as they are
+(:func:`kface_cli.face.pipeline.faces_in_image`, the path every stage shares); ``aligned=True``
+does so for any square photo. Every other photo goes through the detector.
 
 Every photo is read once, hashed (SHA-256 of its bytes) and skipped when the gallery already
 holds that hash: running the same enrolment twice adds nothing. A photo with no face, or one that
@@ -172,7 +173,7 @@ def enroll_folder(
             the folder has been checked, so a typo is reported before the slow model load). The
             gallery must have been made with the same model (fingerprint), else :class:`ModelMismatchError`.
         aligned: every photo is an aligned square crop (skip detection); otherwise the one rule of
-            :func:`kface_cli.face.pipeline.is_aligned_crop` decides per photo.
+            the check of :func:`kface_cli.face.pipeline.faces_in_image` decides per photo.
         per_identity: ``all`` keeps one template per photo (best accuracy, more rows), ``mean``
             one normalised mean per person and run (smallest gallery; committed as soon as all
             of that person's photos are embedded).

@@ -274,7 +274,7 @@ def identify(
         every: for videos and the camera, use one frame in ``every``.
         max_frames: stop a camera (or each video) after this many used frames.
         aligned: every input is an aligned square crop (the whole image is the face); otherwise
-            :func:`kface_cli.face.pipeline.is_aligned_crop` decides per image.
+            the check of :func:`kface_cli.face.pipeline.faces_in_image` decides per image.
         min_face: smallest face to look for, in pixels (None: the detector's default, which
             searches zoomed tiles for small faces; e.g. 64 on webcam frames is several times faster).
         annotate: folder to write copies of the images with boxes and names drawn.

@@ -50,7 +50,7 @@ from typing import TYPE_CHECKING
 
 from kface_cli.choices import CropMode, LandmarkMode
 from kface_cli.dataset import codes as kc
-from kface_cli.defaults import FACE_SIZE, auto_workers
+from kface_cli.defaults import CROP_SETTINGS_FILE, FACE_SIZE, auto_workers
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.workspace import DEFAULT_RESOLUTION, MANIFEST, Workspace, normalise_resolution
 
@@ -73,7 +73,7 @@ MANIFEST_COLUMNS = [
     "detail",
 ]
 #: Beside the manifest: the settings and source of the crops (a re-run with the same ones resumes).
-SETTINGS_FILE = "crop.json"
+SETTINGS_FILE = CROP_SETTINGS_FILE
 JPEG_QUALITY = 95
 #: Seconds between manifest saves while cropping (what an interrupted run resumes from).
 SAVE_EVERY_S = 5.0
