@@ -5,10 +5,13 @@ bars, warnings and errors go to stderr, so ``kface ... --json | jq`` always rece
 Domain modules report progress through :func:`progress` and warnings through :func:`warn`; they
 never print results themselves.
 
-Tables never lose data: text columns fold instead of cutting (a path stays whole), a number is
-never split or cut, and when stdout is not a terminal (a pipe, a file) tables are laid out
-:data:`PIPE_WIDTH` columns wide unless ``$COLUMNS`` says otherwise. Every JSON result is an object
-carrying ``"schema": SCHEMA_VERSION`` (the schema is documented in README.md, "JSON output").
+Tables never lose data: text wraps between words, a path only after a ``/`` (a file name is never
+cut), a number is never split; a table that cannot fit even so is printed wider than the console.
+When stdout is not a terminal (a pipe, a file) tables are laid out :data:`PIPE_WIDTH` columns wide
+unless ``$COLUMNS`` says otherwise. ``--format csv|tsv`` prints data, not the table: a header row
+and one row per record (a table's ``data``, numbers in their own columns), nothing before the
+header, one table per command. Every JSON result is an object carrying ``"schema": SCHEMA_VERSION``
+(the schema is documented in docs/json.md).
 
 Progress bars are rich on the command line; :func:`use_tqdm` switches them to ``tqdm.auto`` (which
 renders in Jupyter), as the Python API (:mod:`kface_cli.api`) does.
@@ -21,6 +24,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -34,9 +38,10 @@ from rich.text import Text
 
 from kface_cli.choices import OutputFormat
 
-#: Version of the JSON every ``--json`` result follows (README.md, "JSON output"). Bump it when a
-#: key is renamed or removed or changes type; adding a key keeps the version.
-SCHEMA_VERSION = 1
+#: Version of the JSON every ``--json`` result follows (docs/json.md). Bump it when a key is
+#: renamed or removed or changes type; adding a key keeps the version. 2: a list of faces is always
+#: ``faces``; face counts are ``face_count``; ``embed`` and ``verify`` report the faces they used.
+SCHEMA_VERSION = 2
 #: Result formats: ``--format table|json|csv|tsv`` (``--json`` is short for ``--format json``).
 FORMATS = OutputFormat.values()
 #: Table width when stdout is not a terminal and ``$COLUMNS`` is unset (rich would assume 80).
@@ -60,6 +65,7 @@ class OutputMode:
     debug: bool = False
     format: str = "table"  # table, csv or tsv when json is off
     tqdm: bool = False  # progress bars through tqdm.auto (the Python API) instead of rich
+    data_written: bool = False  # --format csv|tsv: the command's data table is out (one per command)
 
 
 MODE = OutputMode()
@@ -142,6 +148,11 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+def plain(obj: Any) -> Any:
+    """``obj`` as plain JSON types (dict, list, str, int, float, bool, None): what every ``to_json()`` returns."""
+    return _jsonable(obj)
+
+
 def to_json(obj: Any, indent: int | None = 2) -> str:
     return json.dumps(_jsonable(obj), ensure_ascii=False, indent=indent)
 
@@ -169,16 +180,16 @@ UNBROKEN_WORD = 40
 
 
 class DataTable(Table):
-    """A rich table that remembers its plain cells (for ``--format csv|tsv``) and shares space well.
+    """A rich table that remembers its data (for ``--format csv|tsv``) and shares space well.
 
     When the table is wider than the console, every column starts at its minimum (its longest
-    unbroken word) and the space left is shared in proportion to what each column would need to
-    be whole; rich's own fallback shrinks all columns evenly, which leaves short-worded columns
-    wide and makes the table overflow sooner.
+    unbroken word, or a path's longest part) and the space left is shared in proportion to what
+    each column would need to be whole; rich's own fallback shrinks all columns evenly, which
+    leaves short-worded columns wide and makes the table overflow sooner.
     """
 
     data_columns: list[str]
-    data_rows: list[list[str]]
+    data_rows: list[list[Any]]
 
     def _calculate_column_widths(self, console: Console, options: Any) -> list[int]:
         widths = super()._calculate_column_widths(console, options)
@@ -193,14 +204,55 @@ class DataTable(Table):
         return [low + want * spare // sum(wants) for low, want in zip(lows, wants)]
 
 
+class PathCell:
+    """A table cell holding a path: it wraps only after a ``/`` or at a space, never inside a name."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.parts = re.findall(r"[^/ ]*(?:/+| +|$)", text)[:-1] or [text]  # each part keeps its separator
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __rich_measure__(self, console: Console, options: Any) -> Any:
+        from rich.measure import Measurement
+
+        return Measurement(max(len(p.rstrip(" ")) for p in self.parts), len(self.text))
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        width = max(1, options.max_width)
+        line = ""
+        for part in self.parts:
+            if line and len(line) + len(part.rstrip(" ")) > width:
+                yield Text(line.rstrip(" "), overflow="fold")
+                line = ""
+            line += part
+        yield Text(line.rstrip(" "), overflow="fold")
+
+
+def _is_path_text(value: Any, cell: str) -> bool:
+    if isinstance(value, Path):
+        return True
+    return isinstance(value, str) and "/" in cell and "[" not in cell and "\n" not in cell
+
+
 def table(
-    title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, justify_numbers: bool = True
+    title: str | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    justify_numbers: bool = True,
+    data: tuple[Sequence[str], Sequence[Sequence[Any]]] | None = None,
 ) -> DataTable:
     """A results table that loses nothing at any width.
 
-    Cells wrap at spaces only (a word up to :data:`UNBROKEN_WORD` characters, e.g. a file name or
-    a number, is never split), longer words fold, nothing is cut with "…"; numeric columns align
-    right. When even so the table cannot fit, it is printed wider than the console.
+    Cells wrap at spaces only (a word up to :data:`UNBROKEN_WORD` characters, e.g. a number, is
+    never split), paths after a ``/`` (a file name is never split), longer words fold, nothing is
+    cut with "…"; numeric columns align right. When even so the table cannot fit, it is printed
+    wider than the console.
+
+    ``data``: what ``--format csv|tsv`` writes, ``(columns, rows)`` of plain values (one record
+    per row, numbers in their own columns); by default the table's own cells, markup removed.
     """
     t = DataTable(title=title, title_justify="left", header_style="bold")
     cells = [[_fmt(v) for v in r] for r in rows]
@@ -211,16 +263,29 @@ def table(
             and bool(values)
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         )
-        plain = [Text.from_markup(c).plain] + [Text.from_markup(r[i]).plain for r in cells if i < len(r)]
-        longest = max((len(w) for p in plain for w in p.split() if len(w) <= UNBROKEN_WORD), default=0)
+        plain_cells = [Text.from_markup(c).plain] + [Text.from_markup(r[i]).plain for r in cells if i < len(r)]
+        longest = max((len(w) for p in plain_cells for w in p.split() if len(w) <= UNBROKEN_WORD), default=0)
         t.add_column(
             c, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric, min_width=longest or None
         )
-    for r in cells:
-        t.add_row(*r)
-    t.data_columns = [Text.from_markup(c).plain for c in columns]
-    t.data_rows = [[Text.from_markup(v).plain for v in r] for r in cells]
+    for raw, r in zip(rows, cells):
+        t.add_row(*(PathCell(cell) if _is_path_text(v, cell) else cell for v, cell in zip(raw, r)))
+    if data is None:
+        t.data_columns = [Text.from_markup(c).plain for c in columns]
+        t.data_rows = [[Text.from_markup(v).plain for v in r] for r in cells]
+    else:
+        t.data_columns = list(data[0])
+        t.data_rows = [list(r) for r in data[1]]
     return t
+
+
+def _csv_value(v: Any) -> str:
+    """A data cell: numbers as numbers (full precision), None and NaN empty, paths as given."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
 
 
 def _fmt(v: Any) -> str:
@@ -235,11 +300,13 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def show(renderable: Any) -> None:
-    """Print a result (a table) unless --json is on: rich, or CSV/TSV rows with ``--format csv|tsv``.
+def show(renderable: Any, *, secondary: bool = False) -> None:
+    """Print a result (a table) unless --json is on: rich, or its data with ``--format csv|tsv``.
 
-    In CSV/TSV, a titled table starts with a ``# title`` line, and tables are separated by a blank
-    line; anything else (a line of text) goes to stderr.
+    CSV/TSV is data: a header row first and nothing before it, then one row per record. A command
+    writes one table there: a ``secondary`` table (a breakdown shown under the main one) and any
+    later table are left out with a note on stderr (``--json`` has everything); a line of text
+    goes to stderr.
     """
     if MODE.json:
         return
@@ -247,16 +314,29 @@ def show(renderable: Any) -> None:
         if not isinstance(renderable, DataTable):  # a line of text is not a table row: stderr
             info(str(renderable))
             return
-        buf = io.StringIO()
-        writer = csv.writer(buf, delimiter="," if MODE.format == "csv" else "\t", lineterminator="\n")
-        if renderable.title:
-            buf.write(f"# {Text.from_markup(str(renderable.title)).plain}\n")
-        writer.writerow(renderable.data_columns)
-        writer.writerows(renderable.data_rows)
-        sys.stdout.write(buf.getvalue() + "\n")
+        if secondary or MODE.data_written:
+            title = Text.from_markup(str(renderable.title or "a table")).plain
+            info(f"({title}: not in --format {MODE.format}, which holds one table; --json has everything)")
+            return
+        write_data(sys.stdout, renderable.data_columns, renderable.data_rows, MODE.format)
         sys.stdout.flush()
+        MODE.data_written = True
         return
     out.print(renderable)
+
+
+def write_data(stream: Any, columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "csv") -> None:
+    """Write ``columns`` and ``rows`` as CSV (``fmt="csv"``) or TSV: the one writer of every data file."""
+    writer = csv.writer(stream, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_csv_value(v) for v in r] for r in rows)
+
+
+def data_text(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "csv") -> str:
+    """:func:`write_data` into a string (for ``--csv FILE``)."""
+    buf = io.StringIO()
+    write_data(buf, columns, rows, fmt)
+    return buf.getvalue()
 
 
 class _Bar:

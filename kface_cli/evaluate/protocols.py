@@ -22,12 +22,15 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kface_cli.defaults import FACE_SIZE
 from kface_cli.errors import InputError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kface_cli.face.pipeline import AlignedFace
 
 #: Distance given to pairs whose image has no detectable face (the maximum squared L2 of unit vectors).
 FAILED_DISTANCE = 4.0
@@ -88,6 +91,11 @@ class FaceLoader:
 
     def __call__(self, path: Path) -> np.ndarray | None:
         """The aligned face (112,112,3) BGR uint8, or None when no face is found."""
+        found = self.faces(path)
+        return found[0].crop if found else None
+
+    def faces(self, path: Path) -> list[AlignedFace]:
+        """Every face of the image (largest first), recording the largest's landmark source."""
         import os
 
         from kface_cli.face.pipeline import faces_in_image
@@ -104,7 +112,7 @@ class FaceLoader:
         self.outcomes[str(path)] = found[0].face.landmarks if found else ""
         if found and found[0].face.low_light:
             self.low_light.add(str(path))
-        return found[0].crop if found else None
+        return found
 
 
 def _pair_fields(p: Any) -> tuple[Path, Path, bool]:
