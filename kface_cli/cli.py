@@ -132,6 +132,13 @@ LandmarksOpt = Annotated[
         help="Where the 5 face points come from: auto (the K-Face .txt annotation when present, else the detector), detect, annotation.",
     ),
 ]
+AlignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--aligned",
+        help="Every photo is an aligned face crop (e.g. insightface's 112x112): used as it is, no detection. Without it a photo is a crop only when the detector finds its face on the ArcFace template, or it lies in a `kface crop` output.",
+    ),
+]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible for a given seed).")]
 
 
@@ -158,6 +165,15 @@ def _option_names(signature: inspect.Signature) -> set[str]:
             decls = [getattr(info, "default", None), *(getattr(info, "param_decls", None) or ())]
             names.update(d for d in decls if isinstance(d, str) and d.startswith("-"))
     return names
+
+
+def _flag_type(self, ctx):  # noqa: ANN001, ANN202 - typer's TyperOption.display_type_rich
+    """Boolean flags take no value: their help shows no ``<bool>`` type (typer 0.2x prints one)."""
+    return None if self.is_flag and self.metavar is None else _typer_display_type(self, ctx)
+
+
+_typer_display_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
 
 
 def command(name: str | None = None, **kwargs) -> Callable:
@@ -211,6 +227,28 @@ def command(name: str | None = None, **kwargs) -> Callable:
     return decorator
 
 
+# Renderers' helpers: what --format csv|tsv writes (data, not the table; docs/json.md) -------
+
+
+def _record(data: dict, prefix: str = "") -> dict:
+    """A JSON result flattened to one CSV record: scalars keep their JSON names, nested objects
+    join names with ``_`` (``model_network``), lists are left out (``--json`` has them)."""
+    flat: dict = {}
+    for key, value in console.plain(data).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_record(value, f"{name}_"))
+        elif not isinstance(value, list):
+            flat[name] = value
+    return flat
+
+
+def _record_data(data: dict) -> tuple[list[str], list[list]]:
+    """``(columns, [row])``: a one-record result as CSV data (see :func:`_record`)."""
+    flat = _record(data)
+    return list(flat), [list(flat.values())]
+
+
 def _version(value: bool) -> None:
     if value:
         from kface_cli import __version__
@@ -224,12 +262,16 @@ def _main(
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
+    output_format: FormatOpt = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """K-Face to ArcFace: from the raw dataset to a working face-identification system."""
-    console.set_mode(debug=debug, quiet=quiet, json_output=json_output)  # each invocation starts afresh
+    console.set_mode(debug=debug, quiet=quiet, json_output=json_output, output_format=output_format or "table")
+    if json_output:  # --json wins over a --format given with it
+        console.set_mode(json_output=True)
+    console.MODE.data_written = False  # each invocation starts afresh
 
 
 # ============================================================================================
@@ -378,7 +420,13 @@ def extract_cmd(
             ["time", f"{result.seconds:.1f} s"],
         ]
         console.show(
-            console.table(f"Extracted {result.res} from {result.source}", ["", ""], rows, justify_numbers=False)
+            console.table(
+                f"Extracted {result.res} from {result.source}",
+                ["", ""],
+                rows,
+                justify_numbers=False,
+                data=_record_data(console.json_result(result)),
+            )
         )
         if result.missing_by_code:
             miss = [[code, describe(code[0], code), n] for code, n in result.missing_by_code.items()]
@@ -386,11 +434,13 @@ def extract_cmd(
             console.show(
                 console.table(
                     "Missing images per code (selected but not in the source)", ["code", "meaning", "images"], shown
-                )
+                ),
+                secondary=True,
             )
         if result.failures:
             console.show(
-                console.table("Failed identities", ["id", "problem"], [[f["id"], f["error"]] for f in result.failures])
+                console.table("Failed identities", ["id", "problem"], [[f["id"], f["error"]] for f in result.failures]),
+                secondary=True,
             )
     if result.failed:
         console.error(
@@ -482,12 +532,15 @@ def crop_cmd(
             f"Cropped {result.cropped} of {result.images} images ({result.identities} identities) to {result.size}x{result.size}",
             ["", "images"],
             rows,
+            data=_record_data(
+                {k: v for k, v in console.json_result(result).items() if k not in ("by_camera", "examples")}
+            ),
         )
     )
     outcomes = sorted({k for c in result.by_camera.values() for k in c})
     if len(outcomes) > 1:
         cam_rows = [[cam, *(c.get(k, 0) for k in outcomes)] for cam, c in result.by_camera.items()]
-        console.show(console.table("Landmarks by camera", ["camera", *outcomes], cam_rows))
+        console.show(console.table("Landmarks by camera", ["camera", *outcomes], cam_rows), secondary=True)
     for status, examples in result.examples.items():
         for ex in examples:
             console.warn(f"{status}: {ex}")
@@ -663,9 +716,15 @@ def train_cmd(
     if json_output:
         console.print_json(result)
         return
-    rows = []
+    rows, data = [], []
     for r in result.history:
         v = r.get("val") or {}
+        data.append(
+            [
+                r["epoch"], r.get("loss"), v.get("accuracy"), v.get("threshold"), v.get("tar"),
+                r.get("samples_per_s"), bool(r.get("best")),
+            ]
+        )  # fmt: skip
         rows.append(
             [
                 r["epoch"],
@@ -682,6 +741,7 @@ def train_cmd(
             f"{result.network} on {result.num_images} images of {result.num_classes} identities ({result.world_size} x {result.device})",
             ["epoch", "loss", "val acc", "threshold", "TAR@FAR=1e-2", "samples/s", "best"],
             rows,
+            data=(["epoch", "loss", "val_accuracy", "val_threshold", "val_tar", "samples_per_s", "best"], data),
         )
     )
     best = f"best epoch {result.best_epoch}" + (
@@ -746,7 +806,11 @@ def export_cmd(
         ["fingerprint", result.fingerprint],
         ["source", str(result.source)],
     ]
-    console.show(console.table("Exported model", ["field", "value"], rows, justify_numbers=False))
+    console.show(
+        console.table(
+            "Exported model", ["field", "value"], rows, justify_numbers=False, data=_record_data(result.to_dict())
+        )
+    )
     console.info(
         f"self-check passed: {result.check_faces} faces, min cosine vs torch {result.min_cosine:.6f} (>= {MIN_COSINE}), "
         f"max |diff| {result.max_abs_diff:.2e}; {result.seconds:.1f} s"
@@ -799,13 +863,7 @@ def enroll_cmd(
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
-    aligned: Annotated[
-        bool,
-        typer.Option(
-            "--aligned",
-            help="Every photo is an aligned square crop: no detection (112 and 224 px squares, e.g. `kface crop` output, are used as they are anyway).",
-        ),
-    ] = False,
+    aligned: AlignedOpt = False,
     per_identity: Annotated[
         PerIdentity,
         typer.Option(
@@ -854,7 +912,9 @@ def enroll_cmd(
         console.print_json(result.to_json())
         return
     columns, rows = summary_rows(result)
-    console.show(console.table(f"Enrolled into {result.gallery}", columns, rows))
+    data_columns = ["name", "photos", "added", "duplicates", "skipped", "templates"]
+    data = [[i.name, i.photos, i.added, i.duplicates, i.skipped, i.templates] for i in result.identities]
+    console.show(console.table(f"Enrolled into {result.gallery}", columns, rows, data=(data_columns, data)))
     t = result.totals()
     removed = f", {t['templates_removed']} replaced" if t["templates_removed"] else ""
     console.info(
@@ -894,13 +954,7 @@ def identify_cmd(
         int | None,
         typer.Option("--max-frames", help="Stop after this many frames (camera or videos).", show_default=False),
     ] = None,
-    aligned: Annotated[
-        bool,
-        typer.Option(
-            "--aligned",
-            help="Every input is an aligned square crop: no detection (112 and 224 px squares are used as they are anyway).",
-        ),
-    ] = False,
+    aligned: AlignedOpt = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     min_face: MinFaceOpt = None,
     index: IndexOpt = IndexKind.AUTO,
@@ -954,7 +1008,12 @@ def identify_cmd(
     else:
         columns, rows = table_rows(result)
         console.show(
-            console.table(f"Faces (threshold {result.threshold:.3f}: {result.threshold_detail})", columns, rows)
+            console.table(
+                f"Faces (threshold {result.threshold:.3f}: {result.threshold_detail})",
+                columns,
+                rows,
+                data=result.data(),
+            )
         )
         named = sum(1 for i in result.images for f in i.faces if f.name != "unknown")
         console.info(
@@ -1017,12 +1076,12 @@ def gallery_cmd(
             ["fact", "value"],
             facts_rows(facts),
             justify_numbers=False,
-        )
+        ),
+        secondary=True,  # --format csv: the identities, one row each
     )
+    identities = [[i["name"], i["templates"]] for i in report["identities"]]
     console.show(
-        console.table(
-            "Identities", ["identity", "templates"], [[i["name"], i["templates"]] for i in report["identities"]]
-        )
+        console.table("Identities", ["identity", "templates"], identities, data=(["name", "templates"], identities))
     )
 
 
@@ -1148,15 +1207,21 @@ def evaluate_cmd(
     if json_output:
         console.print_json(result.summary)
     else:
+        summary = {k: v for k, v in result.summary.items() if k not in ("per_condition", "landmarks", "calibration")}
         console.show(
-            console.table(summary_title(result.summary), ["metric", "value", "note"], summary_rows(result.summary))
+            console.table(
+                summary_title(result.summary),
+                ["metric", "value", "note"],
+                summary_rows(result.summary),
+                data=_record_data(summary),
+            )
         )
         title, columns, rows = condition_table(result.summary.get("per_condition"))
         if conditions and rows:
-            console.show(console.table(title, columns, rows))
+            console.show(console.table(title, columns, rows), secondary=True)
         detection = landmark_table(result.summary.get("landmarks"))
         if detection is not None:
-            console.show(console.table(*detection))
+            console.show(console.table(*detection), secondary=True)
         if result.report_dir is not None:
             console.show(f"Report: {result.report_dir}")
     if any("not_saved" in c for c in (result.summary.get("calibration") or {}).values()):
@@ -1199,6 +1264,7 @@ def verify_cmd(
         ),
     ] = None,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
+    aligned: AlignedOpt = False,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
@@ -1206,18 +1272,20 @@ def verify_cmd(
     from kface_cli.embedding.compare import verify_photos
 
     loader = _model_loader(model, network, workdir)
-    result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks)
+    result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks, aligned=aligned or None)
     if json_output:
         console.print_json(result.to_json())
     else:
         rows = [
-            ["photos", f"{console.display_path(result.image1)}  vs  {console.display_path(result.image2)}"],
+            ["photo 1", console.display_path(result.image1)],
+            ["photo 2", console.display_path(result.image2)],
             ["verdict", "[green]same person[/green]" if result.same else "[yellow]different people[/yellow]"],
             ["distance", f"{result.distance:.4f} (cosine {result.cosine:.4f})"],
             ["threshold", f"{result.threshold:.4f} ({result.threshold_source})"],
-            _model_row(result.model),
         ]
-        console.show(console.table("Verification", ["field", "value"], rows, justify_numbers=False))
+        rows += [[f"face used {k}", f.describe()] for k, f in ((1, result.face1), (2, result.face2)) if f is not None]
+        rows.append(_model_row(result.model))
+        console.show(console.table("Verification", ["field", "value"], rows, justify_numbers=False, data=result.data()))
     if not result.same:
         raise typer.Exit(1)
 
@@ -1230,34 +1298,53 @@ def embed_cmd(
         typer.Option(
             "--out",
             "-o",
-            help="Embeddings file: FILE.npy (rows in the order of FILE.names.txt) or FILE.h5 (HDF5: embeddings, names).",
+            help="Embeddings file: FILE.npy (rows in the order of FILE.names.txt; photo and box of each row in FILE.faces.csv) or FILE.h5 (HDF5: embeddings, names, boxes, faces, scores).",
             show_default=False,
         ),
     ],
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    all_faces: Annotated[
+        bool,
+        typer.Option(
+            "--all-faces",
+            help="One row per face of every photo (with its box), not only the largest face of each.",
+        ),
+    ] = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
+    aligned: AlignedOpt = False,
     embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Write one unit-length embedding per photo (its largest face) to .npy + names, or HDF5."""
+    """Write a unit-length embedding of each photo's largest face (or of every face: --all-faces), with its photo and box, to .npy or HDF5."""
     from kface_cli.embedding.compare import embed_photos
 
     loader = _model_loader(model, network, workdir)
-    result = embed_photos(paths, loader, out, landmarks=landmarks, batch_size=embed_batch)
+    result = embed_photos(
+        paths,
+        loader,
+        out,
+        landmarks=landmarks,
+        batch_size=embed_batch,
+        all_faces=all_faces,
+        aligned=aligned or None,
+    )
     if json_output:
         console.print_json(result.to_json())
         return
+    photos = len({f.image for f in result.faces})
     rows = [
         ["file", result.out],
         ["names", result.names_file if result.names_file else "inside the file (dataset 'names')"],
-        ["rows", f"{len(result.images)} x {result.embedding_size} float32, unit length"],
+        ["faces", result.faces_file if result.faces_file else "inside the file (datasets 'boxes', 'faces', 'scores')"],
+        ["rows", f"{len(result.faces)} x {result.embedding_size} float32, unit length"],
+        ["faces per photo", "every face" if result.all_faces else "the largest"],
         ["no face (left out)", str(len(result.failed))],
         _model_row(result.model),
     ]
-    console.show(console.table("Embeddings", ["field", "value"], rows, justify_numbers=False))
-    console.info(f"{len(result.images)} photos embedded in {result.seconds:.1f} s")
+    console.show(console.table("Embeddings", ["field", "value"], rows, justify_numbers=False, data=result.data()))
+    console.info(f"{len(result.faces)} faces of {photos} photos embedded in {result.seconds:.1f} s")
 
 
 @command("detect")
@@ -1273,17 +1360,18 @@ def detect_cmd(
             show_default=False,
         ),
     ] = None,
+    aligned: AlignedOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Find the faces in photos: box, 5 landmarks (eyes, nose, mouth corners) and score of each."""
     from kface_cli.face.detection import detect_photos, table_rows
 
-    result = detect_photos(paths, landmarks=landmarks, min_face=min_face, annotate=annotate)
+    result = detect_photos(paths, landmarks=landmarks, min_face=min_face, annotate=annotate, aligned=aligned or None)
     if json_output:
         console.print_json(result.to_json())
     else:
         columns, rows = table_rows(result)
-        console.show(console.table(f"Faces in {len(result.images)} photos", columns, rows))
+        console.show(console.table(f"Faces in {len(result.images)} photos", columns, rows, data=result.data()))
         console.info(
             f"{result.faces} faces in {len(result.images)} photos in {result.seconds:.2f} s"
             + (f"; annotated photos in {annotate}" if annotate is not None else "")
@@ -1394,6 +1482,21 @@ def clean_cmd(
             f"Sub-centers of {result.run} (K={result.subcenters}) on {result.data}",
             ["identity", "images", "flagged", "dominant", "on dominant", "median angle"],
             rows,
+            data=(
+                ["identity", "images", "flagged", "dominant_subcenter", "dominant_share", "minority", "median_angle"],
+                [
+                    [
+                        i.identity,
+                        i.images,
+                        i.flagged,
+                        i.dominant_subcenter,
+                        i.dominant_share,
+                        i.minority,
+                        i.median_angle,
+                    ]
+                    for i in result.identities
+                ],
+            ),
         )
     )
     a = result.angles
@@ -1402,7 +1505,8 @@ def clean_cmd(
             "Angle to the dominant sub-center (degrees)",
             ["from", "to", "images"],
             [[b["from"], b["to"], b["images"]] for b in a["histogram"] if b["images"]],
-        )
+        ),
+        secondary=True,
     )
     minority = [i.identity for i in result.minority_identities()]
     m = a["margin"]
@@ -1483,9 +1587,33 @@ def invert_cmd(
     )
 
 
+#: Words a shell user may put after a flag as if it took a value (``--quiet true``).
+_FLAG_VALUES = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def _check_flag_values(argv: list[str]) -> None:
+    """``--quiet true``: a flag takes no value, and "true" would be read as a path (or a command)."""
+    if not any(a.lower() in _FLAG_VALUES for a in argv):
+        return
+    flags: set[str] = set()
+    group = typer.main.get_command(app)
+    commands = [group, *getattr(group, "commands", {}).values()]
+    for cmd in commands:
+        for param in cmd.params:
+            if getattr(param, "param_type_name", "") == "option" and getattr(param, "is_flag", False):
+                flags.update(param.opts + param.secondary_opts)
+    for flag, value in zip(argv, argv[1:]):
+        if flag in flags and value.lower() in _FLAG_VALUES and not Path(value).exists():
+            raise KFaceError(
+                f"{flag} takes no value: {value!r} after it would be read as a path or a command",
+                hint=f"Write {flag} alone to turn it on (leave it out for off).",
+            )
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
+        _check_flag_values(sys.argv[1:])
         app()
     except KFaceError as e:  # raised outside a command (e.g. in a callback)
         console.error(str(e))

@@ -190,12 +190,30 @@ class DataTable(Table):
 
     data_columns: list[str]
     data_rows: list[list[Any]]
+    headers: list[str]
+    record_cells: list[list[Any]]
+
+    def narrowest(self, console: Console) -> int:
+        """The narrowest this table can be without cutting a word or a file name."""
+        options = console.options.update_width(10_000)
+        return sum(self._measure_column(console, options, c).minimum for c in self.columns) + self._extra_width
+
+    def stacked(self) -> Table:
+        """The same rows as blocks of ``column  value`` lines, one block per row (for narrow consoles)."""
+        blocks = DataTable(title=self.title, title_justify="left", show_header=False, show_lines=False)
+        header_words = [w for h in self.headers for w in Text.from_markup(h).plain.split()]
+        blocks.add_column(style="bold", min_width=max((len(w) for w in header_words), default=1))
+        blocks.add_column(overflow="fold")
+        for cells in self.record_cells:
+            for k, (header, cell) in enumerate(zip(self.headers, cells)):
+                blocks.add_row(header, cell, end_section=k == len(cells) - 1)
+        return blocks
 
     def _calculate_column_widths(self, console: Console, options: Any) -> list[int]:
         widths = super()._calculate_column_widths(console, options)
-        if sum(widths) <= options.max_width:
-            return widths
         ranges = [self._measure_column(console, options, c) for c in self.columns]
+        if sum(widths) <= options.max_width and all(w >= r.minimum for w, r in zip(widths, ranges)):
+            return widths
         lows = [r.minimum for r in ranges]
         spare = options.max_width - sum(lows)
         wants = [max(0, r.maximum - r.minimum) for r in ranges]
@@ -268,8 +286,12 @@ def table(
         t.add_column(
             c, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric, min_width=longest or None
         )
+    t.headers = list(columns)
+    t.record_cells = []
     for raw, r in zip(rows, cells):
-        t.add_row(*(PathCell(cell) if _is_path_text(v, cell) else cell for v, cell in zip(raw, r)))
+        shown = [PathCell(cell) if _is_path_text(v, cell) else cell for v, cell in zip(raw, r)]
+        t.record_cells.append(shown)
+        t.add_row(*shown)
     if data is None:
         t.data_columns = [Text.from_markup(c).plain for c in columns]
         t.data_rows = [[Text.from_markup(v).plain for v in r] for r in cells]
@@ -322,6 +344,9 @@ def show(renderable: Any, *, secondary: bool = False) -> None:
         sys.stdout.flush()
         MODE.data_written = True
         return
+    if isinstance(renderable, DataTable) and getattr(renderable, "record_cells", None):
+        if renderable.narrowest(out) > out.width:
+            renderable = renderable.stacked()  # too narrow for the columns: one block per row
     out.print(renderable)
 
 
