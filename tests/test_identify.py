@@ -113,7 +113,9 @@ def test_json_csv_and_table(world, tmp_path):
     assert [r["name"] for r in rows] == ["김철수", "Bob"] and rows[0]["candidate1"] == "김철수"
     assert [r["candidate3"] for r in rows].count("") == 0 and float(rows[0]["distance1"]) == float(rows[0]["distance"])
     assert all(float(r[k]) >= 0 for r in rows for k in ("x", "y", "w", "h"))  # numbers in their own columns
-    assert rows[0]["matched"] == "true" and float(rows[0]["cosine"]) == pytest.approx(1 - float(rows[0]["distance"]) / 2, abs=1e-3)
+    assert rows[0]["matched"] == "true" and float(rows[0]["cosine"]) == pytest.approx(
+        1 - float(rows[0]["distance"]) / 2, abs=1e-3
+    )
     columns, table = table_rows(result)
     assert len(table) == 3 and "cannot read image" in table[1][3]
 

@@ -503,7 +503,7 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
         data_path = (
             Path(config.data).expanduser() if config.data else ws.require(ws.train_dir, "training data", "kface split")
         )
-    dataset = open_training_data(data_path, flip=False, augment=config.augment)
+    dataset = open_training_data(data_path, flip=False, augment=config.augment, resize=config.resize_images)
     num_images, num_classes = len(dataset), dataset.num_classes
 
     # -- model: "auto" values follow --init, the device and the data -----------------------
