@@ -268,7 +268,7 @@ def _main(
     ] = False,
 ) -> None:
     """K-Face to ArcFace: from the raw dataset to a working face-identification system."""
-    console.set_mode(debug=debug, quiet=quiet, json_output=json_output, output_format=output_format or "table")
+    console.set_mode(debug=debug, quiet=quiet, output_format=output_format or "table")
     if json_output:  # --json wins over a --format given with it
         console.set_mode(json_output=True)
     console.MODE.data_written = False  # each invocation starts afresh
