@@ -1189,6 +1189,7 @@ def evaluate_cmd(
             "--conditions/--no-conditions", help="Show the per-condition (light, expression, camera, accessory) table."
         ),
     ] = True,
+    aligned: AlignedOpt = False,
     workdir: WorkdirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -1202,6 +1203,7 @@ def evaluate_cmd(
             bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
             target_fpir=target_fpir, save_threshold=save_threshold, replace_threshold=replace_threshold, name=name,
             landmarks=landmarks, batch_size=_deprecated("--batch-size", "--embed-batch", batch_size_deprecated, embed_batch),
+            aligned=aligned or None,
         )
     )  # fmt: skip
     if json_output:

@@ -261,7 +261,6 @@ def test_crop_reads_flat_files_named_by_person_as_enroll_does(tmp_path):
 def test_detect_table_at_80_columns_cuts_no_file_name(tmp_path):
     from photo_helpers import group_of_six
 
-
     photo = tmp_path / "a" / "long" / "folder" / "unmistakable_photo_name_0042.jpg"
     group_of_six(photo)
     for width in ("80", "60"):

@@ -81,6 +81,9 @@ class EvaluateOptions:
     #: with the val split, every face is aligned again from its source photo with these landmarks
     #: (``detect``: accuracy as deployed); elsewhere, the landmarks of photos that are not crops.
     landmarks: str | None = None
+    #: True: every image is an aligned crop, used as it is (``--aligned``); None: photos are
+    #: checked (kface_cli.face.pipeline.faces_in_image: crop folders, faces on the template).
+    aligned: bool | None = None
     write_report: bool = True
     fars: tuple[float, ...] = M.DEFAULT_FARS
     fpirs: tuple[float, ...] = M.DEFAULT_FPIRS
@@ -364,7 +367,7 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
         from kface_cli.prepare.split import read_sources
 
         sources = read_sources(ws.split)
-    loader = FaceLoader(options.landmarks or "auto", sources=sources)
+    loader = FaceLoader(options.landmarks or "auto", sources=sources, aligned=options.aligned)
     describe = embedder.describe() if hasattr(embedder, "describe") else {"network": getattr(embedder, "network", None)}
     summary: dict[str, Any] = {
         "model": describe,
