@@ -43,12 +43,12 @@ from kface_cli.console import use_tqdm
 from kface_cli.errors import InputError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kface_cli.embedding.compare import VerifyResult
+    from kface_cli.deploy.compare import VerifyResult
+    from kface_cli.deploy.enroll import AddResult, EnrollResult
+    from kface_cli.deploy.identify import IdentifyResult
     from kface_cli.embedding.embedder import Embedder
-    from kface_cli.face.detect import DetectedFace
+    from kface_cli.face.detector import DetectedFace
     from kface_cli.face.pipeline import AlignedFace
-    from kface_cli.gallery.enroll import AddResult, EnrollResult
-    from kface_cli.gallery.identify import IdentifyResult
 
 #: A photo: a file path, an RGB (H, W, 3) uint8 array, or a PIL image (BGR arrays with ``bgr=True``).
 Photo = Any
@@ -159,7 +159,7 @@ def _out(crop_bgr: np.ndarray, bgr: bool) -> np.ndarray:
 
 @functools.lru_cache(maxsize=4)
 def _detector(landmarks: str, min_face: int | None) -> Any:
-    from kface_cli.face.detect import get_detector
+    from kface_cli.face.detector import get_detector
 
     return get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)  # type: ignore[arg-type]
 
@@ -230,7 +230,7 @@ def embed(
     treats the photos as aligned crops too.
     """
     from kface_cli.console import warn
-    from kface_cli.embedding.compare import UsedFace, several_faces_warning
+    from kface_cli.deploy.compare import UsedFace, several_faces_warning
 
     single = _is_path(photo) or isinstance(photo, np.ndarray) or hasattr(photo, "convert")
     if isinstance(photo, np.ndarray) and photo.ndim == 4:
@@ -322,7 +322,7 @@ def verify(
     many faces the photo had). The threshold is ``threshold`` when given, else the model's
     calibrated one (``kface evaluate --save-threshold``), else 1.5 (cosine 0.25).
     """
-    from kface_cli.embedding.compare import verify_photos
+    from kface_cli.deploy.compare import verify_photos
 
     pair = []
     for k, p in enumerate((photo1, photo2), 1):
@@ -343,10 +343,10 @@ class Gallery:
     def enroll(self, folder: str | Path, **options: Any) -> EnrollResult:
         """Add ``folder``'s people: ``<name>.jpg`` (one photo each) and/or ``<name>/*.jpg`` (several).
 
-        ``options`` as :func:`kface_cli.gallery.enroll.enroll_folder` (``aligned``, ``per_identity``,
+        ``options`` as :func:`kface_cli.deploy.enroll.enroll_folder` (``aligned``, ``per_identity``,
         ``replace``, ``landmarks``, ``min_face``, ``batch_size``). Re-enrolling a photo is a no-op.
         """
-        from kface_cli.gallery.enroll import enroll_folder
+        from kface_cli.deploy.enroll import enroll_folder
 
         with use_tqdm():
             return enroll_folder(folder, self.path, self.model, **options)
@@ -369,9 +369,9 @@ class Gallery:
         match). Adding the same template twice is a no-op (``result.added`` is False).
         """
         from kface_cli.console import warn
-        from kface_cli.embedding.compare import UsedFace, several_faces_warning
+        from kface_cli.deploy.compare import UsedFace, several_faces_warning
+        from kface_cli.deploy.enroll import add_template
         from kface_cli.face.imageio import check_identity_name
-        from kface_cli.gallery.enroll import add_template
 
         check_identity_name(name)
         value = photo_or_embedding
@@ -401,11 +401,11 @@ class Gallery:
 
         ``photos``: one photo or a list (paths, folders and videos; RGB arrays and PIL images; BGR
         frames with ``bgr=True``), reported in the order given. ``options`` as
-        :func:`kface_cli.gallery.identify.identify` (``threshold``, ``top_k``, ``every``,
+        :func:`kface_cli.deploy.identify.identify` (``threshold``, ``top_k``, ``every``,
         ``aligned``, ``landmarks``, ``min_face``, ``annotate``). ``result.to_json()`` is what
         ``kface identify --json`` prints.
         """
-        from kface_cli.gallery.identify import identify
+        from kface_cli.deploy.identify import identify
 
         single = _is_path(photos) or isinstance(photos, np.ndarray) or hasattr(photos, "convert")
         items = [photos] if single else list(photos)

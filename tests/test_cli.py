@@ -178,9 +178,9 @@ IDENTIFY_PROBED = (*HEAVY, "mediapipe.python.solutions.drawing_utils", "mediapip
 def test_onnx_identify_imports_only_what_it_uses(tmp_path):
     from embedding_fixtures import insightface_style_onnx
 
+    from kface_cli.deploy.enroll import enroll_folder
     from kface_cli.embedding.loading import load_embedder
     from kface_cli.face.imageio import write_image
-    from kface_cli.gallery.enroll import enroll_folder
     from kface_cli.models.registry import get_backbone
 
     model = tmp_path / "model.onnx"
@@ -202,7 +202,8 @@ def test_onnx_identify_imports_only_what_it_uses(tmp_path):
 def test_flags_show_no_metavar_and_take_no_value(tmp_path):
     from typer.testing import CliRunner
 
-    from kface_cli.cli import _check_flag_values, app
+    from kface_cli.cli import app
+    from kface_cli.cli.common import check_flag_values as _check_flag_values
     from kface_cli.errors import KFaceError
 
     for argv, flag in (
@@ -370,11 +371,11 @@ def test_embed_all_faces_keeps_six_faces_with_boxes(enrolled, tmp_path):
     import csv
 
     import h5py
+    from kface_cli.embedding.compare import load_embeddings
     from photo_helpers import group_of_six
     from typer.testing import CliRunner
 
     from kface_cli.cli import app
-    from kface_cli.embedding.compare import load_embeddings
 
     runner = CliRunner()
     photo = tmp_path / "crew.jpg"
