@@ -188,7 +188,7 @@ def test_cli_identify(world, tmp_path, mbf_model):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     face = data["images"][0]["faces"][0]
-    assert data["schema"] == 1 and face["name"] == "김철수" and face["distance"] < 1e-3
+    assert data["schema"] == 2 and face["name"] == "김철수" and face["distance"] < 1e-3
     assert (tmp_path / "o.csv").is_file() and (tmp_path / "ann" / "1.jpg").is_file()
     r = runner.invoke(app, [*base, str(probe), "--threshold", "0", "--fail-unknown"])
     assert r.exit_code == 1, r.output

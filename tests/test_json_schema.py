@@ -179,4 +179,4 @@ def test_identify_and_evaluate_tables_at_80_columns(world, monkeypatch):
 def test_format_csv_and_json(world):
     out = _run(["gallery", "-w", str(world["ws"]), "--format", "csv"])
     assert out.startswith("# Gallery") and "identity,templates" in out
-    assert json.loads(_run(["gallery", "-w", str(world["ws"]), "--format", "json"]))["schema"] == 1
+    assert json.loads(_run(["gallery", "-w", str(world["ws"]), "--format", "json"]))["schema"] == 2
