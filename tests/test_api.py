@@ -193,3 +193,45 @@ def test_results_are_plain_json(tmp_path):
     people = tmp_path / "people"
     head_and_shoulders(people / "Eileen Collins.png")
     json.dumps(gallery.enroll(people).to_json())
+
+
+def _python_blocks(path, heading: str | None = None) -> list[str]:
+    """The ```python blocks of a Markdown file (only under ``heading`` when given)."""
+    import re
+    from pathlib import Path
+
+    text = Path(path).read_text(encoding="utf-8")
+    if heading is not None:
+        start = text.index(heading)
+        end = text.find("\n## ", start + len(heading))
+        text = text[start : end if end != -1 else None]
+    return re.findall(r"```python\n(.*?)```", text, re.S)
+
+
+@pytest.mark.slow
+def test_the_documented_examples_run_as_written(tmp_path, monkeypatch, mbf_model):
+    """docs/python-api.md and README's Python API section, run in a folder holding their files."""
+    import shutil
+    from pathlib import Path
+
+    from photo_helpers import group_of_six, head_and_shoulders
+
+    from kface_cli.embedding.export import export_model
+
+    root = Path(__file__).parent.parent
+    export_model(mbf_model, tmp_path / "demo.onnx", network="mbf")
+    head_and_shoulders(tmp_path / "photo.jpg")
+    group_of_six(tmp_path / "party.jpg")
+    (tmp_path / "people").mkdir()
+    shutil.copy(tmp_path / "photo.jpg", tmp_path / "people" / "Eileen Collins.jpg")
+    monkeypatch.chdir(tmp_path)
+    docs = _python_blocks(root / "docs" / "python-api.md")
+    readme = _python_blocks(root / "README.md", "## Python API")
+    assert len(docs) >= 2 and readme
+    namespace: dict = {}
+    for block in docs:
+        exec(compile(block, "docs/python-api.md", "exec"), namespace)
+    assert namespace["result"].same and namespace["face"].name == "Eileen Collins"
+    assert namespace["faces"][0].box[2] < 120 and len(namespace["crops"]) == 6
+    for block in readme:
+        exec(compile(block, "README.md", "exec"), {})
