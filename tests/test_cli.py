@@ -371,11 +371,11 @@ def test_embed_all_faces_keeps_six_faces_with_boxes(enrolled, tmp_path):
     import csv
 
     import h5py
-    from kface_cli.deploy.compare import load_embeddings
     from photo_helpers import group_of_six
     from typer.testing import CliRunner
 
     from kface_cli.cli import app
+    from kface_cli.deploy.compare import load_embeddings
 
     runner = CliRunner()
     photo = tmp_path / "crew.jpg"
