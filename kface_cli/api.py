@@ -420,6 +420,28 @@ class Gallery:
                 )
             return identify([], self.path, self.model, images=images, **options)
 
+    def add_embeddings(self, names: Sequence[str], vectors: np.ndarray, *, sources: Sequence[str] | None = None) -> int:
+        """Enrol precomputed embeddings of this gallery's model: ``names[i]`` is who ``vectors[i]`` (N, D) is.
+
+        Vectors are checked (finite, non-zero, the model's width) and normalised; rows are
+        committed in batches (an interrupted call keeps every committed batch) and a row already
+        in the gallery (same name and embedding) is skipped. Returns how many were added.
+        100,000 512-d templates take seconds.
+        """
+        from kface_cli.face.imageio import check_identity_name
+        from kface_cli.gallery.store import Gallery as Store
+        from kface_cli.gallery.store import ModelInfo
+
+        names = [check_identity_name(n) for n in names]  # "unknown" and empty names refused, as by add()
+        return Store(self.path).append_vectors(names, vectors, ModelInfo.of(self.model), sources=sources).added
+
+    def enroll_embeddings(self, file: str | Path, *, names_from: str = "auto") -> Any:
+        """Enrol the file ``kface embed --out FILE.h5`` writes (its model must be this gallery's); see ``kface enroll --embeddings``."""
+        from kface_cli.deploy.bulk import enroll_embeddings
+
+        with use_tqdm():
+            return enroll_embeddings(file, self.path, names_from=names_from, embedder=self.model)
+
     def identities(self) -> dict[str, int]:
         """``{name: number of templates}`` of everyone enrolled."""
         from kface_cli.gallery.store import Gallery as Store

@@ -35,7 +35,7 @@ def test_detect_align_embed(world):
 def test_verify(world):
     alice = world["people"] / "Alice"
     result = api.verify(PixelEmbedder(), alice / "0.jpg", alice / "0.jpg")
-    assert result.same and result.distance < 1e-5 and result.threshold_source == "default"
+    assert result.same and result.distance < 1e-5 and result.threshold_source == "uncalibrated"
     assert not api.verify(PixelEmbedder(), alice / "0.jpg", world["people"] / "Bob" / "0.jpg", threshold=0.0).same
 
 

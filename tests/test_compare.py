@@ -35,7 +35,7 @@ def photos(tmp_path_factory):
 def test_verify_same_photo_and_threshold(photos):
     same = verify_photos(photos["a1"], photos["a1"], PixelEmbedder(), landmarks="annotation")
     assert same.same and same.distance == pytest.approx(0.0, abs=1e-5) and same.cosine == pytest.approx(1.0, abs=1e-5)
-    assert (same.threshold, same.threshold_source) == (DEFAULT_THRESHOLD, "default")
+    assert (same.threshold, same.threshold_source) == (DEFAULT_THRESHOLD, "uncalibrated")
     pair = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), landmarks="annotation")
     assert 0 < pair.distance <= 4
     strict = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), threshold=pair.distance, landmarks="annotation")
@@ -103,7 +103,7 @@ def test_cli_verify_exit_codes_and_embed(photos, tmp_path, mbf_model):
     r = runner.invoke(app, ["verify", str(photos["a1"]), str(photos["a1"]), *base, "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["same"] is True and data["distance"] < 1e-4 and data["threshold_source"] == "default"
+    assert data["same"] is True and data["distance"] < 1e-4 and data["threshold_source"] == "uncalibrated"
     r = runner.invoke(app, ["verify", str(photos["a1"]), str(photos["b1"]), *base, "--threshold", "0"])
     assert r.exit_code == 1 and "different people" in r.stdout
     r = runner.invoke(app, ["verify", str(photos["a1"]), str(photos["none"]), *base])

@@ -166,7 +166,7 @@ def case_pickle_that_runs_code(ctx: Ctx) -> None:
 def case_gallery_name_changed_in_place(ctx: Ctx) -> None:
     g = _gallery(ctx.tmp)
     data = g.path.read_bytes()
-    at = data.index(b"ALICE\x00\x00")
+    at = data.index(b"ALICE/p/ALICE")
     with open(g.path, "r+b") as f:
         f.seek(at)
         f.write(b"MALLO")
@@ -180,14 +180,13 @@ def case_gallery_pointing_at_other_files(ctx: Ctx) -> None:
     g = _gallery(ctx.tmp)
     secret = ctx.tmp / "secret"
     secret.write_bytes(b"root:x:0:0:" * 100)
-    with h5py.File(g.path, "r+") as f:  # the name column's bytes now live in another file
-        old = f["name"]
+    with h5py.File(g.path, "r+") as f:  # the names' bytes now live in another file
+        old = f["text"]
         shape, dtype = old.shape, old.dtype
-        del f["name"]
-        f.create_dataset("name", shape=shape, dtype=dtype, external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
-        n = int(f.attrs["count"])
-        f.attrs["digest"] = store._format_digest(n, *store._digest_rows(f, 0, n))  # the digest is unkeyed
-    with pytest.raises(InputError, match=r"refers to data outside itself \(name\)"):
+        del f["text"]
+        f.create_dataset("text", shape=shape, dtype=dtype, external=[(str(secret), 0, h5py.h5f.UNLIMITED)])
+        # (the digest is unkeyed: whoever edits the file can recompute it; the link is refused anyway)
+    with pytest.raises(InputError, match=r"refers to data outside itself \(text\)"):
         g.read(embeddings=False)
 
 
@@ -202,8 +201,9 @@ def case_gallery_claiming_more_rows_than_it_stores(ctx: Ctx) -> None:
             shape, dtype = (claimed, *old.shape[1:]), old.dtype
             del f[k]
             f.create_dataset(k, shape=shape, dtype=dtype, chunks=(65536, *shape[1:]), compression="gzip")
-        f.attrs["count"] = np.int64(claimed)
-        f.attrs["digest"] = store._format_digest(0, 0, 0)
+        parts = f.attrs["digest"].decode().split(":")
+        parts[1] = f"{claimed:012d}"
+        f.attrs["digest"] = np.bytes_(":".join(parts).encode())
     assert g.path.stat().st_size < 20 * 2**20
     with pytest.raises(InputError, match="claims 50,000,000 rows but stores fewer"):
         g.read(embeddings=False)
@@ -400,6 +400,63 @@ def case_disk_full_mid_batch_keeps_committed_rows(ctx: Ctx) -> None:
     ctx.monkeypatch.undo()
     assert g.read().names == ["ALICE", "BOB"]  # the batch in flight was never counted
     assert g.append(_templates(["CAROL"], start=5), MODEL).added == 1
+
+
+def _h5_disk_full(*_a, **_k):
+    """What h5py raises when HDF5 cannot write a full chunk: a ValueError, not an OSError."""
+    raise ValueError(
+        "Can't write data (file write failed: time = Sat Dec  5 12:00:00 2026, filename = '.gallery.h5.x.h5', "
+        "file descriptor = 7, errno = 28, error message = 'No space left on device', buf = 0x1, "
+        "total write size = 1048576, bytes this sub-write = 1048576, bytes actually written = 18446744073709551615)"
+    )
+
+
+def case_disk_full_growing_or_removing_is_one_line(ctx: Ctx) -> None:
+    """h5py's ValueError for ENOSPC while the grown or shortened copy is written: one line, nothing lost."""
+    g = _gallery(ctx.tmp)
+    data = g.path.read_bytes()
+    ctx.monkeypatch.setattr(store, "_write_into", _h5_disk_full)
+    with pytest.raises(DiskFullError, match="the disk is full") as e:
+        g.append(_templates([f"P{i}" for i in range(1100)], start=5), MODEL)  # past the capacity: a rewrite
+    assert "unchanged" in str(e.value)
+    with pytest.raises(DiskFullError, match="the disk is full"):
+        manage_gallery(g.path, remove=["BOB"])
+    assert g.path.read_bytes() == data and g.read().names == ["ALICE", "BOB"]
+    assert not [p for p in ctx.tmp.iterdir() if p.name.startswith(".")]
+    ctx.monkeypatch.undo()
+    ctx.monkeypatch.setattr(store, "_text_sum", _h5_disk_full)  # raised inside the in-place batch write
+    with pytest.raises(DiskFullError, match="Every batch committed before this one is safe"):
+        g.append(_templates(["CAROL"], start=5), MODEL)
+    ctx.monkeypatch.undo()
+    assert g.read().names == ["ALICE", "BOB"] and g.verify()["verified"]
+    assert g.append(_templates(["CAROL"], start=5), MODEL).added == 1
+
+
+def case_stale_temporary_of_a_killed_rewrite_is_removed(ctx: Ctx) -> None:
+    """A rewrite killed before its rename leaves ``.gallery.h5.XXXXXXXX.h5``: the next writer removes it (under the lock)."""
+    g = _gallery(ctx.tmp)
+    stale = ctx.tmp / ".gallery.h5.k3x_9qzp.h5"
+    stale.write_bytes(b"\0" * 300_000)
+    index_tmp = ctx.tmp / ".gallery.faiss.ab12cd34.faiss"
+    index_tmp.write_bytes(b"\0" * 10)
+    other = ctx.tmp / ".other.h5.k3x_9qzp.h5"  # not ours: kept
+    other.write_bytes(b"x")
+    ctx.monkeypatch.setattr(store, "LOCK_WAIT_SECONDS", 0.3)
+    from filelock import FileLock
+
+    holder = FileLock(store.lock_path(g.path))
+    holder.acquire()  # another writer at work: its temporary may be live, nothing is removed
+    try:
+        with pytest.raises(InputError, match="in use by another kface process"):
+            g.append(_templates(["CAROL"], start=5), MODEL)
+        assert stale.exists() and index_tmp.exists()
+    finally:
+        holder.release()
+    ctx.capfd.readouterr()
+    assert g.append(_templates(["CAROL"], start=5), MODEL).added == 1
+    assert not stale.exists() and not index_tmp.exists() and other.exists()
+    err = ctx.capfd.readouterr().err
+    assert "removed 2 temporary files" in err and "interrupted write" in err
 
 
 def case_disk_full_during_remove(ctx: Ctx) -> None:

@@ -71,3 +71,11 @@ def test_model_side_warning(tmp_path, capsys):
     assert warn_if_synthetic(exported) == [synthetic_warning(exported)] and "synthetic" in capsys.readouterr().err
     (run / RUN_CONFIG).write_text(json.dumps({"network": "mbf"}))  # a run from before the record: no warning
     assert synthetic_warning(_Model(run)) is None and warn_if_synthetic(_Model(None)) == []
+
+
+def test_title_note_names_a_synthetic_model():
+    from kface_cli.dataset.provenance import SYNTHETIC_TITLE_NOTE, title_note
+
+    exported = _Model(None, {META_TRAINING_DATA: json.dumps({"synthetic": True, "synthetic_only": True})})
+    assert SYNTHETIC_TITLE_NOTE in title_note([synthetic_warning(exported)])
+    assert title_note([]) == "" and title_note(["something else"]) == ""

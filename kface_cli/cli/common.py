@@ -95,7 +95,7 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Run folder, checkpoint, insightface backbone.pth or ONNX file \\[default: best model of the latest run].",
+        help="Run folder, checkpoint, insightface backbone.pth, ONNX file, or a fetched pack's name (`kface models list`) \\[default: best model of the latest run].",
         show_default=False,
     ),
 ]
@@ -187,7 +187,7 @@ def _option_names(signature: inspect.Signature) -> set[str]:
     return names
 
 
-def command(name: str | None = None, **kwargs) -> Callable:
+def command(name: str | None = None, *, group: typer.Typer | None = None, **kwargs) -> Callable:
     """Register a subcommand whose user errors print one red line and exit non-zero.
 
     The command also accepts ``--quiet`` and ``--debug`` (and ``--json``, where it declares
@@ -233,7 +233,7 @@ def command(name: str | None = None, **kwargs) -> Callable:
             )
         wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore[attr-defined]
         wrapper.__annotations__ = {**fn.__annotations__, **{p.name: p.annotation for p in extra}}
-        return app.command(name, **kwargs)(wrapper)
+        return (group or app).command(name, **kwargs)(wrapper)
 
     return decorator
 

@@ -98,16 +98,24 @@ class VerifyResult:
     image2: str
     distance: float
     threshold: float
-    threshold_source: str  # "given", "calibrated" or "default"
+    threshold_source: str  # "given", "calibrated_verification" or "uncalibrated" (the default threshold)
     model: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    threshold_detail: str = ""  # the threshold's origin in words
     face1: UsedFace | None = None  # the face of each photo that was compared
     face2: UsedFace | None = None
 
     @property
     def same(self) -> bool:
         return self.distance < self.threshold
+
+    @property
+    def threshold_hint(self) -> str | None:
+        """How to calibrate the threshold, when it is not calibrated."""
+        from kface_cli.deploy.model import UNCALIBRATED, uncalibrated_hint
+
+        return uncalibrated_hint() if self.threshold_source == UNCALIBRATED else None
 
     @property
     def cosine(self) -> float:
@@ -123,6 +131,8 @@ class VerifyResult:
             "cosine": round(self.cosine, 6),
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
+            "threshold_detail": self.threshold_detail,
+            "threshold_hint": self.threshold_hint,
             "faces": [f.to_json() for f in (self.face1, self.face2) if f is not None],
             "model": _plain(self.model),
             "warnings": list(self.warnings),
@@ -186,7 +196,7 @@ def verify_photos(
             raise InputError("verify compares two photos, not folders", hint="Pass two image files.")
         photos.append(files[0])
     embedder = resolve_embedder(embedder)
-    thr, source, _ = resolve_threshold(threshold, embedder, one_to_one=True)
+    thr, source, detail = resolve_threshold(threshold, embedder, one_to_one=True)
     warnings = warn_if_synthetic(embedder)
     started = time.perf_counter()
     loader = FaceLoader(landmarks, aligned=aligned)
@@ -210,6 +220,7 @@ def verify_photos(
         describe_model(embedder),
         warnings,
         time.perf_counter() - started,
+        detail,
         used[0],
         used[1],
     )

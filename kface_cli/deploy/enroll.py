@@ -437,7 +437,8 @@ def add_template(
     ``embedder``, or an ``embedding`` made with it (checked by :func:`check_embeddings`).
 
     The name is checked (:func:`kface_cli.face.imageio.check_identity_name`); the template's key is
-    the SHA-256 of the face's pixels (or of the vector), so adding the same one twice is a no-op.
+    the SHA-256 of the face's pixels (of the name and vector for an embedding, as
+    ``Gallery.append_vectors`` keys bulk vectors), so adding the same one twice is a no-op.
     """
     from kface_cli.face.imageio import check_identity_name
 
@@ -451,9 +452,9 @@ def add_template(
     if face is not None:
         vector = embedder.embed(np.asarray(face)[None])[0]
         digest = hashlib.sha256(b"face:" + np.ascontiguousarray(face).tobytes()).hexdigest()
-    else:
+        box_value = tuple(float(v) for v in box) if box is not None else (float("nan"),) * 4
+        result = gallery.append([Template(name, vector, source, digest, box_value, float(score))], model)  # type: ignore[arg-type]
+    else:  # the path of bulk vectors (Gallery.add_embeddings, enroll --embeddings): the same checks and key
         vector = check_embeddings(embedding, model.embedding_size)[0]
-        digest = hashlib.sha256(b"embedding:" + vector.tobytes()).hexdigest()
-    box_value = tuple(float(v) for v in box) if box is not None else (float("nan"),) * 4
-    result = gallery.append([Template(name, vector, source, digest, box_value, float(score))], model)  # type: ignore[arg-type]
+        result = gallery.append_vectors([name], vector[None], model, sources=[source])
     return AddResult(gallery.path, name, source, result.added == 1, gallery.identities().get(name, 0), box, face_count)

@@ -27,7 +27,7 @@ import numpy as np
 from kface_cli.choices import LandmarkMode
 from kface_cli.defaults import DEFAULT_TOP_K, EMBED_BATCH_SIZE
 from kface_cli.deploy import sources
-from kface_cli.deploy.model import describe_model, resolve_embedder, resolve_threshold
+from kface_cli.deploy.model import UNCALIBRATED, describe_model, resolve_embedder, resolve_threshold, uncalibrated_hint
 from kface_cli.deploy.sources import Frame, expand_inputs
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.face.imageio import UNKNOWN_NAME
@@ -81,7 +81,7 @@ class ImageResult:
 class IdentifyResult:
     images: list[ImageResult]
     threshold: float
-    #: "given", "calibrated_identification" (1:N, FPIR), "calibrated_verification" (1:1, FAR) or "default"
+    #: "given", "calibrated_identification" (1:N, FPIR), "calibrated_verification" (1:1, FAR) or "uncalibrated"
     threshold_source: str
     gallery: Path
     index: dict[str, Any]
@@ -108,6 +108,7 @@ class IdentifyResult:
                 "threshold": self.threshold,
                 "threshold_source": self.threshold_source,
                 "threshold_detail": self.threshold_detail,
+                "threshold_hint": uncalibrated_hint() if self.threshold_source == UNCALIBRATED else None,
                 "model": self.model,
                 "gallery": self.gallery,
                 "index": self.index,

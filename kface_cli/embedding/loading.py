@@ -207,11 +207,24 @@ def resolve_model_path(model: str | Path | None, workdir: Path | None) -> Path:
     path = Path(model).expanduser()
     if path.exists():
         return path
-    if not path.is_absolute() and len(path.parts) == 1 and ws.run(str(model)).exists():
-        return ws.run(str(model))  # a run name: runs/<name>
+    if not path.is_absolute() and len(path.parts) == 1:
+        from kface_cli.hub.cache import resolve_pack
+
+        run = ws.run(str(model))
+        pack = resolve_pack(str(model))  # a pack fetched with `kface models get`
+        if run.exists() and pack is not None:
+            raise InputError(
+                f"{model!r} is both a run ({run}) and a fetched model pack ({pack.parent})",
+                hint=f"Pass the path of the one you mean: {run} or {pack}.",
+            )
+        if run.exists():
+            return run  # a run name: runs/<name>
+        if pack is not None:
+            return pack
     raise InputError(
         f"model not found: {model}",
-        hint=f"Pass a run folder, a run name under {ws.runs}, a checkpoint.pt, a backbone.pth or an .onnx file.",
+        hint=f"Pass a run folder, a run name under {ws.runs}, a fetched pack's name (`kface models list`), "
+        "a checkpoint.pt, a backbone.pth or an .onnx file.",
     )
 
 

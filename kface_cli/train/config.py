@@ -83,7 +83,10 @@ class TrainConfig:
         "Backbone: r18, r34, r50, r100, r200, mbf, mbf_small; auto: that of --init, else r50 on a GPU, mbf_small on a CPU.",
     )
     embedding_size: int | None = _opt(None, "Embedding size [default: that of --init, else 512].")
-    init: str | None = _opt(None, "Start from these backbone weights (insightface backbone.pth or a kface run).")
+    init: str | None = _opt(
+        None,
+        "Start from these backbone weights (insightface backbone.pth, a kface run, or an ONNX model / fetched pack whose weights map exactly onto a kface backbone).",
+    )
     freeze: int = _opt(0, "Keep the first N stages frozen (1 = the stem).")
     # loss ---------------------------------------------------------------------------------
     loss: str = _opt("arcface", "The loss (softmax family with margins).", choices=Loss)

@@ -231,15 +231,29 @@ def auto_workers(device: Any, world_size: int = 1, cores: int | None = None) -> 
     return max(1, min(MAX_AUTO_WORKERS, per_process - 1))
 
 
-def _read_init(path: str) -> tuple[dict[str, Any], Path]:
-    """``--init`` weights: insightface backbone.pth, our backbone.pth, a run folder or checkpoint.pt."""
+def _read_init(path: str, network: str | None = None) -> tuple[dict[str, Any], Path]:
+    """``--init`` weights: insightface backbone.pth, our backbone.pth, a run folder or checkpoint.pt;
+    or an ONNX model (a file, or a fetched pack's name) whose weights map exactly onto a kface
+    backbone (:mod:`kface_cli.embedding.onnx_import`)."""
     from kface_cli.embedding.loading import load_torch_weights
 
     p = Path(path).expanduser()
     if not p.exists():
-        raise KFaceError(
-            f"--init weights not found: {p}", hint="Pass an insightface backbone.pth or a kface run folder."
-        )
+        from kface_cli.hub.cache import resolve_pack
+
+        pack = resolve_pack(path) if len(p.parts) == 1 else None
+        if pack is None:
+            raise KFaceError(
+                f"--init weights not found: {p}",
+                hint="Pass an insightface backbone.pth, a kface run folder, an .onnx model or a fetched pack's name.",
+            )
+        p = pack
+    if p.is_file() and p.suffix.lower() == ".onnx":
+        from kface_cli.embedding.onnx_import import onnx_to_weights
+
+        weights = onnx_to_weights(p, network)
+        console.info(f"--init {path}: {p.name} mapped onto kface's {weights.network} (embeddings checked)")
+        return weights.state_dict, weights.source
     weights = load_torch_weights(p)  # weights_only; strips module./_orig_mod. prefixes
     return weights.state_dict, weights.source
 
@@ -523,7 +537,11 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
     num_images, num_classes = len(dataset), dataset.num_classes
 
     # -- model: "auto" values follow --init, the device and the data -----------------------
-    init = _read_init(config.init) if config.init and ckpt is None else None
+    init = (
+        _read_init(config.init, None if config.network == AUTO else config.network)
+        if config.init and ckpt is None
+        else None
+    )
     if config.network != AUTO:
         network = canonical_name(config.network)
     elif init is not None:
