@@ -129,6 +129,15 @@ def _open_embeddings(path: Path):
         size = model.get("embedding_size", d)
         if not isinstance(size, int) or isinstance(size, bool) or size != d:
             raise _bad(path, f"its model says {size}-d embeddings, the file holds {d}-d")
+        faces = f.get("faces", getlink=True)
+        if isinstance(faces, h5py.HardLink) and isinstance(f["faces"], h5py.Dataset) and f["faces"].shape == (n,):
+            if int(np.max(f["faces"][()], initial=1)) > 1:  # `kface embed --all-faces`: a photo's faces share its entry
+                raise InputError(
+                    f"{path} holds several faces of some photos (kface embed --all-faces): its rows cannot be "
+                    "named by their photo",
+                    hint="Enrol embeddings of one face per photo (`kface embed` without --all-faces), or name "
+                    "each face with Gallery.add_embeddings(names, vectors).",
+                )
         return f, n, d, model
     except BaseException:
         f.close()
