@@ -59,6 +59,22 @@ def too_big(size: int, compressed: int, max_bytes: int) -> str | None:
     return None
 
 
+#: Compression methods Python's zipfile reads (Deflate64, PPMd, AES... are not).
+_READABLE_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+_METHOD_NAMES = {9: "Deflate64", 98: "PPMd", 99: "AES", 93: "Zstandard", 95: "XZ", 6: "Implode"}
+
+
+def unreadable_member(info: zipfile.ZipInfo) -> str | None:
+    """Why a zip member cannot be read (encrypted, an unsupported compression method such as
+    Windows' Deflate64), or None. Checked from the headers, before opening the member."""
+    if info.flag_bits & 0x1:
+        return "encrypted: kface cannot read password-protected zips; unzip it with its password first"
+    if info.compress_type not in _READABLE_METHODS:
+        method = _METHOD_NAMES.get(info.compress_type, f"method {info.compress_type}")
+        return f"compressed with {method}, which kface cannot read; re-zip it with standard Deflate (or unzip it first)"
+    return None
+
+
 def inside(path: Path, root: Path) -> bool:
     """Whether ``path``, links followed, is ``root`` or below it (``root`` already resolved)."""
     try:
@@ -107,6 +123,8 @@ def extract_all(
                         path=where,
                         hint="Archives with links are never unpacked.",
                     )
+                if (why := unreadable_member(info)) is not None:
+                    raise InputError(f"{name} refused: member {info.filename!r} is {why}", path=where)
                 why = too_big(info.file_size, info.compress_size, max_member_bytes)
                 if why is not None:
                     raise UnsafeArchiveError(f"{name} refused: member {info.filename!r} is {why}", path=where)

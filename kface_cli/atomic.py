@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -33,12 +34,64 @@ def storage_error(
         return DiskFullError(f"the disk is full: cannot write {path}", hint=disk_full_hint or DISK_FULL_HINT)
     if e.errno in READ_ONLY_ERRNOS:
         reason = "the filesystem is read-only" if e.errno == errno.EROFS else "permission denied"
-        folder = next((p for p in path.parents if p.exists()), path.parent)  # the one that stopped us
+        folder = next((p for p in path.absolute().parents if p.exists()), path.parent)  # the one that stopped us
         return ReadOnlyError(
             f"cannot write {path}: {reason}",
             hint=read_only_hint or f"kface changes nothing there; make {folder} writable, or write somewhere else.",
         )
     return None
+
+
+def os_error(e: OSError) -> KFaceError | None:
+    """The one line for an ``OSError`` that escaped a command: a full disk or a read-only place.
+
+    Names the file the system call was about (``e.filename``), or standard output when there is
+    none (a full disk behind ``kface ... > out.json``). Other errors give None (a real bug: the
+    traceback stays).
+    """
+    if e.errno not in DISK_FULL_ERRNOS | READ_ONLY_ERRNOS:
+        return None
+    if e.filename is None:
+        if e.errno in DISK_FULL_ERRNOS:
+            return DiskFullError(
+                "the disk is full: cannot write the results to standard output",
+                hint="Free some space (or write the output elsewhere) and run the command again.",
+            )
+        return None
+    path = Path(os.fsdecode(e.filename))
+    if e.errno in READ_ONLY_ERRNOS and e.errno != errno.EROFS and path.exists() and not os.access(path, os.W_OK):
+        if path.is_file() and not os.access(path, os.R_OK):
+            return ReadOnlyError(f"cannot read {path}: permission denied", hint="Check the file's permissions.")
+    return storage_error(e, path)
+
+
+def special_file_kind(mode: int) -> str | None:
+    """What a file that is not a regular file is ("a named pipe (FIFO)"...), or None for a regular
+    file. Reading a FIFO blocks until a writer comes, a device never ends: kface reads neither."""
+    if stat.S_ISREG(mode):
+        return None
+    for test, name in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def ensure_dir(folder: str | Path) -> Path:
+    """``mkdir -p folder``; a read-only place or a full disk is one line naming the folder."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise KFaceError(f"cannot make folder {folder}: a file of that name is in the way") from None
+    except OSError as e:
+        raise (storage_error(e, folder) or e) from None
+    return folder
 
 
 def _umask() -> int:
@@ -58,6 +111,10 @@ def atomic_path(target: str | Path, suffix: str | None = None, mode: int | None 
     target is then unchanged.
     """
     target = Path(target)
+    if target.is_dir():  # e.g. `--csv results/`: refused before anything is written
+        raise KFaceError(
+            f"cannot write {target}: it is a folder", hint="Name a file (for example results.csv), not a folder."
+        )
     if mode is None:
         mode = 0o666 & ~_umask()
     try:
@@ -93,10 +150,20 @@ def atomic_path(target: str | Path, suffix: str | None = None, mode: int | None 
 def atomic_open(
     target: str | Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None
 ) -> Iterator[IO]:
-    """``open()`` for writing, atomically: the target appears complete or not at all."""
+    """``open()`` for writing, atomically: the target appears complete or not at all.
+
+    Text is bytes-safe: a name that came from a non-UTF-8 file name (kept as surrogates by
+    ``surrogateescape``) is written as the bytes it was, so reading it back gives it unchanged.
+    """
     binary = "b" in mode
     with atomic_path(target) as tmp:
-        with open(tmp, mode, encoding=None if binary else encoding, newline=None if binary else newline) as f:
+        with open(
+            tmp,
+            mode,
+            encoding=None if binary else encoding,
+            newline=None if binary else newline,
+            errors=None if binary else "surrogateescape",
+        ) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())

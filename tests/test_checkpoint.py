@@ -19,7 +19,7 @@ def test_save_is_atomic_and_loads_back(tmp_path, monkeypatch):
     assert got["epoch"] == 3 and torch.equal(got["w"], torch.arange(4.0))
 
     def crash(obj, f):  # the disk fills up half-way through a second save
-        open(f, "wb").write(b"partial")
+        f.write(b"partial")  # torch.save writes through the file object it is given
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", crash)

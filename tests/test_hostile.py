@@ -13,6 +13,7 @@ raise the ``OSError`` the kernel would (``EROFS``, ``ENOSPC``), at the same plac
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from synth_helpers import make_source
 from kface_cli.dataset import source as source_mod
 from kface_cli.dataset.annotation import parse_annotation
 from kface_cli.dataset.source import MAX_MEMBER_BYTES, list_identities, open_identity
-from kface_cli.errors import DiskFullError, InputError, ReadOnlyError
+from kface_cli.errors import DiskFullError, InputError, KFaceError, ReadOnlyError
 from kface_cli.face.imageio import decode_image
 from kface_cli.gallery import index as index_module
 from kface_cli.gallery import store
@@ -619,13 +620,611 @@ def case_reader_waits_for_a_writer_and_creates_no_lock(ctx: Ctx) -> None:
     assert not store.lock_path(g.path).exists()
 
 
-CASES: dict[str, Callable[[Ctx], None]] = {
-    name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_") and callable(fn)
+def _run_variant(fn: Callable, variant: str, ctx: Ctx) -> None:
+    fn(ctx, variant)
+
+
+# == round 2 (issue 25): read-only, full disk, zips, names, special files, bounds, output =========
+
+#: Cases with several variants: ``name -> (function(ctx, variant), variants)``; each variant is
+#: its own entry of the matrix (``name[variant]``).
+VARIANT_CASES: dict[str, tuple[Callable, tuple[str, ...]]] = {}
+
+
+def variants(*names: str) -> Callable:
+    def register(fn: Callable) -> Callable:
+        VARIANT_CASES[fn.__name__.removeprefix("variant_")] = (fn, names)
+        return fn
+
+    return register
+
+
+def _read_only_everywhere(ctx: Ctx, folder: Path) -> None:
+    """:func:`_read_only`, plus Python's own ``open()`` for writing (``log.jsonl``, torch, numpy)."""
+    import builtins
+
+    _read_only(ctx, folder)
+    real = builtins.open
+
+    def guarded(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+") and isinstance(file, (str, os.PathLike)) and _inside(file, folder):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(file))
+        return real(file, mode, *args, **kwargs)
+
+    ctx.monkeypatch.setattr(builtins, "open", guarded)
+
+
+def _cli(*args: str):
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], env={"KFACE_NO_PROGRESS": "1", "COLUMNS": "200"})
+
+
+def _one_line(result, *, code: int = 2) -> str:
+    """The CLI result's output, checked to be a clean refusal: exit ``code``, no traceback."""
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.output
+
+
+def _crops(folder: Path, ids=("19072641", "19072642", "19072643", "19072644"), each: int = 3) -> Path:
+    from kface_cli.face.imageio import write_image
+
+    rng = np.random.default_rng(0)
+    for ident in ids:
+        for k in range(each):
+            write_image(
+                folder / ident / f"{ident}_S001_L1_E0{k + 1}_C7.jpg", rng.integers(0, 255, (112, 112, 3), np.uint8)
+            )
+    return folder
+
+
+def case_read_only_split(ctx: Ctx) -> None:
+    from kface_cli.prepare.split import split
+
+    ws = ctx.tmp / "ws"
+    _crops(ws / "faces" / "Low")
+    _read_only_everywhere(ctx, ws)
+    with pytest.raises(ReadOnlyError, match=f"make {ws} writable"):
+        split(ws, res="Low")
+    assert "read-only" in _one_line(_cli("split", "-w", ws, "--res", "Low"))
+    assert sorted(p.name for p in ws.iterdir()) == ["faces"]  # no split.tmp left
+
+
+def case_read_only_crop(ctx: Ctx) -> None:
+    from kface_cli.prepare.crop import crop
+
+    root, _ = _one_source(ctx)
+    ws = ctx.tmp / "ws"
+    extract(root, workdir=ws, res="Low")
+    _read_only_everywhere(ctx, ws)
+    with pytest.raises(ReadOnlyError, match=f"make {ws} writable"):
+        crop(ws, res="Low")
+    assert "read-only" in _one_line(_cli("crop", "-w", ws, "--res", "Low"))
+    assert not (ws / "faces").exists()
+
+
+def case_read_only_annotate_and_report(ctx: Ctx) -> None:
+    from gallery_helpers import PixelEmbedder, SidecarDetector, people_folder
+
+    from kface_cli.deploy.enroll import enroll_folder
+    from kface_cli.deploy.identify import identify
+    from kface_cli.evaluate.report import write_report
+
+    people = people_folder(ctx.tmp / "people", {"Alice": "19072652", "Bob": "19072653"}, photos_each=1)
+    gallery = ctx.tmp / "g" / "gallery.h5"
+    enroll_folder(people, gallery, PixelEmbedder(), detector=SidecarDetector())
+    ro = ctx.tmp / "ro"
+    ro.mkdir()
+    _read_only_everywhere(ctx, ro)
+    with pytest.raises(ReadOnlyError, match=f"make {ro} writable"):
+        identify([people], gallery, PixelEmbedder(), detector=SidecarDetector(), annotate=ro / "annotated")
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        write_report(None, ro / "reports" / "run")  # what `kface evaluate` writes first
+    assert list(ro.iterdir()) == []
+
+
+def case_read_only_train_leaves_no_run_folder(ctx: Ctx) -> None:
+    ws = ctx.tmp / "ws"
+    ws.mkdir()
+    (ws / "runs").mkdir()
+    _read_only_everywhere(ctx, ws / "runs")
+    out = _one_line(
+        _cli(
+            "train",
+            "-w",
+            ws,
+            "--data",
+            "synthetic:3x2",
+            "--network",
+            "mbf",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "2",
+            "--embedding-size",
+            "8",
+            "--name",
+            "r",
+        )
+    )
+    assert "read-only" in out and str(ws / "runs") in out
+    assert list((ws / "runs").iterdir()) == []
+
+
+@variants("sample-data --seed -1", "split --faces MISSING", "train --subcenters 0")
+def variant_option_out_of_range_is_one_line(ctx: Ctx, what: str) -> None:
+    from kface_cli.choices import check_seed
+    from kface_cli.prepare.split import split
+    from kface_cli.synth.generator import generate_sample_data
+    from kface_cli.train.config import TrainConfig
+
+    if what == "sample-data --seed -1":
+        out = _one_line(_cli("sample-data", ctx.tmp / "s", "--seed", "-1"))
+        assert "--seed" in out and not (ctx.tmp / "s").exists()
+        with pytest.raises(InputError, match="--seed"):
+            generate_sample_data(ctx.tmp / "s", n_ids=1, seed=-1)
+        with pytest.raises(InputError, match="--seed"):
+            check_seed(2**32)
+        with pytest.raises(InputError, match="--seed"):
+            split(ctx.tmp, faces_dir=_crops(ctx.tmp / "faces"), seed=-1)
+    elif what == "split --faces MISSING":
+        assert "face crops folder not found: MISSING" in _one_line(_cli("split", "-w", ctx.tmp, "--faces", "MISSING"))
+    else:
+        with pytest.raises(KFaceError, match="--subcenters must be at least 1"):
+            TrainConfig(subcenters=0).validate()
+        out = _one_line(_cli("train", "-w", ctx.tmp, "--data", "synthetic:3x2", "--subcenters", "0", "--name", "s0"))
+        assert "--subcenters" in out and not (ctx.tmp / "runs").exists()  # no run folder left behind
+
+
+def case_max_frames_zero_and_csv_onto_a_folder(ctx: Ctx) -> None:
+    from gallery_helpers import PixelEmbedder, SidecarDetector, people_folder
+
+    from kface_cli.deploy.enroll import enroll_folder
+    from kface_cli.deploy.identify import identify, write_csv
+
+    people = people_folder(ctx.tmp / "people", {"Alice": "19072652"}, photos_each=1)
+    gallery = ctx.tmp / "gallery.h5"
+    enroll_folder(people, gallery, PixelEmbedder(), detector=SidecarDetector())
+    with pytest.raises(InputError, match="--max-frames must be at least 1"):
+        identify([people], gallery, PixelEmbedder(), detector=SidecarDetector(), max_frames=0)
+    result = identify([people], gallery, PixelEmbedder(), detector=SidecarDetector())
+    folder = ctx.tmp / "results"
+    folder.mkdir()
+    with pytest.raises(KFaceError, match="it is a folder"):
+        write_csv(result, folder)  # `identify --csv DIR`
+    assert list(folder.iterdir()) == []
+    out = _one_line(_cli("identify", people, "-g", gallery, "--csv", folder))  # refused before the model loads
+    assert "--csv must be a file, got a folder" in out
+    assert [p.name for p in ctx.tmp.iterdir() if p.name.startswith(".")] == []
+
+
+def case_disk_full_splitting_keeps_the_old_split(ctx: Ctx) -> None:
+    from kface_cli.prepare import split as split_mod
+
+    ws = ctx.tmp / "ws"
+    _crops(ws / "faces" / "Low")
+    first = split_mod.split(ws, res="Low")
+    before = sorted(str(p.relative_to(ws)) for p in first.out.rglob("*"))
+    real, calls = split_mod.link_or_copy, []
+
+    def full_after_two(src, dst):
+        calls.append(dst)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(dst))
+        return real(src, dst)
+
+    ctx.monkeypatch.setattr(split_mod, "link_or_copy", full_after_two)
+    with pytest.raises(DiskFullError, match="the disk is full"):
+        split_mod.split(ws, res="Low", seed=1)
+    assert sorted(str(p.relative_to(ws)) for p in first.out.rglob("*")) == before
+    assert sorted(p.name for p in ws.iterdir()) == ["faces", "split"]  # no split.tmp filling the disk
+
+
+@variants("e.npy vectors", "e.npy names", "e.h5")
+def variant_disk_full_saving_embeddings_keeps_the_old_file(ctx: Ctx, what: str) -> None:
+    from kface_cli.deploy.compare import load_embeddings, save_embeddings
+
+    out = ctx.tmp / what.split()[0]
+    save_embeddings(out, ["a", "b"], np.eye(2, 4, dtype=np.float32))
+    saved = {p.name: p.read_bytes() for p in ctx.tmp.iterdir()}
+    failing_call = 2 if what == "e.npy names" else 1  # the vectors' write, then the names' write
+    real, calls = os.fsync, []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == failing_call:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(fd)
+
+    ctx.monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(DiskFullError):
+        save_embeddings(out, ["c", "d", "e"], np.ones((3, 4), dtype=np.float32))
+    ctx.monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in ctx.tmp.iterdir()} == saved  # no new file, no temporary file
+    assert load_embeddings(out)[0] == ["a", "b"]
+    assert "Traceback" not in ctx.capfd.readouterr().err
+
+
+def case_disk_full_writing_a_checkpoint(ctx: Ctx) -> None:
+    import torch
+
+    from kface_cli.train import checkpoint as ck
+
+    path = ctx.tmp / "checkpoint.pt"
+    ck.save_torch(path, {"w": torch.zeros(4)})
+    data = path.read_bytes()
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            self.n += len(b)
+            if self.n > 1000:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    ctx.monkeypatch.setattr(ck, "open", lambda *a, **k: Full(real_open(*a, **k)), raising=False)
+    with pytest.raises(DiskFullError, match="the disk is full"):
+        ck.save_torch(path, {"w": torch.zeros(100_000)})
+    assert path.read_bytes() == data and sorted(p.name for p in ctx.tmp.iterdir()) == ["checkpoint.pt"]
+
+
+def case_full_or_closed_stdout(ctx: Ctx) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full on this system")
+    g = _gallery(ctx.tmp)
+    for flag in ([], ["--json"]):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run(
+                [sys.executable, "-m", "kface_cli", "gallery", "-g", str(g.path), *flag],
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={**os.environ, "PYTHONPATH": str(REPO), "KFACE_NO_PROGRESS": "1"},
+                timeout=120,
+            )
+        assert r.returncode == 2, r.stderr
+        assert "the disk is full" in r.stderr and "standard output" in r.stderr
+        assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr
+    # a reader that went away (`kface ... | head -0`): quiet, exit 141 like SIGPIPE
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    r = subprocess.run(
+        [sys.executable, "-m", "kface_cli", "gallery", "-g", str(g.path), "--json"],
+        stdout=write_end,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "KFACE_NO_PROGRESS": "1"},
+        timeout=120,
+    )
+    os.close(write_end)
+    assert r.returncode == 141 and r.stderr == "", r.stderr
+    assert Gallery(g.path).read().names == ["ALICE", "BOB"]
+
+
+_MEMORY_ERRORS = {
+    "MemoryError": MemoryError(),
+    "ONNX Runtime": RuntimeError(
+        "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for requested buffer of size 1"
+    ),
+    "std::bad_alloc": RuntimeError("std::bad_alloc"),
+    "torch": RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1099511627776 bytes"),
+    "a library under ulimit -v": ImportError("libtorch_cpu.so: failed to map segment from shared object"),
+    "no thread": RuntimeError("can't start new thread"),
 }
 
 
+@variants(*_MEMORY_ERRORS)
+def variant_out_of_memory_is_one_line(ctx: Ctx, kind: str) -> None:
+    from kface_cli.gallery import manage
+
+    g = _gallery(ctx.tmp)
+
+    def fails(*a, **k):
+        raise _MEMORY_ERRORS[kind]
+
+    ctx.monkeypatch.setattr(manage, "manage_gallery", fails)
+    out = _one_line(_cli("gallery", "-g", g.path))
+    assert "out of memory" in out and len(out.strip().splitlines()) <= 2, out
+    ctx.monkeypatch.setattr(manage, "manage_gallery", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("a bug")))
+    assert isinstance(_cli("gallery", "-g", g.path).exception, RuntimeError)  # real bugs keep their traceback
+
+
+def case_stray_warnings_are_silenced_unless_debug(ctx: Ctx) -> None:
+    from kface_cli.gallery import manage
+
+    g = _gallery(ctx.tmp)
+
+    def noisy(*a, **k):
+        warnings.warn("stray third-party warning", UserWarning, stacklevel=1)
+        return manage_gallery(*a, **k)
+
+    ctx.monkeypatch.setattr(manage, "manage_gallery", noisy)
+    for flags, shown in (([], False), (["--debug"], True)):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            r = _cli("gallery", "-g", g.path, *flags)
+        assert r.exit_code == 0 and "stray third-party warning" not in r.output
+        assert any("stray third-party warning" in str(w.message) for w in seen) == shown
+
+
+def case_os_errors_escaping_a_command_are_one_line(ctx: Ctx) -> None:
+    from kface_cli.atomic import os_error
+
+    folder = ctx.tmp / "deploy"
+    folder.mkdir()
+    e = os_error(OSError(errno.EROFS, "Read-only file system", str(folder / "runs")))
+    assert isinstance(e, ReadOnlyError) and f"make {folder} writable" in str(e)
+    assert isinstance(os_error(OSError(errno.ENOSPC, "No space left on device")), DiskFullError)
+    assert isinstance(os_error(PermissionError(errno.EACCES, "Permission denied", str(folder / "x"))), ReadOnlyError)
+    assert os_error(OSError(errno.EIO, "I/O error", "x")) is None  # not the user's doing: traceback kept
+
+
+def _patch_zip(path: Path, member: str, *, flag_bits: int = 0, method: int | None = None) -> None:
+    """Set ``flag_bits`` / the compression method of ``member`` in its local and central headers."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    name = member.encode()
+    for sig, flag_at, method_at, name_len_at, name_at in (
+        (b"PK\x03\x04", 6, 8, 26, 30),
+        (b"PK\x01\x02", 8, 10, 28, 46),
+    ):
+        start = 0
+        while (i := data.find(sig, start)) >= 0:
+            start = i + 4
+            n = struct.unpack_from("<H", data, i + name_len_at)[0]
+            if bytes(data[i + name_at : i + name_at + n]) != name:
+                continue
+            struct.pack_into("<H", data, i + flag_at, struct.unpack_from("<H", data, i + flag_at)[0] | flag_bits)
+            if method is not None:
+                struct.pack_into("<H", data, i + method_at, method)
+    path.write_bytes(bytes(data))
+
+
+@variants("encrypted", "Deflate64", "duplicate names")
+def variant_unreadable_zip_member_is_skipped(ctx: Ctx, why: str) -> None:
+    root, good = _one_source(ctx)
+    if why == "duplicate names":  # checked on the first, extracted from the last: neither is used now
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zipfile warns about the duplicate name it writes
+            with zipfile.ZipFile(good, "a") as z:
+                z.writestr(WANTED, b"\xff\xd8 a second, different member of the same name")
+        why = "2 members with this name"
+    else:
+        _patch_zip(good, WANTED, **({"flag_bits": 0x1} if why == "encrypted" else {"method": 9}))
+    ws = ctx.tmp / "ws"
+    r = extract(root, workdir=ws, res="Low")
+    assert not r.failures and r.images > 0, r
+    err = ctx.capfd.readouterr().err
+    assert why in err and WANTED in err and good.name in err and "Traceback" not in err
+    assert not [p for p in ws.rglob("*.jpg") if p.as_posix().endswith(WANTED)]
+
+
+@variants("encrypted", "Deflate64")
+def variant_model_pack_with_an_unreadable_member_is_refused(ctx: Ctx, why: str) -> None:
+    from kface_cli.archive import extract_all
+
+    pack = _zip_with(ctx.tmp / "pack.zip", {"w600k_r50.onnx": b"\x08" * 4096, "README.txt": b"hi"})
+    _patch_zip(pack, "w600k_r50.onnx", **({"flag_bits": 0x1} if why == "encrypted" else {"method": 9}))
+    with pytest.raises(InputError, match=why) as e:
+        extract_all(pack, ctx.tmp / "out", max_member_bytes=2**20, max_total_bytes=2**20)
+    assert "w600k_r50.onnx" in str(e.value) and not (ctx.tmp / "out").exists()
+
+
+def _non_utf8(raw: bytes) -> str:
+    return os.fsdecode(raw)
+
+
+KOREAN_CP949 = "홍길동".encode("cp949")  # a folder name from a Windows zip, not valid UTF-8
+
+
+def case_non_utf8_names_round_trip(ctx: Ctx) -> None:
+    import json
+
+    from gallery_helpers import PixelEmbedder, SidecarDetector, render_photo
+
+    from kface_cli.console import printable, to_json
+    from kface_cli.deploy.compare import load_embeddings, save_embeddings
+    from kface_cli.deploy.enroll import enroll_folder
+    from kface_cli.deploy.identify import identify, write_csv
+
+    name = _non_utf8(KOREAN_CP949)
+    people = ctx.tmp / "people"
+    render_photo(people / name / "a.jpg", "19072652")
+    render_photo(people / "Bob" / "b.jpg", "19072653")
+    gallery = ctx.tmp / "gallery.h5"
+    enroll_folder(people, gallery, PixelEmbedder(), detector=SidecarDetector())
+    assert sorted(Gallery(gallery).read().names) == sorted(["Bob", name])  # stored as the bytes it was
+    result = identify([people / name / "a.jpg"], gallery, PixelEmbedder(), detector=SidecarDetector())
+    assert result.images[0].faces[0].name == name
+    csv_path = write_csv(result, ctx.tmp / "out.csv")
+    assert KOREAN_CP949 in csv_path.read_bytes()
+    assert json.loads(to_json({"name": name}))["name"] == name  # JSON: an escape that reads back
+    assert "\ufffd" in printable(name) and KOREAN_CP949 not in printable(name).encode()
+    save_embeddings(ctx.tmp / "e.npy", [name], np.ones((1, 4), dtype=np.float32))
+    assert (ctx.tmp / "e.names.txt").read_bytes() == KOREAN_CP949 + b"\n"
+    for out in ("e.npy", "e.h5"):  # `embed --out`: the names come back as they were
+        save_embeddings(ctx.tmp / out, [name, "Bob"], np.ones((2, 4), dtype=np.float32))
+        assert load_embeddings(ctx.tmp / out)[0] == [name, "Bob"]
+    manage_gallery(gallery, remove=[name])
+    assert Gallery(gallery).read().names == ["Bob"]
+
+
+def case_a_name_that_cannot_be_stored_leaves_no_gallery(ctx: Ctx) -> None:
+    g = Gallery(ctx.tmp / "new.h5")
+    with pytest.raises(InputError, match="too long"):
+        g.append(_templates(["X" * 5000]), MODEL)
+    assert not g.path.exists()
+
+
+def case_special_files_named_like_photos_are_refused_unopened(ctx: Ctx) -> None:
+    import socket
+    import threading
+
+    from kface_cli.deploy.sources import expand_inputs
+    from kface_cli.face.imageio import UnreadableImageError, read_image
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs here")
+    fifo = ctx.tmp / "photo.jpg"
+    os.mkfifo(fifo)
+    sock_path = ctx.tmp / "s.png"
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(sock_path))
+    errors: list = []
+
+    def attempt():
+        for p, kind in ((fifo, "named pipe"), (sock_path, "socket")):
+            for fn in (read_image, lambda p: expand_inputs([p])):
+                try:
+                    fn(p)
+                except UnreadableImageError as e:
+                    errors.append((kind, str(e)))
+
+    t = threading.Thread(target=attempt, daemon=True)
+    t.start()
+    t.join(timeout=20)
+    sock.close()
+    if t.is_alive():  # unblock the reader so the test process can end
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("reading a FIFO named photo.jpg blocked")
+    assert len(errors) == 4 and all(kind in message and "not a photo" in message for kind, message in errors)
+    from kface_cli.embedding.loading import resolve_model_path
+
+    model = ctx.tmp / "model.onnx"
+    os.mkfifo(model)
+    with pytest.raises(InputError, match="named pipe.*not a model file"):
+        resolve_model_path(model, ctx.tmp)  # `--model model.onnx`, checked before torch or ONNX Runtime opens it
+    gallery = ctx.tmp / "gallery.h5"
+    os.mkfifo(gallery)
+    with pytest.raises(InputError, match="not a regular file"):
+        Gallery(gallery).read()  # `identify/enroll/gallery -g gallery.h5`, before HDF5 opens it
+
+
+def case_bin_repeating_one_image_through_pickle_memo(ctx: Ctx) -> None:
+    import pickle
+
+    from kface_cli.formats import binset
+
+    img = _png()
+    data = pickle.dumps(([img] * 20_000, [True] * 10_000), protocol=4)  # one image, 20,000 references
+    assert len(data) < 200_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError, match="repeated through pickle references"):
+            binset.safe_load_bin_pickle(data, "evil.bin")
+        assert tracemalloc.get_traced_memory()[1] < 50 * 2**20
+    finally:
+        tracemalloc.stop()
+    ctx.monkeypatch.setattr(binset, "MAX_BIN_IMAGES", 10)
+    with pytest.raises(InputError, match="at most 10"):
+        binset.safe_load_bin_pickle(pickle.dumps(([bytes([i]) * 8 for i in range(12)], [True] * 6)), "big.bin")
+
+
+def _rec(folder: Path, records: dict[int, tuple], property_text: str | None = None) -> Path:
+    from kface_cli.formats.recordio import RecordHeader, RecordIOWriter, pack
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with RecordIOWriter(folder / "train.rec") as w:
+        for key, (label, data) in records.items():
+            w.write(key, pack(RecordHeader(label=label), data))
+    if property_text is not None:
+        (folder / "property").write_text(property_text)
+    return folder
+
+
+def _hostile_rec_records(what: str) -> tuple[dict[int, tuple], str | None]:
+    img = _png()
+    return {
+        "identity range to 2e9": ({0: ((3.0, 2e9), b""), 1: (0.0, img), 2: (0.0, img), 3: ((1.0, 3.0), b"")}, None),
+        "image keys to 2e9": ({0: ((2e9, 2e9 + 2), b""), 1: (0.0, img)}, None),
+        "NaN label": ({1: (float("nan"), img), 2: (0.0, img)}, None),
+        "label 1e12": ({1: (1e12, img), 2: (0.0, img)}, None),
+        "negative label": ({1: (-1.0, img), 2: (0.0, img)}, None),
+        "property of 1e12 classes": ({1: (0.0, img), 2: (1.0, img)}, "1000000000000,112,112"),
+        "property with more classes than images": ({1: (0.0, img), 2: (1.0, img)}, "5000,112,112"),
+    }[what]
+
+
+@variants(
+    "identity range to 2e9",
+    "image keys to 2e9",
+    "NaN label",
+    "label 1e12",
+    "negative label",
+    "property of 1e12 classes",
+    "property with more classes than images",
+)
+def variant_hostile_train_rec(ctx: Ctx, what: str) -> None:
+    from kface_cli.train.datasets import RecordDataset
+
+    records, prop = _hostile_rec_records(what)
+    folder = _rec(ctx.tmp / "rec", records, prop)
+    tracemalloc.start()
+    try:
+        with pytest.raises(InputError) as e:
+            RecordDataset(folder)
+        assert tracemalloc.get_traced_memory()[1] < 50 * 2**20  # refused before allocating
+    finally:
+        tracemalloc.stop()
+    assert "train.rec" in str(e.value) or "property" in str(e.value)
+    img = _png()
+    ok = RecordDataset(_rec(ctx.tmp / "ok", {1: (0.0, img), 2: (1.0, img)}, "2,112,112"))
+    assert ok.num_classes == 2 and ok.labels.tolist() == [0, 1]
+
+
+def case_names_and_paths_are_printed_as_text(ctx: Ctx) -> None:
+    from kface_cli import console
+
+    console.error("cannot read [/tmp/x/[draft] photo.jpg")
+    console.warn("skipped [bold]x[/bold].jpg")
+    console.info("done [draft] photo.jpg")
+    console.show(console.table("Faces in [draft]", ["image"], [["[draft] photo.jpg"], [_non_utf8(KOREAN_CP949)]]))
+    out, err = ctx.capfd.readouterr()
+    assert "[/tmp/x/[draft] photo.jpg" in err and "[bold]x[/bold].jpg" in err and "done [draft] photo.jpg" in err
+    assert "Faces in [draft]" in out and "[draft] photo.jpg" in out and "\ufffd" in out
+    missing = ctx.tmp / "[/b" / "[draft] photo.jpg"
+    out = _one_line(_cli("detect", missing))
+    assert "[draft] photo.jpg" in out and "MarkupError" not in out
+
+
+CASES: dict[str, Callable[[Ctx], None]] = {
+    name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_") and callable(fn)
+}
+CASES.update(
+    {
+        f"{name}[{variant}]": functools.partial(_run_variant, fn, variant)
+        for name, (fn, names) in VARIANT_CASES.items()
+        for variant in names
+    }
+)
+
+
 #: Cases slower than ~3 s on their own (importing torch).
-SLOW = {"pickle_that_runs_code"}
+SLOW = {
+    "pickle_that_runs_code",
+    "read_only_train_leaves_no_run_folder",
+    "disk_full_writing_a_checkpoint",
+    "full_or_closed_stdout",
+    "read_only_crop",
+}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in SLOW else c for c in sorted(CASES)])

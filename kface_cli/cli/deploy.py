@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from kface_cli import console
 from kface_cli.choices import (
@@ -252,6 +253,8 @@ def identify_cmd(
         raise InputError("nothing to identify", hint="Pass photos, folders or videos, or --camera 0.")
     if camera is not None and paths:
         raise InputError("pass either photos/videos or --camera, not both")
+    if csv_path is not None and csv_path.is_dir():  # checked before the work, not after it
+        raise InputError(f"--csv must be a file, got a folder: {csv_path}", hint="Pass e.g. --csv results.csv.")
     ws = Workspace.resolve(workdir)
     result = identify(
         paths or [],
@@ -426,7 +429,7 @@ def verify_cmd(
         rows = [
             ["photo 1", console.display_path(result.image1)],
             ["photo 2", console.display_path(result.image2)],
-            ["verdict", "[green]same person[/green]" if result.same else "[yellow]different people[/yellow]"],
+            ["verdict", Text("same person", "green") if result.same else Text("different people", "yellow")],
             ["distance", f"{result.distance:.4f} (cosine {result.cosine:.4f})"],
             ["threshold", f"{result.threshold:.4f} ({result.threshold_detail or result.threshold_source})"],
         ]

@@ -28,12 +28,13 @@ import os
 import re
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
-from kface_cli.archive import COPY_CHUNK_BYTES, inside, is_safe_member_name, too_big
+from kface_cli.archive import COPY_CHUNK_BYTES, inside, is_safe_member_name, too_big, unreadable_member
 from kface_cli.dataset.codes import (
     ACCESSORIES,
     CAMERAS,
@@ -144,10 +145,17 @@ class IdentityReader:
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
                 self.close()
                 raise _read_error(e, src.path, f"corrupt or unreadable zip {src.path.name}: {e}") from None
+            counts = Counter(info.filename for info in infos)
+            duplicates: set[str] = set()
             for info in infos:
                 if info.is_dir():
                     continue
-                why = too_big(info.file_size, info.compress_size, MAX_MEMBER_BYTES)
+                if counts[info.filename] > 1:  # which copy is "the" member? neither: checked and read alike
+                    if info.filename not in duplicates:
+                        duplicates.add(info.filename)
+                        self.oversized.append((info.filename, DUPLICATE_WHY.format(n=counts[info.filename])))
+                    continue
+                why = unreadable_member(info) or too_big(info.file_size, info.compress_size, MAX_MEMBER_BYTES)
                 if why is not None:
                     self.oversized.append((info.filename, why))
                     continue
@@ -235,7 +243,8 @@ class IdentityReader:
                             path=self.source.path,
                         )
                     yield chunk
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:  # CRC, deflate, truncation
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
+            # CRC, deflate, truncation; RuntimeError: encrypted, NotImplementedError: compression method
             raise _read_error(e, self.source.path, f"cannot read {name} from {self.source.path.name}: {e}") from None
 
     def read(self, key: MemberKey) -> bytes:
@@ -256,6 +265,10 @@ class IdentityReader:
 
 def open_identity(source: IdentitySource) -> IdentityReader:
     return IdentityReader(source)
+
+
+#: Why members sharing one name are skipped: the size check would see one copy, extraction another.
+DUPLICATE_WHY = "the zip lists {n} members with this name; none is used"
 
 
 def _read_error(e: BaseException, path: Path, message: str) -> InputError:

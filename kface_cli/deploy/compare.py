@@ -17,6 +17,8 @@ its largest face is used.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -151,7 +153,7 @@ class VerifyResult:
 
 
 def _plain(obj: Any) -> Any:
-    from kface_cli.console import plain
+    from kface_cli.console import jsonable as plain
 
     return plain(obj)
 
@@ -379,42 +381,54 @@ def save_embeddings(
     ``boxes`` (N, 4: x, y, w, h), ``faces`` (N: 1 = largest face of its photo) and ``scores``.
     Returns the sidecars of a ``.npy`` (names, faces); None for HDF5, which holds everything itself.
     """
-    from kface_cli.atomic import atomic_path, write_text
-    from kface_cli.console import SCHEMA_VERSION, to_json
+    from kface_cli.atomic import atomic_open, atomic_path
+    from kface_cli.console import SCHEMA_VERSION, data_text, to_json
 
     out = Path(out)
     _check_out(out)
     vectors = np.asarray(embeddings, dtype=np.float32)
     assert vectors.ndim == 2 and len(vectors) == len(names), "one name per embedding row"
     assert faces is None or len(faces) == len(names), "one face per embedding row"
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in NPY_SUFFIXES:
         sidecar = out.with_suffix(NAMES_SUFFIX)
         faces_file = out.with_suffix(FACES_SUFFIX) if faces is not None else None
-        with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            np.save(f, vectors)
-        write_text(sidecar, "".join(f"{n}\n" for n in names))
-        if faces is not None and faces_file is not None:
-            import csv
-            import io
-
-            buf = io.StringIO()
-            writer = csv.writer(buf, lineterminator="\n")
-            writer.writerow(FACES_COLUMNS)
-            writer.writerows(_face_row(i, u) for i, u in enumerate(faces))
-            write_text(faces_file, buf.getvalue())
+        # all written in full before any is renamed into place: a full disk leaves the old
+        # files as they were, never new vectors beside old names
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_path(out))
+            names_file = stack.enter_context(atomic_open(sidecar, "w"))
+            with open(tmp, "wb") as f:
+                np.save(f, vectors)
+                f.flush()
+                os.fsync(f.fileno())
+            names_file.write("".join(f"{n}\n" for n in names))
+            if faces is not None and faces_file is not None:
+                stack.enter_context(atomic_open(faces_file, "w")).write(
+                    data_text(FACES_COLUMNS, [_face_row(i, u) for i, u in enumerate(faces)])
+                )
         return sidecar, faces_file
+    import io
+
     import h5py
 
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    # built in memory, then written as plain bytes: a full disk is one clean OSError (HDF5 itself
+    # would print a traceback per object it fails to flush), and the old file stays as it was
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
         f.create_dataset("embeddings", data=vectors)
-        f.create_dataset("names", data=list(names), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset(  # bytes-safe: a non-UTF-8 name is stored as the bytes it was
+            "names", data=[n.encode("utf-8", "surrogateescape") for n in names], dtype=h5py.string_dtype("utf-8")
+        )
         if faces is not None:
             f.create_dataset("boxes", data=np.array([u.box for u in faces], dtype=np.float32).reshape(-1, 4))
             f.create_dataset("faces", data=np.array([u.face for u in faces], dtype=np.int32))
             f.create_dataset("scores", data=np.array([u.score for u in faces], dtype=np.float32))
         f.attrs["schema"] = SCHEMA_VERSION
         f.attrs["model"] = to_json(model or {}, indent=None)
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        f.write(buf.getbuffer())
+        f.flush()
+        os.fsync(f.fileno())
     return None, None
 
 
@@ -427,13 +441,13 @@ def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
     if path.suffix.lower() in NPY_SUFFIXES:
         vectors = np.load(path, allow_pickle=False)
         sidecar = path.with_suffix(NAMES_SUFFIX)
-        names = sidecar.read_text(encoding="utf-8").splitlines() if sidecar.is_file() else []
+        names = sidecar.read_text(encoding="utf-8", errors="surrogateescape").splitlines() if sidecar.is_file() else []
     else:
         import h5py
 
         with h5py.File(path, "r") as f:
             vectors = f["embeddings"][()]
-            names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+            names = [n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n) for n in f["names"][()]]
     if len(names) != len(vectors):
         raise InputError(f"{path} has {len(vectors)} embeddings but {len(names)} names", path=path)
     return names, np.asarray(vectors, dtype=np.float32)

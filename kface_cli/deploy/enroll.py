@@ -97,7 +97,7 @@ class EnrollResult:
 
     def to_json(self) -> dict[str, Any]:
         """What ``kface enroll --json`` prints (docs/json.md): plain JSON types only."""
-        from kface_cli.console import plain
+        from kface_cli.console import jsonable as plain
 
         return plain(
             {
@@ -324,13 +324,13 @@ def _prepare(photo: Photo, aligned: bool, detector, known: set[str]) -> tuple[Ph
     A photo whose hash is in ``known`` is not detected; the caller queues the face and adds its
     hash to ``known``, in photo order (a photo met twice in one run counts once).
     """
-    from kface_cli.face.imageio import UnreadableImageError, decode_image
+    from kface_cli.face.imageio import UnreadableImageError, decode_image, read_file
     from kface_cli.face.pipeline import faces_in_image
 
     try:
-        data = photo.path.read_bytes()
-    except OSError as e:
-        return PhotoOutcome(photo.name, photo.path, Status.UNREADABLE, e.strerror or str(e)), None
+        data = read_file(photo.path)
+    except InputError as e:  # a FIFO or device named like a photo, a vanished or unreadable file
+        return PhotoOutcome(photo.name, photo.path, Status.UNREADABLE, e.message), None
     digest = content_hash(data)
     if digest in known:
         return PhotoOutcome(photo.name, photo.path, Status.DUPLICATE), None
@@ -352,12 +352,14 @@ def _prepare(photo: Photo, aligned: bool, detector, known: set[str]) -> tuple[Ph
 
 def summary_rows(result: EnrollResult) -> tuple[list[str], list[Sequence[Any]]]:
     """Columns and rows of the summary table (the CLI prints them)."""
+    from rich.text import Text
+
     columns = ["identity", "photos", "added", "duplicates", "skipped", "templates in gallery"]
     rows = [[i.name, i.photos, i.added, i.duplicates, i.skipped, i.templates] for i in result.identities]
     t = result.totals()
     rows.append(
         [
-            "[bold]total[/bold]",
+            Text("total", "bold"),
             t["photos"],
             t["added"],
             t["duplicates"],
@@ -406,7 +408,7 @@ class AddResult:
     face_count: int | None = None  # faces found in the photo
 
     def to_json(self) -> dict[str, Any]:
-        from kface_cli.console import plain
+        from kface_cli.console import jsonable as plain
 
         return plain(
             {

@@ -101,7 +101,7 @@ class IdentifyResult:
 
     def to_json(self) -> dict[str, Any]:
         """What ``kface identify --json`` prints (docs/json.md): plain JSON types only."""
-        from kface_cli.console import plain
+        from kface_cli.console import jsonable as plain
 
         return plain(
             {
@@ -198,6 +198,8 @@ def identify(
         raise InputError(f"--top-k must be at least 1, got {top_k}")
     if every < 1:
         raise InputError(f"--every must be at least 1, got {every}")
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {max_frames}", hint="Leave it out to read every frame.")
     capture = None
     files: list[Path] = []
     if camera is not None:
@@ -226,7 +228,9 @@ def identify(
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(f"--annotate needs a folder, got a file: {out_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        from kface_cli.atomic import ensure_dir
+
+        ensure_dir(out_dir)
 
     if camera is not None:
         frames: Iterable[Frame] = sources.video_frames(
@@ -347,19 +351,21 @@ def _write_annotated(frame: Frame, res: ImageResult, out_dir: Path, warned: set[
 
 def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of the results table (one row per face; images without faces too)."""
-    from kface_cli.console import display_path
+    from rich.text import Text
+
+    from kface_cli.console import display_path, printable
 
     columns = ["image", "face", "box x,y,w,h", "name", "distance", "candidates (name:distance)"]
     rows: list[list[Any]] = []
     for img in result.images:
         if img.error:
-            rows.append([img.image, "-", "-", f"[red]{img.error}[/red]", None, ""])
+            rows.append([img.image, "-", "-", Text(printable(img.error), "red"), None, ""])
             continue
         if not img.faces:
-            rows.append([img.image, "-", "-", "[dim]no face[/dim]", None, ""])
+            rows.append([img.image, "-", "-", Text("no face", "dim"), None, ""])
         for k, f in enumerate(img.faces, 1):
             box = ",".join(f"{v:.0f}" for v in f.box)  # one word: never folded inside
-            name = f.name if f.name != UNKNOWN else f"[yellow]{UNKNOWN}[/yellow]"
+            name = f.name if f.name != UNKNOWN else Text(UNKNOWN, "yellow")
             cands = ", ".join(f"{c.name}:{c.distance:.3f}" for c in f.ranked())
             image = display_path(img.image) if "#" not in img.image else img.image
             rows.append([image, k, box, name, f.distance if np.isfinite(f.distance) else None, cands])

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kface_cli.atomic import special_file_kind
 from kface_cli.defaults import FACE_SIZE
 from kface_cli.embedding.embedder import (
     META_WEIGHTS_DIGEST,
@@ -206,6 +207,9 @@ def resolve_model_path(model: str | Path | None, workdir: Path | None) -> Path:
         return run
     path = Path(model).expanduser()
     if path.exists():
+        kind = special_file_kind(path.stat().st_mode)
+        if kind is not None and kind != "a folder":  # a FIFO named model.onnx would block forever
+            raise InputError(f"{path} is {kind}, not a model file", hint="Pass a regular file or a run folder.")
         return path
     if not path.is_absolute() and len(path.parts) == 1:
         from kface_cli.hub.cache import resolve_pack

@@ -302,6 +302,10 @@ def invert(
 
     ``n`` outputs use seeds ``seed`` ... ``seed + n - 1``; torch models only (gradients).
     """
+    from kface_cli.choices import check_seed
+
+    check_seed(seed)
+    check_seed(seed + max(n, 1) - 1, "--seed + --n - 1")
     from kface_cli import console
     from kface_cli.embedding.embedder import embedder_from_module
     from kface_cli.embedding.loading import load_torch_backbone

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,44 @@ CHECKPOINT_FORMAT = "kface-checkpoint/1"
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    """``torch.save`` through a temporary file and a rename: never a half-written file."""
+    """``torch.save`` through a temporary file and a rename: never a half-written file.
+
+    torch reports a failed write (a full disk) as a ``RuntimeError`` from its C++ writer; the
+    file object records the ``OSError`` underneath, so a full disk is one line and the previous
+    checkpoint stays as it was.
+    """
     import torch
 
     from kface_cli.atomic import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        sink = _RecordingFile(f)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class _RecordingFile:
+    """A write-only file that remembers the ``OSError`` its last write raised."""
+
+    def __init__(self, f: Any):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:

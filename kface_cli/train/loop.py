@@ -33,6 +33,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -438,6 +439,7 @@ class _Run:
     pair_faces: Any = None
     val_path: Path | None = None
     log: Any = None  # log.jsonl, open on rank 0
+    created_dir: bool = False  # this run made its folder (a failure before its first checkpoint removes it)
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": None, "accuracy": None})
     epoch: int = 0  # position: completed epochs ...
@@ -482,10 +484,23 @@ def _train(
     except KeyboardInterrupt:
         _save_interrupted(run, stopped_cleanly)
         raise
+    except BaseException:
+        _discard_unstarted(run)
+        raise
     finally:
         if run.log is not None:
             run.log.close()
     return _result(run)
+
+
+def _discard_unstarted(run: _Run) -> None:
+    """A new run that failed before its first checkpoint leaves no folder behind (its name stays free)."""
+    if not (run.info.is_main and run.created_dir) or (run.run_dir / ck.RUN_CHECKPOINT).exists():
+        return
+    if run.log is not None:
+        run.log.close()
+        run.log = None
+    shutil.rmtree(run.run_dir, ignore_errors=True)
 
 
 def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Run:
@@ -631,26 +646,33 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
 
     # -- files ---------------------------------------------------------------------------------
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config_json(
-            run_dir / ck.RUN_CONFIG,
-            config,
-            num_classes=num_classes,
-            num_images=num_images,
-            world_size=info.world_size,
-            data_source=run.data_source,
-            **{TRAINING_DATA_KEY: training_data(str(data_path), getattr(dataset, "classes", []), init=config.init)},
-            val_pairs_file=str(run.val_path) if run.val_path else None,
-            steps_per_epoch=steps,
-            base_lr=lr,
-            device=str(device),
-            loader_workers=workers,
-        )
-        console.info(
-            f"Training {network} ({config.loss}) on {num_images} images of {num_classes} identities -> {run_dir}"
-            f" [{info.world_size} x {device}, {steps} steps/epoch, lr {lr:g}, {workers} data workers]"
-        )
-        run.log = open(run_dir / ck.RUN_LOG, "a", encoding="utf-8")
+        from kface_cli.atomic import ensure_dir
+
+        run.created_dir = not run_dir.exists()
+        ensure_dir(run_dir)
+        try:
+            save_config_json(
+                run_dir / ck.RUN_CONFIG,
+                config,
+                num_classes=num_classes,
+                num_images=num_images,
+                world_size=info.world_size,
+                data_source=run.data_source,
+                **{TRAINING_DATA_KEY: training_data(str(data_path), getattr(dataset, "classes", []), init=config.init)},
+                val_pairs_file=str(run.val_path) if run.val_path else None,
+                steps_per_epoch=steps,
+                base_lr=lr,
+                device=str(device),
+                loader_workers=workers,
+            )
+            console.info(
+                f"Training {network} ({config.loss}) on {num_images} images of {num_classes} identities -> {run_dir}"
+                f" [{info.world_size} x {device}, {steps} steps/epoch, lr {lr:g}, {workers} data workers]"
+            )
+            run.log = open(run_dir / ck.RUN_LOG, "a", encoding="utf-8")
+        except BaseException:
+            _discard_unstarted(run)
+            raise
     run.t_train = time.perf_counter()
     return run
 
