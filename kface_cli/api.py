@@ -72,6 +72,7 @@ def load_model(
     flip: bool = False,
     backend: str = "auto",
     workdir: str | Path | None = None,
+    trust_model: bool = False,
 ) -> Embedder:
     """Load a face model: a run folder or name, ``checkpoint.pt``, insightface ``backbone.pth`` or ``.onnx``.
 
@@ -79,6 +80,8 @@ def load_model(
     backbone of a bare ``backbone.pth`` (r18...r200, mbf); ``flip`` adds the mirrored face's
     embedding (slightly more accurate, twice the compute). ``backend``: "torch", "onnx" (ONNX
     Runtime) or "auto" (the faster: ONNX Runtime on a CPU, after a one-off conversion).
+    ``trust_model=True`` lets a TorchScript file run: TorchScript is a program that can read and
+    write any file, so it is refused otherwise (docs/security.md).
     """
     from kface_cli.embedding.loading import load_embedder
 
@@ -88,6 +91,21 @@ def load_model(
         network=network,
         flip=flip,
         backend=backend,  # type: ignore[arg-type]
+        trust_model=trust_model,
+    )
+
+
+def _model(model: Any) -> Embedder:
+    """A loaded model: ``model`` itself, or :func:`load_model` of a path or run name (untrusted)."""
+    if isinstance(model, (str, Path)):
+        return load_model(model)
+    if hasattr(model, "fingerprint"):  # an Embedder, or any object that carries a model's identity
+        return model
+    from kface_cli.errors import KFaceError
+
+    raise KFaceError(
+        f"model must be a loaded model (api.load_model) or a path, got {type(model).__name__}",
+        hint="model = api.load_model('runs/demo'), then pass model.",
     )
 
 
@@ -213,7 +231,7 @@ def align(
 
 
 def embed(
-    model: Embedder,
+    model: Embedder | str | Path,
     photo: Photo | Sequence[Photo],
     *,
     bgr: bool = False,
@@ -238,6 +256,7 @@ def embed(
             f"embed() takes one photo (H, W, 3) or a list of photos, got an array of shape {photo.shape}",
             hint="For aligned (N, 112, 112, 3) crops use api.embed_aligned(model, crops).",
         )
+    model = _model(model)
     photos = [photo] if single else list(photo)
     crops: list[np.ndarray] = []
     rows: list[int] = []
@@ -267,7 +286,7 @@ def embed(
     return vectors[0] if single else vectors
 
 
-def embed_aligned(model: Embedder, crops: Any, *, bgr: bool = False, batch_size: int = 64) -> np.ndarray:
+def embed_aligned(model: Embedder | str | Path, crops: Any, *, bgr: bool = False, batch_size: int = 64) -> np.ndarray:
     """Embeddings of aligned face crops, used as they are (no detection).
 
     ``crops``: one (112, 112, 3) uint8 crop -> (D,), or (N, 112, 112, 3) / a list of crops ->
@@ -291,7 +310,7 @@ def embed_aligned(model: Embedder, crops: Any, *, bgr: bool = False, batch_size:
             hint="Photos go to api.embed(model, photo); api.align(photo) makes crops.",
         )
     bgr_batch = batch if bgr else np.ascontiguousarray(batch[..., ::-1])
-    vectors = model.embed(bgr_batch, batch_size=batch_size)
+    vectors = _model(model).embed(bgr_batch, batch_size=batch_size)
     return vectors[0] if single else vectors
 
 
@@ -307,7 +326,7 @@ class _no_bar:
 
 
 def verify(
-    model: Embedder,
+    model: Embedder | str | Path,
     photo1: Photo,
     photo2: Photo,
     *,
@@ -327,15 +346,15 @@ def verify(
     pair = []
     for k, p in enumerate((photo1, photo2), 1):
         pair.append(p if _is_path(p) else _bgr(p, bgr=bgr, what=f"photo{k}")[0])
-    return verify_photos(pair[0], pair[1], model, threshold=threshold, aligned=aligned, landmarks=landmarks)
+    return verify_photos(pair[0], pair[1], _model(model), threshold=threshold, aligned=aligned, landmarks=landmarks)
 
 
 class Gallery:
     """Known people in an HDF5 gallery file (created on the first :meth:`enroll` or :meth:`add`), searched with FAISS."""
 
-    def __init__(self, path: str | Path, model: Embedder):
+    def __init__(self, path: str | Path, model: Embedder | str | Path):
         self.path = Path(path)
-        self.model = model
+        self.model = _model(model)
 
     def __repr__(self) -> str:
         return f"Gallery({str(self.path)!r}, model={self.model.network} {self.model.fingerprint})"

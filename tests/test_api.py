@@ -235,3 +235,23 @@ def test_the_documented_examples_run_as_written(tmp_path, monkeypatch, mbf_model
     assert namespace["faces"][0].box[2] < 120 and len(namespace["crops"]) == 6
     for block in readme:
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_a_path_is_a_model_everywhere(world, tmp_path):
+    from kface_cli.errors import InputError, KFaceError
+
+    alice = world["people"] / "Alice" / "0.jpg"
+    with pytest.raises(InputError, match="model not found"):  # was AttributeError: 'str' has no 'embed'
+        api.verify(str(tmp_path / "model.onnx"), alice, alice)
+    with pytest.raises(InputError, match="model not found"):
+        api.embed(tmp_path / "model.onnx", alice)
+    with pytest.raises(KFaceError, match="model must be a loaded model"):
+        api.verify(42, alice, alice)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_verify_with_a_model_path(world, mbf_model):
+    alice = world["people"] / "Alice" / "0.jpg"
+    by_path = api.verify(str(mbf_model), alice, alice)
+    assert by_path.same and by_path.model["network"] == "mbf"
+    assert api.Gallery(world["root"] / "g.h5", str(mbf_model)).model.fingerprint == by_path.model["fingerprint"]

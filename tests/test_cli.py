@@ -114,6 +114,8 @@ def test_an_option_name_means_one_thing_in_every_command():
     assert len({p.help for _, p in options["--jobs"]}) == 1 and len(options["--jobs"]) == 3
     model_users = {c for c, _ in options["--model"]}
     assert {"export", "enroll", "identify", "evaluate"} <= model_users
+    # every command that may run a TorchScript model offers the explicit opt-in (the others refuse it)
+    assert {c for c, _ in options["--trust-model"]} == {"enroll", "identify", "verify", "embed", "evaluate"}
 
 
 def test_choices_are_listed_in_help():
@@ -395,3 +397,18 @@ def test_embed_all_faces_keeps_six_faces_with_boxes(enrolled, tmp_path):
     runner.invoke(app, ["embed", str(photo), "--all-faces", "-o", str(tmp_path / "all.npy"), *enrolled["model"]])
     rows = list(csv.DictReader((tmp_path / "all.faces.csv").open(encoding="utf-8")))
     assert len(rows) == 6 and {r["image"] for r in rows} == {str(photo)} and all(float(r["w"]) > 20 for r in rows)
+
+
+def test_memory_errors_are_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+    from kface_cli.gallery import manage
+
+    def exhausted(*_a, **_k):
+        raise MemoryError
+
+    monkeypatch.setattr(manage, "manage_gallery", exhausted)
+    result = CliRunner().invoke(app, ["gallery", "--gallery", str(tmp_path / "g.h5")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith("error: out of memory") and len(result.output.strip().splitlines()) == 1

@@ -161,6 +161,127 @@ def case_pickle_that_runs_code(ctx: Ctx) -> None:
     assert not marker.exists()
 
 
+# -- issue 25: no model runs code unasked, fingerprints of weights, no command loses a gallery -----
+
+
+def case_torchscript_needs_trust_model(ctx: Ctx) -> None:
+    import torch
+
+    from kface_cli.embedding.loading import load_embedder
+
+    class Program(torch.nn.Module):  # TorchScript is a program: torch.from_file can map any file read-write
+        def __init__(self, target: str):
+            super().__init__()
+            self.target = target
+
+        def forward(self, x):
+            return x.flatten(1)[:, :8] + torch.from_file(self.target, shared=True, size=1, dtype=torch.uint8)
+
+    path = ctx.tmp / "model.pt"
+    torch.jit.save(torch.jit.script(Program(str(ctx.tmp / "victim"))), str(path))
+    loads = []
+    ctx.monkeypatch.setattr(torch.jit, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(InputError, match="--trust-model"):
+        load_embedder(path)
+    assert not loads  # refused before torch.jit.load could run anything
+
+
+def _constant_onnx(path: Path, value: float) -> Path:
+    """An ONNX "face model" whose every embedding is ``value`` (0: all equal, NaN: all broken)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [
+        helper.make_node("ReduceMean", ["data"], ["m"], axes=[2, 3], keepdims=0),
+        helper.make_node("Constant", [], ["z"], value=helper.make_tensor("z", TensorProto.FLOAT, [], [0.0])),
+        helper.make_node("Constant", [], ["v"], value=helper.make_tensor("v", TensorProto.FLOAT, [], [value])),
+        helper.make_node("Mul", ["m", "z"], ["mz"]),
+        helper.make_node("Add", ["mz", "v"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 3, 112, 112])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def case_zero_or_nan_model_says_nothing(ctx: Ctx) -> None:
+    from kface_cli import api
+    from kface_cli.face.imageio import write_image
+
+    a, b = ctx.tmp / "a.png", ctx.tmp / "b.png"
+    write_image(a, np.full((112, 112, 3), 40, np.uint8))
+    write_image(b, np.full((112, 112, 3), 200, np.uint8))
+    for value in (0.0, float("nan")):
+        model = _constant_onnx(ctx.tmp / "m.onnx", value)
+        with pytest.raises(InputError, match="nothing was compared or stored"):
+            api.verify(str(model), a, b)  # a path works as the model
+        g = api.Gallery(ctx.tmp / f"g{value}.h5", str(model))
+        (ctx.tmp / "people").mkdir(exist_ok=True)
+        write_image(ctx.tmp / "people" / "ann.png", np.full((112, 112, 3), 90, np.uint8))
+        with pytest.raises(InputError, match="embeddings"):
+            g.enroll(ctx.tmp / "people", aligned=True)
+        assert not g.path.exists() or not Gallery(g.path).identities()  # no NaN template committed
+
+
+def case_replace_with_no_face_keeps_the_person(ctx: Ctx) -> None:
+    from gallery_helpers import PixelEmbedder
+
+    from kface_cli.deploy.enroll import enroll_folder
+
+    class NoFace:
+        def detect(self, image, path=None):
+            return []
+
+    g = Gallery(ctx.tmp / "gallery.h5")
+    emb = PixelEmbedder(embedding_size=16)
+    g.append(_templates(["ALICE"]), ModelInfo.of(emb))
+    (ctx.tmp / "new" / "ALICE").mkdir(parents=True)
+    (ctx.tmp / "new" / "ALICE" / "wall.png").write_bytes(_png(200, 150))
+    with pytest.raises(InputError, match="gallery is unchanged"):
+        enroll_folder(ctx.tmp / "new", g.path, emb, replace=True, detector=NoFace())
+    assert g.identities() == {"ALICE": 1}
+
+
+def case_outputs_never_overwrite_the_gallery(ctx: Ctx) -> None:
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    g = _gallery(ctx.tmp)
+    before = g.path.read_bytes()
+    os.link(g.path, ctx.tmp / "hard.csv")
+    photo = str(ctx.tmp / "p.jpg")
+    for args in (
+        ["identify", photo, "--gallery", str(g.path), "--csv", str(g.path)],
+        ["identify", photo, "--gallery", str(g.path), "--csv", str(ctx.tmp / "hard.csv")],
+        ["identify", photo, "--gallery", str(ctx.tmp / "other.h5"), "--csv", str(g.path)],
+        ["embed", photo, "--out", str(g.path)],
+    ):
+        (ctx.tmp / "p.jpg").write_bytes(_png())
+        result = CliRunner().invoke(app, [*args, "--workdir", str(ctx.tmp)])
+        assert result.exit_code == 2 and "refusing to overwrite" in result.output, result.output
+    assert g.path.read_bytes() == before
+
+
+def case_calibration_threshold_of_1e9(ctx: Ctx) -> None:
+    import json
+
+    from kface_cli.embedding.calibration import calibration_path, load_threshold
+
+    class Model:
+        source, fingerprint = ctx.tmp / "m.onnx", "abc"
+
+    calibration_path(Model.source).write_text(json.dumps({"version": 2, "entries": {"abc": {"threshold": 1e9}}}))
+    with pytest.raises(InputError, match="outside the squared-L2 range"):
+        load_threshold(Model())
+
+
 # -- defect 2: silent corruption ------------------------------------------------------------------
 
 
@@ -1224,6 +1345,8 @@ SLOW = {
     "disk_full_writing_a_checkpoint",
     "full_or_closed_stdout",
     "read_only_crop",
+    "torchscript_needs_trust_model",
+    "zero_or_nan_model_says_nothing",
 }
 
 

@@ -116,6 +116,30 @@ def test_remove_rewrites_without_the_person(tmp_path):
     assert g.remove(["nobody"]) == 0
 
 
+def test_replace_swaps_old_rows_for_new_in_one_rewrite(tmp_path, monkeypatch):
+    g = Gallery(tmp_path / "gallery.h5")
+    ts = _templates(["a", "b", "a", "c"])
+    g.append(ts, MODEL)
+    new = _templates(["a"] * 3, start=10)
+    renames = []
+    from kface_cli import atomic
+
+    real_replace = atomic.os.replace
+    monkeypatch.setattr(atomic.os, "replace", lambda *a: renames.append(a) or real_replace(*a))
+    assert g.replace(["a"], new, MODEL) == 2
+    assert len(renames) == 1  # one atomic rename: the old rows and the new ones change places together
+    rows = g.read(details=True)
+    assert rows.names == ["b", "c", "a", "a", "a"]
+    np.testing.assert_allclose(rows.embeddings[2:], np.stack([t.embedding for t in new]), atol=1e-3)  # float16
+    assert g.verify()["verified"] and g.facts().templates == 5
+    g.append(_templates(["d"], start=20), MODEL)  # the chain goes on after a replace
+    assert g.verify()["verified"] and g.identities() == {"a": 3, "b": 1, "c": 1, "d": 1}
+    with pytest.raises(ModelMismatchError):
+        g.replace(["a"], _templates(["a"], start=30), ModelInfo("0" * 20, 16, "r50", "/runs/b"))
+    fresh = Gallery(tmp_path / "new.h5")
+    assert fresh.replace(["x"], _templates(["x"]), MODEL) == 0 and fresh.identities() == {"x": 1}
+
+
 def test_other_model_is_refused(tmp_path):
     g = Gallery(tmp_path / "gallery.h5")
     g.append(_templates(["a"]), MODEL)

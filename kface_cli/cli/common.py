@@ -102,6 +102,13 @@ ModelOpt = Annotated[
         show_default=False,
     ),
 ]
+TrustModelOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-model",
+        help="Let a TorchScript model run: it is a program that can read and write any file (refused otherwise; ONNX and state_dicts run no code).",
+    ),
+]
 NetworkOpt = Annotated[
     str | None,
     typer.Option(

@@ -23,6 +23,7 @@ from kface_cli.cli.common import (
     LandmarksOpt,
     ModelOpt,
     NetworkOpt,
+    TrustModelOpt,
     WorkdirOpt,
     command,
     deprecated,
@@ -76,6 +77,7 @@ def enroll_cmd(
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     embeddings: Annotated[
         Path | None,
         typer.Option(
@@ -101,7 +103,11 @@ def enroll_cmd(
         ),
     ] = PerIdentity.ALL,
     replace: Annotated[
-        bool, typer.Option("--replace", help="First remove the existing templates of every person in DIR.")
+        bool,
+        typer.Option(
+            "--replace",
+            help="Swap the templates of every person in DIR for the new ones, in one transaction (a person none of whose new photos has a face keeps the old ones).",
+        ),
     ] = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     min_face: MinFaceOpt = None,
@@ -130,7 +136,15 @@ def enroll_cmd(
         if folder is not None:
             raise InputError("pass either a folder of photos or --embeddings FILE.h5, not both")
         _enroll_embeddings(
-            embeddings, _gallery_path(gallery, workdir), model, network, ws.root, names_from, commit_every, json_output
+            embeddings,
+            _gallery_path(gallery, workdir),
+            model,
+            network,
+            ws.root,
+            names_from,
+            commit_every,
+            json_output,
+            trust_model=trust_model,
         )
         return
     if folder is None:
@@ -138,7 +152,7 @@ def enroll_cmd(
     result = enroll_folder(
         folder,
         _gallery_path(gallery, workdir),
-        lambda: load_embedder(model, workdir=ws.root, network=network),
+        lambda: load_embedder(model, workdir=ws.root, network=network, trust_model=trust_model),
         aligned=aligned,
         per_identity=per_identity,
         replace=replace,
@@ -162,7 +176,16 @@ def enroll_cmd(
 
 
 def _enroll_embeddings(
-    file: Path, gallery: Path, model, network, root, names_from: str, commit_every: int, json_output: bool
+    file: Path,
+    gallery: Path,
+    model,
+    network,
+    root,
+    names_from: str,
+    commit_every: int,
+    json_output: bool,
+    *,
+    trust_model: bool = False,
 ) -> None:
     from kface_cli.deploy.bulk import NamesFrom, enroll_embeddings
     from kface_cli.embedding.loading import load_embedder
@@ -176,7 +199,9 @@ def _enroll_embeddings(
         file,
         gallery,
         names_from=mode,
-        embedder=(lambda: load_embedder(model, workdir=root, network=network)) if model is not None else None,
+        embedder=(lambda: load_embedder(model, workdir=root, network=network, trust_model=trust_model))
+        if model is not None
+        else None,
         batch_rows=max(commit_every, 1024),
     )
     if json_output:
@@ -199,6 +224,7 @@ def identify_cmd(
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -255,11 +281,15 @@ def identify_cmd(
         raise InputError("pass either photos/videos or --camera, not both")
     if csv_path is not None and csv_path.is_dir():  # checked before the work, not after it
         raise InputError(f"--csv must be a file, got a folder: {csv_path}", hint="Pass e.g. --csv results.csv.")
+    if csv_path is not None:
+        from kface_cli.atomic import check_output
+
+        check_output(csv_path, inputs=[_gallery_path(gallery, workdir), model, *(paths or [])], option="--csv")
     ws = Workspace.resolve(workdir)
     result = identify(
         paths or [],
         _gallery_path(gallery, workdir),
-        lambda: load_embedder(model, workdir=ws.root, network=network),
+        lambda: load_embedder(model, workdir=ws.root, network=network, trust_model=trust_model),
         threshold=threshold,
         top_k=top_k,
         every=every,
@@ -389,13 +419,13 @@ def _model_row(model: dict) -> list[str]:
     return ["model", f"{model.get('network')} {model.get('fingerprint')}"]
 
 
-def _model_loader(model: str | None, network: str | None, workdir: Path | None) -> Callable:
+def _model_loader(model: str | None, network: str | None, workdir: Path | None, trust_model: bool = False) -> Callable:
     """Loads the model when the domain function asks (after it has checked its inputs)."""
     from kface_cli.embedding.loading import load_embedder
     from kface_cli.workspace import Workspace
 
     root = Workspace.resolve(workdir).root
-    return lambda: load_embedder(model, workdir=root, network=network)
+    return lambda: load_embedder(model, workdir=root, network=network, trust_model=trust_model)
 
 
 @command("verify")
@@ -404,6 +434,7 @@ def verify_cmd(
     image2: Annotated[Path, typer.Argument(help="Second photo.", show_default=False)],
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -421,7 +452,7 @@ def verify_cmd(
     """Are two photos the same person? Distance and verdict at the model's threshold (exit 0 same, 1 different, 2 error)."""
     from kface_cli.deploy.compare import verify_photos
 
-    loader = _model_loader(model, network, workdir)
+    loader = _model_loader(model, network, workdir, trust_model)
     result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks, aligned=aligned or None)
     if json_output:
         console.print_json(result.to_json())
@@ -472,6 +503,7 @@ def embed_cmd(
             help="One row per face of every photo (with its box), not only the largest face of each.",
         ),
     ] = False,
+    trust_model: TrustModelOpt = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     aligned: AlignedOpt = False,
     embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
@@ -481,7 +513,7 @@ def embed_cmd(
     """Write a unit-length embedding of each photo's largest face (or of every face: --all-faces), with its photo and box, to .npy or HDF5."""
     from kface_cli.deploy.compare import embed_photos
 
-    loader = _model_loader(model, network, workdir)
+    loader = _model_loader(model, network, workdir, trust_model)
     result = embed_photos(
         paths,
         loader,

@@ -102,7 +102,7 @@ def model_training_data(embedder: Any) -> dict[str, Any] | None:
     if meta.get(META_TRAINING_DATA):
         try:
             record = json.loads(meta[META_TRAINING_DATA])
-        except ValueError:
+        except (ValueError, RecursionError):  # a hostile model's metadata: no record
             return None
         return record if isinstance(record, dict) else None
     source = getattr(embedder, "source", None)
@@ -119,7 +119,7 @@ def run_training_data(run: str | Path) -> dict[str, Any] | None:
 
     try:
         config = json.loads((Path(run) / RUN_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     record = config.get(TRAINING_DATA_KEY) if isinstance(config, dict) else None
     return record if isinstance(record, dict) else None

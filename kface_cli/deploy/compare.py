@@ -306,6 +306,7 @@ def embed_photos(
     (datasets ``embeddings``, ``names``, ``boxes``, ``faces``); written atomically. ``aligned``:
     True: every photo is an aligned crop, used as it is; None: checked.
     """
+    from kface_cli.atomic import check_output
     from kface_cli.console import progress, warn
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.deploy.model import describe_model, resolve_embedder
@@ -315,6 +316,8 @@ def embed_photos(
     out = Path(out)
     _check_out(out)
     files = photo_paths(paths)
+    for target in _outputs(out):  # before the work: never over a photo, a gallery or a model
+        check_output(target, inputs=[*paths, *files], option="--out")
     embedder = resolve_embedder(embedder)
     warnings = warn_if_synthetic(embedder)
     started = time.perf_counter()
@@ -366,6 +369,11 @@ def embed_photos(
     )
 
 
+def _outputs(out: Path) -> list[Path]:
+    """The files :func:`save_embeddings` writes for ``out`` (a .npy gets its names file)."""
+    return [out, out.with_suffix(NAMES_SUFFIX)] if out.suffix.lower() in NPY_SUFFIXES else [out]
+
+
 def save_embeddings(
     out: str | Path,
     names: Sequence[str],
@@ -411,10 +419,12 @@ def save_embeddings(
 
     import h5py
 
+    from kface_cli.atomic import EMBEDDINGS_MARKER, EMBEDDINGS_USERBLOCK
+
     # built in memory, then written as plain bytes: a full disk is one clean OSError (HDF5 itself
     # would print a traceback per object it fails to flush), and the old file stays as it was
     buf = io.BytesIO()
-    with h5py.File(buf, "w") as f:
+    with h5py.File(buf, "w", userblock_size=EMBEDDINGS_USERBLOCK) as f:
         f.create_dataset("embeddings", data=vectors)
         f.create_dataset(  # bytes-safe: a non-UTF-8 name is stored as the bytes it was
             "names", data=[n.encode("utf-8", "surrogateescape") for n in names], dtype=h5py.string_dtype("utf-8")
@@ -425,8 +435,10 @@ def save_embeddings(
             f.create_dataset("scores", data=np.array([u.score for u in faces], dtype=np.float32))
         f.attrs["schema"] = SCHEMA_VERSION
         f.attrs["model"] = to_json(model or {}, indent=None)
+    data = buf.getbuffer()
+    data[: len(EMBEDDINGS_MARKER)] = EMBEDDINGS_MARKER  # the user block says what the file is, without h5py
     with atomic_path(out) as tmp, open(tmp, "wb") as f:
-        f.write(buf.getbuffer())
+        f.write(data)
         f.flush()
         os.fsync(f.fileno())
     return None, None

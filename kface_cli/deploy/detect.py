@@ -110,6 +110,9 @@ def detect_photos(
     files = photo_paths(paths)
     out_dir = Path(annotate) if annotate is not None else None
     if out_dir is not None:
+        from kface_cli.atomic import check_output_folder
+
+        check_output_folder(out_dir, inputs=files, option="--annotate")
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(f"--annotate needs a folder, got a file: {out_dir}")
         from kface_cli.atomic import ensure_dir

@@ -190,6 +190,7 @@ def identify(
         images: photos already in memory, after ``paths``: BGR uint8 (H, W, 3) arrays, reported
             as ``<array K>`` (K from 0), or ``(label, array)`` pairs.
     """
+    from kface_cli.atomic import check_output_folder
     from kface_cli.console import info, progress, warn
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.parallel import map_ordered
@@ -206,6 +207,8 @@ def identify(
         capture = sources.open_capture(camera)
     elif paths or not len(images):
         files = expand_inputs(paths)  # before the slow model load: typos fail fast
+    if annotate is not None and camera is None:
+        check_output_folder(annotate, inputs=files, option="--annotate")
     gallery = Gallery(gallery_path)
     gallery.model()  # missing / corrupt gallery: fail before loading the model
     embedder = resolve_embedder(embedder)

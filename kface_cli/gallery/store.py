@@ -964,8 +964,11 @@ class Gallery:
         """
         if not templates:
             return AppendResult(0)
+        return self._append_block(self._block_of(templates, model), model, skip_duplicates=skip_duplicates)
+
+    def _block_of(self, templates: Sequence[Template], model: ModelInfo) -> _Block:
         emb = np.stack([np.asarray(t.embedding, dtype=np.float32).reshape(-1) for t in templates])  # (B, D)
-        block = _Block(
+        return _Block(
             names=[_encode_name(t.name) for t in templates],
             sources=[_encode_source(t.source) for t in templates],
             embeddings=_to_stored(emb, model.embedding_size, self.path),
@@ -974,7 +977,6 @@ class Gallery:
             added=np.full(len(templates), time.time()),
             hashes=_hash_bytes([t.content_hash for t in templates]),
         )
-        return self._append_block(block, model, skip_duplicates=skip_duplicates)
 
     def append_vectors(
         self,
@@ -1177,6 +1179,35 @@ class Gallery:
                 self._rewrite(capacity, keep=keep, text_room=text_room)
             return removed
 
+    def replace(self, names: Sequence[str], templates: Sequence[Template], model: ModelInfo) -> int:
+        """Swap every template of ``names`` for ``templates`` in one copy-on-write rewrite.
+
+        The old rows and the new ones change places in a single atomic rename: an interrupted
+        call leaves the gallery as it was. Returns how many old templates went. ``templates``
+        must not be empty (a person is never left with none by a replace).
+        """
+        assert templates, "replace() needs new templates"
+        block = self._block_of(templates, model)
+        wanted = set(names)
+        with self._writing():
+            if not self.path.exists():
+                room = len(block.text()) + len(block) * TEXT_PER_ROW_GUESS
+                self._write_new(model, len(block), created=time.time(), text_room=room, extra=block)
+                return 0
+            with self._open() as f:
+                self._refuse_old(f)
+                self._check(self._model_of(f), model)
+                current = self._read(f, embeddings=False, details=False).names
+                keep = np.array([nm not in wanted for nm in current], dtype=bool)
+                capacity = max(int(f["embeddings"].shape[0]), int(keep.sum()) + len(block))
+                text_room = int(f["text"].shape[0]) + len(block.text())
+                created = float(f.attrs.get("created", time.time()))
+                source = _V2(self, f)
+                self._write_new(
+                    model, capacity, created=created, source=source, keep=keep, text_room=text_room, extra=block
+                )
+            return int((~keep).sum())
+
     def compact(self) -> None:
         """Rewrite the file with just enough room for its rows (after large removals)."""
         with self._writing():
@@ -1300,14 +1331,16 @@ class Gallery:
         source=None,
         keep: np.ndarray | None = None,
         text_room: int | None = None,
+        extra: _Block | None = None,
     ) -> None:
-        """Write a complete gallery file next to ``self.path`` and atomically rename it into place."""
+        """Write a complete gallery file next to ``self.path`` and atomically rename it into place
+        (the kept rows of ``source``, then the ``extra`` rows)."""
         from kface_cli.atomic import atomic_path
 
         h5py = _h5py()
         n_src = source.count if source is not None else 0
         n_keep = int(keep.sum()) if keep is not None else n_src
-        capacity = _round_capacity(max(capacity, n_keep))
+        capacity = _round_capacity(max(capacity, n_keep + (len(extra) if extra is not None else 0)))
         text_room = _round_text(max(int(text_room or 0), 1))
         mode = self.path.stat().st_mode & 0o777 if self.path.exists() else FILE_MODE  # a rewrite keeps the mode
         try:
@@ -1333,6 +1366,10 @@ class Gallery:
                                 g.attrs["digest"] = _Commit(
                                     c.count, c.text, c.meta, c.names, c.embeddings, source.commit.index
                                 ).format()
+                    if extra is not None and len(extra):
+                        if len(extra.text()) + self._commit_text(g) > g["text"].shape[0]:
+                            g["text"].resize((_round_text(self._commit_text(g) + len(extra.text())),))
+                        _write_into(g, extra)
                 _fsync_file(tmp)
         except (ValueError, RuntimeError, OSError) as e:  # h5py reports some failed writes as ValueError
             if _disk_full(e):

@@ -86,13 +86,43 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(f"checkpoint not found: {path}", hint="Nothing to resume; start the run without --resume.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, or not ours
+    except MemoryError:
+        raise InputError(f"out of memory while reading checkpoint {path}") from None
+    except Exception as e:  # corrupt or truncated file, or not ours
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise InputError(
-            f"cannot read checkpoint {path}: {e}", hint="The file is damaged or was not written by kface."
+            f"cannot read checkpoint {path}: the file is damaged, truncated or not written by kface ({detail})",
+            hint="Restore the run folder from a copy, or start a new run without --resume.",
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a kface checkpoint", hint="Pass a run folder made by `kface train`.")
+    for key, kinds in CHECKPOINT_FIELDS.items():
+        value = ckpt.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
+            raise InputError(
+                f"{path} is damaged: its field {key!r} is {type(value).__name__ if key in ckpt else 'missing'}"
+                + (f" ({value})" if isinstance(value, (int, float)) else ""),
+                hint="Start a new run (without --resume), or restore the run folder from a copy.",
+            )
+    if not ckpt["num_classes"]:
+        raise InputError(f"{path} is damaged: its field 'num_classes' is 0", hint="Start a new run.")
     return ckpt
+
+
+#: The fields every kface checkpoint has, and their types (checked on load, before any is used).
+CHECKPOINT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "config": dict,
+    "num_classes": int,
+    "backbone": dict,
+    "head": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "epoch": int,
+    "step_in_epoch": int,
+    "rng": list,
+    "best": dict,
+    "history": list,
+}
 
 
 def capture_rng(device: Any = None) -> dict[str, Any]:

@@ -47,7 +47,7 @@ import numpy as np
 from kface_cli import console
 from kface_cli.dataset.provenance import TRAINING_DATA_KEY, training_data
 from kface_cli.embedding.embedder import state_dict_digest
-from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
+from kface_cli.errors import InputError, KFaceError, ModelMismatchError, TrainingError
 from kface_cli.train import checkpoint as ck
 from kface_cli.train import distributed
 from kface_cli.train.config import AUTO, TrainConfig, config_from_dict, resolve_config, save_config_json
@@ -109,7 +109,17 @@ def train_from_options(
             "--resume needs --name: which run to continue", hint="Run folders are in runs/ of the workspace."
         )
     run_dir = Workspace.resolve(asked.workdir).run(asked.name)
-    saved = config_from_dict(ck.load_checkpoint(run_dir / ck.RUN_CHECKPOINT)["config"])
+    ckpt_path = run_dir / ck.RUN_CHECKPOINT
+    try:
+        saved = config_from_dict(ck.load_checkpoint(ckpt_path)["config"])
+        saved.replace(name=asked.name).validate()
+    except (KFaceError, TypeError, ValueError) as e:
+        if isinstance(e, InputError) and str(ckpt_path) in str(e):
+            raise
+        raise InputError(
+            f"{ckpt_path}: its saved training config is damaged ({getattr(e, 'message', str(e))[:200]})",
+            hint="Start a new run (without --resume), or restore the run folder from a copy.",
+        ) from None
     given = {k.replace("-", "_") for k in overrides} | (
         set(asked.to_dict()) - {"name", "workdir"} if config_file else set()
     )
@@ -119,7 +129,9 @@ def train_from_options(
     )
     if ignored:
         console.warn(f"--resume keeps the run's own settings; ignoring: {', '.join(ignored)}")
-    return train(saved.replace(workdir=asked.workdir, **changes).validate(), resume=True)
+    # the run is the one --name names (a copied run folder continues the copy), never the
+    # name stored in its checkpoint
+    return train(saved.replace(workdir=asked.workdir, name=asked.name, **changes).validate(), resume=True)
 
 
 def train(
@@ -320,7 +332,13 @@ def validate(backbone: Any, pair_faces: Any, *, network: str, batch_size: int = 
     from kface_cli.embedding.photos import embed_pairs
 
     embedder = embedder_from_module(ck.unwrap(backbone), flip=True, network=network, backend="torch")
-    dist, issame = embed_pairs(embedder, pair_faces, batch_size=batch_size)
+    try:
+        dist, issame = embed_pairs(embedder, pair_faces, batch_size=batch_size)
+    except InputError as e:  # NaN or zero embeddings: the weights went bad although the loss did not
+        raise TrainingError(
+            f"validation stopped the run: {e.message}",
+            hint="The last good checkpoint is kept; resume with a lower --lr, or train with --precision fp32.",
+        ) from None
     m = verification_metrics(dist, issame, fars=(VAL_FAR,))
     tar = m["tar_at_far"].get(far_key(VAL_FAR)) or {}
     return {
@@ -724,6 +742,26 @@ def _build_loader(config: TrainConfig, info: distributed.DistInfo, dataset: Any)
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     """Continue from a checkpoint: weights, optimizer, schedule, scaler, RNG states, position."""
+    try:
+        _restore_state(run, ckpt)
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as e:  # shapes or fields that do not fit
+        path = run.run_dir / ck.RUN_CHECKPOINT
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"{path} does not fit this run ({detail})",
+            hint="The checkpoint is damaged or comes from another run; start a new run without --resume.",
+        ) from None
+    # the scheduler's lr_lambdas are rebuilt from the (possibly longer) epochs
+    run.scheduler.base_lrs = [run.lr for _ in run.scheduler.base_lrs]
+    if run.start_epoch >= run.config.epochs:
+        raise KFaceError(
+            f"run {run.config.name!r} already finished {run.start_epoch} epochs",
+            hint="Pass a larger --epochs to train further.",
+        )
+    console.info(f"Resuming {run.config.name} at epoch {run.start_epoch + 1}, step {run.start_step} of {run.steps}")
+
+
+def _restore_state(run: _Run, ckpt: dict[str, Any]) -> None:
     if ckpt["num_classes"] != run.num_classes:
         raise ModelMismatchError(
             f"the data now has {run.num_classes} classes, the run was trained on {ckpt['num_classes']}",
@@ -746,14 +784,6 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
         console.warn(
             f"checkpoint was written by {len(rngs)} processes, now {run.info.world_size}: random states restart"
         )
-    # the scheduler's lr_lambdas are rebuilt from the (possibly longer) epochs
-    run.scheduler.base_lrs = [run.lr for _ in run.scheduler.base_lrs]
-    if run.start_epoch >= run.config.epochs:
-        raise KFaceError(
-            f"run {run.config.name!r} already finished {run.start_epoch} epochs",
-            hint="Pass a larger --epochs to train further.",
-        )
-    console.info(f"Resuming {run.config.name} at epoch {run.start_epoch + 1}, step {run.start_step} of {run.steps}")
 
 
 def _train_epoch(run: _Run, epoch: int, stop: _StopFlag, on_step: Callable[[int, int], None] | None) -> bool:
