@@ -10,8 +10,13 @@ import os
 
 #: Side of an aligned face crop and of the network input (insightface's ArcFace template).
 FACE_SIZE = 112
-#: Square sizes treated as already aligned crops (insightface's 112, and 2x crops of High-res data).
+#: Square sizes that may be already aligned crops (insightface's 112, and 2x crops of High-res data):
+#: the detector checks them (kface_cli.face.pipeline).
 ALIGNED_CROP_SIDES = (FACE_SIZE, 2 * FACE_SIZE)
+#: ``kface crop`` writes its settings here, beside the person folders of its output (which marks
+#: the folder as aligned crops); ``kface split`` writes its classes here.
+CROP_SETTINGS_FILE = "crop.json"
+SPLIT_CLASSES_FILE = "classes.csv"
 
 #: Parallel workers (threads, processes, DataLoader workers) chosen automatically: one per CPU
 #: core, at most this many (more rarely helps: a 112x112 JPEG decodes in well under a millisecond).

@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kface_cli.defaults import SPLIT_CLASSES_FILE
 from kface_cli.errors import InputError
 
 # The files of a run folder (runs/<name>/), named once for every module that reads or writes them.
@@ -32,7 +33,7 @@ RUN_TORCHSCRIPT = "model.pt"  # kface export's output (--format torchscript)
 
 # The other files of a workspace.
 MANIFEST = "manifest.csv"  # faces/<Res>/: one row per crop
-CLASSES_CSV = "classes.csv"  # split/: training identity -> label
+CLASSES_CSV = SPLIT_CLASSES_FILE  # split/: training identity -> label
 VAL_PAIRS_CSV = "val_pairs.csv"  # split/: validation pairs
 GALLERY_FILE = "gallery.h5"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,7 +65,7 @@ def test_verify_errors(photos, tmp_path):
 def test_embed_writes_and_reads_back(photos, tmp_path, suffix):
     out = tmp_path / f"faces{suffix}"
     result = embed_photos([photos["root"]], FakeEmbedder("pixels"), out, landmarks="annotation")
-    assert [p.name for p in result.images] == ["1.jpg", "2.jpg", "1.jpg"] and [p.name for p in result.failed] == [
+    assert [Path(p).name for p in result.images] == ["1.jpg", "2.jpg", "1.jpg"] and [p.name for p in result.failed] == [
         "noface.jpg"
     ]
     names, vectors = load_embeddings(out)

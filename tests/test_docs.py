@@ -195,14 +195,16 @@ def _app():
 def parse_problem(argv: list[str]) -> str | None:
     """Why ``kface *argv`` does not parse (None when it does). Nothing is run."""
     group = _app()
-    global_opts = {o for p in group.params for o in (*p.opts, *p.secondary_opts)}
+    global_opts = {o: p for p in group.params for o in (*p.opts, *p.secondary_opts)}
     args = list(argv)
-    while args and args[0].startswith("-"):  # global flags before the command name
-        if args[0].split("=")[0] not in global_opts:
+    while args and args[0].startswith("-"):  # global options before the command name
+        option = args[0].split("=")[0]
+        if option not in global_opts:
             return f"no such global option {args[0]}"
-        if args[0] in ("--version", "--help"):
+        if option in ("--version", "--help"):
             return None
-        args.pop(0)
+        takes_value = not getattr(global_opts[option], "is_flag", False) and "=" not in args[0]
+        args = args[2:] if takes_value else args[1:]
     if not args:
         return None  # `kface` or `kface --help`
     name, rest = args[0], args[1:]

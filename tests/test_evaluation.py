@@ -75,8 +75,8 @@ def test_pairs_csv_bin_and_lfw_protocols_agree(tmp_path):
     csv = evaluate_embedder(FakeEmbedder(), EvaluateOptions(pairs=tmp_path / "p.csv", **opts)).summary
     binr = evaluate_embedder(FakeEmbedder(), EvaluateOptions(bin_file=tmp_path / "p.bin", **opts)).summary
     lfw = evaluate_embedder(
-        FakeEmbedder(), EvaluateOptions(lfw_pairs=tmp_path / "pairs.txt", root=lfw_root, **opts)
-    ).summary
+        FakeEmbedder(), EvaluateOptions(lfw_pairs=tmp_path / "pairs.txt", root=lfw_root, aligned=True, **opts)
+    ).summary  # copied crops of textures, outside a crop folder: used as they are only when told (--aligned)
     assert csv["n_pairs"] == binr["n_pairs"] == lfw["n_pairs"] == len(pairs)
     assert csv["auc"] == pytest.approx(binr["auc"]) and csv["eer"] == pytest.approx(binr["eer"])
     assert lfw["auc"] == pytest.approx(csv["auc"])  # same pairs regrouped (same first): same ROC
@@ -92,8 +92,10 @@ def test_gallery_and_probe_folders(tmp_path):
         shutil.copy(by_id[ident][0], tmp_path / "gallery" / ident / "enrolled.png")
     s = evaluate_embedder(
         FakeEmbedder(),
-        EvaluateOptions(workdir=tmp_path, gallery_dir=tmp_path / "gallery", probe_dir=tmp_path / "probes"),
-    ).summary
+        EvaluateOptions(
+            workdir=tmp_path, gallery_dir=tmp_path / "gallery", probe_dir=tmp_path / "probes", aligned=True
+        ),
+    ).summary  # the gallery's copies lie outside a crop folder: --aligned says what they are
     assert s["protocol"] == "identification" and s["accuracy"] is None
     assert (s["n_known"], s["n_unknown"], s["n_identities"]) == (9, 6, 3)
     assert s["rank1"] == 1.0 and s["cmc"][-1] == 1.0

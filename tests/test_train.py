@@ -351,6 +351,27 @@ def test_real_ctrl_c_leaves_a_checkpoint(tmp_path):
     assert read_log(ws / "runs" / "sig")[-1]["type"] == "stopped"
 
 
+@pytest.mark.slow
+def test_a_validation_set_too_small_to_measure_is_reported_and_not_used(ws, tmp_path, capsys):
+    """10 pairs gave "70.00% +- 45.83%" and picked the "best" epoch by chance: now no validation."""
+    from kface_cli.formats.pairs import read_pairs_csv, write_pairs_csv
+    from kface_cli.train.loop import MIN_VAL_PAIRS_EACH, too_few_val_pairs
+
+    pairs = read_pairs_csv(ws / "split" / "val_pairs.csv")
+    assert too_few_val_pairs(pairs) is None  # 45 + 45: enough
+    small = [p for p in pairs if p.same][:5] + [p for p in pairs if not p.same][:5]
+    assert "5 same-person and 5 different-person pairs" in too_few_val_pairs(small)
+    just = [p for p in pairs if p.same][:MIN_VAL_PAIRS_EACH] + [p for p in pairs if not p.same][:MIN_VAL_PAIRS_EACH]
+    assert too_few_val_pairs(just) is None and too_few_val_pairs(just[1:]) is not None
+    write_pairs_csv(tmp_path / "few.csv", small)
+    result = train(
+        tiny(ws, name="few", epochs=2, val_pairs=str(tmp_path / "few.csv"), max_steps_per_epoch=1, bn_recalibration=0)
+    )
+    assert "too small to measure anything" in capsys.readouterr().err
+    assert all("val" not in r for r in result.history) and result.best_accuracy is None
+    assert result.best_epoch == 2  # the last epoch, not one picked by chance
+
+
 def test_validation_of_a_backbone_gone_nan_is_a_training_error():
     from kface_cli.embedding.export import synthetic_faces
     from kface_cli.formats.pairs import PairFaces

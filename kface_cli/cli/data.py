@@ -24,6 +24,7 @@ from kface_cli.cli.common import (
     WorkdirOpt,
     command,
     deprecated,
+    record_data,
 )
 from kface_cli.defaults import (
     DEFAULT_VAL_IDS,
@@ -105,38 +106,46 @@ def sample_data_cmd(
     )
 
 
+SourceOpt = Annotated[
+    Path | None,
+    typer.Argument(
+        help="K-Face folder holding <Res>_Resolution/ with <ID>.zip files or unpacked <ID>/ folders \\[default: <workdir>/source].",
+        show_default=False,
+    ),
+]
+AccOpt = Annotated[
+    str | None,
+    typer.Option("--acc", help="Accessories, e.g. S001 or S001-S003 \\[default: S001].", show_default=False),
+]
+LuxOpt = Annotated[
+    str | None, typer.Option("--lux", help="Lights, e.g. L1,L3 or L1-L7 \\[default: L1,L3].", show_default=False)
+]
+ExprOpt = Annotated[
+    str | None, typer.Option("--expr", help="Expressions, e.g. E01-E03 \\[default: E01-E03].", show_default=False)
+]
+AngleOpt = Annotated[
+    str | None,
+    typer.Option("--angle", help="Cameras, e.g. C6-C9 or C1,C7,C13 \\[default: C6-C9].", show_default=False),
+]
+IdsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ids",
+        help="Only these identities: comma-separated IDs, or a file with one ID per line \\[default: all].",
+        show_default=False,
+    ),
+]
+
+
 @command("extract")
 def extract_cmd(
-    source: Annotated[
-        Path | None,
-        typer.Argument(
-            help="K-Face folder holding <Res>_Resolution/ with <ID>.zip files or unpacked <ID>/ folders \\[default: <workdir>/source].",
-            show_default=False,
-        ),
-    ] = None,
+    source: SourceOpt = None,
     res: ResOpt = DEFAULT_RESOLUTION,
-    acc: Annotated[
-        str | None,
-        typer.Option("--acc", help="Accessories, e.g. S001 or S001-S003 \\[default: S001].", show_default=False),
-    ] = None,
-    lux: Annotated[
-        str | None, typer.Option("--lux", help="Lights, e.g. L1,L3 or L1-L7 \\[default: L1,L3].", show_default=False)
-    ] = None,
-    expr: Annotated[
-        str | None, typer.Option("--expr", help="Expressions, e.g. E01-E03 \\[default: E01-E03].", show_default=False)
-    ] = None,
-    angle: Annotated[
-        str | None,
-        typer.Option("--angle", help="Cameras, e.g. C6-C9 or C1,C7,C13 \\[default: C6-C9].", show_default=False),
-    ] = None,
-    ids: Annotated[
-        str | None,
-        typer.Option(
-            "--ids",
-            help="Only these identities: comma-separated IDs, or a file with one ID per line \\[default: all].",
-            show_default=False,
-        ),
-    ] = None,
+    acc: AccOpt = None,
+    lux: LuxOpt = None,
+    expr: ExprOpt = None,
+    angle: AngleOpt = None,
+    ids: IdsOpt = None,
     jobs: JobsOpt = 0,
     workers_deprecated: JobsDeprecatedOpt = None,
     json_output: JsonOpt = False,
@@ -178,7 +187,13 @@ def extract_cmd(
             ["time", f"{result.seconds:.1f} s"],
         ]
         console.show(
-            console.table(f"Extracted {result.res} from {result.source}", ["", ""], rows, justify_numbers=False)
+            console.table(
+                f"Extracted {result.res} from {result.source}",
+                ["", ""],
+                rows,
+                justify_numbers=False,
+                data=record_data(console.json_result(result)),
+            )
         )
         if result.missing_by_code:
             miss = [[code, describe(code[0], code), n] for code, n in result.missing_by_code.items()]
@@ -186,11 +201,13 @@ def extract_cmd(
             console.show(
                 console.table(
                     "Missing images per code (selected but not in the source)", ["code", "meaning", "images"], shown
-                )
+                ),
+                secondary=True,
             )
         if result.failures:
             console.show(
-                console.table("Failed identities", ["id", "problem"], [[f["id"], f["error"]] for f in result.failures])
+                console.table("Failed identities", ["id", "problem"], [[f["id"], f["error"]] for f in result.failures]),
+                secondary=True,
             )
     if result.failed:
         console.error(
@@ -210,7 +227,7 @@ def crop_cmd(
     source: Annotated[
         Path | None,
         typer.Argument(
-            help="A K-Face extraction, or any folder with one sub-folder of photos per person (SRC/<name>/**/*.jpg) \\[default: raw/<Res>].",
+            help="A K-Face extraction, or any folder of people's photos: SRC/<name>/**/*.jpg and/or SRC/<name>.jpg, as `kface enroll` reads \\[default: raw/<Res>].",
             show_default=False,
         ),
     ] = None,
@@ -282,12 +299,15 @@ def crop_cmd(
             f"Cropped {result.cropped} of {result.images} images ({result.identities} identities) to {result.size}x{result.size}",
             ["", "images"],
             rows,
+            data=record_data(
+                {k: v for k, v in console.json_result(result).items() if k not in ("by_camera", "examples")}
+            ),
         )
     )
     outcomes = sorted({k for c in result.by_camera.values() for k in c})
     if len(outcomes) > 1:
         cam_rows = [[cam, *(c.get(k, 0) for k in outcomes)] for cam, c in result.by_camera.items()]
-        console.show(console.table("Landmarks by camera", ["camera", *outcomes], cam_rows))
+        console.show(console.table("Landmarks by camera", ["camera", *outcomes], cam_rows), secondary=True)
     for status, examples in result.examples.items():
         for ex in examples:
             console.warn(f"{status}: {ex}")

@@ -12,6 +12,7 @@ from kface_cli.choices import (
     LandmarkMode,
 )
 from kface_cli.cli.common import (
+    AlignedOpt,
     EmbedBatchOpt,
     JsonOpt,
     ModelOpt,
@@ -20,6 +21,7 @@ from kface_cli.cli.common import (
     WorkdirOpt,
     command,
     deprecated,
+    record_data,
 )
 from kface_cli.defaults import (
     EMBED_BATCH_SIZE,
@@ -147,6 +149,7 @@ def evaluate_cmd(
     batch_size_deprecated: BatchSizeDeprecatedOpt = None,
     landmarks: LandmarksOpt = None,
     conditions: ConditionsOpt = True,
+    aligned: AlignedOpt = False,
     workdir: WorkdirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -160,20 +163,27 @@ def evaluate_cmd(
             bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
             target_fpir=target_fpir, save_threshold=save_threshold, replace_threshold=replace_threshold, name=name,
             landmarks=landmarks, batch_size=deprecated("--batch-size", "--embed-batch", batch_size_deprecated, embed_batch),
+            aligned=aligned or None,
         )
     )  # fmt: skip
     if json_output:
         console.print_json(result.summary)
     else:
+        summary = {k: v for k, v in result.summary.items() if k not in ("per_condition", "landmarks", "calibration")}
         console.show(
-            console.table(summary_title(result.summary), ["metric", "value", "note"], summary_rows(result.summary))
+            console.table(
+                summary_title(result.summary),
+                ["metric", "value", "note"],
+                summary_rows(result.summary),
+                data=record_data(summary),
+            )
         )
         title, columns, rows = condition_table(result.summary.get("per_condition"))
         if conditions and rows:
-            console.show(console.table(title, columns, rows))
+            console.show(console.table(title, columns, rows), secondary=True)
         detection = landmark_table(result.summary.get("landmarks"))
         if detection is not None:
-            console.show(console.table(*detection))
+            console.show(console.table(*detection), secondary=True)
         if result.report_dir is not None:
             console.show(f"Report: {result.report_dir}")
     if any("not_saved" in c for c in (result.summary.get("calibration") or {}).values()):

@@ -137,6 +137,21 @@ def _show_clean(result) -> None:
             f"Sub-centers of {result.run} (K={result.subcenters}) on {result.data}",
             ["identity", "images", "flagged", "dominant", "on dominant", "median angle"],
             rows,
+            data=(
+                ["identity", "images", "flagged", "dominant_subcenter", "dominant_share", "minority", "median_angle"],
+                [
+                    [
+                        i.identity,
+                        i.images,
+                        i.flagged,
+                        i.dominant_subcenter,
+                        i.dominant_share,
+                        i.minority,
+                        i.median_angle,
+                    ]
+                    for i in result.identities
+                ],
+            ),
         )
     )
     a = result.angles
@@ -145,7 +160,8 @@ def _show_clean(result) -> None:
             "Angle to the dominant sub-center (degrees)",
             ["from", "to", "images"],
             [[b["from"], b["to"], b["images"]] for b in a["histogram"] if b["images"]],
-        )
+        ),
+        secondary=True,
     )
     minority = [i.identity for i in result.minority_identities()]
     m = a["margin"]

@@ -14,6 +14,7 @@ result says which (``threshold_source``, ``threshold_detail``).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -30,11 +31,12 @@ from kface_cli.deploy.model import UNCALIBRATED, describe_model, resolve_embedde
 from kface_cli.deploy.sources import Frame, expand_inputs
 from kface_cli.embedding.embedder import Embedder, EmbedderOrLoader
 from kface_cli.errors import InputError, KFaceError
+from kface_cli.face.imageio import UNKNOWN_NAME
 from kface_cli.gallery.index import Candidate, IndexKind, LoadedIndex, load_index, search_identities
 from kface_cli.gallery.schema import ModelInfo
 from kface_cli.gallery.store import Gallery
 
-UNKNOWN = "unknown"
+UNKNOWN = UNKNOWN_NAME  # never a person's name (kface_cli.face.imageio.check_identity_name)
 #: Photos (or frames) whose faces are embedded and searched together.
 FRAMES_PER_BATCH = 16
 
@@ -69,7 +71,12 @@ class ImageResult:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"image": self.image, "faces": [f.to_json() for f in self.faces], "error": self.error}
+        return {
+            "image": self.image,
+            "face_count": len(self.faces),
+            "faces": [f.to_json() for f in self.faces],
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -95,22 +102,53 @@ class IdentifyResult:
         return any(f.name != UNKNOWN for i in self.images for f in i.faces)
 
     def to_json(self) -> dict[str, Any]:
-        """What ``kface identify --json`` prints (docs/json.md)."""
-        return {
-            "threshold": self.threshold,
-            "threshold_source": self.threshold_source,
-            "threshold_detail": self.threshold_detail,
-            "threshold_hint": uncalibrated_hint() if self.threshold_source == UNCALIBRATED else None,
-            "model": self.model,
-            "gallery": self.gallery,
-            "index": self.index,
-            "faces": self.faces,
-            "named": sum(1 for i in self.images for f in i.faces if f.name != UNKNOWN),
-            "seconds": round(self.seconds, 3),
-            "warnings": self.warnings,
-            "images": [i.to_json() for i in self.images],
-            "annotated": self.annotated,
-        }
+        """What ``kface identify --json`` prints (docs/json.md): plain JSON types only."""
+        from kface_cli.console import jsonable as plain
+
+        return plain(
+            {
+                "threshold": self.threshold,
+                "threshold_source": self.threshold_source,
+                "threshold_detail": self.threshold_detail,
+                "threshold_hint": uncalibrated_hint() if self.threshold_source == UNCALIBRATED else None,
+                "model": self.model,
+                "gallery": self.gallery,
+                "index": self.index,
+                "face_count": self.faces,
+                "named_count": sum(1 for i in self.images for f in i.faces if f.name != UNKNOWN),
+                "seconds": round(self.seconds, 3),
+                "warnings": self.warnings,
+                "images": [i.to_json() for i in self.images],
+                "annotated": self.annotated,
+            }
+        )
+
+    def data(self) -> tuple[list[str], list[list[Any]]]:
+        """``--format csv|tsv`` and ``--csv FILE``: one row per face (docs/json.md).
+
+        ``name`` is empty when nobody is close enough (``matched`` false); the ranked candidates
+        (best first, named or not) fill ``candidate1``, ``distance1``, ``candidate2``... one
+        column pair per rank. Photos without a face or that could not be read have no row (the
+        JSON lists them, and a warning names them).
+        """
+        ranks = max((len(f.ranked()) for i in self.images for f in i.faces), default=1) or 1
+        columns = ["image", "face", "x", "y", "w", "h", "score", "matched", "name", "distance", "cosine"]
+        for k in range(1, ranks + 1):
+            columns += [f"candidate{k}", f"distance{k}"]
+        rows: list[list[Any]] = []
+        for img in self.images:
+            for n, f in enumerate(img.faces, 1):
+                finite = bool(np.isfinite(f.distance))
+                row: list[Any] = [img.image, n, *(round(float(v), 1) for v in f.box)]
+                row += [round(float(f.score), 4) if np.isfinite(f.score) else None, f.name != UNKNOWN]
+                row += [f.name if f.name != UNKNOWN else ""]
+                row += [round(float(f.distance), 4) if finite else None]
+                row += [round(1.0 - float(f.distance) / 2.0, 4) if finite else None]
+                ranked = f.ranked()
+                for k in range(ranks):
+                    row += [ranked[k].name, round(float(ranked[k].distance), 4)] if k < len(ranked) else [None, None]
+                rows.append(row)
+        return columns, rows
 
 
 def identify(
@@ -131,8 +169,9 @@ def identify(
     batch_size: int = EMBED_BATCH_SIZE,
     detector=None,
     workers: int | None = None,
+    images: Sequence[np.ndarray | tuple[str, np.ndarray]] = (),
 ) -> IdentifyResult:
-    """Identify every face in ``paths`` (photos, folders, videos) or in ``camera`` frames.
+    """Identify every face in ``paths`` (photos, folders, videos), in ``images`` or in ``camera`` frames.
 
     Args:
         embedder: an :class:`~kface_cli.embedding.embedder.Embedder` (the gallery's model), or a function
@@ -143,20 +182,23 @@ def identify(
         every: for videos and the camera, use one frame in ``every``.
         max_frames: stop a camera (or each video) after this many used frames.
         aligned: every input is an aligned square crop (the whole image is the face); otherwise
-            :func:`kface_cli.face.pipeline.is_aligned_crop` decides per image.
+            the check of :func:`kface_cli.face.pipeline.faces_in_image` decides per image.
         min_face: smallest face to look for, in pixels (None: the detector's default, which
             searches zoomed tiles for small faces; e.g. 64 on webcam frames is several times faster).
         annotate: folder to write copies of the images with boxes and names drawn.
         detector: an object with ``detect(image, path=None)`` instead of ``get_detector(landmarks)``
             (called from ``workers`` threads at once).
         workers: threads reading and detecting photos (None: one per core; the camera uses one).
+        images: photos already in memory, after ``paths``: BGR uint8 (H, W, 3) arrays, reported
+            as ``<array K>`` (K from 0), or ``(label, array)`` pairs.
     """
     from kface_cli.console import info, progress, warn
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.parallel import map_ordered
 
     _at_least_one(top_k=top_k, every=every)
-    frames, total = _frames(paths, camera, every, max_frames, annotate)  # before the slow model load: typos fail fast
+    # the inputs first, before the slow model load: typos fail fast
+    frames, total = _frames(paths, camera, every, max_frames, annotate, images)
     gallery, embedder, loaded = _open_gallery(gallery_path, embedder, index_kind)
     per_identity = max(Counter(loaded.names).values())
     thr, thr_source, thr_detail = _identify_threshold(threshold, embedder)
@@ -178,11 +220,7 @@ def identify(
     batch: list[tuple[Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]] = []
 
     def flush() -> None:
-        faces = [crop for _, found in batch for (_, _, crop) in found]
-        emb = (
-            embedder.embed(np.stack(faces), batch_size=batch_size) if faces else np.zeros((0, 1), np.float32)
-        )  # (F, D)
-        ranked = search_identities(loaded, emb, top_k=top_k, templates_per_identity=per_identity) if faces else []
+        ranked = _rank(batch, embedder, loaded, batch_size=batch_size, top_k=top_k, per_identity=per_identity)
         k = 0
         for frame, found in batch:
             res = ImageResult(frame.label, error=frame.error)
@@ -214,22 +252,47 @@ def identify(
     return result
 
 
+def _rank(
+    batch: list, embedder: Embedder, loaded: LoadedIndex, *, batch_size: int, top_k: int, per_identity: int
+) -> list[list[Candidate]]:
+    """The ranked candidates of every face found in ``batch``'s frames, in order."""
+    faces = [crop for _, found in batch for (_, _, crop) in found]
+    if not faces:
+        return []
+    emb = embedder.embed(np.stack(faces), batch_size=batch_size)  # (F, D)
+    return search_identities(loaded, emb, top_k=top_k, templates_per_identity=per_identity)
+
+
 def _frames(
-    paths: Sequence[str | Path], camera: int | None, every: int, max_frames: int | None, annotate: str | Path | None
+    paths: Sequence[str | Path],
+    camera: int | None,
+    every: int,
+    max_frames: int | None,
+    annotate: str | Path | None,
+    images: Sequence[np.ndarray | tuple[str, np.ndarray]] = (),
 ) -> tuple[Iterable[Frame], int | None]:
-    """The frames to identify faces in, and how many there are (None: not known in advance).
-    The inputs are checked (the files listed, the camera opened) now; frames are read later."""
+    """The frames to identify faces in (photos, videos, then ``images`` in memory, or the camera's),
+    and how many there are (None: not known in advance). The inputs are checked (the files
+    listed, the camera opened, ``--annotate`` not among them) now; frames are read later."""
     if max_frames is not None and max_frames < 1:
         raise InputError(f"--max-frames must be at least 1, got {max_frames}", hint="Leave it out to read every frame.")
     if camera is not None:
         capture = sources.open_capture(camera)
         return sources.video_frames(camera, every, f"camera{camera}", max_frames, cap=capture), max_frames
-    files = expand_inputs(paths)
+    files = expand_inputs(paths) if paths or not len(images) else []
     if annotate is not None:
         from kface_cli.atomic import check_output_folder
 
         check_output_folder(annotate, inputs=files, option="--annotate")
-    return sources.photo_frames(files, every, max_frames), sources.photo_count(files)
+    arrays = [
+        Frame(item[0], item[1], None, f"array_{k}.jpg")
+        if isinstance(item, tuple)
+        else Frame(f"<array {k}>", item, None, f"array_{k}.jpg")
+        for k, item in enumerate(images)
+    ]
+    frames = itertools.chain(sources.photo_frames(files, every, max_frames), arrays)
+    total = len(files) + len(arrays) if not any(sources.is_video(f) for f in files) else None
+    return frames, total
 
 
 def default_detector(landmarks: LandmarkMode | str, min_face: int | None):
@@ -345,7 +408,7 @@ def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
 
     from kface_cli.console import display_path, printable
 
-    columns = ["image", "face", "box (x, y, w, h)", "name", "distance", "candidates (name:distance)"]
+    columns = ["image", "face", "box x,y,w,h", "name", "distance", "candidates (name:distance)"]
     rows: list[list[Any]] = []
     for img in result.images:
         if img.error:
@@ -354,7 +417,7 @@ def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
         if not img.faces:
             rows.append([img.image, "-", "-", Text("no face", "dim"), None, ""])
         for k, f in enumerate(img.faces, 1):
-            box = ", ".join(f"{v:.0f}" for v in f.box)
+            box = ",".join(f"{v:.0f}" for v in f.box)  # one word: never folded inside
             name = f.name if f.name != UNKNOWN else Text(UNKNOWN, "yellow")
             cands = ", ".join(f"{c.name}:{c.distance:.3f}" for c in f.ranked())
             image = display_path(img.image) if "#" not in img.image else img.image
@@ -363,26 +426,9 @@ def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
 
 
 def write_csv(result: IdentifyResult, path: str | Path) -> Path:
-    """One row per face: image, face, x, y, w, h, name, distance, candidates (``name:dist;...``, best first)."""
-    import csv
-    import io
-
+    """``--csv FILE``: the same columns and rows as ``--format csv`` (:meth:`IdentifyResult.data`)."""
     from kface_cli.atomic import write_text
+    from kface_cli.console import data_text
 
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["image", "face", "x", "y", "w", "h", "name", "distance", "candidates"])
-    for img in result.images:
-        for k, f in enumerate(img.faces, 1):
-            w.writerow(
-                [
-                    img.image,
-                    k,
-                    *(f"{v:.1f}" for v in f.box),
-                    f.name,
-                    f"{f.distance:.4f}" if np.isfinite(f.distance) else "",
-                    ";".join(f"{c.name}:{c.distance:.4f}" for c in f.ranked()),
-                ]
-            )
-    write_text(path, buf.getvalue())
+    write_text(path, data_text(*result.data()))
     return Path(path)

@@ -77,6 +77,9 @@ class EvaluateOptions:
     #: with the val split, every face is aligned again from its source photo with these landmarks
     #: (``detect``: accuracy as deployed); elsewhere, the landmarks of photos that are not crops.
     landmarks: str | None = None
+    #: True: every image is an aligned crop, used as it is (``--aligned``); None: photos are
+    #: checked (kface_cli.face.pipeline.faces_in_image: crop folders, faces on the template).
+    aligned: bool | None = None
     write_report: bool = True
     fars: tuple[float, ...] = M.DEFAULT_FARS
     fpirs: tuple[float, ...] = M.DEFAULT_FPIRS
@@ -279,7 +282,7 @@ def evaluate_embedder(embedder: Embedder, options: EvaluateOptions) -> Evaluatio
         from kface_cli.prepare.split import read_sources
 
         sources = read_sources(ws.split)
-    loader = FaceLoader(options.landmarks or "auto", sources=sources)
+    loader = FaceLoader(options.landmarks or "auto", sources=sources, aligned=options.aligned)
     summary: dict[str, Any] = {
         "model": embedder.describe(),
         "protocol": protocol.value if protocol else Protocol.IDENTIFICATION.value,

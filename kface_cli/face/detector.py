@@ -118,10 +118,14 @@ class DetectedFace:
         """The larger side of the box, in pixels."""
         return float(max(self.box[2], self.box[3]))
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON: ``box`` [x, y, w, h], ``score``, ``points5`` [[x, y] x 5], ``landmarks``, ``low_light``."""
+        return self.to_dict()
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "box": [round(float(v), 1) for v in self.box],
-            "score": round(float(self.score), 4),
+            "score": round(float(self.score), 4) if np.isfinite(self.score) else None,
             "points5": np.round(self.points5.astype(np.float64), 1).tolist(),
             "landmarks": self.landmarks,
             "low_light": self.low_light,
@@ -348,7 +352,7 @@ class MediaPipeDetector:
         crop = cv2.warpAffine(
             image, m, (_MESH_CROP_SIDE, _MESH_CROP_SIDE), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
         )
-        result = graphs.process(graphs.face_mesh(), cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
+        result = graphs.process(graphs.face_mesh(), cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), quiet_first=True)
         if not result.multi_face_landmarks:
             return None
         lm = result.multi_face_landmarks[0].landmark

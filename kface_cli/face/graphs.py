@@ -1,5 +1,5 @@
 """mediapipe's face graphs for :mod:`kface_cli.face.detector`: imported late, created once per
-thread and cached, their native start-up chatter silenced."""
+thread and cached, their native start-up chatter silenced (unless ``--debug``)."""
 
 from __future__ import annotations
 
@@ -26,9 +26,18 @@ _THREAD_GRAPHS = threading.local()
 _MP_PROTOBUF_WARNING = r"SymbolDatabase\.GetPrototype\(\) is deprecated"
 
 
+def _debugging() -> bool:
+    from kface_cli.console import MODE
+
+    return MODE.debug
+
+
 @contextlib.contextmanager
-def _quiet_native_stderr() -> Iterator[None]:
-    """Silence mediapipe/TFLite's C++ log lines (written straight to file descriptor 2)."""
+def quiet_native_stderr() -> Iterator[None]:
+    """Silence mediapipe/TFLite's C++ log lines (written straight to file descriptor 2), unless ``--debug``."""
+    if _debugging():
+        yield
+        return
     try:
         fd = os.dup(2)
     except OSError:  # no real stderr (e.g. some notebook kernels)
@@ -91,9 +100,10 @@ def _import_face_solutions() -> tuple[Any, Any]:
 
 
 @functools.cache
-def _import_mediapipe() -> Any:
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def import_mediapipe() -> Any:
+    if not _debugging():  # read by mediapipe's C++ logging when it loads: only errors, unless --debug
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -116,8 +126,8 @@ def _thread_graph(key: tuple[Any, ...], make: Callable[[Any, Any], Any]) -> Any:
     graphs = _THREAD_GRAPHS.__dict__.setdefault("graphs", {})
     if key not in graphs:
         with _MP_INIT_LOCK:
-            solutions = _import_mediapipe()
-            with _quiet_native_stderr():
+            solutions = import_mediapipe()
+            with quiet_native_stderr():
                 graph = make(*solutions)
                 graph.process(np.zeros((64, 64, 3), np.uint8))  # first run prints the delegate banner
         graphs[key] = graph
@@ -142,8 +152,22 @@ def face_mesh() -> Any:
     )
 
 
-def process(solution: Any, rgb: np.ndarray) -> Any:
+def process(solution: Any, rgb: np.ndarray, *, quiet_first: bool = False) -> Any:
     # mediapipe's glue calls a protobuf API that newer protobuf deprecates, on every run. A filter,
     # not catch_warnings(), which is not thread-safe; re-adding the same filter changes nothing.
     warnings.filterwarnings("ignore", _MP_PROTOBUF_WARNING, UserWarning)
-    return solution.process(np.ascontiguousarray(rgb))
+    if not quiet_first or _FIRST_RUNS.get(id(solution), 0) >= _QUIET_RUNS:
+        return solution.process(np.ascontiguousarray(rgb))
+    # Face Mesh's C++ calculators log once on their first face ("W0000 ...
+    # landmark_projection_calculator.cc: Using NORM_RECT without IMAGE_DIMENSIONS..."), whatever
+    # GLOG_minloglevel says: its first runs are made with file descriptor 2 silenced.
+    with _MP_INIT_LOCK, quiet_native_stderr():
+        result = solution.process(np.ascontiguousarray(rgb))
+    found = bool(getattr(result, "multi_face_landmarks", None))
+    _FIRST_RUNS[id(solution)] = _QUIET_RUNS if found else _FIRST_RUNS.get(id(solution), 0) + 1
+    return result
+
+
+#: Runs of a Face Mesh graph (by id) made silenced: until its first face, at most _QUIET_RUNS.
+_FIRST_RUNS: dict[int, int] = {}
+_QUIET_RUNS = 4

@@ -76,6 +76,11 @@ class TrainConfig:
         f"[default: from the cores: all but one on a GPU (at most {MAX_AUTO_WORKERS}), a quarter on a CPU].",
     )
     flip: bool = _opt(True, "Random horizontal flips.")
+    resize_images: bool = _opt(
+        False,
+        "Resize training images of another size to 112x112 on purpose; they must already be aligned face crops "
+        "(photos: run `kface crop` first). Without it such images are refused.",
+    )
     # model --------------------------------------------------------------------------------
     network: str = _opt(
         AUTO,

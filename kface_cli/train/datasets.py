@@ -9,7 +9,8 @@
 Items are ``(image (3, 112, 112) float32 RGB in [-1, 1], label int)`` made by
 :func:`kface_cli.face.preprocess.faces_to_input`, the same preprocessing as every other stage; with
 ``flip=True`` each item is mirrored with probability 1/2 (drawn from torch's RNG, so DataLoader
-seeds make it reproducible). Images that are not 112x112 are resized. ``augment`` (a spec such as
+seeds make it reproducible). Training refuses images that are not aligned-crop squares (112 or 224 px;
+``kface crop`` makes them) unless told to resize them (``--resize-images``). ``augment`` (a spec such as
 ``"jitter,colour"``, see :mod:`kface_cli.train.augment`) perturbs every item drawn.
 
 Small folder datasets (up to ``PRELOAD_MAX_IMAGES``) are decoded once into memory: on a laptop
@@ -95,7 +96,15 @@ class ArrayDataset(_BaseDataset):
 class FolderDataset(_BaseDataset):
     """``root/<identity>/<image>``: one folder per identity, labels in sorted folder order."""
 
-    def __init__(self, root: str | Path, *, flip: bool = True, preload: bool | None = None, progress: bool = True):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        flip: bool = True,
+        preload: bool | None = None,
+        progress: bool = True,
+        resize: bool = True,
+    ):
         from kface_cli.face.imageio import is_image_file
 
         self.root = Path(root)
@@ -121,6 +130,8 @@ class FolderDataset(_BaseDataset):
                 f"no identity folders with images in {self.root}",
                 hint="Expected ROOT/<identity>/<image>.jpg (the layout `kface split` writes) or ROOT/train.rec.",
             )
+        if not resize:
+            check_crop_sizes(self.root, paths)
         self.paths = paths
         self.labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = len(self.classes)
@@ -198,10 +209,39 @@ def synthetic_dataset(spec: str, *, flip: bool = True, seed: int = 0) -> ArrayDa
     return ds
 
 
-def open_training_data(path: str | Path, *, flip: bool = True, preload: bool | None = None, augment: str = ""):
+def check_crop_sizes(root: Path, paths: Sequence[Path]) -> None:
+    """Refuse training images that are not aligned-crop squares (112x112, or 224x224 from
+    ``kface crop --size 224``): photos that were never cropped would be squashed to 112 px, faces
+    and all. Only the file headers are read."""
+    from kface_cli.defaults import ALIGNED_CROP_SIDES
+    from kface_cli.face.imageio import image_size
+
+    wrong: list[tuple[Path, tuple[int, int]]] = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                size = image_size(f.read(1 << 16))
+        except OSError:
+            continue  # reported when the image is read
+        if size is not None and not (size[0] == size[1] and size[0] in ALIGNED_CROP_SIDES):
+            wrong.append((path, size))
+    if wrong:
+        path, (w, h) = wrong[0]
+        raise InputError(
+            f"{len(wrong)} of {len(paths)} training images in {root} are not {FACE_SIZE}x{FACE_SIZE} face crops "
+            f"(e.g. {path}: {w}x{h})",
+            hint=f"Crop the faces first: `kface crop {root}` then `kface split --faces <its output>`; "
+            "if they are aligned face crops of another size, pass --resize-images.",
+        )
+
+
+def open_training_data(
+    path: str | Path, *, flip: bool = True, preload: bool | None = None, augment: str = "", resize: bool = True
+):
     """The dataset at ``path``: a ``train.rec`` folder, an identity-folder tree, or
     ``synthetic:<ids>x<images>`` (random data for throughput checks); ``augment``: a spec of
-    :mod:`kface_cli.train.augment`."""
+    :mod:`kface_cli.train.augment`. ``resize=False``: a folder's images must be aligned-crop
+    squares (:func:`check_crop_sizes`)."""
     from kface_cli.train.augment import parse_augment
 
     augmentation = parse_augment(augment)
@@ -211,6 +251,6 @@ def open_training_data(path: str | Path, *, flip: bool = True, preload: bool | N
     elif (Path(path).is_file() and Path(path).suffix == ".rec") or (Path(path) / REC_NAME).is_file():
         ds = RecordDataset(path, flip=flip)
     else:
-        ds = FolderDataset(path, flip=flip, preload=preload)
+        ds = FolderDataset(path, flip=flip, preload=preload, resize=resize)
     ds.augment = augmentation if augmentation else None
     return ds

@@ -21,6 +21,8 @@ from kface_cli.embedding.embedder import Embedder
 POOLED_CELLS = 4
 #: ``features="pixels"``: the grey face pooled to 28x28, then projected.
 PIXELS_SIDE = 28
+#: ``features="colour"``: the face pooled to 16x16 in colour, then projected.
+COLOUR_SIDE = 16
 
 
 class FakeEmbedder(Embedder):
@@ -32,6 +34,8 @@ class FakeEmbedder(Embedder):
         ``"pixels"``: the grey face pooled to 28x28, mean-removed, then a fixed random projection
         (``seed``) to ``embedding_size`` dimensions; synthetic K-Face photos
         (``helpers.gallery``) separate well.
+        ``"colour"``: the face pooled to 16x16 in colour, then a fixed random projection: it sees
+        colour, so feeding RGB where BGR is expected changes the embedding, as with a real network.
     ``seed``: which model it is: different seeds have different fingerprints (and projections).
     ``source``: the model file or run it pretends to come from (calibration is stored beside it).
     ``flip``: flip test-time augmentation, as :class:`Embedder` does it.
@@ -61,8 +65,14 @@ class FakeEmbedder(Embedder):
             size = embedding_size
             digest = hashlib.sha256(self.projection.tobytes()).hexdigest()
             network = "pixels"
+        elif features == "colour":
+            rng = np.random.default_rng(seed)
+            self.projection = rng.standard_normal((COLOUR_SIDE * COLOUR_SIDE * 3, embedding_size)).astype(np.float32)
+            size = embedding_size
+            digest = hashlib.sha256(b"colour" + self.projection.tobytes()).hexdigest()
+            network = "colour"
         else:
-            raise ValueError(f"features must be 'pooled' or 'pixels', got {features!r}")
+            raise ValueError(f"features must be 'pooled', 'pixels' or 'colour', got {features!r}")
         super().__init__(
             self._features, network=network, embedding_size=size, weights_digest=digest, flip=flip, source=source
         )
@@ -81,6 +91,10 @@ class FakeEmbedder(Embedder):
     def _features(self, x: np.ndarray) -> np.ndarray:
         """(B, 3, 112, 112) float32 network input -> (B, D) features."""
         b = x.shape[0]
+        if self.features == "colour":
+            cell = FACE_SIZE // COLOUR_SIDE
+            small = x.reshape(b, 3, COLOUR_SIDE, cell, COLOUR_SIDE, cell).mean(axis=(3, 5)).reshape(b, -1)
+            return small @ self.projection
         if self.projection is None:
             cell = FACE_SIZE // POOLED_CELLS
             return x.reshape(b, 3, POOLED_CELLS, cell, POOLED_CELLS, cell).mean(axis=(3, 5)).reshape(b, -1)
