@@ -35,6 +35,7 @@ from kface_cli.choices import (
     OutputFormat,
     PerIdentity,
     SplitOrder,
+    SplitPart,
 )
 from kface_cli.defaults import (
     AUTO_FLAT_MAX,
@@ -526,11 +527,25 @@ def split_cmd(
             help="random: draw val identities with --seed; sorted: the last ones by ID (the tutorial: first 390 of 400 train).",
         ),
     ] = SplitOrder.RANDOM,
+    test_ids: Annotated[
+        int | None,
+        typer.Option(
+            "--test-ids",
+            help="Hold out this many test identities, seen by no choice (best epoch, thresholds: those use val); `kface evaluate` reports on them \\[default: no test part].",
+            show_default=False,
+        ),
+    ] = None,
+    test_frac: Annotated[
+        float | None,
+        typer.Option(
+            "--test-frac", help="Fraction of identities for the test part (instead of --test-ids).", show_default=False
+        ),
+    ] = None,
     max_pairs: Annotated[
         int | None,
         typer.Option(
             "--max-pairs",
-            help="Cap on same-identity val pairs (as many different-identity pairs are drawn) \\[default: all].",
+            help="Cap on same-identity val (and test) pairs (as many different-identity pairs are drawn) \\[default: all].",
             show_default=False,
         ),
     ] = None,
@@ -546,7 +561,7 @@ def split_cmd(
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Split the crops into identity-disjoint train/val folders, classes.csv and val_pairs.csv."""
+    """Split the crops into identity-disjoint train/val(/test) folders, classes.csv and val_pairs.csv (test_pairs.csv)."""
     from kface_cli.prepare.split import split
 
     result = split(
@@ -558,6 +573,8 @@ def split_cmd(
         seed=seed,
         order=order,
         max_pairs=max_pairs,
+        test_ids=test_ids,
+        test_frac=test_frac,
     )
     if json_output:
         console.print_json(result)
@@ -566,6 +583,8 @@ def split_cmd(
         ["train", len(result.train_ids), result.train_images, f"{result.out / 'train'}"],
         ["val", len(result.val_ids), result.val_images, f"{result.out / 'val'}"],
     ]
+    if result.test_ids:
+        rows.append(["test", len(result.test_ids), result.test_images, f"{result.out / 'test'}"])
     console.show(
         console.table(
             f"Identity-disjoint split ({result.order}, seed {result.seed})",
@@ -575,7 +594,12 @@ def split_cmd(
     )
     console.info(
         f"val pairs: {result.same_pairs} same + {result.diff_pairs} different -> {result.pairs_csv}; "
-        f"classes -> {result.classes_csv}; files {'hard-linked' if result.linked else 'copied'}. Next: kface train"
+        + (
+            f"test pairs: {result.test_same_pairs} same + {result.test_diff_pairs} different -> {result.test_pairs_csv}; "
+            if result.test_ids
+            else ""
+        )
+        + f"classes -> {result.classes_csv}; files {'hard-linked' if result.linked else 'copied'}. Next: kface train"
     )
 
 
@@ -1035,10 +1059,21 @@ def gallery_cmd(
 def evaluate_cmd(
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    split_part: Annotated[
+        SplitPart | None,
+        typer.Option(
+            "--split",
+            case_sensitive=False,
+            help="Part of the workspace split to report on; on test, thresholds are chosen on val and measured again on test \\[default: test when `kface split --test-ids` made one, else val].",
+            show_default=False,
+        ),
+    ] = None,
     pairs: Annotated[
         Path | None,
         typer.Option(
-            "--pairs", help="Pairs CSV (path1,path2,same[,codes]) \\[default: split/val_pairs.csv].", show_default=False
+            "--pairs",
+            help="Pairs CSV (path1,path2,same[,codes]) \\[default: the workspace split's pairs].",
+            show_default=False,
         ),
     ] = None,
     lfw_pairs: Annotated[
@@ -1139,7 +1174,7 @@ def evaluate_cmd(
 
     result = evaluate(
         EvaluateOptions(
-            model=model, workdir=workdir, network=network, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
+            model=model, workdir=workdir, network=network, split=split_part, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
             bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
             target_fpir=target_fpir, save_threshold=save_threshold, replace_threshold=replace_threshold, name=name,
             landmarks=landmarks, batch_size=_deprecated("--batch-size", "--embed-batch", batch_size_deprecated, embed_batch),

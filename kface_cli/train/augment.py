@@ -18,8 +18,10 @@ TOML config); a bare name takes its default strength, ``name=value`` sets it:
 ``grey`` (default 0.1)
     Probability of a greyscale copy (old photos, infrared cameras).
 
-Random numbers come from torch's generator (seeded by the run's seed; DataLoader workers get
-their seeds from it), so runs are reproducible.
+Random numbers: the training loop seeds each item's generator with (seed, epoch, item index)
+(:func:`kface_cli.train.datasets.augment_rng`), so an item is augmented the same way whichever
+DataLoader worker reads it, and ``--resume`` continues exactly. Reading ``dataset[i]`` by hand
+draws from torch's generator instead (:func:`draw_rng`).
 """
 
 from __future__ import annotations
