@@ -186,6 +186,44 @@ def test_interrupt_then_resume_equals_uninterrupted_run(ws):
 
 
 @pytest.mark.slow
+def test_resume_is_exact_with_augmentation_and_a_data_worker(ws):
+    """--augment jitter --workers 1, Ctrl-C mid-epoch, --resume: the same backbone (digest) as the
+    run never interrupted. Augmentation draws from (seed, epoch, index), not the worker's RNG."""
+    from kface_cli.embedding.embedder import state_dict_digest
+
+    opts = dict(batch_size=9, augment="jitter", workers=1)
+    train(tiny(ws, name="aug-straight", **opts))
+
+    def ctrl_c(epoch, step):
+        if (epoch, step) == (0, 2):  # the worker has already prepared batches ahead
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(ws, name="aug-cut", **opts), on_step=ctrl_c)
+    train_from_options(None, {"workdir": str(ws), "name": "aug-cut"}, resume=True)
+
+    def digest(name, file):
+        return state_dict_digest(torch.load(ws / "runs" / name / file, weights_only=True))
+
+    for file in (ck.RUN_BACKBONE, ck.RUN_LAST_BACKBONE):
+        assert digest("aug-straight", file) == digest("aug-cut", file), file
+    # and augmentation did change what was learned (the check is not vacuous)
+    train(tiny(ws, name="no-aug", batch_size=9, workers=1))
+    assert digest("no-aug", ck.RUN_LAST_BACKBONE) != digest("aug-straight", ck.RUN_LAST_BACKBONE)
+
+
+@pytest.mark.slow
+def test_too_few_val_pairs_warn_and_a_backbone_is_still_written(ws, tmp_path, capsys):
+    from kface_cli.formats.pairs import read_pairs_csv, write_pairs_csv
+
+    few = ws / "split" / "few_pairs.csv"  # beside split/val, so the pairs' relative paths hold
+    write_pairs_csv(few, read_pairs_csv(ws / "split" / "val_pairs.csv")[:6])
+    result = train(tiny(ws, name="few-pairs", epochs=1, val_pairs=str(few)))
+    assert "holds 6 pairs; validation needs at least 10" in capsys.readouterr().err
+    assert (result.run_dir / ck.RUN_BACKBONE).is_file() and result.best_epoch == 1
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(ws, monkeypatch):
     from kface_cli.models import heads
 
