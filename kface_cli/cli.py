@@ -1366,7 +1366,7 @@ def clean_cmd(
         float | None,
         typer.Option(
             "--threshold",
-            help=f"The rule's cut in degrees \\[default: margin {CLEAN_MARGIN_DEG:g}, angle {CLEAN_ANGLE_DEG:g} (the paper's)].",
+            help=f"The rule's cut in degrees \\[default: margin {CLEAN_MARGIN_DEG:g}, angle {CLEAN_ANGLE_DEG:g} (the authors' drop.py)].",
             show_default=False,
         ),
     ] = None,
