@@ -83,3 +83,18 @@ def test_dataset_hook(tmp_path):
     assert not np.array_equal(augmented[0][0], augmented[0][0])
     with pytest.raises(KFaceError):
         open_training_data(tmp_path, augment="wobble")
+
+
+def test_auto_is_the_folder_recipe_and_none_elsewhere():
+    from kface_cli.train.augment import FOLDER_DEFAULT, resolve_augment
+    from kface_cli.train.config import TrainConfig
+    from kface_cli.train.datasets import open_training_data
+
+    assert TrainConfig().augment == "auto"
+    assert resolve_augment("auto", folder=True) == FOLDER_DEFAULT == resolve_augment(None, folder=True)
+    assert resolve_augment("auto", folder=False) == "none"
+    assert resolve_augment("none", folder=True) == "none" and resolve_augment("jitter", folder=True) == "jitter"
+    with pytest.raises(KFaceError):
+        resolve_augment("wobble", folder=True)
+    assert parse_augment(FOLDER_DEFAULT).jitter > 0 and parse_augment(FOLDER_DEFAULT).colour > 0
+    assert open_training_data("synthetic:3x2", augment="auto").augment is None

@@ -42,6 +42,7 @@ def tiny(ws, **kw) -> TrainConfig:
         lr=0.05,
         val_pairs="none",
         log_every=1,
+        augment="none",  # exact comparisons; the default (auto) is checked on its own
     )
     base.update(kw)
     return TrainConfig(**base).validate()
@@ -218,9 +219,14 @@ def test_too_few_val_pairs_warn_and_a_backbone_is_still_written(ws, tmp_path, ca
 
     few = ws / "split" / "few_pairs.csv"  # beside split/val, so the pairs' relative paths hold
     write_pairs_csv(few, read_pairs_csv(ws / "split" / "val_pairs.csv")[:6])
-    result = train(tiny(ws, name="few-pairs", epochs=1, val_pairs=str(few)))
+    result = train(tiny(ws, name="few-pairs", epochs=1, val_pairs=str(few), augment="auto"))
     assert "holds 6 pairs; validation needs at least 10" in capsys.readouterr().err
     assert (result.run_dir / ck.RUN_BACKBONE).is_file() and result.best_epoch == 1
+    # --augment auto on a folder of faces: the recipe that generalises, recorded as used
+    from kface_cli.train.augment import FOLDER_DEFAULT, parse_augment
+
+    saved = json.loads((result.run_dir / ck.RUN_CONFIG).read_text())["augment"]
+    assert parse_augment(saved) == parse_augment(FOLDER_DEFAULT)
 
 
 @pytest.mark.slow

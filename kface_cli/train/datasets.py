@@ -227,10 +227,13 @@ def open_training_data(path: str | Path, *, flip: bool = True, preload: bool | N
     """The dataset at ``path``: a ``train.rec`` folder, an identity-folder tree, or
     ``synthetic:<ids>x<images>`` (random data for throughput checks); ``augment``: a spec of
     :mod:`kface_cli.train.augment`."""
-    from kface_cli.train.augment import parse_augment
+    from kface_cli.train.augment import parse_augment, resolve_augment
 
-    augmentation = parse_augment(augment)
     path_text = str(path)
+    is_rec = (Path(path).is_file() and Path(path).suffix == ".rec") or (Path(path) / REC_NAME).is_file()
+    augmentation = parse_augment(
+        resolve_augment(augment, folder=not (path_text.startswith(SYNTHETIC_PREFIX) or is_rec))
+    )
     if path_text.startswith(SYNTHETIC_PREFIX):
         ds: _BaseDataset = synthetic_dataset(path_text, flip=flip)
     elif (Path(path).is_file() and Path(path).suffix == ".rec") or (Path(path) / REC_NAME).is_file():

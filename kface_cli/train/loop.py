@@ -515,6 +515,8 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
             Path(config.data).expanduser() if config.data else ws.require(ws.train_dir, "training data", "kface split")
         )
     dataset = open_training_data(data_path, flip=False, augment=config.augment)
+    # "auto" resolved (on a folder of faces: FOLDER_DEFAULT): config.json says what was used
+    config = config.replace(augment=dataset.augment.spec() if dataset.augment else "none")
     num_images, num_classes = len(dataset), dataset.num_classes
 
     # -- model: "auto" values follow --init, the device and the data -----------------------
