@@ -72,7 +72,8 @@ def test_epoch_batches_shard_global_batches_and_resume_mid_epoch():
     assert len(one) == 5 and [a + b for a, b in zip(r0, r1)] == one  # same global batches
     assert list(EpochBatches(20, 4, seed=1, epoch=3, start_step=2)) == one[2:]
     assert list(EpochBatches(20, 4, seed=1, epoch=4)) != one
-    assert len({i for batch in one for i, _ in batch}) == 20
+    assert len({i for batch in one for i, _, _ in batch}) == 20
+    assert {key for batch in one for _, _, key in batch} == {(1, 3)}  # augmentation key: (seed, epoch)
     reused = EpochBatches(20, 4, seed=1, epoch=0)  # the loader's one sampler, moved from epoch to epoch
     reused.set_epoch(3, start_step=1)
     assert list(reused) == one[1:] and len(reused) == 4
