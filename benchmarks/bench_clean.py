@@ -164,6 +164,7 @@ def main() -> None:
     ap.add_argument("-w", "--workdir", type=Path, required=True)
     ap.add_argument("--stage", choices=["choose", "heldout", "retrain", "all"], default="all")
     ap.add_argument("--epochs", type=int, default=8, help="training epochs of every run")
+    ap.add_argument("--augment", default="jitter", help="training augmentation of every run (pinned: not the default)")
     ap.add_argument("--dev-draws", type=int, nargs="+", default=[0], help="noise draws the rule and cut are chosen on")
     ap.add_argument("--heldout-draws", type=int, nargs="+", default=[1, 2], help="noise draws that report")
     ap.add_argument("--sub-seeds", type=int, nargs="+", default=[0, 1], help="seeds of the sub-center runs")
@@ -183,11 +184,13 @@ def main() -> None:
         return folder
 
     def run(data: Path, seed: int, loss: str = "arcface") -> Path:
-        name = f"bc-{folder_digest(data)}-{loss}-s{seed}-e{args.epochs}"
+        name = f"bc-{folder_digest(data)}-{loss}-s{seed}-e{args.epochs}" + (
+            "" if args.augment == "jitter" else f"-{args.augment.replace(',', '-')}"
+        )
         if not (ws / "runs" / name / "backbone.pth").exists():
             shutil.rmtree(ws / "runs" / name, ignore_errors=True)  # an interrupted run: start again
             opts = {"workdir": str(ws), "data": str(data), "loss": loss, "name": name, "seed": seed}
-            train_from_options(TRAIN_CONFIG, {**opts, "epochs": args.epochs})
+            train_from_options(TRAIN_CONFIG, {**opts, "epochs": args.epochs, "augment": args.augment})
         return ws / "runs" / name
 
     def reports(draws: list[int]) -> dict[tuple[int, int], Path]:
