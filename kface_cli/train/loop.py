@@ -158,8 +158,9 @@ def steps_per_epoch(num_images: int, batch_size: int, world_size: int, max_steps
 
 class EpochBatches:
     """Batch sampler: rank ``rank``'s share of every global batch of epoch ``epoch``, as lists of
-    ``(index, flip, (seed, epoch))`` (the last: the key of the item's augmentation). Global batch k = permutation[k*B*W : (k+1)*B*W]; rank r takes its r-th
-    slice of B, so W processes with batch B see the same global batches as one with B*W."""
+    ``(index, flip, (seed, epoch))`` (the last: the key of the item's augmentation). Global batch
+    k = permutation[k*B*W : (k+1)*B*W]; rank r takes its r-th slice of B, so W processes with
+    batch B see the same global batches as one with B*W."""
 
     def __init__(
         self,
