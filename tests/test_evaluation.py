@@ -329,7 +329,7 @@ def _with_source_photos(ws, monkeypatch, fallback=False):
     finds the face in every photo except camera C9 ones, as a detector misses profiles."""
     import numpy as np
 
-    from kface_cli.face import detect
+    from kface_cli.face import detector as detect
     from kface_cli.face.align import ARCFACE_TEMPLATE
     from kface_cli.prepare.split import write_sources
 
@@ -415,7 +415,7 @@ def _with_test_part(ws, n_ids=10):
 def test_test_split_is_the_default_and_thresholds_are_chosen_on_val(tmp_path):
     import numpy as np
 
-    from kface_cli.evaluate import metrics as M
+    from kface_cli.embedding import metrics as M
 
     ws = _with_test_part(_ws(tmp_path))
     emb = FakeEmbedder(source=_model(tmp_path))
@@ -432,7 +432,7 @@ def test_test_split_is_the_default_and_thresholds_are_chosen_on_val(tmp_path):
         assert on_test["threshold"] == pytest.approx(on_val["threshold"])  # chosen on val only
         assert "on_test" in on_test and "on_test" not in on_val
     # the operating point re-measured on test is the rate of the val threshold on the test pairs
-    from kface_cli.evaluate.protocols import embed_pairs, prepare_pairs
+    from kface_cli.embedding.photos import embed_pairs, prepare_pairs
 
     t = test["calibration"][VERIFICATION]["threshold"]
     dist, issame = embed_pairs(emb, prepare_pairs(read_pairs_csv(ws / "split" / "test_pairs.csv")))
@@ -458,7 +458,7 @@ def test_split_option_errors(tmp_path):
 
 
 def test_a_probe_without_a_face_is_a_miss(tmp_path, monkeypatch):
-    from kface_cli.evaluate.protocols import FaceLoader
+    from kface_cli.embedding.photos import FaceLoader
 
     ws = _ws(tmp_path)
     emb = FakeEmbedder(source=_model(tmp_path))
