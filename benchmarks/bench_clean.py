@@ -18,8 +18,9 @@ K-Face file names start with the person's ID, the ground truth of every image.
    subcenter``) per draw and ``--sub-seeds`` seed; both rules' grids of cuts are scored, and the
    rule and cut with the highest mean F1 of the flags are chosen, and the angle rule's best cut too
    (a tuned margin rule is compared with a tuned angle rule). Written to ``choice.json``.
-2. heldout: the same runs on the held-out draws; the chosen settings and the authors' fixed angle
-   cut (75 degrees: ``drop.py`` in insightface's recognition/subcenter_arcface) are scored, with
+2. heldout: the same runs on the held-out draws; the chosen settings, the authors' fixed angle
+   cut (75 degrees: ``drop.py`` in insightface's recognition/subcenter_arcface) and kface clean's
+   default (margin 12) are scored, with
    95% Wilson intervals pooled over draws and sub-center seeds (images as trials) and the range
    over runs.
 3. retrain (held-out draws): ArcFace on clean, noisy and each cleaned folder with every ``--seeds``
@@ -174,7 +175,7 @@ def main() -> None:
     if set(args.dev_draws) & set(args.heldout_draws):
         ap.error("a noise draw cannot be both development and held-out")
     out = ws / "bench_clean"
-    from kface_cli.research.clean import clean_run
+    from kface_cli.research.clean import DEFAULT_RULE, DEFAULT_THRESHOLD_DEG, clean_run
     from kface_cli.train.loop import train_from_options
 
     def draw_dir(d: int) -> Path:
@@ -223,6 +224,7 @@ def main() -> None:
         ("chosen", choice["chosen"]["rule"], choice["chosen"]["cut"]),
         ("angle, tuned on dev", "angle", choice["angle_tuned"]["cut"]),
         ("angle, the authors' 75", "angle", AUTHORS_ANGLE),
+        ("kface clean's default", str(DEFAULT_RULE), float(DEFAULT_THRESHOLD_DEG[DEFAULT_RULE])),
     ]
     settings = [s for k, s in enumerate(settings) if (s[1], s[2]) not in {(t[1], t[2]) for t in settings[:k]}]
     print(f"\nchoice (from {choice_file}, made on draws {choice['dev_draws']}): " + "; ".join(
