@@ -72,9 +72,11 @@ def auto_workers(workers: int = 0, *, cores: int | None = None) -> int:
 
 
 #: ``kface clean``: the default cut of each flagging rule, in degrees. ``--rule angle``: the angle
-#: to the identity's dominant sub-center (the sub-center ArcFace paper's 77, for s=64);
-#: ``--rule margin`` (the default): how much nearer another identity's dominant sub-center is.
-CLEAN_ANGLE_DEG = 77.0
+#: to the identity's dominant sub-center: 75, the authors' (insightface
+#: recognition/subcenter_arcface: drop.py's ``--threshold`` defaults to 75 and the README drops
+#: "high-confident noisy data (``>75 degrees``)"); ``--rule margin`` (the default): how much
+#: nearer another identity's dominant sub-center is.
+CLEAN_ANGLE_DEG = 75.0
 CLEAN_MARGIN_DEG = 12.0
 #: ``kface clean``: flagged faces shown on the contact sheet (the most suspect first).
 CLEAN_SHEET_MAX = 30

@@ -346,11 +346,25 @@ def split_cmd(
             help="random: draw val identities with --seed; sorted: the last ones by ID (the tutorial: first 390 of 400 train).",
         ),
     ] = SplitOrder.RANDOM,
+    test_ids: Annotated[
+        int | None,
+        typer.Option(
+            "--test-ids",
+            help="Hold out this many test identities, seen by no choice (best epoch, thresholds: those use val); `kface evaluate` reports on them \\[default: no test part].",
+            show_default=False,
+        ),
+    ] = None,
+    test_frac: Annotated[
+        float | None,
+        typer.Option(
+            "--test-frac", help="Fraction of identities for the test part (instead of --test-ids).", show_default=False
+        ),
+    ] = None,
     max_pairs: Annotated[
         int | None,
         typer.Option(
             "--max-pairs",
-            help="Cap on same-identity val pairs (as many different-identity pairs are drawn) \\[default: all].",
+            help="Cap on same-identity val (and test) pairs (as many different-identity pairs are drawn) \\[default: all].",
             show_default=False,
         ),
     ] = None,
@@ -366,7 +380,7 @@ def split_cmd(
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Split the crops into identity-disjoint train/val folders, classes.csv and val_pairs.csv."""
+    """Split the crops into identity-disjoint train/val(/test) folders, classes.csv and val_pairs.csv (test_pairs.csv)."""
     from kface_cli.prepare.split import split
 
     result = split(
@@ -378,6 +392,8 @@ def split_cmd(
         seed=seed,
         order=order,
         max_pairs=max_pairs,
+        test_ids=test_ids,
+        test_frac=test_frac,
     )
     if json_output:
         console.print_json(result)
@@ -386,6 +402,8 @@ def split_cmd(
         ["train", len(result.train_ids), result.train_images, f"{result.out / 'train'}"],
         ["val", len(result.val_ids), result.val_images, f"{result.out / 'val'}"],
     ]
+    if result.test_ids:
+        rows.append(["test", len(result.test_ids), result.test_images, f"{result.out / 'test'}"])
     console.show(
         console.table(
             f"Identity-disjoint split ({result.order}, seed {result.seed})",
@@ -395,5 +413,10 @@ def split_cmd(
     )
     console.info(
         f"val pairs: {result.same_pairs} same + {result.diff_pairs} different -> {result.pairs_csv}; "
-        f"classes -> {result.classes_csv}; files {'hard-linked' if result.linked else 'copied'}. Next: kface train"
+        + (
+            f"test pairs: {result.test_same_pairs} same + {result.test_diff_pairs} different -> {result.test_pairs_csv}; "
+            if result.test_ids
+            else ""
+        )
+        + f"classes -> {result.classes_csv}; files {'hard-linked' if result.linked else 'copied'}. Next: kface train"
     )

@@ -10,6 +10,7 @@ import typer
 from kface_cli import console
 from kface_cli.choices import (
     LandmarkMode,
+    SplitPart,
 )
 from kface_cli.cli.common import (
     AlignedOpt,
@@ -35,7 +36,9 @@ from kface_cli.defaults import (
 PairsOpt = Annotated[
     Path | None,
     typer.Option(
-        "--pairs", help="Pairs CSV (path1,path2,same[,codes]) \\[default: split/val_pairs.csv].", show_default=False
+        "--pairs",
+        help="Pairs CSV (path1,path2,same[,codes]) \\[default: the workspace split's pairs].",
+        show_default=False,
     ),
 ]
 LfwPairsOpt = Annotated[
@@ -132,6 +135,15 @@ ConditionsOpt = Annotated[
 def evaluate_cmd(
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    split_part: Annotated[
+        SplitPart | None,
+        typer.Option(
+            "--split",
+            case_sensitive=False,
+            help="Part of the workspace split to report on; on test, thresholds are chosen on val and measured again on test \\[default: test when `kface split --test-ids` made one, else val].",
+            show_default=False,
+        ),
+    ] = None,
     trust_model: TrustModelOpt = False,
     pairs: PairsOpt = None,
     lfw_pairs: LfwPairsOpt = None,
@@ -159,7 +171,7 @@ def evaluate_cmd(
 
     result = evaluate(
         EvaluateOptions(
-            model=model, workdir=workdir, network=network, trust_model=trust_model, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
+            model=model, workdir=workdir, network=network, split=split_part, trust_model=trust_model, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
             bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
             target_fpir=target_fpir, save_threshold=save_threshold, replace_threshold=replace_threshold, name=name,
             landmarks=landmarks, batch_size=deprecated("--batch-size", "--embed-batch", batch_size_deprecated, embed_batch),

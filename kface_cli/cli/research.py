@@ -51,14 +51,14 @@ RuleOpt = Annotated[
     typer.Option(
         "--rule",
         case_sensitive=False,
-        help="margin: flag images nearer another identity's dominant sub-center than their own by more than the threshold; angle (the paper's): images farther than the threshold from their own identity's.",
+        help="margin: flag images nearer another identity's dominant sub-center than their own by more than the threshold; angle (the authors'): images farther than the threshold from their own identity's.",
     ),
 ]
 ThresholdOpt = Annotated[
     float | None,
     typer.Option(
         "--threshold",
-        help=f"The rule's cut in degrees \\[default: margin {CLEAN_MARGIN_DEG:g}, angle {CLEAN_ANGLE_DEG:g} (the paper's)].",
+        help=f"The rule's cut in degrees \\[default: margin {CLEAN_MARGIN_DEG:g}, angle {CLEAN_ANGLE_DEG:g} (the authors' drop.py)].",
         show_default=False,
     ),
 ]

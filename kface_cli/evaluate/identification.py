@@ -91,6 +91,9 @@ def embed_identification(
         "probe_emb": p_emb[p_ok],
         "probe_labels": [lab for (lab, _), k in zip(probes, p_ok) if k],
         "probe_paths": [p for (_, p), k in zip(probes, p_ok) if k],
+        # probes without a face: a miss for an enrolled person (see M.identification_metrics)
+        "missed_labels": [lab for (lab, _), k in zip(probes, p_ok) if not k],
+        "missed_paths": [p for (_, p), k in zip(probes, p_ok) if not k],
         "gallery_emb": g_emb[g_ok],
         "gallery_labels": [lab for (lab, _), k in zip(gallery, g_ok) if k],
     }
@@ -103,6 +106,7 @@ def identification_metrics(embedded: dict, fpirs: tuple[float, ...]) -> dict:
         embedded["gallery_emb"],
         embedded["gallery_labels"],
         fpirs=fpirs,
+        missed_labels=embedded["missed_labels"],
     )
 
 
@@ -111,7 +115,7 @@ def identify_metrics(embedded: dict, options: EvaluateOptions, embed_s: float) -
     t1 = time.perf_counter()
     ident = identification_metrics(embedded, options.fpirs)
     ident["per_condition_identification"] = C.identification_breakdown(
-        [C.codes_of(p) for p in embedded["probe_paths"]], ident["probe_ranks"]
+        [C.codes_of(p) for p in embedded["probe_paths"] + embedded["missed_paths"]], ident["probe_ranks"]
     )
     ident["n_gallery_images"] = len(embedded["gallery_labels"])
     ident["timing"] = {"embed_s": embed_s, "metrics_s": time.perf_counter() - t1}

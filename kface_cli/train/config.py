@@ -136,8 +136,8 @@ class TrainConfig:
     )
     # augmentation (kface_cli.train.augment) ----------------------------------------------
     augment: str = _opt(
-        "",
-        "Training augmentations, e.g. jitter or jitter=0.05,colour=0.2 (landmark jitter, scale, shift, colour, blur, grey; see docs/train.md) [default: none].",
+        AUTO,
+        "Training augmentations, e.g. jitter or jitter=0.05,colour=0.2 (landmark jitter, scale, shift, colour, blur, grey; see docs/evaluate.md); none: off, for exact comparisons [default: auto: jitter,scale,shift,colour on folders of faces, none on train.rec and synthetic: data].",
     )
 
     # ------------------------------------------------------------------------------------

@@ -11,7 +11,9 @@ Items are ``(image (3, 112, 112) float32 RGB in [-1, 1], label int)`` made by
 ``flip=True`` each item is mirrored with probability 1/2 (drawn from torch's RNG, so DataLoader
 seeds make it reproducible). Training refuses images that are not aligned-crop squares (112 or 224 px;
 ``kface crop`` makes them) unless told to resize them (``--resize-images``). ``augment`` (a spec such as
-``"jitter,colour"``, see :mod:`kface_cli.train.augment`) perturbs every item drawn.
+``"jitter,colour"``, see :mod:`kface_cli.train.augment`) perturbs every item drawn; the training
+loop reads ``ds[(index, flip, (seed, epoch))]``, whose flip and augmentation depend on nothing else
+(not on the worker that reads it), see :meth:`_BaseDataset.__getitem__`.
 
 Small folder datasets (up to ``PRELOAD_MAX_IMAGES``) are decoded once into memory: on a laptop
 CPU, JPEG decoding would otherwise compete with training for the same cores.
@@ -45,6 +47,15 @@ def _to_item(face_bgr: np.ndarray, flip: bool, random: bool = True):
     return x
 
 
+#: Keeps the augmentation's random stream apart from every other stream derived from the seed.
+AUGMENT_STREAM = 0x4A7C
+
+
+def augment_rng(key: Sequence[int], index: int) -> np.random.Generator:
+    """The generator of item ``index``'s augmentation under ``key`` (e.g. ``(seed, epoch)``)."""
+    return np.random.default_rng([AUGMENT_STREAM, *(int(k) % 2**63 for k in key), index])
+
+
 class _BaseDataset:
     num_classes: int
     labels: np.ndarray  # (N,) int64
@@ -55,19 +66,33 @@ class _BaseDataset:
         return int(len(self.labels))
 
     def __getitem__(self, i):
-        """``ds[i]`` (flip drawn from torch's RNG when ``flip``) or ``ds[(i, flip)]`` (flip given:
-        what the training loop does, so that runs and resumes are exact whatever the workers)."""
-        if isinstance(i, tuple):
-            i, mirror = i
-            return _to_item(self._face(int(i)), bool(mirror), random=False), int(self.labels[i])
-        return _to_item(self._face(i), self.flip), int(self.labels[i])
+        """Three ways to read item ``i``:
 
-    def _face(self, i: int) -> np.ndarray:
-        if not self.augment:
-            return self.image(i)
+        * ``ds[(i, flip, key)]``: what the training loop reads: mirrored when ``flip``, augmented
+          with a generator seeded by ``key`` (the loop passes ``(seed, epoch)``; the item's index is
+          added), so an item's augmentation is a function of (seed, epoch, index) alone and a run
+          and its ``--resume`` are exact whatever the number of data workers;
+        * ``ds[(i, flip)]``: the face as stored (no augmentation), mirrored when ``flip``: what
+          BatchNorm recalibration reads;
+        * ``ds[i]``: flip and augmentation drawn from torch's RNG (reproducible under a seed in
+          one process only).
+        """
+        if isinstance(i, tuple):
+            if len(i) == 3:
+                i, mirror, key = i
+                face = self._augmented(int(i), augment_rng(key, int(i)))
+            else:
+                i, mirror = i
+                face = self.image(int(i))
+            return _to_item(face, bool(mirror), random=False), int(self.labels[i])
         from kface_cli.train.augment import draw_rng
 
-        return self.augment(resize_crop(self.image(i), FACE_SIZE), draw_rng())
+        return _to_item(self._augmented(i, draw_rng()), self.flip), int(self.labels[i])
+
+    def _augmented(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        if not self.augment:
+            return self.image(i)
+        return self.augment(resize_crop(self.image(i), FACE_SIZE), rng)
 
     def image(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -242,10 +267,13 @@ def open_training_data(
     ``synthetic:<ids>x<images>`` (random data for throughput checks); ``augment``: a spec of
     :mod:`kface_cli.train.augment`. ``resize=False``: a folder's images must be aligned-crop
     squares (:func:`check_crop_sizes`)."""
-    from kface_cli.train.augment import parse_augment
+    from kface_cli.train.augment import parse_augment, resolve_augment
 
-    augmentation = parse_augment(augment)
     path_text = str(path)
+    is_rec = (Path(path).is_file() and Path(path).suffix == ".rec") or (Path(path) / REC_NAME).is_file()
+    augmentation = parse_augment(
+        resolve_augment(augment, folder=not (path_text.startswith(SYNTHETIC_PREFIX) or is_rec))
+    )
     if path_text.startswith(SYNTHETIC_PREFIX):
         ds: _BaseDataset = synthetic_dataset(path_text, flip=flip)
     elif (Path(path).is_file() and Path(path).suffix == ".rec") or (Path(path) / REC_NAME).is_file():

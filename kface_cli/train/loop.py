@@ -9,15 +9,22 @@
                     backbone_last.pth, the epoch's record
       _save_checkpoint, log, plots
 
-The host never waits for the accelerator inside an epoch, except every ``log_every`` steps
-and at its end, where the per-step losses (kept on the device) are read back and checked: a
-non-finite one stops the run, and the checkpoint on disk is the last good one. Under torchrun
+The loop itself never reads a value back from the accelerator inside an epoch, except every
+``log_every`` steps and at its end, where the per-step losses (kept on the device) are read back
+and checked: a non-finite one stops the run, and the checkpoint on disk is the last good one.
+Two waits remain, in torch: with ``--precision fp16``, ``GradScaler.step`` reads the
+found-an-overflow flag every step (it must know whether to skip the step); with
+``--sample-rate`` < 1, Partial FC's ``torch.unique`` of the batch labels (kface_cli.models.heads)
+learns its output size on the host every step. fp32/bf16 at sample rate 1 has neither. Under torchrun
 the ranks agree on a Ctrl-C at those same points. The loader is built once (persistent workers,
 prefetching, pinned memory); the worker count follows the machine's cores unless ``--workers``.
 
-Reproducibility: every epoch's sample order and flips come from ``(seed, epoch)`` alone, and the
-RNG states are saved with each checkpoint, so ``--resume`` continues *exactly* (the same weights
-as an uninterrupted run, also after a Ctrl-C in the middle of an epoch).
+Reproducibility: every epoch's sample order and flips come from ``(seed, epoch)`` alone, and each
+item's ``--augment`` draws from ``(seed, epoch, item index)`` alone (whichever data worker reads
+it); the RNG states are saved with each checkpoint, so ``--resume`` continues *exactly* (the same
+weights as an uninterrupted run, also after a Ctrl-C in the middle of an epoch, with or without
+data workers and augmentation; tests/test_train.py checks the backbone digests). BatchNorm
+recalibration reads the stored faces, never augmented ones.
 
 Distributed (``torchrun``): every rank builds the same model, the backbone is wrapped in
 DistributedDataParallel, the head's class centres are sharded across ranks (Partial FC), each
@@ -172,8 +179,9 @@ def steps_per_epoch(num_images: int, batch_size: int, world_size: int, max_steps
 
 class EpochBatches:
     """Batch sampler: rank ``rank``'s share of every global batch of epoch ``epoch``, as lists of
-    ``(index, flip)``. Global batch k = permutation[k*B*W : (k+1)*B*W]; rank r takes its r-th
-    slice of B, so W processes with batch B see the same global batches as one with B*W."""
+    ``(index, flip, (seed, epoch))`` (the last: the key of the item's augmentation). Global batch
+    k = permutation[k*B*W : (k+1)*B*W]; rank r takes its r-th slice of B, so W processes with
+    batch B see the same global batches as one with B*W."""
 
     def __init__(
         self,
@@ -197,6 +205,7 @@ class EpochBatches:
         """Move to ``epoch`` (from step ``start_step``): the loader and its workers stay as they are."""
         import torch
 
+        self.epoch = epoch
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         self.order = torch.randperm(self.num_images, generator=g).numpy()  # (N,)
         self.flips = (
@@ -209,11 +218,12 @@ class EpochBatches:
     def __len__(self) -> int:
         return self.steps - self.start_step
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, bool, tuple[int, int]]]]:
         B, W = self.batch_size, self.world_size
+        key = (self.seed, self.epoch)
         for step in range(self.start_step, self.steps):
             lo = step * B * W + self.rank * B
-            yield [(int(self.order[i]), bool(self.flips[i])) for i in range(lo, lo + B)]
+            yield [(int(self.order[i]), bool(self.flips[i]), key) for i in range(lo, lo + B)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -456,6 +466,7 @@ class _Run:
     data_source: str
     pair_faces: Any = None
     val_path: Path | None = None
+    validating: bool = False  # rank 0 validates after each epoch (the same on every rank)
     log: Any = None  # log.jsonl, open on rank 0
     created_dir: bool = False  # this run made its folder (a failure before its first checkpoint removes it)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -567,6 +578,8 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
             Path(config.data).expanduser() if config.data else ws.require(ws.train_dir, "training data", "kface split")
         )
     dataset = open_training_data(data_path, flip=False, augment=config.augment, resize=config.resize_images)
+    # "auto" resolved (on a folder of faces: FOLDER_DEFAULT): config.json says what was used
+    config = config.replace(augment=dataset.augment.spec() if dataset.augment else "none")
     num_images, num_classes = len(dataset), dataset.num_classes
 
     # -- model: "auto" values follow --init, the device and the data -----------------------
@@ -661,6 +674,8 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
                 )
             else:
                 run.pair_faces = prepare_pairs(pairs, description="Loading val pairs")
+
+    run.validating = bool(distributed.broadcast_object(info, run.pair_faces is not None))
 
     # -- files ---------------------------------------------------------------------------------
     if info.is_main:
@@ -885,8 +900,9 @@ def _end_epoch(run: _Run, epoch: int) -> dict[str, Any]:
         "samples_per_s": run.epoch_samples_per_s,
         "elapsed_s": time.perf_counter() - run.t_start,
     }
-    if cfg.bn_recalibration and (run.pair_faces is not None or epoch + 1 == cfg.epochs):
-        # every rank, same images: BatchNorm buffers stay identical across ranks
+    if cfg.bn_recalibration and (run.validating or epoch + 1 == cfg.epochs):
+        # every rank (``validating`` is rank 0's, broadcast), same images, no augmentation:
+        # the BatchNorm buffers stay identical across ranks
         recalibrate_batchnorm(
             run.backbone,
             run.dataset,
@@ -901,7 +917,8 @@ def _end_epoch(run: _Run, epoch: int) -> dict[str, Any]:
         val = validate(run.model, run.pair_faces, network=cfg.network, batch_size=cfg.val_batch_size)
         record["val"] = val
         acc, best_acc = val["accuracy"], run.best["accuracy"]
-        improved = acc is not None and (best_acc is None or acc >= best_acc)  # a tie: the later, more trained epoch
+        # a tie: the later, more trained epoch; no accuracy at all: the last epoch (never no backbone.pth)
+        improved = best_acc is None if acc is None else (best_acc is None or acc >= best_acc)
         console.info(
             f"epoch {epoch + 1}: loss {_num(record['loss'])}, val accuracy {_pct(acc)} +- {_pct(val['accuracy_std'])}, "
             f"threshold {_num(val['threshold'])}, TAR@FAR=1e-2 {_pct(val['tar'])}" + ("  (best)" if improved else "")
