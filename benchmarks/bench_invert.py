@@ -289,7 +289,7 @@ def timing(networks: list[str]) -> None:
     from kface_cli.models.registry import get_backbone
     from kface_cli.research.invert import DEFAULT_STEPS, invert_embedding
     from kface_cli.train.datasets import ArrayDataset
-    from kface_cli.train.loop import recalibrate_batchnorm
+    from kface_cli.train.validation import recalibrate_batchnorm
 
     torch.set_num_threads(1)
     faces = ArrayDataset(synthetic_faces(8), [0] * 8, num_classes=1)

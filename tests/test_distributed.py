@@ -104,7 +104,7 @@ def _single_process_reference(ws):
 
     from kface_cli.models.registry import get_backbone
     from kface_cli.train.datasets import open_training_data
-    from kface_cli.train.loop import EpochBatches
+    from kface_cli.train.sampler import EpochBatches
     from kface_cli.train.schedule import poly_scheduler
 
     torch.manual_seed(0)

@@ -145,7 +145,7 @@ def _malicious_files(root, backbone):
 
 def test_a_pickle_that_runs_code_is_refused_everywhere(tmp_path, backbone):
     from kface_cli.embedding.loading import load_torch_weights
-    from kface_cli.train.loop import _read_init
+    from kface_cli.train.setup import _read_init
 
     marker, paths = _malicious_files(tmp_path, backbone)
     for path in paths:

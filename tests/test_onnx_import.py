@@ -52,7 +52,7 @@ def test_unmappable_models_are_refused_with_the_backbone_pth_route(tmp_path):
 
 def test_train_init_accepts_a_pack_name(tmp_path, monkeypatch):
     from kface_cli.hub.fetch import fetch_pack
-    from kface_cli.train.loop import _read_init
+    from kface_cli.train.setup import _read_init
 
     monkeypatch.setenv("KFACE_HOME", str(tmp_path / "home"))
     torch.manual_seed(2)

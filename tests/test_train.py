@@ -13,7 +13,10 @@ from typer.testing import CliRunner
 from kface_cli.errors import InputError, KFaceError, ModelMismatchError, TrainingError
 from kface_cli.train import checkpoint as ck
 from kface_cli.train.config import TrainConfig, resolve_config
-from kface_cli.train.loop import EpochBatches, loader_workers, read_log, train, train_from_options
+from kface_cli.train.loop import train, train_from_options
+from kface_cli.train.sampler import EpochBatches
+from kface_cli.train.setup import loader_workers
+from kface_cli.train.state import read_log
 
 
 @pytest.fixture(autouse=True)
@@ -57,7 +60,7 @@ def test_workers_follow_the_cores():
 
 
 def test_fp16_scaler_grows_every_100_steps_as_insightface():
-    from kface_cli.train.loop import _build_optimizer
+    from kface_cli.train.setup import _build_optimizer
 
     net, head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     cfg = TrainConfig(precision="fp16", batch_size=4)
@@ -400,7 +403,7 @@ def test_real_ctrl_c_leaves_a_checkpoint(tmp_path):
 def test_a_validation_set_too_small_to_measure_is_reported_and_not_used(ws, tmp_path, capsys):
     """10 pairs gave "70.00% +- 45.83%" and picked the "best" epoch by chance: now no validation."""
     from kface_cli.formats.pairs import read_pairs_csv, write_pairs_csv
-    from kface_cli.train.loop import MIN_VAL_PAIRS_EACH, too_few_val_pairs
+    from kface_cli.train.validation import MIN_VAL_PAIRS_EACH, too_few_val_pairs
 
     pairs = read_pairs_csv(ws / "split" / "val_pairs.csv")
     assert too_few_val_pairs(pairs) is None  # 45 + 45: enough
@@ -421,7 +424,7 @@ def test_validation_of_a_backbone_gone_nan_is_a_training_error():
     from kface_cli.embedding.export import synthetic_faces
     from kface_cli.formats.pairs import PairFaces
     from kface_cli.models.registry import get_backbone
-    from kface_cli.train.loop import validate
+    from kface_cli.train.validation import validate
 
     net = get_backbone("mbf_small", 32).eval()
     with torch.no_grad():

@@ -16,7 +16,7 @@ def write_plots(run_dir: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     from kface_cli.atomic import atomic_path
-    from kface_cli.train.loop import read_log
+    from kface_cli.train.state import read_log
 
     run_dir = Path(run_dir)
     records = read_log(run_dir)
