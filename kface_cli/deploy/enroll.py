@@ -520,7 +520,7 @@ class AddResult:
 def add_template(
     gallery_path: str | Path,
     name: str,
-    embedder: Any,
+    embedder: Embedder,
     *,
     face: np.ndarray | None = None,
     embedding: Any = None,
