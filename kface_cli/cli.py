@@ -1236,6 +1236,13 @@ def embed_cmd(
     ],
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    aligned: Annotated[
+        bool,
+        typer.Option(
+            "--aligned",
+            help="Every photo is an aligned square face crop (e.g. `kface crop` output): no detection, decoding overlapped with the model.",
+        ),
+    ] = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
     json_output: JsonOpt = False,
@@ -1245,7 +1252,7 @@ def embed_cmd(
     from kface_cli.embedding.compare import embed_photos
 
     loader = _model_loader(model, network, workdir)
-    result = embed_photos(paths, loader, out, landmarks=landmarks, batch_size=embed_batch)
+    result = embed_photos(paths, loader, out, landmarks=landmarks, batch_size=embed_batch, aligned=aligned)
     if json_output:
         console.print_json(result.to_json())
         return

@@ -82,6 +82,32 @@ def test_embed_without_any_face_writes_nothing_and_keeps_the_earlier_file(photos
     assert out.read_bytes() == before and load_embeddings(out)[1].shape == (1, 64)
 
 
+def test_embed_aligned_matches_the_detection_path_in_order_across_batches(tmp_path, capsys):
+    """--aligned: the rows are those of the default path (which uses 112 px squares as they are),
+    in the files' order, whatever the batch size; a file it cannot use is left out with a warning."""
+    from kface_cli.face.imageio import write_image
+
+    rng = np.random.default_rng(0)
+    crops = tmp_path / "crops"
+    for i in range(7):
+        write_image(crops / f"c{i}.png", rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
+    write_image(crops / "c3b_wide.png", rng.integers(0, 256, (112, 150, 3), dtype=np.uint8))  # not square
+    (crops / "c5b_broken.jpg").write_bytes(b"not a jpeg")
+    reference = embed_photos([crops], PixelEmbedder(), tmp_path / "ref.npy", landmarks="annotation")
+    capsys.readouterr()
+    ref_names, ref_vectors = load_embeddings(tmp_path / "ref.npy")
+    for batch_size in (1, 3, 64):
+        out = tmp_path / f"aligned{batch_size}.npy"
+        result = embed_photos([crops], PixelEmbedder(), out, aligned=True, batch_size=batch_size)
+        err = capsys.readouterr().err
+        assert "c3b_wide.png" in err and "not a square" in err and "c5b_broken.jpg" in err
+        names, vectors = load_embeddings(out)
+        assert [p.name for p in result.images] == [f"c{i}.png" for i in range(7)]
+        assert sorted(p.name for p in result.failed) == ["c3b_wide.png", "c5b_broken.jpg"]
+        assert names == ref_names and np.allclose(vectors, ref_vectors, atol=1e-6)
+    assert [p.name for p in reference.images] == [f"c{i}.png" for i in range(7)]
+
+
 def test_embed_file_types(tmp_path):
     with pytest.raises(InputError, match="cannot tell the file type"):
         save_embeddings(tmp_path / "faces.csv", ["a"], np.zeros((1, 4), np.float32))

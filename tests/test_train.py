@@ -52,6 +52,24 @@ def test_workers_follow_the_cores():
     assert auto_workers(cuda, 1, cores=16) == 8 and auto_workers(cuda, 4, cores=16) == 3
     assert auto_workers(cuda, 1, cores=2) == 1
     assert auto_workers(cpu, 1, cores=16) == 4 and auto_workers(cpu, 1, cores=2) == 1
+    assert auto_workers(cpu, 1, cores=1) == 1  # loading overlaps the step even on one core
+
+
+def test_cpu_loader_workers_yield_to_training_and_leave_ctrl_c_to_it():
+    """A CPU run's loader worker lowers its priority (it decodes in the training threads' gaps)
+    and ignores SIGINT; checked in a child process, as a worker is one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal\n"
+        "from kface_cli.train.loop import CPU_WORKER_NICE, _cpu_worker_init\n"
+        "before = os.nice(0)\n"
+        "_cpu_worker_init(0)\n"
+        "print(os.nice(0) - before, min(CPU_WORKER_NICE, 19 - before), signal.getsignal(signal.SIGINT) == signal.SIG_IGN)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == out[1] and out[2] == "True"  # raised by CPU_WORKER_NICE, up to the limit of 19
 
 
 def test_fp16_scaler_grows_every_100_steps_as_insightface():

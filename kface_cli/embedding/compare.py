@@ -170,12 +170,15 @@ def embed_photos(
     *,
     landmarks: str = "auto",
     batch_size: int = 64,
+    aligned: bool = False,
 ) -> EmbedResult:
     """Embed the (largest) face of every photo in ``paths`` (photos or folders) and save them to ``out``.
 
     Photos without a face, or that cannot be read, are left out (listed in ``failed``, with a
     warning); when that leaves nothing, nothing is written (an earlier ``out`` stays as it was).
     ``out``: ``.npy`` (plus a ``.names.txt`` sidecar) or ``.h5``/``.hdf5``; written atomically.
+    ``aligned``: every photo is an aligned square face crop (``kface crop`` output): no detection,
+    and the next batch is decoded while the model embeds the current one (:func:`embed_aligned`).
     """
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.evaluate.protocols import FaceLoader, embed_paths
@@ -188,7 +191,10 @@ def embed_photos(
     embedder = resolve_embedder(embedder)
     warnings = warn_if_synthetic(embedder)
     started = time.perf_counter()
-    emb, ok = embed_paths(embedder, files, loader=_skipping(FaceLoader(landmarks)), batch_size=batch_size)
+    if aligned:
+        emb, ok = embed_aligned(embedder, files, batch_size=batch_size)
+    else:
+        emb, ok = embed_paths(embedder, files, loader=_skipping(FaceLoader(landmarks)), batch_size=batch_size)
     kept = [f for f, good in zip(files, ok) if good]
     if not kept:
         raise InputError(
@@ -207,6 +213,49 @@ def embed_photos(
         warnings=warnings,
         seconds=time.perf_counter() - started,
     )
+
+
+def embed_aligned(embedder: Any, files: Sequence[Path], *, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Embed aligned square face crops, decoding batch k+1 on a thread while batch k is embedded.
+
+    Decoding (OpenCV) and inference (ONNX Runtime, torch) both release the GIL, so the two
+    overlap. Returns ``(emb (N, D) float32, ok (N,) bool)`` in the order of ``files``; a file
+    that cannot be read, or is not square, is left out with a warning (``ok`` False).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kface_cli.console import progress, warn
+    from kface_cli.face.pipeline import load_aligned
+
+    def decode(chunk: Sequence[Path]) -> tuple[list[np.ndarray], list[bool], list[str]]:
+        faces, ok, problems = [], [], []
+        for path in chunk:
+            try:
+                faces.append(load_aligned(path))
+                ok.append(True)
+            except KFaceError as e:  # warned from the calling thread, in order
+                problems.append(f"{path}: {e.message}: skipped")
+                ok.append(False)
+        return faces, ok, problems
+
+    chunks = [files[i : i + batch_size] for i in range(0, len(files), batch_size)]
+    emb = np.zeros((len(files), int(embedder.embedding_size)), dtype=np.float32)
+    good = np.zeros(len(files), dtype=bool)
+    with ThreadPoolExecutor(1, thread_name_prefix="kface-decode") as pool, progress("Embedding", len(files)) as bar:
+        pending = pool.submit(decode, chunks[0]) if chunks else None
+        for k, chunk in enumerate(chunks):
+            assert pending is not None
+            faces, ok, problems = pending.result()
+            if k + 1 < len(chunks):
+                pending = pool.submit(decode, chunks[k + 1])  # decoded while this batch is embedded
+            for message in problems:
+                warn(message)
+            rows = np.flatnonzero(ok) + k * batch_size
+            if faces:
+                emb[rows] = embedder.embed(np.stack(faces), batch_size=batch_size)  # (F, D)
+                good[rows] = True
+            bar.advance(len(chunk))
+    return emb, good
 
 
 def save_embeddings(
