@@ -284,7 +284,7 @@ def identify(
     """
     from kface_cli.console import info, progress, warn
     from kface_cli.dataset.provenance import warn_if_synthetic
-    from kface_cli.parallel import map_ordered
+    from kface_cli.parallel import map_ordered, submit
 
     if top_k < 1:
         raise InputError(f"--top-k must be at least 1, got {top_k}")
@@ -297,6 +297,16 @@ def identify(
         capture = _open_capture(camera)
     gallery = Gallery(gallery_path)
     gallery.model()  # missing / corrupt gallery: fail before loading the model
+    if detector is None:  # mediapipe loads only if a photo needs it
+        from kface_cli.face.detect import get_detector
+
+        detector = get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)
+    photo_frames = _photo_frames(files, every, max_frames) if camera is None else iter(())
+    early = None
+    if camera is None and workers != 1 and files and not _is_video(files[0]):
+        # the first photo is read and searched while the model and the gallery load (both
+        # release the GIL for most of it): one photo, whole process, 0.7 s -> see docs/performance.md
+        early = submit(_find_faces, next(photo_frames), detector, aligned, workers=workers)
     embedder = resolve_embedder(embedder)
     gallery.check_model(ModelInfo.of(embedder))
     loaded = load_index(gallery, index_kind)
@@ -309,10 +319,6 @@ def identify(
             "using the model's 1:1 threshold: for identification against a gallery, calibrate a 1:N one with "
             "`kface evaluate --target-fpir 1e-2 --save-threshold`"
         )
-    if detector is None:  # mediapipe loads only if a photo needs it
-        from kface_cli.face.detect import get_detector
-
-        detector = get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)
     out_dir = Path(annotate) if annotate is not None else None
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
@@ -325,8 +331,15 @@ def identify(
         )
         total = max_frames
     else:
-        frames = _photo_frames(files, every, max_frames)
+        frames = photo_frames
         total = len(files) if not any(_is_video(f) for f in files) else None
+
+    def found_faces() -> Iterator[tuple[_Frame, list]]:
+        if early is not None:
+            yield early.result()
+        yield from map_ordered(
+            lambda f: _find_faces(f, detector, aligned), frames, 1 if camera is not None else workers
+        )
 
     started = time.perf_counter()  # after the model and index are loaded: the time per photo
     result = IdentifyResult(
@@ -368,9 +381,7 @@ def identify(
 
     with progress("Identifying", total=total) as bar:
         try:
-            for frame, found in map_ordered(
-                lambda f: _find_faces(f, detector, aligned), frames, 1 if camera is not None else workers
-            ):
+            for frame, found in found_faces():
                 if frame.error:
                     warn(f"{frame.label}: {frame.error}: skipped")
                 batch.append((frame, found))
