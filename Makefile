@@ -27,9 +27,10 @@ test: $(STAMP)
 quick: $(STAMP)  # the quick subset: everything but the tests marked slow
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: $(STAMP)  # Ruff: formatting and lint rules (pyproject.toml), as CI runs them
+lint: $(STAMP)  # Ruff (formatting, lint rules) and import-linter (the layers), as CI runs them (pyproject.toml)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) demo_workspace

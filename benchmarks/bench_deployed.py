@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 
+from kface_cli.embedding import metrics as M
 from kface_cli.embedding.loading import load_embedder
-from kface_cli.evaluate import metrics as M
-from kface_cli.evaluate.protocols import FaceLoader, PairFaces, embed_pairs, prepare_pairs
-from kface_cli.face.detect import ANNOTATION_FALLBACK
+from kface_cli.embedding.photos import FaceLoader, PairFaces, embed_pairs, prepare_pairs
+from kface_cli.face.detector import ANNOTATION_FALLBACK
 from kface_cli.formats.pairs import read_pairs_csv
 from kface_cli.prepare.split import read_sources
 

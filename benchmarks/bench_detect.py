@@ -56,7 +56,7 @@ def main() -> None:
 
     import cv2
 
-    from kface_cli.face.detect import get_detector
+    from kface_cli.face.detector import get_detector
     from kface_cli.face.imageio import decode_image, read_image
 
     detector = get_detector("detect", min_face=args.min_face)

@@ -63,13 +63,13 @@ def main() -> None:
 
     import torch
 
+    from kface_cli.deploy.enroll import enroll_folder
+    from kface_cli.deploy.identify import identify
     from kface_cli.embedding.embedder import embedder_from_module
     from kface_cli.embedding.loading import load_embedder
     from kface_cli.face.align import norm_crop
-    from kface_cli.face.detect import get_detector
+    from kface_cli.face.detector import get_detector
     from kface_cli.face.imageio import read_image, write_image
-    from kface_cli.gallery.enroll import enroll_folder
-    from kface_cli.gallery.identify import identify
     from kface_cli.gallery.index import load_index, search_identities
     from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
     from kface_cli.models.registry import get_backbone

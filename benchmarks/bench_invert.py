@@ -37,7 +37,7 @@ def rank1(probes: np.ndarray, probe_ids: list[str], gallery: np.ndarray, gallery
 
 def picture(rows: list[list[np.ndarray]], labels: list[str], head: list[str]) -> np.ndarray:
     """A grid: one row per identity (original | without prior | with prior), column titles on top."""
-    from kface_cli.gallery.draw import blend_label, render_text
+    from kface_cli.deploy.draw import blend_label, render_text
 
     size, gap = rows[0][0].shape[0], 3
     cols = len(rows[0])

@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from kface_cli.evaluate import metrics as M
+from kface_cli.embedding import metrics as M
 
 
 def insightface_style_accuracy(dist: np.ndarray, issame: np.ndarray, nfolds: int = 10) -> tuple[float, float]:

@@ -25,7 +25,7 @@ import numpy as np
 
 from kface_cli.dataset import codes as kc
 from kface_cli.dataset.annotation import parse_annotation
-from kface_cli.evaluate.metrics import ten_fold_accuracy
+from kface_cli.embedding.metrics import ten_fold_accuracy
 from kface_cli.face.align import norm_crop
 from kface_cli.face.imageio import decode_image
 

@@ -131,9 +131,9 @@ def make_model(tmp: Path) -> Path:
 
 def throughput(model: Path, folder: Path, tmp: Path, rounds: int) -> None:
     """identify and enroll of a folder of photos, in-process after loading: 1 thread vs one per core."""
+    from kface_cli.deploy.enroll import enroll_folder
+    from kface_cli.deploy.identify import identify
     from kface_cli.embedding.loading import load_embedder
-    from kface_cli.gallery.enroll import enroll_folder
-    from kface_cli.gallery.identify import identify
     from kface_cli.parallel import default_workers
 
     os.environ["KFACE_NO_PROGRESS"] = "1"

@@ -32,12 +32,12 @@ import numpy as np
 from kface_cli.console import use_tqdm
 
 if TYPE_CHECKING:  # pragma: no cover
-    from kface_cli.embedding.compare import VerifyResult
+    from kface_cli.deploy.compare import VerifyResult
+    from kface_cli.deploy.enroll import EnrollResult
+    from kface_cli.deploy.identify import IdentifyResult
     from kface_cli.embedding.embedder import Embedder
-    from kface_cli.face.detect import DetectedFace
+    from kface_cli.face.detector import DetectedFace
     from kface_cli.face.pipeline import AlignedFace
-    from kface_cli.gallery.enroll import EnrollResult
-    from kface_cli.gallery.identify import IdentifyResult
 
 Photo = str | Path | np.ndarray  # a file, or a BGR uint8 image as OpenCV reads it
 
@@ -72,7 +72,7 @@ def load_model(
 
 @functools.lru_cache(maxsize=4)
 def _detector(landmarks: str, min_face: int | None) -> Any:
-    from kface_cli.face.detect import get_detector
+    from kface_cli.face.detector import get_detector
 
     return get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)  # type: ignore[arg-type]
 
@@ -106,7 +106,7 @@ def embed(model: Embedder, faces: Photo | Sequence[str | Path] | np.ndarray, *, 
     """
     if isinstance(faces, np.ndarray):
         return model.embed(faces, batch_size=batch_size)
-    from kface_cli.evaluate.protocols import FaceLoader, embed_paths
+    from kface_cli.embedding.photos import FaceLoader, embed_paths
 
     single = isinstance(faces, (str, Path))
     paths = [faces] if single else list(faces)
@@ -122,7 +122,7 @@ def verify(model: Embedder, photo1: str | Path, photo2: str | Path, *, threshold
     The threshold is ``threshold`` when given, else the model's calibrated one
     (``kface evaluate --save-threshold``), else 1.5 (cosine 0.25).
     """
-    from kface_cli.embedding.compare import verify_photos
+    from kface_cli.deploy.compare import verify_photos
 
     return verify_photos(photo1, photo2, model, threshold=threshold)
 
@@ -140,10 +140,10 @@ class Gallery:
     def enroll(self, folder: str | Path, **options: Any) -> EnrollResult:
         """Add ``folder``'s people: ``<name>.jpg`` (one photo each) and/or ``<name>/*.jpg`` (several).
 
-        ``options`` as :func:`kface_cli.gallery.enroll.enroll_folder` (``aligned``, ``per_identity``,
+        ``options`` as :func:`kface_cli.deploy.enroll.enroll_folder` (``aligned``, ``per_identity``,
         ``replace``, ``landmarks``, ``min_face``, ``batch_size``). Re-enrolling a photo is a no-op.
         """
-        from kface_cli.gallery.enroll import enroll_folder
+        from kface_cli.deploy.enroll import enroll_folder
 
         with use_tqdm():
             return enroll_folder(folder, self.path, self.model, **options)
@@ -151,11 +151,11 @@ class Gallery:
     def identify(self, photos: str | Path | Sequence[str | Path], **options: Any) -> IdentifyResult:
         """Name the faces in photos, folders or videos; ``result.images[i].faces[j].name`` ("unknown" if none).
 
-        ``options`` as :func:`kface_cli.gallery.identify.identify` (``threshold``, ``top_k``, ``every``,
+        ``options`` as :func:`kface_cli.deploy.identify.identify` (``threshold``, ``top_k``, ``every``,
         ``aligned``, ``landmarks``, ``min_face``, ``annotate``). ``result.to_json()`` is what
         ``kface identify --json`` prints.
         """
-        from kface_cli.gallery.identify import identify
+        from kface_cli.deploy.identify import identify
 
         paths = [photos] if isinstance(photos, (str, Path)) else list(photos)
         with use_tqdm():

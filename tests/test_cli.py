@@ -177,9 +177,9 @@ IDENTIFY_PROBED = (*HEAVY, "mediapipe.python.solutions.drawing_utils", "mediapip
 def test_onnx_identify_imports_only_what_it_uses(tmp_path):
     from embedding_fixtures import insightface_style_onnx
 
+    from kface_cli.deploy.enroll import enroll_folder
     from kface_cli.embedding.loading import load_embedder
     from kface_cli.face.imageio import write_image
-    from kface_cli.gallery.enroll import enroll_folder
     from kface_cli.models.registry import get_backbone
 
     model = tmp_path / "model.onnx"

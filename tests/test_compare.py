@@ -9,7 +9,7 @@ import pytest
 from gallery_helpers import CODES, PixelEmbedder, mbf_model, render_photo  # noqa: F401 (fixture)
 
 from kface_cli.defaults import DEFAULT_THRESHOLD
-from kface_cli.embedding.compare import (
+from kface_cli.deploy.compare import (
     NAMES_SUFFIX,
     embed_photos,
     load_embeddings,

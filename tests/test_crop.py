@@ -11,7 +11,7 @@ from synth_helpers import make_source
 from kface_cli.dataset.annotation import format_annotation, parse_annotation
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.face.align import ARCFACE_TEMPLATE, box_crop
-from kface_cli.face.detect import DetectedFace
+from kface_cli.face.detector import DetectedFace
 from kface_cli.face.pipeline import align_face
 from kface_cli.prepare.crop import MANIFEST_COLUMNS, CropConfig, CropMode, crop
 from kface_cli.prepare.extract import Selection, extract
@@ -249,7 +249,7 @@ def photos(tmp_path, monkeypatch):
     _photo(src / "Bob O'Neil" / "ok.jpg")
     (src / "Bob O'Neil" / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
     stub = _StubDetector({"group": 2, "wall": 0})
-    from kface_cli.face import detect
+    from kface_cli.face import detector as detect
 
     real = detect.get_detector
     monkeypatch.setattr(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kface_cli.errors import InputError, KFaceError
-from kface_cli.face.detect import DetectedFace, get_detector
+from kface_cli.face.detector import DetectedFace, get_detector
 from kface_cli.face.imageio import read_image
 
 FIXTURE = Path(__file__).parent / "fixtures" / "astronaut.jpg"
@@ -137,7 +137,7 @@ def test_annotation_and_auto_modes(tmp_path, photo):
 
 
 def test_import_has_no_side_effects():
-    code = "import sys, kface_cli.face.detect as d; d.get_detector('auto'); print('mediapipe' in sys.modules)"
+    code = "import sys, kface_cli.face.detector as d; d.get_detector('auto'); print('mediapipe' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
 
@@ -146,7 +146,7 @@ def test_import_has_no_side_effects():
 def test_mediapipe_loads_without_drawing_utils_and_stays_whole_for_other_code():
     code = (
         "import sys\n"
-        "from kface_cli.face.detect import get_detector\n"
+        "from kface_cli.face.detector import get_detector\n"
         "from kface_cli.face.imageio import read_image\n"
         "faces = get_detector('detect').detect(read_image(sys.argv[1]))\n"
         "skipped = [m for m in ('matplotlib', 'mediapipe.tasks') if m in sys.modules]\n"
@@ -159,7 +159,7 @@ def test_mediapipe_loads_without_drawing_utils_and_stays_whole_for_other_code():
 
 
 def test_a_dark_photo_is_searched_again_contrast_enhanced(photo):
-    from kface_cli.face.detect import MediaPipeDetector, is_low_light
+    from kface_cli.face.detector import MediaPipeDetector, is_low_light
 
     dark = (photo.astype(np.float32) * 0.03).round().astype(np.uint8)  # mean grey level ~3 (K-Face L7)
     assert is_low_light(dark) and not is_low_light(photo)

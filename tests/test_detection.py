@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from gallery_helpers import CODES, render_photo
 
+from kface_cli.deploy.detect import detect_photos, photo_paths, table_rows
 from kface_cli.errors import InputError
-from kface_cli.face.detect import get_detector
-from kface_cli.face.detection import detect_photos, photo_paths, table_rows
+from kface_cli.face.detector import get_detector
 from kface_cli.face.imageio import read_image
 
 ASTRONAUT = Path(__file__).parent / "fixtures" / "astronaut.jpg"

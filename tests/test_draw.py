@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from kface_cli.gallery.draw import draw_faces, font_for, missing_glyphs, render_text
+from kface_cli.deploy.draw import draw_faces, font_for, missing_glyphs, render_text
 
 
 def test_render_text_handles_every_script():
@@ -24,7 +24,7 @@ def test_font_choice_and_missing_glyph_report():
 
 
 def test_missing_glyphs_names_exactly_the_characters_no_font_has(monkeypatch):
-    from kface_cli.gallery import draw
+    from kface_cli.deploy import draw
 
     latin_only = font_for("A")  # DejaVu: Latin, no Hangul
     try:

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from gallery_helpers import CODES, PixelEmbedder, SidecarDetector, mbf_model, people_folder, render_photo  # noqa: F401 (fixture)
 
+from kface_cli.deploy.enroll import Status, enroll_folder, find_photos
 from kface_cli.errors import InputError, ModelMismatchError
-from kface_cli.gallery.enroll import Status, enroll_folder, find_photos
 from kface_cli.gallery.store import Gallery
 
 REPO = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ _ENROLL = textwrap.dedent(
     import sys
     sys.path.insert(0, sys.argv[4])
     from gallery_helpers import PixelEmbedder, SidecarDetector
-    from kface_cli.gallery.enroll import enroll_folder
+    from kface_cli.deploy.enroll import enroll_folder
     enroll_folder(sys.argv[1], sys.argv[2], PixelEmbedder(delay=float(sys.argv[3])), detector=SidecarDetector(), batch_size=2, update_index=False)
     """
 )

@@ -329,7 +329,7 @@ def _with_source_photos(ws, monkeypatch, fallback=False):
     finds the face in every photo except camera C9 ones, as a detector misses profiles."""
     import numpy as np
 
-    from kface_cli.face import detect
+    from kface_cli.face import detector as detect
     from kface_cli.face.align import ARCFACE_TEMPLATE
     from kface_cli.prepare.split import write_sources
 

@@ -12,9 +12,9 @@ from gallery_helpers import CODES, FakeFace, PixelEmbedder, SidecarDetector, mbf
 
 from kface_cli.console import to_json
 from kface_cli.defaults import DEFAULT_THRESHOLD
+from kface_cli.deploy.enroll import enroll_folder
+from kface_cli.deploy.identify import UNKNOWN, identify, table_rows, write_csv
 from kface_cli.errors import InputError, ModelMismatchError
-from kface_cli.gallery.enroll import enroll_folder
-from kface_cli.gallery.identify import UNKNOWN, identify, table_rows, write_csv
 
 PEOPLE = {"김철수": "19072651", "Alice": "19072652", "Bob": "19072653"}
 STRANGER = "19072659"
@@ -199,7 +199,7 @@ def test_cli_identify(world, tmp_path, mbf_model):
 
 
 def test_camera_frames_stream_until_max_frames(world, monkeypatch, capsys):
-    import kface_cli.gallery.identify as identify_mod
+    import kface_cli.deploy.sources as sources_mod
     from kface_cli.dataset.annotation import read_annotation
     from kface_cli.face.imageio import read_image
 
@@ -220,7 +220,7 @@ def test_camera_frames_stream_until_max_frames(world, monkeypatch, capsys):
         def detect(self, img, path=None):
             return [FakeFace(tuple(ann.face_box), 0.9, np.asarray(ann.points5, np.float32))]
 
-    monkeypatch.setattr(identify_mod, "_open_capture", lambda source: FakeCamera())
+    monkeypatch.setattr(sources_mod, "open_capture", lambda source: FakeCamera())
     result = _identify(world, [], camera=0, every=3, max_frames=2, detector=Fixed())
     assert [i.image for i in result.images] == ["camera0#frame=0", "camera0#frame=3"]
     assert all(i.faces[0].name == "Bob" for i in result.images) and FakeCamera.released

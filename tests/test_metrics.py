@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from kface_cli.embedding import metrics as M
 from kface_cli.errors import InputError
-from kface_cli.evaluate import metrics as M
 
 # --------------------------------------------------------------------------------------------
 # brute-force references (plain loops, written from the protocol's description)

@@ -11,7 +11,7 @@ from geometry import similarity, transform_points
 
 from kface_cli.errors import InputError
 from kface_cli.face.align import ARCFACE_TEMPLATE, norm_crop
-from kface_cli.face.detect import DetectedFace, get_detector
+from kface_cli.face.detector import DetectedFace, get_detector
 from kface_cli.face.pipeline import faces_in_image, is_aligned_crop, load_aligned
 
 FIXTURE = Path(__file__).parent / "fixtures" / "astronaut.jpg"
@@ -142,11 +142,11 @@ def test_crop_enroll_identify_and_evaluate_see_the_same_aligned_pixels(tmp_path,
     """The one face path: the four commands turn the same photo into identical aligned pixels."""
     from gallery_helpers import CODES, PixelEmbedder, render_photo
 
+    from kface_cli.deploy.enroll import enroll_folder
+    from kface_cli.deploy.identify import identify
     from kface_cli.evaluate.evaluation import EvaluateOptions, evaluate_embedder
     from kface_cli.face import imageio
     from kface_cli.formats.pairs import Pair, write_pairs_csv
-    from kface_cli.gallery.enroll import enroll_folder
-    from kface_cli.gallery.identify import identify
     from kface_cli.prepare.crop import CropConfig, crop
 
     class Recorder(PixelEmbedder):

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from kface_cli.evaluate import metrics as M
+from kface_cli.embedding import metrics as M
 from kface_cli.evaluate import report
 from kface_cli.evaluate.conditions import verification_breakdown
 from kface_cli.evaluate.evaluation import Evaluation

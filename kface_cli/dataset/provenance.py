@@ -27,6 +27,8 @@ TRACED_IDENTITIES = 50
 #: How many folders above the training data a workspace (with its raw/ folder) is looked for.
 WORKSPACE_LEVELS = 3
 _SYNTHETIC_DATA_PREFIX = "synthetic:"
+#: Per-identity marker ``kface extract`` writes after a complete extraction (selection, counts, source).
+DONE_MARKER = ".extract.json"
 
 
 def mark_synthetic(root: str | Path, **facts: Any) -> Path:
@@ -46,8 +48,6 @@ def is_synthetic_source(path: str | Path) -> bool:
 
 def _source_of_identity(data: Path, identity: str) -> str | None:
     """The K-Face zip/folder the identity was extracted from, found through the workspace's raw/."""
-    from kface_cli.prepare.extract import DONE_MARKER
-
     for root in [data, *list(data.parents)[:WORKSPACE_LEVELS]]:
         for marker in sorted((root / "raw").glob(f"*/{identity}/{DONE_MARKER}")):
             try:

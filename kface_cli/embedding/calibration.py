@@ -190,7 +190,7 @@ def load_threshold(embedder: Any, kind: str = VERIFICATION) -> float | None:
 
 def describe(entry: dict) -> str:
     """``1:N at FPIR 1e-02`` / ``1:1 at FAR 1e-03`` / ``1:1 at best accuracy``."""
-    from kface_cli.evaluate.metrics import far_key
+    from kface_cli.embedding.metrics import far_key
 
     if entry.get("target_fpir") is not None:
         return f"1:N at FPIR {far_key(entry['target_fpir'])}"

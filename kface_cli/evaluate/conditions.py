@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from kface_cli.evaluate import metrics as M
+from kface_cli.embedding import metrics as M
 
 #: Factors of the breakdown, in display order: (codes key, label).
 FACTORS: tuple[tuple[str, str], ...] = (

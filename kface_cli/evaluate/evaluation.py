@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from kface_cli.defaults import EMBED_BATCH_SIZE
+from kface_cli.embedding import metrics as M
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.evaluate import conditions as C
-from kface_cli.evaluate import metrics as M
 
 #: The canonical K-Face image enrolled per identity in the val-split identification protocol.
 CANONICAL_CODES = {"acc": "S001", "light": "L1", "expr": "E01", "cam": "C7"}
@@ -192,7 +192,7 @@ def _load_pairs(options: EvaluateOptions, protocol: Protocol, ws: Any):
 
 def _embed_pairs(embedder: Any, prepared: Any, options: EvaluateOptions, cache: dict) -> Any:
     """Pair distances; each image's embedding goes into ``cache`` (identification reuses it)."""
-    from kface_cli.evaluate.protocols import embed_pairs_detailed
+    from kface_cli.embedding.photos import embed_pairs_detailed
 
     res = embed_pairs_detailed(embedder, prepared, batch_size=options.batch_size)
     ok = ~res.faces.failed  # type: ignore[operator]
@@ -201,7 +201,7 @@ def _embed_pairs(embedder: Any, prepared: Any, options: EvaluateOptions, cache: 
 
 
 def _verify(embedder: Any, options: EvaluateOptions, protocol: Protocol, ws: Any, cache: dict, loader: Any) -> dict:
-    from kface_cli.evaluate.protocols import PairFaces, prepare_pairs
+    from kface_cli.embedding.photos import PairFaces, prepare_pairs
 
     source, description = _load_pairs(options, protocol, ws)
     t0 = time.perf_counter()
@@ -239,7 +239,7 @@ def _canonical_rank(path: Path) -> tuple:
 
 def val_identification_split(val_dir: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]]:
     """(gallery, probes) from ``split/val/<id>/``: see the module docstring for the rule."""
-    from kface_cli.evaluate.protocols import list_identity_folder
+    from kface_cli.embedding.photos import list_identity_folder
 
     items = list_identity_folder(val_dir)
     by_id: dict[str, list[Path]] = {}
@@ -269,7 +269,7 @@ def _embed_identification(
     loader: Any,
 ) -> dict:
     """Gallery and probe embeddings (faces found), with their labels and the probes' paths."""
-    from kface_cli.evaluate.protocols import embed_paths
+    from kface_cli.embedding.photos import embed_paths
 
     g_emb, g_ok = embed_paths(
         embedder,
@@ -324,7 +324,7 @@ def _identification_sets(
     options: EvaluateOptions, protocol: Protocol | None, ws: Any
 ) -> tuple[list[tuple[str, Path]], list[tuple[str, Path]]] | None:
     """(gallery, probes) of the identification protocol, or None when there is none."""
-    from kface_cli.evaluate.protocols import list_identity_folder
+    from kface_cli.embedding.photos import list_identity_folder
 
     if options.gallery_dir is not None:
         return list_identity_folder(options.gallery_dir), list_identity_folder(options.probe_dir)  # type: ignore[arg-type]
@@ -349,7 +349,7 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
     without flip: when ``embedder`` flips, the faces are embedded a second time without it, and the
     reported metrics stay those of ``embedder``.
     """
-    from kface_cli.evaluate.protocols import FaceLoader
+    from kface_cli.embedding.photos import FaceLoader
     from kface_cli.workspace import Workspace
 
     protocol = protocol_of(options)
@@ -430,7 +430,7 @@ def landmark_report(
     A face without landmarks cannot be compared: its pairs count as rejected and, as a probe, it
     is left out of identification (as a deployed system would fail on it).
     """
-    from kface_cli.face.detect import ANNOTATION_FALLBACK
+    from kface_cli.face.detector import ANNOTATION_FALLBACK
 
     sources = Counter(v or "none" for v in outcomes.values())
     by_factor: dict[str, dict[str, dict[str, int]]] = {}
@@ -463,8 +463,8 @@ def detector_only_accuracy(
 ) -> dict | None:
     """10-fold accuracy when the faces taken from their annotation (the detector missed them)
     count as missed too: their pairs rejected. None when no face fell back."""
-    from kface_cli.evaluate.protocols import FAILED_DISTANCE
-    from kface_cli.face.detect import ANNOTATION_FALLBACK
+    from kface_cli.embedding.photos import FAILED_DISTANCE
+    from kface_cli.face.detector import ANNOTATION_FALLBACK
 
     fell_back = np.array([outcomes.get(n) == ANNOTATION_FALLBACK for n in prepared.names], dtype=bool)
     if not fell_back.any():

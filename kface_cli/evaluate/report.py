@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from kface_cli.evaluate import metrics as M
+from kface_cli.embedding import metrics as M
 
 METRICS_FILE = "metrics.json"
 

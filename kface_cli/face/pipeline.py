@@ -26,7 +26,7 @@ import numpy as np
 from kface_cli.defaults import ALIGNED_CROP_SIDES, FACE_SIZE
 from kface_cli.errors import InputError
 from kface_cli.face.align import box_crop, is_degenerate, norm_crop, resize_crop, template_for
-from kface_cli.face.detect import DetectedFace, Detector
+from kface_cli.face.detector import DetectedFace, Detector
 from kface_cli.face.imageio import read_image
 
 #: How a face was turned into its crop (``AlignedFace.method``).

@@ -72,10 +72,10 @@ def safe_load_bin_pickle(data: bytes, source: str | Path = "<bytes>") -> tuple[l
 
 
 def read_bin(path: str | Path, *, size: int = FACE_SIZE):
-    """Read a ``.bin`` as :class:`~kface_cli.evaluate.protocols.PairFaces` (pairs = images 2k, 2k+1)."""
+    """Read a ``.bin`` as :class:`~kface_cli.formats.pairs.PairFaces` (pairs = images 2k, 2k+1)."""
     from kface_cli.console import progress
-    from kface_cli.evaluate.protocols import PairFaces
     from kface_cli.face.imageio import decode_image
+    from kface_cli.formats.pairs import PairFaces
 
     path = Path(path)
     if not path.is_file():

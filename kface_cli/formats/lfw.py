@@ -6,7 +6,7 @@ fold, that many same-person lines ``name n1 n2`` followed by that many different
 ``<root>/<name>/<name>_<n:04d>.jpg``. A file without the header (just pair lines) is accepted too.
 
 Pairs are returned in file order, so the 10-fold split of
-:func:`kface_cli.evaluate.metrics.ten_fold_accuracy` reproduces the official folds.
+:func:`kface_cli.embedding.metrics.ten_fold_accuracy` reproduces the official folds.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
+from kface_cli.defaults import FACE_SIZE
 from kface_cli.errors import InputError
 
 PAIR_COLUMNS = [
@@ -112,3 +115,33 @@ def _rel(p: Path, base: Path) -> str:
 def _abs(s: str, base: Path) -> Path:
     p = Path(s)
     return p if p.is_absolute() else base / p
+
+
+@dataclass
+class PairFaces:
+    """Pairs over a set of unique aligned faces.
+
+    ``faces[i]`` is the aligned crop of image ``names[i]``; pair k compares ``faces[idx1[k]]`` with
+    ``faces[idx2[k]]``. ``failed[i]`` marks images where no face was found (their crop is blank).
+    """
+
+    faces: np.ndarray  # (U, 112, 112, 3) BGR uint8
+    idx1: np.ndarray  # (N,) int64
+    idx2: np.ndarray  # (N,) int64
+    issame: np.ndarray  # (N,) bool
+    names: list[str] = field(default_factory=list)  # (U,) image path or name
+    failed: np.ndarray | None = None  # (U,) bool
+
+    def __post_init__(self) -> None:
+        assert self.faces.ndim == 4 and self.faces.shape[1:] == (FACE_SIZE, FACE_SIZE, 3), (
+            f"faces must be (U,{FACE_SIZE},{FACE_SIZE},3), got {self.faces.shape}"
+        )
+        assert self.idx1.shape == self.idx2.shape == self.issame.shape, (
+            "idx1, idx2, issame must have one entry per pair"
+        )
+        if self.failed is None:
+            self.failed = np.zeros(len(self.faces), dtype=bool)
+
+    @property
+    def n_pairs(self) -> int:
+        return int(self.issame.size)

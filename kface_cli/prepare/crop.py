@@ -55,7 +55,7 @@ from kface_cli.errors import InputError, KFaceError
 from kface_cli.workspace import DEFAULT_RESOLUTION, MANIFEST, Workspace, normalise_resolution
 
 if TYPE_CHECKING:
-    from kface_cli.face.detect import Detector
+    from kface_cli.face.detector import Detector
 
 MANIFEST_COLUMNS = [
     "path",
@@ -224,7 +224,7 @@ class _Croppers:
 def _crop_one(item: _Item, out: Path, config: CropConfig, croppers: _Croppers) -> CropRecord:
     from kface_cli.dataset.annotation import read_annotation
     from kface_cli.face.align import box_crop
-    from kface_cli.face.detect import ANNOTATION, ANNOTATION_FALLBACK, sidecar_path
+    from kface_cli.face.detector import ANNOTATION, ANNOTATION_FALLBACK, sidecar_path
     from kface_cli.face.imageio import read_image, write_image
     from kface_cli.face.pipeline import faces_in_image
 
@@ -338,7 +338,7 @@ def crop(
     """
     from kface_cli.atomic import write_text
     from kface_cli.console import progress
-    from kface_cli.face.detect import ANNOTATION, get_detector
+    from kface_cli.face.detector import ANNOTATION, get_detector
 
     t0 = time.perf_counter()
     res = normalise_resolution(res)

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kface_cli.dataset import codes as kc
+from kface_cli.dataset.provenance import DONE_MARKER
 from kface_cli.dataset.source import IdentitySource, list_identities, open_identity
 from kface_cli.defaults import auto_workers
 from kface_cli.errors import InputError, KFaceError
@@ -41,8 +42,6 @@ from kface_cli.workspace import DEFAULT_RESOLUTION, Workspace, normalise_resolut
 
 #: Folder inside a workspace where `kface sample-data` writes and `kface extract` looks by default.
 SOURCE_DIRNAME = "source"
-#: Per-identity marker written after a complete extraction (selection + counts).
-DONE_MARKER = ".extract.json"
 
 
 def default_source(workdir: str | Path | None = None) -> Path:

@@ -221,7 +221,7 @@ def write_csv(
 
 
 def _labelled(face: np.ndarray, text: str, colour: tuple[int, int, int]) -> np.ndarray:
-    from kface_cli.gallery.draw import blend_label, render_text
+    from kface_cli.deploy.draw import blend_label, render_text
 
     out = face.copy()
     mask = render_text(text, 14)
@@ -232,7 +232,7 @@ def _labelled(face: np.ndarray, text: str, colour: tuple[int, int, int]) -> np.n
 def contact_sheet(entries: list[tuple[np.ndarray, str, np.ndarray, str, np.ndarray, str]]) -> np.ndarray:
     """Rows of (flagged face, label, typical face of its identity, label, typical face of the
     nearest identity, label), ``SHEET_COLUMNS`` entries per row, 2 px gaps; BGR uint8."""
-    from kface_cli.gallery.draw import KNOWN_COLOUR, UNKNOWN_COLOUR
+    from kface_cli.deploy.draw import KNOWN_COLOUR, UNKNOWN_COLOUR
 
     size = entries[0][0].shape[0]
     gap = 2

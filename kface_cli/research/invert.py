@@ -231,7 +231,7 @@ def _target(
     if embedding is not None:
         return read_embedding_file(Path(embedding), embedder.embedding_size), str(embedding)
     if image is not None:
-        from kface_cli.evaluate.protocols import FaceLoader
+        from kface_cli.embedding.photos import FaceLoader
 
         face = FaceLoader()(Path(image))
         if face is None:

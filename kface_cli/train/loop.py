@@ -297,8 +297,8 @@ def validate(backbone: Any, pair_faces: Any, *, network: str, batch_size: int = 
     """Verification on prepared val pairs (flip TTA, as insightface): 10-fold accuracy, threshold,
     TAR at FAR 1e-2, AUC, EER. Uses the same embedder and metrics as ``kface evaluate``."""
     from kface_cli.embedding.embedder import embedder_from_module
-    from kface_cli.evaluate.metrics import far_key, verification_metrics
-    from kface_cli.evaluate.protocols import embed_pairs
+    from kface_cli.embedding.metrics import far_key, verification_metrics
+    from kface_cli.embedding.photos import embed_pairs
 
     embedder = embedder_from_module(ck.unwrap(backbone), flip=True, network=network, backend="torch")
     dist, issame = embed_pairs(embedder, pair_faces, batch_size=batch_size)
@@ -604,7 +604,7 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
                 "no validation pairs (split/val_pairs.csv or --val-pairs): training without validation; backbone.pth will be the last epoch"
             )
         else:
-            from kface_cli.evaluate.protocols import prepare_pairs
+            from kface_cli.embedding.photos import prepare_pairs
             from kface_cli.formats.pairs import read_pairs_csv
 
             run.pair_faces = prepare_pairs(read_pairs_csv(run.val_path), description="Loading val pairs")

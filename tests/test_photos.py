@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from evaldata import FakeEmbedder, make_identities, make_pairs
 
+from kface_cli.embedding import photos as P
 from kface_cli.errors import InputError
-from kface_cli.evaluate import protocols as P
 
 
 def test_embed_pairs_embeds_each_unique_image_once_and_matches_per_pair_distances(tmp_path):
@@ -52,7 +52,7 @@ def test_photos_go_through_detection_and_alignment_and_faceless_pairs_are_reject
     crop = tmp_path / "crop.png"
     cv2.imwrite(str(crop), np.full((112, 112, 3), 200, np.uint8))
     seen = []
-    from kface_cli.face import detect
+    from kface_cli.face import detector as detect
     from kface_cli.face.align import ARCFACE_TEMPLATE
 
     class Detector:  # a face at a known place in every non-black photo

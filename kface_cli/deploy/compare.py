@@ -1,7 +1,7 @@
 """Photos to embeddings and one-to-one comparison: ``kface embed`` and ``kface verify``.
 
 Each photo becomes one aligned face the way evaluation loads images
-(:class:`kface_cli.evaluate.protocols.FaceLoader`): an aligned 112x112 (or 224x224) crop is used as
+(:class:`kface_cli.embedding.photos.FaceLoader`): an aligned 112x112 (or 224x224) crop is used as
 it is, any other photo goes through detection and alignment (:mod:`kface_cli.face.pipeline`) and
 its largest face is used.
 
@@ -103,15 +103,14 @@ def verify_photos(
             (called once both photos are found to exist).
         threshold: squared-L2 distance below which the two are the same person (None: the
             model's calibrated 1:1 threshold, else 1.5).
-        landmarks: ``auto`` | ``detect`` | ``annotation`` (see :func:`kface_cli.face.detect.get_detector`).
+        landmarks: ``auto`` | ``detect`` | ``annotation`` (see :func:`kface_cli.face.detector.get_detector`).
 
     A photo without a face raises :class:`~kface_cli.errors.InputError`.
     """
     from kface_cli.dataset.provenance import warn_if_synthetic
-    from kface_cli.evaluate.protocols import FaceLoader
-    from kface_cli.face.detection import photo_paths
-    from kface_cli.gallery.enroll import describe_model, resolve_embedder
-    from kface_cli.gallery.identify import resolve_threshold
+    from kface_cli.deploy.model import describe_model, resolve_embedder, resolve_threshold
+    from kface_cli.deploy.sources import photo_paths
+    from kface_cli.embedding.photos import FaceLoader
 
     paths = [photo_paths([p]) for p in (image1, image2)]
     if any(len(p) != 1 for p in paths):
@@ -181,9 +180,9 @@ def embed_photos(
     and the next batch is decoded while the model embeds the current one (:func:`embed_aligned`).
     """
     from kface_cli.dataset.provenance import warn_if_synthetic
-    from kface_cli.evaluate.protocols import FaceLoader, embed_paths
-    from kface_cli.face.detection import photo_paths
-    from kface_cli.gallery.enroll import describe_model, resolve_embedder
+    from kface_cli.deploy.model import describe_model, resolve_embedder
+    from kface_cli.deploy.sources import photo_paths
+    from kface_cli.embedding.photos import FaceLoader, embed_paths
 
     out = Path(out)
     _check_out(out)

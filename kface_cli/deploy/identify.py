@@ -24,14 +24,15 @@ from typing import Any
 import numpy as np
 
 from kface_cli.choices import LandmarkMode
-from kface_cli.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP_K, EMBED_BATCH_SIZE
+from kface_cli.defaults import DEFAULT_TOP_K, EMBED_BATCH_SIZE
+from kface_cli.deploy import sources
+from kface_cli.deploy.model import describe_model, resolve_embedder, resolve_threshold
+from kface_cli.deploy.sources import Frame, expand_inputs
 from kface_cli.errors import InputError, KFaceError
-from kface_cli.gallery.enroll import describe_model, resolve_embedder
 from kface_cli.gallery.index import Candidate, IndexKind, load_index, search_identities
 from kface_cli.gallery.store import Gallery, ModelInfo
 
 UNKNOWN = "unknown"
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 #: Photos (or frames) whose faces are embedded and searched together.
 FRAMES_PER_BATCH = 16
 
@@ -109,141 +110,6 @@ class IdentifyResult:
         }
 
 
-@dataclass
-class _Frame:
-    label: str
-    image: np.ndarray | None  # BGR; None when it could not be read
-    path: Path | None  # for sidecar landmarks
-    annotate_name: str
-    error: str | None = None
-
-
-def resolve_threshold(threshold: float | None, embedder, *, one_to_one: bool = False) -> tuple[float, str, str]:
-    """``(threshold, source, detail)``: ``threshold`` if given, else the model's calibrated 1:N
-    threshold, else its 1:1 one, else the default (1.5). See the module docstring. ``one_to_one``
-    (``kface verify``): only a 1:1 calibration counts."""
-    from kface_cli.embedding.calibration import IDENTIFICATION, VERIFICATION, identify_threshold
-
-    if threshold is not None:
-        if not 0.0 <= threshold <= 4.0:
-            raise InputError(
-                f"--threshold {threshold} is outside 0..4",
-                hint="It is a squared L2 distance between unit vectors (2 - 2 cos).",
-            )
-        return float(threshold), "given", "given with --threshold"
-    calibrated = identify_threshold(embedder, (VERIFICATION,) if one_to_one else (IDENTIFICATION, VERIFICATION))
-    if calibrated is not None:
-        value, kind, detail = calibrated
-        return value, f"calibrated_{kind}", detail
-    return DEFAULT_THRESHOLD, "default", f"default {DEFAULT_THRESHOLD:g}; model not calibrated"
-
-
-def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
-    """Photos and videos named on the command line; folders are searched recursively."""
-    from kface_cli.face.imageio import is_image_file
-
-    if not paths:
-        raise InputError("no photos given", hint="Pass photos, folders or videos, or --camera 0.")
-    out: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if not p.exists():
-            raise InputError(f"not found: {p}", hint="Check the path.")
-        if p.is_dir():
-            found = [f for f in sorted(p.rglob("*")) if f.is_file() and (is_image_file(f) or _is_video(f))]
-            if not found:
-                raise InputError(f"no photos or videos in {p}")
-            out.extend(found)
-        elif is_image_file(p) or _is_video(p):
-            out.append(p)
-        else:
-            raise InputError(
-                f"{p} is neither a photo nor a video",
-                hint="Photos: JPEG, PNG, BMP, WebP, TIFF; videos: " + ", ".join(VIDEO_EXTENSIONS),
-            )
-    return out
-
-
-def _is_video(path: Path) -> bool:
-    return path.suffix.lower() in VIDEO_EXTENSIONS
-
-
-def _annotate_name(path: Path, used: set[str]) -> str:
-    name = path.name if path.suffix.lower() in (".jpg", ".jpeg", ".png") else path.stem + ".jpg"
-    stem, suffix = Path(name).stem, Path(name).suffix
-    k = 1
-    while name in used:
-        k += 1
-        name = f"{stem}_{k}{suffix}"
-    used.add(name)
-    return name
-
-
-def _photo_frames(files: Sequence[Path], every: int, max_frames: int | None = None) -> Iterator[_Frame]:
-    """Video frames, and photos not yet read (:func:`_find_faces` reads them, on a worker thread)."""
-    used: set[str] = set()
-    for f in files:
-        if _is_video(f):
-            yield from _video_frames(f, every, label=str(f), max_frames=max_frames)
-            continue
-        yield _Frame(str(f), None, f, _annotate_name(f, used))
-
-
-def _open_capture(source: Path | int):
-    """An opened ``cv2.VideoCapture`` on a video file or a camera index (clear error otherwise)."""
-    import cv2
-
-    # No V4L/FFmpeg noise for a missing camera. OpenCV 5 has cv2.utils.logging; OpenCV 4 has
-    # cv2.getLogLevel/setLogLevel (0 = silent in both).
-    log = getattr(getattr(cv2, "utils", None), "logging", None)
-    get_level = getattr(log, "getLogLevel", None) or getattr(cv2, "getLogLevel", None)
-    set_level = getattr(log, "setLogLevel", None) or getattr(cv2, "setLogLevel", None)
-    level = get_level() if get_level and set_level else None
-    if level is not None:
-        set_level(0)
-    try:
-        cap = cv2.VideoCapture(str(source) if isinstance(source, Path) else source)
-        opened = cap.isOpened()
-    finally:
-        if level is not None:
-            set_level(level)
-    if not opened:
-        if isinstance(source, int):
-            raise InputError(
-                f"no camera {source} could be opened",
-                hint="Check that a webcam is connected and not in use (try --camera 1), or pass photos or a video file instead.",
-            )
-        raise InputError(
-            f"cannot read video {source}", hint="OpenCV could not open it; convert it to MP4 (H.264) or extract frames."
-        )
-    return cap
-
-
-def _video_frames(
-    source: Path | int, every: int, label: str, max_frames: int | None = None, cap=None
-) -> Iterator[_Frame]:
-    """Every ``every``-th frame of a video file or camera (``cap``: an already opened capture)."""
-    cap = cap if cap is not None else _open_capture(source)
-    stem = source.stem if isinstance(source, Path) else f"camera{source}"
-    n = 0
-    yielded = 0
-    try:
-        while True:
-            ok, frame = cap.read()
-            if not ok:
-                break
-            if n % every == 0:
-                yield _Frame(f"{label}#frame={n}", frame, None, f"{stem}_frame{n:06d}.jpg")
-                yielded += 1
-                if max_frames is not None and yielded >= max_frames:
-                    break
-            n += 1
-    finally:
-        cap.release()
-    if n == 0 and isinstance(source, Path):
-        raise InputError(f"video {source} has no readable frames")
-
-
 def identify(
     paths: Sequence[str | Path],
     gallery_path: str | Path,
@@ -294,16 +160,16 @@ def identify(
     if camera is None:
         files = expand_inputs(paths)  # before the slow model load: typos fail fast
     else:
-        capture = _open_capture(camera)
+        capture = sources.open_capture(camera)
     gallery = Gallery(gallery_path)
     gallery.model()  # missing / corrupt gallery: fail before loading the model
     if detector is None:  # mediapipe loads only if a photo needs it
-        from kface_cli.face.detect import get_detector
+        from kface_cli.face.detector import get_detector
 
         detector = get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)
-    photo_frames = _photo_frames(files, every, max_frames) if camera is None else iter(())
+    photo_frames = sources.photo_frames(files, every, max_frames) if camera is None else iter(())
     early = None
-    if camera is None and workers != 1 and files and not _is_video(files[0]):
+    if camera is None and workers != 1 and files and not sources.is_video(files[0]):
         # the first photo is read and searched while the model and the gallery load (both
         # release the GIL for most of it): one photo, whole process, 0.7 s -> see docs/performance.md
         early = submit(_find_faces, next(photo_frames), detector, aligned, workers=workers)
@@ -326,15 +192,15 @@ def identify(
         out_dir.mkdir(parents=True, exist_ok=True)
 
     if camera is not None:
-        frames: Iterable[_Frame] = _video_frames(
+        frames: Iterable[Frame] = sources.video_frames(
             camera, every, label=f"camera{camera}", max_frames=max_frames, cap=capture
         )
         total = max_frames
     else:
         frames = photo_frames
-        total = len(files) if not any(_is_video(f) for f in files) else None
+        total = len(files) if not any(sources.is_video(f) for f in files) else None
 
-    def found_faces() -> Iterator[tuple[_Frame, list]]:
+    def found_faces() -> Iterator[tuple[Frame, list]]:
         if early is not None:
             yield early.result()
         yield from map_ordered(
@@ -353,7 +219,7 @@ def identify(
         threshold_detail=thr_detail,
     )
     warned_glyphs: set[str] = set()
-    batch: list[tuple[_Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]] = []
+    batch: list[tuple[Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]] = []
 
     def flush() -> None:
         faces = [crop for _, found in batch for (_, _, crop) in found]
@@ -397,8 +263,8 @@ def identify(
 
 
 def _find_faces(
-    frame: _Frame, detector, aligned: bool
-) -> tuple[_Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]:
+    frame: Frame, detector, aligned: bool
+) -> tuple[Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]:
     """Read a photo (unless it is a video frame), then :func:`_faces_of`; errors go to ``frame.error``."""
     from kface_cli.face.imageio import read_image
 
@@ -413,7 +279,7 @@ def _find_faces(
 
 
 def _faces_of(
-    frame: _Frame, detector, aligned: bool
+    frame: Frame, detector, aligned: bool
 ) -> list[tuple[tuple[float, float, float, float], float, np.ndarray]]:
     """(box, score, aligned 112x112 crop) of every face in the frame, largest first."""
     from kface_cli.face.pipeline import faces_in_image
@@ -423,10 +289,10 @@ def _faces_of(
     return [(tuple(float(v) for v in f.face.box), float(f.face.score), f.crop) for f in found]
 
 
-def _write_annotated(frame: _Frame, res: ImageResult, out_dir: Path, warned: set[str]) -> Path:
+def _write_annotated(frame: Frame, res: ImageResult, out_dir: Path, warned: set[str]) -> Path:
     from kface_cli.console import warn
+    from kface_cli.deploy.draw import draw_faces, missing_glyphs
     from kface_cli.face.imageio import write_image
-    from kface_cli.gallery.draw import draw_faces, missing_glyphs
 
     for f in res.faces:
         if not warned and missing_glyphs(f.name):

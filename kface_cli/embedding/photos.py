@@ -1,4 +1,5 @@
-"""From pair lists and image folders to distances and embeddings (the evaluation protocols).
+"""Photos, pairs of photos and identity folders to embeddings and distances (evaluation protocols,
+training-time validation, verify/embed and research all use them).
 
 The expensive part of evaluation is embedding, so every protocol here:
 
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,41 +29,12 @@ import numpy as np
 
 from kface_cli.defaults import FACE_SIZE
 from kface_cli.errors import InputError
+from kface_cli.formats.pairs import PairFaces
 
 #: Distance given to pairs whose image has no detectable face (the maximum squared L2 of unit vectors).
 FAILED_DISTANCE = 4.0
 #: Images embedded per chunk (bounds memory; the embedder batches inside each chunk).
 EMBED_CHUNK = 2048
-
-
-@dataclass
-class PairFaces:
-    """Pairs over a set of unique aligned faces.
-
-    ``faces[i]`` is the aligned crop of image ``names[i]``; pair k compares ``faces[idx1[k]]`` with
-    ``faces[idx2[k]]``. ``failed[i]`` marks images where no face was found (their crop is blank).
-    """
-
-    faces: np.ndarray  # (U, 112, 112, 3) BGR uint8
-    idx1: np.ndarray  # (N,) int64
-    idx2: np.ndarray  # (N,) int64
-    issame: np.ndarray  # (N,) bool
-    names: list[str] = field(default_factory=list)  # (U,) image path or name
-    failed: np.ndarray | None = None  # (U,) bool
-
-    def __post_init__(self) -> None:
-        assert self.faces.ndim == 4 and self.faces.shape[1:] == (FACE_SIZE, FACE_SIZE, 3), (
-            f"faces must be (U,{FACE_SIZE},{FACE_SIZE},3), got {self.faces.shape}"
-        )
-        assert self.idx1.shape == self.idx2.shape == self.issame.shape, (
-            "idx1, idx2, issame must have one entry per pair"
-        )
-        if self.failed is None:
-            self.failed = np.zeros(len(self.faces), dtype=bool)
-
-    @property
-    def n_pairs(self) -> int:
-        return int(self.issame.size)
 
 
 class FaceLoader:
@@ -76,7 +48,7 @@ class FaceLoader:
     """
 
     def __init__(self, landmarks: str = "auto", sources: dict[Path, Path] | None = None):
-        from kface_cli.face.detect import get_detector
+        from kface_cli.face.detector import get_detector
 
         self.detector = get_detector(landmarks)  # mediapipe loads on the first photo that needs it
         self.sources = sources

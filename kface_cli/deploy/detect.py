@@ -3,7 +3,7 @@
 What face_recognition's ``face_locations`` and deepface's ``extract_faces`` give, on the same path
 every other stage uses (:func:`kface_cli.face.pipeline.faces_in_image`), so the points reported
 here are the ones enroll and identify align with. ``annotate`` writes copies of the photos with
-the boxes, points and scores drawn (:func:`kface_cli.gallery.draw.draw_faces`).
+the boxes, points and scores drawn (:func:`kface_cli.deploy.draw.draw_faces`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kface_cli.deploy.sources import photo_paths
 from kface_cli.errors import InputError, KFaceError
-from kface_cli.face.detect import DetectedFace
+from kface_cli.face.detector import DetectedFace
 
 
 @dataclass
@@ -58,17 +59,6 @@ class DetectResult:
         }
 
 
-def photo_paths(paths: Sequence[str | Path]) -> list[Path]:
-    """Photos named on the command line (folders searched recursively); videos are refused."""
-    from kface_cli.gallery.identify import VIDEO_EXTENSIONS, expand_inputs
-
-    files = expand_inputs(paths)
-    videos = [f for f in files if f.suffix.lower() in VIDEO_EXTENSIONS]
-    if videos:
-        raise InputError(f"{videos[0]} is a video", hint="This command takes photos; `kface identify` reads videos.")
-    return files
-
-
 def detect_photos(
     paths: Sequence[str | Path],
     *,
@@ -80,7 +70,7 @@ def detect_photos(
     """Find every face in ``paths`` (photos or folders of photos).
 
     Args:
-        landmarks: ``auto`` | ``detect`` | ``annotation`` (see :func:`kface_cli.face.detect.get_detector`).
+        landmarks: ``auto`` | ``detect`` | ``annotation`` (see :func:`kface_cli.face.detector.get_detector`).
         min_face: smallest face to look for, in pixels (None: the detector's default).
         annotate: folder to write copies of the photos with boxes, points and scores drawn.
         detector: an object with ``detect(image, path=None)`` instead of ``get_detector(landmarks)``.
@@ -88,9 +78,9 @@ def detect_photos(
     An unreadable photo is reported in its entry (``error``) and skipped.
     """
     from kface_cli.console import progress, warn
+    from kface_cli.deploy.sources import annotate_name
     from kface_cli.face.imageio import read_image, write_image
     from kface_cli.face.pipeline import faces_in_image
-    from kface_cli.gallery.identify import _annotate_name
 
     files = photo_paths(paths)
     out_dir = Path(annotate) if annotate is not None else None
@@ -99,7 +89,7 @@ def detect_photos(
             raise InputError(f"--annotate needs a folder, got a file: {out_dir}")
         out_dir.mkdir(parents=True, exist_ok=True)
     if detector is None:
-        from kface_cli.face.detect import get_detector
+        from kface_cli.face.detector import get_detector
 
         detector = get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)  # type: ignore[arg-type]
     started = time.perf_counter()
@@ -117,9 +107,9 @@ def detect_photos(
                 warn(f"{path}: {e.message}: skipped")
             result.images.append(entry)
             if out_dir is not None and entry.error is None:
-                from kface_cli.gallery.draw import draw_faces
+                from kface_cli.deploy.draw import draw_faces
 
-                target = out_dir / _annotate_name(path, used)
+                target = out_dir / annotate_name(path, used)
                 write_image(target, draw_faces(image, entry.faces))
                 result.annotated.append(target)
             bar.advance()

@@ -32,6 +32,7 @@ import numpy as np
 
 from kface_cli.choices import LandmarkMode, PerIdentity
 from kface_cli.defaults import EMBED_BATCH_SIZE, ENROLL_BATCH_SIZE
+from kface_cli.deploy.model import describe_model, resolve_embedder
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
 
@@ -177,7 +178,7 @@ def enroll_folder(
             one normalised mean per person and run (smallest gallery; committed as soon as all
             of that person's photos are embedded).
         replace: first remove every template of the people found in ``folder``.
-        landmarks: ``auto`` | ``detect`` | ``annotation`` (see :func:`kface_cli.face.detect.get_detector`).
+        landmarks: ``auto`` | ``detect`` | ``annotation`` (see :func:`kface_cli.face.detector.get_detector`).
         min_face: smallest face to look for, in pixels (None: the detector's default).
         batch_size: photos embedded and committed together (a crash loses at most one batch).
         detector: an object with ``detect(image, path=None)`` to use instead of ``get_detector``
@@ -205,7 +206,7 @@ def enroll_folder(
     if mode is PerIdentity.ALL:  # grow the file once, to the size this run can reach
         gallery.reserve((gallery.facts().templates if gallery.exists() else 0) + len(photos), model)
     if detector is None:  # mediapipe loads only if a photo needs it
-        from kface_cli.face.detect import get_detector
+        from kface_cli.face.detector import get_detector
 
         detector = get_detector(landmarks, min_face=min_face) if min_face else get_detector(landmarks)
 
@@ -351,18 +352,6 @@ def _prepare(photo: Photo, aligned: bool, detector, known: set[str]) -> tuple[Ph
     if len(found) > 1:
         return PhotoOutcome(photo.name, photo.path, Status.ADDED, f"{len(found)} faces: used the largest"), ready
     return None, ready
-
-
-def resolve_embedder(embedder):
-    """An embedder, or the result of calling a loader that returns one."""
-    return embedder() if callable(embedder) and not hasattr(embedder, "embed") else embedder
-
-
-def describe_model(embedder) -> dict[str, Any]:
-    """The model as results report it: network, fingerprint... (``Embedder.describe()``)."""
-    if hasattr(embedder, "describe"):
-        return dict(embedder.describe())
-    return {"network": getattr(embedder, "network", None), "fingerprint": embedder.fingerprint}
 
 
 def summary_rows(result: EnrollResult) -> tuple[list[str], list[Sequence[Any]]]:

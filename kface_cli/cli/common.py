@@ -1,0 +1,229 @@
+"""What every ``kface`` command shares: the Typer app, the option types (one option name means one
+thing everywhere), the :func:`command` decorator (global flags, output format, user errors as one red
+line) and the entry point.
+
+Nothing heavy is imported at module level: torch, mediapipe, faiss and h5py are imported inside
+the domain functions, so ``kface --help`` stays fast. User errors (:class:`KFaceError`) become one
+red line on stderr and exit code 2; ``kface --debug ...`` shows the traceback too.
+
+One option name means one thing in every command: ``-n`` is a count, ``--ids`` a list of K-Face
+IDs, ``--jobs``/``-j`` the parallel jobs of a data stage (0: one per core), ``--workers`` the
+DataLoader workers of training, ``--batch-size`` the training batch, ``--embed-batch`` faces per
+forward pass, ``--model``/``-m`` the model. The global flags ``--json``, ``--quiet``/``-q`` and
+``--debug`` work before or after the command name; renamed options keep their old spelling as a
+hidden alias that warns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kface_cli import console
+from kface_cli.choices import (
+    LandmarkMode,
+    OutputFormat,
+)
+from kface_cli.defaults import (
+    MAX_AUTO_WORKERS,
+)
+from kface_cli.errors import KFaceError
+from kface_cli.workspace import GALLERY_FILE, RESOLUTIONS
+
+app = typer.Typer(
+    name="kface",
+    help="K-Face to ArcFace: extract, crop, split, train, export, enroll, identify, evaluate.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# Shared option aliases (defined once, used by every command) ---------------------------------
+WorkdirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--workdir",
+        "-w",
+        help="Workspace folder holding every stage's output \\[default: $KFACE_WORKDIR or .]",
+        show_default=False,
+    ),
+]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print the result as JSON on stdout, same as --format json (progress and warnings go to stderr)."
+    ),
+]
+FormatOpt = Annotated[
+    OutputFormat | None,
+    typer.Option(
+        "--format",
+        help="Result format (JSON follows the schema in README.md) \\[default: table].",
+        show_default=False,
+    ),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or status lines.")]
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks for errors.")]
+ResOpt = Annotated[
+    str,
+    typer.Option(
+        "--res", metavar=f"<{'|'.join(RESOLUTIONS)}>", help=f"K-Face resolution (any case): {', '.join(RESOLUTIONS)}."
+    ),
+]
+JobsOpt = Annotated[
+    int,
+    typer.Option("--jobs", "-j", help=f"Parallel jobs (0: one per CPU core, at most {MAX_AUTO_WORKERS}).", min=0),
+]
+JobsDeprecatedOpt = Annotated[
+    int | None, typer.Option("--workers", hidden=True, help="Deprecated: --jobs.", show_default=False)
+]
+EmbedBatchOpt = Annotated[
+    int, typer.Option("--embed-batch", help="Faces per forward pass of the model (memory vs speed).", min=1)
+]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Run folder, checkpoint, insightface backbone.pth or ONNX file \\[default: best model of the latest run].",
+        show_default=False,
+    ),
+]
+NetworkOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--network",
+        help="Backbone of a bare backbone.pth (r18, r34, r50, r100, r200, mbf); read from the run when there is one.",
+        show_default=False,
+    ),
+]
+LandmarksOpt = Annotated[
+    LandmarkMode,
+    typer.Option(
+        "--landmarks",
+        case_sensitive=False,
+        help="Where the 5 face points come from: auto (the K-Face .txt annotation when present, else the detector), detect, annotation.",
+    ),
+]
+GalleryOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--gallery", "-g", help=f"Gallery file \\[default: {GALLERY_FILE} in the workspace].", show_default=False
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible for a given seed).")]
+
+
+def deprecated(old: str, new: str, old_value, new_value):
+    """The value of a renamed option: the new spelling's, or the old one's with a warning."""
+    if old_value is None:
+        return new_value
+    console.warn(f"{old} is deprecated and will be removed; use {new}")
+    return old_value
+
+
+# The global flags, also accepted after the command name: added to every command's options.
+_GLOBAL_FLAGS = (
+    inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOpt),
+    inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=DebugOpt),
+)
+
+
+def _option_names(signature: inspect.Signature) -> set[str]:
+    """Every option name (``--x``, ``-x``) that a command's parameters declare."""
+    names: set[str] = set()
+    for param in signature.parameters.values():
+        for info in getattr(param.annotation, "__metadata__", ()):
+            decls = [getattr(info, "default", None), *(getattr(info, "param_decls", None) or ())]
+            names.update(d for d in decls if isinstance(d, str) and d.startswith("-"))
+    return names
+
+
+def command(name: str | None = None, **kwargs) -> Callable:
+    """Register a subcommand whose user errors print one red line and exit non-zero.
+
+    The command also accepts ``--quiet`` and ``--debug`` (and ``--json``, where it declares
+    :data:`JsonOpt`) after its name; given before it, they apply too. A command with ``--json`` also
+    gets ``--format table|json|csv|tsv`` (unless it has a ``--format`` of its own, as ``export`` has
+    for the model format).
+    """
+
+    def decorator(fn: Callable) -> Callable:
+        signature = inspect.signature(fn, eval_str=True)
+        takes_format = "json_output" in signature.parameters and "--format" not in _option_names(signature)
+
+        @functools.wraps(fn)
+        def wrapper(*args, **kw):
+            saved = dataclasses.replace(console.MODE)
+            quiet, debug = kw.pop("quiet", False), kw.pop("debug", False)
+            output_format = kw.pop("output_format", None) if takes_format else None
+            console.set_mode(quiet=saved.quiet or quiet, debug=saved.debug or debug)
+            json_flag = kw.get("json_output")
+            if json_flag is not None:
+                kw["json_output"] = json_flag = bool(json_flag) or saved.json
+                console.set_mode(json_output=json_flag)
+            try:
+                if output_format is not None:
+                    console.set_mode(output_format=output_format)
+                    kw["json_output"] = console.MODE.json or bool(json_flag)
+                return fn(*args, **kw)
+            except KFaceError as e:
+                if console.MODE.debug:
+                    console.err.print_exception()
+                console.error(str(e))
+                raise typer.Exit(e.exit_code) from None
+            except KeyboardInterrupt:
+                console.error("interrupted")
+                raise typer.Exit(130) from None
+            finally:  # an in-process caller (tests, notebooks) gets the output mode it had
+                vars(console.MODE).update(vars(saved))
+
+        extra = list(_GLOBAL_FLAGS)
+        if takes_format:
+            extra.append(
+                inspect.Parameter("output_format", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=FormatOpt)
+            )
+        wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore[attr-defined]
+        wrapper.__annotations__ = {**fn.__annotations__, **{p.name: p.annotation for p in extra}}
+        return app.command(name, **kwargs)(wrapper)
+
+    return decorator
+
+
+def _version(value: bool) -> None:
+    if value:
+        from kface_cli import __version__
+
+        typer.echo(f"kface {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    debug: DebugOpt = False,
+    quiet: QuietOpt = False,
+    json_output: JsonOpt = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """K-Face to ArcFace: from the raw dataset to a working face-identification system."""
+    console.set_mode(debug=debug, quiet=quiet, json_output=json_output)  # each invocation starts afresh
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KFaceError as e:  # raised outside a command (e.g. in a callback)
+        console.error(str(e))
+        sys.exit(e.exit_code)

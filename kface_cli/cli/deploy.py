@@ -1,0 +1,442 @@
+"""The deployment commands: ``enroll``, ``identify``, ``gallery``, and one photo at a time: ``verify``, ``embed``, ``detect``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kface_cli import console
+from kface_cli.choices import (
+    IndexKind,
+    LandmarkMode,
+    PerIdentity,
+)
+from kface_cli.cli.common import (
+    EmbedBatchOpt,
+    GalleryOpt,
+    JsonOpt,
+    LandmarksOpt,
+    ModelOpt,
+    NetworkOpt,
+    WorkdirOpt,
+    command,
+    deprecated,
+)
+from kface_cli.defaults import (
+    AUTO_FLAT_MAX,
+    DEFAULT_THRESHOLD,
+    DEFAULT_THRESHOLD_COSINE,
+    DEFAULT_TOP_K,
+    EMBED_BATCH_SIZE,
+    ENROLL_BATCH_SIZE,
+)
+
+# ============================================================================================
+# Gallery: enroll, identify, gallery
+# ============================================================================================
+
+MinFaceOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--min-face",
+        help="Smallest face to look for, in pixels (default: the detector's, which also searches zoomed tiles for small faces); e.g. 64 for webcam frames is several times faster.",
+        show_default=False,
+    ),
+]
+IndexOpt = Annotated[
+    IndexKind,
+    typer.Option(
+        "--index",
+        case_sensitive=False,
+        help=f"Search index kind: auto (exact up to {AUTO_FLAT_MAX:,} templates, then IVF), flat (exact), ivf, hnsw; built when the saved one differs.",
+    ),
+]
+
+
+def _gallery_path(gallery: Path | None, workdir: Path | None) -> Path:
+    from kface_cli.workspace import Workspace
+
+    return gallery if gallery is not None else Workspace.resolve(workdir).gallery
+
+
+@command("enroll")
+def enroll_cmd(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="Photos of known people: DIR/<name>.jpg (one each) and/or DIR/<name>/*.jpg (several).",
+            show_default=False,
+        ),
+    ],
+    gallery: GalleryOpt = None,
+    model: ModelOpt = None,
+    network: NetworkOpt = None,
+    aligned: Annotated[
+        bool,
+        typer.Option(
+            "--aligned",
+            help="Every photo is an aligned square crop: no detection (112 and 224 px squares, e.g. `kface crop` output, are used as they are anyway).",
+        ),
+    ] = False,
+    per_identity: Annotated[
+        PerIdentity,
+        typer.Option(
+            "--per-identity",
+            case_sensitive=False,
+            help="Templates kept per person: all (one per photo) or mean (one averaged template).",
+        ),
+    ] = PerIdentity.ALL,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="First remove the existing templates of every person in DIR.")
+    ] = False,
+    landmarks: LandmarksOpt = LandmarkMode.AUTO,
+    min_face: MinFaceOpt = None,
+    commit_every: Annotated[
+        int,
+        typer.Option(
+            "--commit-every",
+            help="Photos embedded and saved together (an interrupted run keeps every saved batch).",
+            min=1,
+        ),
+    ] = ENROLL_BATCH_SIZE,
+    batch_size_deprecated: Annotated[
+        int | None, typer.Option("--batch-size", hidden=True, help="Deprecated: --commit-every.", show_default=False)
+    ] = None,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Add the faces of known people to the gallery (re-enrolling a photo is a no-op)."""
+    from kface_cli.deploy.enroll import enroll_folder, summary_rows
+    from kface_cli.embedding.loading import load_embedder
+    from kface_cli.workspace import Workspace
+
+    ws = Workspace.resolve(workdir)
+    result = enroll_folder(
+        folder,
+        _gallery_path(gallery, workdir),
+        lambda: load_embedder(model, workdir=ws.root, network=network),
+        aligned=aligned,
+        per_identity=per_identity,
+        replace=replace,
+        landmarks=landmarks,
+        min_face=min_face,
+        batch_size=deprecated("--batch-size", "--commit-every", batch_size_deprecated, commit_every),
+    )
+    if json_output:
+        console.print_json(result.to_json())
+        return
+    columns, rows = summary_rows(result)
+    console.show(console.table(f"Enrolled into {result.gallery}", columns, rows))
+    t = result.totals()
+    removed = f", {t['templates_removed']} replaced" if t["templates_removed"] else ""
+    console.info(
+        f"{t['templates_added']} templates added{removed} from {t['photos']} photos in {result.seconds:.1f} s "
+        f"({result.photos_per_second:.1f} photos/s); model {result.model.get('network')} {str(result.model.get('fingerprint'))[:12]}"
+    )
+
+
+@command("identify")
+def identify_cmd(
+    paths: Annotated[
+        list[Path] | None, typer.Argument(help="Photos, folders of photos, or video files.", show_default=False)
+    ] = None,
+    gallery: GalleryOpt = None,
+    model: ModelOpt = None,
+    network: NetworkOpt = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            "-t",
+            help=f"Squared L2 distance (2 - 2 cos) below which a face is named \\[default: the model's calibrated 1:N threshold, else its 1:1 one, else {DEFAULT_THRESHOLD:g} = cosine {DEFAULT_THRESHOLD_COSINE:g}].",
+            show_default=False,
+        ),
+    ] = None,
+    top_k: Annotated[
+        int, typer.Option("--top-k", "-k", help="Identities listed per face (the best and the next candidates).")
+    ] = DEFAULT_TOP_K,
+    every: Annotated[int, typer.Option("--every", help="Videos and camera: use one frame in N.")] = 1,
+    camera: Annotated[
+        int | None,
+        typer.Option(
+            "--camera", help="Read frames from this webcam (e.g. 0) until Ctrl-C or --max-frames.", show_default=False
+        ),
+    ] = None,
+    max_frames: Annotated[
+        int | None,
+        typer.Option("--max-frames", help="Stop after this many frames (camera or videos).", show_default=False),
+    ] = None,
+    aligned: Annotated[
+        bool,
+        typer.Option(
+            "--aligned",
+            help="Every input is an aligned square crop: no detection (112 and 224 px squares are used as they are anyway).",
+        ),
+    ] = False,
+    landmarks: LandmarksOpt = LandmarkMode.AUTO,
+    min_face: MinFaceOpt = None,
+    index: IndexOpt = IndexKind.AUTO,
+    csv_path: Annotated[
+        Path | None, typer.Option("--csv", help="Also write one row per face to this CSV file.", show_default=False)
+    ] = None,
+    annotate: Annotated[
+        Path | None,
+        typer.Option(
+            "--annotate",
+            help="Write copies of the images with boxes and names drawn into this folder.",
+            show_default=False,
+        ),
+    ] = None,
+    fail_unknown: Annotated[
+        bool, typer.Option("--fail-unknown", help="Exit with code 1 when no face matched anyone in the gallery.")
+    ] = False,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Name the faces in photos, videos or a webcam (exit 0; 1 with --fail-unknown when nobody matched; 2 on errors)."""
+    from kface_cli.deploy.identify import identify, table_rows, write_csv
+    from kface_cli.embedding.loading import load_embedder
+    from kface_cli.errors import InputError
+    from kface_cli.workspace import Workspace
+
+    if camera is None and not paths:
+        raise InputError("nothing to identify", hint="Pass photos, folders or videos, or --camera 0.")
+    if camera is not None and paths:
+        raise InputError("pass either photos/videos or --camera, not both")
+    ws = Workspace.resolve(workdir)
+    result = identify(
+        paths or [],
+        _gallery_path(gallery, workdir),
+        lambda: load_embedder(model, workdir=ws.root, network=network),
+        threshold=threshold,
+        top_k=top_k,
+        every=every,
+        camera=camera,
+        max_frames=max_frames,
+        aligned=aligned,
+        landmarks=landmarks,
+        min_face=min_face,
+        index_kind=index,
+        annotate=annotate,
+    )
+    if csv_path is not None:
+        write_csv(result, csv_path)
+    if json_output:
+        console.print_json(result.to_json())
+    else:
+        columns, rows = table_rows(result)
+        console.show(
+            console.table(f"Faces (threshold {result.threshold:.3f}: {result.threshold_detail})", columns, rows)
+        )
+        named = sum(1 for i in result.images for f in i.faces if f.name != "unknown")
+        console.info(
+            f"{result.faces} faces in {len(result.images)} images, {named} named, in {result.seconds:.2f} s; "
+            f"index {result.index['kind']} over {result.index['templates']:,} templates"
+            + (f"; annotated images in {annotate}" if annotate is not None else "")
+        )
+    if (fail_unknown and not result.matched_any()) or _none_readable(result.images):
+        raise typer.Exit(1)
+
+
+@command("gallery")
+def gallery_cmd(
+    gallery: GalleryOpt = None,
+    remove: Annotated[
+        list[str] | None,
+        typer.Option("--remove", help="Remove every template of this person (repeatable).", show_default=False),
+    ] = None,
+    rebuild_index: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild-index", help="Rebuild the search index now (it is also rebuilt automatically when stale)."
+        ),
+    ] = False,
+    index: IndexOpt = IndexKind.AUTO,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Verify every name and embedding against the digest written with them (reads the whole file).",
+        ),
+    ] = False,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Show the gallery: its facts and identities with template counts; remove people; rebuild the index; check it."""
+    from kface_cli.gallery.manage import facts_rows, manage_gallery
+
+    report = manage_gallery(
+        _gallery_path(gallery, workdir), remove=remove or [], rebuild_index=rebuild_index, index_kind=index, check=check
+    )
+    if json_output:
+        console.print_json(report)
+        return
+    for removed in report["removed"]:
+        console.info(f"removed {removed['templates']} templates of {removed['name']}")
+    if "check" in report:
+        c = report["check"]
+        console.info(
+            f"checked {c['rows_checked']:,} of {c['templates']:,} templates: intact"
+            if c["verified"]
+            else "no digest to check against (written by an older kface; the next write adds one)"
+        )
+    if report["index"].get("rebuilt"):
+        console.info(f"rebuilt the {report['index']['kind']} search index over {report['index']['count']:,} templates")
+    facts = report["facts"]
+    console.show(
+        console.table(
+            f"Gallery {facts['path']}",
+            ["fact", "value"],
+            facts_rows(facts),
+            justify_numbers=False,
+        )
+    )
+    console.show(
+        console.table(
+            "Identities", ["identity", "templates"], [[i["name"], i["templates"]] for i in report["identities"]]
+        )
+    )
+
+
+# ============================================================================================
+# One photo at a time: verify, embed, detect
+# ============================================================================================
+
+PhotosArg = Annotated[list[Path], typer.Argument(help="Photos, or folders of photos.", show_default=False)]
+
+
+def _model_row(model: dict) -> list[str]:
+    return ["model", f"{model.get('network')} {model.get('fingerprint')}"]
+
+
+def _model_loader(model: str | None, network: str | None, workdir: Path | None) -> Callable:
+    """Loads the model when the domain function asks (after it has checked its inputs)."""
+    from kface_cli.embedding.loading import load_embedder
+    from kface_cli.workspace import Workspace
+
+    root = Workspace.resolve(workdir).root
+    return lambda: load_embedder(model, workdir=root, network=network)
+
+
+@command("verify")
+def verify_cmd(
+    image1: Annotated[Path, typer.Argument(help="First photo (its largest face is used).", show_default=False)],
+    image2: Annotated[Path, typer.Argument(help="Second photo.", show_default=False)],
+    model: ModelOpt = None,
+    network: NetworkOpt = None,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--threshold",
+            "-t",
+            help=f"Squared L2 distance (2 - 2 cos) below which the two are the same person \\[default: the model's calibrated 1:1 threshold, else {DEFAULT_THRESHOLD:g} = cosine {DEFAULT_THRESHOLD_COSINE:g}].",
+            show_default=False,
+        ),
+    ] = None,
+    landmarks: LandmarksOpt = LandmarkMode.AUTO,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Are two photos the same person? Distance and verdict at the model's threshold (exit 0 same, 1 different, 2 error)."""
+    from kface_cli.deploy.compare import verify_photos
+
+    loader = _model_loader(model, network, workdir)
+    result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks)
+    if json_output:
+        console.print_json(result.to_json())
+    else:
+        rows = [
+            ["photos", f"{console.display_path(result.image1)}  vs  {console.display_path(result.image2)}"],
+            ["verdict", "[green]same person[/green]" if result.same else "[yellow]different people[/yellow]"],
+            ["distance", f"{result.distance:.4f} (cosine {result.cosine:.4f})"],
+            ["threshold", f"{result.threshold:.4f} ({result.threshold_source})"],
+            _model_row(result.model),
+        ]
+        console.show(console.table("Verification", ["field", "value"], rows, justify_numbers=False))
+    if not result.same:
+        raise typer.Exit(1)
+
+
+@command("embed")
+def embed_cmd(
+    paths: PhotosArg,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Embeddings file: FILE.npy (rows in the order of FILE.names.txt) or FILE.h5 (HDF5: embeddings, names).",
+            show_default=False,
+        ),
+    ],
+    model: ModelOpt = None,
+    network: NetworkOpt = None,
+    aligned: Annotated[
+        bool,
+        typer.Option(
+            "--aligned",
+            help="Every photo is an aligned square face crop (e.g. `kface crop` output): no detection, decoding overlapped with the model.",
+        ),
+    ] = False,
+    landmarks: LandmarksOpt = LandmarkMode.AUTO,
+    embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
+    json_output: JsonOpt = False,
+    workdir: WorkdirOpt = None,
+) -> None:
+    """Write one unit-length embedding per photo (its largest face) to .npy + names, or HDF5."""
+    from kface_cli.deploy.compare import embed_photos
+
+    loader = _model_loader(model, network, workdir)
+    result = embed_photos(paths, loader, out, landmarks=landmarks, batch_size=embed_batch, aligned=aligned)
+    if json_output:
+        console.print_json(result.to_json())
+        return
+    rows = [
+        ["file", result.out],
+        ["names", result.names_file if result.names_file else "inside the file (dataset 'names')"],
+        ["rows", f"{len(result.images)} x {result.embedding_size} float32, unit length"],
+        ["no face (left out)", str(len(result.failed))],
+        _model_row(result.model),
+    ]
+    console.show(console.table("Embeddings", ["field", "value"], rows, justify_numbers=False))
+    console.info(f"{len(result.images)} photos embedded in {result.seconds:.1f} s")
+
+
+@command("detect")
+def detect_cmd(
+    paths: PhotosArg,
+    landmarks: LandmarksOpt = LandmarkMode.AUTO,
+    min_face: MinFaceOpt = None,
+    annotate: Annotated[
+        Path | None,
+        typer.Option(
+            "--annotate",
+            help="Write copies of the photos with boxes, the 5 points and scores drawn into this folder.",
+            show_default=False,
+        ),
+    ] = None,
+    json_output: JsonOpt = False,
+) -> None:
+    """Find the faces in photos: box, 5 landmarks (eyes, nose, mouth corners) and score of each."""
+    from kface_cli.deploy.detect import detect_photos, table_rows
+
+    result = detect_photos(paths, landmarks=landmarks, min_face=min_face, annotate=annotate)
+    if json_output:
+        console.print_json(result.to_json())
+    else:
+        columns, rows = table_rows(result)
+        console.show(console.table(f"Faces in {len(result.images)} photos", columns, rows))
+        console.info(
+            f"{result.faces} faces in {len(result.images)} photos in {result.seconds:.2f} s"
+            + (f"; annotated photos in {annotate}" if annotate is not None else "")
+        )
+    if _none_readable(result.images):
+        raise typer.Exit(1)
+
+
+def _none_readable(images: list) -> bool:
+    """Whether every input photo failed to load (each already reported): the command exits 1."""
+    return bool(images) and all(img.error for img in images)
