@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +138,16 @@ def test_cli_verify_exit_codes_and_embed(photos, tmp_path, mbf_model):
     assert r.exit_code == 0, r.output
     names, vectors = load_embeddings(tmp_path / "e.h5")
     assert len(names) == 2 and vectors.shape == (2, 128)
+    from kface_cli.face.imageio import write_image
+
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        write_image(tmp_path / "crops" / f"{i}.png", rng.integers(0, 256, (112, 112, 3), dtype=np.uint8))
+    write_image(tmp_path / "crops" / "wide.png", rng.integers(0, 256, (112, 160, 3), dtype=np.uint8))
+    r = runner.invoke(
+        app, ["embed", str(tmp_path / "crops"), "--aligned", *base[:4], "--out", str(tmp_path / "c.npy"), "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.stdout)
+    assert data["rows"] == 3 and [Path(f).name for f in data["failed"]] == ["wide.png"]
+    assert load_embeddings(tmp_path / "c.npy")[1].shape == (3, 128)
