@@ -133,6 +133,15 @@ def test_onnx_optimized_graph_is_cached_checked_and_rebuilt(backbone, faces, ref
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed: a new entry
     load_embedder(path)
     assert opened[-1] == str(path) and len(list(cache.glob("*.onnx"))) == 2
+    # a cache that cannot be written only costs the optimisation: the model still opens
+    from kface_cli.embedding.embedder import _optimized_path
+
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+    target = _optimized_path(path)
+    target.with_name(f".{target.name}.{os.getpid()}.tmp").mkdir()  # ORT cannot write its copy there
+    assert np.allclose(load_embedder(path).embed(faces), first.embed(faces), atol=1e-5) and not target.exists()
+    monkeypatch.setenv("KFACE_CACHE", str(path))  # a file: no cache folder can be made under it
+    assert load_embedder(path).fingerprint == first.fingerprint
 
 
 def test_errors_are_clear(workspace, tmp_path, faces):

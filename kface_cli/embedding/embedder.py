@@ -444,13 +444,26 @@ def ort_session(model: bytes | str | Path, *, cache: bool = True) -> Any:
             opts.optimized_model_filepath = str(tmp)  # ORT writes the optimised graph while it opens
         except OSError:  # an unwritable cache only costs the optimisation each time
             tmp = None
-    session = ort.InferenceSession(str(model), sess_options=opts, providers=providers)
+    try:
+        session = ort.InferenceSession(str(model), sess_options=opts, providers=providers)
+    except Exception:
+        if tmp is None:
+            raise
+        _remove(tmp)  # the optimised copy could not be written: open without it
+        return ort.InferenceSession(str(model), sess_options=_ort_options(), providers=providers)
     if tmp is not None:
         try:
             os.replace(tmp, cached)  # type: ignore[arg-type]
         except OSError:
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
     return session
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # not ours to clean up (a folder, no permission): the cache stays unused
+        pass
 
 
 def _ort_options(optimize: bool = True) -> Any:
