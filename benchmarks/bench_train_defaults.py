@@ -3,6 +3,7 @@
     python benchmarks/bench_train_defaults.py                      # mbf, 3 rounds: prints the ratio
     python benchmarks/bench_train_defaults.py --rounds 5 --steps 8 --json out.json
     python benchmarks/bench_train_defaults.py --workers 0          # the same, with one option changed
+    python benchmarks/bench_train_defaults.py --also-workers 0     # and a --workers 0 arm in every round
 
 The two arms alternate in one process (plain, kface, plain, kface, ..., plain), so that a change
 in the machine's load (other jobs starting or ending) hits both alike: each kface round is
@@ -128,6 +129,13 @@ def run(args) -> dict:
             k = kface_default_rate(
                 args.network, data=folder, workdir=Path(tmp) / "ws", steps=args.steps + 1, workers=args.workers
             )
+            other = (
+                kface_default_rate(
+                    args.network, data=folder, workdir=Path(tmp) / "ws", steps=args.steps + 1, workers=args.also_workers
+                )
+                if args.also_workers is not None
+                else None
+            )
             plains.append(plain_default_rate(args.network, **common))
             p_wall = (plains[-2]["samples_per_s"] + plains[-1]["samples_per_s"]) / 2
             p_cpu = (plains[-2]["samples_per_cpu_s"] + plains[-1]["samples_per_cpu_s"]) / 2
@@ -139,10 +147,16 @@ def run(args) -> dict:
                 "ratio_cpu": round(k["samples_per_cpu_s"] / p_cpu, 3),
                 "load_average": round(os.getloadavg()[0], 2),
             }
+            if other is not None:
+                row[f"workers{args.also_workers}_ratio_wall"] = round(other["samples_per_s"] / p_wall, 3)
+                row[f"workers{args.also_workers}_ratio_cpu"] = round(other["samples_per_cpu_s"] / p_cpu, 3)
             report["rounds"].append(row)
             print("  " + json.dumps(row), flush=True)
     report["ratio_wall_median"] = statistics.median(r["ratio_wall"] for r in report["rounds"])
     report["ratio_cpu_median"] = statistics.median(r["ratio_cpu"] for r in report["rounds"])
+    if args.also_workers is not None:
+        key = f"workers{args.also_workers}_ratio_wall"
+        report[f"{key}_median"] = statistics.median(r[key] for r in report["rounds"])
     report["load_average_end"] = round(os.getloadavg()[0], 2)
     return report
 
@@ -155,6 +169,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--steps", type=int, default=5, help="timed steps per arm and round")
     ap.add_argument("--workers", type=int, help="change kface train's --workers (default: its own rule)")
+    ap.add_argument(
+        "--also-workers",
+        type=int,
+        help="a second kface arm in every round with this --workers (e.g. 0), same plain rounds",
+    )
     ap.add_argument("--json", help="also write the report here")
     args = ap.parse_args()
     report = run(args)
@@ -165,6 +184,11 @@ def main() -> None:
         f"{report['ratio_cpu_median']:.3f} by CPU seconds per sample; load average "
         f"{report['load_average_start']} -> {report['load_average_end']} on {report['cores']} cores"
     )
+    if args.also_workers is not None:
+        print(
+            f"kface train --workers {args.also_workers} / plain loop: "
+            f"{report[f'workers{args.also_workers}_ratio_wall_median']:.3f} wall clock (same rounds)"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
