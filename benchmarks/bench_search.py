@@ -101,7 +101,9 @@ def tutorial_loop(gallery: list[np.ndarray], query: np.ndarray) -> int:
 
 def gallery_cost(n: int) -> tuple[int, int]:
     """Bytes on disk (gallery.h5 rows) and in RAM for search (index + names) for the auto index."""
-    row = DIM * 4 + store.NAME_BYTES + store.SOURCE_BYTES + 16 + 4 + 8 + store.HASH_CHARS
+    # schema 2: float16 embedding, name/source lengths, box, score, time, SHA-256, and the text of
+    # name + source (here ~13 + ~36 bytes: "person0001234", "/photos/person0001234/1234.jpg")
+    row = DIM * 2 + 4 + 16 + 4 + 8 + store.HASH_BYTES + 13 + 36
     vector = DIM * 4 if resolve_kind("auto", n) is IndexKind.FLAT else DIM + 8  # float32, or 8-bit codes + id
     ram = vector + 60  # + a short Python str per name
     return row * n, ram * n
@@ -147,7 +149,7 @@ def measure_store(x: np.ndarray, ids: np.ndarray, folder: Path, auto_index) -> N
             model,
         )
     write_s = time.perf_counter() - t
-    save_index(SearchIndex(auto_index.index, auto_index.kind, len(x), g.facts().checksum, auto_index.params), g.path)
+    save_index(SearchIndex(auto_index.index, auto_index.kind, len(x), g.facts().checksum, auto_index.params), g)
     out = subprocess.run(
         [sys.executable, "-c", _LOAD_IN_FRESH_PROCESS, str(g.path)],
         capture_output=True,

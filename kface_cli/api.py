@@ -51,6 +51,7 @@ def load_model(
     flip: bool = False,
     backend: str = "auto",
     workdir: str | Path | None = None,
+    trust_model: bool = False,
 ) -> Embedder:
     """Load a face model: a run folder or name, ``checkpoint.pt``, insightface ``backbone.pth`` or ``.onnx``.
 
@@ -58,6 +59,8 @@ def load_model(
     backbone of a bare ``backbone.pth`` (r18...r200, mbf); ``flip`` adds the mirrored face's
     embedding (slightly more accurate, twice the compute). ``backend``: "torch", "onnx" (ONNX
     Runtime) or "auto" (the faster: ONNX Runtime on a CPU, after a one-off conversion).
+    ``trust_model=True`` lets a TorchScript file run: TorchScript is a program that can read and
+    write any file, so it is refused otherwise (docs/security.md).
     """
     from kface_cli.embedding.loading import load_embedder
 
@@ -67,6 +70,21 @@ def load_model(
         network=network,
         flip=flip,
         backend=backend,  # type: ignore[arg-type]
+        trust_model=trust_model,
+    )
+
+
+def _model(model: Any) -> Embedder:
+    """A loaded model: ``model`` itself, or :func:`load_model` of a path or run name (untrusted)."""
+    if isinstance(model, (str, Path)):
+        return load_model(model)
+    if hasattr(model, "fingerprint"):  # an Embedder, or any object that carries a model's identity
+        return model
+    from kface_cli.errors import KFaceError
+
+    raise KFaceError(
+        f"model must be a loaded model (api.load_model) or a path, got {type(model).__name__}",
+        hint="model = api.load_model('runs/demo'), then pass model.",
     )
 
 
@@ -97,13 +115,16 @@ def _faces(photo: Photo, landmarks: str, min_face: int | None) -> list[AlignedFa
     return faces_in_image(photo, _detector(landmarks, min_face))
 
 
-def embed(model: Embedder, faces: Photo | Sequence[str | Path] | np.ndarray, *, batch_size: int = 64) -> np.ndarray:
-    """Unit-length embeddings.
+def embed(
+    model: Embedder | str | Path, faces: Photo | Sequence[str | Path] | np.ndarray, *, batch_size: int = 64
+) -> np.ndarray:
+    """Unit-length embeddings (``model``: a loaded model, or a path for :func:`load_model`).
 
     ``faces``: aligned crops ((112, 112, 3) or (N, 112, 112, 3) uint8, e.g. from :func:`align`):
     one row each; or one photo path: its largest face, shape (D,); or a list of photo paths:
     (N, D), a row of NaN where a photo has no face.
     """
+    model = _model(model)
     if isinstance(faces, np.ndarray):
         return model.embed(faces, batch_size=batch_size)
     from kface_cli.embedding.photos import FaceLoader, embed_paths
@@ -116,23 +137,26 @@ def embed(model: Embedder, faces: Photo | Sequence[str | Path] | np.ndarray, *, 
     return vectors[0] if single else vectors
 
 
-def verify(model: Embedder, photo1: str | Path, photo2: str | Path, *, threshold: float | None = None) -> VerifyResult:
+def verify(
+    model: Embedder | str | Path, photo1: str | Path, photo2: str | Path, *, threshold: float | None = None
+) -> VerifyResult:
     """Are two photos the same person? ``.same``, ``.distance``, ``.cosine``, ``.threshold`` (+ its source).
 
+    ``model``: a loaded model, or a path or run name (loaded with :func:`load_model`).
     The threshold is ``threshold`` when given, else the model's calibrated one
     (``kface evaluate --save-threshold``), else 1.5 (cosine 0.25).
     """
     from kface_cli.deploy.compare import verify_photos
 
-    return verify_photos(photo1, photo2, model, threshold=threshold)
+    return verify_photos(photo1, photo2, _model(model), threshold=threshold)
 
 
 class Gallery:
     """Known people in an HDF5 gallery file (created on the first :meth:`enroll`), searched with FAISS."""
 
-    def __init__(self, path: str | Path, model: Embedder):
+    def __init__(self, path: str | Path, model: Embedder | str | Path):
         self.path = Path(path)
-        self.model = model
+        self.model = _model(model)
 
     def __repr__(self) -> str:
         return f"Gallery({str(self.path)!r}, model={self.model.network} {self.model.fingerprint})"
@@ -160,6 +184,26 @@ class Gallery:
         paths = [photos] if isinstance(photos, (str, Path)) else list(photos)
         with use_tqdm():
             return identify(paths, self.path, self.model, **options)
+
+    def add_embeddings(self, names: Sequence[str], vectors: np.ndarray, *, sources: Sequence[str] | None = None) -> int:
+        """Enrol precomputed embeddings of this gallery's model: ``names[i]`` is who ``vectors[i]`` (N, D) is.
+
+        Vectors are checked (finite, non-zero, the model's width) and normalised; rows are
+        committed in batches (an interrupted call keeps every committed batch) and a row already
+        in the gallery (same name and embedding) is skipped. Returns how many were added.
+        100,000 512-d templates take seconds.
+        """
+        from kface_cli.gallery.store import Gallery as Store
+        from kface_cli.gallery.store import ModelInfo
+
+        return Store(self.path).append_vectors(list(names), vectors, ModelInfo.of(self.model), sources=sources).added
+
+    def enroll_embeddings(self, file: str | Path, *, names_from: str = "auto") -> Any:
+        """Enrol the file ``kface embed --out FILE.h5`` writes (its model must be this gallery's); see ``kface enroll --embeddings``."""
+        from kface_cli.deploy.bulk import enroll_embeddings
+
+        with use_tqdm():
+            return enroll_embeddings(file, self.path, names_from=names_from, embedder=self.model)
 
     def identities(self) -> dict[str, int]:
         """``{name: number of templates}`` of everyone enrolled."""

@@ -146,3 +146,14 @@ class CleanRule(Choice):
 
     MARGIN = "margin"  # nearer another identity's dominant sub-center than its own, by more than the threshold
     ANGLE = "angle"  # farther than the threshold from its own identity's dominant sub-center (the paper's)
+
+
+#: Seeds are what numpy's generators and ``torch.manual_seed`` both accept: 0 ... 2**32 - 1.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: int, option: str = "--seed") -> int:
+    """``seed`` when it is a whole number in [0, :data:`MAX_SEED`]; else one line naming ``option``."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{option} must be a whole number from 0 to {MAX_SEED}, got {seed!r}")
+    return seed

@@ -21,7 +21,9 @@ import io
 import json
 import math
 import os
+import re
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -96,6 +98,90 @@ def use_tqdm(enabled: bool = True) -> Iterator[None]:
         MODE.tqdm = saved
 
 
+#: Environment variables that quiet the C libraries' own log lines (FFmpeg inside OpenCV, OpenCV,
+#: TensorFlow Lite and glog inside MediaPipe; ONNX Runtime sessions are made with errors-only logging);
+#: set unless the user set them or --debug.
+QUIET_LIBRARY_ENV = {
+    "OPENCV_FFMPEG_LOGLEVEL": "-8",  # AV_LOG_QUIET
+    "OPENCV_LOG_LEVEL": "ERROR",
+    "OPENCV_VIDEOIO_DEBUG": "0",
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "GLOG_minloglevel": "2",
+}
+
+
+@contextmanager
+def quiet_third_party(enabled: bool = True) -> Iterator[None]:
+    """Within the block, third-party warnings (torch, numpy, matplotlib, h5py, ONNX Runtime,
+    FFmpeg) are not printed: kface says what matters in its own words. ``--debug`` shows them.
+
+    This is the one place that decides: Python warnings are ignored inside the block (restored
+    after it), so are "Exception ignored in ..." reports of objects that fail while being freed
+    (h5py's, after a full disk: the real error is reported as one line), and the C libraries' log
+    levels are set through their environment variables.
+    """
+    if not enabled:
+        yield
+        return
+    for key, value in QUIET_LIBRARY_ENV.items():
+        os.environ.setdefault(key, value)
+    saved_hook = sys.unraisablehook
+    sys.unraisablehook = _ignore_unraisable
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        sys.unraisablehook = saved_hook
+
+
+def _ignore_unraisable(_unraisable: Any) -> None:
+    """An exception raised while an object was freed: not the command's outcome, not shown."""
+
+
+def close_stdout() -> None:
+    """Flush stdout at exit; if it cannot take the output (a full disk, a closed pipe), point it
+    at /dev/null so Python does not print "Exception ignored ..." while exiting."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, io.UnsupportedOperation):
+            pass
+
+
+def safe(text: Any) -> str:
+    """``text`` (a file name, a person's name, anything a user named) escaped for Rich markup,
+    with characters that are not valid text (non-UTF-8 bytes kept as surrogates) shown as U+FFFD.
+
+    Every message, title and table cell that includes user data goes through this, so
+    ``[draft] photo.jpg`` prints as itself and a path holding ``[/`` is not a markup error.
+    """
+    from rich.markup import escape
+
+    return escape(printable(str(text)))
+
+
+def printable(text: str) -> str:
+    """``text`` with lone surrogates (the undecodable bytes of a file name, kept by
+    ``surrogateescape``) shown as U+FFFD, so it can always be printed."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        try:
+            return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            return text.encode("utf-8", "replace").decode("utf-8")
+
+
+def plain(value: Any) -> Text:
+    """``value`` as a rich :class:`~rich.text.Text` that is never read as markup (a Text stays as is)."""
+    return value if isinstance(value, Text) else Text(printable(str(value)))
+
+
 def display_path(path: str | Path) -> str:
     """``path`` relative to the current folder when it lies inside it, else as given (for tables)."""
     p = Path(path)
@@ -107,20 +193,21 @@ def display_path(path: str | Path) -> str:
     return str(p)
 
 
-def info(message: str) -> None:
-    """A status line on stderr (hidden with --quiet or --json)."""
+def info(message: str | Text) -> None:
+    """A status line on stderr (hidden with --quiet or --json); the message is text, never markup."""
     if not (MODE.quiet or MODE.json):
-        err.print(message, highlight=False)
+        err.print(plain(message), highlight=False)
 
 
-def warn(message: str) -> None:
-    """A warning on stderr (shown even with --json: it never pollutes stdout)."""
+def warn(message: str | Text) -> None:
+    """A warning on stderr (shown even with --json: it never pollutes stdout); text, never markup."""
     if not MODE.quiet:
-        err.print(f"[yellow]warning:[/yellow] {message}", highlight=False)
+        err.print(Text.assemble(("warning:", "yellow"), " ", plain(message)), highlight=False)
 
 
-def error(message: str) -> None:
-    err.print(f"[bold red]error:[/bold red] {message}", highlight=False)
+def error(message: str | Text) -> None:
+    """The one red line of a failed command; the message is text, never markup."""
+    err.print(Text.assemble(("error:", "bold red"), " ", plain(message)), highlight=False)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -142,8 +229,15 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
+#: A lone surrogate: a byte of a non-UTF-8 file name kept by ``surrogateescape``.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def to_json(obj: Any, indent: int | None = 2) -> str:
-    return json.dumps(_jsonable(obj), ensure_ascii=False, indent=indent)
+    """JSON text; a non-UTF-8 name's undecodable bytes are written as ``\\udcXX`` escapes (valid
+    JSON that Python's ``json.loads`` reads back as the same name), never as raw bytes."""
+    text = json.dumps(_jsonable(obj), ensure_ascii=False, indent=indent)
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def json_result(obj: Any) -> dict[str, Any]:
@@ -194,15 +288,18 @@ class DataTable(Table):
 
 
 def table(
-    title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, justify_numbers: bool = True
+    title: str | Text | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, justify_numbers: bool = True
 ) -> DataTable:
     """A results table that loses nothing at any width.
 
     Cells wrap at spaces only (a word up to :data:`UNBROKEN_WORD` characters, e.g. a file name or
     a number, is never split), longer words fold, nothing is cut with "…"; numeric columns align
     right. When even so the table cannot fit, it is printed wider than the console.
+
+    The title, headers and cells are text, never markup: a file named ``[draft] photo.jpg`` shows
+    as itself. A cell that should be styled is a :class:`~rich.text.Text` (``Text("no face", "dim")``).
     """
-    t = DataTable(title=title, title_justify="left", header_style="bold")
+    t = DataTable(title=plain(title) if title is not None else None, title_justify="left", header_style="bold")
     cells = [[_fmt(v) for v in r] for r in rows]
     for i, c in enumerate(columns):
         values = [r[i] for r in rows if i < len(r) and r[i] is not None]
@@ -211,28 +308,34 @@ def table(
             and bool(values)
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
         )
-        plain = [Text.from_markup(c).plain] + [Text.from_markup(r[i]).plain for r in cells if i < len(r)]
-        longest = max((len(w) for p in plain for w in p.split() if len(w) <= UNBROKEN_WORD), default=0)
+        texts = [str(c)] + [r[i].plain for r in cells if i < len(r)]
+        longest = max((len(w) for p in texts for w in p.split() if len(w) <= UNBROKEN_WORD), default=0)
         t.add_column(
-            c, justify="right" if numeric else "left", overflow="fold", no_wrap=numeric, min_width=longest or None
+            plain(c),
+            justify="right" if numeric else "left",
+            overflow="fold",
+            no_wrap=numeric,
+            min_width=longest or None,
         )
     for r in cells:
         t.add_row(*r)
-    t.data_columns = [Text.from_markup(c).plain for c in columns]
-    t.data_rows = [[Text.from_markup(v).plain for v in r] for r in cells]
+    t.data_columns = [str(c) for c in columns]
+    t.data_rows = [[v.plain for v in r] for r in cells]
     return t
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any) -> Text:
+    if isinstance(v, Text):
+        return v
     if v is None:
-        return "-"
+        return Text("-")
     if isinstance(v, float):
         if math.isnan(v):
-            return "-"
-        return f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}"
+            return Text("-")
+        return Text(f"{v:.4f}" if abs(v) < 1000 else f"{v:,.0f}")
     if isinstance(v, Path) or (isinstance(v, str) and os.path.isabs(v) and "\n" not in v):
-        return display_path(v)  # a path: relative to the current folder when inside it
-    return str(v)
+        return plain(display_path(v))  # a path: relative to the current folder when inside it
+    return plain(v)
 
 
 def show(renderable: Any) -> None:
@@ -245,18 +348,19 @@ def show(renderable: Any) -> None:
         return
     if MODE.format in ("csv", "tsv"):
         if not isinstance(renderable, DataTable):  # a line of text is not a table row: stderr
-            info(str(renderable))
+            info(renderable if isinstance(renderable, (str, Text)) else str(renderable))
             return
         buf = io.StringIO()
         writer = csv.writer(buf, delimiter="," if MODE.format == "csv" else "\t", lineterminator="\n")
         if renderable.title:
-            buf.write(f"# {Text.from_markup(str(renderable.title)).plain}\n")
+            title = renderable.title
+            buf.write(f"# {title.plain if isinstance(title, Text) else title}\n")
         writer.writerow(renderable.data_columns)
         writer.writerows(renderable.data_rows)
         sys.stdout.write(buf.getvalue() + "\n")
         sys.stdout.flush()
         return
-    out.print(renderable)
+    out.print(plain(renderable) if isinstance(renderable, str) else renderable)
 
 
 class _Bar:
@@ -275,7 +379,7 @@ class _Bar:
         description = fields.pop("description", None)
         kwargs: dict[str, Any] = {}
         if description is not None:
-            kwargs["description"] = description
+            kwargs["description"] = safe(description)
         if "total" in fields:
             kwargs["total"] = fields.pop("total")
         if fields:
@@ -348,8 +452,8 @@ def progress(description: str, total: float | None) -> Iterator[_Bar]:
         TimeElapsedColumn(table_column=fixed()),
         TextColumn("eta", table_column=fixed()),
         TimeRemainingColumn(table_column=fixed()),
-        TextColumn("{task.fields[info]}", table_column=Column(overflow="fold", ratio=2)),
+        TextColumn("{task.fields[info]}", markup=False, table_column=Column(overflow="fold", ratio=2)),
     ]
     with Progress(*columns, console=err, transient=False, expand=True) as p:
-        task = p.add_task(description, total=total, info="")
+        task = p.add_task(safe(description), total=total, info="")
         yield _Bar(p, task)

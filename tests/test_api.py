@@ -34,7 +34,7 @@ def test_detect_align_embed(world):
 def test_verify(world):
     alice = world["people"] / "Alice"
     result = api.verify(PixelEmbedder(), alice / "0.jpg", alice / "0.jpg")
-    assert result.same and result.distance < 1e-5 and result.threshold_source == "default"
+    assert result.same and result.distance < 1e-5 and result.threshold_source == "uncalibrated"
     assert not api.verify(PixelEmbedder(), alice / "0.jpg", world["people"] / "Bob" / "0.jpg", threshold=0.0).same
 
 
@@ -66,3 +66,23 @@ def test_load_model(mbf_model):
         and model.embedding_size == 128
         and len(model.fingerprint) == 20
     )
+
+
+def test_a_path_is_a_model_everywhere(world, tmp_path):
+    from kface_cli.errors import InputError, KFaceError
+
+    alice = world["people"] / "Alice" / "0.jpg"
+    with pytest.raises(InputError, match="model not found"):  # was AttributeError: 'str' has no 'embed'
+        api.verify(str(tmp_path / "model.onnx"), alice, alice)
+    with pytest.raises(InputError, match="model not found"):
+        api.embed(tmp_path / "model.onnx", alice)
+    with pytest.raises(KFaceError, match="model must be a loaded model"):
+        api.verify(42, alice, alice)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_verify_with_a_model_path(world, mbf_model):
+    alice = world["people"] / "Alice" / "0.jpg"
+    by_path = api.verify(str(mbf_model), alice, alice)
+    assert by_path.same and by_path.model["network"] == "mbf"
+    assert api.Gallery(world["root"] / "g.h5", str(mbf_model)).model.fingerprint == by_path.model["fingerprint"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
@@ -62,3 +63,75 @@ def test_a_path_the_library_never_wrote_leaves_the_target_alone(tmp_path):
         with atomic_path(target) as tmp:
             tmp.unlink()  # e.g. a library that failed before creating its file
     assert target.read_bytes() == b"old"
+
+
+# -- issue 25: no output ever overwrites an input, a gallery or a model ----------------------------
+
+
+def _gallery(path):
+    import numpy as np
+
+    from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+
+    e = np.ones(16, np.float32) / 4
+    Gallery(path).append([Template("ann", e, "a.jpg", content_hash(b"a"))], ModelInfo("f" * 20, 16, "mbf", "/r"))
+    return path
+
+
+def test_check_output_refuses_inputs_by_path_and_identity(tmp_path):
+    from kface_cli.atomic import check_output, same_file
+    from kface_cli.errors import InputError
+
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(b"jpeg")
+    os.link(photo, tmp_path / "hard.csv")
+    (tmp_path / "soft.csv").symlink_to(photo)
+    assert same_file(tmp_path / "hard.csv", photo) and same_file(tmp_path / "soft.csv", photo)
+    assert same_file(tmp_path / "sub" / ".." / "a.jpg", photo)
+    for out in (photo, tmp_path / "hard.csv", tmp_path / "soft.csv", tmp_path / "." / "a.jpg"):
+        with pytest.raises(InputError, match="also an input of this command") as err:
+            check_output(out, inputs=[photo], option="--csv")
+        assert "--csv" in str(err.value)
+    with pytest.raises(InputError, match="is a photo in the input folder"):
+        check_output(photo, inputs=[tmp_path])
+    assert check_output(tmp_path / "new.csv", inputs=[photo, tmp_path, None]) == tmp_path / "new.csv"
+
+
+def test_check_output_refuses_galleries_and_models_even_if_not_inputs(tmp_path):
+    import torch
+
+    from kface_cli.atomic import ONNX_KIND, check_output, protected_kind
+    from kface_cli.errors import InputError
+
+    g = _gallery(tmp_path / "people.dat")  # judged by content, not by name
+    torch.save({"w": torch.zeros(2)}, tmp_path / "weights.bin")
+    (tmp_path / "model.onnx").write_bytes(b"\x08\x07")
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(tmp_path / "ts.zip"))
+    files = [tmp_path / n for n in ("people.dat", "weights.bin", "model.onnx", "ts.zip")]
+    kinds = {p.name: protected_kind(p) for p in files}
+    assert kinds == {
+        "people.dat": "kface gallery or an HDF5 file kface did not write", "weights.bin": "model", "model.onnx": "ONNX model", "ts.zip": "TorchScript model",
+    }  # fmt: skip
+    for path in files:
+        with pytest.raises(InputError, match=f"is a {re.escape(kinds[path.name])}; refusing to overwrite it"):
+            check_output(path)
+    assert check_output(tmp_path / "model.onnx", may_replace={ONNX_KIND})  # export over an earlier export
+    import numpy as np
+
+    from kface_cli.deploy.compare import load_embeddings, save_embeddings
+
+    save_embeddings(tmp_path / "emb.h5", ["a"], np.ones((1, 4), np.float32))
+    assert check_output(tmp_path / "emb.h5") and g.exists()  # `kface embed` may write its own file again
+    assert load_embeddings(tmp_path / "emb.h5")[0] == ["a"]  # the user block changes nothing for readers
+
+
+def test_check_output_folder_refuses_the_input_folder(tmp_path):
+    from kface_cli.atomic import check_output_folder
+    from kface_cli.errors import InputError
+
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    with pytest.raises(InputError, match="--annotate .* holds the input photos"):
+        check_output_folder(tmp_path, inputs=[tmp_path / "a.jpg"], option="--annotate")
+    with pytest.raises(InputError, match="holds the input photos"):
+        check_output_folder(tmp_path / ".", inputs=[tmp_path], option="--annotate")
+    assert check_output_folder(tmp_path / "out", inputs=[tmp_path / "a.jpg"], option="--annotate")

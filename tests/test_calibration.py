@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -144,4 +145,40 @@ def test_errors(tmp_path):
         load_threshold(Emb(model))
     (tmp_path / "m.onnx.calibration.json").write_text("[]")
     with pytest.raises(InputError, match="not a kface calibration"):
+        load_threshold(Emb(model))
+
+
+@pytest.mark.parametrize(
+    ("entries", "words"),
+    [
+        ({"abc": {"verification": dict(GOOD_1TO1, threshold=1e9)}}, "threshold 1000000000.0 is outside"),
+        ({"abc": {"verification": dict(GOOD_1TO1, threshold=float("nan"))}}, "threshold nan is outside"),
+        ({"abc": {"verification": dict(GOOD_1TO1, threshold=-0.5)}}, "threshold -0.5 is outside"),
+        ({"abc": {"verification": {"n_same": 3}}}, "threshold is missing"),
+        ({"abc": {"verification": dict(GOOD_1TO1, threshold="0.9")}}, "threshold is '0.9'"),
+        ({"abc": {"verification": dict(GOOD_1TO1, threshold=True)}}, "threshold is True"),
+        ({"abc": {"identification": dict(GOOD_1N, n_known=-3)}}, "n_known is -3"),
+        ({"abc": {"verification": [0.9]}}, "verification is not an object"),
+        ({"abc": {"mystery": GOOD_1TO1}}, "unknown kind 'mystery'"),
+        ({"other": {"verification": dict(GOOD_1TO1, threshold=99)}}, "entry 'other'"),  # any entry
+        ({"abc": 0.5}, "entry 'abc' is not an object"),
+    ],
+)
+def test_damaged_calibration_files_are_one_line_naming_the_file(tmp_path, entries, words):
+    model = _model(tmp_path)
+    path = calibration_path(model)
+    path.write_text(json.dumps({"version": 2, "entries": entries}))  # json writes NaN as NaN
+    with pytest.raises(InputError, match=re.escape(words)) as err:
+        identify_threshold(Emb(model))
+    assert str(path) in str(err.value)
+
+
+def test_deep_and_huge_calibration_files_are_one_line(tmp_path):
+    model = _model(tmp_path)
+    path = calibration_path(model)
+    path.write_text('{"entries": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(InputError, match="cannot read calibration file"):
+        load_threshold(Emb(model))
+    path.write_text(json.dumps({"version": 2, "entries": {}, "pad": "x" * (2 << 20)}))
+    with pytest.raises(InputError, match="bytes: not one kface wrote"):
         load_threshold(Emb(model))

@@ -113,6 +113,8 @@ def test_an_option_name_means_one_thing_in_every_command():
     assert len({p.help for _, p in options["--jobs"]}) == 1 and len(options["--jobs"]) == 3
     model_users = {c for c, _ in options["--model"]}
     assert {"export", "enroll", "identify", "evaluate"} <= model_users
+    # every command that may run a TorchScript model offers the explicit opt-in (the others refuse it)
+    assert {c for c, _ in options["--trust-model"]} == {"enroll", "identify", "verify", "embed", "evaluate"}
 
 
 def test_choices_are_listed_in_help():
@@ -191,3 +193,18 @@ def test_onnx_identify_imports_only_what_it_uses(tmp_path):
     photo = Path(__file__).parent / "fixtures" / "astronaut.jpg"  # a real face: detection and landmarks run
     args = ("identify", str(photo), "--model", str(model), "--gallery", str(gallery), "--json")
     assert _heavy_imports(*args, modules=IDENTIFY_PROBED) == ONNX_IDENTIFY_IMPORTS
+
+
+def test_memory_errors_are_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+    from kface_cli.gallery import manage
+
+    def exhausted(*_a, **_k):
+        raise MemoryError
+
+    monkeypatch.setattr(manage, "manage_gallery", exhausted)
+    result = CliRunner().invoke(app, ["gallery", "--gallery", str(tmp_path / "g.h5")])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.output.startswith("error: out of memory") and len(result.output.strip().splitlines()) == 1

@@ -35,7 +35,7 @@ def photos(tmp_path_factory):
 def test_verify_same_photo_and_threshold(photos):
     same = verify_photos(photos["a1"], photos["a1"], PixelEmbedder(), landmarks="annotation")
     assert same.same and same.distance == pytest.approx(0.0, abs=1e-5) and same.cosine == pytest.approx(1.0, abs=1e-5)
-    assert (same.threshold, same.threshold_source) == (DEFAULT_THRESHOLD, "default")
+    assert (same.threshold, same.threshold_source) == (DEFAULT_THRESHOLD, "uncalibrated")
     pair = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), landmarks="annotation")
     assert 0 < pair.distance <= 4
     strict = verify_photos(photos["a1"], photos["b1"], PixelEmbedder(), threshold=pair.distance, landmarks="annotation")
@@ -118,6 +118,51 @@ def test_embed_file_types(tmp_path):
         load_embeddings(tmp_path / "k.npy")
 
 
+def test_embed_never_writes_over_a_gallery_a_photo_or_a_model(photos, tmp_path):
+    import os
+
+    from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+
+    g = tmp_path / "g.h5"
+    e = np.ones(64, np.float32) / 8
+    Gallery(g).append([Template("ann", e, "a.jpg", content_hash(b"a"))], ModelInfo("f" * 20, 64, "mbf", "/r"))
+    before = g.read_bytes()
+    with pytest.raises(
+        InputError, match="is a kface gallery or an HDF5 file kface did not write; refusing to overwrite it"
+    ):
+        embed_photos([photos["a1"]], PixelEmbedder(), g, landmarks="annotation")
+    assert g.read_bytes() == before
+    os.link(photos["a1"], tmp_path / "link.npy")  # a hard link to the input photo
+    with pytest.raises(InputError, match="also an input"):
+        embed_photos([photos["a1"]], PixelEmbedder(), tmp_path / "link.npy", landmarks="annotation")
+    (tmp_path / "m.names.txt").symlink_to(photos["a2"])  # the names file too
+    with pytest.raises(InputError, match="also an input"):
+        embed_photos([photos["root"]], PixelEmbedder(), tmp_path / "m.npy", landmarks="annotation")
+
+
+def test_cli_outputs_never_overwrite_the_gallery(photos, tmp_path):
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+    from kface_cli.gallery.store import Gallery, ModelInfo, Template, content_hash
+
+    g = tmp_path / "g.h5"
+    Gallery(g).append(
+        [Template("ann", np.ones(8, np.float32) / 8**0.5, "a", content_hash(b"a"))], ModelInfo("f" * 20, 8, "m", "/r")
+    )
+    before = g.read_bytes()
+    for args, words in (
+        (["identify", str(photos["a1"]), "--gallery", str(g), "--csv", str(g)], "also an input"),
+        (["identify", str(photos["a1"]), "--gallery", str(tmp_path / "x.h5"), "--csv", str(g)], "is a kface gallery"),
+        (["embed", str(photos["a1"]), "--out", str(g), "--workdir", str(tmp_path)], "is a kface gallery"),
+        (["detect", str(photos["a1"]), "--annotate", str(photos["a1"].parent)], "would overwrite them"),
+    ):
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 2 and words in result.output, result.output
+        assert "Traceback" not in result.output
+    assert g.read_bytes() == before
+
+
 @pytest.mark.slow
 def test_cli_verify_exit_codes_and_embed(photos, tmp_path, mbf_model):
     from typer.testing import CliRunner
@@ -129,7 +174,7 @@ def test_cli_verify_exit_codes_and_embed(photos, tmp_path, mbf_model):
     r = runner.invoke(app, ["verify", str(photos["a1"]), str(photos["a1"]), *base, "--json"])
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
-    assert data["same"] is True and data["distance"] < 1e-4 and data["threshold_source"] == "default"
+    assert data["same"] is True and data["distance"] < 1e-4 and data["threshold_source"] == "uncalibrated"
     r = runner.invoke(app, ["verify", str(photos["a1"]), str(photos["b1"]), *base, "--threshold", "0"])
     assert r.exit_code == 1 and "different people" in r.stdout
     r = runner.invoke(app, ["verify", str(photos["a1"]), str(photos["none"]), *base])

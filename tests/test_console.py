@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rich.console import Console
+from rich.text import Text
 
 from kface_cli import console
 from kface_cli.errors import InputError
@@ -59,8 +60,8 @@ def test_paths_are_shown_relative_to_the_current_folder(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     assert console.display_path(tmp_path / "probes" / "a.jpg") == str(Path("probes") / "a.jpg")
     assert console.display_path("/elsewhere/a.jpg") == "/elsewhere/a.jpg"
-    assert console._fmt(tmp_path / "x.jpg") == "x.jpg"
-    assert console._fmt(str(tmp_path / "split" / "train")) == str(Path("split") / "train")
+    assert console._fmt(tmp_path / "x.jpg").plain == "x.jpg"
+    assert console._fmt(str(tmp_path / "split" / "train")).plain == str(Path("split") / "train")
 
 
 def test_progress_bar_at_80_columns_is_readable(monkeypatch):
@@ -78,10 +79,14 @@ def test_progress_bar_at_80_columns_is_readable(monkeypatch):
 @pytest.mark.parametrize(("fmt", "sep"), [("csv", ","), ("tsv", "\t")])
 def test_csv_and_tsv(capsys, fmt, sep):
     console.set_mode(output_format=fmt)
-    console.show(console.table("Faces", ["image", "name", "distance"], [["a b.jpg", "[yellow]unknown[/yellow]", 0.5]]))
+    styled = Text("unknown", "yellow")
+    console.show(
+        console.table("Faces", ["image", "name", "distance"], [["a b.jpg", styled, 0.5], ["[x].jpg", "[b]", 1]])
+    )
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "# Faces" and lines[1] == sep.join(["image", "name", "distance"])
-    assert lines[2] == sep.join(["a b.jpg", "unknown", "0.5000"])  # markup stripped, every value whole
+    assert lines[2] == sep.join(["a b.jpg", "unknown", "0.5000"])  # style dropped, every value whole
+    assert lines[3] == sep.join(["[x].jpg", "[b]", "1"])  # a user's text is never read as markup
     console.show("Report: reports/demo")
     captured = capsys.readouterr()
     assert captured.out == "" and "Report: reports/demo" in captured.err  # text is not a table row
@@ -168,7 +173,7 @@ def test_json_conversion_of_numpy_paths_dataclasses_and_nan():
 def test_table_right_aligns_numbers_and_formats_values():
     t = console.table("title", ["name", "score", "count"], [["a", 0.123456, 12345.6], ["b", None, float("nan")]])
     assert [c.justify for c in t.columns] == ["left", "right", "right"]
-    cells = [list(c.cells) for c in t.columns]
+    cells = [[str(v) for v in c.cells] for c in t.columns]
     assert cells == [["a", "b"], ["0.1235", "-"], ["12,346", "-"]]
     flat = console.table(None, ["k", "v"], [["x", 1]], justify_numbers=False)
     assert [c.justify for c in flat.columns] == ["left", "left"]

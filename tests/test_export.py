@@ -14,7 +14,7 @@ from kface_cli.cli import app
 from kface_cli.embedding import export as export_mod
 from kface_cli.embedding.export import export_model, synthetic_faces
 from kface_cli.embedding.loading import load_embedder
-from kface_cli.errors import KFaceError
+from kface_cli.errors import InputError, KFaceError
 from kface_cli.models.registry import get_backbone
 
 NETWORK, EMB = "mbf_small", 32
@@ -79,7 +79,9 @@ def test_torchscript_export(workspace, tmp_path):
     out = tmp_path / "model.pt"
     result = export_model("tiny", out, fmt="torchscript", workdir=workspace)
     assert result.min_cosine >= 0.9999 and result.opset is None
-    emb = load_embedder(out)
+    with pytest.raises(InputError, match="--trust-model"):  # a TorchScript file is a program
+        load_embedder(out)
+    emb = load_embedder(out, trust_model=True)
     assert emb.network == NETWORK and emb.fingerprint == result.fingerprint
 
 
@@ -105,6 +107,20 @@ def test_export_errors(workspace, tmp_path):
         export_model(workspace / "runs" / "tiny", tmp_path / "m.onnx", fmt="tflite")  # type: ignore[arg-type]
     with pytest.raises(KFaceError, match="no trained model"):
         export_model(None, tmp_path / "m.onnx", workdir=tmp_path)
+
+
+def test_export_never_writes_over_a_checkpoint_or_a_gallery(workspace, tmp_path):
+    ckpt = tmp_path / "checkpoint.pt"
+    torch.save({"backbone": {"w": torch.zeros(2)}}, ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(InputError, match="checkpoint.pt is a model; refusing to overwrite it"):
+        export_model(workspace / "runs" / "tiny", ckpt, fmt="torchscript")
+    assert ckpt.read_bytes() == before
+    import os
+
+    os.link(workspace / "runs" / "tiny" / "backbone.pth", tmp_path / "same.onnx")  # a hard link to the source
+    with pytest.raises(InputError, match="also an input"):
+        export_model(workspace / "runs" / "tiny", tmp_path / "same.onnx")
 
 
 @pytest.mark.slow

@@ -47,7 +47,7 @@ def _identify(world, paths, **kw):
 
 def test_held_out_photos_are_named(world):
     result = _identify(world, [world["probes"]], top_k=3)
-    assert result.threshold == DEFAULT_THRESHOLD and result.threshold_source == "default"
+    assert result.threshold == DEFAULT_THRESHOLD and result.threshold_source == "uncalibrated"
     named = {Path(i.image).stem: i.faces[0] for i in result.images}
     assert {k: f.name for k, f in named.items()} == {n: n for n in PEOPLE}
     for face in named.values():
@@ -99,7 +99,7 @@ def test_json_csv_and_table(world, tmp_path):
         world, [world["probes"] / "김철수.jpg", tmp_path / "empty.jpg", world["people"] / "Bob" / "0.jpg"]
     )
     report = json.loads(to_json(result.to_json()))
-    assert report["threshold"] == DEFAULT_THRESHOLD and report["threshold_source"] == "default"
+    assert report["threshold"] == DEFAULT_THRESHOLD and report["threshold_source"] == "uncalibrated"
     assert report["model"]["fingerprint"] == PixelEmbedder().fingerprint and report["faces"] == 2
     data = report["images"]
     assert [Path(d["image"]).name for d in data] == ["김철수.jpg", "empty.jpg", "0.jpg"]

@@ -125,7 +125,7 @@ def test_small_auto_galleries_are_searched_exactly_in_numpy_with_no_index_file(t
     small = load_index(g)
     assert isinstance(small.index.index, index_mod.NumpyFlatIP) and small.index.kind is IndexKind.FLAT
     assert not any(p.exists() for p in index_paths(g.path))  # nothing built or saved
-    faiss_flat = build_index(emb, "flat")
+    faiss_flat = build_index(g.read().embeddings, "flat")  # the same (float16-stored) vectors
     queries = _unit(np.random.default_rng(7).standard_normal((5, emb.shape[1])))
     a, b = small.index.search(queries, 4), faiss_flat.search(queries, 4)
     np.testing.assert_array_equal(a.rows, b.rows)

@@ -11,6 +11,7 @@ from kface_cli.dataset.provenance import (
     is_synthetic_source,
     mark_synthetic,
     model_training_data,
+    run_training_data,
     synthetic_warning,
     training_data,
     warn_if_synthetic,
@@ -71,3 +72,18 @@ def test_model_side_warning(tmp_path, capsys):
     assert warn_if_synthetic(exported) == [synthetic_warning(exported)] and "synthetic" in capsys.readouterr().err
     (run / RUN_CONFIG).write_text(json.dumps({"network": "mbf"}))  # a run from before the record: no warning
     assert synthetic_warning(_Model(run)) is None and warn_if_synthetic(_Model(None)) == []
+
+
+def test_deeply_nested_records_are_no_record(tmp_path):
+    deep = "[" * 100_000 + "]" * 100_000
+    assert model_training_data(_Model(tmp_path / "m.onnx", {META_TRAINING_DATA: deep})) is None
+    (tmp_path / RUN_CONFIG).write_text(deep)
+    assert run_training_data(tmp_path) is None
+
+
+def test_title_note_names_a_synthetic_model():
+    from kface_cli.dataset.provenance import SYNTHETIC_TITLE_NOTE, title_note
+
+    exported = _Model(None, {META_TRAINING_DATA: json.dumps({"synthetic": True, "synthetic_only": True})})
+    assert SYNTHETIC_TITLE_NOTE in title_note([synthetic_warning(exported)])
+    assert title_note([]) == "" and title_note(["something else"]) == ""

@@ -5,7 +5,8 @@ import zipfile
 import pytest
 from synth_helpers import make_source
 
-from kface_cli.dataset.source import is_safe_member_name, list_identities, open_identity, parse_id_list, resolution_dir
+from kface_cli.archive import is_safe_member_name
+from kface_cli.dataset.source import list_identities, open_identity, parse_id_list, resolution_dir
 from kface_cli.errors import CodeError, InputError
 
 

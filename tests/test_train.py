@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from trainingdata import make_workspace
 from typer.testing import CliRunner
 
-from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
+from kface_cli.errors import InputError, KFaceError, ModelMismatchError, TrainingError
 from kface_cli.train import checkpoint as ck
 from kface_cli.train.config import TrainConfig, resolve_config
 from kface_cli.train.loop import EpochBatches, auto_workers, read_log, train, train_from_options
@@ -204,6 +205,26 @@ def test_interrupt_then_resume_equals_uninterrupted_run(ws):
 
 
 @pytest.mark.slow
+def test_resuming_a_copied_run_continues_the_copy(ws):
+    import shutil
+
+    train(tiny(ws, name="orig", epochs=1))
+    shutil.copytree(ws / "runs" / "orig", ws / "runs" / "copy")
+    before = {p.name: p.read_bytes() for p in (ws / "runs" / "orig").iterdir()}
+    result = train_from_options(None, {"workdir": str(ws), "name": "copy", "epochs": 2}, resume=True)
+    assert result.run_dir == ws / "runs" / "copy" and result.epochs == 2
+    assert ck.load_checkpoint(ws / "runs" / "copy" / ck.RUN_CHECKPOINT)["epoch"] == 2
+    assert ck.load_checkpoint(ws / "runs" / "copy" / ck.RUN_CHECKPOINT)["config"]["name"] == "copy"
+    assert {p.name: p.read_bytes() for p in (ws / "runs" / "orig").iterdir()} == before  # untouched
+    # a saved config with odd values is one line naming the checkpoint
+    saved = ck.load_checkpoint(ws / "runs" / "copy" / ck.RUN_CHECKPOINT)
+    saved["config"]["epochs"] = "many"
+    ck.save_torch(ws / "runs" / "copy" / ck.RUN_CHECKPOINT, saved)
+    with pytest.raises(InputError, match="checkpoint.pt: its saved training config is damaged"):
+        train_from_options(None, {"workdir": str(ws), "name": "copy", "epochs": 3}, resume=True)
+
+
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(ws, monkeypatch):
     from kface_cli.models import heads
 
@@ -346,3 +367,17 @@ def test_real_ctrl_c_leaves_a_checkpoint(tmp_path):
     saved = ck.load_checkpoint(ws / "runs" / "sig" / ck.RUN_CHECKPOINT)
     assert saved["epoch"] * 4 + saved["step_in_epoch"] >= 1
     assert read_log(ws / "runs" / "sig")[-1]["type"] == "stopped"
+
+
+def test_validation_of_a_backbone_gone_nan_is_a_training_error():
+    from kface_cli.embedding.export import synthetic_faces
+    from kface_cli.formats.pairs import PairFaces
+    from kface_cli.models.registry import get_backbone
+    from kface_cli.train.loop import validate
+
+    net = get_backbone("mbf_small", 32).eval()
+    with torch.no_grad():
+        next(net.parameters()).fill_(float("nan"))
+    pairs = PairFaces(synthetic_faces(2), np.array([0]), np.array([1]), np.array([False]))
+    with pytest.raises(TrainingError, match="validation stopped the run: .*NaN or infinite embeddings"):
+        validate(net, pairs, network="mbf_small")

@@ -8,12 +8,13 @@ hand its result to one renderer), one module per stage.
 * :mod:`~kface_cli.cli.deploy`: ``enroll``, ``identify``, ``gallery``, ``verify``, ``embed``, ``detect``.
 * :mod:`~kface_cli.cli.evaluate`: ``evaluate``.
 * :mod:`~kface_cli.cli.research`: ``clean``, ``invert``.
+* :mod:`~kface_cli.cli.models`: ``models list``, ``models get``, ``models remove`` (pretrained packs).
 
 Nothing heavy is imported here or in those modules: ``kface --help`` loads no torch, mediapipe,
 faiss or h5py.
 """
 
-from kface_cli.cli import data, deploy, evaluate, research, train  # noqa: F401  (each registers its commands)
+from kface_cli.cli import data, deploy, evaluate, models, research, train  # noqa: F401  (each registers its commands)
 from kface_cli.cli.common import app, main
 
 #: The order ``kface --help`` lists the commands in: the pipeline's.

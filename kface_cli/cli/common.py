@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,7 +28,9 @@ from typing import Annotated
 import typer
 
 from kface_cli import console
+from kface_cli.atomic import os_error
 from kface_cli.choices import (
+    MAX_SEED,
     LandmarkMode,
     OutputFormat,
 )
@@ -94,8 +97,15 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Run folder, checkpoint, insightface backbone.pth or ONNX file \\[default: best model of the latest run].",
+        help="Run folder, checkpoint, insightface backbone.pth, ONNX file, or a fetched pack's name (`kface models list`) \\[default: best model of the latest run].",
         show_default=False,
+    ),
+]
+TrustModelOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-model",
+        help="Let a TorchScript model run: it is a program that can read and write any file (refused otherwise; ONNX and state_dicts run no code).",
     ),
 ]
 NetworkOpt = Annotated[
@@ -120,7 +130,10 @@ GalleryOpt = Annotated[
         "--gallery", "-g", help=f"Gallery file \\[default: {GALLERY_FILE} in the workspace].", show_default=False
     ),
 ]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed (results are reproducible for a given seed).")]
+SeedOpt = Annotated[
+    int,
+    typer.Option("--seed", help="Random seed (results are reproducible for a given seed).", min=0, max=MAX_SEED),
+]
 
 
 def deprecated(old: str, new: str, old_value, new_value):
@@ -148,7 +161,7 @@ def _option_names(signature: inspect.Signature) -> set[str]:
     return names
 
 
-def command(name: str | None = None, **kwargs) -> Callable:
+def command(name: str | None = None, *, group: typer.Typer | None = None, **kwargs) -> Callable:
     """Register a subcommand whose user errors print one red line and exit non-zero.
 
     The command also accepts ``--quiet`` and ``--debug`` (and ``--json``, where it declares
@@ -175,15 +188,21 @@ def command(name: str | None = None, **kwargs) -> Callable:
                 if output_format is not None:
                     console.set_mode(output_format=output_format)
                     kw["json_output"] = console.MODE.json or bool(json_flag)
-                return fn(*args, **kw)
-            except KFaceError as e:
-                if console.MODE.debug:
-                    console.err.print_exception()
-                console.error(str(e))
-                raise typer.Exit(e.exit_code) from None
+                with console.quiet_third_party(not console.MODE.debug):
+                    return fn(*args, **kw)
             except KeyboardInterrupt:
                 console.error("interrupted")
                 raise typer.Exit(130) from None
+            except BrokenPipeError:  # `kface ... | head`: the reader has all it wanted
+                console.close_stdout()
+                raise typer.Exit(141) from None
+            except Exception as e:
+                if isinstance(e, (typer.Exit, typer.Abort)) or (user_error := _user_error(e)) is None:
+                    raise
+                if console.MODE.debug:
+                    console.err.print_exception()
+                console.error(str(user_error))
+                raise typer.Exit(user_error.exit_code) from None
             finally:  # an in-process caller (tests, notebooks) gets the output mode it had
                 vars(console.MODE).update(vars(saved))
 
@@ -194,9 +213,38 @@ def command(name: str | None = None, **kwargs) -> Callable:
             )
         wrapper.__signature__ = signature.replace(parameters=[*signature.parameters.values(), *extra])  # type: ignore[attr-defined]
         wrapper.__annotations__ = {**fn.__annotations__, **{p.name: p.annotation for p in extra}}
-        return app.command(name, **kwargs)(wrapper)
+        return (group or app).command(name, **kwargs)(wrapper)
 
     return decorator
+
+
+def _user_error(e: BaseException) -> KFaceError | None:
+    """The one line for an exception that the user's machine caused, or None for a real bug.
+
+    A :class:`KFaceError` is its own line; running out of memory (``ulimit -v``, a too-large
+    batch: ``MemoryError``, torch's or ONNX Runtime's allocation failures) says what to do; a
+    read-only place or a full disk anywhere (a folder that cannot be made, standard output on a
+    full disk) names the file.
+    """
+    if isinstance(e, KFaceError):
+        return e
+    if isinstance(e, MemoryError) or _ALLOCATION_FAILURE.search(str(e)[:2000]):
+        return KFaceError(
+            "out of memory",
+            hint="Free some memory, raise the memory limit (ulimit -v), or use a smaller --embed-batch, "
+            "--batch-size or fewer --jobs; nothing already saved was lost.",
+        )
+    if isinstance(e, OSError):
+        return os_error(e)
+    return None
+
+
+#: What torch, ONNX Runtime, C++ libraries and the loader say when memory (or a thread) cannot be had.
+_ALLOCATION_FAILURE = re.compile(
+    r"std::bad_alloc|bad_alloc|[Ff]ailed to allocate memory|can't allocate memory|"
+    r"[Cc]annot allocate memory|[Oo]ut of memory|Unable to allocate|failed to map segment from shared object|"
+    r"can't start new thread"
+)
 
 
 def _version(value: bool) -> None:
@@ -227,3 +275,6 @@ def main() -> None:
     except KFaceError as e:  # raised outside a command (e.g. in a callback)
         console.error(str(e))
         sys.exit(e.exit_code)
+    except SystemExit as e:
+        console.close_stdout()  # a full or closed stdout: one line, not "Exception ignored" at exit
+        raise e from None

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from kface_cli import console
 from kface_cli.choices import (
@@ -21,6 +22,7 @@ from kface_cli.cli.common import (
     LandmarksOpt,
     ModelOpt,
     NetworkOpt,
+    TrustModelOpt,
     WorkdirOpt,
     command,
     deprecated,
@@ -65,15 +67,31 @@ def _gallery_path(gallery: Path | None, workdir: Path | None) -> Path:
 @command("enroll")
 def enroll_cmd(
     folder: Annotated[
-        Path,
+        Path | None,
         typer.Argument(
             help="Photos of known people: DIR/<name>.jpg (one each) and/or DIR/<name>/*.jpg (several).",
             show_default=False,
         ),
-    ],
+    ] = None,
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
+    embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--embeddings",
+            help="Enrol precomputed embeddings instead of photos: the FILE.h5 `kface embed --out` writes (its model must be the gallery's).",
+            show_default=False,
+        ),
+    ] = None,
+    names_from: Annotated[
+        str,
+        typer.Option(
+            "--names-from",
+            help="With --embeddings: identity names from each entry's text (entry), its photo's folder (folder) or file stem (stem); auto: folder when every entry is a path, else entry.",
+        ),
+    ] = "auto",
     aligned: Annotated[
         bool,
         typer.Option(
@@ -90,7 +108,11 @@ def enroll_cmd(
         ),
     ] = PerIdentity.ALL,
     replace: Annotated[
-        bool, typer.Option("--replace", help="First remove the existing templates of every person in DIR.")
+        bool,
+        typer.Option(
+            "--replace",
+            help="Swap the templates of every person in DIR for the new ones, in one transaction (a person none of whose new photos has a face keeps the old ones).",
+        ),
     ] = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     min_face: MinFaceOpt = None,
@@ -108,16 +130,34 @@ def enroll_cmd(
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Add the faces of known people to the gallery (re-enrolling a photo is a no-op)."""
+    """Add the faces of known people to the gallery, from photos or precomputed embeddings (re-enrolling is a no-op)."""
     from kface_cli.deploy.enroll import enroll_folder, summary_rows
     from kface_cli.embedding.loading import load_embedder
+    from kface_cli.errors import InputError
     from kface_cli.workspace import Workspace
 
     ws = Workspace.resolve(workdir)
+    if embeddings is not None:
+        if folder is not None:
+            raise InputError("pass either a folder of photos or --embeddings FILE.h5, not both")
+        _enroll_embeddings(
+            embeddings,
+            _gallery_path(gallery, workdir),
+            model,
+            network,
+            ws.root,
+            names_from,
+            commit_every,
+            json_output,
+            trust_model=trust_model,
+        )
+        return
+    if folder is None:
+        raise InputError("nothing to enroll", hint="Pass a folder of photos, or --embeddings FILE.h5.")
     result = enroll_folder(
         folder,
         _gallery_path(gallery, workdir),
-        lambda: load_embedder(model, workdir=ws.root, network=network),
+        lambda: load_embedder(model, workdir=ws.root, network=network, trust_model=trust_model),
         aligned=aligned,
         per_identity=per_identity,
         replace=replace,
@@ -138,6 +178,47 @@ def enroll_cmd(
     )
 
 
+def _enroll_embeddings(
+    file: Path,
+    gallery: Path,
+    model,
+    network,
+    root,
+    names_from: str,
+    commit_every: int,
+    json_output: bool,
+    *,
+    trust_model: bool = False,
+) -> None:
+    from kface_cli.deploy.bulk import NamesFrom, enroll_embeddings
+    from kface_cli.embedding.loading import load_embedder
+    from kface_cli.errors import InputError
+
+    try:
+        mode = NamesFrom(names_from.lower())
+    except ValueError:
+        raise InputError(f"--names-from must be auto, entry, folder or stem, got {names_from!r}") from None
+    result = enroll_embeddings(
+        file,
+        gallery,
+        names_from=mode,
+        embedder=(lambda: load_embedder(model, workdir=root, network=network, trust_model=trust_model))
+        if model is not None
+        else None,
+        batch_rows=max(commit_every, 1024),
+    )
+    if json_output:
+        console.print_json(result.to_json())
+        return
+    console.info(
+        f"{result.added:,} templates added ({result.duplicates:,} already there) for {result.identities:,} identities "
+        f"from {result.file} in {result.seconds:.1f} s"
+        + (f" (+{result.index_seconds:.1f} s building the search index)" if result.index_seconds >= 0.05 else "")
+        + f"; {result.templates:,} templates in {result.gallery}; "
+        f"model {result.model['network'] or '?'} {result.model['fingerprint'][:12]}"
+    )
+
+
 @command("identify")
 def identify_cmd(
     paths: Annotated[
@@ -146,6 +227,7 @@ def identify_cmd(
     gallery: GalleryOpt = None,
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -206,11 +288,17 @@ def identify_cmd(
         raise InputError("nothing to identify", hint="Pass photos, folders or videos, or --camera 0.")
     if camera is not None and paths:
         raise InputError("pass either photos/videos or --camera, not both")
+    if csv_path is not None and csv_path.is_dir():  # checked before the work, not after it
+        raise InputError(f"--csv must be a file, got a folder: {csv_path}", hint="Pass e.g. --csv results.csv.")
+    if csv_path is not None:
+        from kface_cli.atomic import check_output
+
+        check_output(csv_path, inputs=[_gallery_path(gallery, workdir), model, *(paths or [])], option="--csv")
     ws = Workspace.resolve(workdir)
     result = identify(
         paths or [],
         _gallery_path(gallery, workdir),
-        lambda: load_embedder(model, workdir=ws.root, network=network),
+        lambda: load_embedder(model, workdir=ws.root, network=network, trust_model=trust_model),
         threshold=threshold,
         top_k=top_k,
         every=every,
@@ -228,9 +316,18 @@ def identify_cmd(
         console.print_json(result.to_json())
     else:
         columns, rows = table_rows(result)
+        from kface_cli.dataset.provenance import title_note
+        from kface_cli.deploy.model import UNCALIBRATED, uncalibrated_hint
+
         console.show(
-            console.table(f"Faces (threshold {result.threshold:.3f}: {result.threshold_detail})", columns, rows)
+            console.table(
+                f"Faces (threshold {result.threshold:.3f}: {result.threshold_detail}){title_note(result.warnings)}",
+                columns,
+                rows,
+            )
         )
+        if result.threshold_source == UNCALIBRATED:
+            console.info(f"hint: {uncalibrated_hint(model)}")
         named = sum(1 for i in result.images for f in i.faces if f.name != "unknown")
         console.info(
             f"{result.faces} faces in {len(result.images)} images, {named} named, in {result.seconds:.2f} s; "
@@ -262,27 +359,45 @@ def gallery_cmd(
             help="Verify every name and embedding against the digest written with them (reads the whole file).",
         ),
     ] = False,
+    upgrade: Annotated[
+        bool,
+        typer.Option(
+            "--upgrade",
+            help="Convert an older (schema 1) gallery to the current format and sign it; the original is kept beside it.",
+        ),
+    ] = False,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Show the gallery: its facts and identities with template counts; remove people; rebuild the index; check it."""
+    """Show the gallery: its facts and identities with template counts; remove people; rebuild the index; check or upgrade it."""
     from kface_cli.gallery.manage import facts_rows, manage_gallery
 
     report = manage_gallery(
-        _gallery_path(gallery, workdir), remove=remove or [], rebuild_index=rebuild_index, index_kind=index, check=check
+        _gallery_path(gallery, workdir),
+        remove=remove or [],
+        rebuild_index=rebuild_index,
+        index_kind=index,
+        check=check,
+        upgrade=upgrade,
     )
     if json_output:
         console.print_json(report)
         return
+    if "upgrade" in report:
+        u = report["upgrade"]
+        console.info(
+            f"upgraded {report['facts']['path']} from schema {u['from_schema']} to {u['schema_version']} "
+            f"({u['templates']:,} templates, {u['bytes_before'] / 2**20:.1f} -> {u['file_bytes'] / 2**20:.1f} MiB"
+            + ("" if u["had_digest"] else "; it had no digest: signed as it was")
+            + f"); the original is kept as {u['backup']}"
+            if u["upgraded"]
+            else f"{report['facts']['path']} already has the current format (schema {u['schema_version']}): nothing to do"
+        )
     for removed in report["removed"]:
         console.info(f"removed {removed['templates']} templates of {removed['name']}")
     if "check" in report:
         c = report["check"]
-        console.info(
-            f"checked {c['rows_checked']:,} of {c['templates']:,} templates: intact"
-            if c["verified"]
-            else "no digest to check against (written by an older kface; the next write adds one)"
-        )
+        console.info(f"checked {c['rows_checked']:,} of {c['templates']:,} templates, the model and the schema: intact")
     if report["index"].get("rebuilt"):
         console.info(f"rebuilt the {report['index']['kind']} search index over {report['index']['count']:,} templates")
     facts = report["facts"]
@@ -312,13 +427,13 @@ def _model_row(model: dict) -> list[str]:
     return ["model", f"{model.get('network')} {model.get('fingerprint')}"]
 
 
-def _model_loader(model: str | None, network: str | None, workdir: Path | None) -> Callable:
+def _model_loader(model: str | None, network: str | None, workdir: Path | None, trust_model: bool = False) -> Callable:
     """Loads the model when the domain function asks (after it has checked its inputs)."""
     from kface_cli.embedding.loading import load_embedder
     from kface_cli.workspace import Workspace
 
     root = Workspace.resolve(workdir).root
-    return lambda: load_embedder(model, workdir=root, network=network)
+    return lambda: load_embedder(model, workdir=root, network=network, trust_model=trust_model)
 
 
 @command("verify")
@@ -327,6 +442,7 @@ def verify_cmd(
     image2: Annotated[Path, typer.Argument(help="Second photo.", show_default=False)],
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -343,19 +459,28 @@ def verify_cmd(
     """Are two photos the same person? Distance and verdict at the model's threshold (exit 0 same, 1 different, 2 error)."""
     from kface_cli.deploy.compare import verify_photos
 
-    loader = _model_loader(model, network, workdir)
+    loader = _model_loader(model, network, workdir, trust_model)
     result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks)
     if json_output:
         console.print_json(result.to_json())
     else:
         rows = [
             ["photos", f"{console.display_path(result.image1)}  vs  {console.display_path(result.image2)}"],
-            ["verdict", "[green]same person[/green]" if result.same else "[yellow]different people[/yellow]"],
+            ["verdict", Text("same person", "green") if result.same else Text("different people", "yellow")],
             ["distance", f"{result.distance:.4f} (cosine {result.cosine:.4f})"],
-            ["threshold", f"{result.threshold:.4f} ({result.threshold_source})"],
+            ["threshold", f"{result.threshold:.4f} ({result.threshold_detail or result.threshold_source})"],
             _model_row(result.model),
         ]
-        console.show(console.table("Verification", ["field", "value"], rows, justify_numbers=False))
+        from kface_cli.dataset.provenance import title_note
+        from kface_cli.deploy.model import UNCALIBRATED, uncalibrated_hint
+
+        uncalibrated = result.threshold_source == UNCALIBRATED
+        title = "Verification" + (" (threshold NOT calibrated for this model)" if uncalibrated else "")
+        console.show(
+            console.table(title + title_note(result.warnings), ["field", "value"], rows, justify_numbers=False)
+        )
+        if uncalibrated:
+            console.info(f"hint: {uncalibrated_hint(model)}")
     if not result.same:
         raise typer.Exit(1)
 
@@ -381,6 +506,7 @@ def embed_cmd(
             help="Every photo is an aligned square face crop (e.g. `kface crop` output): no detection, decoding overlapped with the model.",
         ),
     ] = False,
+    trust_model: TrustModelOpt = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
     json_output: JsonOpt = False,
@@ -389,7 +515,7 @@ def embed_cmd(
     """Write one unit-length embedding per photo (its largest face) to .npy + names, or HDF5."""
     from kface_cli.deploy.compare import embed_photos
 
-    loader = _model_loader(model, network, workdir)
+    loader = _model_loader(model, network, workdir, trust_model)
     result = embed_photos(paths, loader, out, landmarks=landmarks, batch_size=embed_batch, aligned=aligned)
     if json_output:
         console.print_json(result.to_json())

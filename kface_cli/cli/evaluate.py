@@ -16,6 +16,7 @@ from kface_cli.cli.common import (
     JsonOpt,
     ModelOpt,
     NetworkOpt,
+    TrustModelOpt,
     WorkdirOpt,
     command,
     deprecated,
@@ -33,6 +34,7 @@ from kface_cli.defaults import (
 def evaluate_cmd(
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    trust_model: TrustModelOpt = False,
     pairs: Annotated[
         Path | None,
         typer.Option(
@@ -137,7 +139,7 @@ def evaluate_cmd(
 
     result = evaluate(
         EvaluateOptions(
-            model=model, workdir=workdir, network=network, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
+            model=model, workdir=workdir, network=network, trust_model=trust_model, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
             bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
             target_fpir=target_fpir, save_threshold=save_threshold, replace_threshold=replace_threshold, name=name,
             landmarks=landmarks, batch_size=deprecated("--batch-size", "--embed-batch", batch_size_deprecated, embed_batch),

@@ -102,7 +102,7 @@ def model_training_data(embedder: Any) -> dict[str, Any] | None:
     if meta.get(META_TRAINING_DATA):
         try:
             record = json.loads(meta[META_TRAINING_DATA])
-        except ValueError:
+        except (ValueError, RecursionError):  # a hostile model's metadata: no record
             return None
         return record if isinstance(record, dict) else None
     source = getattr(embedder, "source", None)
@@ -119,7 +119,7 @@ def run_training_data(run: str | Path) -> dict[str, Any] | None:
 
     try:
         config = json.loads((Path(run) / RUN_CONFIG).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     record = config.get(TRAINING_DATA_KEY) if isinstance(config, dict) else None
     return record if isinstance(record, dict) else None
@@ -132,8 +132,21 @@ def synthetic_warning(embedder: Any) -> str | None:
         return None
     return (
         "this model was trained only on synthetic sample data: on photos of real people its names and "
-        "same/different answers are guesses. Train on real faces or start from pretrained weights "
-        "(README: Using real data)"
+        "same/different answers are guesses. Use a pretrained pack (`kface models get buffalo_l`, "
+        "then --model buffalo_l) or train on real faces"
+    )
+
+
+#: What a results table's title says about a model trained only on synthetic faces (survives --quiet).
+SYNTHETIC_TITLE_NOTE = "MODEL TRAINED ON SYNTHETIC FACES ONLY: answers about real people are guesses"
+
+
+def title_note(warnings: list[str]) -> str:
+    """The note a results table's title carries for ``warnings`` (a result's ``warnings``), or ""."""
+    return (
+        f" [{SYNTHETIC_TITLE_NOTE}]"
+        if any(w.startswith("this model was trained only on synthetic") for w in warnings)
+        else ""
     )
 
 

@@ -11,12 +11,12 @@ Accepted layouts (the root folder's name does not matter)::
 original tutorial opened the zip again for every image, which re-reads its central directory of
 ~11,000 entries each time). Members are looked up by their K-Face codes, never by trusting their
 names: a member called ``../../etc/x`` or ``/S001/L1/E01/C7.jpg`` can never make a writer escape
-its output folder (see :func:`is_safe_member_name`).
+its output folder (see :func:`kface_cli.archive.is_safe_member_name`).
 
 Every source is untrusted:
 
 * members are streamed to disk (:meth:`IdentityReader.copy_to`), never held whole in memory, and a
-  member larger than :data:`MAX_MEMBER_BYTES` or compressed more than :data:`MAX_COMPRESSION_RATIO`
+  member larger than :data:`MAX_MEMBER_BYTES` or compressed more than :data:`~kface_cli.archive.MAX_COMPRESSION_RATIO`
   to one (a "zip bomb") is skipped and listed in :attr:`IdentityReader.oversized`;
 * in an unpacked tree, a file or folder that is a symbolic link leading out of the identity's folder
   (``C7.txt -> /etc/passwd``) is never followed: it is listed in :attr:`IdentityReader.unsafe`.
@@ -28,11 +28,13 @@ import os
 import re
 import zipfile
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Literal
 
+from kface_cli.archive import COPY_CHUNK_BYTES, inside, is_safe_member_name, too_big, unreadable_member
 from kface_cli.dataset.codes import (
     ACCESSORIES,
     CAMERAS,
@@ -49,13 +51,6 @@ SourceKind = Literal["zip", "dir"]
 #: Largest member read from a source. K-Face's largest real images are 864x576 JPEGs of a few
 #: hundred KB; 16 MiB is far above any real member and far below a decompression bomb.
 MAX_MEMBER_BYTES = 16 * 1024 * 1024
-#: Largest uncompressed:compressed ratio for a member above :data:`RATIO_CHECK_BYTES`. JPEGs
-#: barely compress (about 1:1) and annotations a few to one; zip bombs reach 1000:1 and more.
-MAX_COMPRESSION_RATIO = 100
-#: Members smaller than this are never refused for their ratio (a small text file of blanks is harmless).
-RATIO_CHECK_BYTES = 1024 * 1024
-#: Bytes copied at a time: memory stays bounded whatever a member's size.
-COPY_CHUNK_BYTES = 1024 * 1024
 #: A member named exactly as K-Face names them, optionally under one plain folder (e.g. the ID).
 _CANONICAL = re.compile(r"^(?:[A-Za-z0-9_\-]+/)?(S\d{3})/(L\d{1,2})/(E\d{2})/(C\d{1,2})\.(jpg|txt)$")
 #: (acc, light, expr, cam, ext) -> where it is inside the identity's zip or folder
@@ -121,14 +116,6 @@ def list_identities(root: str | Path, res: str) -> list[IdentitySource]:
     return [found[k] for k in sorted(found)]
 
 
-def is_safe_member_name(name: str) -> bool:
-    """False for names that would escape an output folder if trusted: absolute, drive, or ``..``."""
-    text = name.replace("\\", "/")
-    if text.startswith("/") or re.match(r"^[A-Za-z]:", text):
-        return False
-    return ".." not in PurePosixPath(text).parts
-
-
 class IdentityReader:
     """One identity's images and annotations, read member by member (zip opened once).
 
@@ -158,10 +145,17 @@ class IdentityReader:
             except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
                 self.close()
                 raise _read_error(e, src.path, f"corrupt or unreadable zip {src.path.name}: {e}") from None
+            counts = Counter(info.filename for info in infos)
+            duplicates: set[str] = set()
             for info in infos:
                 if info.is_dir():
                     continue
-                why = _too_big(info.file_size, info.compress_size)
+                if counts[info.filename] > 1:  # which copy is "the" member? neither: checked and read alike
+                    if info.filename not in duplicates:
+                        duplicates.add(info.filename)
+                        self.oversized.append((info.filename, DUPLICATE_WHY.format(n=counts[info.filename])))
+                    continue
+                why = unreadable_member(info) or too_big(info.file_size, info.compress_size, MAX_MEMBER_BYTES)
                 if why is not None:
                     self.oversized.append((info.filename, why))
                     continue
@@ -175,11 +169,11 @@ class IdentityReader:
             for p in found:
                 rel = p.relative_to(src.path).as_posix()
                 # rglob does not descend into linked folders, so only an entry itself can be a link
-                if p.is_symlink() and not _inside(p, self._root):
+                if p.is_symlink() and not inside(p, self._root):
                     self.unsafe.append(rel)
                 elif p.is_file():
                     size = p.stat().st_size
-                    why = _too_big(size, size)
+                    why = too_big(size, size, MAX_MEMBER_BYTES)
                     if why is not None:
                         self.oversized.append((rel, why))
                         continue
@@ -227,7 +221,7 @@ class IdentityReader:
         if self._zip is not None:
             return self._zip.open(name)
         path = self.source.path / name
-        if self._root is None or not _inside(path, self._root):  # replaced by a link since it was listed
+        if self._root is None or not inside(path, self._root):  # replaced by a link since it was listed
             raise InputError(f"{name} in {self.source.path} became a link out of the folder", path=self.source.path)
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_BINARY", 0))
         return os.fdopen(fd, "rb")
@@ -249,7 +243,8 @@ class IdentityReader:
                             path=self.source.path,
                         )
                     yield chunk
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError) as e:  # CRC, deflate, truncation
+        except (zipfile.BadZipFile, zlib.error, OSError, EOFError, ValueError, RuntimeError, NotImplementedError) as e:
+            # CRC, deflate, truncation; RuntimeError: encrypted, NotImplementedError: compression method
             raise _read_error(e, self.source.path, f"cannot read {name} from {self.source.path.name}: {e}") from None
 
     def read(self, key: MemberKey) -> bytes:
@@ -272,21 +267,8 @@ def open_identity(source: IdentitySource) -> IdentityReader:
     return IdentityReader(source)
 
 
-def _too_big(size: int, compressed: int) -> str | None:
-    """Why a member of ``size`` bytes (``compressed`` in the zip) is refused, or None."""
-    if size > MAX_MEMBER_BYTES:
-        return f"{size / 2**20:.0f} MiB, larger than the {MAX_MEMBER_BYTES // 2**20} MiB limit"
-    if size > RATIO_CHECK_BYTES and size > MAX_COMPRESSION_RATIO * max(compressed, 1):
-        return f"compressed {size / max(compressed, 1):.0f}:1, more than the {MAX_COMPRESSION_RATIO}:1 limit"
-    return None
-
-
-def _inside(path: Path, root: Path) -> bool:
-    """Whether ``path``, links followed, is ``root`` or below it (``root`` already resolved)."""
-    try:
-        return path.resolve().is_relative_to(root)
-    except (OSError, RuntimeError):  # a link loop
-        return False
+#: Why members sharing one name are skipped: the size check would see one copy, extraction another.
+DUPLICATE_WHY = "the zip lists {n} members with this name; none is used"
 
 
 def _read_error(e: BaseException, path: Path, message: str) -> InputError:

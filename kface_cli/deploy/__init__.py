@@ -4,6 +4,7 @@
   it, and the distance threshold it applies (given, calibrated or the default).
 * :mod:`~kface_cli.deploy.sources`: photos, folders, videos and webcams in, one frame at a time.
 * :mod:`~kface_cli.deploy.enroll`: folders of photos -> gallery templates (``kface enroll``).
+* :mod:`~kface_cli.deploy.bulk`: embedding files -> gallery templates (``kface enroll --embeddings``).
 * :mod:`~kface_cli.deploy.identify`: photos, videos, a webcam -> names (``kface identify``).
 * :mod:`~kface_cli.deploy.compare`: two photos -> same person? (``kface verify``); photos ->
   embedding file (``kface embed``).

@@ -15,6 +15,7 @@ its largest face is used.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,14 +60,22 @@ class VerifyResult:
     image2: Path
     distance: float
     threshold: float
-    threshold_source: str  # "given", "calibrated" or "default"
+    threshold_source: str  # "given", "calibrated_verification" or "uncalibrated" (the default threshold)
     model: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    threshold_detail: str = ""  # the threshold's origin in words
 
     @property
     def same(self) -> bool:
         return self.distance < self.threshold
+
+    @property
+    def threshold_hint(self) -> str | None:
+        """How to calibrate the threshold, when it is not calibrated."""
+        from kface_cli.deploy.model import UNCALIBRATED, uncalibrated_hint
+
+        return uncalibrated_hint() if self.threshold_source == UNCALIBRATED else None
 
     @property
     def cosine(self) -> float:
@@ -82,6 +91,8 @@ class VerifyResult:
             "cosine": round(self.cosine, 6),
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
+            "threshold_detail": self.threshold_detail,
+            "threshold_hint": self.threshold_hint,
             "model": self.model,
             "warnings": self.warnings,
             "seconds": round(self.seconds, 3),
@@ -117,13 +128,15 @@ def verify_photos(
         raise InputError("verify compares two photos, not folders", hint="Pass two image files.")
     a, b = paths[0][0], paths[1][0]
     embedder = resolve_embedder(embedder)
-    thr, source, _ = resolve_threshold(threshold, embedder, one_to_one=True)
+    thr, source, detail = resolve_threshold(threshold, embedder, one_to_one=True)
     warnings = warn_if_synthetic(embedder)
     started = time.perf_counter()
     loader = FaceLoader(landmarks)
     emb = embedder.embed(np.stack([_face_of(a, loader), _face_of(b, loader)]))  # (2, D) unit
     distance = float(np.sum((emb[0] - emb[1]) ** 2))
-    return VerifyResult(a, b, distance, thr, source, describe_model(embedder), warnings, time.perf_counter() - started)
+    return VerifyResult(
+        a, b, distance, thr, source, describe_model(embedder), warnings, time.perf_counter() - started, detail
+    )
 
 
 @dataclass
@@ -179,6 +192,7 @@ def embed_photos(
     ``aligned``: every photo is an aligned square face crop (``kface crop`` output): no detection,
     and the next batch is decoded while the model embeds the current one (:func:`embed_aligned`).
     """
+    from kface_cli.atomic import check_output
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.deploy.model import describe_model, resolve_embedder
     from kface_cli.deploy.sources import photo_paths
@@ -187,6 +201,8 @@ def embed_photos(
     out = Path(out)
     _check_out(out)
     files = photo_paths(paths)
+    for target in _outputs(out):  # before the work: never over a photo, a gallery or a model
+        check_output(target, inputs=[*paths, *files], option="--out")
     embedder = resolve_embedder(embedder)
     warnings = warn_if_synthetic(embedder)
     started = time.perf_counter()
@@ -257,6 +273,11 @@ def embed_aligned(embedder: Any, files: Sequence[Path], *, batch_size: int = 64)
     return emb, good
 
 
+def _outputs(out: Path) -> list[Path]:
+    """The files :func:`save_embeddings` writes for ``out`` (a .npy gets its names file)."""
+    return [out, out.with_suffix(NAMES_SUFFIX)] if out.suffix.lower() in NPY_SUFFIXES else [out]
+
+
 def save_embeddings(
     out: str | Path, names: Sequence[str], embeddings: np.ndarray, model: dict[str, Any] | None = None
 ) -> Path | None:
@@ -264,27 +285,46 @@ def save_embeddings(
 
     Returns the names sidecar of a ``.npy`` (None for HDF5, which holds the names itself).
     """
-    from kface_cli.atomic import atomic_path, write_text
+    from kface_cli.atomic import atomic_open, atomic_path
     from kface_cli.console import SCHEMA_VERSION, to_json
 
     out = Path(out)
     _check_out(out)
     vectors = np.asarray(embeddings, dtype=np.float32)
     assert vectors.ndim == 2 and len(vectors) == len(names), "one name per embedding row"
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() in NPY_SUFFIXES:
         sidecar = out.with_suffix(NAMES_SUFFIX)
-        with atomic_path(out) as tmp, open(tmp, "wb") as f:
-            np.save(f, vectors)
-        write_text(sidecar, "".join(f"{n}\n" for n in names))
+        # both written in full before either is renamed into place: a full disk leaves the old
+        # pair as it was, never new vectors beside old names
+        with atomic_path(out) as tmp, atomic_open(sidecar, "w") as names_file:
+            with open(tmp, "wb") as f:
+                np.save(f, vectors)
+                f.flush()
+                os.fsync(f.fileno())
+            names_file.write("".join(f"{n}\n" for n in names))
         return sidecar
+    import io
+
     import h5py
 
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
+    from kface_cli.atomic import EMBEDDINGS_MARKER, EMBEDDINGS_USERBLOCK
+
+    # built in memory, then written as plain bytes: a full disk is one clean OSError (HDF5 itself
+    # would print a traceback per object it fails to flush), and the old file stays as it was
+    buf = io.BytesIO()
+    with h5py.File(buf, "w", userblock_size=EMBEDDINGS_USERBLOCK) as f:
         f.create_dataset("embeddings", data=vectors)
-        f.create_dataset("names", data=list(names), dtype=h5py.string_dtype("utf-8"))
+        f.create_dataset(  # bytes-safe: a non-UTF-8 name is stored as the bytes it was
+            "names", data=[n.encode("utf-8", "surrogateescape") for n in names], dtype=h5py.string_dtype("utf-8")
+        )
         f.attrs["schema"] = SCHEMA_VERSION
         f.attrs["model"] = to_json(model or {}, indent=None)
+    data = buf.getbuffer()
+    data[: len(EMBEDDINGS_MARKER)] = EMBEDDINGS_MARKER  # the user block says what the file is, without h5py
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     return None
 
 
@@ -297,13 +337,13 @@ def load_embeddings(path: str | Path) -> tuple[list[str], np.ndarray]:
     if path.suffix.lower() in NPY_SUFFIXES:
         vectors = np.load(path, allow_pickle=False)
         sidecar = path.with_suffix(NAMES_SUFFIX)
-        names = sidecar.read_text(encoding="utf-8").splitlines() if sidecar.is_file() else []
+        names = sidecar.read_text(encoding="utf-8", errors="surrogateescape").splitlines() if sidecar.is_file() else []
     else:
         import h5py
 
         with h5py.File(path, "r") as f:
             vectors = f["embeddings"][()]
-            names = [n.decode("utf-8") if isinstance(n, bytes) else str(n) for n in f["names"][()]]
+            names = [n.decode("utf-8", "surrogateescape") if isinstance(n, bytes) else str(n) for n in f["names"][()]]
     if len(names) != len(vectors):
         raise InputError(f"{path} has {len(vectors)} embeddings but {len(names)} names", path=path)
     return names, np.asarray(vectors, dtype=np.float32)

@@ -85,9 +85,14 @@ def detect_photos(
     files = photo_paths(paths)
     out_dir = Path(annotate) if annotate is not None else None
     if out_dir is not None:
+        from kface_cli.atomic import check_output_folder
+
+        check_output_folder(out_dir, inputs=files, option="--annotate")
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(f"--annotate needs a folder, got a file: {out_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        from kface_cli.atomic import ensure_dir
+
+        ensure_dir(out_dir)
     if detector is None:
         from kface_cli.face.detector import get_detector
 
@@ -119,11 +124,15 @@ def detect_photos(
 
 def table_rows(result: DetectResult) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of ``kface detect``'s table (one row per face; photos without faces too)."""
+    from rich.text import Text
+
+    from kface_cli.console import printable
+
     columns = ["image", "face", "box (x, y, w, h)", "score", "5 points (eyes, nose, mouth corners)", "points from"]
     rows: list[list[Any]] = []
     for img in result.images:
         if img.error or not img.faces:
-            note = f"[red]{img.error}[/red]" if img.error else "[dim]no face[/dim]"
+            note = Text(printable(img.error), "red") if img.error else Text("no face", "dim")
             rows.append([img.image, None, note, None, "", ""])
         for k, f in enumerate(img.faces, 1):
             box = ", ".join(f"{v:.0f}" for v in f.box)

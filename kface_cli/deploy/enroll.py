@@ -177,7 +177,9 @@ def enroll_folder(
         per_identity: ``all`` keeps one template per photo (best accuracy, more rows), ``mean``
             one normalised mean per person and run (smallest gallery; committed as soon as all
             of that person's photos are embedded).
-        replace: first remove every template of the people found in ``folder``.
+        replace: swap the templates of the people found in ``folder`` for the new ones, in one
+            transaction at the end; a person without a usable new photo keeps the old templates
+            (and when nobody has one, :class:`InputError` and the gallery is unchanged).
         landmarks: ``auto`` | ``detect`` | ``annotation`` (see :func:`kface_cli.face.detector.get_detector`).
         min_face: smallest face to look for, in pixels (None: the detector's default).
         batch_size: photos embedded and committed together (a crash loses at most one batch).
@@ -200,10 +202,18 @@ def enroll_folder(
     if gallery.exists():
         gallery.check_model(model)
     removed = 0
+    # --replace is one transaction: the new templates are staged here and swapped for the old ones
+    # in one rewrite at the end, and only for people who got some (an interrupted run changes nothing)
+    replaced = sorted({p.name for p in photos}) if replace else []
+    staged: list[Template] = []
+    before = gallery.identities() if replace and gallery.exists() else {}
     if replace and gallery.exists():
-        removed = gallery.remove(sorted({p.name for p in photos}))
-    known = gallery.hashes() if gallery.exists() and mode is PerIdentity.ALL else set()
-    if mode is PerIdentity.ALL:  # grow the file once, to the size this run can reach
+        rows = gallery.read(embeddings=False, details=True)
+        others = set(replaced)
+        known = {h for n, h in zip(rows.names, rows.hashes or []) if n not in others}
+    else:
+        known = gallery.hashes() if gallery.exists() and mode is PerIdentity.ALL else set()
+    if mode is PerIdentity.ALL and not replace:  # grow the file once, to the size this run can reach
         gallery.reserve((gallery.facts().templates if gallery.exists() else 0) + len(photos), model)
     if detector is None:  # mediapipe loads only if a photo needs it
         from kface_cli.face.detector import get_detector
@@ -237,6 +247,9 @@ def enroll_folder(
             own = [p.path for p in photos if p.name == name]
             source = str(own[0]) if len(own) == 1 else str(own[0].parent)
             templates.append(Template(name, mean, source, digest))
+        if replace:
+            staged.extend(templates)
+            return
         result = gallery.append(templates, model)
         added_templates += result.added
         for t in templates:
@@ -260,6 +273,12 @@ def enroll_folder(
             templates = [
                 Template(p.photo.name, e, str(p.photo.path), p.digest, p.box, p.score) for p, e in zip(pending, emb)
             ]
+            if replace:
+                staged.extend(templates)
+                for p in pending:
+                    count(p.photo.name, "added")
+                pending.clear()
+                return
             result = gallery.append(templates, model)
             added_templates += result.added
             dup = set(result.duplicates)
@@ -300,6 +319,8 @@ def enroll_folder(
             bar.advance()
         commit()
 
+    if replace:
+        removed, added_templates = _swap_in(gallery, replaced, staged, before, model, folder)
     in_gallery = gallery.identities() if gallery.exists() else {}
     summaries = [
         IdentitySummary(name, c["photos"], c["added"], c["duplicates"], c["skipped"], in_gallery.get(name, 0))
@@ -322,19 +343,50 @@ def enroll_folder(
     )
 
 
+def _swap_in(
+    gallery: Gallery,
+    replaced: list[str],
+    staged: list[Template],
+    before: dict[str, int],
+    model: ModelInfo,
+    folder: str | Path,
+) -> tuple[int, int]:
+    """``--replace``'s commit: swap the old templates of everyone with new ones, in one rewrite.
+
+    People without a new template keep their old ones (a warning says so); when nobody has any,
+    nothing changes and the command fails. Returns (templates removed, templates added).
+    """
+    from kface_cli.console import warn
+
+    fresh = {t.name for t in staged}
+    kept = [n for n in replaced if n in before and n not in fresh]
+    if kept and not fresh:
+        names = ", ".join(kept[:5]) + (f" and {len(kept) - 5} more" if len(kept) > 5 else "")
+        raise InputError(
+            f"--replace found no usable face for {names} in {folder}: the gallery is unchanged "
+            f"({sum(before[n] for n in kept)} templates kept)",
+            hint="Check the photos (the warnings above say why each was skipped), then run it again.",
+        )
+    for n in kept:
+        warn(f"--replace: no photo of {n} gave a face, so its {before[n]} templates are kept")
+    if not staged:
+        return 0, 0
+    return gallery.replace(sorted(fresh), staged, model), len(staged)
+
+
 def _prepare(photo: Photo, aligned: bool, detector, known: set[str]) -> tuple[PhotoOutcome | None, _Pending | None]:
     """Read, hash, detect and align one photo (on a worker thread): the face to queue, or why not.
 
     A photo whose hash is in ``known`` is not detected; the caller queues the face and adds its
     hash to ``known``, in photo order (a photo met twice in one run counts once).
     """
-    from kface_cli.face.imageio import UnreadableImageError, decode_image
+    from kface_cli.face.imageio import UnreadableImageError, decode_image, read_file
     from kface_cli.face.pipeline import faces_in_image
 
     try:
-        data = photo.path.read_bytes()
-    except OSError as e:
-        return PhotoOutcome(photo.name, photo.path, Status.UNREADABLE, e.strerror or str(e)), None
+        data = read_file(photo.path)
+    except InputError as e:  # a FIFO or device named like a photo, a vanished or unreadable file
+        return PhotoOutcome(photo.name, photo.path, Status.UNREADABLE, e.message), None
     digest = content_hash(data)
     if digest in known:
         return PhotoOutcome(photo.name, photo.path, Status.DUPLICATE), None
@@ -356,12 +408,14 @@ def _prepare(photo: Photo, aligned: bool, detector, known: set[str]) -> tuple[Ph
 
 def summary_rows(result: EnrollResult) -> tuple[list[str], list[Sequence[Any]]]:
     """Columns and rows of the summary table (the CLI prints them)."""
+    from rich.text import Text
+
     columns = ["identity", "photos", "added", "duplicates", "skipped", "templates in gallery"]
     rows = [[i.name, i.photos, i.added, i.duplicates, i.skipped, i.templates] for i in result.identities]
     t = result.totals()
     rows.append(
         [
-            "[bold]total[/bold]",
+            Text("total", "bold"),
             t["photos"],
             t["added"],
             t["duplicates"],

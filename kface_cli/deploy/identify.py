@@ -26,7 +26,7 @@ import numpy as np
 from kface_cli.choices import LandmarkMode
 from kface_cli.defaults import DEFAULT_TOP_K, EMBED_BATCH_SIZE
 from kface_cli.deploy import sources
-from kface_cli.deploy.model import describe_model, resolve_embedder, resolve_threshold
+from kface_cli.deploy.model import UNCALIBRATED, describe_model, resolve_embedder, resolve_threshold, uncalibrated_hint
 from kface_cli.deploy.sources import Frame, expand_inputs
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.gallery.index import Candidate, IndexKind, load_index, search_identities
@@ -74,7 +74,7 @@ class ImageResult:
 class IdentifyResult:
     images: list[ImageResult]
     threshold: float
-    #: "given", "calibrated_identification" (1:N, FPIR), "calibrated_verification" (1:1, FAR) or "default"
+    #: "given", "calibrated_identification" (1:N, FPIR), "calibrated_verification" (1:1, FAR) or "uncalibrated"
     threshold_source: str
     gallery: Path
     index: dict[str, Any]
@@ -98,6 +98,7 @@ class IdentifyResult:
             "threshold": self.threshold,
             "threshold_source": self.threshold_source,
             "threshold_detail": self.threshold_detail,
+            "threshold_hint": uncalibrated_hint() if self.threshold_source == UNCALIBRATED else None,
             "model": self.model,
             "gallery": self.gallery,
             "index": self.index,
@@ -148,6 +149,7 @@ def identify(
             (called from ``workers`` threads at once).
         workers: threads reading and detecting photos (None: one per core; the camera uses one).
     """
+    from kface_cli.atomic import check_output_folder
     from kface_cli.console import info, progress, warn
     from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.parallel import map_ordered, submit
@@ -156,9 +158,13 @@ def identify(
         raise InputError(f"--top-k must be at least 1, got {top_k}")
     if every < 1:
         raise InputError(f"--every must be at least 1, got {every}")
+    if max_frames is not None and max_frames < 1:
+        raise InputError(f"--max-frames must be at least 1, got {max_frames}", hint="Leave it out to read every frame.")
     capture = None
     if camera is None:
         files = expand_inputs(paths)  # before the slow model load: typos fail fast
+        if annotate is not None:
+            check_output_folder(annotate, inputs=files, option="--annotate")
     else:
         capture = sources.open_capture(camera)
     gallery = Gallery(gallery_path)
@@ -189,7 +195,9 @@ def identify(
     if out_dir is not None:
         if out_dir.exists() and not out_dir.is_dir():
             raise InputError(f"--annotate needs a folder, got a file: {out_dir}")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        from kface_cli.atomic import ensure_dir
+
+        ensure_dir(out_dir)
 
     if camera is not None:
         frames: Iterable[Frame] = sources.video_frames(
@@ -309,19 +317,21 @@ def _write_annotated(frame: Frame, res: ImageResult, out_dir: Path, warned: set[
 
 def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
     """Columns and rows of the results table (one row per face; images without faces too)."""
-    from kface_cli.console import display_path
+    from rich.text import Text
+
+    from kface_cli.console import display_path, printable
 
     columns = ["image", "face", "box (x, y, w, h)", "name", "distance", "candidates (name:distance)"]
     rows: list[list[Any]] = []
     for img in result.images:
         if img.error:
-            rows.append([img.image, "-", "-", f"[red]{img.error}[/red]", None, ""])
+            rows.append([img.image, "-", "-", Text(printable(img.error), "red"), None, ""])
             continue
         if not img.faces:
-            rows.append([img.image, "-", "-", "[dim]no face[/dim]", None, ""])
+            rows.append([img.image, "-", "-", Text("no face", "dim"), None, ""])
         for k, f in enumerate(img.faces, 1):
             box = ", ".join(f"{v:.0f}" for v in f.box)
-            name = f.name if f.name != UNKNOWN else f"[yellow]{UNKNOWN}[/yellow]"
+            name = f.name if f.name != UNKNOWN else Text(UNKNOWN, "yellow")
             cands = ", ".join(f"{c.name}:{c.distance:.3f}" for c in f.ranked())
             image = display_path(img.image) if "#" not in img.image else img.image
             rows.append([image, k, box, name, f.distance if np.isfinite(f.distance) else None, cands])

@@ -2,7 +2,8 @@
 
 Threshold (squared L2 between unit vectors, ``2 - 2 cos``): ``--threshold`` when given, else the
 model's calibrated threshold (saved by ``kface evaluate --save-threshold``), else
-:data:`~kface_cli.defaults.DEFAULT_THRESHOLD`.
+:data:`~kface_cli.defaults.DEFAULT_THRESHOLD`, with ``threshold_source`` :data:`UNCALIBRATED` and a hint
+(:func:`uncalibrated_hint`) saying how to calibrate it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,19 @@ def describe_model(embedder) -> dict[str, Any]:
     return {"network": getattr(embedder, "network", None), "fingerprint": embedder.fingerprint}
 
 
+#: ``threshold_source`` of a model with no calibration for the question asked (the default threshold).
+UNCALIBRATED = "uncalibrated"
+
+
+def uncalibrated_hint(model: str | None = None) -> str:
+    """The one line that says how to calibrate an uncalibrated model's threshold."""
+    m = f" --model {model}" if model else ""
+    return (
+        f"the threshold is not calibrated for this model: run `kface evaluate{m} --target-far 1e-3 --save-threshold` "
+        f"(1:1) or `--target-fpir 1e-2 --save-threshold` (1:N) on labelled photos of your own"
+    )
+
+
 def resolve_threshold(threshold: float | None, embedder, *, one_to_one: bool = False) -> tuple[float, str, str]:
     """``(threshold, source, detail)``: ``threshold`` if given, else the model's calibrated 1:N
     threshold, else its 1:1 one, else the default (1.5). See the module docstring. ``one_to_one``
@@ -42,4 +56,4 @@ def resolve_threshold(threshold: float | None, embedder, *, one_to_one: bool = F
     if calibrated is not None:
         value, kind, detail = calibrated
         return value, f"calibrated_{kind}", detail
-    return DEFAULT_THRESHOLD, "default", f"default {DEFAULT_THRESHOLD:g}; model not calibrated"
+    return DEFAULT_THRESHOLD, UNCALIBRATED, f"default {DEFAULT_THRESHOLD:g}, NOT calibrated for this model"

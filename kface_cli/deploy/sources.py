@@ -29,7 +29,7 @@ class Frame:
 
 def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
     """Photos and videos named on the command line; folders are searched recursively."""
-    from kface_cli.face.imageio import is_image_file
+    from kface_cli.face.imageio import check_regular_file, is_image_file
 
     if not paths:
         raise InputError("no photos given", hint="Pass photos, folders or videos, or --camera 0.")
@@ -44,6 +44,7 @@ def expand_inputs(paths: Sequence[str | Path]) -> list[Path]:
                 raise InputError(f"no photos or videos in {p}")
             out.extend(found)
         elif is_image_file(p) or is_video(p):
+            check_regular_file(p)  # a FIFO named photo.jpg would block forever
             out.append(p)
         else:
             raise InputError(

@@ -64,23 +64,58 @@ def calibration_path(source: str | Path) -> Path:
     return source.with_name(source.name + CALIBRATION_SUFFIX)
 
 
+#: A calibration file larger than this is not one kface wrote (one entry is about 400 bytes).
+MAX_CALIBRATION_BYTES = 1 << 20
+_REDO = "Delete it and calibrate again (`kface evaluate --target-far ... --save-threshold`)."
+
+
 def _read(path: Path) -> dict:
-    """The file's data, version 1 entries (one verification threshold each) read as version 2."""
+    """The file's data, version 1 entries (one verification threshold each) read as version 2.
+
+    Everything is checked before it is used (a threshold of 1e9 would make everyone "the same
+    person", NaN no one): size, JSON, every entry's threshold and counts; a damaged file is one
+    line naming it.
+    """
     if not path.is_file():
         return {"version": CALIBRATION_VERSION, "entries": {}}
     try:
+        size = path.stat().st_size
+        if size > MAX_CALIBRATION_BYTES:
+            raise InputError(f"calibration file {path} is {size:,} bytes: not one kface wrote", hint=_REDO)
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8
         raise InputError(
-            f"cannot read calibration file {path}: {e}",
-            hint="Delete it and run `kface evaluate --target-far ... --save-threshold` again.",
+            f"cannot read calibration file {path}: {str(e)[:160] or type(e).__name__}", hint=_REDO
         ) from None
     if not isinstance(data, dict) or not isinstance(data.get("entries"), dict):
         raise InputError(f"{path} is not a kface calibration file", hint="Delete it and calibrate again.")
-    entries = {
-        fp: ({VERIFICATION: e} if "threshold" in e else e) for fp, e in data["entries"].items() if isinstance(e, dict)
-    }
+    entries = {}
+    for fp, e in data["entries"].items():
+        if not isinstance(e, dict):
+            raise InputError(f"calibration file {path} is damaged: entry {str(fp)[:24]!r} is not an object", hint=_REDO)
+        kinds = {VERIFICATION: e} if "threshold" in e else e
+        for kind, entry in kinds.items():
+            _check_entry(path, str(fp), kind, entry)
+        entries[str(fp)] = kinds
     return {"version": CALIBRATION_VERSION, "entries": entries}
+
+
+def _check_entry(path: Path, fp: str, kind: str, entry: Any) -> None:
+    """Refuse an entry whose threshold or counts cannot be what kface wrote."""
+    where = f"calibration file {path} is damaged: entry {fp[:24]!r}"
+    if kind not in EVIDENCE:
+        raise InputError(f"{where} has an unknown kind {str(kind)[:40]!r} (known: {', '.join(EVIDENCE)})", hint=_REDO)
+    if not isinstance(entry, dict):
+        raise InputError(f"{where} {kind} is not an object", hint=_REDO)
+    t = entry.get("threshold")
+    if isinstance(t, bool) or not isinstance(t, (int, float)):
+        raise InputError(f"{where} {kind}: threshold is {'missing' if t is None else repr(t)[:40]}", hint=_REDO)
+    if not (math.isfinite(t) and 0.0 < t <= MAX_DISTANCE):
+        raise InputError(f"{where} {kind}: threshold {t!r} is outside the squared-L2 range (0, 4]", hint=_REDO)
+    for key in EVIDENCE[kind][:2]:
+        n = entry.get(key)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+            raise InputError(f"{where} {kind}: {key} is {repr(n)[:40]}, not a count", hint=_REDO)
 
 
 def _source_of(embedder: Any) -> Path:

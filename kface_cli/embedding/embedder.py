@@ -36,7 +36,7 @@ import numpy as np
 
 from kface_cli.choices import Backend
 from kface_cli.defaults import DEFAULT_OPSET, FACE_SIZE
-from kface_cli.errors import InputError
+from kface_cli.errors import InputError, KFaceError
 from kface_cli.face.preprocess import PREPROCESS_SPEC, faces_to_input
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -48,6 +48,9 @@ ONNX_OUTPUT_NAME = "embedding"
 #: ONNX metadata key holding the weights digest of the torch model an ONNX file was exported from,
 #: so an exported model keeps the fingerprint of its run (its embeddings match to cosine >= 0.9999).
 META_WEIGHTS_DIGEST = "kface.weights_digest"
+#: ONNX metadata key holding the digest of the graph a kface export was written with: the stored
+#: weights digest is believed only while the graph still hashes to it (see :func:`onnx_digest`).
+META_GRAPH_DIGEST = "kface.graph_digest"
 #: With backend="auto", torch weights run on ONNX Runtime (exported in memory) on CPU.
 #: benchmarks/bench_embed.py on a 2-core x86 CPU: ORT is 1.1-8x faster than torch (channels-last,
 #: inference mode) at batch 1, and 0.9-2x at batch 32, for mbf, r18 and r50.
@@ -83,24 +86,53 @@ def state_dict_digest(state_dict: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def onnx_digest(path: Path, metadata: Mapping[str, str]) -> str:
-    """Weights digest of an ONNX file: the stored torch digest of a kface export, else the graph's hash.
+def onnx_digest(path: Path, metadata: Mapping[str, str]) -> tuple[str, str | None]:
+    """Weights digest of an ONNX file, computed from its weights every time: ``(digest, note)``.
 
-    The graph (nodes, initializers, inputs, outputs) is hashed without the model-level metadata,
-    so editing metadata does not change the fingerprint, but changing a weight does. Its bytes are
-    read straight from the file's protobuf encoding (the ``onnx`` package takes over a second to
-    import): for files written by protobuf, as every ONNX exporter does, they are the bytes of
-    ``model.graph.SerializeToString(deterministic=True)``, so fingerprints match older kface's.
+    The graph (nodes, initializers, inputs, outputs) is hashed without the model-level metadata
+    (:func:`onnx_graph_digest`), so editing metadata does not change the fingerprint, but changing
+    a weight does. Metadata is never the truth: a kface export carries the torch digest of its run
+    (:data:`META_WEIGHTS_DIGEST`, so it keeps the run's fingerprint) *together with* the digest of
+    the graph it was written with (:data:`META_GRAPH_DIGEST`); the run's digest is used only while
+    the graph still hashes to that value. A quantised, converted or re-weighted model that kept
+    the metadata gets the fingerprint of its own weights, and ``note`` says why.
     """
-    stored = metadata.get(META_WEIGHTS_DIGEST)
-    if stored:
-        return stored
+    graph = onnx_graph_digest(path)
+    claimed, bound = metadata.get(META_WEIGHTS_DIGEST), metadata.get(META_GRAPH_DIGEST)
+    if not claimed:
+        return graph, None
+    if bound == graph:
+        return claimed, None
+    if bound:
+        return graph, (
+            f"{path.name}: its weights are not the ones it was exported with (changed, quantised or converted "
+            "since; its metadata still names the original): its fingerprint is that of its own weights"
+        )
+    return graph, (
+        f"{path.name} was exported by an older kface whose metadata is not tied to the weights: its fingerprint "
+        "is now computed from its weights (re-export it with `kface export` to keep its run's fingerprint)"
+    )
+
+
+def onnx_graph_digest(path: Path) -> str:
+    """sha256 of an ONNX file's graph encoding (everything but the model-level metadata).
+
+    Its bytes are read straight from the file's protobuf encoding (the ``onnx`` package takes over
+    a second to import): for files written by protobuf, as every ONNX exporter does, they are the
+    bytes of ``model.graph.SerializeToString(deterministic=True)``, so fingerprints match older
+    kface's. Weights kept in external data files would escape the hash: such models are refused.
+    """
     h = hashlib.sha256()
     parts = 0
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
             with memoryview(data) as view:
                 for part in _protobuf_fields(view, _ONNX_GRAPH_FIELD):
+                    if _has_external_initializer(part):
+                        raise InputError(
+                            f"{path} keeps weights in external data files, which its fingerprint could not cover",
+                            hint="Save it as one file: onnx.save(model, path, save_as_external_data=False).",
+                        )
                     h.update(part)
                     parts += 1
     except (OSError, ValueError) as e:  # ValueError: an empty file cannot be mapped
@@ -110,8 +142,19 @@ def onnx_digest(path: Path, metadata: Mapping[str, str]) -> str:
     return h.hexdigest()
 
 
+def _has_external_initializer(graph: memoryview) -> bool:
+    """Whether an encoded GraphProto has an initializer stored outside the file (TensorProto field 13)."""
+    for tensor in _protobuf_fields(graph, _GRAPH_INITIALIZER_FIELD):
+        for _ in _protobuf_fields(tensor, _TENSOR_EXTERNAL_DATA_FIELD):
+            return True
+    return False
+
+
 #: The field number of ``graph`` in ONNX's ModelProto (onnx.proto: ``optional GraphProto graph = 7``).
 _ONNX_GRAPH_FIELD = 7
+#: GraphProto's ``repeated TensorProto initializer = 5``; TensorProto's ``external_data = 13``.
+_GRAPH_INITIALIZER_FIELD = 5
+_TENSOR_EXTERNAL_DATA_FIELD = 13
 
 
 def _protobuf_fields(data: memoryview, number: int) -> Iterator[memoryview]:
@@ -231,23 +274,61 @@ class Embedder:
             if self.flip:
                 b = x.shape[0]
                 both = self._run(np.concatenate([x, x[:, :, :, ::-1]], axis=0))  # (2B, D)
+                self._check(both)
                 emb = both[:b] + both[b:]
             else:
                 emb = self._run(x)
+            self._check(emb)
             out[start : start + chunk.shape[0]] = _l2_normalise(emb)
         return out
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         emb = np.asarray(self._forward(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float32)
-        assert emb.shape == (x.shape[0], self.embedding_size), (
-            f"model returned {emb.shape}, expected ({x.shape[0]}, {self.embedding_size})"
-        )
+        if emb.shape != (x.shape[0], self.embedding_size):
+            raise InputError(
+                f"{self._what()} returned output of shape {emb.shape} for {x.shape[0]} faces; "
+                f"a face embedding model returns [N, {self.embedding_size}]",
+                hint="Use a face embedding model (ArcFace family: one [N, D] output).",
+            )
         return emb
+
+    def _what(self) -> str:
+        return f"model {self.source}" if self.source is not None else f"model {self.network}"
+
+    def _check(self, emb: np.ndarray) -> None:
+        """Refuse NaN, infinite and zero embeddings: they would match everyone or no one."""
+        finite = np.isfinite(emb).all(axis=1)
+        norms = np.linalg.norm(np.where(finite[:, None], emb, 0.0), axis=1)
+        bad = ~finite | (norms < MIN_EMBEDDING_NORM)
+        if bad.any():
+            what = "NaN or infinite" if not finite.all() else "zero"
+            raise InputError(
+                f"{self._what()} returned {what} embeddings for {int(bad.sum())} of {len(emb)} faces: "
+                "it is broken (or not a face embedding model); nothing was compared or stored",
+                hint="Use another model, or re-export this one from its run folder with `kface export`.",
+            )
+
+
+#: Raw (unnormalised) embeddings shorter than this are refused as zero: ArcFace models give 10-40.
+MIN_EMBEDDING_NORM = 1e-6
 
 
 def _l2_normalise(v: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     return (v / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def out_of_memory(what: str) -> KFaceError:
+    """The one line for an allocation that failed while running a model."""
+    return KFaceError(
+        f"out of memory while running {what}",
+        hint="Use a smaller --embed-batch (or --commit-every), or a machine with more memory.",
+    )
+
+
+def _is_allocation_failure(e: BaseException) -> bool:
+    text = str(e).lower()
+    return isinstance(e, MemoryError) or "alloc" in text or "out of memory" in text
 
 
 # ------------------------------------------------------------------------------------------
@@ -281,6 +362,10 @@ def torch_forward(module: torch.nn.Module, channels_last: bool = False) -> Forwa
                 if channels_last:
                     t = t.contiguous(memory_format=torch.channels_last)
                 return module(t).float().cpu().numpy()
+        except (MemoryError, RuntimeError) as e:
+            if _is_allocation_failure(e):
+                raise out_of_memory(f"the model on {len(x)} faces") from None
+            raise
         finally:
             module.train(was_training)
 
@@ -328,26 +413,27 @@ def default_cache_dir() -> Path:
     return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "kface"
 
 
-def _cached_onnx_bytes(module: torch.nn.Module, digest: str) -> bytes:
-    """ONNX bytes of ``module``, exported once per weights digest and cached on disk.
+def _cached_onnx_session(module: torch.nn.Module, digest: str) -> Any:
+    """An ONNX Runtime session over ``module``, exported once per weights digest and cached on disk.
 
     Exporting takes 1-6 s (mbf-r50); the cache makes later loads of the same model instant.
-    An unwritable cache folder only costs the export time.
+    An unwritable cache folder (read-only HOME, full disk) only costs the export time, and a
+    cached file that ONNX Runtime cannot load is exported again.
     """
     from kface_cli.atomic import write_bytes
 
     cached = default_cache_dir() / "onnx" / f"{digest[:32]}-opset{DEFAULT_OPSET}.onnx"
-    if cached.is_file():
-        try:
-            return cached.read_bytes()
-        except OSError:
-            pass
+    try:
+        if cached.is_file():
+            return ort_session(cached.read_bytes())  # a damaged cache file is exported again, never fatal
+    except Exception:  # OSError (unreadable), ORT's errors (a truncated or foreign file)
+        pass
     data = onnx_bytes_from_module(module)
     try:
         write_bytes(cached, data)
-    except OSError:
+    except (OSError, KFaceError):  # read-only HOME, full disk: the export in memory still runs
         pass
-    return data
+    return ort_session(data)
 
 
 def module_output_size(module: torch.nn.Module) -> int:
@@ -356,7 +442,7 @@ def module_output_size(module: torch.nn.Module) -> int:
     was_training = module.training
     module.eval()
     try:
-        device = next(module.parameters()).device
+        device = next(module.parameters(), torch.empty(0)).device
         with torch.inference_mode():
             return int(module(torch.zeros(2, 3, FACE_SIZE, FACE_SIZE, device=device)).shape[1])
     finally:
@@ -389,8 +475,8 @@ def embedder_from_module(
     digest = state_dict_digest(module.state_dict())
     use_onnx = backend == "onnx" or (backend == "auto" and _auto_onnx_for(module))
     if use_onnx:
-        data = _cached_onnx_bytes(module, digest) if cache_onnx else onnx_bytes_from_module(module)
-        forward = ort_forward(ort_session(data))
+        session = _cached_onnx_session(module, digest) if cache_onnx else ort_session(onnx_bytes_from_module(module))
+        forward = ort_forward(session)
     else:
         forward = torch_forward(module, channels_last)
     return Embedder(
@@ -512,11 +598,21 @@ def _cpu_signature() -> str:
     return f"{platform.machine()}|{platform.processor()}"
 
 
-def ort_forward(session: Any) -> ForwardFn:
+def ort_forward(session: Any, what: str = "the ONNX model") -> ForwardFn:
+    """A forward function over an ONNX Runtime session; a failed run is one line, never a traceback."""
     input_name = session.get_inputs()[0].name
     output_name = session.get_outputs()[0].name
 
     def forward(x: np.ndarray) -> np.ndarray:
-        return session.run([output_name], {input_name: x})[0]
+        try:
+            return session.run([output_name], {input_name: x})[0]
+        except Exception as e:  # ORT's Fail, RuntimeException, InvalidArgument...; MemoryError
+            if _is_allocation_failure(e):
+                raise out_of_memory(f"{what} on {len(x)} faces") from None
+            detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise InputError(
+                f"{what} failed to run on {len(x)} faces: {detail}",
+                hint="Check that it is a face embedding model taking float32 [N, 3, 112, 112].",
+            ) from None
 
     return forward

@@ -14,6 +14,7 @@ cosine similarity must be at least :data:`MIN_COSINE`. A failing check leaves no
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from kface_cli.choices import ExportFormat
 from kface_cli.defaults import DEFAULT_OPSET, FACE_SIZE
 from kface_cli.errors import KFaceError
 from kface_cli.face.preprocess import MEAN, STD
-from kface_cli.workspace import RUN_ONNX, RUN_TORCHSCRIPT
+from kface_cli.workspace import RUN_BACKBONE, RUN_CHECKPOINT, RUN_ONNX, RUN_TORCHSCRIPT
 
 #: The file written beside the source model when no ``--out`` is given, per format.
 DEFAULT_FILE_NAMES = {ExportFormat.ONNX: RUN_ONNX, ExportFormat.TORCHSCRIPT: RUN_TORCHSCRIPT}
@@ -220,6 +221,10 @@ def export_model(
         raise KFaceError(
             f"{source.name} is already an ONNX model", hint="Export from a run folder, checkpoint.pt or backbone.pth."
         )
+    from kface_cli.atomic import ONNX_KIND, TORCHSCRIPT_KIND, check_output
+
+    inputs = [source, *((source / n for n in (RUN_BACKBONE, RUN_CHECKPOINT)) if source.is_dir() else ())]
+    check_output(out, inputs=inputs, may_replace={ONNX_KIND if fmt is ExportFormat.ONNX else TORCHSCRIPT_KIND})
     weights = loading.load_torch_weights(source)
     module, name, size = loading.build_backbone(weights, network)
     module = module.float().eval()
@@ -241,7 +246,7 @@ def export_model(
         else:
             traced = torch.jit.trace(module, torch.zeros(2, 3, FACE_SIZE, FACE_SIZE), check_trace=False)
             torch.jit.save(traced, str(tmp), _extra_files={"kface.json": json.dumps(meta)})
-            exported = loading.load_embedder(tmp)
+            exported = loading.load_embedder(tmp, trust_model=True)  # the program we just traced
         got = exported.embed(faces, batch_size=CHECK_BATCH)
         cosines = (got * expected).sum(axis=1)
         min_cos = float(cosines.min())
@@ -277,11 +282,18 @@ def _write_onnx(module: Any, path: Path, opset: int, meta: dict[str, str]) -> No
     import onnx
 
     from kface_cli import __version__
-    from kface_cli.embedding.embedder import ONNX_INPUT_NAME, ONNX_OUTPUT_NAME, onnx_bytes_from_module
+    from kface_cli.embedding.embedder import (
+        META_GRAPH_DIGEST,
+        ONNX_INPUT_NAME,
+        ONNX_OUTPUT_NAME,
+        onnx_bytes_from_module,
+    )
 
     proto = onnx.load_from_string(onnx_bytes_from_module(module, opset))
     del proto.metadata_props[:]
-    for key, value in meta.items():
+    # ties the run's weights digest to this very graph: a later change of weights unties it
+    graph = hashlib.sha256(proto.graph.SerializeToString(deterministic=True)).hexdigest()
+    for key, value in {**meta, META_GRAPH_DIGEST: graph}.items():
         prop = proto.metadata_props.add()
         prop.key, prop.value = key, value
     proto.producer_name = "kface"

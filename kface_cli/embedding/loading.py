@@ -6,15 +6,17 @@
     emb = load_embedder("runs/r50/checkpoint.pt")
     emb = load_embedder("backbone.pth", network="r100")   # insightface model-zoo weights
     emb = load_embedder("w600k_r50.onnx")      # insightface's ONNX models, or ours (kface export)
-    emb = load_embedder("model.pt")            # TorchScript from ``kface export --format torchscript``
+    emb = load_embedder("model.pt", trust_model=True)  # TorchScript runs code: only when trusted
 
 :func:`load_torch_weights` + :func:`build_backbone` give the torch module itself (``kface export``,
 ``kface train --init``); :func:`load_torch_backbone` refuses exports (``kface invert``), and
 :func:`load_run_checkpoint` adds the margin head (``kface clean``).
 
-Security: every model file is untrusted. torch files are read with ``weights_only=True`` only
-(a pickle that names any code is refused, wherever the file lies, run folder or not); ONNX files
-run on ONNX Runtime, which executes no Python.
+Security: every model file is untrusted (docs/security.md). torch files are read with
+``weights_only=True`` only (a pickle that names any code is refused, wherever the file lies, run
+folder or not); ONNX files run on ONNX Runtime, which executes no Python. TorchScript is a program
+(it can map and write any file), so it runs only with ``trust_model=True`` (``--trust-model``).
+Fingerprints are computed from the weights on every load; metadata only ever carries a copy.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from kface_cli.atomic import special_file_kind
 from kface_cli.defaults import FACE_SIZE
 from kface_cli.embedding.embedder import (
     META_WEIGHTS_DIGEST,
@@ -49,16 +52,28 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 
+#: The largest embedding size kface accepts from a model's metadata or output (ArcFace: 128-512).
+MAX_EMBEDDING_SIZE = 65536
+#: What ``--trust-model`` means, for the refusal line and the docs.
+TRUST_HINT = (
+    "Pass --trust-model (api.load_model(..., trust_model=True)) only for a file you would run as a program; "
+    "otherwise export the run to ONNX (`kface export`), which runs no code"
+)
+
+
 def _load_onnx(path: Path, flip: bool) -> Embedder:
     # ONNX Runtime reads the file, its metadata and input shapes: no `onnx` import (over a second)
     try:
         session = ort_session(path)
+    except MemoryError:
+        raise KFaceError(f"out of memory while loading ONNX model {path}") from None
     except Exception as e:  # ORT's InvalidProtobuf, Fail, NoSuchFile...
+        detail = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise InputError(
-            f"cannot load ONNX model {path}: {e}",
+            f"cannot load ONNX model {path}: {detail}",
             hint="Check that the file is a complete .onnx model (re-export it with `kface export`, or re-download it).",
         ) from None
-    metadata = dict(session.get_modelmeta().custom_metadata_map)
+    metadata = {str(k): str(v) for k, v in session.get_modelmeta().custom_metadata_map.items()}
     inputs = session.get_inputs()  # initializers are not inputs here
     if len(inputs) != 1:
         raise ModelMismatchError(
@@ -75,19 +90,44 @@ def _load_onnx(path: Path, flip: bool) -> Embedder:
             f"{path.name} takes input of shape {dims}; kface needs [N, 3, {FACE_SIZE}, {FACE_SIZE}] (ArcFace-aligned faces)",
             path=path,
         )
-    digest = onnx_digest(path, metadata)
-    out_shape = session.get_outputs()[0].shape
-    size = metadata.get("kface.embedding_size") or (
-        out_shape[-1] if out_shape and isinstance(out_shape[-1], int) else None
-    )
+    if inputs[0].type != "tensor(float)":
+        raise ModelMismatchError(
+            f"{path.name} takes {inputs[0].type} input; kface feeds float32 faces (tensor(float))",
+            hint="Use a float32-input model (quantised or fp16 models need a float32 input and output, as onnxruntime's quantize_dynamic makes).",
+            path=path,
+        )
+    outputs = session.get_outputs()
+    out_shape = list(outputs[0].shape) if outputs and outputs[0].shape is not None else []
+    if len(out_shape) != 2 or outputs[0].type not in ("tensor(float)", "tensor(float16)", "tensor(double)"):
+        raise ModelMismatchError(
+            f"{path.name} returns {outputs[0].type if outputs else 'nothing'} of rank {len(out_shape)} "
+            f"(shape {out_shape}); a face embedding model returns float [N, D]",
+            path=path,
+        )
+    digest, note = onnx_digest(path, metadata)
+    if note:
+        from kface_cli.console import warn
+
+        warn(note)
+    static = out_shape[-1] if isinstance(out_shape[-1], int) and out_shape[-1] > 0 else None
+    forward = ort_forward(session, f"ONNX model {path}")
+    size = static
     if size is None:
-        forward = ort_forward(session)
-        size = forward(np.zeros((1, 3, FACE_SIZE, FACE_SIZE), np.float32)).shape[-1]
+        size = int(forward(np.zeros((1, 3, FACE_SIZE, FACE_SIZE), np.float32)).shape[-1])
+    if not 1 <= size <= MAX_EMBEDDING_SIZE:
+        raise ModelMismatchError(f"{path.name} returns embeddings of size {size}", path=path)
+    claimed = metadata.get("kface.embedding_size")
+    if claimed is not None and claimed.strip() != str(size):
+        raise ModelMismatchError(
+            f"{path.name}: its metadata says kface.embedding_size={claimed[:40]!r}, but it returns embeddings of size {size}",
+            hint="The file was edited after export; re-export it with `kface export`.",
+            path=path,
+        )
     network = metadata.get("kface.network") or "onnx"
     return Embedder(
-        ort_forward(session),
-        network=network,
-        embedding_size=int(size),
+        forward,
+        network=network[:64],
+        embedding_size=size,
         weights_digest=digest,
         flip=flip,
         backend="onnx",
@@ -121,18 +161,66 @@ def torch_load(path: Path) -> Any:
 
     import torch
 
+    if is_torchscript(path):
+        raise InputError(
+            f"refused to load {path} as weights: it is a TorchScript program (it runs its own code)",
+            hint="kface reads weights from state_dicts (backbone.pth, checkpoint.pt) here; "
+            "a TorchScript model can only be used where --trust-model is offered (enroll, identify, verify, embed, evaluate).",
+        )
+    damaged = _damaged_zip(path)
+    if damaged:
+        raise InputError(
+            f"cannot read {path}: the file is damaged or truncated ({damaged})",
+            hint="Copy it again from where it came from, or use another checkpoint (e.g. backbone.pth of the run).",
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError, ValueError) as e:
+    except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))  # torch names the first global it would not import
+        if not found and _looks_truncated(e):
+            raise _truncated(path, e) from None
         what = f"its pickle calls {found.group(1)}" if found else "it holds more than tensors"
         raise InputError(
             f"refused to load {path}: it is not a plain weights file ({what})",
             hint="kface only reads tensors (state_dicts such as insightface's backbone.pth, kface checkpoints); "
             "files that would run code when unpickled are never loaded. Export the model's state_dict, or use ONNX.",
         ) from None
-    except (EOFError, OSError, zipfile.BadZipFile) as e:
-        raise InputError(f"cannot read {path}: {e}", hint="The file is truncated or not a torch file.") from None
+    except MemoryError:
+        raise KFaceError(
+            f"out of memory while reading {path}", hint="The file is too large for this machine."
+        ) from None
+    except (RuntimeError, AttributeError, TypeError, ValueError, EOFError, OSError, zipfile.BadZipFile) as e:
+        raise _truncated(path, e) from None
+
+
+def _looks_truncated(e: BaseException) -> bool:
+    text = str(e).lower()
+    return any(
+        w in text
+        for w in ("truncat", "eof", "ran out of input", "unexpected end", "central directory", "failed reading")
+    )
+
+
+def _truncated(path: Path, e: BaseException) -> InputError:
+    detail = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+    return InputError(
+        f"cannot read {path}: the file is damaged, truncated or not a torch weights file ({detail})",
+        hint="Copy it again from where it came from, or pass another model file.",
+    )
+
+
+def _damaged_zip(path: Path) -> str | None:
+    """Why a file that starts as a zip archive (torch's format since 1.6) is not a complete one, or None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if head != b"PK\x03\x04":
+            return None
+        with zipfile.ZipFile(path) as z:
+            z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as e:
+        return str(e)[:160] or type(e).__name__
+    return None
 
 
 def strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -146,30 +234,52 @@ def strip_prefixes(state_dict: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: A run's config.json larger than this is not one kface wrote (they are about 2 kB).
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def _read_run_config(folder: Path) -> dict[str, Any]:
     cfg_path = folder / RUN_CONFIG
     if not cfg_path.is_file():
         return {}
+    hint = "The run's config.json is damaged; pass --network with the backbone.pth instead."
     try:
+        if cfg_path.stat().st_size > MAX_CONFIG_BYTES:
+            raise InputError(f"{cfg_path} is {cfg_path.stat().st_size:,} bytes: not a run's config.json", hint=hint)
         cfg = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InputError(
-            f"cannot parse {cfg_path}: {e}",
-            hint="The run's config.json is damaged; pass --network with the backbone.pth instead.",
-        ) from None
-    return cfg if isinstance(cfg, dict) else {}
-
-
-def _config_network(cfg: Any) -> tuple[str | None, int | None]:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, OSError) as e:
+        raise InputError(f"cannot parse {cfg_path}: {str(e)[:160] or type(e).__name__}", hint=hint) from None
     if not isinstance(cfg, dict):
+        raise InputError(f"{cfg_path} is not a run's config (a JSON object)", hint=hint)
+    return {**cfg, "__path__": str(cfg_path)}
+
+
+def _config_network(cfg: Any, depth: int = 0) -> tuple[str | None, int | None]:
+    if not isinstance(cfg, dict) or depth > 2:
         return None, None
     if isinstance(cfg.get("model"), dict):  # nested config layouts
-        n, e = _config_network(cfg["model"])
+        n, e = _config_network(cfg["model"], depth + 1)
         if n:
             return n, e
+    where = cfg.get("__path__") or "the run's config"
     network = cfg.get("network") or cfg.get("backbone_name")
     size = cfg.get("embedding_size")
-    return (str(network) if network else None), (int(size) if size else None)
+    if network is not None and (not isinstance(network, str) or len(network) > 64):
+        raise InputError(
+            f"{where}: 'network' must be a backbone name, got {str(network)[:40]!r}",
+            hint="Fix the run's config.json, or pass --network with the backbone.pth.",
+        )
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_EMBEDDING_SIZE
+    ):
+        if size == 0:  # "auto" in some configs
+            size = None
+        else:
+            raise InputError(
+                f"{where}: 'embedding_size' must be a whole number from 1 to {MAX_EMBEDDING_SIZE}, got {str(size)[:40]!r}",
+                hint="Fix the run's config.json, or pass --network with the backbone.pth.",
+            )
+    return (network or None), size
 
 
 def _weights_from_state(obj: Any, path: Path, cfg: dict[str, Any]) -> TorchWeights:
@@ -179,7 +289,8 @@ def _weights_from_state(obj: Any, path: Path, cfg: dict[str, Any]) -> TorchWeigh
     if isinstance(obj, torch.nn.Module):
         obj = obj.state_dict()
     if isinstance(obj, dict) and "backbone" in obj and isinstance(obj["backbone"], dict):
-        n2, s2 = _config_network(obj.get("config"))
+        inner = obj.get("config")
+        n2, s2 = _config_network({**inner, "__path__": str(path)} if isinstance(inner, dict) else None)
         network, size = network or n2, size or s2
         obj = obj["backbone"]
     elif isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
@@ -206,20 +317,40 @@ def resolve_model_path(model: str | Path | None, workdir: Path | None) -> Path:
         return run
     path = Path(model).expanduser()
     if path.exists():
+        kind = special_file_kind(path.stat().st_mode)
+        if kind is not None and kind != "a folder":  # a FIFO named model.onnx would block forever
+            raise InputError(f"{path} is {kind}, not a model file", hint="Pass a regular file or a run folder.")
         return path
-    if not path.is_absolute() and len(path.parts) == 1 and ws.run(str(model)).exists():
-        return ws.run(str(model))  # a run name: runs/<name>
+    if not path.is_absolute() and len(path.parts) == 1:
+        from kface_cli.hub.cache import resolve_pack
+
+        run = ws.run(str(model))
+        pack = resolve_pack(str(model))  # a pack fetched with `kface models get`
+        if run.exists() and pack is not None:
+            raise InputError(
+                f"{model!r} is both a run ({run}) and a fetched model pack ({pack.parent})",
+                hint=f"Pass the path of the one you mean: {run} or {pack}.",
+            )
+        if run.exists():
+            return run  # a run name: runs/<name>
+        if pack is not None:
+            return pack
     raise InputError(
         f"model not found: {model}",
-        hint=f"Pass a run folder, a run name under {ws.runs}, a checkpoint.pt, a backbone.pth or an .onnx file.",
+        hint=f"Pass a run folder, a run name under {ws.runs}, a fetched pack's name (`kface models list`), "
+        "a checkpoint.pt, a backbone.pth or an .onnx file.",
     )
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
+def is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a program: ``torch.jit.load`` runs its code)."""
+    try:
+        if not path.is_file() or not zipfile.is_zipfile(path):
+            return False
+        with zipfile.ZipFile(path) as z:
+            return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
+    except (OSError, zipfile.BadZipFile, ValueError):
         return False
-    with zipfile.ZipFile(path) as z:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in z.namelist())
 
 
 def load_torch_weights(path: Path) -> TorchWeights:
@@ -278,7 +409,7 @@ def load_torch_backbone(
     ONNX and TorchScript exports are refused with one line naming ``purpose``.
     """
     path = resolve_model_path(model, workdir)
-    if path.is_file() and (path.suffix.lower() == ".onnx" or _is_torchscript(path)):
+    if path.is_file() and (path.suffix.lower() == ".onnx" or is_torchscript(path)):
         raise InputError(
             f"{purpose} needs the torch weights, and {path.name} is an exported model",
             hint="Pass the run folder, its checkpoint.pt or a backbone.pth (exports carry no gradients here).",
@@ -344,17 +475,39 @@ def _compare_keys(expected: dict[str, Any], given: dict[str, Any]) -> tuple[list
     return missing, unexpected, bad
 
 
-def _load_torchscript(path: Path, flip: bool) -> Embedder:
+def _load_torchscript(path: Path, flip: bool, trust_model: bool) -> Embedder:
+    if not trust_model:
+        raise InputError(
+            f"refused to run {path}: it is a TorchScript model, a program that can read and write any file when it runs",
+            hint=TRUST_HINT + ".",
+        )
     import torch
 
     extra = {"kface.json": ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-    meta = json.loads(extra["kface.json"]) if extra["kface.json"] else {}
-    digest = meta.get(META_WEIGHTS_DIGEST) or state_dict_digest(module.state_dict())
-    size = int(meta.get("kface.embedding_size") or module_output_size(module))
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except MemoryError:
+        raise KFaceError(f"out of memory while loading {path}") from None
+    except Exception as e:  # a damaged archive
+        raise _truncated(path, e) from None
+    try:
+        meta = json.loads(extra["kface.json"]) if extra["kface.json"] else {}
+    except (ValueError, RecursionError):
+        meta = {}
+    meta = {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+    digest = state_dict_digest(module.state_dict())  # the weights, not what the metadata says
+    claimed = meta.get(META_WEIGHTS_DIGEST)
+    if claimed and claimed != digest:
+        from kface_cli.console import warn
+
+        warn(
+            f"{path.name}: its weights are not the ones it was exported with (its metadata names others): "
+            "its fingerprint is that of its own weights"
+        )
+    size = module_output_size(module)
     return Embedder(
         torch_forward(module),
-        network=meta.get("kface.network", "torchscript"),
+        network=meta.get("kface.network", "torchscript")[:64],
         embedding_size=size,
         weights_digest=digest,
         flip=flip,
@@ -371,6 +524,7 @@ def load_embedder(
     network: str | None = None,
     flip: bool = False,
     backend: Backend | str = Backend.AUTO,
+    trust_model: bool = False,
 ) -> Embedder:
     """Load any supported face model as an :class:`Embedder`.
 
@@ -384,6 +538,9 @@ def load_embedder(
             read from the run's config.json when there is one, else inferred from the weights.
         flip: flip test-time augmentation (about +0.1-0.3% verification accuracy, 2x the compute).
         backend: "torch", "onnx" (ONNX Runtime) or "auto" (the faster one; ONNX on CPU).
+        trust_model: run a TorchScript model. TorchScript is a program (it can read and write any
+            file), so it is refused unless the user opts in (``--trust-model``); state_dicts and
+            ONNX files run no code and need no trust.
     """
     backend = check_backend(backend)
     path = resolve_model_path(model, workdir)
@@ -393,8 +550,8 @@ def load_embedder(
                 f"{path.name} is an ONNX model; it runs on ONNX Runtime only", hint="Use backend 'onnx' or 'auto'."
             )
         return _load_onnx(path, flip)
-    if path.is_file() and _is_torchscript(path):
-        return _load_torchscript(path, flip)
+    if path.is_file() and is_torchscript(path):
+        return _load_torchscript(path, flip, trust_model)
     weights = load_torch_weights(path)
     import torch
 

@@ -58,6 +58,7 @@ class EvaluateOptions:
     model: str | None = None
     workdir: Path | None = None
     network: str | None = None
+    trust_model: bool = False  # let a TorchScript model run (it is a program; see docs/security.md)
     #: Flip-sum embeddings for the reported metrics (insightface protocol: normalize(emb(x) +
     #: emb(mirror x))). Thresholds are always calibrated without flip, as ``kface identify`` embeds.
     flip: bool = True
@@ -136,7 +137,12 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
     protocol_of(options)  # validate before the (slow) model load
     ws = Workspace.resolve(options.workdir)
     embedder = load_embedder(
-        options.model, workdir=ws.root, network=options.network, flip=options.flip, backend=options.backend
+        options.model,
+        workdir=ws.root,
+        network=options.network,
+        flip=options.flip,
+        backend=options.backend,
+        trust_model=options.trust_model,
     )  # type: ignore[arg-type]
     return evaluate_embedder(embedder, options)
 

@@ -31,7 +31,9 @@ def write_report(evaluation: Any, folder: str | Path) -> Path:
     from kface_cli.console import to_json
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    from kface_cli.atomic import ensure_dir
+
+    ensure_dir(folder)
     summary = dict(evaluation.summary)
     plots: list[str] = []
     import matplotlib

@@ -13,10 +13,12 @@ pixel size its header claims (JPEG SOF, PNG IHDR, BMP, WebP, TIFF) is checked ag
 from __future__ import annotations
 
 import functools
+import os
 from pathlib import Path
 
 import numpy as np
 
+from kface_cli.atomic import special_file_kind
 from kface_cli.errors import InputError
 
 #: Largest image accepted, in pixels (width x height) as the header claims; K-Face's largest
@@ -83,19 +85,53 @@ def decode_image(data: bytes, source: str | Path = "<bytes>") -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """Read an image file as BGR uint8 (H, W, 3)."""
+def check_regular_file(path: str | Path) -> None:
+    """Refuse, without opening it, a path that is not a regular file (a FIFO named ``photo.jpg``
+    would block ``open()`` forever; a device never ends; a socket cannot be read)."""
     path = Path(path)
     try:
-        with open(path, "rb") as fh:
-            data = fh.read(MAX_IMAGE_BYTES + 1)
+        mode = os.stat(path).st_mode
     except FileNotFoundError:
         raise InputError(f"image not found: {path}", hint="Check the path.") from None
-    except IsADirectoryError:
-        raise InputError(f"expected an image file, got a folder: {path}") from None
     except OSError as e:
         raise InputError(f"cannot read {path}: {e.strerror}") from None
-    return decode_image(data, path)
+    kind = special_file_kind(mode)
+    if kind is not None:
+        raise UnreadableImageError(
+            f"{path} is {kind}, not a photo", hint="kface reads photos and videos from regular files only."
+        )
+
+
+def read_file(path: str | Path, limit: int = MAX_IMAGE_BYTES) -> bytes:
+    """The bytes of a regular file (at most ``limit`` + 1 of them): never blocks on a FIFO.
+
+    The file is opened with ``O_NONBLOCK`` (a FIFO swapped in after a check does not block the
+    open) and checked with ``fstat`` on the open descriptor before anything is read.
+    """
+    path = Path(path)
+    check_regular_file(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise InputError(f"image not found: {path}", hint="Check the path.") from None
+    except OSError as e:
+        raise InputError(f"cannot read {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        kind = special_file_kind(os.fstat(fd).st_mode)
+        if kind is not None:
+            raise UnreadableImageError(f"{path} is {kind}, not a photo")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        try:
+            return fh.read(limit + 1)
+        except OSError as e:
+            raise InputError(f"cannot read {path}: {e.strerror}") from None
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as BGR uint8 (H, W, 3); anything but a regular file is refused unopened."""
+    path = Path(path)
+    return decode_image(read_file(path), path)
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 95) -> None:

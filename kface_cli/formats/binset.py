@@ -22,6 +22,14 @@ from kface_cli.defaults import FACE_SIZE
 from kface_cli.errors import InputError
 from kface_cli.face.align import resize_crop
 
+#: Most images a ``.bin`` may hold (insightface's largest, cfp_ff.bin, has 14,000; LFW 12,000):
+#: decoded at 112x112 they take 37.6 KB each, so this bounds the decoded array to 3.8 GB.
+MAX_BIN_IMAGES = 100_000
+#: A file may list an image again through a pickle reference (a writer that kept one object for
+#: a photo used in two pairs), but not list images many times more often than it stores them.
+REPEAT_FACTOR = 2
+REPEAT_FREE = 1_000
+
 
 class UnsafePickleError(InputError):
     """The pickle references something other than lists, tuples, bytes and booleans."""
@@ -68,7 +76,25 @@ def safe_load_bin_pickle(data: bytes, source: str | Path = "<bytes>") -> tuple[l
         raise InputError(f"{source}: the second element must be a list of booleans")
     if len(bins) != 2 * len(issame):
         raise InputError(f"{source}: {len(bins)} images for {len(issame)} pairs; expected exactly 2 images per pair")
+    _check_image_count(bins, len(data), source)
     return [bytes(b) for b in bins], list(issame)
+
+
+def _check_image_count(bins: list, file_bytes: int, source: str | Path) -> None:
+    """Bound what decoding will allocate, before it does: pickle memo references let a small file
+    list one image millions of times (15 MB asking for 210 GiB of pixels)."""
+    if len(bins) > MAX_BIN_IMAGES:
+        raise InputError(
+            f"{source} lists {len(bins):,} images; kface reads verification .bin files of at most {MAX_BIN_IMAGES:,}",
+            hint="insightface's .bin files hold up to 14,000; this one is not a verification set.",
+        )
+    distinct = len({id(b) for b in bins})
+    if len(bins) > max(REPEAT_FACTOR * distinct, REPEAT_FREE):
+        raise InputError(
+            f"{source} lists {len(bins):,} images but stores only {distinct:,} distinct ones "
+            f"in {file_bytes:,} bytes (the same image repeated through pickle references)",
+            hint="A verification .bin stores every image of every pair; this file was crafted or damaged. Do not trust it.",
+        )
 
 
 def read_bin(path: str | Path, *, size: int = FACE_SIZE):

@@ -20,6 +20,7 @@ Format (see insightface-compat.md):
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 from collections.abc import Iterator
@@ -37,6 +38,11 @@ MAGIC_BYTES = struct.pack("<I", MAGIC)
 HEADER_FORMAT = "<IfQQ"  # flag, label, id, id2
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)  # 24
 _LENGTH_MASK = (1 << 29) - 1
+#: Bounds on what a hostile ``.rec``/``property`` may announce (insightface's largest set, WebFace42M,
+#: has 2.06 million identities).
+MAX_CLASSES = 10_000_000
+MAX_SIDE = 4096
+MAX_PROPERTY_BYTES = 4096
 # continuation flags of a record part
 WHOLE, FIRST, MIDDLE, LAST = 0, 1, 2, 3
 
@@ -197,8 +203,14 @@ class RecordIOReader:
         return _parse_header(head)[0]
 
     def labels(self, keys) -> np.ndarray:
-        """``labels[0]`` of each record in ``keys`` (int64), read from the headers only."""
-        return np.asarray([int(self.read_header(int(k)).labels[0]) for k in keys], dtype=np.int64)
+        """``labels[0]`` of each record in ``keys`` (int64), read from the headers only; each one a
+        whole number from 0 to :data:`MAX_CLASSES` - 1 (NaN, 1e12 or -1 is one line naming the record)."""
+        out = np.empty(len(keys), dtype=np.int64)
+        for i, k in enumerate(keys):
+            out[i] = _whole(
+                self.read_header(int(k)).labels[0], self.rec_path, f"the label of record {int(k)}", 0, MAX_CLASSES - 1
+            )
+        return out
 
     def __iter__(self) -> Iterator[tuple[int, bytes]]:
         for key in self.keys:
@@ -276,10 +288,18 @@ def read_property(folder: str | Path) -> tuple[int, int, int] | None:
     if not p.is_file():
         return None
     try:
-        values = [int(v) for v in p.read_text(encoding="utf-8").strip().split(",")]
-        return values[0], values[1], values[2]
-    except (ValueError, IndexError):
+        text = p.read_bytes()[:MAX_PROPERTY_BYTES].decode("utf-8")
+        values = [int(v) for v in text.strip().split(",")]
+        num_classes, height, width = values[0], values[1], values[2]
+    except (ValueError, IndexError, UnicodeDecodeError):
         raise InputError(f"{p}: expected 'num_classes,{FACE_SIZE},{FACE_SIZE}'", path=p) from None
+    if not (1 <= num_classes <= MAX_CLASSES and 1 <= height <= MAX_SIDE and 1 <= width <= MAX_SIDE):
+        raise InputError(
+            f"{p}: {num_classes} classes of {height}x{width} images is out of range",
+            hint=f"Expected 'num_classes,{FACE_SIZE},{FACE_SIZE}' with 1 to {MAX_CLASSES:,} classes.",
+            path=p,
+        )
+    return num_classes, height, width
 
 
 def dataset_index(reader: RecordIOReader, folder: str | Path | None = None) -> RecDatasetIndex:
@@ -289,18 +309,51 @@ def dataset_index(reader: RecordIOReader, folder: str | Path | None = None) -> R
         raise InputError(f"{reader.rec_path} holds no records")
     first = reader.keys[0]
     header0 = reader.read_header(first)
+    n_records = len(reader.keys)
     ranges: tuple[tuple[int, int], ...] = ()
     if first == 0 and header0.flag > 0:
-        a, b = (int(v) for v in header0.labels[:2])
+        # every number is checked against the records that exist before a range is built
+        a, b = (_whole(v, reader.rec_path, "record 0", 1, n_records + 1) for v in (header0.labels + (1.0, 1.0))[:2])
+        if b < a:
+            raise InputError(f"{reader.rec_path}: record 0 announces identity keys {a}..{b - 1}, an empty range")
+        missing = next((k for k in (*range(1, a), *range(a, b)) if k not in reader.index), None)
+        if missing is not None:
+            raise InputError(
+                f"{reader.rec_path}: record 0 announces keys up to {b - 1} but key {missing} is not in {reader.idx_path}",
+                hint="The .rec/.idx pair is damaged or does not match.",
+            )
         keys = tuple(range(1, a))
-        ranges = tuple(tuple(int(v) for v in reader.read_header(k).labels[:2]) for k in range(a, b))  # type: ignore[misc]
+        ranges = tuple(_identity_range(reader, k, a) for k in range(a, b))
     else:
         keys = tuple(reader.keys)
     prop = read_property(folder if folder is not None else reader.rec_path.parent)
     if prop is not None:
         num_classes = prop[0]
+        if num_classes > max(len(keys), 1):
+            raise InputError(
+                f"{reader.rec_path.parent / 'property'} says {num_classes:,} classes but the .rec holds {len(keys):,} images",
+                hint="Every class needs at least one image; fix the `property` file.",
+            )
     elif ranges:
         num_classes = len(ranges)
     else:
         num_classes = 1 + int(reader.labels(keys).max())
     return RecDatasetIndex(keys, num_classes, ranges)
+
+
+def _whole(value: float, source: Path, what: str, lo: int, hi: int) -> int:
+    """``value`` (a float32 label) as a whole number in [lo, hi], or one line naming the file."""
+    if not (math.isfinite(value) and value == int(value) and lo <= value <= hi):
+        raise InputError(
+            f"{source}: {what} holds {value!r}, expected a whole number from {lo} to {hi}",
+            hint="The .rec file is damaged or was not written by insightface's tools.",
+        )
+    return int(value)
+
+
+def _identity_range(reader: RecordIOReader, key: int, a: int) -> tuple[int, int]:
+    """Identity record ``key``'s [start, end) image-key range, checked to lie within keys 1..a-1."""
+    labels = reader.read_header(key).labels + (0.0, 0.0)
+    start = _whole(labels[0], reader.rec_path, f"identity record {key}", 1, a)
+    end = _whole(labels[1], reader.rec_path, f"identity record {key}", start, a)
+    return start, end

@@ -1,8 +1,12 @@
 """The search index: FAISS over the gallery's unit embeddings, kept beside the gallery file.
 
 ``gallery.h5`` -> ``gallery.faiss`` (the index) + ``gallery.faiss.json`` (what it was built from:
-template count, the gallery's checksum, the index kind and its parameters). :func:`load_index`
-rebuilds it whenever the JSON no longer matches the gallery, so it is never stale.
+template count, the gallery's content stamp, the index kind and its parameters, and the SHA-256 of
+``gallery.faiss``). A hash of that JSON is recorded in the gallery's own digest
+(:meth:`~kface_cli.gallery.store.Gallery.bind_index`), so the index is trusted only when the
+gallery vouches for the JSON, the JSON for the index file's bytes, and the JSON's stamp is the
+gallery's current content. Otherwise (stale, edited, or saved where the gallery could not record
+it) :func:`load_index` rebuilds it from the verified embeddings, and says so when it had been changed.
 
 Kinds (``--index``):
 
@@ -23,9 +27,11 @@ the unit of ``--threshold`` and of the verification metrics.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import math
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,44 +191,92 @@ def build_index(
     return SearchIndex(index, chosen, n, checksum, params)
 
 
-def save_index(index: SearchIndex, gallery: Path) -> None:
-    """Write ``gallery.faiss`` and its JSON (both atomically; the JSON last)."""
+#: Largest index description (JSON) read back.
+MAX_META_BYTES = 1 << 16
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def meta_tag(meta_bytes: bytes) -> int:
+    """The 128-bit hash of an index description that the gallery records (0 is "no index")."""
+    return int.from_bytes(hashlib.sha256(meta_bytes).digest()[:16], "big") or 1
+
+
+def save_index(index: SearchIndex, gallery) -> bool:
+    """Write ``gallery.faiss`` and its JSON (atomically), and record the JSON's hash in the gallery.
+
+    ``gallery``: a :class:`~kface_cli.gallery.store.Gallery` (or its path). Returns False when
+    nothing was saved: another kface process is writing the gallery, or it is a schema 1 file
+    (which cannot vouch for an index). Raises :class:`ReadOnlyError` / :class:`DiskFullError`.
+    """
     import faiss
 
-    from kface_cli.atomic import atomic_path, write_text
+    from kface_cli.atomic import atomic_path, write_bytes
+    from kface_cli.gallery.store import SCHEMA_VERSION, Gallery, writer_lock
 
-    path, meta = index_paths(gallery)
-    # The index holds the embeddings too (biometric data): private, like the gallery itself.
-    with atomic_path(path, mode=0o600) as tmp:
-        try:
-            faiss.write_index(index.index, str(tmp))
-        except RuntimeError as e:  # FAISS reports a failed write as RuntimeError ("... (No space left on device)")
-            raise OSError(errno.ENOSPC if os.strerror(errno.ENOSPC) in str(e) else errno.EIO, str(e)) from None
-    write_text(meta, json.dumps(index.meta(), indent=2) + "\n")
+    gallery = gallery if isinstance(gallery, Gallery) else Gallery(gallery)
+    path, meta_path = index_paths(gallery.path)
+    with writer_lock(gallery.path, wait=False) as held:
+        if not held:
+            return False
+        gallery._refuse_read_only()
+        if gallery.schema_version() != SCHEMA_VERSION:
+            return False
+        gallery._remove_stale_temporaries()
+        # The index holds the embeddings too (biometric data): private, like the gallery itself.
+        with atomic_path(path, mode=0o600) as tmp:
+            try:
+                faiss.write_index(index.index, str(tmp))
+            except RuntimeError as e:  # FAISS reports a failed write as RuntimeError ("... (No space left on device)")
+                raise OSError(errno.ENOSPC if os.strerror(errno.ENOSPC) in str(e) else errno.EIO, str(e)) from None
+            digest = _file_sha256(tmp)
+        meta = (json.dumps({**index.meta(), "sha256": digest}, indent=2) + "\n").encode("utf-8")
+        write_bytes(meta_path, meta)
+        return gallery.bind_index(index.checksum, meta_tag(meta))
 
 
-def _load_saved(gallery: Path, kind: IndexKind, count: int, checksum: str) -> SearchIndex | None:
-    """The saved index if it matches the gallery (count, checksum and requested kind), else None."""
+def _load_saved(gallery: Path, kind: IndexKind, count: int, checksum: str, tag: int) -> tuple[SearchIndex | None, str]:
+    """The saved index if the gallery vouches for it and it matches (count, stamp, kind), else (None, why).
+
+    ``why``: "" (no saved index, or another kind asked for), "stale" (built for other rows),
+    "changed" (not what the gallery recorded: edited, or saved where the gallery could not record it).
+    """
     path, meta_path = index_paths(gallery)
     if not (path.is_file() and meta_path.is_file()):
-        return None
+        return None, ""
     import faiss
 
     try:
-        meta = json.loads(meta_path.read_text())
+        if not (stat.S_ISREG(os.lstat(path).st_mode) and stat.S_ISREG(os.lstat(meta_path).st_mode)):
+            return None, "changed"  # links, FIFOs and devices are never read
+        if meta_path.stat().st_size > MAX_META_BYTES:
+            return None, "changed"
+        raw = meta_path.read_bytes()
+        meta = json.loads(raw)
+        if not isinstance(meta, dict):
+            return None, "changed"
         saved_kind = IndexKind.parse(meta["kind"], "index kind")
         if int(meta["count"]) != count or str(meta["checksum"]) != checksum:
-            return None
+            return None, "stale"
         if kind is not IndexKind.AUTO and saved_kind is not resolve_kind(kind, count):
-            return None  # "auto" keeps whatever kind was built last (e.g. a forced hnsw)
+            return None, ""  # "auto" keeps whatever kind was built last (e.g. a forced hnsw)
+        if not tag or meta_tag(raw) != tag or _file_sha256(path) != str(meta.get("sha256")):
+            return None, "changed"
         # Memory-mapped: a fresh `kface identify` on a million-template IVF index reads only the
         # lists it probes instead of loading gigabytes first.
         index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
         if index.ntotal != count:
-            return None
-    except (OSError, ValueError, KeyError, RuntimeError, InputError):
-        return None  # unreadable or foreign: rebuild
-    return SearchIndex(index, saved_kind, count, checksum, dict(meta.get("params", {})))
+            return None, "changed"
+        params = meta.get("params", {})
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, InputError, RecursionError):
+        return None, "changed"  # unreadable or foreign: rebuild
+    return SearchIndex(index, saved_kind, count, checksum, dict(params) if isinstance(params, dict) else {}), ""
 
 
 @dataclass(frozen=True)
@@ -247,9 +301,14 @@ def load_index(
     kind = IndexKind.parse(kind, "index kind")
     rows = gallery.read(embeddings=False)
     if not rebuild:
-        saved = _load_saved(gallery.path, kind, len(rows), rows.checksum)
+        saved, why = _load_saved(gallery.path, kind, len(rows), rows.checksum, rows.index_tag)
         if saved is not None:
             return LoadedIndex(saved, rows.names, rebuilt=False)
+        if why == "changed":
+            info(
+                f"the search index {index_paths(gallery.path)[0].name} is not the one {gallery.path.name} recorded "
+                "(changed since it was built, or saved by a process that could not record it): rebuilding it"
+            )
         if kind is IndexKind.AUTO and len(rows) <= NUMPY_EXACT_MAX:
             rows = gallery.read(embeddings=True)
             exact = SearchIndex(
@@ -263,7 +322,8 @@ def load_index(
     index = build_index(rows.embeddings, chosen, checksum=rows.checksum)
     if save:
         try:
-            save_index(index, gallery.path)
+            if not save_index(index, gallery) and rows.schema_version != 1:
+                info("another kface process is writing the gallery: the search index is kept in memory this time")
         except ReadOnlyError:  # a read-only deployment: the index lives in memory, rebuilt each run
             info(f"{gallery.path.parent} is read-only: the search index is kept in memory, not saved")
         except (DiskFullError, OSError) as e:  # the cache only: the gallery is untouched

@@ -19,17 +19,22 @@ def manage_gallery(
     rebuild_index: bool = False,
     index_kind: IndexKind | str = IndexKind.AUTO,
     check: bool = False,
+    upgrade: bool = False,
 ) -> dict[str, Any]:
-    """Apply the requested changes, then report ``{facts, identities, removed, index}``.
+    """Apply the requested changes, then report ``{facts, identities, removed, index}`` (+ ``check``, ``upgrade``).
 
-    ``check`` first verifies every row against the file's digest (refusing a changed file).
-    The index is rebuilt when asked, after removals, and when ``index_kind`` names a kind.
+    ``upgrade`` first converts a schema 1 gallery to the current schema (keeping the original
+    beside it; see :meth:`Gallery.upgrade`). ``check`` verifies every row, the model and the
+    schema against the file's digest (refusing a changed file, and a schema 1 file without one).
+    The index is rebuilt when asked, after removals and upgrades (when one was in use), and when
+    ``index_kind`` names a kind.
 
     Removing a name that is not in the gallery is an error (nothing is changed then).
     """
     gallery = Gallery(path)
     kind = IndexKind.parse(index_kind, "index kind")
     removed: dict[str, int] = {}
+    upgraded = gallery.upgrade() if upgrade else None
     checked = gallery.verify() if check else None
     if remove:
         present = gallery.identities()
@@ -43,7 +48,13 @@ def manage_gallery(
         removed = {n: present[n] for n in remove}
         gallery.remove(list(remove))
     index_info: dict[str, Any] = {}
-    if rebuild_index or removed or kind is not IndexKind.AUTO:  # asking for a kind means building it
+    had_index = index_paths(gallery.path)[0].is_file()
+    if (
+        rebuild_index
+        or removed
+        or kind is not IndexKind.AUTO  # asking for a kind means building it
+        or (upgraded is not None and upgraded["upgraded"] and had_index)
+    ):
         loaded = load_index(gallery, kind, rebuild=True)
         index_info = {"rebuilt": True, **loaded.index.meta()}
     else:
@@ -67,6 +78,7 @@ def manage_gallery(
             "schema_version": facts.schema_version,
             "capacity": facts.capacity,
             "file_bytes": facts.file_bytes,
+            "bytes_per_template": round(facts.file_bytes / facts.templates) if facts.templates else None,
             "index_file": str(index_file) if index_file.is_file() else None,
             "index_bytes": index_file.stat().st_size if index_file.is_file() else None,
         },
@@ -74,6 +86,7 @@ def manage_gallery(
         "removed": [{"name": n, "templates": c} for n, c in removed.items()],
         "index": index_info,
         **({"check": checked} if checked is not None else {}),
+        **({"upgrade": upgraded} if upgraded is not None else {}),
     }
 
 
@@ -81,10 +94,12 @@ def facts_rows(facts: dict[str, Any]) -> list[list[str]]:
     """The ``kface gallery`` facts table: one row per fact, sizes in KiB/MiB/GiB."""
     rows = []
     for key, value in facts.items():
-        if key in ("path", "index_bytes"):
+        if key in ("path", "index_bytes") or (key == "bytes_per_template" and value is None):
             continue
         if key == "file_bytes":
             key, value = "file size", _size(value)
+        elif key == "bytes_per_template":
+            key, value = "file size per template", _size(value)
         elif key == "index_file":
             value = (
                 f"{Path(value).name} ({_size(facts['index_bytes'])})"

@@ -390,7 +390,9 @@ def crop(
     done = _previous(out, settings)
     todo = [it for it in items if it.source not in done]
     records = [done[it.source] for it in items if it.source in done]
-    out.mkdir(parents=True, exist_ok=True)
+    from kface_cli.atomic import ensure_dir
+
+    ensure_dir(out)
     write_text(out / SETTINGS_FILE, json.dumps(settings, indent=1, ensure_ascii=False) + "\n")
     manifest = out / MANIFEST
     croppers = _Croppers(get_detector(ANNOTATION), get_detector("detect"))

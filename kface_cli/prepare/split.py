@@ -156,7 +156,9 @@ def choose_val_ids(
 
 def link_or_copy(src: Path, dst: Path) -> bool:
     """Hard-link ``src`` at ``dst`` (True), or copy it when linking is impossible (False)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+    from kface_cli.atomic import ensure_dir
+
+    ensure_dir(dst.parent)
     try:
         os.link(src, dst)
         return True
@@ -203,49 +205,23 @@ def make_pairs(val: dict[str, list[Path]], *, seed: int, max_pairs: int | None =
     return [pairs[i] for i in order], len(same), len(diff)
 
 
-def split(
-    workdir: str | Path | None = None,
-    *,
-    res: str = DEFAULT_RESOLUTION,
-    faces_dir: str | Path | None = None,
-    out_dir: str | Path | None = None,
-    val_ids: int | None = None,
-    val_frac: float | None = None,
-    seed: int = 0,
-    order: SplitOrder | str = SplitOrder.RANDOM,
-    max_pairs: int | None = None,
-) -> SplitResult:
-    """Split the crops into identity-disjoint train/val folders and write classes and val pairs."""
+def _build_split(
+    staging: Path,
+    groups: dict[str, list[Path]],
+    sources: dict[Path, Path],
+    train: tuple[str, ...],
+    val: tuple[str, ...],
+    out: Path,
+    seed: int,
+    max_pairs: int | None,
+) -> tuple[bool, dict[str, int], int, int]:
+    """Write the whole split into ``staging``: linked photos, sources, classes and val pairs."""
     from kface_cli.atomic import atomic_open
     from kface_cli.console import progress
     from kface_cli.formats.pairs import write_pairs_csv
 
-    t0 = time.perf_counter()
-    ws = Workspace.resolve(workdir)
-    faces = (
-        Path(faces_dir)
-        if faces_dir is not None
-        else ws.require(ws.faces(normalise_resolution(res)), f"{res} face crops", "kface crop")
-    )
-    out = Path(out_dir) if out_dir is not None else ws.split
-    groups, sources = _identity_images(faces)
-    if len(groups) < 3:
-        raise InputError(
-            f"{len(groups)} identit{'y' if len(groups) == 1 else 'ies'} with crops in {faces}",
-            hint="A train/val split needs at least 3 identities; run `kface crop` on more data.",
-        )
-    if max_pairs is not None and max_pairs < 1:
-        raise InputError(f"--max-pairs must be positive, got {max_pairs}")
-    ids = sorted(groups)
-    order = SplitOrder.parse(order, "--order")
-    val = choose_val_ids(ids, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order)
-    train = tuple(i for i in ids if i not in set(val))
-    assert not set(train) & set(val), "train and val identities must be disjoint"
-
-    staging = out.with_name(out.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
     linked = True
-    n_files = sum(len(groups[i]) for i in ids)
+    n_files = sum(len(groups[i]) for i in (*train, *val))
     counts = {"train": 0, "val": 0}
     placed_sources: dict[str, Path] = {}  # path in the split -> source photo
     with progress("Splitting", total=n_files) as bar:
@@ -266,6 +242,63 @@ def split(
     val_groups = {i: sorted((staging / "val" / i).iterdir()) for i in val}
     pairs, n_same, n_diff = make_pairs(val_groups, seed=seed, max_pairs=max_pairs)
     write_pairs_csv(staging / VAL_PAIRS_CSV, pairs)
+    return linked, counts, n_same, n_diff
+
+
+def split(
+    workdir: str | Path | None = None,
+    *,
+    res: str = DEFAULT_RESOLUTION,
+    faces_dir: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    val_ids: int | None = None,
+    val_frac: float | None = None,
+    seed: int = 0,
+    order: SplitOrder | str = SplitOrder.RANDOM,
+    max_pairs: int | None = None,
+) -> SplitResult:
+    """Split the crops into identity-disjoint train/val folders and write classes and val pairs."""
+    from kface_cli.choices import check_seed
+
+    check_seed(seed)
+    from kface_cli.atomic import storage_error
+
+    t0 = time.perf_counter()
+    ws = Workspace.resolve(workdir)
+    faces = (
+        Path(faces_dir)
+        if faces_dir is not None
+        else ws.require(ws.faces(normalise_resolution(res)), f"{res} face crops", "kface crop")
+    )
+    out = Path(out_dir) if out_dir is not None else ws.split
+    if not faces.is_dir():
+        raise InputError(
+            f"face crops folder not found: {faces}" if not faces.exists() else f"--faces must be a folder: {faces}",
+            hint="Pass the folder `kface crop` wrote (faces/<res>), holding one sub-folder per identity.",
+        )
+    groups, sources = _identity_images(faces)
+    if len(groups) < 3:
+        raise InputError(
+            f"{len(groups)} identit{'y' if len(groups) == 1 else 'ies'} with crops in {faces}",
+            hint="A train/val split needs at least 3 identities; run `kface crop` on more data.",
+        )
+    if max_pairs is not None and max_pairs < 1:
+        raise InputError(f"--max-pairs must be positive, got {max_pairs}")
+    ids = sorted(groups)
+    order = SplitOrder.parse(order, "--order")
+    val = choose_val_ids(ids, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order)
+    train = tuple(i for i in ids if i not in set(val))
+    assert not set(train) & set(val), "train and val identities must be disjoint"
+
+    staging = out.with_name(out.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        linked, counts, n_same, n_diff = _build_split(staging, groups, sources, train, val, out, seed, max_pairs)
+    except BaseException as e:  # a full disk, Ctrl-C: the half-built split goes, the old one stays
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError) and (user_error := storage_error(e, getattr(e, "filename", None) or staging)):
+            raise user_error from None
+        raise
     # swap the finished split in; the pairs hold paths relative to the CSV, so they survive the move
     old = out.with_name(out.name + ".old")
     shutil.rmtree(old, ignore_errors=True)

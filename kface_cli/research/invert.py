@@ -302,6 +302,10 @@ def invert(
 
     ``n`` outputs use seeds ``seed`` ... ``seed + n - 1``; torch models only (gradients).
     """
+    from kface_cli.choices import check_seed
+
+    check_seed(seed)
+    check_seed(seed + max(n, 1) - 1, "--seed + --n - 1")
     from kface_cli import console
     from kface_cli.embedding.embedder import embedder_from_module
     from kface_cli.embedding.loading import load_torch_backbone
@@ -314,6 +318,10 @@ def invert(
     if n < 1 or steps < 1 or not lr > 0:
         raise KFaceError(f"--n and --steps must be at least 1 and --lr positive (got {n}, {steps}, {lr:g})")
     paths = output_paths(Path(out), n)
+    from kface_cli.atomic import check_output
+
+    for path in paths:  # never over the photo, the gallery or the model it reads
+        check_output(path, inputs=[image, embedding, gallery, model], option="--out")
     module, net, size, source = load_torch_backbone(model, workdir=workdir, network=network, purpose="kface invert")
     embedder = embedder_from_module(module, network=net, backend="torch", source=source, embedding_size=size)
     if gallery is None and name is not None:

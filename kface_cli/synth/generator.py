@@ -826,6 +826,9 @@ def generate_sample_data(
     40) to keep the tree small. ``workers`` > 1 renders identities in parallel processes (0: one
     per CPU core, at most 8). ``combos`` (a list of (acc, light, expr, cam)) replaces the preset's grid.
     """
+    from kface_cli.choices import check_seed
+
+    check_seed(seed)
     from kface_cli.console import progress
     from kface_cli.dataset.provenance import mark_synthetic
 

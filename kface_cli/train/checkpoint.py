@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,44 @@ CHECKPOINT_FORMAT = "kface-checkpoint/1"
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
-    """``torch.save`` through a temporary file and a rename: never a half-written file."""
+    """``torch.save`` through a temporary file and a rename: never a half-written file.
+
+    torch reports a failed write (a full disk) as a ``RuntimeError`` from its C++ writer; the
+    file object records the ``OSError`` underneath, so a full disk is one line and the previous
+    checkpoint stays as it was.
+    """
     import torch
 
     from kface_cli.atomic import atomic_path
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        sink = _RecordingFile(f)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class _RecordingFile:
+    """A write-only file that remembers the ``OSError`` its last write raised."""
+
+    def __init__(self, f: Any):
+        self._f = f
+        self.error: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self._f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self._f.flush()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -54,13 +86,43 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         raise InputError(f"checkpoint not found: {path}", hint="Nothing to resume; start the run without --resume.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt file, or not ours
+    except MemoryError:
+        raise InputError(f"out of memory while reading checkpoint {path}") from None
+    except Exception as e:  # corrupt or truncated file, or not ours
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise InputError(
-            f"cannot read checkpoint {path}: {e}", hint="The file is damaged or was not written by kface."
+            f"cannot read checkpoint {path}: the file is damaged, truncated or not written by kface ({detail})",
+            hint="Restore the run folder from a copy, or start a new run without --resume.",
         ) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise InputError(f"{path} is not a kface checkpoint", hint="Pass a run folder made by `kface train`.")
+    for key, kinds in CHECKPOINT_FIELDS.items():
+        value = ckpt.get(key)
+        if not isinstance(value, kinds) or isinstance(value, bool) or (isinstance(value, int) and value < 0):
+            raise InputError(
+                f"{path} is damaged: its field {key!r} is {type(value).__name__ if key in ckpt else 'missing'}"
+                + (f" ({value})" if isinstance(value, (int, float)) else ""),
+                hint="Start a new run (without --resume), or restore the run folder from a copy.",
+            )
+    if not ckpt["num_classes"]:
+        raise InputError(f"{path} is damaged: its field 'num_classes' is 0", hint="Start a new run.")
     return ckpt
+
+
+#: The fields every kface checkpoint has, and their types (checked on load, before any is used).
+CHECKPOINT_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "config": dict,
+    "num_classes": int,
+    "backbone": dict,
+    "head": dict,
+    "optimizer": dict,
+    "scheduler": dict,
+    "epoch": int,
+    "step_in_epoch": int,
+    "rng": list,
+    "best": dict,
+    "history": list,
+}
 
 
 def capture_rng(device: Any = None) -> dict[str, Any]:

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from kface_cli.choices import Choice, Loss, Optimizer, Precision
+from kface_cli.choices import Choice, Loss, Optimizer, Precision, check_seed
 from kface_cli.errors import KFaceError
 
 AUTO = "auto"
+#: Sub-centres per class: a few is what sub-center ArcFace uses; more only multiplies the head.
+MAX_SUBCENTERS = 100
 GRAD_CLIP_NORM = 5.0  # insightface's clip norm
 SGD_REFERENCE_LR, SGD_REFERENCE_BATCH = 0.1, 1024  # insightface: lr 0.1 for a global batch of 1024
 ADAMW_DEFAULT_LR = 1e-3
@@ -78,7 +80,10 @@ class TrainConfig:
         "Backbone: r18, r34, r50, r100, r200, mbf, mbf_small; auto: that of --init, else r50 on a GPU, mbf_small on a CPU.",
     )
     embedding_size: int | None = _opt(None, "Embedding size [default: that of --init, else 512].")
-    init: str | None = _opt(None, "Start from these backbone weights (insightface backbone.pth or a kface run).")
+    init: str | None = _opt(
+        None,
+        "Start from these backbone weights (insightface backbone.pth, a kface run, or an ONNX model / fetched pack whose weights map exactly onto a kface backbone).",
+    )
     freeze: int = _opt(0, "Keep the first N stages frozen (1 = the stem).")
     # loss ---------------------------------------------------------------------------------
     loss: str = _opt("arcface", "The loss (softmax family with margins).", choices=Loss)
@@ -150,12 +155,15 @@ class TrainConfig:
             from kface_cli.models.registry import canonical_name
 
             canonical_name(self.network)
-        for key in ("batch_size", "epochs", "embedding_size", "log_every", "val_batch_size"):
+        for key in ("batch_size", "epochs", "embedding_size", "log_every", "val_batch_size", "subcenters"):
             if getattr(self, key) is not None and getattr(self, key) < 1:
                 raise KFaceError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
         for key in ("workers", "freeze", "max_steps_per_epoch", "bn_recalibration"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
                 raise KFaceError(f"--{key.replace('_', '-')} must not be negative, got {getattr(self, key)}")
+        if self.subcenters is not None and self.subcenters > MAX_SUBCENTERS:
+            raise KFaceError(f"--subcenters must be at most {MAX_SUBCENTERS}, got {self.subcenters}")
+        check_seed(self.seed)
         if self.lr is not None and self.lr <= 0:
             raise KFaceError(f"--lr must be positive, got {self.lr}")
         if not 0 < self.sample_rate <= 1:

@@ -33,6 +33,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -46,7 +47,7 @@ import numpy as np
 from kface_cli import console
 from kface_cli.dataset.provenance import TRAINING_DATA_KEY, training_data
 from kface_cli.embedding.embedder import state_dict_digest
-from kface_cli.errors import KFaceError, ModelMismatchError, TrainingError
+from kface_cli.errors import InputError, KFaceError, ModelMismatchError, TrainingError
 from kface_cli.train import checkpoint as ck
 from kface_cli.train import distributed
 from kface_cli.train.config import AUTO, TrainConfig, config_from_dict, resolve_config, save_config_json
@@ -105,7 +106,17 @@ def train_from_options(
             "--resume needs --name: which run to continue", hint="Run folders are in runs/ of the workspace."
         )
     run_dir = Workspace.resolve(asked.workdir).run(asked.name)
-    saved = config_from_dict(ck.load_checkpoint(run_dir / ck.RUN_CHECKPOINT)["config"])
+    ckpt_path = run_dir / ck.RUN_CHECKPOINT
+    try:
+        saved = config_from_dict(ck.load_checkpoint(ckpt_path)["config"])
+        saved.replace(name=asked.name).validate()
+    except (KFaceError, TypeError, ValueError) as e:
+        if isinstance(e, InputError) and str(ckpt_path) in str(e):
+            raise
+        raise InputError(
+            f"{ckpt_path}: its saved training config is damaged ({getattr(e, 'message', str(e))[:200]})",
+            hint="Start a new run (without --resume), or restore the run folder from a copy.",
+        ) from None
     given = {k.replace("-", "_") for k in overrides} | (
         set(asked.to_dict()) - {"name", "workdir"} if config_file else set()
     )
@@ -115,7 +126,9 @@ def train_from_options(
     )
     if ignored:
         console.warn(f"--resume keeps the run's own settings; ignoring: {', '.join(ignored)}")
-    return train(saved.replace(workdir=asked.workdir, **changes).validate(), resume=True)
+    # the run is the one --name names (a copied run folder continues the copy), never the
+    # name stored in its checkpoint
+    return train(saved.replace(workdir=asked.workdir, name=asked.name, **changes).validate(), resume=True)
 
 
 def train(
@@ -239,15 +252,29 @@ def auto_workers(device: Any, world_size: int = 1, cores: int | None = None) -> 
     return max(1, min(MAX_AUTO_WORKERS, per_process - 1))
 
 
-def _read_init(path: str) -> tuple[dict[str, Any], Path]:
-    """``--init`` weights: insightface backbone.pth, our backbone.pth, a run folder or checkpoint.pt."""
+def _read_init(path: str, network: str | None = None) -> tuple[dict[str, Any], Path]:
+    """``--init`` weights: insightface backbone.pth, our backbone.pth, a run folder or checkpoint.pt;
+    or an ONNX model (a file, or a fetched pack's name) whose weights map exactly onto a kface
+    backbone (:mod:`kface_cli.embedding.onnx_import`)."""
     from kface_cli.embedding.loading import load_torch_weights
 
     p = Path(path).expanduser()
     if not p.exists():
-        raise KFaceError(
-            f"--init weights not found: {p}", hint="Pass an insightface backbone.pth or a kface run folder."
-        )
+        from kface_cli.hub.cache import resolve_pack
+
+        pack = resolve_pack(path) if len(p.parts) == 1 else None
+        if pack is None:
+            raise KFaceError(
+                f"--init weights not found: {p}",
+                hint="Pass an insightface backbone.pth, a kface run folder, an .onnx model or a fetched pack's name.",
+            )
+        p = pack
+    if p.is_file() and p.suffix.lower() == ".onnx":
+        from kface_cli.embedding.onnx_import import onnx_to_weights
+
+        weights = onnx_to_weights(p, network)
+        console.info(f"--init {path}: {p.name} mapped onto kface's {weights.network} (embeddings checked)")
+        return weights.state_dict, weights.source
     weights = load_torch_weights(p)  # weights_only; strips module./_orig_mod. prefixes
     return weights.state_dict, weights.source
 
@@ -301,7 +328,13 @@ def validate(backbone: Any, pair_faces: Any, *, network: str, batch_size: int = 
     from kface_cli.embedding.photos import embed_pairs
 
     embedder = embedder_from_module(ck.unwrap(backbone), flip=True, network=network, backend="torch")
-    dist, issame = embed_pairs(embedder, pair_faces, batch_size=batch_size)
+    try:
+        dist, issame = embed_pairs(embedder, pair_faces, batch_size=batch_size)
+    except InputError as e:  # NaN or zero embeddings: the weights went bad although the loss did not
+        raise TrainingError(
+            f"validation stopped the run: {e.message}",
+            hint="The last good checkpoint is kept; resume with a lower --lr, or train with --precision fp32.",
+        ) from None
     m = verification_metrics(dist, issame, fars=(VAL_FAR,))
     tar = m["tar_at_far"].get(far_key(VAL_FAR)) or {}
     return {
@@ -430,6 +463,7 @@ class _Run:
     pair_faces: Any = None
     val_path: Path | None = None
     log: Any = None  # log.jsonl, open on rank 0
+    created_dir: bool = False  # this run made its folder (a failure before its first checkpoint removes it)
     history: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Any] = field(default_factory=lambda: {"epoch": None, "accuracy": None})
     epoch: int = 0  # position: completed epochs ...
@@ -474,10 +508,23 @@ def _train(
     except KeyboardInterrupt:
         _save_interrupted(run, stopped_cleanly)
         raise
+    except BaseException:
+        _discard_unstarted(run)
+        raise
     finally:
         if run.log is not None:
             run.log.close()
     return _result(run)
+
+
+def _discard_unstarted(run: _Run) -> None:
+    """A new run that failed before its first checkpoint leaves no folder behind (its name stays free)."""
+    if not (run.info.is_main and run.created_dir) or (run.run_dir / ck.RUN_CHECKPOINT).exists():
+        return
+    if run.log is not None:
+        run.log.close()
+        run.log = None
+    shutil.rmtree(run.run_dir, ignore_errors=True)
 
 
 def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Run:
@@ -529,7 +576,11 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
     num_images, num_classes = len(dataset), dataset.num_classes
 
     # -- model: "auto" values follow --init, the device and the data -----------------------
-    init = _read_init(config.init) if config.init and ckpt is None else None
+    init = (
+        _read_init(config.init, None if config.network == AUTO else config.network)
+        if config.init and ckpt is None
+        else None
+    )
     if config.network != AUTO:
         network = canonical_name(config.network)
     elif init is not None:
@@ -611,26 +662,33 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
 
     # -- files ---------------------------------------------------------------------------------
     if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config_json(
-            run_dir / ck.RUN_CONFIG,
-            config,
-            num_classes=num_classes,
-            num_images=num_images,
-            world_size=info.world_size,
-            data_source=run.data_source,
-            **{TRAINING_DATA_KEY: training_data(str(data_path), getattr(dataset, "classes", []), init=config.init)},
-            val_pairs_file=str(run.val_path) if run.val_path else None,
-            steps_per_epoch=steps,
-            base_lr=lr,
-            device=str(device),
-            loader_workers=workers,
-        )
-        console.info(
-            f"Training {network} ({config.loss}) on {num_images} images of {num_classes} identities -> {run_dir}"
-            f" [{info.world_size} x {device}, {steps} steps/epoch, lr {lr:g}, {workers} data workers]"
-        )
-        run.log = open(run_dir / ck.RUN_LOG, "a", encoding="utf-8")
+        from kface_cli.atomic import ensure_dir
+
+        run.created_dir = not run_dir.exists()
+        ensure_dir(run_dir)
+        try:
+            save_config_json(
+                run_dir / ck.RUN_CONFIG,
+                config,
+                num_classes=num_classes,
+                num_images=num_images,
+                world_size=info.world_size,
+                data_source=run.data_source,
+                **{TRAINING_DATA_KEY: training_data(str(data_path), getattr(dataset, "classes", []), init=config.init)},
+                val_pairs_file=str(run.val_path) if run.val_path else None,
+                steps_per_epoch=steps,
+                base_lr=lr,
+                device=str(device),
+                loader_workers=workers,
+            )
+            console.info(
+                f"Training {network} ({config.loss}) on {num_images} images of {num_classes} identities -> {run_dir}"
+                f" [{info.world_size} x {device}, {steps} steps/epoch, lr {lr:g}, {workers} data workers]"
+            )
+            run.log = open(run_dir / ck.RUN_LOG, "a", encoding="utf-8")
+        except BaseException:
+            _discard_unstarted(run)
+            raise
     run.t_train = time.perf_counter()
     return run
 
@@ -682,6 +740,26 @@ def _build_loader(config: TrainConfig, info: distributed.DistInfo, dataset: Any)
 
 def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
     """Continue from a checkpoint: weights, optimizer, schedule, scaler, RNG states, position."""
+    try:
+        _restore_state(run, ckpt)
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as e:  # shapes or fields that do not fit
+        path = run.run_dir / ck.RUN_CHECKPOINT
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(
+            f"{path} does not fit this run ({detail})",
+            hint="The checkpoint is damaged or comes from another run; start a new run without --resume.",
+        ) from None
+    # the scheduler's lr_lambdas are rebuilt from the (possibly longer) epochs
+    run.scheduler.base_lrs = [run.lr for _ in run.scheduler.base_lrs]
+    if run.start_epoch >= run.config.epochs:
+        raise KFaceError(
+            f"run {run.config.name!r} already finished {run.start_epoch} epochs",
+            hint="Pass a larger --epochs to train further.",
+        )
+    console.info(f"Resuming {run.config.name} at epoch {run.start_epoch + 1}, step {run.start_step} of {run.steps}")
+
+
+def _restore_state(run: _Run, ckpt: dict[str, Any]) -> None:
     if ckpt["num_classes"] != run.num_classes:
         raise ModelMismatchError(
             f"the data now has {run.num_classes} classes, the run was trained on {ckpt['num_classes']}",
@@ -704,14 +782,6 @@ def _restore(run: _Run, ckpt: dict[str, Any]) -> None:
         console.warn(
             f"checkpoint was written by {len(rngs)} processes, now {run.info.world_size}: random states restart"
         )
-    # the scheduler's lr_lambdas are rebuilt from the (possibly longer) epochs
-    run.scheduler.base_lrs = [run.lr for _ in run.scheduler.base_lrs]
-    if run.start_epoch >= run.config.epochs:
-        raise KFaceError(
-            f"run {run.config.name!r} already finished {run.start_epoch} epochs",
-            hint="Pass a larger --epochs to train further.",
-        )
-    console.info(f"Resuming {run.config.name} at epoch {run.start_epoch + 1}, step {run.start_step} of {run.steps}")
 
 
 def _train_epoch(run: _Run, epoch: int, stop: _StopFlag, on_step: Callable[[int, int], None] | None) -> bool:
