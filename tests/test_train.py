@@ -56,6 +56,30 @@ def test_workers_follow_the_cores():
     assert auto_workers(cpu, 1, cores=1) == 1  # loading overlaps the step even on one core
 
 
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_hands_over_channels_last_batches_equal_to_the_plain_collation(workers):
+    """With channels_last (the default) the loader's batches are already in that memory format,
+    so the step copies nothing; their values are those of the default collation."""
+    from kface_cli.train.datasets import ArrayDataset
+    from kface_cli.train.distributed import DistInfo
+    from kface_cli.train.loop import _build_loader
+
+    rng = np.random.default_rng(0)
+    ds = ArrayDataset(rng.integers(0, 256, (24, 112, 112, 3), dtype=np.uint8), np.arange(24) % 4)
+    for channels_last in (True, False):
+        config = TrainConfig(batch_size=8, workers=workers, channels_last=channels_last).validate()
+        sampler, loader, _ = _build_loader(config, DistInfo(device=torch.device("cpu")), ds)
+        x, y = next(iter(loader))
+        first = next(iter(sampler))
+        ref = torch.utils.data.default_collate([ds[item] for item in first])
+        assert torch.equal(x, ref[0]) and torch.equal(y, ref[1])
+        assert x.is_contiguous(memory_format=torch.channels_last) == channels_last and (
+            channels_last or x.is_contiguous()
+        )
+        if channels_last:
+            assert x.contiguous(memory_format=torch.channels_last).data_ptr() == x.data_ptr()  # no copy in the step
+
+
 def test_cpu_loader_workers_yield_to_training_and_leave_ctrl_c_to_it():
     """A CPU run's loader worker lowers its priority (it decodes in the training threads' gaps)
     and ignores SIGINT; checked in a child process, as a worker is one."""

@@ -711,6 +711,16 @@ def _build_optimizer(config: TrainConfig, backbone: Any, head: Any, *, lr: float
     return optimizer, scheduler, scaler
 
 
+def _collate_channels_last(items: list[tuple[Any, int]]) -> tuple[Any, Any]:
+    """The default collation, the images then copied to channels_last: in the loader worker (one
+    thread, idle between batches) instead of the training step, where the copy was most of the
+    main thread's own work per step (5.2 of 6.5 ms for a batch of 32 on 2 cores)."""
+    import torch
+
+    x, y = torch.utils.data.default_collate(items)
+    return x.contiguous(memory_format=torch.channels_last), y
+
+
 def _build_loader(config: TrainConfig, info: distributed.DistInfo, dataset: Any):
     """The one DataLoader of the run: its workers live across epochs (the sampler moves instead)."""
     import torch
@@ -732,6 +742,7 @@ def _build_loader(config: TrainConfig, info: distributed.DistInfo, dataset: Any)
         num_workers=workers,
         pin_memory=info.device.type == "cuda",  # page-locked batches: asynchronous host-to-device copies
         persistent_workers=workers > 0,
+        collate_fn=_collate_channels_last if config.channels_last else None,
         prefetch_factor=PREFETCH_BATCHES if workers else None,
         worker_init_fn=(_cpu_worker_init if info.device.type == "cpu" else _ignore_sigint) if workers else None,
     )
@@ -805,7 +816,7 @@ def _train_epoch(run: _Run, epoch: int, stop: _StopFlag, on_step: Callable[[int,
             x = x.to(device, non_blocking=True)  # (B, 3, 112, 112)
             y = y.to(device, non_blocking=True)  # (B,)
             if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+                x = x.contiguous(memory_format=torch.channels_last)  # already so from the loader: no copy
             loss = run.head(run.model(x), y)  # () global-batch mean
             run.optimizer.zero_grad(set_to_none=True)
             run.scaler.scale(loss).backward()
