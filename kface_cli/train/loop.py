@@ -714,7 +714,7 @@ def _build_optimizer(config: TrainConfig, backbone: Any, head: Any, *, lr: float
 def _collate_channels_last(items: list[tuple[Any, int]]) -> tuple[Any, Any]:
     """The default collation, the images then copied to channels_last: in the loader worker (one
     thread, idle between batches) instead of the training step, where the copy was most of the
-    main thread's own work per step (5.2 of 6.5 ms for a batch of 32 on 2 cores)."""
+    main thread's own work per step (4.4 of 5.9 ms for a batch of 32 on 2 cores; 1.25 ms without it)."""
     import torch
 
     x, y = torch.utils.data.default_collate(items)
