@@ -241,10 +241,11 @@ def auto_workers(device: Any, world_size: int = 1, cores: int | None = None) -> 
     * On a CPU the cores run the network, and one worker decodes far faster than the network
       consumes (a 112x112 JPEG: ~0.25 ms; mbf trains ~12 samples per CPU second): a quarter of
       the cores, and **at least one** even on 2 cores. With 0 the step waits for every batch to
-      be decoded, and on a busy machine every delay hits the loop twice (issue 24, mbf on 2
-      loaded cores: 11.5 samples/s with 0 workers, 23.3 with 1). The workers run at a lower priority
-      (:data:`CPU_WORKER_NICE`), so on a quiet machine they fill the gaps of the training
-      threads instead of pre-empting them.
+      be decoded (issue 24 reported mbf on 2 loaded cores at 11.5 samples/s with 0 workers and
+      23.3 with 1; interleaved runs on the shared machine could not separate the two: see
+      docs/performance.md, `bench_train_defaults.py --also-workers 0`). The workers run at a lower
+      priority (:data:`CPU_WORKER_NICE`), so that they fill the gaps of the training threads
+      instead of pre-empting them; their work is small (~5 ms a batch of 32, one thread).
     """
     per_process = max(1, (cores or available_cores()) // max(1, world_size))
     if device.type == "cpu":
