@@ -64,6 +64,13 @@ class CropMode(Choice):
     BOX = "box"
 
 
+class SplitPart(Choice):
+    """``kface evaluate --split``: the workspace split part to report on."""
+
+    VAL = "val"
+    TEST = "test"
+
+
 class SplitOrder(Choice):
     """``kface split --order``: draw the validation identities at random, or take the last ones."""
 

@@ -5,10 +5,13 @@ bars, warnings and errors go to stderr, so ``kface ... --json | jq`` always rece
 Domain modules report progress through :func:`progress` and warnings through :func:`warn`; they
 never print results themselves.
 
-Tables never lose data: text columns fold instead of cutting (a path stays whole), a number is
-never split or cut, and when stdout is not a terminal (a pipe, a file) tables are laid out
-:data:`PIPE_WIDTH` columns wide unless ``$COLUMNS`` says otherwise. Every JSON result is an object
-carrying ``"schema": SCHEMA_VERSION`` (the schema is documented in README.md, "JSON output").
+Tables never lose data: text wraps between words, a path only after a ``/`` (a file name is never
+cut), a number is never split; a table that cannot fit even so is printed wider than the console.
+When stdout is not a terminal (a pipe, a file) tables are laid out :data:`PIPE_WIDTH` columns wide
+unless ``$COLUMNS`` says otherwise. ``--format csv|tsv`` prints data, not the table: a header row
+and one row per record (a table's ``data``, numbers in their own columns), nothing before the
+header, one table per command. Every JSON result is an object carrying ``"schema": SCHEMA_VERSION``
+(the schema is documented in docs/json.md).
 
 Progress bars are rich on the command line; :func:`use_tqdm` switches them to ``tqdm.auto`` (which
 renders in Jupyter), as the Python API (:mod:`kface_cli.api`) does.
@@ -36,9 +39,10 @@ from rich.text import Text
 
 from kface_cli.choices import OutputFormat
 
-#: Version of the JSON every ``--json`` result follows (README.md, "JSON output"). Bump it when a
-#: key is renamed or removed or changes type; adding a key keeps the version.
-SCHEMA_VERSION = 1
+#: Version of the JSON every ``--json`` result follows (docs/json.md). Bump it when a key is
+#: renamed or removed or changes type; adding a key keeps the version. 2: a list of faces is always
+#: ``faces``; face counts are ``face_count``; ``embed`` and ``verify`` report the faces they used.
+SCHEMA_VERSION = 2
 #: Result formats: ``--format table|json|csv|tsv`` (``--json`` is short for ``--format json``).
 FORMATS = OutputFormat.values()
 #: Table width when stdout is not a terminal and ``$COLUMNS`` is unset (rich would assume 80).
@@ -62,6 +66,7 @@ class OutputMode:
     debug: bool = False
     format: str = "table"  # table, csv or tsv when json is off
     tqdm: bool = False  # progress bars through tqdm.auto (the Python API) instead of rich
+    data_written: bool = False  # --format csv|tsv: the command's data table is out (one per command)
 
 
 MODE = OutputMode()
@@ -233,6 +238,11 @@ def _jsonable(obj: Any) -> Any:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def jsonable(obj: Any) -> Any:
+    """``obj`` as plain JSON types (dict, list, str, int, float, bool, None): what every ``to_json()`` returns."""
+    return _jsonable(obj)
+
+
 def to_json(obj: Any, indent: int | None = 2) -> str:
     """JSON text; a non-UTF-8 name's undecodable bytes are written as ``\\udcXX`` escapes (valid
     JSON that Python's ``json.loads`` reads back as the same name), never as raw bytes."""
@@ -263,22 +273,40 @@ UNBROKEN_WORD = 40
 
 
 class DataTable(Table):
-    """A rich table that remembers its plain cells (for ``--format csv|tsv``) and shares space well.
+    """A rich table that remembers its data (for ``--format csv|tsv``) and shares space well.
 
     When the table is wider than the console, every column starts at its minimum (its longest
-    unbroken word) and the space left is shared in proportion to what each column would need to
-    be whole; rich's own fallback shrinks all columns evenly, which leaves short-worded columns
-    wide and makes the table overflow sooner.
+    unbroken word, or a path's longest part) and the space left is shared in proportion to what
+    each column would need to be whole; rich's own fallback shrinks all columns evenly, which
+    leaves short-worded columns wide and makes the table overflow sooner.
     """
 
     data_columns: list[str]
-    data_rows: list[list[str]]
+    data_rows: list[list[Any]]
+    headers: list[str]
+    record_cells: list[list[Any]]
+
+    def narrowest(self, console: Console) -> int:
+        """The narrowest this table can be without cutting a word or a file name."""
+        options = console.options.update_width(10_000)
+        return sum(self._measure_column(console, options, c).minimum for c in self.columns) + self._extra_width
+
+    def stacked(self) -> Table:
+        """The same rows as blocks of ``column  value`` lines, one block per row (for narrow consoles)."""
+        blocks = DataTable(title=self.title, title_justify="left", show_header=False, show_lines=False)
+        header_words = [w for h in self.headers for w in h.split()]
+        blocks.add_column(style="bold", min_width=max((len(w) for w in header_words), default=1))
+        blocks.add_column(overflow="fold")
+        for cells in self.record_cells:
+            for k, (header, cell) in enumerate(zip(self.headers, cells)):
+                blocks.add_row(Text(header), cell, end_section=k == len(cells) - 1)
+        return blocks
 
     def _calculate_column_widths(self, console: Console, options: Any) -> list[int]:
         widths = super()._calculate_column_widths(console, options)
-        if sum(widths) <= options.max_width:
-            return widths
         ranges = [self._measure_column(console, options, c) for c in self.columns]
+        if sum(widths) <= options.max_width and all(w >= r.minimum for w, r in zip(widths, ranges)):
+            return widths
         lows = [r.minimum for r in ranges]
         spare = options.max_width - sum(lows)
         wants = [max(0, r.maximum - r.minimum) for r in ranges]
@@ -287,17 +315,59 @@ class DataTable(Table):
         return [low + want * spare // sum(wants) for low, want in zip(lows, wants)]
 
 
+class PathCell:
+    """A table cell holding a path: it wraps only after a ``/`` or at a space, never inside a name."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.parts = re.findall(r"[^/ ]*(?:/+| +|$)", text)[:-1] or [text]  # each part keeps its separator
+
+    def __str__(self) -> str:
+        return self.text
+
+    def __rich_measure__(self, console: Console, options: Any) -> Any:
+        from rich.measure import Measurement
+
+        return Measurement(max(len(p.rstrip(" ")) for p in self.parts), len(self.text))
+
+    def __rich_console__(self, console: Console, options: Any) -> Any:
+        width = max(1, options.max_width)
+        line = ""
+        for part in self.parts:
+            if line and len(line) + len(part.rstrip(" ")) > width:
+                yield Text(line.rstrip(" "), overflow="fold")
+                line = ""
+            line += part
+        yield Text(line.rstrip(" "), overflow="fold")
+
+
+def _is_path_text(value: Any, cell: str) -> bool:
+    if isinstance(value, Path):
+        return True
+    return isinstance(value, str) and "/" in cell and "\n" not in cell
+
+
 def table(
-    title: str | Text | None, columns: Sequence[str], rows: Sequence[Sequence[Any]], *, justify_numbers: bool = True
+    title: str | Text | None,
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    justify_numbers: bool = True,
+    data: tuple[Sequence[str], Sequence[Sequence[Any]]] | None = None,
 ) -> DataTable:
     """A results table that loses nothing at any width.
 
-    Cells wrap at spaces only (a word up to :data:`UNBROKEN_WORD` characters, e.g. a file name or
-    a number, is never split), longer words fold, nothing is cut with "…"; numeric columns align
-    right. When even so the table cannot fit, it is printed wider than the console.
+    Cells wrap at spaces only (a word up to :data:`UNBROKEN_WORD` characters, e.g. a number, is
+    never split), paths after a ``/`` (a file name is never split), longer words fold, nothing is
+    cut with "…"; numeric columns align right. When even so the table cannot fit, it is shown as
+    one block of ``column value`` lines per row, and printed wider than the console only when a
+    single file name is wider than it.
 
     The title, headers and cells are text, never markup: a file named ``[draft] photo.jpg`` shows
     as itself. A cell that should be styled is a :class:`~rich.text.Text` (``Text("no face", "dim")``).
+
+    ``data``: what ``--format csv|tsv`` writes, ``(columns, rows)`` of plain values (one record
+    per row, numbers in their own columns); by default the table's own cells, as text.
     """
     t = DataTable(title=plain(title) if title is not None else None, title_justify="left", header_style="bold")
     cells = [[_fmt(v) for v in r] for r in rows]
@@ -317,11 +387,28 @@ def table(
             no_wrap=numeric,
             min_width=longest or None,
         )
-    for r in cells:
-        t.add_row(*r)
-    t.data_columns = [str(c) for c in columns]
-    t.data_rows = [[v.plain for v in r] for r in cells]
+    t.headers = [str(c) for c in columns]
+    t.record_cells = []
+    for raw, r in zip(rows, cells):
+        shown = [PathCell(cell.plain) if _is_path_text(v, cell.plain) else cell for v, cell in zip(raw, r)]
+        t.record_cells.append(shown)
+        t.add_row(*shown)
+    if data is None:
+        t.data_columns = [str(c) for c in columns]
+        t.data_rows = [[v.plain for v in r] for r in cells]
+    else:
+        t.data_columns = list(data[0])
+        t.data_rows = [list(r) for r in data[1]]
     return t
+
+
+def _csv_value(v: Any) -> str:
+    """A data cell: numbers as numbers (full precision), None and NaN empty, paths as given."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return v.plain if isinstance(v, Text) else str(v)
 
 
 def _fmt(v: Any) -> Text:
@@ -338,11 +425,13 @@ def _fmt(v: Any) -> Text:
     return plain(v)
 
 
-def show(renderable: Any) -> None:
-    """Print a result (a table) unless --json is on: rich, or CSV/TSV rows with ``--format csv|tsv``.
+def show(renderable: Any, *, secondary: bool = False) -> None:
+    """Print a result (a table) unless --json is on: rich, or its data with ``--format csv|tsv``.
 
-    In CSV/TSV, a titled table starts with a ``# title`` line, and tables are separated by a blank
-    line; anything else (a line of text) goes to stderr.
+    CSV/TSV is data: a header row first and nothing before it, then one row per record. A command
+    writes one table there: a ``secondary`` table (a breakdown shown under the main one) and any
+    later table are left out with a note on stderr (``--json`` has everything); a line of text
+    goes to stderr.
     """
     if MODE.json:
         return
@@ -350,17 +439,33 @@ def show(renderable: Any) -> None:
         if not isinstance(renderable, DataTable):  # a line of text is not a table row: stderr
             info(renderable if isinstance(renderable, (str, Text)) else str(renderable))
             return
-        buf = io.StringIO()
-        writer = csv.writer(buf, delimiter="," if MODE.format == "csv" else "\t", lineterminator="\n")
-        if renderable.title:
+        if secondary or MODE.data_written:
             title = renderable.title
-            buf.write(f"# {title.plain if isinstance(title, Text) else title}\n")
-        writer.writerow(renderable.data_columns)
-        writer.writerows(renderable.data_rows)
-        sys.stdout.write(buf.getvalue() + "\n")
+            title = title.plain if isinstance(title, Text) else str(title or "a table")
+            info(f"({title}: not in --format {MODE.format}, which holds one table; --json has everything)")
+            return
+        write_data(sys.stdout, renderable.data_columns, renderable.data_rows, MODE.format)
         sys.stdout.flush()
+        MODE.data_written = True
         return
+    if isinstance(renderable, DataTable) and getattr(renderable, "record_cells", None):
+        if renderable.narrowest(out) > out.width:
+            renderable = renderable.stacked()  # too narrow for the columns: one block per row
     out.print(plain(renderable) if isinstance(renderable, str) else renderable)
+
+
+def write_data(stream: Any, columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "csv") -> None:
+    """Write ``columns`` and ``rows`` as CSV (``fmt="csv"``) or TSV: the one writer of every data file."""
+    writer = csv.writer(stream, delimiter="," if fmt == "csv" else "\t", lineterminator="\n")
+    writer.writerow(columns)
+    writer.writerows([_csv_value(v) for v in r] for r in rows)
+
+
+def data_text(columns: Sequence[str], rows: Sequence[Sequence[Any]], fmt: str = "csv") -> str:
+    """:func:`write_data` into a string (for ``--csv FILE``)."""
+    buf = io.StringIO()
+    write_data(buf, columns, rows, fmt)
+    return buf.getvalue()
 
 
 class _Bar:

@@ -10,8 +10,13 @@ import os
 
 #: Side of an aligned face crop and of the network input (insightface's ArcFace template).
 FACE_SIZE = 112
-#: Square sizes treated as already aligned crops (insightface's 112, and 2x crops of High-res data).
+#: Square sizes that may be already aligned crops (insightface's 112, and 2x crops of High-res data):
+#: the detector checks them (kface_cli.face.pipeline).
 ALIGNED_CROP_SIDES = (FACE_SIZE, 2 * FACE_SIZE)
+#: ``kface crop`` writes its settings here, beside the person folders of its output (which marks
+#: the folder as aligned crops); ``kface split`` writes its classes here.
+CROP_SETTINGS_FILE = "crop.json"
+SPLIT_CLASSES_FILE = "classes.csv"
 
 #: Parallel workers of a data stage when ``--workers 0`` (one per CPU core, at most this many).
 MAX_AUTO_WORKERS = 8
@@ -45,9 +50,11 @@ def auto_workers(workers: int) -> int:
 
 
 #: ``kface clean``: the default cut of each flagging rule, in degrees. ``--rule angle``: the angle
-#: to the identity's dominant sub-center (the sub-center ArcFace paper's 77, for s=64);
-#: ``--rule margin`` (the default): how much nearer another identity's dominant sub-center is.
-CLEAN_ANGLE_DEG = 77.0
+#: to the identity's dominant sub-center: 75, the authors' (insightface
+#: recognition/subcenter_arcface: drop.py's ``--threshold`` defaults to 75 and the README drops
+#: "high-confident noisy data (``>75 degrees``)"); ``--rule margin`` (the default): how much
+#: nearer another identity's dominant sub-center is.
+CLEAN_ANGLE_DEG = 75.0
 CLEAN_MARGIN_DEG = 12.0
 #: ``kface clean``: flagged faces shown on the contact sheet (the most suspect first).
 CLEAN_SHEET_MAX = 30

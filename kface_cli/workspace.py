@@ -7,6 +7,7 @@ folder) holds every stage's output at a fixed place::
     faces/<Res>/<ID>/<ID>_<S>_<L>_<E>_<C>.jpg        crop (112x112), faces/<Res>/manifest.csv
     faces/<name>/<person>/*.jpg                      crop of a folder of photos SRC=<...>/<name>
     split/train/<ID>/*.jpg, split/val/<ID>/*.jpg     split, split/classes.csv, split/val_pairs.csv
+    split/test/<ID>/*.jpg                            split --test-ids: split/test_pairs.csv
     runs/<name>/                                     train (config, backbone.pth, checkpoint.pt, logs)
     gallery.h5 (+ gallery.faiss)                     enroll
     reports/<name>/                                  evaluate
@@ -18,6 +19,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kface_cli.defaults import SPLIT_CLASSES_FILE
 from kface_cli.errors import InputError
 
 # The files of a run folder (runs/<name>/), named once for every module that reads or writes them.
@@ -32,8 +34,9 @@ RUN_TORCHSCRIPT = "model.pt"  # kface export's output (--format torchscript)
 
 # The other files of a workspace.
 MANIFEST = "manifest.csv"  # faces/<Res>/: one row per crop
-CLASSES_CSV = "classes.csv"  # split/: training identity -> label
+CLASSES_CSV = SPLIT_CLASSES_FILE  # split/: training identity -> label
 VAL_PAIRS_CSV = "val_pairs.csv"  # split/: validation pairs
+TEST_PAIRS_CSV = "test_pairs.csv"  # split/: test pairs (``kface split --test-ids``)
 GALLERY_FILE = "gallery.h5"
 
 RESOLUTIONS = ("High", "Middle", "Low")
@@ -91,6 +94,22 @@ class Workspace:
     @property
     def val_pairs(self) -> Path:
         return self.split / VAL_PAIRS_CSV
+
+    @property
+    def test_dir(self) -> Path:
+        return self.split / "test"
+
+    @property
+    def test_pairs(self) -> Path:
+        return self.split / TEST_PAIRS_CSV
+
+    def part_dir(self, part: str) -> Path:
+        """``split/val`` or ``split/test``."""
+        return self.test_dir if part == "test" else self.val_dir
+
+    def part_pairs(self, part: str) -> Path:
+        """``split/val_pairs.csv`` or ``split/test_pairs.csv``."""
+        return self.test_pairs if part == "test" else self.val_pairs
 
     @property
     def runs(self) -> Path:

@@ -20,7 +20,8 @@ step "   ... plus dark lights and wider camera angles, to see later what they co
 step "" kface extract "$SAMPLE" --lux L1 --expr E01 --angle C1,C5,C10
 
 step "2. Crop 112x112 faces aligned to the ArcFace template" kface crop
-step "3. Identity-disjoint train/val split with verification pairs" kface split --val-ids 10 --seed 0
+step "3. Identity-disjoint train/val/test split with verification pairs (test: 10 people no choice ever sees)" \
+  kface split --val-ids 8 --test-ids 10 --seed 0
 # Your own photos: no annotation files, any names, any folder depth. Four of the sample people
 # become "my_photos/<name>/<light>/*.jpg" with Korean names; crop finds their faces with the
 # detector (as `kface identify` will) and writes a training set `kface split` and `kface train` read.
@@ -47,31 +48,31 @@ step "4. Train a MobileFaceNet from scratch with ArcFace (shipped config: demo_m
 step "5. Export the best model to ONNX (checks itself against torch)" \
   kface export --model "$KFACE_WORKDIR/runs/demo" --out "$KFACE_WORKDIR/demo.onnx"
 
-# A gallery of the validation people (never seen in training): one frontal photo each, with its
-# K-Face landmark file; probes: other photos of them, and of three people who are not enrolled.
+# A gallery of the test people (seen by no training and no choice): one frontal photo each, with
+# its K-Face landmark file; probes: other photos of them, and of three people who are not enrolled.
 python3 - <<'PY'
 import os, shutil
 from pathlib import Path
 ws = Path(os.environ["KFACE_WORKDIR"])
 raw = ws / "raw" / "Middle"
-val = sorted(p.name for p in (ws / "split" / "val").iterdir())
+people = sorted(p.name for p in (ws / "split" / "test").iterdir())
 train = sorted(p.name for p in (ws / "split" / "train").iterdir())
 def copy(src_rel, dst):
     src = raw / src_rel
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copy(src.with_suffix(".jpg"), dst.with_suffix(".jpg"))
     shutil.copy(src.with_suffix(".txt"), dst.with_suffix(".txt"))
-for i in val:
+for i in people:
     copy(f"{i}/S001/L1/E01/C7", ws / "people" / i / "L1_E01_C7")
-for i in val[:4] + train[:3]:
+for i in people[:4] + train[:3]:
     copy(f"{i}/S001/L3/E02/C8", ws / "probes" / f"{i}_L3_E02_C8")
-print(f"people/: {len(val)} enrolled identities; probes/: 4 of them + 3 unknown people")
+print(f"people/: {len(people)} enrolled test identities; probes/: 4 of them + 3 unknown people")
 PY
-step "6. Enroll the validation people into an HDF5 gallery with a FAISS index" \
+step "6. Enroll the test people into an HDF5 gallery with a FAISS index" \
   kface enroll "$KFACE_WORKDIR/people" --model "$KFACE_WORKDIR/demo.onnx"
-step "7. Evaluate on the val split: verification, identification, per condition; calibrate thresholds for FAR 1% (1:1) and FPIR 10% (1:N)" \
+step "7. Evaluate on the test split: verification, identification, per condition; thresholds for FAR 1% (1:1) and FPIR 10% (1:N) chosen on val, measured again on test" \
   kface evaluate --model "$KFACE_WORKDIR/demo.onnx" --target-far 1e-2 --target-fpir 1e-1 --save-threshold --name demo
-step "7b. Accuracy as deployed: the val faces aligned again from their photos by the detector, as identify does" \
+step "7b. Accuracy as deployed: the test faces aligned again from their photos by the detector, as identify does" \
   kface evaluate --model "$KFACE_WORKDIR/demo.onnx" --landmarks detect --name demo-deployed --no-conditions
 step "8. Identify the probes: 4 enrolled people in other light/expression/angle, and 3 people who are not enrolled" \
   kface identify "$KFACE_WORKDIR/probes" --model "$KFACE_WORKDIR/demo.onnx" --annotate "$KFACE_WORKDIR/annotated"

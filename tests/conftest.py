@@ -22,7 +22,7 @@ def _default_output_mode():
     """Each test starts with kface's default output mode (not --json/--quiet from an earlier test)."""
     from kface_cli import console
 
-    saved = (console.MODE.json, console.MODE.quiet, console.MODE.debug)
-    console.set_mode(json_output=False, quiet=False, debug=False)
+    saved = dict(vars(console.MODE))
+    vars(console.MODE).update(vars(console.OutputMode()))
     yield
-    console.set_mode(json_output=saved[0], quiet=saved[1], debug=saved[2])
+    vars(console.MODE).update(saved)

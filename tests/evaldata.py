@@ -63,9 +63,15 @@ def face_image(rng: np.random.Generator, base: np.ndarray, noise: float) -> np.n
 def make_identities(
     root: Path, n_ids: int = 6, lights=("L1", "L7"), cams=("C7", "C9"), seed: int = 0, size: int = 112
 ) -> dict[str, list[Path]]:
-    """``root/<id>/<id>_S001_<L>_E01_<C>.png`` images; returns id -> paths."""
+    """``root/<id>/<id>_S001_<L>_E01_<C>.png`` aligned crops, in a folder marked as ``kface crop``
+    marks its output (``root/crop.json``: these textures are no faces a detector would find);
+    returns id -> paths."""
     import cv2
 
+    from kface_cli.defaults import CROP_SETTINGS_FILE
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / CROP_SETTINGS_FILE).write_text("{}\n", encoding="utf-8")
     rng = np.random.default_rng(seed)
     out: dict[str, list[Path]] = {}
     for k in range(n_ids):

@@ -71,7 +71,30 @@ def test_dataset_hook(tmp_path):
     np.testing.assert_array_equal(plain[(0, False)][0], plain[(0, False)][0])
     augmented = open_training_data(tmp_path, flip=False, augment="jitter,colour")
     assert augmented.augment == parse_augment("jitter,colour")
-    x1, x2 = augmented[(0, False)][0], augmented[(0, False)][0]
-    assert x1.shape == (3, 112, 112) and not np.array_equal(x1, x2)
+    # the training loop's read: augmentation keyed by (seed, epoch) and the index, nothing else
+    x1, x2 = augmented[(0, False, (7, 1))][0], augmented[(0, False, (7, 1))][0]
+    assert x1.shape == (3, 112, 112)
+    np.testing.assert_array_equal(x1, x2)
+    assert not np.array_equal(x1, augmented[(0, False, (7, 2))][0])  # another epoch, another draw
+    assert not np.array_equal(x1, plain[(0, False)][0])  # it is augmented
+    # (i, flip) reads the stored face, never augmented (BatchNorm recalibration reads it)
+    np.testing.assert_array_equal(augmented[(0, False)][0], plain[(0, False)][0])
+    # ds[i] draws from torch's generator: two reads differ
+    assert not np.array_equal(augmented[0][0], augmented[0][0])
     with pytest.raises(KFaceError):
         open_training_data(tmp_path, augment="wobble")
+
+
+def test_auto_is_the_folder_recipe_and_none_elsewhere():
+    from kface_cli.train.augment import FOLDER_DEFAULT, resolve_augment
+    from kface_cli.train.config import TrainConfig
+    from kface_cli.train.datasets import open_training_data
+
+    assert TrainConfig().augment == "auto"
+    assert resolve_augment("auto", folder=True) == FOLDER_DEFAULT == resolve_augment(None, folder=True)
+    assert resolve_augment("auto", folder=False) == "none"
+    assert resolve_augment("none", folder=True) == "none" and resolve_augment("jitter", folder=True) == "jitter"
+    with pytest.raises(KFaceError):
+        resolve_augment("wobble", folder=True)
+    assert parse_augment(FOLDER_DEFAULT).jitter > 0 and parse_augment(FOLDER_DEFAULT).colour > 0
+    assert open_training_data("synthetic:3x2", augment="auto").augment is None

@@ -204,3 +204,25 @@ def test_a_model_named_as_well_must_have_made_the_file(tmp_path):
         enroll_embeddings(f, tmp_path / "g.h5", embedder=Other())
     assert not (tmp_path / "g.h5").exists()
     assert enroll_embeddings(f, tmp_path / "g.h5", embedder=_Model()).added == 2
+
+
+def test_a_file_of_every_face_is_not_named_by_its_photos(tmp_path):
+    """`kface embed --all-faces` rows share their photo's entry: naming them by it would be a guess."""
+    from kface_cli.deploy.compare import UsedFace
+
+    model = {"fingerprint": "f" * 20, "embedding_size": 4, "network": "x"}
+    group = "people/Crew/group.jpg"
+    faces = [UsedFace(group, k, (10.0 * k, 0.0, 5.0, 5.0), 0.9, "mesh", 2) for k in (1, 2)]
+    vectors = np.eye(4, dtype=np.float32)[:2]
+    save_embeddings(tmp_path / "all.h5", [group, group], vectors, model, faces=faces)
+    with pytest.raises(InputError, match="several faces of some photos"):
+        enroll_embeddings(tmp_path / "all.h5", tmp_path / "g.h5")
+    one = [
+        UsedFace(group, 1, (0.0, 0.0, 5.0, 5.0), 0.9, "mesh", 2),
+        UsedFace("people/Eileen/a.jpg", 1, (0.0, 0.0, 5.0, 5.0), 0.9, "mesh", 1),
+    ]
+    save_embeddings(tmp_path / "one.h5", [f.image for f in one], vectors, model, faces=one)
+    with h5py.File(tmp_path / "one.h5") as f:
+        assert f["boxes"].shape == (2, 4) and list(f["faces"][()]) == [1, 1]
+    with pytest.raises(InputError, match="cannot be a person's name"):
+        identity_names(["people/Unknown/a.jpg", "people/Eileen/b.jpg"], "folder")  # what identify says for no match

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import typing
@@ -193,6 +194,209 @@ def test_onnx_identify_imports_only_what_it_uses(tmp_path):
     photo = Path(__file__).parent / "fixtures" / "astronaut.jpg"  # a real face: detection and landmarks run
     args = ("identify", str(photo), "--model", str(model), "--gallery", str(gallery), "--json")
     assert _heavy_imports(*args, modules=IDENTIFY_PROBED) == ONNX_IDENTIFY_IMPORTS
+
+
+# ------------------------------------------------------------------------------------------
+# Real inputs, right answers (issue 20): square photos, CSV that is data, every face, no guesses
+# ------------------------------------------------------------------------------------------
+
+
+def test_flags_show_no_metavar_and_take_no_value(tmp_path):
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+    from kface_cli.cli.common import check_flag_values as _check_flag_values
+    from kface_cli.errors import KFaceError
+
+    for argv, flag in (
+        (["identify", "--help"], "--aligned"),
+        (["--help"], "--version"),
+        (["train", "--help"], "--resize-images"),
+    ):
+        text = CliRunner().invoke(app, argv, env={"COLUMNS": "200"}).output
+        assert flag in text and "<bool>" not in text
+    with pytest.raises(KFaceError, match="--quiet takes no value: 'true'"):
+        _check_flag_values(["detect", "photo.jpg", "--quiet", "true"])
+    _check_flag_values(["detect", "true"])  # a photo called "true" stays a photo
+    r = subprocess.run(
+        [sys.executable, "-m", "kface_cli", "-q", "true", "detect", "x.jpg"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "-q takes no value" in r.stderr
+
+
+def test_unknown_and_empty_names_are_refused_by_enroll_and_crop(tmp_path):
+    from photo_helpers import head_and_shoulders
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    head_and_shoulders(tmp_path / "a" / "unknown" / "1.jpg")
+    head_and_shoulders(tmp_path / "b" / "UNKNOWN.jpg")
+    runner = CliRunner()
+    for argv in (
+        ["enroll", str(tmp_path / "a"), "-g", str(tmp_path / "g.h5")],
+        ["crop", str(tmp_path / "b"), "-w", str(tmp_path)],
+    ):
+        r = runner.invoke(app, argv)
+        assert r.exit_code == 2 and "cannot be a person's name" in r.output and "could never be told apart" in r.output
+    assert not (tmp_path / "g.h5").exists()
+
+
+def test_crop_reads_flat_files_named_by_person_as_enroll_does(tmp_path):
+    from photo_helpers import group_of_six, head_and_shoulders
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    people = tmp_path / "people"
+    head_and_shoulders(people / "Eileen Collins.png")
+    group_of_six(people / "Crew" / "group.jpg")
+    r = CliRunner().invoke(app, ["crop", str(people), "-w", str(tmp_path / "ws")])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "ws" / "faces" / "people"
+    assert (out / "Eileen Collins" / "Eileen Collins_png.jpg").is_file() and (out / "Crew" / "group.jpg").is_file()
+    assert "Crew/group.jpg: 6 faces: used the largest" in r.stderr  # as enroll warns about a group photo
+
+
+def test_detect_table_at_80_columns_cuts_no_file_name(tmp_path):
+    from photo_helpers import group_of_six
+
+    photo = tmp_path / "a" / "long" / "folder" / "unmistakable_photo_name_0042.jpg"
+    group_of_six(photo)
+    for width in ("80", "60"):
+        env = {**os.environ, "COLUMNS": width}
+        r = subprocess.run(
+            [sys.executable, "-m", "kface_cli", "detect", str(photo)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
+        assert r.returncode == 0, r.stderr
+        assert max(len(line) for line in r.stdout.splitlines()) <= int(width)
+        assert r.stdout.count("unmistakable_photo_name_0042.jpg") == 6  # whole, on one line, for each face
+
+
+@pytest.fixture(scope="module")
+def enrolled(tmp_path_factory):
+    """A gallery of the astronaut (from a 224 px profile picture) and a name with a comma and quotes."""
+    import torch
+    from photo_helpers import head_and_shoulders
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+    from kface_cli.models.registry import get_backbone
+
+    root = tmp_path_factory.mktemp("enrolled")
+    torch.manual_seed(0)
+    torch.save(get_backbone("mbf", embedding_size=128).state_dict(), root / "backbone.pth")
+    model = ["-m", str(root / "backbone.pth"), "--network", "mbf"]
+    people = root / "people"
+    head_and_shoulders(people / 'Collins, Eileen "Astronaut"' / "profile.jpg")
+    r = CliRunner().invoke(app, ["enroll", str(people), "-g", str(root / "g.h5"), *model, "--json"])
+    assert r.exit_code == 0, r.output
+    return {"root": root, "model": model, "gallery": ["-g", str(root / "g.h5")]}
+
+
+@pytest.mark.slow
+def test_square_profile_picture_is_detected_everywhere(enrolled, tmp_path):
+    """A 224 px head-and-shoulders photo: a face box, not the whole square, in every command."""
+    from photo_helpers import head_and_shoulders
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+    from kface_cli.gallery.store import Gallery
+
+    runner = CliRunner()
+    photo = tmp_path / "profile.jpg"
+    head_and_shoulders(photo)
+    (stored,) = Gallery(enrolled["root"] / "g.h5").read(details=True).boxes  # enroll: the face's box
+    assert 20 < stored[2] < 120
+    detected = json.loads(runner.invoke(app, ["--json", "detect", str(photo)]).stdout)
+    face = detected["images"][0]["faces"][0]
+    assert detected["face_count"] == 1 and face["landmarks"] != "aligned-crop" and 20 < face["box"][2] < 120
+    found = json.loads(
+        runner.invoke(app, ["identify", str(photo), *enrolled["gallery"], *enrolled["model"], "--json"]).stdout
+    )
+    face = found["images"][0]["faces"][0]
+    assert face["name"] == 'Collins, Eileen "Astronaut"' and 20 < face["box"][2] < 120
+    r = runner.invoke(app, ["embed", str(photo), "-o", str(tmp_path / "e.h5"), *enrolled["model"], "--json"])
+    assert 20 < json.loads(r.stdout)["faces"][0]["box"][2] < 120
+    aligned = runner.invoke(app, ["detect", str(photo), "--aligned", "--json"])  # when the user says so
+    assert json.loads(aligned.stdout)["images"][0]["faces"][0]["box"] == [0.0, 0.0, 224.0, 224.0]
+
+
+@pytest.mark.slow
+def test_identify_csv_is_data_and_json_global_option(enrolled, tmp_path):
+    import csv
+    import io
+
+    from photo_helpers import group_of_six, head_and_shoulders
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    runner = CliRunner()
+    head_and_shoulders(tmp_path / "probes" / "one.jpg")
+    group_of_six(tmp_path / "probes" / "six.jpg")
+    args = ["identify", str(tmp_path / "probes"), *enrolled["gallery"], *enrolled["model"]]
+    r = runner.invoke(app, ["--format", "csv", *args, "--csv", str(tmp_path / "out.csv")])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert len(rows) == 7 and [r["face"] for r in rows] == ["1", "1", "2", "3", "4", "5", "6"]  # one row per face
+    for row in rows:
+        x, y, w, h = (float(row[k]) for k in ("x", "y", "w", "h"))
+        assert w > 20 and h > 20 and 0 <= float(row["distance"]) <= 4
+    assert rows[0]["name"] == 'Collins, Eileen "Astronaut"' and rows[0]["candidate1"] == rows[0]["name"]
+    assert (tmp_path / "out.csv").read_text(encoding="utf-8") == r.stdout  # the same columns in the file
+    verify = runner.invoke(
+        app,
+        [
+            "--format",
+            "json",
+            "verify",
+            str(tmp_path / "probes" / "six.jpg"),
+            str(tmp_path / "probes" / "one.jpg"),
+            *enrolled["model"],
+        ],
+    )
+    data = json.loads(verify.stdout)
+    assert data["faces"][0]["face_count"] == 6 and len(data["faces"][0]["box"]) == 4
+    assert "6 faces, used the largest" in verify.stderr
+
+
+@pytest.mark.slow
+def test_embed_all_faces_keeps_six_faces_with_boxes(enrolled, tmp_path):
+    import csv
+
+    import h5py
+    from photo_helpers import group_of_six
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+    from kface_cli.deploy.compare import load_embeddings
+
+    runner = CliRunner()
+    photo = tmp_path / "crew.jpg"
+    group_of_six(photo)
+    one = runner.invoke(app, ["embed", str(photo), "-o", str(tmp_path / "one.npy"), *enrolled["model"]])
+    assert one.exit_code == 0 and "crew.jpg: 6 faces, used the largest: face 1 of 6 (box" in one.stderr
+    assert load_embeddings(tmp_path / "one.npy")[1].shape == (1, 128)
+    every = runner.invoke(app, ["embed", str(photo), "--all-faces", "-o", str(tmp_path / "all.h5"), *enrolled["model"]])
+    assert every.exit_code == 0 and "used the largest" not in every.stderr
+    with h5py.File(tmp_path / "all.h5") as f:
+        assert (
+            f["embeddings"].shape == (6, 128)
+            and f["boxes"].shape == (6, 4)
+            and list(f["faces"][()]) == [1, 2, 3, 4, 5, 6]
+        )
+        assert all(n.decode() == str(photo) for n in f["names"][()])
+    runner.invoke(app, ["embed", str(photo), "--all-faces", "-o", str(tmp_path / "all.npy"), *enrolled["model"]])
+    rows = list(csv.DictReader((tmp_path / "all.faces.csv").open(encoding="utf-8")))
+    assert len(rows) == 6 and {r["image"] for r in rows} == {str(photo)} and all(float(r["w"]) > 20 for r in rows)
 
 
 def test_memory_errors_are_one_line(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ nothing at 80 columns, progress bars, --format csv/tsv, the JSON envelope."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
@@ -84,12 +85,51 @@ def test_csv_and_tsv(capsys, fmt, sep):
         console.table("Faces", ["image", "name", "distance"], [["a b.jpg", styled, 0.5], ["[x].jpg", "[b]", 1]])
     )
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "# Faces" and lines[1] == sep.join(["image", "name", "distance"])
-    assert lines[2] == sep.join(["a b.jpg", "unknown", "0.5000"])  # style dropped, every value whole
-    assert lines[3] == sep.join(["[x].jpg", "[b]", "1"])  # a user's text is never read as markup
+    assert lines[0] == sep.join(["image", "name", "distance"])  # the header first, nothing before it
+    assert lines[1] == sep.join(["a b.jpg", "unknown", "0.5000"])  # style dropped, every value whole
+    assert lines[2] == sep.join(["[x].jpg", "[b]", "1"])  # a user's text is never read as markup
     console.show("Report: reports/demo")
     captured = capsys.readouterr()
     assert captured.out == "" and "Report: reports/demo" in captured.err  # text is not a table row
+    console.show(console.table("Second", ["x"], [[1]]))  # one table per command: the data stays data
+    captured = capsys.readouterr()
+    assert captured.out == "" and "Second: not in --format" in captured.err
+
+
+def test_csv_writes_the_tables_data_not_its_cells(capsys):
+    console.set_mode(output_format="csv")
+    data = (["image", "x", "y", "name"], [['a, "b".jpg', 1.5, 2, 'Lee, "Jr"'], ["c.jpg", None, float("nan"), True]])
+    console.show(console.table("Faces", ["image", "box"], [["a.jpg", "1, 2"]], data=data))
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert rows[0] == {"image": 'a, "b".jpg', "x": "1.5", "y": "2", "name": 'Lee, "Jr"'}
+    assert rows[1] == {"image": "c.jpg", "x": "", "y": "", "name": "true"}
+    console.set_mode(output_format="tsv")
+    console.MODE.data_written = False
+    console.show(console.table("Gallery", ["fact"], [["a"]]), secondary=True)  # a breakdown: not data
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("width", [80, 60])
+def test_narrow_tables_never_cut_a_file_name(monkeypatch, width):
+    buf = io.StringIO()
+    monkeypatch.setattr(console, "out", Console(file=buf, width=width, soft_wrap=True))
+    path = "some/deeper/folder/unmistakable_photo_name_0042.jpg"
+    rows = [[path, k, "451,282,131,131", 0.8056, "490,319  537,331  507,364  485,370  530,381", "mesh"] for k in (1, 2)]
+    columns = ["image", "face", "box x,y,w,h", "score", "5 points (eyes, nose, mouth corners)", "points from"]
+    console.show(console.table("Faces", columns, rows))
+    lines = buf.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= width  # fits: one block of lines per face when narrow
+    text = buf.getvalue()
+    assert text.count("unmistakable_photo_name_0042.jpg") == 2 and text.count("some/deeper/folder/") == 2
+    assert "451,282,131,131" in text
+
+
+def test_path_cells_wrap_after_slashes_only():
+    cell = console.PathCell("/very/long/dir/name_0042.jpg")
+    assert cell.parts == ["/", "very/", "long/", "dir/", "name_0042.jpg"]
+    buf = io.StringIO()
+    Console(file=buf, width=16).print(cell)
+    assert buf.getvalue().splitlines() == ["/very/long/dir/", "name_0042.jpg"]
 
 
 def test_json_envelope_and_formats(capsys):

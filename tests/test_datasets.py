@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -86,3 +87,27 @@ def test_synthetic_data_for_throughput_checks():
     assert x.shape == (3, 112, 112) and y == 1 and -1.0 <= float(x.min()) and float(x.max()) <= 1.0
     with pytest.raises(InputError, match="synthetic:<identities>x"):
         open_training_data("synthetic:lots")
+
+
+def test_photos_that_were_never_cropped_are_refused_with_a_hint(tmp_path):
+    """Whole photos would be squashed to 112 px: train refuses them unless told to resize."""
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+    from kface_cli.errors import InputError
+
+    faces = _faces(4)
+    _write_tree(tmp_path / "crops", faces, ["a", "a", "b", "b"])
+    assert FolderDataset(tmp_path / "crops", flip=False, resize=False).num_classes == 2  # crops are fine
+    photos = tmp_path / "my_photos"
+    for name in ("a", "b"):
+        (photos / name).mkdir(parents=True)
+        for k in range(2):
+            cv2.imwrite(str(photos / name / f"{k}.jpg"), np.full((300, 200, 3), 90 + k, np.uint8))
+    with pytest.raises(InputError, match=r"4 of 4 training images .* are not 112x112 face crops .*200x300"):
+        FolderDataset(photos, flip=False, resize=False)
+    assert len(FolderDataset(photos, flip=False, resize=True)) == 4  # on purpose: resized
+    r = CliRunner().invoke(
+        app, ["train", "--data", str(photos), "--network", "mbf", "--epochs", "1", "-w", str(tmp_path / "ws")]
+    )
+    assert r.exit_code == 2 and "kface crop" in r.output and "--resize-images" in r.output

@@ -144,7 +144,7 @@ def test_two_processes_equal_one(tmp_path):
     ws = make_workspace(tmp_path / "ws", train_ids=6, val_ids=0, per_id=4)  # 24 images: 3 global batches of 8
     (tmp_path / "run.toml").write_text(
         f'[train]\nnetwork = "mbf_small"\nembedding_size = {EMB}\nbatch_size = 99\nepochs = 1\nworkers = 0\nlr = {LR}\n'
-        f'scale = {SCALE}\nval_pairs = "none"\nlog_every = 1\ndevice = "cpu"\nchannels_last = false\n'
+        f'scale = {SCALE}\nval_pairs = "none"\nlog_every = 1\ndevice = "cpu"\nchannels_last = false\naugment = "none"\n'
     )  # batch_size: the command line wins; contiguous as the reference below (NHWC kernels round differently)
     mp.spawn(_worker, args=(str(tmp_path), str(ws), _free_port()), nprocs=WORLD, join=True)
 

@@ -73,8 +73,8 @@ def test_pairs_csv_bin_and_lfw_protocols_agree(tmp_path):
     csv = evaluate_embedder(FakeEmbedder(), EvaluateOptions(pairs=tmp_path / "p.csv", **opts)).summary
     binr = evaluate_embedder(FakeEmbedder(), EvaluateOptions(bin_file=tmp_path / "p.bin", **opts)).summary
     lfw = evaluate_embedder(
-        FakeEmbedder(), EvaluateOptions(lfw_pairs=tmp_path / "pairs.txt", root=lfw_root, **opts)
-    ).summary
+        FakeEmbedder(), EvaluateOptions(lfw_pairs=tmp_path / "pairs.txt", root=lfw_root, aligned=True, **opts)
+    ).summary  # copied crops of textures, outside a crop folder: used as they are only when told (--aligned)
     assert csv["n_pairs"] == binr["n_pairs"] == lfw["n_pairs"] == len(pairs)
     assert csv["auc"] == pytest.approx(binr["auc"]) and csv["eer"] == pytest.approx(binr["eer"])
     assert lfw["auc"] == pytest.approx(csv["auc"])  # same pairs regrouped (same first): same ROC
@@ -90,8 +90,10 @@ def test_gallery_and_probe_folders(tmp_path):
         shutil.copy(by_id[ident][0], tmp_path / "gallery" / ident / "enrolled.png")
     s = evaluate_embedder(
         FakeEmbedder(),
-        EvaluateOptions(workdir=tmp_path, gallery_dir=tmp_path / "gallery", probe_dir=tmp_path / "probes"),
-    ).summary
+        EvaluateOptions(
+            workdir=tmp_path, gallery_dir=tmp_path / "gallery", probe_dir=tmp_path / "probes", aligned=True
+        ),
+    ).summary  # the gallery's copies lie outside a crop folder: --aligned says what they are
     assert s["protocol"] == "identification" and s["accuracy"] is None
     assert (s["n_known"], s["n_unknown"], s["n_identities"]) == (9, 6, 3)
     assert s["rank1"] == 1.0 and s["cmc"][-1] == 1.0
@@ -254,7 +256,7 @@ def test_cli_table_and_json(tmp_path, fake_model):
         "metrics.json",
         "roc.png",
     ]
-    assert fake_model["flip"] is True and "Evaluation: fake (val, flip on)" in res.output
+    assert fake_model["flip"] is True and "Evaluation: fake (val split, flip on)" in res.output
     res = runner.invoke(app, ["evaluate", "-w", str(ws), "--json", "--target-far", "0.1", "--save-threshold"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
@@ -277,7 +279,7 @@ def test_cli_table_and_json(tmp_path, fake_model):
         env={"COLUMNS": "250", "KFACE_NO_PROGRESS": "1"},
     )
     assert res.exit_code == 0, res.output
-    assert fake_model["flip"] is False and "(val, flip off)" in res.output
+    assert fake_model["flip"] is False and "(val split, flip off)" in res.output
     assert "threshold 1:N at FPIR 2e-01" in res.output and "saved to" in res.output
     pairs = read_pairs_csv(ws / "split" / "val_pairs.csv")
     write_pairs_csv(tmp_path / "few.csv", pairs[:20])
@@ -403,3 +405,73 @@ def test_faces_taken_from_their_annotation_are_counted_and_the_detector_only_acc
 
     rows = {r[0]: r for r in summary_rows(s)}
     assert rows["accuracy, detector only"][1].startswith(f"{100 * strict['accuracy']:.2f}")
+
+
+def _with_test_part(ws, n_ids=10):
+    """split/test/<id>/ and split/test_pairs.csv beside the val part (other identities' images)."""
+    by_id = make_identities(ws / "split" / "test", n_ids=n_ids, seed=5)
+    write_pairs_csv(ws / "split" / "test_pairs.csv", make_pairs(by_id, 5))
+    return ws
+
+
+def test_test_split_is_the_default_and_thresholds_are_chosen_on_val(tmp_path):
+    import numpy as np
+
+    from kface_cli.embedding import metrics as M
+
+    ws = _with_test_part(_ws(tmp_path))
+    emb = FakeEmbedder(source=_model(tmp_path))
+    cal = dict(target_far=0.05, target_fpir=0.2, save_threshold=True, write_report=False)
+    test = evaluate_embedder(emb, EvaluateOptions(workdir=ws, **cal)).summary
+    assert test["protocol"] == test["split"] == "test" and test["pairs_source"].endswith("test_pairs.csv")
+    assert test["identification"]["gallery"].endswith("test")
+    val = evaluate_embedder(emb, EvaluateOptions(workdir=ws, split="val", **cal)).summary
+    assert val["split"] == "val" and val["pairs_source"].endswith("val_pairs.csv")
+    assert val["accuracy"] != test["accuracy"]  # other identities, other numbers
+    for kind in (VERIFICATION, IDENTIFICATION):
+        on_test, on_val = test["calibration"][kind], val["calibration"][kind]
+        assert on_test["calibrated_on"] == on_val["calibrated_on"] == "val"
+        assert on_test["threshold"] == pytest.approx(on_val["threshold"])  # chosen on val only
+        assert "on_test" in on_test and "on_test" not in on_val
+    # the operating point re-measured on test is the rate of the val threshold on the test pairs
+    from kface_cli.embedding.photos import embed_pairs, prepare_pairs
+
+    t = test["calibration"][VERIFICATION]["threshold"]
+    dist, issame = embed_pairs(emb, prepare_pairs(read_pairs_csv(ws / "split" / "test_pairs.csv")))
+    measured = test["calibration"][VERIFICATION]["on_test"]
+    assert measured["far"] == pytest.approx(float(np.mean(dist[~issame] < t)))
+    assert measured["tar"] == pytest.approx(float(np.mean(dist[issame] < t)))
+    ident = test["calibration"][IDENTIFICATION]["on_test"]
+    assert ident["n_strangers"] == 2 and 0 <= ident["fpir"] <= 1 and 0 <= ident["dir"] <= 1
+    assert M.strangers_unsupported_reason(2, 0.2) is not None  # 2 strangers cannot read FPIR 0.2 by people
+    assert test["calibration"][IDENTIFICATION]["measurable_by_people"] is False
+
+
+def test_split_option_errors(tmp_path):
+    ws = _ws(tmp_path)
+    emb = FakeEmbedder(source=_model(tmp_path))
+    assert evaluate_embedder(emb, EvaluateOptions(workdir=ws, write_report=False)).summary["split"] == "val"
+    with pytest.raises(InputError, match="test pairs not found"):
+        evaluate_embedder(emb, EvaluateOptions(workdir=ws, split="test", write_report=False))
+    with pytest.raises(InputError, match="cannot go with"):
+        evaluate_embedder(emb, EvaluateOptions(workdir=ws, split="val", pairs=ws / "split" / "val_pairs.csv"))
+    with pytest.raises(InputError, match="unknown --split"):
+        evaluate_embedder(emb, EvaluateOptions(workdir=ws, split="train"))
+
+
+def test_a_probe_without_a_face_is_a_miss(tmp_path, monkeypatch):
+    from kface_cli.embedding.photos import FaceLoader
+
+    ws = _ws(tmp_path)
+    emb = FakeEmbedder(source=_model(tmp_path))
+    before = evaluate_embedder(emb, EvaluateOptions(workdir=ws, write_report=False)).summary
+    gallery, probes = val_identification_split(ws / "split" / "val")
+    enrolled = {lab for lab, _ in gallery}
+    victim = next(p for lab, p in probes if lab in enrolled)
+    real_call = FaceLoader.__call__
+    monkeypatch.setattr(FaceLoader, "__call__", lambda self, path: None if path == victim else real_call(self, path))
+    after = evaluate_embedder(emb, EvaluateOptions(workdir=ws, write_report=False)).summary
+    assert after["n_known_no_face"] == 1 and after["n_known"] == before["n_known"]
+    assert after["n_probes"] == before["n_probes"]
+    hits = round(before["rank1"] * before["n_known"])
+    assert after["rank1"] == pytest.approx((hits - 1) / before["n_known"])  # one fewer hit, same count

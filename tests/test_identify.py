@@ -100,7 +100,7 @@ def test_json_csv_and_table(world, tmp_path):
     )
     report = json.loads(to_json(result.to_json()))
     assert report["threshold"] == DEFAULT_THRESHOLD and report["threshold_source"] == "uncalibrated"
-    assert report["model"]["fingerprint"] == PixelEmbedder().fingerprint and report["faces"] == 2
+    assert report["model"]["fingerprint"] == PixelEmbedder().fingerprint and report["face_count"] == 2
     data = report["images"]
     assert [Path(d["image"]).name for d in data] == ["김철수.jpg", "empty.jpg", "0.jpg"]
     face = data[0]["faces"][0]
@@ -108,8 +108,14 @@ def test_json_csv_and_table(world, tmp_path):
     assert face["candidates"][0] == {"name": "김철수", "distance": face["distance"]}  # the best match comes first
     assert data[0]["error"] is None and data[1]["faces"] == [] and "cannot read image" in data[1]["error"]
     assert data[2]["faces"][0]["name"] == "Bob" and data[2]["faces"][0]["distance"] < 1e-3  # an enrolled photo
+    assert [d["face_count"] for d in data] == [1, 0, 1]
     rows = list(csv.DictReader(write_csv(result, tmp_path / "out.csv").open(encoding="utf-8")))
-    assert [r["name"] for r in rows] == ["김철수", "Bob"] and rows[0]["candidates"].count(":") == 3
+    assert [r["name"] for r in rows] == ["김철수", "Bob"] and rows[0]["candidate1"] == "김철수"
+    assert [r["candidate3"] for r in rows].count("") == 0 and float(rows[0]["distance1"]) == float(rows[0]["distance"])
+    assert all(float(r[k]) >= 0 for r in rows for k in ("x", "y", "w", "h"))  # numbers in their own columns
+    assert rows[0]["matched"] == "true" and float(rows[0]["cosine"]) == pytest.approx(
+        1 - float(rows[0]["distance"]) / 2, abs=1e-3
+    )
     columns, table = table_rows(result)
     assert len(table) == 3 and "cannot read image" in table[1][3]
 
@@ -182,7 +188,7 @@ def test_cli_identify(world, tmp_path, mbf_model):
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     face = data["images"][0]["faces"][0]
-    assert data["schema"] == 1 and face["name"] == "김철수" and face["distance"] < 1e-3
+    assert data["schema"] == 2 and face["name"] == "김철수" and face["distance"] < 1e-3
     assert (tmp_path / "o.csv").is_file() and (tmp_path / "ann" / "1.jpg").is_file()
     r = runner.invoke(app, [*base, str(probe), "--threshold", "0", "--fail-unknown"])
     assert r.exit_code == 1, r.output

@@ -8,6 +8,7 @@ snake_case keys (except in the maps keyed by data, listed in :data:`MAPS`), numb
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import re
@@ -55,8 +56,8 @@ EXPECTED = {
         "threshold": float,
         "threshold_source": str,
         "model": dict,
-        "faces": int,
-        "named": int,
+        "face_count": int,
+        "named_count": int,
         "warnings": list,
         "images": list,
     },
@@ -70,9 +71,10 @@ EXPECTED = {
         "threshold_source": str,
         "model": dict,
         "warnings": list,
+        "faces": list,
     },
-    "embed": {"out": str, "names_file": STR_OR_NONE, "rows": int, "embedding_size": int, "images": list},
-    "detect": {"faces": int, "images": list, "annotated": list, "seconds": float},
+    "embed": {"out": str, "names_file": STR_OR_NONE, "row_count": int, "embedding_size": int, "faces": list},
+    "detect": {"face_count": int, "images": list, "annotated": list, "seconds": float},
 }
 
 
@@ -123,6 +125,7 @@ def _check_keys(value, path: str = "") -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             assert SNAKE.fullmatch(key), f"{path}/{key} is not snake_case"
+            assert key != "faces" or isinstance(item, list), f"{path}/faces is not a list (counts: face_count)"
             if key not in MAPS:
                 _check_keys(item, f"{path}/{key}")
     elif isinstance(value, list):
@@ -144,7 +147,7 @@ def test_json_schema(world, command):
 def test_no_match_is_null_and_candidates_include_the_best(world):
     identify = world["json"]["identify"]
     faces = [f for image in identify["images"] for f in image["faces"]]
-    assert faces and identify["named"] == 0 and identify["threshold_source"] == "given"
+    assert faces and identify["named_count"] == 0 and identify["threshold_source"] == "given"
     assert len(identify["model"]["fingerprint"]) == 20
     for face in faces:
         assert face["name"] is None and face["candidates"][0]["distance"] == face["distance"]
@@ -178,5 +181,7 @@ def test_identify_and_evaluate_tables_at_80_columns(world, monkeypatch):
 
 def test_format_csv_and_json(world):
     out = _run(["gallery", "-w", str(world["ws"]), "--format", "csv"])
-    assert out.startswith("# Gallery") and "identity,templates" in out
-    assert json.loads(_run(["gallery", "-w", str(world["ws"]), "--format", "json"]))["schema"] == 1
+    assert out.startswith("name,templates\n") and "Gallery" not in out  # data only: the header first
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["name"] for r in rows] == [i["name"] for i in world["json"]["gallery"]["identities"]]
+    assert json.loads(_run(["gallery", "-w", str(world["ws"]), "--format", "json"]))["schema"] == 2

@@ -325,3 +325,25 @@ def test_identification_ties_count_against_the_probe_and_fpir_needs_unknowns():
 
 def test_cmc_hand_case():
     assert M.cmc(np.array([1, 2, 2, 5]), 5).tolist() == [0.25, 0.75, 0.75, 0.75, 1.0]
+
+
+def test_missed_probes_are_misses_and_fpir_is_judged_by_people_too():
+    gallery = np.array([[1, 0, 0], [0, 1, 0]], np.float32)  # a, b enrolled
+    probes = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]] + [[0.6, 0, 0.8]] * 9, np.float32)
+    labels = ["a", "b"] + ["s1"] + ["s2"] * 9  # 10 strangers' probes, of 2 people
+    found = M.identification_metrics(probes, labels, gallery, ["a", "b"], fpirs=(0.1,))
+    assert found["rank1"] == 1.0 and found["n_known"] == 2 and found["n_unknown"] == 10
+    missed = M.identification_metrics(probes, labels, gallery, ["a", "b"], fpirs=(0.1,), missed_labels=["a", "a", "s3"])
+    # two probes of a without a face: misses (rank-1 2/4, DIR never above 2/4); s3's is out of FPIR
+    assert missed["n_known"] == 4 and missed["n_known_no_face"] == 2 and missed["rank1"] == 0.5
+    assert missed["n_unknown"] == 10 and missed["n_unknown_no_face"] == 1 and missed["n_probes"] == 15
+    assert missed["cmc"] == [0.5, 0.5]
+    at = missed["dir_at_fpir"]["1e-01"]
+    assert at["dir"] <= 0.5 and at["measurable_by_people"] is False
+    assert "needs at least 10 distinct strangers for FPIR 0.1, have 2" in at["people_reason"]
+    assert missed["probe_ranks"][-3:] == [3, 3, 0]  # beyond every rank; a stranger: 0
+    assert M.strangers_unsupported_reason(10, 0.1) is None
+    point = M.identification_at_threshold(
+        probes, labels, gallery, ["a", "b"], at["threshold"], missed_labels=["a", "a", "s3"]
+    )
+    assert point["dir"] == pytest.approx(at["dir"]) and point["fpir"] == pytest.approx(at["achieved_fpir"])

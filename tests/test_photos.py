@@ -49,7 +49,9 @@ def test_photos_go_through_detection_and_alignment_and_faceless_pairs_are_reject
     cv2.imwrite(str(photo), np.full((230, 346, 3), 200, np.uint8))
     blank = tmp_path / "blank.png"
     cv2.imwrite(str(blank), np.full((230, 346, 3), 0, np.uint8))
-    crop = tmp_path / "crop.png"
+    crop = tmp_path / "faces" / "P1" / "crop.png"  # in a `kface crop` output: used as it is
+    crop.parent.mkdir(parents=True)
+    (tmp_path / "faces" / "crop.json").write_text("{}")
     cv2.imwrite(str(crop), np.full((112, 112, 3), 200, np.uint8))
     seen = []
     from kface_cli.face import detector as detect

@@ -12,7 +12,7 @@ from geometry import similarity, transform_points
 from kface_cli.errors import InputError
 from kface_cli.face.align import ARCFACE_TEMPLATE, norm_crop
 from kface_cli.face.detector import DetectedFace, get_detector
-from kface_cli.face.pipeline import faces_in_image, is_aligned_crop, load_aligned
+from kface_cli.face.pipeline import faces_in_image, load_aligned, may_be_aligned_crop, on_template
 
 FIXTURE = Path(__file__).parent / "fixtures" / "astronaut.jpg"
 
@@ -76,11 +76,52 @@ def test_no_face_gives_empty_list(tmp_path):
     assert faces_in_image(path, get_detector("detect")) == []
 
 
-def test_is_aligned_crop():
-    assert is_aligned_crop(np.zeros((112, 112, 3), np.uint8))
-    assert is_aligned_crop(np.zeros((224, 224, 3), np.uint8))
-    assert not is_aligned_crop(np.zeros((112, 96, 3), np.uint8))
-    assert not is_aligned_crop(np.zeros((512, 512, 3), np.uint8))
+def test_may_be_aligned_crop_and_on_template():
+    assert may_be_aligned_crop(np.zeros((112, 112, 3), np.uint8))
+    assert may_be_aligned_crop(np.zeros((224, 224, 3), np.uint8))
+    assert not may_be_aligned_crop(np.zeros((112, 96, 3), np.uint8))
+    assert not may_be_aligned_crop(np.zeros((512, 512, 3), np.uint8))
+    assert on_template(ARCFACE_TEMPLATE, 112) and on_template(ARCFACE_TEMPLATE * 2, 224)
+    iod = ARCFACE_TEMPLATE[1, 0] - ARCFACE_TEMPLATE[0, 0]
+    assert on_template(ARCFACE_TEMPLATE + [0.25 * iod, 0], 112)
+    assert not on_template(ARCFACE_TEMPLATE + [0.35 * iod, 0], 112)
+    assert not on_template(ARCFACE_TEMPLATE * 0.5 + 30, 112)  # a smaller face elsewhere in the square
+
+
+def test_square_head_and_shoulders_photo_is_detected():
+    """A 224 px profile picture is a photo: its face is found and aligned, not the whole square used."""
+    photo = cv2.resize(cv2.imread(str(FIXTURE)), (224, 224), interpolation=cv2.INTER_AREA)
+    found = faces_in_image(photo, get_detector("detect"))
+    assert len(found) == 1 and found[0].method == "align" and found[0].face.landmarks != "aligned-crop"
+    x, y, w, h = found[0].face.box
+    assert 30 < w < 100 and 30 < h < 100  # the face, not the 224 px square
+    eyes = found[0].face.points5[:2]
+    assert (x < eyes[:, 0]).all() and (eyes[:, 0] < x + w).all()  # the points on the face, not the torso
+    assert faces_in_image(photo, get_detector("detect"), aligned=True)[0].method == "as-is"  # when told
+
+
+@pytest.mark.parametrize("side", [112, 224])
+def test_aligned_crop_is_proven_by_the_detector(side):
+    """A crop that norm_crop made (at 112 and 224 px) is found on the template and used as it is."""
+    face = faces_in_image(FIXTURE, get_detector("detect"))[0].face
+    crop = norm_crop(cv2.imread(str(FIXTURE)), face.points5, side)
+    found = faces_in_image(crop, get_detector("detect"))
+    assert len(found) == 1 and found[0].method == "as-is" and found[0].face.landmarks == "aligned-crop"
+    assert found[0].face.box == (0.0, 0.0, float(side), float(side))
+
+
+def test_crops_of_kface_crop_and_split_are_used_without_detection(tmp_path):
+    crop = _face_like_aligned(3)
+    for folder, marker in (("faces/Middle", "faces/Middle/crop.json"), ("split/val", "split/classes.csv")):
+        path = tmp_path / folder / "P1" / "a.png"
+        path.parent.mkdir(parents=True)
+        cv2.imwrite(str(path), crop)
+        det = _FixedDetector([])  # finds nothing: only the folder says it is a crop
+        assert faces_in_image(path, det) == []
+        (tmp_path / marker).write_text("{}")
+        calls = len(det.paths)
+        found = faces_in_image(path, det)
+        assert len(found) == 1 and found[0].method == "as-is" and len(det.paths) == calls  # not detected
 
 
 def test_load_aligned_resizes_and_converts(tmp_path):
@@ -191,16 +232,18 @@ def test_crop_enroll_identify_and_evaluate_see_the_same_aligned_pixels(tmp_path,
 
 
 def test_one_rule_for_aligned_crops(tmp_path):
-    """A 112 or 224 px square is used as it is, whatever the caller; other sizes need a detector."""
+    """A 112 or 224 px square whose face lies on the template is used as it is; other faces are aligned."""
     crop = _face_like_aligned(2)
     det = _FixedDetector([ARCFACE_TEMPLATE])
     found = faces_in_image(crop, det)
-    assert det.paths == [] and found[0].method == "as-is" and found[0].face.landmarks == "aligned-crop"
+    assert found[0].method == "as-is" and found[0].face.landmarks == "aligned-crop"
     np.testing.assert_array_equal(found[0].crop, crop)
     big = cv2.resize(crop, (224, 224))
-    assert faces_in_image(big, det)[0].crop.shape == (112, 112, 3) and det.paths == []
-    forced = faces_in_image(crop, det, aligned=False)  # aligned=False: always detect
-    assert det.paths == [None] and forced[0].method == "align"
+    assert faces_in_image(big, _FixedDetector([ARCFACE_TEMPLATE * 2]))[0].crop.shape == (112, 112, 3)
+    off = faces_in_image(crop, _FixedDetector([ARCFACE_TEMPLATE * 0.5 + 20]))  # a small face: a photo
+    assert off[0].method == "align"
+    forced = faces_in_image(crop, det, aligned=False)  # aligned=False: always detect, align
+    assert forced[0].method == "align"
     odd = cv2.resize(crop, (160, 160))
     assert faces_in_image(odd, det, aligned=True)[0].method == "as-is"  # any square when told
     with pytest.raises(InputError, match="not a square"):

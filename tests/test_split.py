@@ -106,3 +106,64 @@ def test_manifest_decides_which_crops_count(ws):
     (faces / "manifest.csv").write_text(header + "".join(rows))
     r = split(ws, val_ids=3, seed=0)
     assert r.train_images == 9 * 3 and r.val_images == 3 * 3  # stale crops from earlier runs are left out
+
+
+def test_test_part_is_a_third_identity_disjoint_part(ws):
+    r = split(ws, val_ids=3, test_ids=4, seed=1)
+    train, val, test = (_ids_in(ws / "split" / part) for part in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (5, 3, 4) and sorted(train + val + test) == IDS
+    assert not (set(train) & set(val) or set(train) & set(test) or set(val) & set(test))
+    assert r.test_ids == tuple(test) and r.test_images == 4 * 8 and r.test_pairs_csv == ws / "split" / "test_pairs.csv"
+    pairs = read_pairs_csv(ws / "split" / "test_pairs.csv")
+    assert all(p.path1.parent.parent.name == "test" and p.path2.parent.parent.name == "test" for p in pairs)
+    assert r.test_same_pairs == 4 * (8 * 7 // 2) == r.test_diff_pairs == sum(not p.same for p in pairs)
+    assert {p.codes1["id"] for p in pairs} == set(test)
+    val_pairs = read_pairs_csv(ws / "split" / "val_pairs.csv")
+    assert {p.codes1["id"] for p in val_pairs} == set(val)  # val pairs never touch test identities
+    with open(ws / "split" / "classes.csv", newline="") as f:
+        assert [row["id"] for row in csv.DictReader(f)] == train
+    # --test-frac: the same kind of split; without a test part, a new split leaves no stale test folder
+    assert len(split(ws, test_frac=0.25, seed=1).test_ids) == 3
+    r = split(ws, val_ids=3, seed=1)
+    assert r.test_ids == () and r.test_pairs_csv is None and not (ws / "split" / "test").exists()
+    assert not (ws / "split" / "test_pairs.csv").exists()
+
+
+def test_val_draw_is_the_same_with_or_without_a_test_part(ws):
+    plain = split(ws, val_ids=3, seed=4)
+    with_test = split(ws, val_ids=3, test_ids=2, seed=4)
+    assert set(with_test.test_ids).isdisjoint(with_test.val_ids)
+    sorted_split = split(ws, val_ids=3, test_ids=2, order="sorted")
+    assert sorted_split.test_ids == tuple(IDS[-2:]) and sorted_split.val_ids == tuple(IDS[-5:-2])
+    assert plain.val_ids  # drawn with the same stream as before test parts existed
+    from kface_cli.prepare.split import choose_val_ids as choose
+
+    rest = [i for i in IDS if i not in with_test.test_ids]
+    assert with_test.val_ids == choose(rest, val_ids=3, val_frac=None, seed=4, order="random")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"test_ids": 1}, "cannot hold out 1 of 12 identities for testing"),
+        ({"test_ids": 10}, "cannot hold out 10"),
+        ({"test_ids": 2, "test_frac": 0.2}, "either --test-ids or --test-frac"),
+        ({"test_frac": 1.5}, "--test-frac must be between 0 and 1"),
+    ],
+)
+def test_bad_test_requests(ws, kwargs, match):
+    with pytest.raises(InputError, match=match):
+        split(ws, **kwargs)
+
+
+def test_cli_split_with_a_test_part(ws):
+    from typer.testing import CliRunner
+
+    from kface_cli.cli import app
+
+    res = CliRunner().invoke(app, ["split", "-w", str(ws), "--test-ids", "4", "--val-ids", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    out = json.loads(res.stdout)
+    assert len(out["test_ids"]) == 4 and out["test_pairs_csv"].endswith("test_pairs.csv")

@@ -43,6 +43,7 @@ def tiny(ws, **kw) -> TrainConfig:
         lr=0.05,
         val_pairs="none",
         log_every=1,
+        augment="none",  # exact comparisons; the default (auto) is checked on its own
     )
     base.update(kw)
     return TrainConfig(**base).validate()
@@ -114,7 +115,8 @@ def test_epoch_batches_shard_global_batches_and_resume_mid_epoch():
     assert len(one) == 5 and [a + b for a, b in zip(r0, r1)] == one  # same global batches
     assert list(EpochBatches(20, 4, seed=1, epoch=3, start_step=2)) == one[2:]
     assert list(EpochBatches(20, 4, seed=1, epoch=4)) != one
-    assert len({i for batch in one for i, _ in batch}) == 20
+    assert len({i for batch in one for i, _, _ in batch}) == 20
+    assert {key for batch in one for _, _, key in batch} == {(1, 3)}  # augmentation key: (seed, epoch)
     reused = EpochBatches(20, 4, seed=1, epoch=0)  # the loader's one sampler, moved from epoch to epoch
     reused.set_epoch(3, start_step=1)
     assert list(reused) == one[1:] and len(reused) == 4
@@ -226,6 +228,49 @@ def test_interrupt_then_resume_equals_uninterrupted_run(ws):
         train_from_options(None, {"workdir": str(ws), "name": "cut"}, resume=True)
     with pytest.raises(KFaceError, match="already exists"):
         train(tiny(ws, name="cut", batch_size=9))
+
+
+@pytest.mark.slow
+def test_resume_is_exact_with_augmentation_and_a_data_worker(ws):
+    """--augment jitter --workers 1, Ctrl-C mid-epoch, --resume: the same backbone (digest) as the
+    run never interrupted. Augmentation draws from (seed, epoch, index), not the worker's RNG."""
+    from kface_cli.embedding.embedder import state_dict_digest
+
+    opts = dict(batch_size=9, augment="jitter", workers=1)
+    train(tiny(ws, name="aug-straight", **opts))
+
+    def ctrl_c(epoch, step):
+        if (epoch, step) == (0, 2):  # the worker has already prepared batches ahead
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(ws, name="aug-cut", **opts), on_step=ctrl_c)
+    train_from_options(None, {"workdir": str(ws), "name": "aug-cut"}, resume=True)
+
+    def digest(name, file):
+        return state_dict_digest(torch.load(ws / "runs" / name / file, weights_only=True))
+
+    for file in (ck.RUN_BACKBONE, ck.RUN_LAST_BACKBONE):
+        assert digest("aug-straight", file) == digest("aug-cut", file), file
+    # and augmentation did change what was learned (the check is not vacuous)
+    train(tiny(ws, name="no-aug", batch_size=9, workers=1))
+    assert digest("no-aug", ck.RUN_LAST_BACKBONE) != digest("aug-straight", ck.RUN_LAST_BACKBONE)
+
+
+@pytest.mark.slow
+def test_too_few_val_pairs_warn_and_a_backbone_is_still_written(ws, tmp_path, capsys):
+    from kface_cli.formats.pairs import read_pairs_csv, write_pairs_csv
+
+    few = ws / "split" / "few_pairs.csv"  # beside split/val, so the pairs' relative paths hold
+    write_pairs_csv(few, read_pairs_csv(ws / "split" / "val_pairs.csv")[:6])
+    result = train(tiny(ws, name="few-pairs", epochs=1, val_pairs=str(few), augment="auto"))
+    assert "3 same-person and 3 different-person pairs; validation needs at least 20 of each" in capsys.readouterr().err
+    assert (result.run_dir / ck.RUN_BACKBONE).is_file() and result.best_epoch == 1
+    # --augment auto on a folder of faces: the recipe that generalises, recorded as used
+    from kface_cli.train.augment import FOLDER_DEFAULT, parse_augment
+
+    saved = json.loads((result.run_dir / ck.RUN_CONFIG).read_text())["augment"]
+    assert parse_augment(saved) == parse_augment(FOLDER_DEFAULT)
 
 
 @pytest.mark.slow
@@ -391,6 +436,27 @@ def test_real_ctrl_c_leaves_a_checkpoint(tmp_path):
     saved = ck.load_checkpoint(ws / "runs" / "sig" / ck.RUN_CHECKPOINT)
     assert saved["epoch"] * 4 + saved["step_in_epoch"] >= 1
     assert read_log(ws / "runs" / "sig")[-1]["type"] == "stopped"
+
+
+@pytest.mark.slow
+def test_a_validation_set_too_small_to_measure_is_reported_and_not_used(ws, tmp_path, capsys):
+    """10 pairs gave "70.00% +- 45.83%" and picked the "best" epoch by chance: now no validation."""
+    from kface_cli.formats.pairs import read_pairs_csv, write_pairs_csv
+    from kface_cli.train.loop import MIN_VAL_PAIRS_EACH, too_few_val_pairs
+
+    pairs = read_pairs_csv(ws / "split" / "val_pairs.csv")
+    assert too_few_val_pairs(pairs) is None  # 45 + 45: enough
+    small = [p for p in pairs if p.same][:5] + [p for p in pairs if not p.same][:5]
+    assert "5 same-person and 5 different-person pairs" in too_few_val_pairs(small)
+    just = [p for p in pairs if p.same][:MIN_VAL_PAIRS_EACH] + [p for p in pairs if not p.same][:MIN_VAL_PAIRS_EACH]
+    assert too_few_val_pairs(just) is None and too_few_val_pairs(just[1:]) is not None
+    write_pairs_csv(tmp_path / "few.csv", small)
+    result = train(
+        tiny(ws, name="few", epochs=2, val_pairs=str(tmp_path / "few.csv"), max_steps_per_epoch=1, bn_recalibration=0)
+    )
+    assert "too small to measure anything" in capsys.readouterr().err
+    assert all("val" not in r for r in result.history) and result.best_accuracy is None
+    assert result.best_epoch == 2  # the last epoch, not one picked by chance
 
 
 def test_validation_of_a_backbone_gone_nan_is_a_training_error():

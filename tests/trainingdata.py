@@ -23,7 +23,8 @@ def _image(proto: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def make_workspace(root: Path, *, train_ids: int = 6, val_ids: int = 3, per_id: int = 6, seed: int = 0) -> Path:
-    """Write ``root/split/{train,val}/<id>/*.png`` and ``root/split/val_pairs.csv``; return root."""
+    """Write ``root/split/{train,val}/<id>/*.png``, ``root/split/val_pairs.csv`` and
+    ``root/split/classes.csv``; return root."""
     import cv2
 
     from kface_cli.formats.pairs import Pair, write_pairs_csv
@@ -48,4 +49,8 @@ def make_workspace(root: Path, *, train_ids: int = 6, val_ids: int = 3, per_id: 
         pairs.append(Pair(s[0][1], s[1][1], True))
         pairs.append(Pair(d[0][1], d[1][1], False))
     write_pairs_csv(root / "split" / "val_pairs.csv", pairs)
+    # as `kface split` writes it: it also marks split/train and split/val as aligned crops (these
+    # textures are no faces a detector would find)
+    classes = "id,label\n" + "".join(f"id{i:03d},{i}\n" for i in range(train_ids))
+    (root / "split" / "classes.csv").write_text(classes, encoding="utf-8")
     return root

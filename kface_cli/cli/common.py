@@ -9,9 +9,10 @@ red line on stderr and exit code 2; ``kface --debug ...`` shows the traceback to
 One option name means one thing in every command: ``-n`` is a count, ``--ids`` a list of K-Face
 IDs, ``--jobs``/``-j`` the parallel jobs of a data stage (0: one per core), ``--workers`` the
 DataLoader workers of training, ``--batch-size`` the training batch, ``--embed-batch`` faces per
-forward pass, ``--model``/``-m`` the model. The global flags ``--json``, ``--quiet``/``-q`` and
-``--debug`` work before or after the command name; renamed options keep their old spelling as a
-hidden alias that warns.
+forward pass, ``--model``/``-m`` the model, ``--aligned`` "these photos are aligned crops". The
+global flags ``--json``, ``--format``, ``--quiet``/``-q`` and ``--debug`` work before or after the
+command name; flags take no value (``--quiet true`` is refused) and show no type in help; renamed
+options keep their old spelling as a hidden alias that warns.
 """
 
 from __future__ import annotations
@@ -134,6 +135,13 @@ SeedOpt = Annotated[
     int,
     typer.Option("--seed", help="Random seed (results are reproducible for a given seed).", min=0, max=MAX_SEED),
 ]
+AlignedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--aligned",
+        help="Every photo is an aligned face crop (e.g. insightface's 112x112): used as it is, no detection. Without it a photo is a crop only when the detector finds its face on the ArcFace template, or it lies in a `kface crop` output.",
+    ),
+]
 
 
 def deprecated(old: str, new: str, old_value, new_value):
@@ -149,6 +157,37 @@ _GLOBAL_FLAGS = (
     inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=QuietOpt),
     inspect.Parameter("debug", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=DebugOpt),
 )
+
+
+def _flag_type(self, ctx):  # noqa: ANN001, ANN202 - typer's TyperOption.display_type_rich
+    """Boolean flags take no value: their help shows no ``<bool>`` type (typer 0.2x prints one)."""
+    return None if self.is_flag and self.metavar is None else _typer_display_type(self, ctx)
+
+
+_typer_display_type = typer.core.TyperOption.display_type_rich
+typer.core.TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]
+
+
+# Renderers' helpers: what --format csv|tsv writes (data, not the table; docs/json.md) -------
+
+
+def record(data: dict, prefix: str = "") -> dict:
+    """A JSON result flattened to one CSV record: scalars keep their JSON names, nested objects
+    join names with ``_`` (``model_network``), lists are left out (``--json`` has them)."""
+    flat: dict = {}
+    for key, value in console.jsonable(data).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(record(value, f"{name}_"))
+        elif not isinstance(value, list):
+            flat[name] = value
+    return flat
+
+
+def record_data(data: dict) -> tuple[list[str], list[list]]:
+    """``(columns, [row])``: a one-record result as CSV data (see :func:`record`)."""
+    flat = record(data)
+    return list(flat), [list(flat.values())]
 
 
 def _option_names(signature: inspect.Signature) -> set[str]:
@@ -260,17 +299,45 @@ def _main(
     debug: DebugOpt = False,
     quiet: QuietOpt = False,
     json_output: JsonOpt = False,
+    output_format: FormatOpt = None,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """K-Face to ArcFace: from the raw dataset to a working face-identification system."""
-    console.set_mode(debug=debug, quiet=quiet, json_output=json_output)  # each invocation starts afresh
+    console.set_mode(debug=debug, quiet=quiet, output_format=output_format or "table")  # each invocation afresh
+    if json_output:  # --json wins over a --format given with it
+        console.set_mode(json_output=True)
+    console.MODE.data_written = False
+
+
+#: Words a shell user may put after a flag as if it took a value (``--quiet true``).
+_FLAG_VALUES = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
+def check_flag_values(argv: list[str]) -> None:
+    """``--quiet true``: a flag takes no value, and "true" would be read as a path (or a command)."""
+    if not any(a.lower() in _FLAG_VALUES for a in argv):
+        return
+    flags: set[str] = set()
+    group = typer.main.get_command(app)
+    commands = [group, *getattr(group, "commands", {}).values()]
+    for cmd in commands:
+        for param in cmd.params:
+            if getattr(param, "param_type_name", "") == "option" and getattr(param, "is_flag", False):
+                flags.update(param.opts + param.secondary_opts)
+    for flag, value in zip(argv, argv[1:]):
+        if flag in flags and value.lower() in _FLAG_VALUES and not Path(value).exists():
+            raise KFaceError(
+                f"{flag} takes no value: {value!r} after it would be read as a path or a command",
+                hint=f"Write {flag} alone to turn it on (leave it out for off).",
+            )
 
 
 def main() -> None:
     """Console-script entry point."""
     try:
+        check_flag_values(sys.argv[1:])
         app()
     except KFaceError as e:  # raised outside a command (e.g. in a callback)
         console.error(str(e))

@@ -24,6 +24,7 @@ from kface_cli.cli.common import (
     WorkdirOpt,
     command,
     deprecated,
+    record_data,
 )
 from kface_cli.defaults import (
     DEFAULT_VAL_IDS,
@@ -178,7 +179,13 @@ def extract_cmd(
             ["time", f"{result.seconds:.1f} s"],
         ]
         console.show(
-            console.table(f"Extracted {result.res} from {result.source}", ["", ""], rows, justify_numbers=False)
+            console.table(
+                f"Extracted {result.res} from {result.source}",
+                ["", ""],
+                rows,
+                justify_numbers=False,
+                data=record_data(console.json_result(result)),
+            )
         )
         if result.missing_by_code:
             miss = [[code, describe(code[0], code), n] for code, n in result.missing_by_code.items()]
@@ -186,11 +193,13 @@ def extract_cmd(
             console.show(
                 console.table(
                     "Missing images per code (selected but not in the source)", ["code", "meaning", "images"], shown
-                )
+                ),
+                secondary=True,
             )
         if result.failures:
             console.show(
-                console.table("Failed identities", ["id", "problem"], [[f["id"], f["error"]] for f in result.failures])
+                console.table("Failed identities", ["id", "problem"], [[f["id"], f["error"]] for f in result.failures]),
+                secondary=True,
             )
     if result.failed:
         console.error(
@@ -210,7 +219,7 @@ def crop_cmd(
     source: Annotated[
         Path | None,
         typer.Argument(
-            help="A K-Face extraction, or any folder with one sub-folder of photos per person (SRC/<name>/**/*.jpg) \\[default: raw/<Res>].",
+            help="A K-Face extraction, or any folder of people's photos: SRC/<name>/**/*.jpg and/or SRC/<name>.jpg, as `kface enroll` reads \\[default: raw/<Res>].",
             show_default=False,
         ),
     ] = None,
@@ -282,12 +291,15 @@ def crop_cmd(
             f"Cropped {result.cropped} of {result.images} images ({result.identities} identities) to {result.size}x{result.size}",
             ["", "images"],
             rows,
+            data=record_data(
+                {k: v for k, v in console.json_result(result).items() if k not in ("by_camera", "examples")}
+            ),
         )
     )
     outcomes = sorted({k for c in result.by_camera.values() for k in c})
     if len(outcomes) > 1:
         cam_rows = [[cam, *(c.get(k, 0) for k in outcomes)] for cam, c in result.by_camera.items()]
-        console.show(console.table("Landmarks by camera", ["camera", *outcomes], cam_rows))
+        console.show(console.table("Landmarks by camera", ["camera", *outcomes], cam_rows), secondary=True)
     for status, examples in result.examples.items():
         for ex in examples:
             console.warn(f"{status}: {ex}")
@@ -326,11 +338,25 @@ def split_cmd(
             help="random: draw val identities with --seed; sorted: the last ones by ID (the tutorial: first 390 of 400 train).",
         ),
     ] = SplitOrder.RANDOM,
+    test_ids: Annotated[
+        int | None,
+        typer.Option(
+            "--test-ids",
+            help="Hold out this many test identities, seen by no choice (best epoch, thresholds: those use val); `kface evaluate` reports on them \\[default: no test part].",
+            show_default=False,
+        ),
+    ] = None,
+    test_frac: Annotated[
+        float | None,
+        typer.Option(
+            "--test-frac", help="Fraction of identities for the test part (instead of --test-ids).", show_default=False
+        ),
+    ] = None,
     max_pairs: Annotated[
         int | None,
         typer.Option(
             "--max-pairs",
-            help="Cap on same-identity val pairs (as many different-identity pairs are drawn) \\[default: all].",
+            help="Cap on same-identity val (and test) pairs (as many different-identity pairs are drawn) \\[default: all].",
             show_default=False,
         ),
     ] = None,
@@ -346,7 +372,7 @@ def split_cmd(
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Split the crops into identity-disjoint train/val folders, classes.csv and val_pairs.csv."""
+    """Split the crops into identity-disjoint train/val(/test) folders, classes.csv and val_pairs.csv (test_pairs.csv)."""
     from kface_cli.prepare.split import split
 
     result = split(
@@ -358,6 +384,8 @@ def split_cmd(
         seed=seed,
         order=order,
         max_pairs=max_pairs,
+        test_ids=test_ids,
+        test_frac=test_frac,
     )
     if json_output:
         console.print_json(result)
@@ -366,6 +394,8 @@ def split_cmd(
         ["train", len(result.train_ids), result.train_images, f"{result.out / 'train'}"],
         ["val", len(result.val_ids), result.val_images, f"{result.out / 'val'}"],
     ]
+    if result.test_ids:
+        rows.append(["test", len(result.test_ids), result.test_images, f"{result.out / 'test'}"])
     console.show(
         console.table(
             f"Identity-disjoint split ({result.order}, seed {result.seed})",
@@ -375,5 +405,10 @@ def split_cmd(
     )
     console.info(
         f"val pairs: {result.same_pairs} same + {result.diff_pairs} different -> {result.pairs_csv}; "
-        f"classes -> {result.classes_csv}; files {'hard-linked' if result.linked else 'copied'}. Next: kface train"
+        + (
+            f"test pairs: {result.test_same_pairs} same + {result.test_diff_pairs} different -> {result.test_pairs_csv}; "
+            if result.test_ids
+            else ""
+        )
+        + f"classes -> {result.classes_csv}; files {'hard-linked' if result.linked else 'copied'}. Next: kface train"
     )

@@ -16,6 +16,7 @@ from kface_cli.choices import (
     PerIdentity,
 )
 from kface_cli.cli.common import (
+    AlignedOpt,
     EmbedBatchOpt,
     GalleryOpt,
     JsonOpt,
@@ -69,7 +70,7 @@ def enroll_cmd(
     folder: Annotated[
         Path | None,
         typer.Argument(
-            help="Photos of known people: DIR/<name>.jpg (one each) and/or DIR/<name>/*.jpg (several).",
+            help='Photos of known people: DIR/<name>.jpg (one each) and/or DIR/<name>/*.jpg (several), as `kface crop` reads them; "unknown" is no name.',
             show_default=False,
         ),
     ] = None,
@@ -92,13 +93,7 @@ def enroll_cmd(
             help="With --embeddings: identity names from each entry's text (entry), its photo's folder (folder) or file stem (stem); auto: folder when every entry is a path, else entry.",
         ),
     ] = "auto",
-    aligned: Annotated[
-        bool,
-        typer.Option(
-            "--aligned",
-            help="Every photo is an aligned square crop: no detection (112 and 224 px squares, e.g. `kface crop` output, are used as they are anyway).",
-        ),
-    ] = False,
+    aligned: AlignedOpt = False,
     per_identity: Annotated[
         PerIdentity,
         typer.Option(
@@ -169,7 +164,9 @@ def enroll_cmd(
         console.print_json(result.to_json())
         return
     columns, rows = summary_rows(result)
-    console.show(console.table(f"Enrolled into {result.gallery}", columns, rows))
+    data_columns = ["name", "photos", "added", "duplicates", "skipped", "templates"]
+    data = [[i.name, i.photos, i.added, i.duplicates, i.skipped, i.templates] for i in result.identities]
+    console.show(console.table(f"Enrolled into {result.gallery}", columns, rows, data=(data_columns, data)))
     t = result.totals()
     removed = f", {t['templates_removed']} replaced" if t["templates_removed"] else ""
     console.info(
@@ -251,13 +248,7 @@ def identify_cmd(
         int | None,
         typer.Option("--max-frames", help="Stop after this many frames (camera or videos).", show_default=False),
     ] = None,
-    aligned: Annotated[
-        bool,
-        typer.Option(
-            "--aligned",
-            help="Every input is an aligned square crop: no detection (112 and 224 px squares are used as they are anyway).",
-        ),
-    ] = False,
+    aligned: AlignedOpt = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
     min_face: MinFaceOpt = None,
     index: IndexOpt = IndexKind.AUTO,
@@ -324,6 +315,7 @@ def identify_cmd(
                 f"Faces (threshold {result.threshold:.3f}: {result.threshold_detail}){title_note(result.warnings)}",
                 columns,
                 rows,
+                data=result.data(),
             )
         )
         if result.threshold_source == UNCALIBRATED:
@@ -407,12 +399,12 @@ def gallery_cmd(
             ["fact", "value"],
             facts_rows(facts),
             justify_numbers=False,
-        )
+        ),
+        secondary=True,  # --format csv: the identities, one row each
     )
+    identities = [[i["name"], i["templates"]] for i in report["identities"]]
     console.show(
-        console.table(
-            "Identities", ["identity", "templates"], [[i["name"], i["templates"]] for i in report["identities"]]
-        )
+        console.table("Identities", ["identity", "templates"], identities, data=(["name", "templates"], identities))
     )
 
 
@@ -453,6 +445,7 @@ def verify_cmd(
         ),
     ] = None,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
+    aligned: AlignedOpt = False,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
@@ -460,24 +453,28 @@ def verify_cmd(
     from kface_cli.deploy.compare import verify_photos
 
     loader = _model_loader(model, network, workdir, trust_model)
-    result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks)
+    result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks, aligned=aligned or None)
     if json_output:
         console.print_json(result.to_json())
     else:
         rows = [
-            ["photos", f"{console.display_path(result.image1)}  vs  {console.display_path(result.image2)}"],
+            ["photo 1", console.display_path(result.image1)],
+            ["photo 2", console.display_path(result.image2)],
             ["verdict", Text("same person", "green") if result.same else Text("different people", "yellow")],
             ["distance", f"{result.distance:.4f} (cosine {result.cosine:.4f})"],
             ["threshold", f"{result.threshold:.4f} ({result.threshold_detail or result.threshold_source})"],
-            _model_row(result.model),
         ]
+        rows += [[f"face used {k}", f.describe()] for k, f in ((1, result.face1), (2, result.face2)) if f is not None]
+        rows.append(_model_row(result.model))
         from kface_cli.dataset.provenance import title_note
         from kface_cli.deploy.model import UNCALIBRATED, uncalibrated_hint
 
         uncalibrated = result.threshold_source == UNCALIBRATED
         title = "Verification" + (" (threshold NOT calibrated for this model)" if uncalibrated else "")
         console.show(
-            console.table(title + title_note(result.warnings), ["field", "value"], rows, justify_numbers=False)
+            console.table(
+                title + title_note(result.warnings), ["field", "value"], rows, justify_numbers=False, data=result.data()
+            )
         )
         if uncalibrated:
             console.info(f"hint: {uncalibrated_hint(model)}")
@@ -493,42 +490,54 @@ def embed_cmd(
         typer.Option(
             "--out",
             "-o",
-            help="Embeddings file: FILE.npy (rows in the order of FILE.names.txt) or FILE.h5 (HDF5: embeddings, names).",
+            help="Embeddings file: FILE.npy (rows in the order of FILE.names.txt; photo and box of each row in FILE.faces.csv) or FILE.h5 (HDF5: embeddings, names, boxes, faces, scores).",
             show_default=False,
         ),
     ],
     model: ModelOpt = None,
     network: NetworkOpt = None,
-    aligned: Annotated[
+    all_faces: Annotated[
         bool,
         typer.Option(
-            "--aligned",
-            help="Every photo is an aligned square face crop (e.g. `kface crop` output): no detection, decoding overlapped with the model.",
+            "--all-faces",
+            help="One row per face of every photo (with its box), not only the largest face of each.",
         ),
     ] = False,
     trust_model: TrustModelOpt = False,
     landmarks: LandmarksOpt = LandmarkMode.AUTO,
+    aligned: AlignedOpt = False,
     embed_batch: EmbedBatchOpt = EMBED_BATCH_SIZE,
     json_output: JsonOpt = False,
     workdir: WorkdirOpt = None,
 ) -> None:
-    """Write one unit-length embedding per photo (its largest face) to .npy + names, or HDF5."""
+    """Write a unit-length embedding of each photo's largest face (or of every face: --all-faces), with its photo and box, to .npy or HDF5."""
     from kface_cli.deploy.compare import embed_photos
 
     loader = _model_loader(model, network, workdir, trust_model)
-    result = embed_photos(paths, loader, out, landmarks=landmarks, batch_size=embed_batch, aligned=aligned)
+    result = embed_photos(
+        paths,
+        loader,
+        out,
+        landmarks=landmarks,
+        batch_size=embed_batch,
+        all_faces=all_faces,
+        aligned=aligned or None,
+    )
     if json_output:
         console.print_json(result.to_json())
         return
+    photos = len({f.image for f in result.faces})
     rows = [
         ["file", result.out],
         ["names", result.names_file if result.names_file else "inside the file (dataset 'names')"],
-        ["rows", f"{len(result.images)} x {result.embedding_size} float32, unit length"],
+        ["faces", result.faces_file if result.faces_file else "inside the file (datasets 'boxes', 'faces', 'scores')"],
+        ["rows", f"{len(result.faces)} x {result.embedding_size} float32, unit length"],
+        ["faces per photo", "every face" if result.all_faces else "the largest"],
         ["no face (left out)", str(len(result.failed))],
         _model_row(result.model),
     ]
-    console.show(console.table("Embeddings", ["field", "value"], rows, justify_numbers=False))
-    console.info(f"{len(result.images)} photos embedded in {result.seconds:.1f} s")
+    console.show(console.table("Embeddings", ["field", "value"], rows, justify_numbers=False, data=result.data()))
+    console.info(f"{len(result.faces)} faces of {photos} photos embedded in {result.seconds:.1f} s")
 
 
 @command("detect")
@@ -544,17 +553,18 @@ def detect_cmd(
             show_default=False,
         ),
     ] = None,
+    aligned: AlignedOpt = False,
     json_output: JsonOpt = False,
 ) -> None:
     """Find the faces in photos: box, 5 landmarks (eyes, nose, mouth corners) and score of each."""
     from kface_cli.deploy.detect import detect_photos, table_rows
 
-    result = detect_photos(paths, landmarks=landmarks, min_face=min_face, annotate=annotate)
+    result = detect_photos(paths, landmarks=landmarks, min_face=min_face, annotate=annotate, aligned=aligned or None)
     if json_output:
         console.print_json(result.to_json())
     else:
         columns, rows = table_rows(result)
-        console.show(console.table(f"Faces in {len(result.images)} photos", columns, rows))
+        console.show(console.table(f"Faces in {len(result.images)} photos", columns, rows, data=result.data()))
         console.info(
             f"{result.faces} faces in {len(result.images)} photos in {result.seconds:.2f} s"
             + (f"; annotated photos in {annotate}" if annotate is not None else "")

@@ -10,8 +10,10 @@ import typer
 from kface_cli import console
 from kface_cli.choices import (
     LandmarkMode,
+    SplitPart,
 )
 from kface_cli.cli.common import (
+    AlignedOpt,
     EmbedBatchOpt,
     JsonOpt,
     ModelOpt,
@@ -20,6 +22,7 @@ from kface_cli.cli.common import (
     WorkdirOpt,
     command,
     deprecated,
+    record_data,
 )
 from kface_cli.defaults import (
     EMBED_BATCH_SIZE,
@@ -34,11 +37,22 @@ from kface_cli.defaults import (
 def evaluate_cmd(
     model: ModelOpt = None,
     network: NetworkOpt = None,
+    split_part: Annotated[
+        SplitPart | None,
+        typer.Option(
+            "--split",
+            case_sensitive=False,
+            help="Part of the workspace split to report on; on test, thresholds are chosen on val and measured again on test \\[default: test when `kface split --test-ids` made one, else val].",
+            show_default=False,
+        ),
+    ] = None,
     trust_model: TrustModelOpt = False,
     pairs: Annotated[
         Path | None,
         typer.Option(
-            "--pairs", help="Pairs CSV (path1,path2,same[,codes]) \\[default: split/val_pairs.csv].", show_default=False
+            "--pairs",
+            help="Pairs CSV (path1,path2,same[,codes]) \\[default: the workspace split's pairs].",
+            show_default=False,
         ),
     ] = None,
     lfw_pairs: Annotated[
@@ -130,6 +144,7 @@ def evaluate_cmd(
             "--conditions/--no-conditions", help="Show the per-condition (light, expression, camera, accessory) table."
         ),
     ] = True,
+    aligned: AlignedOpt = False,
     workdir: WorkdirOpt = None,
     json_output: JsonOpt = False,
 ) -> None:
@@ -139,24 +154,31 @@ def evaluate_cmd(
 
     result = evaluate(
         EvaluateOptions(
-            model=model, workdir=workdir, network=network, trust_model=trust_model, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
+            model=model, workdir=workdir, network=network, split=split_part, trust_model=trust_model, flip=flip, pairs=pairs, lfw_pairs=lfw_pairs, root=root,
             bin_file=bin_file, gallery_dir=gallery_dir, probe_dir=probe_dir, target_far=target_far,
             target_fpir=target_fpir, save_threshold=save_threshold, replace_threshold=replace_threshold, name=name,
             landmarks=landmarks, batch_size=deprecated("--batch-size", "--embed-batch", batch_size_deprecated, embed_batch),
+            aligned=aligned or None,
         )
     )  # fmt: skip
     if json_output:
         console.print_json(result.summary)
     else:
+        summary = {k: v for k, v in result.summary.items() if k not in ("per_condition", "landmarks", "calibration")}
         console.show(
-            console.table(summary_title(result.summary), ["metric", "value", "note"], summary_rows(result.summary))
+            console.table(
+                summary_title(result.summary),
+                ["metric", "value", "note"],
+                summary_rows(result.summary),
+                data=record_data(summary),
+            )
         )
         title, columns, rows = condition_table(result.summary.get("per_condition"))
         if conditions and rows:
-            console.show(console.table(title, columns, rows))
+            console.show(console.table(title, columns, rows), secondary=True)
         detection = landmark_table(result.summary.get("landmarks"))
         if detection is not None:
-            console.show(console.table(*detection))
+            console.show(console.table(*detection), secondary=True)
         if result.report_dir is not None:
             console.show(f"Report: {result.report_dir}")
     if any("not_saved" in c for c in (result.summary.get("calibration") or {}).values()):

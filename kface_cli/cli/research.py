@@ -53,14 +53,14 @@ def clean_cmd(
         typer.Option(
             "--rule",
             case_sensitive=False,
-            help="margin: flag images nearer another identity's dominant sub-center than their own by more than the threshold; angle (the paper's): images farther than the threshold from their own identity's.",
+            help="margin: flag images nearer another identity's dominant sub-center than their own by more than the threshold; angle (the authors'): images farther than the threshold from their own identity's.",
         ),
     ] = CleanRule.MARGIN,
     threshold: Annotated[
         float | None,
         typer.Option(
             "--threshold",
-            help=f"The rule's cut in degrees \\[default: margin {CLEAN_MARGIN_DEG:g}, angle {CLEAN_ANGLE_DEG:g} (the paper's)].",
+            help=f"The rule's cut in degrees \\[default: margin {CLEAN_MARGIN_DEG:g}, angle {CLEAN_ANGLE_DEG:g} (the authors' drop.py)].",
             show_default=False,
         ),
     ] = None,
@@ -123,6 +123,21 @@ def clean_cmd(
             f"Sub-centers of {result.run} (K={result.subcenters}) on {result.data}",
             ["identity", "images", "flagged", "dominant", "on dominant", "median angle"],
             rows,
+            data=(
+                ["identity", "images", "flagged", "dominant_subcenter", "dominant_share", "minority", "median_angle"],
+                [
+                    [
+                        i.identity,
+                        i.images,
+                        i.flagged,
+                        i.dominant_subcenter,
+                        i.dominant_share,
+                        i.minority,
+                        i.median_angle,
+                    ]
+                    for i in result.identities
+                ],
+            ),
         )
     )
     a = result.angles
@@ -131,7 +146,8 @@ def clean_cmd(
             "Angle to the dominant sub-center (degrees)",
             ["from", "to", "images"],
             [[b["from"], b["to"], b["images"]] for b in a["histogram"] if b["images"]],
-        )
+        ),
+        secondary=True,
     )
     minority = [i.identity for i in result.minority_identities()]
     m = a["margin"]

@@ -19,6 +19,7 @@ from kface_cli.cli.common import (
     WorkdirOpt,
     command,
     deprecated,
+    record_data,
 )
 from kface_cli.defaults import (
     DEFAULT_OPSET,
@@ -110,9 +111,15 @@ def train_cmd(
     if json_output:
         console.print_json(result)
         return
-    rows = []
+    rows, data = [], []
     for r in result.history:
         v = r.get("val") or {}
+        data.append(
+            [
+                r["epoch"], r.get("loss"), v.get("accuracy"), v.get("threshold"), v.get("tar"),
+                r.get("samples_per_s"), bool(r.get("best")),
+            ]
+        )  # fmt: skip
         rows.append(
             [
                 r["epoch"],
@@ -129,6 +136,7 @@ def train_cmd(
             f"{result.network} on {result.num_images} images of {result.num_classes} identities ({result.world_size} x {result.device})",
             ["epoch", "loss", "val acc", "threshold", "TAR@FAR=1e-2", "samples/s", "best"],
             rows,
+            data=(["epoch", "loss", "val_accuracy", "val_threshold", "val_tar", "samples_per_s", "best"], data),
         )
     )
     best = f"best epoch {result.best_epoch}" + (
@@ -193,7 +201,11 @@ def export_cmd(
         ["fingerprint", result.fingerprint],
         ["source", str(result.source)],
     ]
-    console.show(console.table("Exported model", ["field", "value"], rows, justify_numbers=False))
+    console.show(
+        console.table(
+            "Exported model", ["field", "value"], rows, justify_numbers=False, data=record_data(result.to_dict())
+        )
+    )
     console.info(
         f"self-check passed: {result.check_faces} faces, min cosine vs torch {result.min_cosine:.6f} (>= {MIN_COSINE}), "
         f"max |diff| {result.max_abs_diff:.2e}; {result.seconds:.1f} s"

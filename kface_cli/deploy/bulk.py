@@ -129,6 +129,15 @@ def _open_embeddings(path: Path):
         size = model.get("embedding_size", d)
         if not isinstance(size, int) or isinstance(size, bool) or size != d:
             raise _bad(path, f"its model says {size}-d embeddings, the file holds {d}-d")
+        faces = f.get("faces", getlink=True)
+        if isinstance(faces, h5py.HardLink) and isinstance(f["faces"], h5py.Dataset) and f["faces"].shape == (n,):
+            if int(np.max(f["faces"][()], initial=1)) > 1:  # `kface embed --all-faces`: a photo's faces share its entry
+                raise InputError(
+                    f"{path} holds several faces of some photos (kface embed --all-faces): its rows cannot be "
+                    "named by their photo",
+                    hint="Enrol embeddings of one face per photo (`kface embed` without --all-faces), or name "
+                    "each face with Gallery.add_embeddings(names, vectors).",
+                )
         return f, n, d, model
     except BaseException:
         f.close()
@@ -174,6 +183,11 @@ def identity_names(entries: list[str], names_from: NamesFrom | str) -> tuple[lis
             f"(first: row {empty[0]}, {entries[empty[0]]!r})",
             hint="Choose another --names-from (entry, folder or stem).",
         )
+    from kface_cli.face.imageio import check_identity_name
+
+    for i, name in enumerate(names):
+        if name.strip().casefold() == "unknown":  # what identify reports for no match (one check for all)
+            check_identity_name(name, f"row {i}, {entries[i]!r}")
     return names, mode
 
 

@@ -18,6 +18,9 @@ from kface_cli.deploy.sources import photo_paths
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.face.detector import DetectedFace
 
+#: The five ArcFace points, in order (image-left = the subject's right).
+POINT_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
 
 @dataclass
 class PhotoFaces:
@@ -34,6 +37,7 @@ class PhotoFaces:
             "image": self.image,
             "width": self.width,
             "height": self.height,
+            "face_count": len(self.faces),
             "faces": [f.to_dict() for f in self.faces],
             "error": self.error,
         }
@@ -50,13 +54,31 @@ class DetectResult:
         return sum(len(i.faces) for i in self.images)
 
     def to_json(self) -> dict[str, Any]:
-        """What ``kface detect --json`` prints (README: JSON output)."""
-        return {
-            "faces": self.faces,
-            "seconds": round(self.seconds, 3),
-            "images": [i.to_json() for i in self.images],
-            "annotated": self.annotated,
-        }
+        """What ``kface detect --json`` prints (docs/json.md): plain JSON types only."""
+        from kface_cli.console import jsonable as plain
+
+        return plain(
+            {
+                "face_count": self.faces,
+                "seconds": round(self.seconds, 3),
+                "images": [i.to_json() for i in self.images],
+                "annotated": self.annotated,
+            }
+        )
+
+    def data(self) -> tuple[list[str], list[list[Any]]]:
+        """``--format csv|tsv``: one row per face; each point in its own two columns (docs/json.md)."""
+        points = [f"{p}_{axis}" for p in POINT_NAMES for axis in ("x", "y")]
+        columns = ["image", "face", "x", "y", "w", "h", "score", *points, "landmarks", "low_light"]
+        rows = []
+        for img in self.images:
+            for k, f in enumerate(img.faces, 1):
+                score = round(float(f.score), 4) if f.score == f.score else None
+                xy = [round(float(v), 1) for v in f.points5.reshape(-1)]
+                rows.append(
+                    [str(img.image), k, *(round(float(v), 1) for v in f.box), score, *xy, f.landmarks, f.low_light]
+                )
+        return columns, rows
 
 
 def detect_photos(
@@ -66,6 +88,7 @@ def detect_photos(
     min_face: int | None = None,
     annotate: str | Path | None = None,
     detector=None,
+    aligned: bool | None = None,
 ) -> DetectResult:
     """Find every face in ``paths`` (photos or folders of photos).
 
@@ -74,6 +97,8 @@ def detect_photos(
         min_face: smallest face to look for, in pixels (None: the detector's default).
         annotate: folder to write copies of the photos with boxes, points and scores drawn.
         detector: an object with ``detect(image, path=None)`` instead of ``get_detector(landmarks)``.
+        aligned: True: every photo is an aligned crop (its face is the whole square); None: the
+            check of :func:`kface_cli.face.pipeline.faces_in_image`.
 
     An unreadable photo is reported in its entry (``error``) and skipped.
     """
@@ -106,7 +131,7 @@ def detect_photos(
             try:
                 image = read_image(path)
                 entry.height, entry.width = image.shape[:2]
-                entry.faces = [found.face for found in faces_in_image(path, detector)]
+                entry.faces = [found.face for found in faces_in_image(image, detector, aligned=aligned, path=path)]
             except KFaceError as e:
                 entry.error = e.message
                 warn(f"{path}: {e.message}: skipped")
@@ -128,14 +153,14 @@ def table_rows(result: DetectResult) -> tuple[list[str], list[list[Any]]]:
 
     from kface_cli.console import printable
 
-    columns = ["image", "face", "box (x, y, w, h)", "score", "5 points (eyes, nose, mouth corners)", "points from"]
+    columns = ["image", "face", "box x,y,w,h", "score", "5 points (eyes, nose, mouth corners)", "points from"]
     rows: list[list[Any]] = []
     for img in result.images:
         if img.error or not img.faces:
             note = Text(printable(img.error), "red") if img.error else Text("no face", "dim")
             rows.append([img.image, None, note, None, "", ""])
         for k, f in enumerate(img.faces, 1):
-            box = ", ".join(f"{v:.0f}" for v in f.box)
+            box = ",".join(f"{v:.0f}" for v in f.box)  # one word: never folded inside
             points = "  ".join(f"{x:.0f},{y:.0f}" for x, y in f.points5)
             source = f"{f.landmarks} (low light)" if f.low_light else f.landmarks
             rows.append([img.image, k, box, float(f.score), points, source])

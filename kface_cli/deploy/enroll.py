@@ -6,9 +6,10 @@ Folder layouts (both may be mixed in one folder)::
     people/김철수/*.jpg          several photos per person: the name is the folder
                                  (photos in sub-folders count too, e.g. K-Face's raw tree)
 
-Photos that are aligned crops (square, 112 or 224 px: ``kface crop`` output, ``faces/<Res>/<ID>/*.jpg``)
-are used without detection (:func:`kface_cli.face.pipeline.faces_in_image`, the path every stage
-shares); ``aligned=True`` does so for any square photo.
+Photos proven to be aligned crops (``kface crop`` output, ``faces/<Res>/<ID>/*.jpg``, or a 112/224 px
+square whose face the detector finds on the ArcFace template) are used as they are
+(:func:`kface_cli.face.pipeline.faces_in_image`, the path every stage shares); ``aligned=True``
+does so for any square photo. Every other photo goes through the detector.
 
 Every photo is read once, hashed (SHA-256 of its bytes) and skipped when the gallery already
 holds that hash: running the same enrolment twice adds nothing. A photo with no face, or one that
@@ -95,24 +96,30 @@ class EnrollResult:
         }
 
     def to_json(self) -> dict[str, Any]:
-        """What ``kface enroll --json`` prints."""
-        return {
-            **self.totals(),
-            "gallery": self.gallery,
-            "model": self.model,
-            "per_identity": self.per_identity,
-            "seconds": round(self.seconds, 3),
-            "identities": self.identities,
-            "problems": [
-                {"path": p.path, "name": p.name, "status": p.status.value, "note": p.note} for p in self.problems
-            ],
-        }
+        """What ``kface enroll --json`` prints (docs/json.md): plain JSON types only."""
+        from kface_cli.console import jsonable as plain
+
+        return plain(
+            {
+                **self.totals(),
+                "gallery": self.gallery,
+                "model": self.model,
+                "per_identity": self.per_identity,
+                "seconds": round(self.seconds, 3),
+                "identities": self.identities,
+                "problems": [
+                    {"path": p.path, "name": p.name, "status": p.status.value, "note": p.note} for p in self.problems
+                ],
+            }
+        )
 
 
 def find_photos(folder: str | Path) -> list[Photo]:
-    """Photos of ``folder`` with their identity names (layouts in the module docstring), sorted."""
-    from kface_cli.face.imageio import is_image_file
+    """Photos of ``folder`` with their identity names (layouts in the module docstring), sorted.
 
+    The same layouts as ``kface crop`` (:func:`kface_cli.face.imageio.identity_photos`); a name
+    that cannot be a person's ("unknown", empty) is an :class:`InputError`.
+    """
     folder = Path(folder)
     if not folder.exists():
         raise InputError(
@@ -120,20 +127,9 @@ def find_photos(folder: str | Path) -> list[Photo]:
         )
     if not folder.is_dir():
         raise InputError(f"expected a folder of photos, got a file: {folder}", hint="Pass the folder that holds it.")
-    photos: list[Photo] = []
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_file() and is_image_file(entry):
-            photos.append(Photo(entry.stem, entry))
-        elif entry.is_dir():
-            for p in sorted(entry.rglob("*")):
-                if (
-                    p.is_file()
-                    and is_image_file(p)
-                    and not any(part.startswith(".") for part in p.relative_to(entry).parts)
-                ):
-                    photos.append(Photo(entry.name, p))
+    from kface_cli.face.imageio import identity_photos
+
+    photos = [Photo(name, path) for name, path in identity_photos(folder)]
     if not photos:
         raise InputError(
             f"no photos found in {folder}",
@@ -173,7 +169,7 @@ def enroll_folder(
             the folder has been checked, so a typo is reported before the slow model load). The
             gallery must have been made with the same model (fingerprint), else :class:`ModelMismatchError`.
         aligned: every photo is an aligned square crop (skip detection); otherwise the one rule of
-            :func:`kface_cli.face.pipeline.is_aligned_crop` decides per photo.
+            the check of :func:`kface_cli.face.pipeline.faces_in_image` decides per photo.
         per_identity: ``all`` keeps one template per photo (best accuracy, more rows), ``mean``
             one normalised mean per person and run (smallest gallery; committed as soon as all
             of that person's photos are embedded).
@@ -424,3 +420,95 @@ def summary_rows(result: EnrollResult) -> tuple[list[str], list[Sequence[Any]]]:
         ]
     )
     return columns, rows
+
+
+def check_embeddings(vectors: Any, embedding_size: int, *, what: str = "embedding") -> np.ndarray:
+    """``vectors`` ((D,) or (N, D) real numbers) as (N, D) float32 unit rows, or an :class:`InputError`
+    that says what was expected: the model's size D, finite values, no zero vector. Every template
+    given as a vector (``Gallery.add``, bulk additions) passes through here."""
+    arr = np.asarray(vectors)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise InputError(f"{what} must be an array of numbers, got dtype {arr.dtype}")
+    if arr.ndim == 1:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != embedding_size:
+        raise InputError(
+            f"{what} must have shape ({embedding_size},) or (N, {embedding_size}) for this model, got {np.shape(vectors)}",
+            hint="Make embeddings with the gallery's model (api.embed).",
+        )
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise InputError(
+            f"{what} holds NaN or infinite values", hint="A row of NaN is a photo where no face was found."
+        )
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if (norms < 1e-12).any():
+        raise InputError(f"{what} holds a zero vector, which has no direction to compare")
+    return (arr / norms).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class AddResult:
+    """One template added to a gallery by :func:`add_template`."""
+
+    gallery: Path
+    name: str
+    source: str
+    added: bool  # False: this very template was already in the gallery (a no-op)
+    templates: int  # the person's templates in the gallery now
+    box: tuple[float, float, float, float] | None = None  # the face used, for a photo
+    face_count: int | None = None  # faces found in the photo
+
+    def to_json(self) -> dict[str, Any]:
+        from kface_cli.console import jsonable as plain
+
+        return plain(
+            {
+                "gallery": self.gallery,
+                "name": self.name,
+                "source": self.source,
+                "added": self.added,
+                "templates": self.templates,
+                "box": [round(float(v), 1) for v in self.box] if self.box is not None else None,
+                "face_count": self.face_count,
+            }
+        )
+
+
+def add_template(
+    gallery_path: str | Path,
+    name: str,
+    embedder: Any,
+    *,
+    face: np.ndarray | None = None,
+    embedding: Any = None,
+    source: str = "",
+    box: tuple[float, float, float, float] | None = None,
+    score: float = float("nan"),
+    face_count: int | None = None,
+) -> AddResult:
+    """Add one template of ``name``: an aligned ``face`` (112x112x3 BGR uint8) embedded with
+    ``embedder``, or an ``embedding`` made with it (checked by :func:`check_embeddings`).
+
+    The name is checked (:func:`kface_cli.face.imageio.check_identity_name`); the template's key is
+    the SHA-256 of the face's pixels (of the name and vector for an embedding, as
+    ``Gallery.append_vectors`` keys bulk vectors), so adding the same one twice is a no-op.
+    """
+    from kface_cli.face.imageio import check_identity_name
+
+    name = check_identity_name(name)
+    if (face is None) == (embedding is None):
+        raise InputError("add one template: a face or an embedding")
+    model = ModelInfo.of(embedder)
+    gallery = Gallery(gallery_path)
+    if gallery.exists():
+        gallery.check_model(model)
+    if face is not None:
+        vector = embedder.embed(np.asarray(face)[None])[0]
+        digest = hashlib.sha256(b"face:" + np.ascontiguousarray(face).tobytes()).hexdigest()
+        box_value = tuple(float(v) for v in box) if box is not None else (float("nan"),) * 4
+        result = gallery.append([Template(name, vector, source, digest, box_value, float(score))], model)  # type: ignore[arg-type]
+    else:  # the path of bulk vectors (Gallery.add_embeddings, enroll --embeddings): the same checks and key
+        vector = check_embeddings(embedding, model.embedding_size)[0]
+        result = gallery.append_vectors([name], vector[None], model, sources=[source])
+    return AddResult(gallery.path, name, source, result.added == 1, gallery.identities().get(name, 0), box, face_count)

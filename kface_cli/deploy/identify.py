@@ -14,6 +14,7 @@ result says which (``threshold_source``, ``threshold_detail``).
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,10 +30,11 @@ from kface_cli.deploy import sources
 from kface_cli.deploy.model import UNCALIBRATED, describe_model, resolve_embedder, resolve_threshold, uncalibrated_hint
 from kface_cli.deploy.sources import Frame, expand_inputs
 from kface_cli.errors import InputError, KFaceError
+from kface_cli.face.imageio import UNKNOWN_NAME
 from kface_cli.gallery.index import Candidate, IndexKind, load_index, search_identities
 from kface_cli.gallery.store import Gallery, ModelInfo
 
-UNKNOWN = "unknown"
+UNKNOWN = UNKNOWN_NAME  # never a person's name (kface_cli.face.imageio.check_identity_name)
 #: Photos (or frames) whose faces are embedded and searched together.
 FRAMES_PER_BATCH = 16
 
@@ -67,7 +69,12 @@ class ImageResult:
     error: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"image": self.image, "faces": [f.to_json() for f in self.faces], "error": self.error}
+        return {
+            "image": self.image,
+            "face_count": len(self.faces),
+            "faces": [f.to_json() for f in self.faces],
+            "error": self.error,
+        }
 
 
 @dataclass
@@ -93,22 +100,53 @@ class IdentifyResult:
         return any(f.name != UNKNOWN for i in self.images for f in i.faces)
 
     def to_json(self) -> dict[str, Any]:
-        """What ``kface identify --json`` prints (README: JSON output)."""
-        return {
-            "threshold": self.threshold,
-            "threshold_source": self.threshold_source,
-            "threshold_detail": self.threshold_detail,
-            "threshold_hint": uncalibrated_hint() if self.threshold_source == UNCALIBRATED else None,
-            "model": self.model,
-            "gallery": self.gallery,
-            "index": self.index,
-            "faces": self.faces,
-            "named": sum(1 for i in self.images for f in i.faces if f.name != UNKNOWN),
-            "seconds": round(self.seconds, 3),
-            "warnings": self.warnings,
-            "images": [i.to_json() for i in self.images],
-            "annotated": self.annotated,
-        }
+        """What ``kface identify --json`` prints (docs/json.md): plain JSON types only."""
+        from kface_cli.console import jsonable as plain
+
+        return plain(
+            {
+                "threshold": self.threshold,
+                "threshold_source": self.threshold_source,
+                "threshold_detail": self.threshold_detail,
+                "threshold_hint": uncalibrated_hint() if self.threshold_source == UNCALIBRATED else None,
+                "model": self.model,
+                "gallery": self.gallery,
+                "index": self.index,
+                "face_count": self.faces,
+                "named_count": sum(1 for i in self.images for f in i.faces if f.name != UNKNOWN),
+                "seconds": round(self.seconds, 3),
+                "warnings": self.warnings,
+                "images": [i.to_json() for i in self.images],
+                "annotated": self.annotated,
+            }
+        )
+
+    def data(self) -> tuple[list[str], list[list[Any]]]:
+        """``--format csv|tsv`` and ``--csv FILE``: one row per face (docs/json.md).
+
+        ``name`` is empty when nobody is close enough (``matched`` false); the ranked candidates
+        (best first, named or not) fill ``candidate1``, ``distance1``, ``candidate2``... one
+        column pair per rank. Photos without a face or that could not be read have no row (the
+        JSON lists them, and a warning names them).
+        """
+        ranks = max((len(f.ranked()) for i in self.images for f in i.faces), default=1) or 1
+        columns = ["image", "face", "x", "y", "w", "h", "score", "matched", "name", "distance", "cosine"]
+        for k in range(1, ranks + 1):
+            columns += [f"candidate{k}", f"distance{k}"]
+        rows: list[list[Any]] = []
+        for img in self.images:
+            for n, f in enumerate(img.faces, 1):
+                finite = bool(np.isfinite(f.distance))
+                row: list[Any] = [img.image, n, *(round(float(v), 1) for v in f.box)]
+                row += [round(float(f.score), 4) if np.isfinite(f.score) else None, f.name != UNKNOWN]
+                row += [f.name if f.name != UNKNOWN else ""]
+                row += [round(float(f.distance), 4) if finite else None]
+                row += [round(1.0 - float(f.distance) / 2.0, 4) if finite else None]
+                ranked = f.ranked()
+                for k in range(ranks):
+                    row += [ranked[k].name, round(float(ranked[k].distance), 4)] if k < len(ranked) else [None, None]
+                rows.append(row)
+        return columns, rows
 
 
 def identify(
@@ -129,8 +167,9 @@ def identify(
     batch_size: int = EMBED_BATCH_SIZE,
     detector=None,
     workers: int | None = None,
+    images: Sequence[np.ndarray | tuple[str, np.ndarray]] = (),
 ) -> IdentifyResult:
-    """Identify every face in ``paths`` (photos, folders, videos) or in ``camera`` frames.
+    """Identify every face in ``paths`` (photos, folders, videos), in ``images`` or in ``camera`` frames.
 
     Args:
         embedder: an :class:`~kface_cli.embedding.embedder.Embedder` (the gallery's model), or a function
@@ -141,13 +180,15 @@ def identify(
         every: for videos and the camera, use one frame in ``every``.
         max_frames: stop a camera (or each video) after this many used frames.
         aligned: every input is an aligned square crop (the whole image is the face); otherwise
-            :func:`kface_cli.face.pipeline.is_aligned_crop` decides per image.
+            the check of :func:`kface_cli.face.pipeline.faces_in_image` decides per image.
         min_face: smallest face to look for, in pixels (None: the detector's default, which
             searches zoomed tiles for small faces; e.g. 64 on webcam frames is several times faster).
         annotate: folder to write copies of the images with boxes and names drawn.
         detector: an object with ``detect(image, path=None)`` instead of ``get_detector(landmarks)``
             (called from ``workers`` threads at once).
         workers: threads reading and detecting photos (None: one per core; the camera uses one).
+        images: photos already in memory, after ``paths``: BGR uint8 (H, W, 3) arrays, reported
+            as ``<array K>`` (K from 0), or ``(label, array)`` pairs.
     """
     from kface_cli.atomic import check_output_folder
     from kface_cli.console import info, progress, warn
@@ -161,12 +202,13 @@ def identify(
     if max_frames is not None and max_frames < 1:
         raise InputError(f"--max-frames must be at least 1, got {max_frames}", hint="Leave it out to read every frame.")
     capture = None
-    if camera is None:
-        files = expand_inputs(paths)  # before the slow model load: typos fail fast
-        if annotate is not None:
-            check_output_folder(annotate, inputs=files, option="--annotate")
-    else:
+    files: list[Path] = []
+    if camera is not None:
         capture = sources.open_capture(camera)
+    elif paths or not len(images):
+        files = expand_inputs(paths)  # before the slow model load: typos fail fast
+    if annotate is not None and camera is None:
+        check_output_folder(annotate, inputs=files, option="--annotate")
     gallery = Gallery(gallery_path)
     gallery.model()  # missing / corrupt gallery: fail before loading the model
     if detector is None:  # mediapipe loads only if a photo needs it
@@ -205,8 +247,14 @@ def identify(
         )
         total = max_frames
     else:
-        frames = photo_frames
-        total = len(files) if not any(sources.is_video(f) for f in files) else None
+        arrays = [
+            Frame(item[0], item[1], None, f"array_{k}.jpg")
+            if isinstance(item, tuple)
+            else Frame(f"<array {k}>", item, None, f"array_{k}.jpg")
+            for k, item in enumerate(images)
+        ]
+        frames = itertools.chain(photo_frames, arrays)
+        total = len(files) + len(arrays) if not any(sources.is_video(f) for f in files) else None
 
     def found_faces() -> Iterator[tuple[Frame, list]]:
         if early is not None:
@@ -321,7 +369,7 @@ def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
 
     from kface_cli.console import display_path, printable
 
-    columns = ["image", "face", "box (x, y, w, h)", "name", "distance", "candidates (name:distance)"]
+    columns = ["image", "face", "box x,y,w,h", "name", "distance", "candidates (name:distance)"]
     rows: list[list[Any]] = []
     for img in result.images:
         if img.error:
@@ -330,7 +378,7 @@ def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
         if not img.faces:
             rows.append([img.image, "-", "-", Text("no face", "dim"), None, ""])
         for k, f in enumerate(img.faces, 1):
-            box = ", ".join(f"{v:.0f}" for v in f.box)
+            box = ",".join(f"{v:.0f}" for v in f.box)  # one word: never folded inside
             name = f.name if f.name != UNKNOWN else Text(UNKNOWN, "yellow")
             cands = ", ".join(f"{c.name}:{c.distance:.3f}" for c in f.ranked())
             image = display_path(img.image) if "#" not in img.image else img.image
@@ -339,26 +387,9 @@ def table_rows(result: IdentifyResult) -> tuple[list[str], list[list[Any]]]:
 
 
 def write_csv(result: IdentifyResult, path: str | Path) -> Path:
-    """One row per face: image, face, x, y, w, h, name, distance, candidates (``name:dist;...``, best first)."""
-    import csv
-    import io
-
+    """``--csv FILE``: the same columns and rows as ``--format csv`` (:meth:`IdentifyResult.data`)."""
     from kface_cli.atomic import write_text
+    from kface_cli.console import data_text
 
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["image", "face", "x", "y", "w", "h", "name", "distance", "candidates"])
-    for img in result.images:
-        for k, f in enumerate(img.faces, 1):
-            w.writerow(
-                [
-                    img.image,
-                    k,
-                    *(f"{v:.1f}" for v in f.box),
-                    f.name,
-                    f"{f.distance:.4f}" if np.isfinite(f.distance) else "",
-                    ";".join(f"{c.name}:{c.distance:.4f}" for c in f.ranked()),
-                ]
-            )
-    write_text(path, buf.getvalue())
+    write_text(path, data_text(*result.data()))
     return Path(path)

@@ -70,7 +70,7 @@ class ExportResult:
             "source": str(self.source),
             "size_bytes": self.size_bytes,
             "check": {
-                "faces": self.check_faces,
+                "face_count": self.check_faces,
                 "min_cosine": self.min_cosine,
                 "max_abs_diff": self.max_abs_diff,
                 "passed": True,

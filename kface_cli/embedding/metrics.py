@@ -403,6 +403,18 @@ def dir_at_fpir(
     return float(np.mean(np.asarray(known_rank1, bool) & (known_best < t))), t
 
 
+def strangers_unsupported_reason(n_strangers: int, fpir: float) -> str | None:
+    """None when ``n_strangers`` distinct people not enrolled can measure ``fpir``; else why not.
+
+    Probes of one stranger are not independent: 58 images of 2 strangers say little about how
+    often a third is given a name. An FPIR of f is read at the level of people when at least
+    ``ceil(1/f)`` distinct strangers are among the probes (the same rule as for images)."""
+    need = min_negatives(fpir)
+    if n_strangers < need:
+        return f"needs at least {need} distinct strangers for FPIR {fpir:g}, have {n_strangers}"
+    return None
+
+
 def identification_metrics(
     probe_emb: np.ndarray,
     probe_labels: Sequence,
@@ -412,34 +424,56 @@ def identification_metrics(
     ranks: Sequence[int] = DEFAULT_RANKS,
     fpirs: Sequence[float] = DEFAULT_FPIRS,
     max_rank: int = 20,
+    missed_labels: Sequence = (),
 ) -> dict:
     """Closed-set rank-k/CMC over probes whose identity is enrolled; open-set DIR@FPIR using the
     others (identities absent from the gallery) as unknowns.
 
-    Returns ``n_probes, n_known, n_unknown, n_identities, rank1, rank5 (rank<k> for each k), cmc
-    (list, rank 1..min(max_rank, identities)), dir_at_fpir {"1e-01": {dir, threshold, achieved_fpir} |
-    {dir: None, reason}}, probe_ranks`` (rank per probe, 0 for unknown probes).
+    ``missed_labels``: the identities of probes in which no face was found. An enrolled person's
+    missed probe is a miss (counted in rank-k, CMC and DIR, never identified), as a deployed system
+    fails on it; a stranger's missed probe is given no name, but it is left out of FPIR (a detector
+    failure must not make FPIR look better) and counted in ``n_unknown_no_face``.
+
+    Returns ``n_probes`` (with the missed ones), ``n_known`` (with the missed ones), ``n_unknown``
+    (strangers' probes with a face: FPIR's denominator), ``n_strangers`` (distinct people not
+    enrolled among them), ``n_known_no_face, n_unknown_no_face, n_identities, rank1, rank5 (rank<k>
+    for each k), cmc (list, rank 1..min(max_rank, identities)), dir_at_fpir {"1e-01": {dir,
+    threshold, achieved_fpir, measurable_by_people[, people_reason]} | {dir: None, reason}},
+    probe_ranks`` (rank per probe with a face, then per missed probe; 0 for strangers, identities+1
+    for a missed enrolled person).
+    An FPIR is measured when there are ``ceil(1/FPIR)`` strangers' images; whether there are as many
+    distinct strangers is reported beside it (:func:`strangers_unsupported_reason`).
     """
     probe_labels = np.asarray([str(x) for x in probe_labels])
     gallery_labels = np.asarray([str(x) for x in gallery_labels])
+    missed = np.asarray([str(x) for x in missed_labels])
     if gallery_labels.size == 0:
         raise InputError("the gallery is empty", hint="Enroll at least one identity.")
     dist, ids = identity_distances(probe_emb, gallery_emb, gallery_labels)
     col = np.searchsorted(ids, probe_labels)
     col_c = np.minimum(col, ids.size - 1)
     known = ids[col_c] == probe_labels
+    missed_known = np.isin(missed, ids)
+    n_missed_known = int(missed_known.sum())
+    never = ids.size + 1  # the rank of a missed probe: beyond every rank
     max_rank = min(max_rank, ids.size)
-    ranks_known = ranks_of_truth(dist[known], col_c[known])
+    ranks_found = ranks_of_truth(dist[known], col_c[known])
+    ranks_known = np.concatenate([ranks_found, np.full(n_missed_known, never, dtype=ranks_found.dtype)])
     out: dict = {
-        "n_probes": int(probe_labels.size),
-        "n_known": int(known.sum()),
+        "n_probes": int(probe_labels.size + missed.size),
+        "n_known": int(known.sum()) + n_missed_known,
         "n_unknown": int((~known).sum()),
+        "n_strangers": int(np.unique(probe_labels[~known]).size),
+        "n_known_no_face": n_missed_known,
+        "n_unknown_no_face": int(missed.size - n_missed_known),
         "n_identities": int(ids.size),
     }
     for k in ranks:
         out[f"rank{k}"] = float(np.mean(ranks_known <= k)) if ranks_known.size else None
     out["cmc"] = [float(x) for x in cmc(ranks_known, max_rank)] if ranks_known.size else []
-    known_best = dist[known, col_c[known]] if known.any() else np.zeros(0)
+    known_best = np.concatenate(
+        [dist[known, col_c[known]] if known.any() else np.zeros(0), np.full(n_missed_known, np.inf)]
+    )
     unknown_best = dist[~known].min(axis=1) if (~known).any() else np.zeros(0)
     out["dir_at_fpir"] = {}
     for f in fpirs:
@@ -451,13 +485,54 @@ def identification_metrics(
             )
             out["dir_at_fpir"][far_key(f)] = {"fpir": f, "dir": None, "threshold": None, "reason": reason}
         else:
+            people = strangers_unsupported_reason(out["n_strangers"], f)
             out["dir_at_fpir"][far_key(f)] = {
                 "fpir": f,
                 "dir": res[0],
                 "threshold": res[1],
                 "achieved_fpir": float(np.mean(unknown_best < res[1])),
+                "measurable_by_people": people is None,
+                **({"people_reason": people} if people else {}),
             }
     probe_ranks = np.zeros(probe_labels.size, dtype=np.int64)
-    probe_ranks[known] = ranks_known
-    out["probe_ranks"] = probe_ranks.tolist()
+    probe_ranks[known] = ranks_found
+    missed_ranks = np.where(missed_known, never, 0).astype(np.int64)
+    out["probe_ranks"] = probe_ranks.tolist() + missed_ranks.tolist()
     return out
+
+
+def identification_at_threshold(
+    probe_emb: np.ndarray,
+    probe_labels: Sequence,
+    gallery_emb: np.ndarray,
+    gallery_labels: Sequence,
+    threshold: float,
+    *,
+    missed_labels: Sequence = (),
+) -> dict:
+    """The operating point of a fixed 1:N threshold (e.g. one calibrated on other people):
+    ``dir`` (known probes named correctly, distance < threshold; missed probes count as misses),
+    ``fpir`` (strangers' probes given a name), with the counts they rest on."""
+    probe_labels = np.asarray([str(x) for x in probe_labels])
+    gallery_labels = np.asarray([str(x) for x in gallery_labels])
+    missed = np.asarray([str(x) for x in missed_labels])
+    dist, ids = identity_distances(probe_emb, gallery_emb, gallery_labels)
+    col_c = np.minimum(np.searchsorted(ids, probe_labels), ids.size - 1)
+    known = ids[col_c] == probe_labels
+    n_missed_known = int(np.isin(missed, ids).sum())
+    hits = 0
+    if known.any():
+        d = dist[known]
+        rank1 = ranks_of_truth(d, col_c[known]) == 1
+        hits = int((rank1 & (d[np.arange(d.shape[0]), col_c[known]] < threshold)).sum())
+    n_known = int(known.sum()) + n_missed_known
+    unknown_best = dist[~known].min(axis=1) if (~known).any() else np.zeros(0)
+    return {
+        "threshold": float(threshold),
+        "dir": hits / n_known if n_known else None,
+        "fpir": float(np.mean(unknown_best < threshold)) if unknown_best.size else None,
+        "n_known": n_known,
+        "n_unknown": int(unknown_best.size),
+        "n_strangers": int(np.unique(probe_labels[~known]).size),
+        "n_known_no_face": n_missed_known,
+    }

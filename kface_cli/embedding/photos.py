@@ -23,13 +23,16 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from kface_cli.defaults import FACE_SIZE
 from kface_cli.errors import InputError
 from kface_cli.formats.pairs import PairFaces
+
+if TYPE_CHECKING:  # pragma: no cover
+    from kface_cli.face.pipeline import AlignedFace
 
 #: Distance given to pairs whose image has no detectable face (the maximum squared L2 of unit vectors).
 FAILED_DISTANCE = 4.0
@@ -41,22 +44,30 @@ class FaceLoader:
     """Loads one image as an aligned 112x112 face through :func:`kface_cli.face.pipeline.faces_in_image`.
 
     Aligned crops are used as they are, other photos are detected (``landmarks``) and the largest
-    face is kept. With ``sources`` (face path -> source photo, e.g. the val split's
+    face is kept (``aligned=True``: every image is taken as an aligned crop). With ``sources`` (face path -> source photo, e.g. the val split's
     ``sources.csv``), each face is aligned again from its source photo: accuracy as deployed.
     ``outcomes`` records where each face's landmarks came from ("" when no face was found),
     ``low_light`` the faces found only in a contrast-enhanced copy of a dark photo.
     """
 
-    def __init__(self, landmarks: str = "auto", sources: dict[Path, Path] | None = None):
+    def __init__(
+        self, landmarks: str = "auto", sources: dict[Path, Path] | None = None, *, aligned: bool | None = None
+    ):
         from kface_cli.face.detector import get_detector
 
         self.detector = get_detector(landmarks)  # mediapipe loads on the first photo that needs it
         self.sources = sources
+        self.aligned = aligned  # True: every image is an aligned crop (--aligned); None: checked
         self.outcomes: dict[str, str] = {}
         self.low_light: set[str] = set()
 
     def __call__(self, path: Path) -> np.ndarray | None:
         """The aligned face (112,112,3) BGR uint8, or None when no face is found."""
+        found = self.faces(path)
+        return found[0].crop if found else None
+
+    def faces(self, path: Path) -> list[AlignedFace]:
+        """Every face of the image (largest first), recording the largest's landmark source."""
         import os
 
         from kface_cli.face.pipeline import faces_in_image
@@ -69,11 +80,11 @@ class FaceLoader:
                     f"no source photo recorded for {path}",
                     hint="Run `kface split` again so that split/sources.csv lists every face.",
                 )
-        found = faces_in_image(photo, self.detector, size=FACE_SIZE)
+        found = faces_in_image(photo, self.detector, size=FACE_SIZE, aligned=self.aligned)
         self.outcomes[str(path)] = found[0].face.landmarks if found else ""
         if found and found[0].face.low_light:
             self.low_light.add(str(path))
-        return found[0].crop if found else None
+        return found
 
 
 def _pair_fields(p: Any) -> tuple[Path, Path, bool]:

@@ -2,11 +2,14 @@
 
 Protocols (pick one pair source; identification can run alongside):
 
-- ``val`` (default in a workspace): ``split/val_pairs.csv`` for verification, plus identification
-  on ``split/val/``: each identity's most canonical image (S001, L1, E01, C7 when present, else the
-  first by name) is enrolled and every other image is a probe; the last 20% of identities (sorted
-  by ID, at least one, when there are 5 or more) are *not* enrolled, so their probes are the
-  unknowns of the open-set metrics.
+- ``test`` (default in a workspace whose split has a test part, ``kface split --test-ids``) or
+  ``val`` (``--split val``; the default without a test part): ``split/<part>_pairs.csv`` for
+  verification, plus identification on ``split/<part>/``: each identity's most canonical image
+  (S001, L1, E01, C7 when present, else the first by name) is enrolled and every other image is a
+  probe; the last 20% of identities (sorted by ID, at least one, when there are 5 or more) are
+  *not* enrolled, so their probes are the unknowns of the open-set metrics. On ``test``, thresholds
+  (``--target-far``, ``--target-fpir``, ``--save-threshold``) are calibrated on ``val`` (a choice
+  is never made on the data that reports it) and their operating point is measured again on test.
 - ``pairs``: any pairs CSV (``--pairs``); ``lfw``: an LFW ``pairs.txt`` + image root;
   ``bin``: an insightface verification ``.bin``.
 - ``identification``: ``--gallery-dir`` and ``--probe-dir`` (one sub-folder per identity); probes
@@ -44,19 +47,26 @@ MIN_IDENTITIES_FOR_UNKNOWNS = 5
 
 class Protocol(str, Enum):
     VAL = "val"
+    TEST = "test"
     PAIRS = "pairs"
     LFW = "lfw"
     BIN = "bin"
     IDENTIFICATION = "identification"
 
 
+#: The protocols that read a part of the workspace split (split/<part>_pairs.csv, split/<part>/).
+SPLIT_PROTOCOLS = (Protocol.VAL, Protocol.TEST)
+
+
 @dataclass(frozen=True)
 class EvaluateOptions:
     """What to evaluate. Exactly one pair source at most (pairs / lfw_pairs / bin_file); with none
-    and no gallery/probe folders, the workspace's val split is used."""
+    and no gallery/probe folders, the workspace's split: ``split`` ("val" or "test"; default: test
+    when the split has a test part, else val)."""
 
     model: str | None = None
     workdir: Path | None = None
+    split: str | None = None
     network: str | None = None
     trust_model: bool = False  # let a TorchScript model run (it is a program; see docs/security.md)
     #: Flip-sum embeddings for the reported metrics (insightface protocol: normalize(emb(x) +
@@ -82,6 +92,9 @@ class EvaluateOptions:
     #: with the val split, every face is aligned again from its source photo with these landmarks
     #: (``detect``: accuracy as deployed); elsewhere, the landmarks of photos that are not crops.
     landmarks: str | None = None
+    #: True: every image is an aligned crop, used as it is (``--aligned``); None: photos are
+    #: checked (kface_cli.face.pipeline.faces_in_image: crop folders, faces on the template).
+    aligned: bool | None = None
     write_report: bool = True
     fars: tuple[float, ...] = M.DEFAULT_FARS
     fpirs: tuple[float, ...] = M.DEFAULT_FPIRS
@@ -97,8 +110,9 @@ class Evaluation:
     report_dir: Path | None = None
 
 
-def protocol_of(options: EvaluateOptions) -> Protocol | None:
-    """The pair protocol chosen by the options (None: identification folders only)."""
+def protocol_of(options: EvaluateOptions, ws: Any = None) -> Protocol | None:
+    """The pair protocol chosen by the options (None: identification folders only); ``ws``, the
+    workspace, decides the default split part (test when there is one)."""
     chosen = [
         p
         for p, v in (
@@ -122,11 +136,21 @@ def protocol_of(options: EvaluateOptions) -> Protocol | None:
     for option, value in (("--target-far", options.target_far), ("--target-fpir", options.target_fpir)):
         if value is not None and not 0 < value < 1:
             raise InputError(f"{option} must be between 0 and 1, got {value}", hint=f"e.g. {option} 1e-2.")
+    if options.split is not None:
+        from kface_cli.choices import SplitPart
+
+        part = SplitPart.parse(options.split, "--split")
+        if chosen or options.gallery_dir is not None:
+            raise InputError(
+                f"--split {part} reports on the workspace's split; it cannot go with --pairs, --lfw-pairs, --bin or --gallery-dir",
+                hint="Leave out --split, or the other data source.",
+            )
+        return Protocol(part.value)
     if chosen:
         return chosen[0]
     if options.gallery_dir is not None:
         return None
-    return Protocol.VAL
+    return Protocol.TEST if ws is not None and ws.test_pairs.is_file() else Protocol.VAL
 
 
 def evaluate(options: EvaluateOptions) -> Evaluation:
@@ -134,8 +158,8 @@ def evaluate(options: EvaluateOptions) -> Evaluation:
     from kface_cli.embedding.loading import load_embedder
     from kface_cli.workspace import Workspace
 
-    protocol_of(options)  # validate before the (slow) model load
     ws = Workspace.resolve(options.workdir)
+    protocol_of(options, ws)  # validate before the (slow) model load
     embedder = load_embedder(
         options.model,
         workdir=ws.root,
@@ -177,8 +201,12 @@ def _load_pairs(options: EvaluateOptions, protocol: Protocol, ws: Any):
     """Pair list (or prepared PairFaces for .bin) and a description of the source."""
     from kface_cli.formats.pairs import read_pairs_csv
 
-    if protocol is Protocol.VAL:
-        path = ws.require(ws.val_pairs, "val pairs", "kface split")
+    if protocol in SPLIT_PROTOCOLS:
+        path = ws.require(
+            ws.part_pairs(protocol.value),
+            f"{protocol.value} pairs",
+            "kface split" + (" --test-ids N" if protocol is Protocol.TEST else ""),
+        )
         return read_pairs_csv(path), str(path)
     if protocol is Protocol.PAIRS:
         return read_pairs_csv(options.pairs), str(options.pairs)
@@ -299,6 +327,9 @@ def _embed_identification(
         "probe_emb": p_emb[p_ok],
         "probe_labels": [lab for (lab, _), k in zip(probes, p_ok) if k],
         "probe_paths": [p for (_, p), k in zip(probes, p_ok) if k],
+        # probes without a face: a miss for an enrolled person (see M.identification_metrics)
+        "missed_labels": [lab for (lab, _), k in zip(probes, p_ok) if not k],
+        "missed_paths": [p for (_, p), k in zip(probes, p_ok) if not k],
         "gallery_emb": g_emb[g_ok],
         "gallery_labels": [lab for (lab, _), k in zip(gallery, g_ok) if k],
     }
@@ -311,6 +342,7 @@ def _identification_metrics(embedded: dict, fpirs: tuple[float, ...]) -> dict:
         embedded["gallery_emb"],
         embedded["gallery_labels"],
         fpirs=fpirs,
+        missed_labels=embedded["missed_labels"],
     )
 
 
@@ -319,7 +351,7 @@ def _identify(embedded: dict, options: EvaluateOptions, embed_s: float) -> dict:
     t1 = time.perf_counter()
     ident = _identification_metrics(embedded, options.fpirs)
     ident["per_condition_identification"] = C.identification_breakdown(
-        [C.codes_of(p) for p in embedded["probe_paths"]], ident["probe_ranks"]
+        [C.codes_of(p) for p in embedded["probe_paths"] + embedded["missed_paths"]], ident["probe_ranks"]
     )
     ident["n_gallery_images"] = len(embedded["gallery_labels"])
     ident["timing"] = {"embed_s": embed_s, "metrics_s": time.perf_counter() - t1}
@@ -334,8 +366,8 @@ def _identification_sets(
 
     if options.gallery_dir is not None:
         return list_identity_folder(options.gallery_dir), list_identity_folder(options.probe_dir)  # type: ignore[arg-type]
-    if protocol is Protocol.VAL and ws.val_dir.is_dir():
-        return val_identification_split(ws.val_dir)
+    if protocol in SPLIT_PROTOCOLS and ws.part_dir(protocol.value).is_dir():
+        return val_identification_split(ws.part_dir(protocol.value))
     return None
 
 
@@ -358,23 +390,25 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
     from kface_cli.embedding.photos import FaceLoader
     from kface_cli.workspace import Workspace
 
-    protocol = protocol_of(options)
     ws = Workspace.resolve(options.workdir)
+    protocol = protocol_of(options, ws)
     sets = _identification_sets(options, protocol, ws)
     calibrating = options.target_far is not None or options.target_fpir is not None or options.save_threshold
     if calibrating:
         _check_calibration_inputs(options, protocol, sets)
     cache: dict[str, np.ndarray] = {}
     sources = None
-    if options.landmarks is not None and protocol is Protocol.VAL:
+    if options.landmarks is not None and protocol in SPLIT_PROTOCOLS:
         from kface_cli.prepare.split import read_sources
 
         sources = read_sources(ws.split)
-    loader = FaceLoader(options.landmarks or "auto", sources=sources)
+    loader = FaceLoader(options.landmarks or "auto", sources=sources, aligned=options.aligned)
     describe = embedder.describe() if hasattr(embedder, "describe") else {"network": getattr(embedder, "network", None)}
     summary: dict[str, Any] = {
         "model": describe,
         "protocol": protocol.value if protocol else Protocol.IDENTIFICATION.value,
+        # which part of the workspace split the numbers are measured on (None: other data)
+        "split": protocol.value if protocol in SPLIT_PROTOCOLS else None,
     }
     summary.update({k: None for k in SUMMARY_KEYS})
     dist = issame = prepared = None
@@ -397,10 +431,13 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
         summary["timing_identification"] = ident.pop("timing")
         probe_ranks = ident.pop("probe_ranks")
         summary.update({k: v for k, v in ident.items()})
+        part_dir = ws.part_dir(protocol.value) if protocol in SPLIT_PROTOCOLS else None
         summary["identification"] = {
-            "gallery": str(options.gallery_dir or ws.val_dir),
-            "probes": str(options.probe_dir or ws.val_dir),
+            "gallery": str(options.gallery_dir or part_dir),
+            "probes": str(options.probe_dir or part_dir),
             "n_probe_ranks": len(probe_ranks),
+            "no_face_rule": "a probe without a face: a miss for an enrolled person (rank-k, DIR); "
+            "a stranger's is given no name and left out of FPIR",
         }
     summary["per_condition"] = C.merge_breakdowns(ver_conditions, id_conditions) or None
     summary["landmarks"] = landmark_report(
@@ -414,7 +451,9 @@ def evaluate_embedder(embedder: Any, options: EvaluateOptions) -> Evaluation:
     )
 
     if calibrating:
-        summary["calibration"] = _calibrate(embedder, options, summary, prepared, sets, (dist, issame, cache), loader)
+        summary["calibration"] = _calibrate(
+            embedder, options, summary, prepared, sets, (dist, issame, cache), loader, protocol=protocol, ws=ws
+        )
 
     evaluation = Evaluation(summary=summary, dist=dist, issame=issame)
     if options.write_report:
@@ -433,8 +472,8 @@ def landmark_report(
     (``no_face``), those it missed that were taken from their annotation instead (``fallback``)
     and those it found only in a contrast-enhanced copy of a dark photo (``low_light``).
 
-    A face without landmarks cannot be compared: its pairs count as rejected and, as a probe, it
-    is left out of identification (as a deployed system would fail on it).
+    A face without landmarks cannot be compared: its pairs count as rejected and, as a probe of an
+    enrolled person, it is a miss in rank-k and DIR (as a deployed system would fail on it).
     """
     from kface_cli.face.detector import ANNOTATION_FALLBACK
 
@@ -513,9 +552,15 @@ def _calibrate(
     sets: Any,
     scores: tuple[np.ndarray | None, np.ndarray | None, dict],
     loader: Any,
+    *,
+    protocol: Protocol | None = None,
+    ws: Any = None,
 ) -> dict[str, dict]:
     """``{kind: calibration}`` for each requested threshold, on identify's embeddings (no flip),
-    saved beside the model with ``save_threshold`` unless a better-founded one is there."""
+    saved beside the model with ``save_threshold`` unless a better-founded one is there.
+
+    On the test split the threshold is chosen on val (``calibrated_on``) and its operating point
+    measured again on test (``on_test``): a rate read on the data that chose it is optimistic."""
     from kface_cli.console import warn
     from kface_cli.embedding import calibration as K
 
@@ -526,13 +571,53 @@ def _calibrate(
         if prepared is not None:
             res = _embed_pairs(twin, prepared, options, cache)
             dist, issame = res.dist, res.issame
+    wants_pairs = options.target_far is not None or (options.save_threshold and options.target_fpir is None)
+    on_test = protocol is Protocol.TEST
+    cal_dist, cal_issame, cal_sets, cal_summary, cal_cache = dist, issame, sets, summary, cache
+    if on_test:
+        from kface_cli.embedding.photos import prepare_pairs
+        from kface_cli.formats.pairs import read_pairs_csv
+
+        cal_cache = {}
+        cal_summary = {"pairs_source": str(ws.val_pairs), "identification": {"gallery": str(ws.val_dir)}}
+        if wants_pairs:
+            val_pairs = read_pairs_csv(ws.require(ws.val_pairs, "val pairs", "kface split"))
+            val_res = _embed_pairs(twin, prepare_pairs(val_pairs, loader=loader), options, cal_cache)
+            cal_dist, cal_issame = val_res.dist, val_res.issame
+        if options.target_fpir is not None:
+            cal_sets = val_identification_split(ws.require(ws.val_dir, "val faces", "kface split"))
+    calibrated_on = "val" if protocol in SPLIT_PROTOCOLS else (protocol.value if protocol else "identification")
     out: dict[str, dict] = {}
-    if options.target_far is not None or (options.save_threshold and options.target_fpir is None):
-        out[K.VERIFICATION] = _verification_threshold(dist, issame, options, summary)  # type: ignore[arg-type]
+    if wants_pairs:
+        cal = _verification_threshold(cal_dist, cal_issame, options, cal_summary)  # type: ignore[arg-type]
+        if on_test:
+            t = cal["threshold"]
+            cal["on_test"] = {
+                "tar": float(np.mean(dist[issame] < t)),  # type: ignore[index]
+                "far": float(np.mean(dist[~issame] < t)),  # type: ignore[index,operator]
+                "n_same": int(issame.sum()),  # type: ignore[union-attr]
+                "n_diff": int((~issame).sum()),  # type: ignore[operator]
+                "pairs": summary.get("pairs_source"),
+            }
+        out[K.VERIFICATION] = cal
     if options.target_fpir is not None:
-        embedded = _embed_identification(twin, *sets, options, cache, loader)
-        out[K.IDENTIFICATION] = _identification_threshold(embedded, options.target_fpir, summary)
+        embedded = _embed_identification(twin, *cal_sets, options, cal_cache, loader)
+        cal = _identification_threshold(embedded, options.target_fpir, cal_summary)
+        if on_test:
+            test_embedded = _embed_identification(twin, *sets, options, cache, loader)
+            cal["on_test"] = M.identification_at_threshold(
+                test_embedded["probe_emb"],
+                test_embedded["probe_labels"],
+                test_embedded["gallery_emb"],
+                test_embedded["gallery_labels"],
+                cal["threshold"],
+                missed_labels=test_embedded["missed_labels"],
+            )
+        if not cal["measurable_by_people"]:
+            warn(f"1:N threshold for FPIR {options.target_fpir:g}: {cal['people_reason']}; the rate is read on images")
+        out[K.IDENTIFICATION] = cal
     for kind, cal in out.items():
+        cal["calibrated_on"] = calibrated_on
         cal["flip"] = bool(getattr(twin, "flip", False))
         K.check(kind, cal)
         if not options.save_threshold:
@@ -603,6 +688,9 @@ def _identification_threshold(embedded: dict, target_fpir: float, summary: dict)
         "achieved_fpir": at["achieved_fpir"],
         "n_known": ident["n_known"],
         "n_unknown": ident["n_unknown"],
+        "n_strangers": ident["n_strangers"],
+        "measurable_by_people": at["measurable_by_people"],
+        **({"people_reason": at["people_reason"]} if at.get("people_reason") else {}),
         "n_identities": ident["n_identities"],
         "gallery": (summary.get("identification") or {}).get("gallery"),
     }

@@ -288,13 +288,26 @@ def summary_rows(summary: dict) -> list[list[Any]]:
                 f"{summary['n_identities']} enrolled identities",
             ]
         )
+        if summary.get("n_known_no_face") or summary.get("n_unknown_no_face"):
+            rows.append(
+                [
+                    "probes without a face",
+                    f"{summary.get('n_known_no_face', 0)} known, {summary.get('n_unknown_no_face', 0)} unknown",
+                    "known: misses in rank-k and DIR; unknown: no name given, left out of FPIR",
+                ]
+            )
         rows.append(["rank-1 (closed set)", _pct(summary["rank1"]), ""])
         rows.append(["rank-5 (closed set)", _pct(summary.get("rank5")), ""])
         for key, item in (summary.get("dir_at_fpir") or {}).items():
             if item.get("dir") is None:
                 rows.append([f"DIR @ FPIR {key}", "-", item.get("reason", "")])
             else:
-                rows.append([f"DIR @ FPIR {key}", _pct(item["dir"]), f"threshold {item['threshold']:.4f}"])
+                people = (
+                    f"; {summary.get('n_strangers')} strangers: {item['people_reason']}"
+                    if item.get("people_reason")
+                    else ""
+                )
+                rows.append([f"DIR @ FPIR {key}", _pct(item["dir"]), f"threshold {item['threshold']:.4f}{people}"])
     for kind, cal in (summary.get("calibration") or {}).items():
         rows.append(calibration_row(kind, cal))
     return rows
@@ -304,10 +317,24 @@ def calibration_row(kind: str, cal: dict) -> list[Any]:
     """``[what, threshold, note]``: the rate it achieves on identify's embeddings and where it went."""
     from kface_cli.embedding.calibration import IDENTIFICATION, describe
 
+    on = cal.get("calibrated_on")
     if kind == IDENTIFICATION:
-        measured = f"DIR {_pct(cal['dir'])}, {cal['n_unknown']} strangers, FPIR {_pct(cal['achieved_fpir'])}"
+        strangers = cal.get("n_strangers")
+        measured = f"DIR {_pct(cal['dir'])}, FPIR {_pct(cal['achieved_fpir'])} on {cal['n_unknown']} probes of " + (
+            f"{strangers} strangers" if strangers is not None else "strangers"
+        )
+        test = cal.get("on_test")
+        if test:
+            measured += (
+                f"; on test DIR {_pct(test['dir'])}, FPIR {_pct(test['fpir'])} ({test['n_strangers']} strangers)"
+            )
     else:
         measured = f"TAR {_pct(cal['tar'])}, FAR {_pct(cal['achieved_far'])}"
+        test = cal.get("on_test")
+        if test:
+            measured += f"; on test TAR {_pct(test['tar'])}, FAR {_pct(test['far'])}"
+    if on:
+        measured = f"chosen on {on}: {measured}"
     flip = "with flip" if cal.get("flip") else "no flip, as identify"
     if cal.get("saved_to"):
         where = f"saved to {cal['saved_to']}"
@@ -319,10 +346,12 @@ def calibration_row(kind: str, cal: dict) -> list[Any]:
 
 
 def summary_title(summary: dict) -> str:
-    """``Evaluation: mbf_small (val, flip on)``: the model, the protocol and whether flip was on."""
+    """``Evaluation: mbf_small (test split, flip on)``: the model, the protocol (which part of the
+    split) and whether flip was on."""
     model = summary.get("model") or {}
     flip = {True: ", flip on", False: ", flip off"}.get(model.get("flip"), "")
-    return f"Evaluation: {model.get('network', '')} ({summary['protocol']}{flip})"
+    on = f"{summary['split']} split" if summary.get("split") else summary["protocol"]
+    return f"Evaluation: {model.get('network', '')} ({on}{flip})"
 
 
 VERIFICATION_CONDITION_COLUMNS = ["pairs", "acc@thr", "10-fold", "AUC", "EER"]

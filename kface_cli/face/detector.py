@@ -126,10 +126,14 @@ class DetectedFace:
         """The larger side of the box, in pixels."""
         return float(max(self.box[2], self.box[3]))
 
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON: ``box`` [x, y, w, h], ``score``, ``points5`` [[x, y] x 5], ``landmarks``, ``low_light``."""
+        return self.to_dict()
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "box": [round(float(v), 1) for v in self.box],
-            "score": round(float(self.score), 4),
+            "score": round(float(self.score), 4) if np.isfinite(self.score) else None,
             "points5": np.round(self.points5.astype(np.float64), 1).tolist(),
             "landmarks": self.landmarks,
             "low_light": self.low_light,
@@ -152,9 +156,18 @@ _THREAD_GRAPHS = threading.local()
 _MP_PROTOBUF_WARNING = r"SymbolDatabase\.GetPrototype\(\) is deprecated"
 
 
+def _debugging() -> bool:
+    from kface_cli.console import MODE
+
+    return MODE.debug
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
-    """Silence mediapipe/TFLite's C++ log lines (written straight to file descriptor 2)."""
+    """Silence mediapipe/TFLite's C++ log lines (written straight to file descriptor 2), unless ``--debug``."""
+    if _debugging():
+        yield
+        return
     try:
         fd = os.dup(2)
     except OSError:  # no real stderr (e.g. some notebook kernels)
@@ -218,8 +231,9 @@ def _import_face_solutions() -> tuple[Any, Any]:
 
 @functools.cache
 def _import_mediapipe() -> Any:
-    os.environ.setdefault("GLOG_minloglevel", "2")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not _debugging():  # read by mediapipe's C++ logging when it loads: only errors, unless --debug
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -268,11 +282,25 @@ def _face_mesh() -> Any:
     )
 
 
-def _process(solution: Any, rgb: np.ndarray) -> Any:
+def _process(solution: Any, rgb: np.ndarray, *, quiet_first: bool = False) -> Any:
     # mediapipe's glue calls a protobuf API that newer protobuf deprecates, on every run. A filter,
     # not catch_warnings(), which is not thread-safe; re-adding the same filter changes nothing.
     warnings.filterwarnings("ignore", _MP_PROTOBUF_WARNING, UserWarning)
-    return solution.process(np.ascontiguousarray(rgb))
+    if not quiet_first or _FIRST_RUNS.get(id(solution), 0) >= _QUIET_RUNS:
+        return solution.process(np.ascontiguousarray(rgb))
+    # Face Mesh's C++ calculators log once on their first face ("W0000 ...
+    # landmark_projection_calculator.cc: Using NORM_RECT without IMAGE_DIMENSIONS..."), whatever
+    # GLOG_minloglevel says: its first runs are made with file descriptor 2 silenced.
+    with _MP_INIT_LOCK, _quiet_native_stderr():
+        result = solution.process(np.ascontiguousarray(rgb))
+    found = bool(getattr(result, "multi_face_landmarks", None))
+    _FIRST_RUNS[id(solution)] = _QUIET_RUNS if found else _FIRST_RUNS.get(id(solution), 0) + 1
+    return result
+
+
+#: Runs of a Face Mesh graph (by id) made silenced: until its first face, at most _QUIET_RUNS.
+_FIRST_RUNS: dict[int, int] = {}
+_QUIET_RUNS = 4
 
 
 # ------------------------------------------------------------------------------------------
@@ -491,7 +519,7 @@ class MediaPipeDetector:
         crop = cv2.warpAffine(
             image, m, (_MESH_CROP_SIDE, _MESH_CROP_SIDE), flags=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR
         )
-        result = _process(_face_mesh(), cv2.cvtColor(crop, cv2.COLOR_BGR2RGB))
+        result = _process(_face_mesh(), cv2.cvtColor(crop, cv2.COLOR_BGR2RGB), quiet_first=True)
         if not result.multi_face_landmarks:
             return None
         lm = result.multi_face_landmarks[0].landmark

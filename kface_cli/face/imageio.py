@@ -39,15 +39,60 @@ def is_image_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def identity_photos(root: str | Path) -> list[tuple[str, Path]]:
-    """``(name, photo)`` for every image under ``root/<name>/`` (any depth), sorted; files and
-    folders whose name starts with a dot (``.DS_Store``, ``._IMG.jpg``, ``.thumbnails/``) are left out."""
+#: What ``kface identify`` calls a face it cannot name: never a person's name.
+UNKNOWN_NAME = "unknown"
+
+
+def check_identity_name(name: str, where: str | Path | None = None) -> str:
+    """``name`` as a person's name, or an :class:`InputError` that says why not.
+
+    Refused: an empty (or blank) name, and "unknown" in any case, which ``kface identify`` prints
+    for a face it cannot name (a person of that name could never be told apart from no match).
+    ``where``: the folder or file the name came from, for the message.
+    """
+    text = str(name) if name is not None else ""
+    origin = f" ({where})" if where is not None else ""
+    if not text.strip():
+        raise InputError(
+            f"an empty name cannot be a person's name{origin}",
+            hint="Name each person: a folder DIR/<name>/ or a file DIR/<name>.jpg.",
+        )
+    if text.strip().casefold() == UNKNOWN_NAME:
+        raise InputError(
+            f"{text!r} cannot be a person's name{origin}: kface identify reports a face it cannot name as "
+            f"{UNKNOWN_NAME!r}, so this person could never be told apart from no match",
+            hint="Rename the folder or file (e.g. to the person's name).",
+        )
+    return text
+
+
+def identity_photos(root: str | Path, *, flat: bool = True) -> list[tuple[str, Path]]:
+    """``(name, photo)`` of every person's photos under ``root``, sorted: the layouts that ``kface
+    crop`` and ``kface enroll`` both accept.
+
+    * ``root/<name>/**/*.jpg``: a sub-folder per person (photos in deeper folders count too);
+    * ``root/<name>.jpg`` (with ``flat``): one photo per person, named by the file's stem
+      (``people/Eileen Collins.png`` is "Eileen Collins").
+
+    Files and folders whose name starts with a dot (``.DS_Store``, ``._IMG.jpg``, ``.thumbnails/``)
+    are left out. A name that cannot be a person's (:func:`check_identity_name`) is an error.
+    """
     root = Path(root)
     found = []
-    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(d.rglob("*")):
-            if f.is_file() and is_image_file(f) and not any(part.startswith(".") for part in f.relative_to(d).parts):
-                found.append((d.name, f))
+    for entry in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
+        if entry.is_dir():
+            photos = [
+                f
+                for f in sorted(entry.rglob("*"))
+                if f.is_file()
+                and is_image_file(f)
+                and not any(part.startswith(".") for part in f.relative_to(entry).parts)
+            ]
+            if photos:
+                check_identity_name(entry.name, entry)
+            found.extend((entry.name, f) for f in photos)
+        elif flat and entry.is_file() and is_image_file(entry):
+            found.append((check_identity_name(entry.stem, entry), entry))
     return found
 
 

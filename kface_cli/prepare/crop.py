@@ -5,10 +5,12 @@ Sources
 A K-Face extraction (default: the workspace's ``raw/<Res>``)
     ``<ID>/<S>/<L>/<E>/<C>.jpg`` with its ``.txt`` annotation; writes
     ``faces/<Res>/<ID>/<ID>_<S>_<L>_<E>_<C>.jpg``.
-Any folder of photos, one sub-folder per identity
-    ``SRC/<name>/**/*.jpg|png|bmp|webp|tif`` (sub-folders allowed, names in any script); writes
+Any folder of photos, the layouts ``kface enroll`` reads
+    ``SRC/<name>/**/*.jpg|png|bmp|webp|tif`` (a sub-folder per person, sub-folders allowed, names
+    in any script) and ``SRC/<name>.jpg`` (one photo per person, named by the file); writes
     ``faces/<SRC name>/<name>/<sub__folders__stem>.jpg`` (a suffix other than .jpg is kept in the
-    name, ``a.png`` -> ``a_png.jpg``, so two files never share a crop).
+    name, ``a.png`` -> ``a_png.jpg``, so two files never share a crop). "unknown" and empty names
+    are refused, as enroll refuses them.
 
 Either way ``manifest.csv`` lists every photo: the crop, the K-Face codes (when there are), the
 source, where its landmarks came from and the detector's score, how many faces were found, the
@@ -50,7 +52,7 @@ from typing import TYPE_CHECKING
 
 from kface_cli.choices import CropMode, LandmarkMode
 from kface_cli.dataset import codes as kc
-from kface_cli.defaults import FACE_SIZE, auto_workers
+from kface_cli.defaults import CROP_SETTINGS_FILE, FACE_SIZE, auto_workers
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.workspace import DEFAULT_RESOLUTION, MANIFEST, Workspace, normalise_resolution
 
@@ -73,11 +75,13 @@ MANIFEST_COLUMNS = [
     "detail",
 ]
 #: Beside the manifest: the settings and source of the crops (a re-run with the same ones resumes).
-SETTINGS_FILE = "crop.json"
+SETTINGS_FILE = CROP_SETTINGS_FILE
 JPEG_QUALITY = 95
 #: Seconds between manifest saves while cropping (what an interrupted run resumes from).
 SAVE_EVERY_S = 5.0
 CODE_KEYS = ("acc", "light", "expr", "cam")
+#: ``CropResult.examples`` key of photos where several faces were found (the largest was used).
+SEVERAL_FACES = "several faces"
 
 
 class Status(str, enum.Enum):
@@ -196,12 +200,13 @@ def _kface_items(raw: Path) -> list[_Item]:
 
 
 def _photo_items(root: Path) -> list[_Item]:
-    """Every photo under ``root/<name>/`` (any depth), sorted; hidden files and folders left out."""
+    """Every person's photo under ``root`` (``root/<name>/**`` and ``root/<name>.jpg``), sorted;
+    hidden files and folders left out: the layouts ``kface enroll`` reads."""
     from kface_cli.face.imageio import identity_photos
 
     items = []
     for name, path in identity_photos(root):
-        rel = path.relative_to(root / name)
+        rel = path.relative_to(root / name) if path.parent != root else Path(path.name)
         suffix = path.suffix.lower()
         stem = "__".join((*rel.parts[:-1], path.stem)) + ("" if suffix == ".jpg" else "_" + suffix[1:])
         items.append(_Item(name, {"id": name}, path, path.relative_to(root).as_posix(), f"{name}/{stem}.jpg"))
@@ -433,6 +438,10 @@ def _summarise(
             methods[r.method] += 1
             sources[r.landmarks] += 1
             outcome = r.landmarks
+            if r.faces > 1:  # a group photo in a person's folder: enroll warns the same way
+                ex = examples.setdefault(SEVERAL_FACES, [])
+                if len(ex) < 3:
+                    ex.append(f"{r.source}: {r.detail}")
         else:
             problems[r.status] += 1
             ex = examples.setdefault(r.status, [])

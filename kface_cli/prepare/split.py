@@ -1,4 +1,4 @@
-"""``kface split``: identity-disjoint train/val folders and verification pairs from the crops.
+"""``kface split``: identity-disjoint train/val(/test) folders and verification pairs from the crops.
 
 Reads the crops listed in ``faces/<Res>/manifest.csv`` (or, without a manifest, every
 ``faces/<Res>/<ID>/*.jpg``) and writes::
@@ -7,6 +7,9 @@ Reads the crops listed in ``faces/<Res>/manifest.csv`` (or, without a manifest, 
     split/val/<ID>/*.jpg       validation identities: never seen in training
     split/classes.csv          id,label for the training identities (label = index in sorted order)
     split/val_pairs.csv        path1,path2,same + both images' K-Face codes (kface_cli.formats.pairs)
+    split/test/<ID>/*.jpg      with ``test_ids``/``test_frac``: test identities, seen by no choice
+    split/test_pairs.csv       (not by training's best epoch, nor by threshold calibration: those use
+                               val); ``kface evaluate`` reports on them by default
     split/sources.csv          path,source: each face's source photo (paths relative to split/), so
                                `kface evaluate --landmarks detect` can align the photos again
 
@@ -14,6 +17,11 @@ Choosing the validation identities: ``val_ids`` (a count) or ``val_frac`` (a fra
 ``order="random"`` (default) they are drawn with ``seed``; ``order="sorted"`` takes the LAST ones
 in ID order, which reproduces the original tutorial (400 identities: the first 390 train, the
 last 10 validate).
+
+Choosing the test identities (``test_ids`` or ``test_frac``): drawn first, with their own stream
+of ``seed`` (``order="sorted"``: the last ones by ID, and val the ones just before them); val is
+then chosen among the rest exactly as without a test part, so adding a test part never changes how
+val is drawn. The three parts are identity-disjoint.
 
 Pairs: every same-identity pair among the val images (or ``max_pairs`` of them, drawn with
 ``seed``) and as many different-identity pairs, drawn with ``seed`` without repeats. Because each
@@ -41,6 +49,7 @@ from kface_cli.workspace import (
     CLASSES_CSV,
     DEFAULT_RESOLUTION,
     MANIFEST,
+    TEST_PAIRS_CSV,
     VAL_PAIRS_CSV,
     Workspace,
     normalise_resolution,
@@ -64,6 +73,11 @@ class SplitResult:
     seed: int
     order: str
     seconds: float
+    test_ids: tuple[str, ...] = ()
+    test_images: int = 0
+    test_same_pairs: int = 0
+    test_diff_pairs: int = 0
+    test_pairs_csv: Path | None = None
 
 
 def _identity_images(faces: Path) -> tuple[dict[str, list[Path]], dict[Path, Path]]:
@@ -154,6 +168,39 @@ def choose_val_ids(
     return tuple(sorted(ids[i] for i in chosen))
 
 
+#: Fewest identities a test part may hold (different-identity pairs need two).
+MIN_TEST_IDS = 2
+
+
+def choose_test_ids(
+    ids: list[str], *, test_ids: int | None, test_frac: float | None, seed: int, order: SplitOrder | str
+) -> tuple[str, ...]:
+    """Pick the test identities (none unless ``test_ids`` or ``test_frac``). ``ids`` must be sorted;
+    at least 3 identities must remain for train (1) and val (2)."""
+    order = SplitOrder.parse(order, "--order")
+    if test_ids is None and test_frac is None:
+        return ()
+    if test_ids is not None and test_frac is not None:
+        raise InputError("give either --test-ids or --test-frac, not both")
+    n = len(ids)
+    if test_frac is not None:
+        if not 0 < test_frac < 1:
+            raise InputError(f"--test-frac must be between 0 and 1, got {test_frac}")
+        k = max(MIN_TEST_IDS, int(round(n * test_frac)))
+    else:
+        k = int(test_ids)  # type: ignore[arg-type]
+    if k < MIN_TEST_IDS or k > n - 3:
+        raise InputError(
+            f"cannot hold out {k} of {n} identities for testing",
+            hint="A test part needs at least 2 identities, and 3 must remain (1 to train, 2 to validate).",
+        )
+    if order == "sorted":
+        return tuple(ids[n - k :])
+    rng = np.random.default_rng([seed, 2])  # its own stream: val is drawn as without a test part
+    chosen = rng.choice(n, size=k, replace=False)
+    return tuple(sorted(ids[i] for i in chosen))
+
+
 def link_or_copy(src: Path, dst: Path) -> bool:
     """Hard-link ``src`` at ``dst`` (True), or copy it when linking is impossible (False)."""
     from kface_cli.atomic import ensure_dir
@@ -214,18 +261,20 @@ def _build_split(
     out: Path,
     seed: int,
     max_pairs: int | None,
-) -> tuple[bool, dict[str, int], int, int]:
-    """Write the whole split into ``staging``: linked photos, sources, classes and val pairs."""
+    test: tuple[str, ...] = (),
+) -> tuple[bool, dict[str, int], tuple[int, int], tuple[int, int]]:
+    """Write the whole split into ``staging``: linked photos, sources, classes, val (and test) pairs;
+    returns (linked, images per part, (same, different) val pairs, (same, different) test pairs)."""
     from kface_cli.atomic import atomic_open
     from kface_cli.console import progress
     from kface_cli.formats.pairs import write_pairs_csv
 
     linked = True
-    n_files = sum(len(groups[i]) for i in (*train, *val))
-    counts = {"train": 0, "val": 0}
+    n_files = sum(len(groups[i]) for i in (*train, *val, *test))
+    counts = {"train": 0, "val": 0, "test": 0}
     placed_sources: dict[str, Path] = {}  # path in the split -> source photo
     with progress("Splitting", total=n_files) as bar:
-        for part, members in (("train", train), ("val", val)):
+        for part, members in (("train", train), ("val", val), ("test", test)):
             for ident in members:
                 for img in groups[ident]:
                     linked &= link_or_copy(img, staging / part / ident / img.name)
@@ -242,7 +291,12 @@ def _build_split(
     val_groups = {i: sorted((staging / "val" / i).iterdir()) for i in val}
     pairs, n_same, n_diff = make_pairs(val_groups, seed=seed, max_pairs=max_pairs)
     write_pairs_csv(staging / VAL_PAIRS_CSV, pairs)
-    return linked, counts, n_same, n_diff
+    t_same = t_diff = 0
+    if test:
+        test_groups = {i: sorted((staging / "test" / i).iterdir()) for i in test}
+        t_pairs, t_same, t_diff = make_pairs(test_groups, seed=seed + 1, max_pairs=max_pairs)
+        write_pairs_csv(staging / TEST_PAIRS_CSV, t_pairs)
+    return linked, counts, (n_same, n_diff), (t_same, t_diff)
 
 
 def split(
@@ -256,8 +310,10 @@ def split(
     seed: int = 0,
     order: SplitOrder | str = SplitOrder.RANDOM,
     max_pairs: int | None = None,
+    test_ids: int | None = None,
+    test_frac: float | None = None,
 ) -> SplitResult:
-    """Split the crops into identity-disjoint train/val folders and write classes and val pairs."""
+    """Split the crops into identity-disjoint train/val(/test) folders; write classes and pairs."""
     from kface_cli.choices import check_seed
 
     check_seed(seed)
@@ -277,23 +333,27 @@ def split(
             hint="Pass the folder `kface crop` wrote (faces/<res>), holding one sub-folder per identity.",
         )
     groups, sources = _identity_images(faces)
-    if len(groups) < 3:
+    if len(groups) < 3 + (MIN_TEST_IDS if test_ids is not None or test_frac is not None else 0):
         raise InputError(
             f"{len(groups)} identit{'y' if len(groups) == 1 else 'ies'} with crops in {faces}",
-            hint="A train/val split needs at least 3 identities; run `kface crop` on more data.",
+            hint="A train/val split needs at least 3 identities (5 with a test part); run `kface crop` on more data.",
         )
     if max_pairs is not None and max_pairs < 1:
         raise InputError(f"--max-pairs must be positive, got {max_pairs}")
     ids = sorted(groups)
     order = SplitOrder.parse(order, "--order")
-    val = choose_val_ids(ids, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order)
-    train = tuple(i for i in ids if i not in set(val))
-    assert not set(train) & set(val), "train and val identities must be disjoint"
+    test = choose_test_ids(ids, test_ids=test_ids, test_frac=test_frac, seed=seed, order=order)
+    rest = [i for i in ids if i not in set(test)]
+    val = choose_val_ids(rest, val_ids=val_ids, val_frac=val_frac, seed=seed, order=order)
+    train = tuple(i for i in rest if i not in set(val))
+    assert not (set(train) & set(val) or set(train) & set(test) or set(val) & set(test)), "parts must be disjoint"
 
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        linked, counts, n_same, n_diff = _build_split(staging, groups, sources, train, val, out, seed, max_pairs)
+        linked, counts, (n_same, n_diff), (t_same, t_diff) = _build_split(
+            staging, groups, sources, train, val, out, seed, max_pairs, test
+        )
     except BaseException as e:  # a full disk, Ctrl-C: the half-built split goes, the old one stays
         shutil.rmtree(staging, ignore_errors=True)
         if isinstance(e, OSError) and (user_error := storage_error(e, getattr(e, "filename", None) or staging)):
@@ -320,4 +380,9 @@ def split(
         seed=seed,
         order=order.value,
         seconds=time.perf_counter() - t0,
+        test_ids=test,
+        test_images=counts["test"],
+        test_same_pairs=t_same,
+        test_diff_pairs=t_diff,
+        test_pairs_csv=out / TEST_PAIRS_CSV if test else None,
     )

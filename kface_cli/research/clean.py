@@ -10,7 +10,9 @@ noise (wrong-identity images, outliers) drifts to the others::
     angle    to its own class's dominant sub-centre
     margin   angle minus the angle to the nearest other class's dominant sub-centre
 
-Two rules flag an image (``--rule``): ``angle > threshold`` (the paper's, 77 degrees) or
+Two rules flag an image (``--rule``): ``angle > threshold`` (the authors' rule: 75 degrees, the
+default of their ``drop.py`` in insightface's recognition/subcenter_arcface, whose README says
+"> 75 degrees") or
 ``margin > threshold`` (the default, 12 degrees: the image looks more like another identity).
 On the sample data the angle alone cannot tell a mislabelled face from a hard but correctly
 labelled one (the darkest light, the most extreme camera): both sit far from their identity's

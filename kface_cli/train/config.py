@@ -74,6 +74,11 @@ class TrainConfig:
         "[default: from the cores: all but one on a GPU (at most 8), a quarter on a CPU].",
     )
     flip: bool = _opt(True, "Random horizontal flips.")
+    resize_images: bool = _opt(
+        False,
+        "Resize training images of another size to 112x112 on purpose; they must already be aligned face crops "
+        "(photos: run `kface crop` first). Without it such images are refused.",
+    )
     # model --------------------------------------------------------------------------------
     network: str = _opt(
         AUTO,
@@ -129,8 +134,8 @@ class TrainConfig:
     )
     # augmentation (kface_cli.train.augment) ----------------------------------------------
     augment: str = _opt(
-        "",
-        "Training augmentations, e.g. jitter or jitter=0.05,colour=0.2 (landmark jitter, scale, shift, colour, blur, grey; see README) [default: none].",
+        AUTO,
+        "Training augmentations, e.g. jitter or jitter=0.05,colour=0.2 (landmark jitter, scale, shift, colour, blur, grey; see docs/evaluate.md); none: off, for exact comparisons [default: auto: jitter,scale,shift,colour on folders of faces, none on train.rec and synthetic: data].",
     )
 
     # ------------------------------------------------------------------------------------

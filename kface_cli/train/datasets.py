@@ -9,8 +9,11 @@
 Items are ``(image (3, 112, 112) float32 RGB in [-1, 1], label int)`` made by
 :func:`kface_cli.face.preprocess.faces_to_input`, the same preprocessing as every other stage; with
 ``flip=True`` each item is mirrored with probability 1/2 (drawn from torch's RNG, so DataLoader
-seeds make it reproducible). Images that are not 112x112 are resized. ``augment`` (a spec such as
-``"jitter,colour"``, see :mod:`kface_cli.train.augment`) perturbs every item drawn.
+seeds make it reproducible). Training refuses images that are not aligned-crop squares (112 or 224 px;
+``kface crop`` makes them) unless told to resize them (``--resize-images``). ``augment`` (a spec such as
+``"jitter,colour"``, see :mod:`kface_cli.train.augment`) perturbs every item drawn; the training
+loop reads ``ds[(index, flip, (seed, epoch))]``, whose flip and augmentation depend on nothing else
+(not on the worker that reads it), see :meth:`_BaseDataset.__getitem__`.
 
 Small folder datasets (up to ``PRELOAD_MAX_IMAGES``) are decoded once into memory: on a laptop
 CPU, JPEG decoding would otherwise compete with training for the same cores.
@@ -46,6 +49,15 @@ def _to_item(face_bgr: np.ndarray, flip: bool, random: bool = True):
     return torch.from_numpy(faces_to_input(face[None])[0])  # (3, 112, 112)
 
 
+#: Keeps the augmentation's random stream apart from every other stream derived from the seed.
+AUGMENT_STREAM = 0x4A7C
+
+
+def augment_rng(key: Sequence[int], index: int) -> np.random.Generator:
+    """The generator of item ``index``'s augmentation under ``key`` (e.g. ``(seed, epoch)``)."""
+    return np.random.default_rng([AUGMENT_STREAM, *(int(k) % 2**63 for k in key), index])
+
+
 class _BaseDataset:
     num_classes: int
     labels: np.ndarray  # (N,) int64
@@ -56,19 +68,33 @@ class _BaseDataset:
         return int(len(self.labels))
 
     def __getitem__(self, i):
-        """``ds[i]`` (flip drawn from torch's RNG when ``flip``) or ``ds[(i, flip)]`` (flip given:
-        what the training loop does, so that runs and resumes are exact whatever the workers)."""
-        if isinstance(i, tuple):
-            i, mirror = i
-            return _to_item(self._face(int(i)), bool(mirror), random=False), int(self.labels[i])
-        return _to_item(self._face(i), self.flip), int(self.labels[i])
+        """Three ways to read item ``i``:
 
-    def _face(self, i: int) -> np.ndarray:
-        if not self.augment:
-            return self.image(i)
+        * ``ds[(i, flip, key)]``: what the training loop reads: mirrored when ``flip``, augmented
+          with a generator seeded by ``key`` (the loop passes ``(seed, epoch)``; the item's index is
+          added), so an item's augmentation is a function of (seed, epoch, index) alone and a run
+          and its ``--resume`` are exact whatever the number of data workers;
+        * ``ds[(i, flip)]``: the face as stored (no augmentation), mirrored when ``flip``: what
+          BatchNorm recalibration reads;
+        * ``ds[i]``: flip and augmentation drawn from torch's RNG (reproducible under a seed in
+          one process only).
+        """
+        if isinstance(i, tuple):
+            if len(i) == 3:
+                i, mirror, key = i
+                face = self._augmented(int(i), augment_rng(key, int(i)))
+            else:
+                i, mirror = i
+                face = self.image(int(i))
+            return _to_item(face, bool(mirror), random=False), int(self.labels[i])
         from kface_cli.train.augment import draw_rng
 
-        return self.augment(resize_crop(self.image(i), FACE_SIZE), draw_rng())
+        return _to_item(self._augmented(i, draw_rng()), self.flip), int(self.labels[i])
+
+    def _augmented(self, i: int, rng: np.random.Generator) -> np.ndarray:
+        if not self.augment:
+            return self.image(i)
+        return self.augment(resize_crop(self.image(i), FACE_SIZE), rng)
 
     def image(self, i: int) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -97,7 +123,15 @@ class ArrayDataset(_BaseDataset):
 class FolderDataset(_BaseDataset):
     """``root/<identity>/<image>``: one folder per identity, labels in sorted folder order."""
 
-    def __init__(self, root: str | Path, *, flip: bool = True, preload: bool | None = None, progress: bool = True):
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        flip: bool = True,
+        preload: bool | None = None,
+        progress: bool = True,
+        resize: bool = True,
+    ):
         from kface_cli.face.imageio import is_image_file
 
         self.root = Path(root)
@@ -123,6 +157,8 @@ class FolderDataset(_BaseDataset):
                 f"no identity folders with images in {self.root}",
                 hint="Expected ROOT/<identity>/<image>.jpg (the layout `kface split` writes) or ROOT/train.rec.",
             )
+        if not resize:
+            check_crop_sizes(self.root, paths)
         self.paths = paths
         self.labels = np.asarray(labels, dtype=np.int64)
         self.num_classes = len(self.classes)
@@ -200,19 +236,51 @@ def synthetic_dataset(spec: str, *, flip: bool = True, seed: int = 0) -> ArrayDa
     return ds
 
 
-def open_training_data(path: str | Path, *, flip: bool = True, preload: bool | None = None, augment: str = ""):
+def check_crop_sizes(root: Path, paths: Sequence[Path]) -> None:
+    """Refuse training images that are not aligned-crop squares (112x112, or 224x224 from
+    ``kface crop --size 224``): photos that were never cropped would be squashed to 112 px, faces
+    and all. Only the file headers are read."""
+    from kface_cli.defaults import ALIGNED_CROP_SIDES
+    from kface_cli.face.imageio import image_size
+
+    wrong: list[tuple[Path, tuple[int, int]]] = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                size = image_size(f.read(1 << 16))
+        except OSError:
+            continue  # reported when the image is read
+        if size is not None and not (size[0] == size[1] and size[0] in ALIGNED_CROP_SIDES):
+            wrong.append((path, size))
+    if wrong:
+        path, (w, h) = wrong[0]
+        raise InputError(
+            f"{len(wrong)} of {len(paths)} training images in {root} are not {FACE_SIZE}x{FACE_SIZE} face crops "
+            f"(e.g. {path}: {w}x{h})",
+            hint=f"Crop the faces first: `kface crop {root}` then `kface split --faces <its output>`; "
+            "if they are aligned face crops of another size, pass --resize-images.",
+        )
+
+
+def open_training_data(
+    path: str | Path, *, flip: bool = True, preload: bool | None = None, augment: str = "", resize: bool = True
+):
     """The dataset at ``path``: a ``train.rec`` folder, an identity-folder tree, or
     ``synthetic:<ids>x<images>`` (random data for throughput checks); ``augment``: a spec of
-    :mod:`kface_cli.train.augment`."""
-    from kface_cli.train.augment import parse_augment
+    :mod:`kface_cli.train.augment`. ``resize=False``: a folder's images must be aligned-crop
+    squares (:func:`check_crop_sizes`)."""
+    from kface_cli.train.augment import parse_augment, resolve_augment
 
-    augmentation = parse_augment(augment)
     path_text = str(path)
+    is_rec = (Path(path).is_file() and Path(path).suffix == ".rec") or (Path(path) / REC_NAME).is_file()
+    augmentation = parse_augment(
+        resolve_augment(augment, folder=not (path_text.startswith(SYNTHETIC_PREFIX) or is_rec))
+    )
     if path_text.startswith(SYNTHETIC_PREFIX):
         ds: _BaseDataset = synthetic_dataset(path_text, flip=flip)
     elif (Path(path).is_file() and Path(path).suffix == ".rec") or (Path(path) / REC_NAME).is_file():
         ds = RecordDataset(path, flip=flip)
     else:
-        ds = FolderDataset(path, flip=flip, preload=preload)
+        ds = FolderDataset(path, flip=flip, preload=preload, resize=resize)
     ds.augment = augmentation if augmentation else None
     return ds

@@ -9,15 +9,22 @@
                     backbone_last.pth, the epoch's record
       _save_checkpoint, log, plots
 
-The host never waits for the accelerator inside an epoch, except every ``log_every`` steps
-and at its end, where the per-step losses (kept on the device) are read back and checked: a
-non-finite one stops the run, and the checkpoint on disk is the last good one. Under torchrun
+The loop itself never reads a value back from the accelerator inside an epoch, except every
+``log_every`` steps and at its end, where the per-step losses (kept on the device) are read back
+and checked: a non-finite one stops the run, and the checkpoint on disk is the last good one.
+Two waits remain, in torch: with ``--precision fp16``, ``GradScaler.step`` reads the
+found-an-overflow flag every step (it must know whether to skip the step); with
+``--sample-rate`` < 1, Partial FC's ``torch.unique`` of the batch labels (kface_cli.models.heads)
+learns its output size on the host every step. fp32/bf16 at sample rate 1 has neither. Under torchrun
 the ranks agree on a Ctrl-C at those same points. The loader is built once (persistent workers,
 prefetching, pinned memory); the worker count follows the machine's cores unless ``--workers``.
 
-Reproducibility: every epoch's sample order and flips come from ``(seed, epoch)`` alone, and the
-RNG states are saved with each checkpoint, so ``--resume`` continues *exactly* (the same weights
-as an uninterrupted run, also after a Ctrl-C in the middle of an epoch).
+Reproducibility: every epoch's sample order and flips come from ``(seed, epoch)`` alone, and each
+item's ``--augment`` draws from ``(seed, epoch, item index)`` alone (whichever data worker reads
+it); the RNG states are saved with each checkpoint, so ``--resume`` continues *exactly* (the same
+weights as an uninterrupted run, also after a Ctrl-C in the middle of an epoch, with or without
+data workers and augmentation; tests/test_train.py checks the backbone digests). BatchNorm
+recalibration reads the stored faces, never augmented ones.
 
 Distributed (``torchrun``): every rank builds the same model, the backbone is wrapped in
 DistributedDataParallel, the head's class centres are sharded across ranks (Partial FC), each
@@ -36,7 +43,7 @@ import random
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +62,10 @@ from kface_cli.train.config import AUTO, TrainConfig, config_from_dict, resolve_
 #: Options that may change when a run is resumed (they do not change what is computed).
 RESUMABLE_CHANGES = ("epochs", "workers", "device", "log_every", "val_batch_size", "val_pairs")
 VAL_FAR = 1e-2  # TAR is reported at this FAR after every epoch
+#: Validation needs at least this many same-person and as many different-person pairs: two of
+#: each in every fold of the 10-fold accuracy. Fewer measure nothing (10 pairs: "70.00% +- 45.83%")
+#: and would pick the "best" epoch by chance.
+MIN_VAL_PAIRS_EACH = 20
 PLOT_EVERY_S = 30.0  # redraw plots.png at most this often (and after the last epoch)
 SCALER_GROWTH_INTERVAL = 100  # fp16 GradScaler: steps without overflow before the scale doubles (insightface)
 PREFETCH_BATCHES = 4  # batches each loader worker prepares ahead
@@ -164,8 +175,9 @@ def steps_per_epoch(num_images: int, batch_size: int, world_size: int, max_steps
 
 class EpochBatches:
     """Batch sampler: rank ``rank``'s share of every global batch of epoch ``epoch``, as lists of
-    ``(index, flip)``. Global batch k = permutation[k*B*W : (k+1)*B*W]; rank r takes its r-th
-    slice of B, so W processes with batch B see the same global batches as one with B*W."""
+    ``(index, flip, (seed, epoch))`` (the last: the key of the item's augmentation). Global batch
+    k = permutation[k*B*W : (k+1)*B*W]; rank r takes its r-th slice of B, so W processes with
+    batch B see the same global batches as one with B*W."""
 
     def __init__(
         self,
@@ -189,6 +201,7 @@ class EpochBatches:
         """Move to ``epoch`` (from step ``start_step``): the loader and its workers stay as they are."""
         import torch
 
+        self.epoch = epoch
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         self.order = torch.randperm(self.num_images, generator=g).numpy()  # (N,)
         self.flips = (
@@ -201,11 +214,12 @@ class EpochBatches:
     def __len__(self) -> int:
         return self.steps - self.start_step
 
-    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+    def __iter__(self) -> Iterator[list[tuple[int, bool, tuple[int, int]]]]:
         B, W = self.batch_size, self.world_size
+        key = (self.seed, self.epoch)
         for step in range(self.start_step, self.steps):
             lo = step * B * W + self.rank * B
-            yield [(int(self.order[i]), bool(self.flips[i])) for i in range(lo, lo + B)]
+            yield [(int(self.order[i]), bool(self.flips[i]), key) for i in range(lo, lo + B)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -319,6 +333,18 @@ def _resolve_val_pairs(config: TrainConfig, ws: Any) -> Path | None:
             )
         return p
     return ws.val_pairs if ws.val_pairs.is_file() else None
+
+
+def too_few_val_pairs(pairs: Sequence[Any]) -> str | None:
+    """Why ``pairs`` are too few to validate on (:data:`MIN_VAL_PAIRS_EACH`), or None."""
+    same = sum(1 for p in pairs if p.same)
+    different = len(pairs) - same
+    if min(same, different) >= MIN_VAL_PAIRS_EACH:
+        return None
+    return (
+        f"{same} same-person and {different} different-person pairs; validation needs at least "
+        f"{MIN_VAL_PAIRS_EACH} of each (2 per fold of the 10-fold accuracy)"
+    )
 
 
 def validate(backbone: Any, pair_faces: Any, *, network: str, batch_size: int = 64) -> dict[str, Any]:
@@ -463,6 +489,7 @@ class _Run:
     data_source: str
     pair_faces: Any = None
     val_path: Path | None = None
+    validating: bool = False  # rank 0 validates after each epoch (the same on every rank)
     log: Any = None  # log.jsonl, open on rank 0
     created_dir: bool = False  # this run made its folder (a failure before its first checkpoint removes it)
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -573,7 +600,9 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
         data_path = (
             Path(config.data).expanduser() if config.data else ws.require(ws.train_dir, "training data", "kface split")
         )
-    dataset = open_training_data(data_path, flip=False, augment=config.augment)
+    dataset = open_training_data(data_path, flip=False, augment=config.augment, resize=config.resize_images)
+    # "auto" resolved (on a folder of faces: FOLDER_DEFAULT): config.json says what was used
+    config = config.replace(augment=dataset.augment.spec() if dataset.augment else "none")
     num_images, num_classes = len(dataset), dataset.num_classes
 
     # -- model: "auto" values follow --init, the device and the data -----------------------
@@ -659,7 +688,17 @@ def _setup(config: TrainConfig, info: distributed.DistInfo, resume: bool) -> _Ru
             from kface_cli.embedding.photos import prepare_pairs
             from kface_cli.formats.pairs import read_pairs_csv
 
-            run.pair_faces = prepare_pairs(read_pairs_csv(run.val_path), description="Loading val pairs")
+            pairs = read_pairs_csv(run.val_path)
+            too_few = too_few_val_pairs(pairs)
+            if too_few:
+                console.warn(
+                    f"{run.val_path}: {too_few}: too small to measure anything; training without validation, "
+                    "backbone.pth will be the last epoch. Make a larger val part (`kface split --val-ids`)."
+                )
+            else:
+                run.pair_faces = prepare_pairs(pairs, description="Loading val pairs")
+
+    run.validating = bool(distributed.broadcast_object(info, run.pair_faces is not None))
 
     # -- files ---------------------------------------------------------------------------------
     if info.is_main:
@@ -901,8 +940,9 @@ def _end_epoch(run: _Run, epoch: int) -> dict[str, Any]:
         "samples_per_s": run.epoch_samples_per_s,
         "elapsed_s": time.perf_counter() - run.t_start,
     }
-    if cfg.bn_recalibration and (run.pair_faces is not None or epoch + 1 == cfg.epochs):
-        # every rank, same images: BatchNorm buffers stay identical across ranks
+    if cfg.bn_recalibration and (run.validating or epoch + 1 == cfg.epochs):
+        # every rank (``validating`` is rank 0's, broadcast), same images, no augmentation:
+        # the BatchNorm buffers stay identical across ranks
         recalibrate_batchnorm(
             run.backbone,
             run.dataset,
@@ -917,7 +957,8 @@ def _end_epoch(run: _Run, epoch: int) -> dict[str, Any]:
         val = validate(run.model, run.pair_faces, network=cfg.network, batch_size=cfg.val_batch_size)
         record["val"] = val
         acc, best_acc = val["accuracy"], run.best["accuracy"]
-        improved = acc is not None and (best_acc is None or acc >= best_acc)  # a tie: the later, more trained epoch
+        # a tie: the later, more trained epoch; no accuracy at all: the last epoch (never no backbone.pth)
+        improved = best_acc is None if acc is None else (best_acc is None or acc >= best_acc)
         console.info(
             f"epoch {epoch + 1}: loss {_num(record['loss'])}, val accuracy {_pct(acc)} +- {_pct(val['accuracy_std'])}, "
             f"threshold {_num(val['threshold'])}, TAR@FAR=1e-2 {_pct(val['tar'])}" + ("  (best)" if improved else "")
