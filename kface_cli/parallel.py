@@ -64,6 +64,15 @@ def map_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int | None = 
             future.cancel()
 
 
+def submit(fn: Callable[..., R], *args: object, workers: int | None = None) -> Future[R]:
+    """``fn(*args)`` started now on a thread of the pool that ``map_ordered(..., workers)`` uses
+    (what that thread keeps, such as detector graphs, serves the later items too)."""
+    workers = default_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    return _pool(workers).submit(fn, *args)
+
+
 @functools.cache
 def _pool(workers: int) -> ThreadPoolExecutor:
     """One pool per thread count, kept for the process: its threads, and what each keeps per

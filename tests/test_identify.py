@@ -245,3 +245,30 @@ def test_threads_keep_photo_order_and_errors(world, tmp_path):
     images = one["images"]
     assert [Path(i["image"]).name for i in images][3:5] == ["broken.jpg", "x.jpg"]
     assert images[3]["error"] and images[4]["error"] is None
+
+
+@pytest.mark.parametrize("workers", [None, 1])
+def test_first_photo_is_searched_while_the_model_loads(world, workers):
+    """One photo, whole process: its faces are searched on a worker thread while the model loads
+    (the loader sees the detection started); with ``workers=1`` everything stays in order, in the
+    calling thread. The result is the same either way."""
+    import threading
+
+    started = threading.Event()
+
+    class Recording(SidecarDetector):
+        def detect(self, image, path=None):
+            started.set()
+            return super().detect(image, path)
+
+    seen: list[bool] = []
+
+    def load_model():
+        seen.append(started.wait(30) if workers is None else started.is_set())
+        return FakeEmbedder("pixels")
+
+    result = identify(
+        [world["probes"] / "Alice.jpg"], world["gallery"], load_model, detector=Recording(), workers=workers
+    )
+    assert seen == [workers is None]
+    assert [f.name for f in result.images[0].faces] == ["Alice"]

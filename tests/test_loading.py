@@ -87,6 +87,53 @@ def test_foreign_onnx_model(backbone, faces, reference, tmp_path):
         load_embedder(path, backend="torch")
 
 
+@pytest.mark.slow
+def test_onnx_optimized_graph_is_cached_checked_and_rebuilt(backbone, faces, reference, tmp_path, monkeypatch):
+    """An .onnx file's optimised graph is cached: the second load opens the cached graph (same
+    embeddings, fingerprint, metadata); a damaged entry is rebuilt; a changed file gets its own."""
+    import os
+
+    import onnxruntime
+
+    monkeypatch.setenv("KFACE_CACHE", str(tmp_path / "cache"))
+    opened: list[str] = []
+    real = onnxruntime.InferenceSession
+
+    def spy(source, *args, **kwargs):
+        opened.append(str(source))
+        return real(source, *args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", spy)
+    path = tmp_path / "model.onnx"
+    insightface_style_onnx(backbone, path)
+    cache = tmp_path / "cache" / "onnx-optimized"
+    first = load_embedder(path)
+    entries = list(cache.glob("*.onnx"))
+    assert opened == [str(path)] and len(entries) == 1 and not list(cache.glob(".*.tmp"))
+    again = load_embedder(path)
+    assert opened[-1] == str(entries[0])  # the cached graph, not the file
+    assert (again.fingerprint, again.metadata) == (first.fingerprint, first.metadata)
+    assert np.allclose(again.embed(faces), first.embed(faces), atol=1e-5)
+    assert (again.embed(faces) * unit(reference)).sum(axis=1).min() >= 0.9999
+    entries[0].write_bytes(b"damaged")
+    fixed = load_embedder(path)
+    assert opened[-2:] == [str(entries[0]), str(path)]  # tried, refused, rebuilt from the file
+    assert np.allclose(fixed.embed(faces), first.embed(faces), atol=1e-5) and entries[0].stat().st_size > 1000
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed: a new entry
+    load_embedder(path)
+    assert opened[-1] == str(path) and len(list(cache.glob("*.onnx"))) == 2
+    # a cache that cannot be written only costs the optimisation: the model still opens
+    from kface_cli.embedding.embedder import _optimized_path
+
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2 * 10**9))
+    target = _optimized_path(path)
+    target.with_name(f".{target.name}.{os.getpid()}.tmp").mkdir()  # ORT cannot write its copy there
+    assert np.allclose(load_embedder(path).embed(faces), first.embed(faces), atol=1e-5) and not target.exists()
+    monkeypatch.setenv("KFACE_CACHE", str(path))  # a file: no cache folder can be made under it
+    assert load_embedder(path).fingerprint == first.fingerprint
+
+
 def test_errors_are_clear(workspace, tmp_path, faces):
     with pytest.raises(InputError, match="model not found"):
         load_embedder(tmp_path / "nope.pth")

@@ -57,6 +57,48 @@ def test_workers_follow_the_cores():
     assert loader_workers(cuda, 1, cores=16) == 8 and loader_workers(cuda, 4, cores=16) == 3
     assert loader_workers(cuda, 1, cores=2) == 1
     assert loader_workers(cpu, 1, cores=16) == 4 and loader_workers(cpu, 1, cores=2) == 1
+    assert loader_workers(cpu, 1, cores=1) == 1  # loading overlaps the step even on one core
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_loader_hands_over_channels_last_batches_equal_to_the_plain_collation(workers):
+    """With channels_last (the default) the loader's batches are already in that memory format,
+    so the step copies nothing; their values are those of the default collation."""
+    from kface_cli.train.datasets import ArrayDataset
+    from kface_cli.train.distributed import DistInfo
+    from kface_cli.train.setup import _build_loader
+
+    rng = np.random.default_rng(0)
+    ds = ArrayDataset(rng.integers(0, 256, (24, 112, 112, 3), dtype=np.uint8), np.arange(24) % 4)
+    for channels_last in (True, False):
+        config = TrainConfig(batch_size=8, workers=workers, channels_last=channels_last).validate()
+        sampler, loader, _ = _build_loader(config, DistInfo(device=torch.device("cpu")), ds)
+        x, y = next(iter(loader))
+        first = next(iter(sampler))
+        ref = torch.utils.data.default_collate([ds[item] for item in first])
+        assert torch.equal(x, ref[0]) and torch.equal(y, ref[1])
+        assert x.is_contiguous(memory_format=torch.channels_last) == channels_last and (
+            channels_last or x.is_contiguous()
+        )
+        if channels_last:
+            assert x.contiguous(memory_format=torch.channels_last).data_ptr() == x.data_ptr()  # no copy in the step
+
+
+def test_cpu_loader_workers_yield_to_training_and_leave_ctrl_c_to_it():
+    """A CPU run's loader worker lowers its priority (it decodes in the training threads' gaps)
+    and ignores SIGINT; checked in a child process, as a worker is one."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal\n"
+        "from kface_cli.train.setup import CPU_WORKER_NICE, _cpu_worker_init\n"
+        "before = os.nice(0)\n"
+        "_cpu_worker_init(0)\n"
+        "print(os.nice(0) - before, min(CPU_WORKER_NICE, 19 - before), signal.getsignal(signal.SIGINT) == signal.SIG_IGN)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == out[1] and out[2] == "True"  # raised by CPU_WORKER_NICE, up to the limit of 19
 
 
 def test_fp16_scaler_grows_every_100_steps_as_insightface():

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -193,29 +193,29 @@ def identify(
             as ``<array K>`` (K from 0), or ``(label, array)`` pairs.
     """
     from kface_cli.console import info, progress, warn
-    from kface_cli.dataset.provenance import warn_if_synthetic
     from kface_cli.parallel import map_ordered
 
     _at_least_one(top_k=top_k, every=every)
     # the inputs first, before the slow model load: typos fail fast
-    frames, total = _frames(paths, camera, every, max_frames, annotate, images)
-    gallery, embedder, loaded = _open_gallery(gallery_path, embedder, index_kind)
+    frames, total, files = _frames(paths, camera, every, max_frames, annotate, images)
+    gallery = Gallery(gallery_path)
+    gallery.model()  # missing / corrupt gallery: fail before loading the model
+    detector = default_detector(landmarks, min_face) if detector is None else detector
+    early = _first_photo_early(frames, files, camera, workers, detector, aligned)
+    embedder, loaded = _open_gallery(gallery, embedder, index_kind)
     per_identity = max(Counter(loaded.names).values())
     thr, thr_source, thr_detail = _identify_threshold(threshold, embedder)
-    detector = default_detector(landmarks, min_face) if detector is None else detector
     out_dir = _annotate_dir(annotate)
 
+    def found_faces() -> Iterator[tuple[Frame, list]]:
+        if early is not None:
+            yield early.result()
+        yield from map_ordered(
+            lambda f: _find_faces(f, detector, aligned), frames, 1 if camera is not None else workers
+        )
+
     started = time.perf_counter()  # after the model and index are loaded: the time per photo
-    result = IdentifyResult(
-        [],
-        thr,
-        thr_source,
-        gallery.path,
-        {"kind": loaded.index.kind.value, "templates": len(loaded.index), **loaded.index.params},
-        model=describe_model(embedder),
-        warnings=warn_if_synthetic(embedder.metadata, embedder.source),
-        threshold_detail=thr_detail,
-    )
+    result = _new_result(gallery, loaded, embedder, (thr, thr_source, thr_detail))
     warned_glyphs: set[str] = set()
     batch: list[tuple[Frame, list[tuple[tuple[float, float, float, float], float, np.ndarray]]]] = []
 
@@ -235,9 +235,7 @@ def identify(
 
     with progress("Identifying", total=total) as bar:
         try:
-            for frame, found in map_ordered(
-                lambda f: _find_faces(f, detector, aligned), frames, 1 if camera is not None else workers
-            ):
+            for frame, found in found_faces():
                 if frame.error:
                     warn(f"{frame.label}: {frame.error}: skipped")
                 batch.append((frame, found))
@@ -250,6 +248,38 @@ def identify(
         flush()
     result.seconds = time.perf_counter() - started
     return result
+
+
+def _first_photo_early(
+    frames: Iterator[Frame], files: list[Path], camera: int | None, workers: int | None, detector, aligned: bool
+):
+    """The first photo read and searched while the model and the gallery load (both release the
+    GIL for most of it): one photo, whole process, 0.7 s -> see docs/performance.md. None when
+    there is no such photo (camera, a video first, one worker)."""
+    from kface_cli.parallel import submit
+
+    if camera is None and workers != 1 and files and not sources.is_video(files[0]):
+        return submit(_find_faces, next(frames), detector, aligned, workers=workers)
+    return None
+
+
+def _new_result(
+    gallery: Gallery, loaded: LoadedIndex, embedder: Embedder, threshold: tuple[float, str, str]
+) -> IdentifyResult:
+    """The result, before any face: threshold, gallery, index and model as the JSON reports them."""
+    from kface_cli.dataset.provenance import warn_if_synthetic
+
+    thr, thr_source, thr_detail = threshold
+    return IdentifyResult(
+        [],
+        thr,
+        thr_source,
+        gallery.path,
+        {"kind": loaded.index.kind.value, "templates": len(loaded.index), **loaded.index.params},
+        model=describe_model(embedder),
+        warnings=warn_if_synthetic(embedder.metadata, embedder.source),
+        threshold_detail=thr_detail,
+    )
 
 
 def _rank(
@@ -270,15 +300,15 @@ def _frames(
     max_frames: int | None,
     annotate: str | Path | None,
     images: Sequence[np.ndarray | tuple[str, np.ndarray]] = (),
-) -> tuple[Iterable[Frame], int | None]:
+) -> tuple[Iterator[Frame], int | None, list[Path]]:
     """The frames to identify faces in (photos, videos, then ``images`` in memory, or the camera's),
-    and how many there are (None: not known in advance). The inputs are checked (the files
+    how many there are (None: not known in advance) and the files among them. The inputs are checked (the files
     listed, the camera opened, ``--annotate`` not among them) now; frames are read later."""
     if max_frames is not None and max_frames < 1:
         raise InputError(f"--max-frames must be at least 1, got {max_frames}", hint="Leave it out to read every frame.")
     if camera is not None:
         capture = sources.open_capture(camera)
-        return sources.video_frames(camera, every, f"camera{camera}", max_frames, cap=capture), max_frames
+        return iter(sources.video_frames(camera, every, f"camera{camera}", max_frames, cap=capture)), max_frames, []
     files = expand_inputs(paths) if paths or not len(images) else []
     if annotate is not None:
         from kface_cli.atomic import check_output_folder
@@ -292,7 +322,7 @@ def _frames(
     ]
     frames = itertools.chain(sources.photo_frames(files, every, max_frames), arrays)
     total = len(files) + len(arrays) if not any(sources.is_video(f) for f in files) else None
-    return frames, total
+    return frames, total, files
 
 
 def default_detector(landmarks: LandmarkMode | str, min_face: int | None):
@@ -303,18 +333,16 @@ def default_detector(landmarks: LandmarkMode | str, min_face: int | None):
 
 
 def _open_gallery(
-    gallery_path: str | Path, embedder: EmbedderOrLoader, index_kind: IndexKind | str
-) -> tuple[Gallery, Embedder, LoadedIndex]:
-    """The gallery, checked before the model is loaded, the model (checked against the gallery's)
-    and the search index; an empty gallery is an error."""
-    gallery = Gallery(gallery_path)
-    gallery.model()  # missing / corrupt gallery: fail before loading the model
+    gallery: Gallery, embedder: EmbedderOrLoader, index_kind: IndexKind | str
+) -> tuple[Embedder, LoadedIndex]:
+    """The model (loaded now, checked against the gallery's) and the search index; an empty
+    gallery is an error."""
     embedder = resolve_embedder(embedder)
     gallery.check_model(ModelInfo.of(embedder))
     loaded = load_index(gallery, index_kind)
     if not loaded.names:
         raise InputError(f"gallery {gallery.path} is empty", hint="Enroll people first with `kface enroll DIR`.")
-    return gallery, embedder, loaded
+    return embedder, loaded
 
 
 def _at_least_one(**counts: int) -> None:

@@ -41,10 +41,12 @@ def _to_item(face_bgr: np.ndarray, flip: bool, random: bool = True):
 
     from kface_cli.face.preprocess import faces_to_input
 
-    x = torch.from_numpy(faces_to_input(resize_crop(face_bgr, FACE_SIZE)[None])[0])  # (3, 112, 112)
+    face = resize_crop(face_bgr, FACE_SIZE)
     if flip and (not random or bool(torch.rand(()) < 0.5)):
-        x = torch.flip(x, dims=[2])
-    return x
+        face = face[:, ::-1]  # mirrored as uint8, before the float conversion: the same values,
+        # and no torch op on a small tensor (in a process with several torch threads each one
+        # cost 1-2 ms in the thread pool, against 0.08 ms for the whole item)
+    return torch.from_numpy(faces_to_input(face[None])[0])  # (3, 112, 112)
 
 
 #: Keeps the augmentation's random stream apart from every other stream derived from the seed.

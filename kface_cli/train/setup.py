@@ -3,6 +3,7 @@ optimizer, schedule and loader, validation pairs and ``config.json``."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import time
@@ -39,6 +40,7 @@ PREFETCH_BATCHES = 4  # batches each loader worker prepares ahead
 
 
 CPU_CORES_PER_WORKER = 4  # on a CPU device the cores train; loader workers get a quarter of them
+CPU_WORKER_NICE = 10  # on a CPU device loader workers yield to the training threads (see loader_workers)
 
 
 def _default_network(device: Any) -> str:
@@ -52,10 +54,21 @@ def _auto_batch_size(device: Any, num_images: int, world_size: int) -> int:
 
 
 def loader_workers(device: Any, world_size: int = 1, cores: int | None = None) -> int:
-    """DataLoader workers per process when ``--workers`` is not given, from the machine's cores:
-    on a GPU every core but the training process's own (capped by
-    :func:`~kface_cli.defaults.auto_workers`); on a CPU, where the cores run the network, a quarter
-    of them (at least one)."""
+    """DataLoader workers per process when ``--workers`` is not given, from the machine's cores.
+
+    The rule: loading must overlap the step, never wait for it and never slow it.
+
+    * On a GPU the cores only feed the device: every core but the training process's own
+      (capped by :func:`~kface_cli.defaults.auto_workers`).
+    * On a CPU the cores run the network, and one worker decodes far faster than the network
+      consumes (a 112x112 JPEG: ~0.25 ms; mbf trains ~12 samples per CPU second): a quarter of
+      the cores, and **at least one** even on 2 cores. With 0 the step waits for every batch to
+      be decoded (issue 24 reported mbf on 2 loaded cores at 11.5 samples/s with 0 workers and
+      23.3 with 1; interleaved runs on the shared machine could not separate the two: see
+      docs/performance.md, `bench_train_defaults.py --also-workers 0`). The workers run at a lower
+      priority (:data:`CPU_WORKER_NICE`), so that they fill the gaps of the training threads
+      instead of pre-empting them; their work is small (~5 ms a batch of 32, one thread).
+    """
     per_process = max(1, (cores or available_cores()) // max(1, world_size))
     if device.type == "cpu":
         return max(1, per_process // CPU_CORES_PER_WORKER)
@@ -376,6 +389,32 @@ def _build_optimizer(
     return optimizer, scheduler, scaler
 
 
+def _cpu_worker_init(worker_id: int) -> None:
+    """A loader worker of a run on the CPU: as :func:`_ignore_sigint`, at a lower priority
+    (:data:`CPU_WORKER_NICE`): it decodes in the gaps of the training threads."""
+    _ignore_sigint(worker_id)
+    try:
+        os.nice(CPU_WORKER_NICE)
+    except (AttributeError, OSError):  # Windows; or a limit: loading still overlaps the step
+        pass
+
+
+def _collate_channels_last(items: list[tuple[Any, int]]) -> tuple[Any, Any]:
+    """The default collation's batch, made channels_last in the loader worker (one thread, idle
+    between batches) instead of the training step, where the copy was most of the main thread's
+    own work per step (4.4 of 5.9 ms for a batch of 32 on 2 cores; 1.25 ms without it)."""
+    import torch
+
+    # numpy, one thread: torch.stack on small tensors in a process with several torch threads
+    # cost ~90 ms a batch in the thread pool (with --workers 0 that is the training process)
+    first = items[0][0]
+    nhwc = np.empty((len(items), first.shape[1], first.shape[2], first.shape[0]), dtype=np.float32)
+    for i, (x, _) in enumerate(items):
+        nhwc[i] = x.numpy().transpose(1, 2, 0)  # (H, W, 3): channels_last memory
+    x = torch.from_numpy(nhwc).permute(0, 3, 1, 2)  # (B, 3, H, W) with channels_last strides, no copy
+    return x, torch.tensor([label for _, label in items], dtype=torch.int64)
+
+
 def _build_loader(config: TrainConfig, info: distributed.DistInfo, dataset: Any):
     """The one DataLoader of the run: its workers live across epochs (the sampler moves instead)."""
     import torch
@@ -398,6 +437,7 @@ def _build_loader(config: TrainConfig, info: distributed.DistInfo, dataset: Any)
         pin_memory=info.device.type == "cuda",  # page-locked batches: asynchronous host-to-device copies
         persistent_workers=workers > 0,
         prefetch_factor=PREFETCH_BATCHES if workers else None,
-        worker_init_fn=_ignore_sigint if workers else None,
+        collate_fn=_collate_channels_last if config.channels_last else None,
+        worker_init_fn=(_cpu_worker_init if info.device.type == "cpu" else _ignore_sigint) if workers else None,
     )
     return sampler, loader, workers
