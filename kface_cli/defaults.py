@@ -17,6 +17,8 @@ ALIGNED_CROP_SIDES = (FACE_SIZE, 2 * FACE_SIZE)
 #: the folder as aligned crops); ``kface split`` writes its classes here.
 CROP_SETTINGS_FILE = "crop.json"
 SPLIT_CLASSES_FILE = "classes.csv"
+#: The parts ``kface split`` writes under ``split/`` (identity-disjoint; ``test`` only with --test-ids/--test-frac).
+SPLIT_PARTS = ("train", "val", "test")
 
 #: Parallel workers (threads, processes, DataLoader workers) chosen automatically: one per CPU
 #: core, at most this many (more rarely helps: a 112x112 JPEG decodes in well under a millisecond).

@@ -112,8 +112,15 @@ def test_aligned_crop_is_proven_by_the_detector(side):
 
 def test_crops_of_kface_crop_and_split_are_used_without_detection(tmp_path):
     crop = _face_like_aligned(3)
-    for folder, marker in (("faces/Middle", "faces/Middle/crop.json"), ("split/val", "split/classes.csv")):
+    parts = (
+        ("faces/Middle", "faces/Middle/crop.json"),
+        ("split/val", "split/classes.csv"),
+        ("split/test", "split/classes.csv"),
+    )
+    for folder, marker in parts:
         path = tmp_path / folder / "P1" / "a.png"
+        if (tmp_path / marker).exists():
+            (tmp_path / marker).unlink()
         path.parent.mkdir(parents=True)
         cv2.imwrite(str(path), crop)
         det = _FixedDetector([])  # finds nothing: only the folder says it is a crop

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kface_cli.defaults import ALIGNED_CROP_SIDES, CROP_SETTINGS_FILE, FACE_SIZE, SPLIT_CLASSES_FILE
+from kface_cli.defaults import ALIGNED_CROP_SIDES, CROP_SETTINGS_FILE, FACE_SIZE, SPLIT_CLASSES_FILE, SPLIT_PARTS
 from kface_cli.errors import InputError
 from kface_cli.face.align import box_crop, is_degenerate, norm_crop, resize_crop, template_for
 from kface_cli.face.detector import DetectedFace, Detector
@@ -77,13 +77,13 @@ def on_template(points5: np.ndarray, side: int) -> bool:
 
 def in_crop_folder(path: str | Path | None) -> bool:
     """Whether ``path`` is a face ``kface crop`` wrote (``OUT/<person>/x.jpg`` beside ``OUT/crop.json``)
-    or one of a ``kface split``'s crops (``split/train|val/<person>/x.jpg`` beside ``split/classes.csv``)."""
+    or one of a ``kface split``'s crops (``split/train|val|test/<person>/x.jpg`` beside ``split/classes.csv``)."""
     if path is None:
         return False
     parents = Path(path).absolute().parents
     if len(parents) > 1 and (parents[1] / CROP_SETTINGS_FILE).is_file():
         return True
-    return len(parents) > 2 and parents[1].name in ("train", "val") and (parents[2] / SPLIT_CLASSES_FILE).is_file()
+    return len(parents) > 2 and parents[1].name in SPLIT_PARTS and (parents[2] / SPLIT_CLASSES_FILE).is_file()
 
 
 def _whole(image: np.ndarray, size: int, score: float = float("nan")) -> AlignedFace:
