@@ -38,12 +38,15 @@ import argparse
 import csv
 import hashlib
 import json
-import math
 import os
 import random
 import shutil
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from intervals import wilson  # noqa: E402
 
 NOISE_FRACTION = 0.10  # share of the kept identities' images moved to a wrong identity
 OUTLIER_IDS = 3  # identities whose images are mixed in as outliers
@@ -52,7 +55,6 @@ TRAIN_CONFIG = "demo_mbf"
 BOOTSTRAP = 2000
 AUTHORS_ANGLE = 75.0  # insightface recognition/subcenter_arcface drop.py --threshold default; README "> 75 degrees"
 GRIDS = {"angle": [float(c) for c in range(65, 91)], "margin": [float(c) for c in range(0, 31, 2)]}
-Z95 = 1.959964
 
 
 def true_identity(path: Path) -> str:
@@ -83,16 +85,6 @@ def inject_noise(train_dir: Path, out: Path, seed: int) -> dict[str, int]:
     for f in outliers:
         _link(f, out / "noisy" / rng.choice(kept) / f.name)
     return {"identities": len(kept), "images": len(files), "moved": len(moved), "outliers": len(outliers)}
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (95% by default); (nan, nan) when n == 0."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def flag_counts(csv_path: Path, rule: str, cut: float) -> tuple[int, int, int]:

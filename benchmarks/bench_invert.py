@@ -34,13 +34,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from intervals import wilson  # noqa: E402
 
 TEMPLATE_CODES = "_L1_E01_C7"  # the frontal, evenly lit, neutral crop of each identity
 TIME_STEPS = 3  # steps timed per network (the per-step cost is constant)
@@ -81,18 +84,7 @@ def invert_batch(
     return inv.images, inv.cosines
 
 
-Z95 = 1.959964
 BOOTSTRAP = 2000
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of k successes in n trials (95%)."""
-    if n == 0:
-        return float("nan"), float("nan")
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
