@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import inspect
 import re
 import sys
@@ -35,6 +36,7 @@ from kface_cli.choices import (
     LandmarkMode,
     OutputFormat,
 )
+from kface_cli.cli import coercion
 from kface_cli.defaults import (
     MAX_AUTO_WORKERS,
 )
@@ -42,9 +44,137 @@ from kface_cli.errors import KFaceError
 from kface_cli.models.registry import backbone_names
 from kface_cli.workspace import GALLERY_FILE, RESOLUTIONS
 
+#: Every command, in the order ``kface --help`` lists them (the pipeline's): the module under
+#: kface_cli/cli/ that defines it, and the line the list shows (the first paragraph of its help;
+#: tests/test_cli.py checks that they agree). Only the module of the command that runs is imported.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample-data": ("data", "Generate synthetic identities in K-Face's exact layout (zips, image sizes, annotations)."),
+    "extract": (
+        "data",
+        "Extract the chosen images and annotations from K-Face zips into raw/<Res> (re-runs skip finished work).",
+    ),
+    "crop": (
+        "data",
+        "Crop the extracted faces to 112x112 (aligned like insightface) into faces/<Res>, with a manifest.",
+    ),
+    "split": (
+        "data",
+        "Split the crops into identity-disjoint train/val(/test) folders, classes.csv and val_pairs.csv (test_pairs.csv).",
+    ),
+    "train": (
+        "train",
+        "Train a backbone with an ArcFace-family loss; runs/<name> gets backbone.pth (best), backbone_last.pth, checkpoint, log, plots.",
+    ),
+    "export": (
+        "train",
+        "Export a trained model for deployment (input `data` [N,3,112,112], metadata inside), checked against torch.",
+    ),
+    "enroll": (
+        "deploy",
+        "Add the faces of known people to the gallery, from photos or precomputed embeddings (re-enrolling is a no-op).",
+    ),
+    "identify": (
+        "deploy",
+        "Name the faces in photos, videos or a webcam (exit 0; 1 with --fail-unknown when nobody matched; 2 on errors).",
+    ),
+    "gallery": (
+        "deploy",
+        "Show the gallery: its facts and identities with template counts; remove people; rebuild the index; check or upgrade it.",
+    ),
+    "evaluate": (
+        "evaluate",
+        "Verification and identification metrics, by K-Face condition, with a report folder and plots.",
+    ),
+    "verify": (
+        "deploy",
+        "Are two photos the same person? Distance and verdict at the model's threshold (exit 0 same, 1 different, 2 error).",
+    ),
+    "embed": (
+        "deploy",
+        "Write a unit-length embedding of each photo's largest face (or of every face: --all-faces), with its photo and box, to .npy or HDF5.",
+    ),
+    "detect": (
+        "deploy",
+        "Find the faces in photos: box, 5 landmarks (eyes, nose, mouth corners) and score of each.",
+    ),
+    "clean": (
+        "research",
+        "Find noisy training labels with sub-center ArcFace: images that sit with another identity's dominant sub-center.",
+    ),
+    "invert": (
+        "research",
+        "Generate faces whose embedding matches a face, a gallery identity or a vector (model inversion; torch models only).",
+    ),
+    "models": (
+        "models",
+        "Pretrained model packs: list the known ones, fetch one (checksummed, atomic), remove one. Cache: $KFACE_HOME.",
+    ),
+}
+
+
+class LazyGroup(typer.core.TyperGroup):
+    """The ``kface`` group: a command's module is imported, and its options built, only when that
+    command is asked for (about 20 ms of Typer and 10-30 ms of imports per command otherwise,
+    on every run). The command list of ``kface --help`` comes from :data:`COMMANDS`."""
+
+    _listing = False
+
+    def list_commands(self, ctx) -> list[str]:  # noqa: ANN001 - click's signature
+        return [*COMMANDS, *(name for name in self.commands if name not in COMMANDS)]
+
+    def get_command(self, ctx, cmd_name: str):  # noqa: ANN001, ANN201 - click's signature
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            if self._listing:  # the list of commands in --help: the name and its line only
+                return typer.core.TyperCommand(cmd_name, help=COMMANDS[cmd_name][1])
+            load_command(self, cmd_name)
+        return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx, args: list[str]):  # noqa: ANN001, ANN201 - click's signature
+        if args and args[0] not in COMMANDS and args[0] not in self.commands:
+            for name in COMMANDS:  # a typo: Typer suggests the closest of the commands it has
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
+    def format_help(self, ctx, formatter) -> None:  # noqa: ANN001 - click's signature
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+def load_command(group: typer.core.TyperGroup, name: str) -> None:
+    """Import the module of command ``name`` (see :data:`COMMANDS`) and add the command to ``group``."""
+    importlib.import_module(f"kface_cli.cli.{COMMANDS[name][0]}")
+    for info in app.registered_commands:
+        if info.name == name:
+            group.commands[name] = typer.main.get_command_from_info(
+                info, pretty_exceptions_short=app.pretty_exceptions_short, rich_markup_mode=app.rich_markup_mode
+            )
+    for group_info in app.registered_groups:
+        if group_info.name == name:
+            group.commands[name] = typer.main.get_group_from_info(
+                group_info,
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                rich_markup_mode=app.rich_markup_mode,
+                suggest_commands=app.suggest_commands,
+            )
+
+
+def all_commands() -> typer.core.TyperGroup:
+    """The ``kface`` group with every command loaded (tests, documentation checks)."""
+    group = typer.main.get_command(app)
+    for name in COMMANDS:
+        group.get_command(None, name)
+    return group
+
+
+coercion.install()
+
 app = typer.Typer(
     name="kface",
     help="K-Face to ArcFace: extract, crop, split, train, export, enroll, identify, evaluate.",
+    cls=LazyGroup,
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -322,7 +452,9 @@ def check_flag_values(argv: list[str]) -> None:
         return
     flags: set[str] = set()
     group = typer.main.get_command(app)
-    commands = [group, *getattr(group, "commands", {}).values()]
+    named = [group.get_command(None, a) for a in dict.fromkeys(argv) if a in COMMANDS]  # the command run
+    commands = [group, *(c for c in named if c is not None)]
+    commands += [sub for c in named for sub in getattr(c, "commands", {}).values()]  # `models list`
     for cmd in commands:
         for param in cmd.params:
             if getattr(param, "param_type_name", "") == "option" and getattr(param, "is_flag", False):
