@@ -133,3 +133,18 @@ def test_small_auto_galleries_are_searched_exactly_in_numpy_with_no_index_file(t
     np.testing.assert_allclose(a.distances, b.distances, atol=1e-5)
     # a kind asked for explicitly still builds (and saves) the FAISS index
     assert load_index(g, "flat").rebuilt and index_paths(g.path)[0].is_file()
+
+
+def test_without_a_saved_index_the_gallery_is_read_once(tmp_path, monkeypatch):
+    """No saved index: the names and embeddings come from one verified read, not a names-only read first."""
+    g, model, emb = _gallery(tmp_path)
+    reads = []
+    original = Gallery.read
+    monkeypatch.setattr(Gallery, "read", lambda self, **kw: reads.append(kw) or original(self, **kw))
+    small = load_index(g)
+    assert reads == [{"embeddings": True}] and small.names == g.read(embeddings=False).names
+    reads.clear()
+    monkeypatch.setattr(index_mod, "NUMPY_EXACT_MAX", 0)
+    assert load_index(g).rebuilt and reads == [{"embeddings": True}]  # built and saved from that one read
+    reads.clear()
+    assert not load_index(g).rebuilt and reads == [{"embeddings": False}]  # the saved index: names only

@@ -301,7 +301,9 @@ def load_index(
     from kface_cli.console import info
 
     kind = IndexKind.parse(kind, "index kind")
-    rows = gallery.read(embeddings=False)
+    # Without a saved index the embeddings are needed (searched in numpy, or indexed): read once.
+    saved_files = not rebuild and all(p.is_file() for p in index_paths(gallery.path))
+    rows = gallery.read(embeddings=not saved_files)
     if not rebuild:
         saved, why = _load_saved(gallery.path, kind, len(rows), rows.checksum, rows.index_tag)
         if saved is not None:
@@ -312,12 +314,14 @@ def load_index(
                 "(changed since it was built, or saved by a process that could not record it): rebuilding it"
             )
         if kind is IndexKind.AUTO and len(rows) <= NUMPY_EXACT_MAX:
-            rows = gallery.read(embeddings=True)
+            if rows.embeddings is None:
+                rows = gallery.read(embeddings=True)
             exact = SearchIndex(
                 NumpyFlatIP(rows.embeddings), IndexKind.FLAT, len(rows), rows.checksum, {"engine": "numpy"}
             )
             return LoadedIndex(exact, rows.names, rebuilt=False)
-    rows = gallery.read(embeddings=True)
+    if rows.embeddings is None:
+        rows = gallery.read(embeddings=True)
     chosen = resolve_kind(kind, len(rows))
     if len(rows) > AUTO_FLAT_MAX or chosen is not IndexKind.FLAT:
         info(f"Building the {chosen.value} search index over {len(rows):,} templates ...")
