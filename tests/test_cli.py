@@ -126,6 +126,45 @@ def test_a_command_loads_only_its_module_and_no_pydantic(tmp_path):
     assert code == 2 and loaded == ["pydantic"]  # an unusual spelling goes to Typer's own adapter
 
 
+_BLAS_PROBE = """
+import contextlib, ctypes, glob, io, json, os, sys
+from kface_cli.cli import app
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        app(sys.argv[1:], standalone_mode=True)
+    except SystemExit:
+        pass
+import numpy
+libs = glob.glob(os.path.join(os.path.dirname(numpy.__file__), os.pardir, "numpy.libs", "*openblas*"))
+threads = None
+for lib in libs:
+    for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
+        if hasattr(ctypes.CDLL(lib), name):
+            threads = getattr(ctypes.CDLL(lib), name)()
+print(json.dumps([threads, os.environ.get("OPENBLAS_NUM_THREADS")]))
+"""
+
+
+@pytest.mark.parametrize("command", ["identify", "verify", "detect"])
+def test_photo_commands_start_one_blas_thread(tmp_path, command):
+    """OpenBLAS's spinning threads are not started for a photo command; the environment is left as it was."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+    }
+    args = [command, str(tmp_path / "missing.jpg"), *([str(tmp_path / "other.jpg")] if command == "verify" else [])]
+
+    def probe(extra: dict) -> list:
+        done = subprocess.run([sys.executable, "-c", _BLAS_PROBE, *args], capture_output=True, text=True,
+                              env={**env, **extra}, timeout=300)  # fmt: skip
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    threads, left = probe({})
+    if threads is None:
+        pytest.skip("numpy's OpenBLAS does not say its thread count here")
+    assert threads == 1 and left is None
+    assert probe({"OPENBLAS_NUM_THREADS": "2"}) == [2, "2"]  # the user's choice wins
+
+
 def test_a_typo_still_gets_a_suggestion():
     """In a fresh process, where no command is loaded yet, a misspelt command is still matched."""
     env = {**os.environ, "COLUMNS": "200"}
@@ -234,8 +273,9 @@ def test_shell_completion_is_offered():
 #: OpenCV and the gallery (h5py); a small gallery is searched in numpy (no faiss).
 ONNX_IDENTIFY_IMPORTS = ["cv2", "h5py", "mediapipe", "onnxruntime"]
 #: ...and not torch, the onnx package (ONNX Runtime reads the metadata), matplotlib, mediapipe's
-#: drawing utilities (they import matplotlib) or its Tasks API.
-IDENTIFY_PROBED = (*HEAVY, "mediapipe.python.solutions.drawing_utils", "mediapipe.tasks", "pydantic")
+#: drawing utilities (they import matplotlib) or its Tasks API, pydantic (Typer's adapters: option
+#: values are converted directly, kface_cli/cli/coercion.py) or absl's Python logging (unused).
+IDENTIFY_PROBED = (*HEAVY, "mediapipe.python.solutions.drawing_utils", "mediapipe.tasks", "pydantic", "absl.logging")
 
 
 @pytest.mark.slow

@@ -17,13 +17,15 @@ options keep their old spelling as a hidden alias that warns.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
 import inspect
+import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -415,6 +417,31 @@ _ALLOCATION_FAILURE = re.compile(
     r"[Cc]annot allocate memory|[Oo]ut of memory|Unable to allocate|failed to map segment from shared object|"
     r"can't start new thread"
 )
+
+
+#: Environment variables that set OpenBLAS's threads (the user's choice is kept).
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """numpy, when it loads inside this block, starts OpenBLAS with one thread.
+
+    At load, OpenBLAS starts a thread per core that spins while it waits for work: 40-55 ms of CPU
+    of a one-photo `kface identify` on 2 cores, taken from the thread that detects faces
+    (docs/performance.md). The photo commands do no matrix work worth them (the gallery search of
+    a few faces is a small product; the model runs in ONNX Runtime's own threads). A user's
+    OPENBLAS_NUM_THREADS / OMP_NUM_THREADS is kept; libraries loaded after the block (FAISS's own
+    OpenBLAS) start with their defaults.
+    """
+    if "numpy" in sys.modules or any(name in os.environ for name in _BLAS_THREADS):
+        yield
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("OPENBLAS_NUM_THREADS", None)
 
 
 def _version(value: bool) -> None:
