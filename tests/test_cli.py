@@ -165,6 +165,40 @@ def test_photo_commands_start_one_blas_thread(tmp_path, command):
     assert probe({"OPENBLAS_NUM_THREADS": "2"}) == [2, "2"]  # the user's choice wins
 
 
+_EXIT_PROBE = """
+import atexit, sys
+class Teardown:
+    def __del__(self):
+        print("teardown ran", file=sys.stderr)
+kept = Teardown()  # freed only by the interpreter's teardown
+atexit.register(lambda: print("exit handler ran", file=sys.stderr))
+from kface_cli.cli import main
+sys.argv = ["kface", *sys.argv[1:]]
+main()
+"""
+
+
+def test_photo_commands_exit_without_teardown_but_with_exit_handlers_and_output(tmp_path):
+    from kface_cli.face.imageio import write_image
+
+    photo = tmp_path / "blank.jpg"
+    write_image(photo, np.full((64, 64, 3), 128, np.uint8))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _EXIT_PROBE, *args], capture_output=True, text=True, timeout=300)
+
+    done = run("detect", str(photo), "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["images"][0]["faces"] == []  # all output, flushed
+    assert "exit handler ran" in done.stderr and "teardown ran" not in done.stderr
+    missing = run("detect", str(tmp_path / "missing.jpg"))
+    assert missing.returncode == 2 and "not found" in missing.stderr and "exit handler ran" in missing.stderr
+    unreadable = tmp_path / "bad.jpg"
+    unreadable.write_bytes(b"not an image")
+    assert run("detect", str(unreadable)).returncode == 1  # no photo could be read: the command's own code
+    other = run("--version")  # every other command: Python's usual exit
+    assert other.returncode == 0 and "teardown ran" in other.stderr and "exit handler ran" in other.stderr
+
+
 def test_a_typo_still_gets_a_suggestion():
     """In a fresh process, where no command is loaded yet, a misspelt command is still matched."""
     env = {**os.environ, "COLUMNS": "200"}
