@@ -190,11 +190,13 @@ def test_photo_commands_exit_without_teardown_but_with_exit_handlers_and_output(
     done = run("detect", str(photo), "--json")
     assert done.returncode == 0 and json.loads(done.stdout)["images"][0]["faces"] == []  # all output, flushed
     assert "exit handler ran" in done.stderr and "teardown ran" not in done.stderr
-    missing = run("detect", str(tmp_path / "missing.jpg"))
-    assert missing.returncode == 2 and "not found" in missing.stderr and "exit handler ran" in missing.stderr
     unreadable = tmp_path / "bad.jpg"
     unreadable.write_bytes(b"not an image")
-    assert run("detect", str(unreadable)).returncode == 1  # no photo could be read: the command's own code
+    none_read = run("detect", str(unreadable))  # no photo could be read: the command's own result, 1
+    assert none_read.returncode == 1 and "teardown ran" not in none_read.stderr
+    missing = run("detect", str(tmp_path / "missing.jpg"))  # an error: the usual exit
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    assert "exit handler ran" in missing.stderr and "teardown ran" in missing.stderr
     other = run("--version")  # every other command: Python's usual exit
     assert other.returncode == 0 and "teardown ran" in other.stderr and "exit handler ran" in other.stderr
 

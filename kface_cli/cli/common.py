@@ -348,7 +348,7 @@ def command(name: str | None = None, *, group: typer.Typer | None = None, **kwar
 
         @functools.wraps(fn)
         def wrapper(*args, **kw):
-            _RAN.append(name)
+            _RAN[:] = [name]
             saved = dataclasses.replace(console.MODE)
             quiet, debug = kw.pop("quiet", False), kw.pop("debug", False)
             output_format = kw.pop("output_format", None) if takes_format else None
@@ -495,11 +495,13 @@ def check_flag_values(argv: list[str]) -> None:
             )
 
 
-#: The commands run in this process (by :func:`command`'s wrapper), latest last.
+#: The command run last in this process (set by :func:`command`'s wrapper).
 _RAN: list[str | None] = []
-#: Commands after which the process ends without the interpreter's teardown (:func:`_exit_now`):
-#: they read photos, a model and a gallery, and whatever they write (``--csv``, ``--annotate``, a
-#: rebuilt search index) is written, closed and renamed into place before they return.
+#: Commands after which a process that completed them (exit code 0 or 1: their results) ends
+#: without the interpreter's teardown (:func:`_exit_now`): they read photos, a model and a gallery,
+#: and whatever they write (``--csv``, ``--annotate``, a rebuilt search index) is written, closed
+#: and renamed into place, in the main thread, before they return. Errors and interruptions exit
+#: as usual (a worker thread may be in the middle of something then).
 QUICK_EXIT_COMMANDS = ("identify", "verify", "detect")
 
 
@@ -509,8 +511,7 @@ def _exit_now(code: object) -> None:
     The interpreter's teardown (freeing every module's objects, then the static objects of the C++
     libraries: mediapipe, ONNX Runtime, OpenCV, HDF5) took 50-75 ms of CPU and 0.1 s of a one-photo
     `kface identify` (docs/performance.md) and does nothing a finished command needs. Exit handlers
-    (:mod:`atexit`) still run and both output streams are flushed; threads still working (a photo
-    read ahead) are stopped, as at any exit.
+    (:mod:`atexit`) still run and both output streams are flushed.
     """
     import atexit
 
@@ -542,6 +543,6 @@ def main() -> None:
         sys.exit(e.exit_code)
     except SystemExit as e:
         console.close_stdout()  # a full or closed stdout: one line, not "Exception ignored" at exit
-        if _RAN and _RAN[-1] in QUICK_EXIT_COMMANDS:
+        if _RAN and _RAN[-1] in QUICK_EXIT_COMMANDS and e.code in (0, 1, None):
             _exit_now(e.code)
         raise e from None
