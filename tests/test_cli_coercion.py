@@ -144,3 +144,19 @@ def test_every_kface_option_is_converted_directly():
         and coercion.converter(p.type_descriptor.annotation, p.type_descriptor.parameter_info) is None
     ]
     assert slow == []
+
+
+def test_another_typers_internals_leave_its_own_conversion(monkeypatch):
+    """A Typer whose RuntimeParam is not the dataclass coercion.py was written against keeps its
+    own conversion: kface still starts, nothing is patched."""
+    from typer import _coercion
+
+    typer_build = typer.core.build_runtime_param.typer_build
+
+    class Other:  # no dataclass fields, no _coerce_value
+        pass
+
+    monkeypatch.setattr(typer.core, "build_runtime_param", typer_build)
+    monkeypatch.setattr(_coercion, "RuntimeParam", Other)
+    assert coercion.install() is False
+    assert typer.core.build_runtime_param is typer_build

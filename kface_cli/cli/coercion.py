@@ -17,6 +17,7 @@ left as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -123,6 +124,34 @@ def install() -> bool:
     if typer_build is None or base is None or getattr(typer_build, "_kface", False):
         return typer_build is not None and getattr(typer_build, "_kface", False)
 
+    try:
+        direct = _direct_param_class(base, typer_build)
+    except Exception:  # noqa: BLE001 - another Typer's internals: its own conversion, unchanged
+        return False
+
+    def build_runtime_param(descriptor: Any) -> Any:
+        convert = None
+        if getattr(descriptor, "file_annotation", None) is None:
+            convert = converter(descriptor.annotation, descriptor.parameter_info)
+        if convert is None:
+            return typer_build(descriptor)
+        return direct(
+            parameter_info=descriptor.parameter_info,
+            annotation=descriptor.annotation,
+            convert=convert,
+            descriptor=descriptor,
+        )
+
+    build_runtime_param._kface = True  # type: ignore[attr-defined]
+    build_runtime_param.typer_build = typer_build  # type: ignore[attr-defined]
+    typer.core.build_runtime_param = build_runtime_param
+    return True
+
+
+def _direct_param_class(base: type, typer_build: Callable[[Any], Any]) -> type:
+    """Typer's ``RuntimeParam`` with :func:`converter`'s conversion first (raises where that
+    class is not the dataclass this module was written against)."""
+
     @dataclass(frozen=True)
     class DirectParam(base):  # type: ignore[misc, valid-type]
         """One option's conversion: :func:`converter`'s, else Typer's adapter (built on first use)."""
@@ -139,20 +168,9 @@ def install() -> bool:
                 out = self.typer_param[0]._coerce_value(value, param=param, ctx=ctx)
             return out
 
-    def build_runtime_param(descriptor: Any) -> Any:
-        convert = None
-        if getattr(descriptor, "file_annotation", None) is None:
-            convert = converter(descriptor.annotation, descriptor.parameter_info)
-        if convert is None:
-            return typer_build(descriptor)
-        return DirectParam(
-            parameter_info=descriptor.parameter_info,
-            annotation=descriptor.annotation,
-            convert=convert,
-            descriptor=descriptor,
-        )
-
-    build_runtime_param._kface = True  # type: ignore[attr-defined]
-    build_runtime_param.typer_build = typer_build  # type: ignore[attr-defined]
-    typer.core.build_runtime_param = build_runtime_param
-    return True
+    if not callable(getattr(base, "_coerce_value", None)):  # the method Typer converts with
+        raise TypeError("Typer's RuntimeParam converts with another method")
+    for name in ("parameter_info", "annotation"):  # what build_runtime_param above passes
+        if name not in {f.name for f in dataclasses.fields(DirectParam)}:
+            raise TypeError(f"Typer's RuntimeParam has no field {name!r}")
+    return DirectParam

@@ -34,7 +34,11 @@ def _debugging() -> bool:
 
 @contextlib.contextmanager
 def quiet_native_stderr() -> Iterator[None]:
-    """Silence mediapipe/TFLite's C++ log lines (written straight to file descriptor 2), unless ``--debug``."""
+    """Silence mediapipe/TFLite's C++ log lines (written straight to file descriptor 2), unless
+    ``--debug``. Descriptor 2 is the whole process's: kface's own warnings from other threads wait
+    for the silence to end (:data:`kface_cli.console.STDERR_LOCK`)."""
+    from kface_cli.console import STDERR_LOCK
+
     if _debugging():
         yield
         return
@@ -44,7 +48,9 @@ def quiet_native_stderr() -> Iterator[None]:
         yield
         return
     try:
-        with open(os.devnull, "w") as devnull:
+        with STDERR_LOCK, open(os.devnull, "w") as devnull:
+            with contextlib.suppress(AttributeError, OSError, ValueError):  # no or a closed sys.stderr
+                sys.stderr.flush()  # what was written before the silence goes out before it
             os.dup2(devnull.fileno(), 2)
             try:
                 yield
