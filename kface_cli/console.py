@@ -26,6 +26,7 @@ import math
 import os
 import re
 import sys
+import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -198,21 +199,32 @@ def display_path(path: str | Path) -> str:
     return str(p)
 
 
+#: Held while a native library's start-up chatter is silenced by pointing file descriptor 2 at
+#: /dev/null (:func:`kface_cli.face.graphs.quiet_native_stderr`): that is process-wide, so kface's
+#: own stderr lines from other threads wait for it instead of being lost.
+STDERR_LOCK = threading.RLock()
+
+
+def _err_line(renderable: Any) -> None:
+    with STDERR_LOCK:
+        err.print(renderable, highlight=False)
+
+
 def info(message: str | Text) -> None:
     """A status line on stderr (hidden with --quiet or --json); the message is text, never markup."""
     if not (MODE.quiet or MODE.json):
-        err.print(plain(message), highlight=False)
+        _err_line(plain(message))
 
 
 def warn(message: str | Text) -> None:
     """A warning on stderr (shown even with --json: it never pollutes stdout); text, never markup."""
     if not MODE.quiet:
-        err.print(Text.assemble(("warning:", "yellow"), " ", plain(message)), highlight=False)
+        _err_line(Text.assemble(("warning:", "yellow"), " ", plain(message)))
 
 
 def error(message: str | Text) -> None:
     """The one red line of a failed command; the message is text, never markup."""
-    err.print(Text.assemble(("error:", "bold red"), " ", plain(message)), highlight=False)
+    _err_line(Text.assemble(("error:", "bold red"), " ", plain(message)))
 
 
 def _jsonable(obj: Any) -> Any:

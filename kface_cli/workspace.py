@@ -39,6 +39,17 @@ VAL_PAIRS_CSV = "val_pairs.csv"  # split/: validation pairs
 TEST_PAIRS_CSV = "test_pairs.csv"  # split/: test pairs (``kface split --test-ids``)
 GALLERY_FILE = "gallery.h5"
 
+
+def cache_dir() -> Path:
+    """kface's cache of things made once and used again (ONNX Runtime's optimised graphs, index
+    digests): $KFACE_CACHE, else $XDG_CACHE_HOME/kface or ~/.cache/kface."""
+    env = os.environ.get("KFACE_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "kface"
+
+
 RESOLUTIONS = ("High", "Middle", "Low")
 DEFAULT_RESOLUTION = "Middle"
 

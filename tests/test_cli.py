@@ -69,6 +69,145 @@ def test_command_help_imports_no_heavy_library(command):
     assert _heavy_imports(command, "--help") == []
 
 
+# ---- only the command that runs is loaded (kface_cli.cli.common.LazyGroup) ------------------
+CLI_MODULES = tuple(f"kface_cli.cli.{m}" for m in ("data", "train", "deploy", "evaluate", "research", "models"))
+
+
+def _run_probe(*args: str, modules: tuple[str, ...], preload: str = "") -> tuple[int, list[str], str]:
+    """(exit code, the ``modules`` loaded, standard output) of ``kface ARGS`` in a fresh process."""
+    probe = f"""
+import contextlib, io, json, sys
+{preload}
+from kface_cli.cli import app
+code, out = 0, io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        app(sys.argv[1:], standalone_mode=True)
+    except SystemExit as e:
+        code = e.code
+print(json.dumps([code, sorted(m for m in {modules!r} if m in sys.modules), out.getvalue()]))
+"""
+    env = {**os.environ, "COLUMNS": "200", "KFACE_NO_PROGRESS": "1"}
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=300, env=env)
+    code, loaded, out = json.loads(done.stdout.strip().splitlines()[-1])
+    return code, loaded, out
+
+
+def test_help_lists_every_command_without_loading_them():
+    code, loaded, lazy = _run_probe("--help", modules=CLI_MODULES)
+    assert code in (0, None) and loaded == []
+    preload = "\n".join(f"import {m}" for m in CLI_MODULES)  # the real commands, every one loaded
+    code, loaded, full = _run_probe("--help", modules=CLI_MODULES, preload=preload)
+    assert loaded == sorted(CLI_MODULES)
+    assert lazy == full  # the same names, lines and order
+    assert all(name in lazy for name in ("sample-data", "identify", "invert", "models"))
+
+
+def test_command_table_matches_the_commands():
+    from kface_cli.cli import COMMANDS, all_commands
+
+    group = all_commands()
+    assert list(group.list_commands(None)) == list(COMMANDS)  # nothing registered outside the table
+    for name, (module, line) in COMMANDS.items():
+        command = group.commands[name]
+        assert command.help.split("\n\n")[0] == line, name
+        callbacks = [command.callback, *(c.callback for c in getattr(command, "commands", {}).values())]
+        assert any(c is not None and c.__module__ == f"kface_cli.cli.{module}" for c in callbacks), name
+
+
+def test_a_command_loads_only_its_module_and_no_pydantic(tmp_path):
+    """identify's options (paths, a gallery path, numbers, choices) are read without pydantic."""
+    args = ["identify", str(tmp_path / "missing.jpg"), "-g", str(tmp_path / "g.h5"), "--top-k", "3",
+            "--min-face", "40", "--index", "FLAT", "--threshold", "1.2", "--landmarks", "auto"]  # fmt: skip
+    code, loaded, _ = _run_probe(*args, modules=(*CLI_MODULES, "pydantic", "typer._adapters"))
+    assert code == 2  # the photo is missing: a user error, after every option was read
+    assert loaded == ["kface_cli.cli.deploy"]
+    code, loaded, _ = _run_probe("identify", "x.jpg", "--top-k", "1_0", modules=("pydantic",))
+    assert code == 2 and loaded == ["pydantic"]  # an unusual spelling goes to Typer's own adapter
+
+
+_BLAS_PROBE = """
+import contextlib, ctypes, glob, io, json, os, sys
+from kface_cli.cli import app
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        app(sys.argv[1:], standalone_mode=True)
+    except SystemExit:
+        pass
+import numpy
+libs = glob.glob(os.path.join(os.path.dirname(numpy.__file__), os.pardir, "numpy.libs", "*openblas*"))
+threads = None
+for lib in libs:
+    for name in ("scipy_openblas_get_num_threads64_", "openblas_get_num_threads64_", "openblas_get_num_threads"):
+        if hasattr(ctypes.CDLL(lib), name):
+            threads = getattr(ctypes.CDLL(lib), name)()
+print(json.dumps([threads, os.environ.get("OPENBLAS_NUM_THREADS")]))
+"""
+
+
+@pytest.mark.parametrize("command", ["identify", "verify", "detect"])
+def test_photo_commands_start_one_blas_thread(tmp_path, command):
+    """OpenBLAS's spinning threads are not started for a photo command; the environment is left as it was."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+    }
+    args = [command, str(tmp_path / "missing.jpg"), *([str(tmp_path / "other.jpg")] if command == "verify" else [])]
+
+    def probe(extra: dict) -> list:
+        done = subprocess.run([sys.executable, "-c", _BLAS_PROBE, *args], capture_output=True, text=True,
+                              env={**env, **extra}, timeout=300)  # fmt: skip
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    threads, left = probe({})
+    if threads is None:
+        pytest.skip("numpy's OpenBLAS does not say its thread count here")
+    assert threads == 1 and left is None
+    assert probe({"OPENBLAS_NUM_THREADS": "2"}) == [2, "2"]  # the user's choice wins
+
+
+_EXIT_PROBE = """
+import atexit, sys
+class Teardown:
+    def __del__(self):
+        print("teardown ran", file=sys.stderr)
+kept = Teardown()  # freed only by the interpreter's teardown
+atexit.register(lambda: print("exit handler ran", file=sys.stderr))
+from kface_cli.cli import main
+sys.argv = ["kface", *sys.argv[1:]]
+main()
+"""
+
+
+def test_photo_commands_exit_without_teardown_but_with_exit_handlers_and_output(tmp_path):
+    from kface_cli.face.imageio import write_image
+
+    photo = tmp_path / "blank.jpg"
+    write_image(photo, np.full((64, 64, 3), 128, np.uint8))
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", _EXIT_PROBE, *args], capture_output=True, text=True, timeout=300)
+
+    done = run("detect", str(photo), "--json")
+    assert done.returncode == 0 and json.loads(done.stdout)["images"][0]["faces"] == []  # all output, flushed
+    assert "exit handler ran" in done.stderr and "teardown ran" not in done.stderr
+    unreadable = tmp_path / "bad.jpg"
+    unreadable.write_bytes(b"not an image")
+    none_read = run("detect", str(unreadable))  # no photo could be read: the command's own result, 1
+    assert none_read.returncode == 1 and "teardown ran" not in none_read.stderr
+    missing = run("detect", str(tmp_path / "missing.jpg"))  # an error: the usual exit
+    assert missing.returncode == 2 and "not found" in missing.stderr
+    assert "exit handler ran" in missing.stderr and "teardown ran" in missing.stderr
+    other = run("--version")  # every other command: Python's usual exit
+    assert other.returncode == 0 and "teardown ran" in other.stderr and "exit handler ran" in other.stderr
+
+
+def test_a_typo_still_gets_a_suggestion():
+    """In a fresh process, where no command is loaded yet, a misspelt command is still matched."""
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-m", "kface_cli", "idnetify"], capture_output=True, text=True, env=env)
+    assert done.returncode == 2 and "Did you mean 'identify'?" in done.stderr
+
+
 def test_the_probe_sees_an_import():
     """The probe itself works: a command that really runs imports its libraries."""
     probe = _PROBE.replace("from kface_cli.cli import app", "from kface_cli.cli import app\nimport numpy, h5py")
@@ -85,12 +224,10 @@ def test_the_probe_sees_an_import():
 # ---- one name, one meaning; choices listed; global flags anywhere; deprecated spellings ------
 def _visible_options() -> dict[str, list[tuple[str, object]]]:
     """Option name -> [(command, click parameter)] over every command, hidden aliases left out."""
-    from typer.main import get_command
-
-    from kface_cli.cli import app
+    from kface_cli.cli import all_commands
 
     options: dict[str, list[tuple[str, object]]] = {}
-    for name, cmd in get_command(app).commands.items():
+    for name, cmd in all_commands().commands.items():
         for param in cmd.params:
             if not getattr(param, "hidden", False):
                 for opt in [*param.opts, *param.secondary_opts]:
@@ -172,8 +309,9 @@ def test_shell_completion_is_offered():
 #: OpenCV and the gallery (h5py); a small gallery is searched in numpy (no faiss).
 ONNX_IDENTIFY_IMPORTS = ["cv2", "h5py", "mediapipe", "onnxruntime"]
 #: ...and not torch, the onnx package (ONNX Runtime reads the metadata), matplotlib, mediapipe's
-#: drawing utilities (they import matplotlib) or its Tasks API.
-IDENTIFY_PROBED = (*HEAVY, "mediapipe.python.solutions.drawing_utils", "mediapipe.tasks")
+#: drawing utilities (they import matplotlib) or its Tasks API, pydantic (Typer's adapters: option
+#: values are converted directly, kface_cli/cli/coercion.py) or absl's Python logging (unused).
+IDENTIFY_PROBED = (*HEAVY, "mediapipe.python.solutions.drawing_utils", "mediapipe.tasks", "pydantic", "absl.logging")
 
 
 @pytest.mark.slow

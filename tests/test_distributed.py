@@ -204,3 +204,41 @@ def test_two_processes_equal_one(tmp_path):
     assert (ddp_update - ref_update).norm() / ref_update.norm() < 1e-2
     head_update = ckpt["head"]["weight"] - ref_head.weight.detach()
     assert head_update.norm() / ref_head.weight.detach().norm() < 1e-2
+
+
+@pytest.mark.parametrize("ended", [True, False])
+def test_leaving_the_group_drains_it_first_after_a_normal_end(monkeypatch, ended):
+    """After a normal end every rank meets at a barrier before leaving, so gloo's worker threads
+    have released the last collectives' tensors before the process exits (one releasing them
+    during interpreter shutdown aborts the rank: SIGABRT). After an error there is no barrier:
+    the other ranks may never reach it."""
+    import torch.distributed as dist
+
+    from kface_cli.train import distributed
+
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(distributed, "setup", lambda device: distributed.DistInfo(rank=0, world_size=2))
+
+    def fake_train(config, info, resume, on_step):
+        assert calls == []  # the group is left only after the run
+        if not ended:
+            raise RuntimeError("a rank failed")
+        return "result"
+
+    from types import SimpleNamespace
+
+    from kface_cli.train import loop
+
+    monkeypatch.setattr(loop, "_train", fake_train)
+    config = SimpleNamespace(device="cpu")
+    if ended:
+        assert loop.train(config) == "result"
+    else:
+        with pytest.raises(RuntimeError):
+            loop.train(config)
+    assert calls == (["barrier", "destroy"] if ended else ["destroy"])
+    distributed.cleanup(distributed.DistInfo())  # one process: nothing to leave
+    assert calls == (["barrier", "destroy"] if ended else ["destroy"])

@@ -272,3 +272,14 @@ def test_first_photo_is_searched_while_the_model_loads(world, workers):
     )
     assert seen == [workers is None]
     assert [f.name for f in result.images[0].faces] == ["Alice"]
+
+
+def test_the_gallery_is_opened_twice(world, monkeypatch):
+    """Once to check it before the model loads, once to read it (names and embeddings together)."""
+    from kface_cli.gallery.store import Gallery
+
+    opened = []
+    original = Gallery._open
+    monkeypatch.setattr(Gallery, "_open", lambda self, *a, **kw: opened.append(a) or original(self, *a, **kw))
+    result = _identify(world, [world["probes"]])
+    assert len(result.images) == len(PEOPLE) and len(opened) == 2

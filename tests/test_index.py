@@ -133,3 +133,89 @@ def test_small_auto_galleries_are_searched_exactly_in_numpy_with_no_index_file(t
     np.testing.assert_allclose(a.distances, b.distances, atol=1e-5)
     # a kind asked for explicitly still builds (and saves) the FAISS index
     assert load_index(g, "flat").rebuilt and index_paths(g.path)[0].is_file()
+
+
+def test_without_a_saved_index_the_gallery_is_read_once(tmp_path, monkeypatch):
+    """No saved index: the names and embeddings come from one verified read, not a names-only read first."""
+    g, model, emb = _gallery(tmp_path)
+    reads = []
+    original = Gallery.read
+    monkeypatch.setattr(Gallery, "read", lambda self, **kw: reads.append(kw) or original(self, **kw))
+    small = load_index(g)
+    assert reads == [{"embeddings": True}] and small.names == g.read(embeddings=False).names
+    reads.clear()
+    monkeypatch.setattr(index_mod, "NUMPY_EXACT_MAX", 0)
+    assert load_index(g).rebuilt and reads == [{"embeddings": True}]  # built and saved from that one read
+    reads.clear()
+    assert not load_index(g).rebuilt and reads == [{"embeddings": False}]  # the saved index: names only
+
+
+def _saved_index(tmp_path, monkeypatch):
+    """A gallery with a saved FAISS index, its digest cache in tmp_path, and a count of full hashes."""
+    monkeypatch.setattr(index_mod, "NUMPY_EXACT_MAX", 0)
+    monkeypatch.setenv("KFACE_CACHE", str(tmp_path / "cache"))
+    g, model, emb = _gallery(tmp_path)
+    assert load_index(g).rebuilt
+    hashed = []  # full hashes of the saved index (not of the temporary file a rebuild writes)
+    original = index_mod._file_sha256
+    saved = index_paths(g.path)[0]
+    monkeypatch.setattr(index_mod, "_file_sha256", lambda p: (p == saved and hashed.append(p)) or original(p))
+    return g, hashed
+
+
+def _later(monkeypatch, seconds: float = 10.0) -> None:
+    """Hashing happens ``seconds`` after the index file's last change (as on any later run)."""
+    now = index_mod.time.time_ns
+    monkeypatch.setattr(index_mod.time, "time_ns", lambda: now() + int(seconds * 1e9))
+
+
+def test_a_saved_index_is_hashed_once_per_version(tmp_path, monkeypatch):
+    g, hashed = _saved_index(tmp_path, monkeypatch)
+    _later(monkeypatch)
+    assert not load_index(g).rebuilt and len(hashed) == 1  # hashed, and remembered
+    assert not load_index(g).rebuilt and not load_index(g).rebuilt and len(hashed) == 1
+    records = list((tmp_path / "cache" / "index-digests").iterdir())
+    assert len(records) == 1 and records[0].stat().st_mode & 0o077 == 0
+
+
+def test_a_file_changed_just_before_it_was_hashed_is_not_remembered(tmp_path, monkeypatch):
+    g, hashed = _saved_index(tmp_path, monkeypatch)  # the index was written just now: not settled
+    for _ in range(3):
+        assert not load_index(g).rebuilt
+    assert len(hashed) == 3 and not (tmp_path / "cache" / "index-digests").exists()
+
+
+def test_an_edited_index_is_caught_even_with_its_times_put_back(tmp_path, monkeypatch):
+    import os
+    import time
+
+    g, hashed = _saved_index(tmp_path, monkeypatch)
+    _later(monkeypatch)
+    assert not load_index(g).rebuilt and len(hashed) == 1
+    path = index_paths(g.path)[0]
+    before = path.stat()
+    time.sleep(0.05)  # past the filesystem's timestamp tick: the edit gets a later ctime
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF  # same size, one byte changed in place (same inode)
+    with open(path, "r+b") as f:
+        f.write(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))  # modification time put back
+    assert path.stat().st_size == before.st_size and path.stat().st_ino == before.st_ino
+    assert load_index(g).rebuilt and len(hashed) == 2  # hashed again: the change is caught
+    # the same again with a file put in its place: another inode
+    replaced = path.with_name("other.faiss")
+    replaced.write_bytes(path.read_bytes()[:-1] + b"\0")
+    os.replace(replaced, path)
+    assert load_index(g).rebuilt
+
+
+def test_a_record_others_may_write_is_not_trusted(tmp_path, monkeypatch):
+    g, hashed = _saved_index(tmp_path, monkeypatch)
+    _later(monkeypatch)
+    load_index(g)
+    (record,) = (tmp_path / "cache" / "index-digests").iterdir()
+    record.chmod(0o666)
+    assert not load_index(g).rebuilt and len(hashed) == 2  # ignored (and replaced by a private one)
+    assert not load_index(g).rebuilt and len(hashed) == 2
+    record.write_text('{"file": "x", "sha256": "' + "0" * 64 + '"}')  # a record for another file version
+    assert not load_index(g).rebuilt and len(hashed) == 3

@@ -11,30 +11,13 @@ hand its result to one renderer), one module per stage.
 * :mod:`~kface_cli.cli.models`: ``models list``, ``models get``, ``models remove`` (pretrained packs).
 
 Nothing heavy is imported here or in those modules: ``kface --help`` loads no torch, mediapipe,
-faiss or h5py.
+faiss or h5py. The command modules are imported only when their command runs
+(:class:`~kface_cli.cli.common.LazyGroup`; :data:`~kface_cli.cli.common.COMMANDS` names them).
 """
 
-from kface_cli.cli import data, deploy, evaluate, models, research, train  # noqa: F401  (each registers its commands)
-from kface_cli.cli.common import app, main
+from kface_cli.cli.common import COMMANDS, all_commands, app, main
 
 #: The order ``kface --help`` lists the commands in: the pipeline's.
-COMMAND_ORDER = (
-    "sample-data",
-    "extract",
-    "crop",
-    "split",
-    "train",
-    "export",
-    "enroll",
-    "identify",
-    "gallery",
-    "evaluate",
-    "verify",
-    "embed",
-    "detect",
-    "clean",
-    "invert",
-)
-app.registered_commands.sort(key=lambda info: COMMAND_ORDER.index(info.name))
+COMMAND_ORDER = tuple(COMMANDS)
 
-__all__ = ["COMMAND_ORDER", "app", "main"]
+__all__ = ["COMMANDS", "COMMAND_ORDER", "all_commands", "app", "main"]

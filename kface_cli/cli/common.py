@@ -17,12 +17,15 @@ options keep their old spelling as a hidden alias that warns.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import importlib
 import inspect
+import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -35,6 +38,7 @@ from kface_cli.choices import (
     LandmarkMode,
     OutputFormat,
 )
+from kface_cli.cli import coercion
 from kface_cli.defaults import (
     MAX_AUTO_WORKERS,
 )
@@ -42,9 +46,137 @@ from kface_cli.errors import KFaceError
 from kface_cli.models.registry import backbone_names
 from kface_cli.workspace import GALLERY_FILE, RESOLUTIONS
 
+#: Every command, in the order ``kface --help`` lists them (the pipeline's): the module under
+#: kface_cli/cli/ that defines it, and the line the list shows (the first paragraph of its help;
+#: tests/test_cli.py checks that they agree). Only the module of the command that runs is imported.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "sample-data": ("data", "Generate synthetic identities in K-Face's exact layout (zips, image sizes, annotations)."),
+    "extract": (
+        "data",
+        "Extract the chosen images and annotations from K-Face zips into raw/<Res> (re-runs skip finished work).",
+    ),
+    "crop": (
+        "data",
+        "Crop the extracted faces to 112x112 (aligned like insightface) into faces/<Res>, with a manifest.",
+    ),
+    "split": (
+        "data",
+        "Split the crops into identity-disjoint train/val(/test) folders, classes.csv and val_pairs.csv (test_pairs.csv).",
+    ),
+    "train": (
+        "train",
+        "Train a backbone with an ArcFace-family loss; runs/<name> gets backbone.pth (best), backbone_last.pth, checkpoint, log, plots.",
+    ),
+    "export": (
+        "train",
+        "Export a trained model for deployment (input `data` [N,3,112,112], metadata inside), checked against torch.",
+    ),
+    "enroll": (
+        "deploy",
+        "Add the faces of known people to the gallery, from photos or precomputed embeddings (re-enrolling is a no-op).",
+    ),
+    "identify": (
+        "deploy",
+        "Name the faces in photos, videos or a webcam (exit 0; 1 with --fail-unknown when nobody matched; 2 on errors).",
+    ),
+    "gallery": (
+        "deploy",
+        "Show the gallery: its facts and identities with template counts; remove people; rebuild the index; check or upgrade it.",
+    ),
+    "evaluate": (
+        "evaluate",
+        "Verification and identification metrics, by K-Face condition, with a report folder and plots.",
+    ),
+    "verify": (
+        "deploy",
+        "Are two photos the same person? Distance and verdict at the model's threshold (exit 0 same, 1 different, 2 error).",
+    ),
+    "embed": (
+        "deploy",
+        "Write a unit-length embedding of each photo's largest face (or of every face: --all-faces), with its photo and box, to .npy or HDF5.",
+    ),
+    "detect": (
+        "deploy",
+        "Find the faces in photos: box, 5 landmarks (eyes, nose, mouth corners) and score of each.",
+    ),
+    "clean": (
+        "research",
+        "Find noisy training labels with sub-center ArcFace: images that sit with another identity's dominant sub-center.",
+    ),
+    "invert": (
+        "research",
+        "Generate faces whose embedding matches a face, a gallery identity or a vector (model inversion; torch models only).",
+    ),
+    "models": (
+        "models",
+        "Pretrained model packs: list the known ones, fetch one (checksummed, atomic), remove one. Cache: $KFACE_HOME.",
+    ),
+}
+
+
+class LazyGroup(typer.core.TyperGroup):
+    """The ``kface`` group: a command's module is imported, and its options built, only when that
+    command is asked for (about 20 ms of Typer and 10-30 ms of imports per command otherwise,
+    on every run). The command list of ``kface --help`` comes from :data:`COMMANDS`."""
+
+    _listing = False
+
+    def list_commands(self, ctx) -> list[str]:  # noqa: ANN001 - click's signature
+        return [*COMMANDS, *(name for name in self.commands if name not in COMMANDS)]
+
+    def get_command(self, ctx, cmd_name: str):  # noqa: ANN001, ANN201 - click's signature
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            if self._listing:  # the list of commands in --help: the name and its line only
+                return typer.core.TyperCommand(cmd_name, help=COMMANDS[cmd_name][1])
+            load_command(self, cmd_name)
+        return self.commands.get(cmd_name)
+
+    def resolve_command(self, ctx, args: list[str]):  # noqa: ANN001, ANN201 - click's signature
+        if args and args[0] not in COMMANDS and args[0] not in self.commands:
+            for name in COMMANDS:  # a typo: Typer suggests the closest of the commands it has
+                self.get_command(ctx, name)
+        return super().resolve_command(ctx, args)
+
+    def format_help(self, ctx, formatter) -> None:  # noqa: ANN001 - click's signature
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
+
+
+def load_command(group: typer.core.TyperGroup, name: str) -> None:
+    """Import the module of command ``name`` (see :data:`COMMANDS`) and add the command to ``group``."""
+    importlib.import_module(f"kface_cli.cli.{COMMANDS[name][0]}")
+    for info in app.registered_commands:
+        if info.name == name:
+            group.commands[name] = typer.main.get_command_from_info(
+                info, pretty_exceptions_short=app.pretty_exceptions_short, rich_markup_mode=app.rich_markup_mode
+            )
+    for group_info in app.registered_groups:
+        if group_info.name == name:
+            group.commands[name] = typer.main.get_group_from_info(
+                group_info,
+                pretty_exceptions_short=app.pretty_exceptions_short,
+                rich_markup_mode=app.rich_markup_mode,
+                suggest_commands=app.suggest_commands,
+            )
+
+
+def all_commands() -> typer.core.TyperGroup:
+    """The ``kface`` group with every command loaded (tests, documentation checks)."""
+    group = typer.main.get_command(app)
+    for name in COMMANDS:
+        group.get_command(None, name)
+    return group
+
+
+coercion.install()
+
 app = typer.Typer(
     name="kface",
     help="K-Face to ArcFace: extract, crop, split, train, export, enroll, identify, evaluate.",
+    cls=LazyGroup,
     no_args_is_help=True,
     add_completion=True,
     pretty_exceptions_enable=False,
@@ -216,6 +348,7 @@ def command(name: str | None = None, *, group: typer.Typer | None = None, **kwar
 
         @functools.wraps(fn)
         def wrapper(*args, **kw):
+            _RAN[:] = [name]
             saved = dataclasses.replace(console.MODE)
             quiet, debug = kw.pop("quiet", False), kw.pop("debug", False)
             output_format = kw.pop("output_format", None) if takes_format else None
@@ -287,6 +420,31 @@ _ALLOCATION_FAILURE = re.compile(
 )
 
 
+#: Environment variables that set OpenBLAS's threads (the user's choice is kept).
+_BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[None]:
+    """numpy, when it loads inside this block, starts OpenBLAS with one thread.
+
+    At load, OpenBLAS starts a thread per core that spins while it waits for work: 40-55 ms of CPU
+    of a one-photo `kface identify` on 2 cores, taken from the thread that detects faces
+    (docs/performance.md). The photo commands do no matrix work worth them (the gallery search of
+    a few faces is a small product; the model runs in ONNX Runtime's own threads). A user's
+    OPENBLAS_NUM_THREADS / OMP_NUM_THREADS is kept; libraries loaded after the block (FAISS's own
+    OpenBLAS) start with their defaults.
+    """
+    if "numpy" in sys.modules or any(name in os.environ for name in _BLAS_THREADS):
+        yield
+        return
+    os.environ["OPENBLAS_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        os.environ.pop("OPENBLAS_NUM_THREADS", None)
+
+
 def _version(value: bool) -> None:
     if value:
         from kface_cli import __version__
@@ -322,7 +480,9 @@ def check_flag_values(argv: list[str]) -> None:
         return
     flags: set[str] = set()
     group = typer.main.get_command(app)
-    commands = [group, *getattr(group, "commands", {}).values()]
+    named = [group.get_command(None, a) for a in dict.fromkeys(argv) if a in COMMANDS]  # the command run
+    commands = [group, *(c for c in named if c is not None)]
+    commands += [sub for c in named for sub in getattr(c, "commands", {}).values()]  # `models list`
     for cmd in commands:
         for param in cmd.params:
             if getattr(param, "param_type_name", "") == "option" and getattr(param, "is_flag", False):
@@ -335,6 +495,44 @@ def check_flag_values(argv: list[str]) -> None:
             )
 
 
+#: The command run last in this process (set by :func:`command`'s wrapper).
+_RAN: list[str | None] = []
+#: Commands after which a process that completed them (exit code 0 or 1: their results) ends
+#: without the interpreter's teardown (:func:`_exit_now`): they read photos, a model and a gallery,
+#: and whatever they write (``--csv``, ``--annotate``, a rebuilt search index) is written, closed
+#: and renamed into place, in the main thread, before they return. Errors and interruptions exit
+#: as usual (a worker thread may be in the middle of something then).
+QUICK_EXIT_COMMANDS = ("identify", "verify", "detect")
+
+
+def _exit_now(code: object) -> None:
+    """End the process with ``code`` (a SystemExit's) now that the command's output is out.
+
+    The interpreter's teardown (freeing every module's objects, then the static objects of the C++
+    libraries: mediapipe, ONNX Runtime, OpenCV, HDF5) took 50-75 ms of CPU and 0.1 s of a one-photo
+    `kface identify` (docs/performance.md) and does nothing a finished command needs. Exit handlers
+    (:mod:`atexit`) still run and both output streams are flushed.
+    """
+    import atexit
+
+    if code is None:
+        status = 0
+    elif isinstance(code, int):
+        status = code
+    else:  # what Python itself does with a message
+        print(code, file=sys.stderr)
+        status = 1
+    run_exit_handlers = getattr(atexit, "_run_exitfuncs", None)
+    if run_exit_handlers is not None:
+        run_exit_handlers()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(status & 0xFF)
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
@@ -345,4 +543,6 @@ def main() -> None:
         sys.exit(e.exit_code)
     except SystemExit as e:
         console.close_stdout()  # a full or closed stdout: one line, not "Exception ignored" at exit
+        if _RAN and _RAN[-1] in QUICK_EXIT_COMMANDS and e.code in (0, 1, None):
+            _exit_now(e.code)
         raise e from None

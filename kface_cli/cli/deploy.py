@@ -27,6 +27,7 @@ from kface_cli.cli.common import (
     WorkdirOpt,
     command,
     deprecated,
+    one_blas_thread,
 )
 from kface_cli.defaults import (
     AUTO_FLAT_MAX,
@@ -290,7 +291,8 @@ def identify_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Name the faces in photos, videos or a webcam (exit 0; 1 with --fail-unknown when nobody matched; 2 on errors)."""
-    from kface_cli.deploy.identify import identify, table_rows, write_csv
+    with one_blas_thread():
+        from kface_cli.deploy.identify import identify, table_rows, write_csv
     from kface_cli.embedding.loading import load_embedder
     from kface_cli.errors import InputError
     from kface_cli.workspace import Workspace
@@ -470,7 +472,8 @@ def verify_cmd(
     workdir: WorkdirOpt = None,
 ) -> None:
     """Are two photos the same person? Distance and verdict at the model's threshold (exit 0 same, 1 different, 2 error)."""
-    from kface_cli.deploy.compare import verify_photos
+    with one_blas_thread():
+        from kface_cli.deploy.compare import verify_photos
 
     loader = _model_loader(model, network, workdir, trust_model)
     result = verify_photos(image1, image2, loader, threshold=threshold, landmarks=landmarks, aligned=aligned or None)
@@ -577,7 +580,8 @@ def detect_cmd(
     json_output: JsonOpt = False,
 ) -> None:
     """Find the faces in photos: box, 5 landmarks (eyes, nose, mouth corners) and score of each."""
-    from kface_cli.deploy.detect import detect_photos, table_rows
+    with one_blas_thread():
+        from kface_cli.deploy.detect import detect_photos, table_rows
 
     result = detect_photos(paths, landmarks=landmarks, min_face=min_face, annotate=annotate, aligned=aligned or None)
     if json_output:

@@ -199,10 +199,10 @@ def identify(
     # the inputs first, before the slow model load: typos fail fast
     frames, total, files = _frames(paths, camera, every, max_frames, annotate, images)
     gallery = Gallery(gallery_path)
-    gallery.model()  # missing / corrupt gallery: fail before loading the model
+    model = gallery.model()  # missing / corrupt gallery: fail before loading the model
     detector = default_detector(landmarks, min_face) if detector is None else detector
     early = _first_photo_early(frames, files, camera, workers, detector, aligned)
-    embedder, loaded = _open_gallery(gallery, embedder, index_kind)
+    embedder, loaded = _open_gallery(gallery, embedder, index_kind, model)
     per_identity = max(Counter(loaded.names).values())
     thr, thr_source, thr_detail = _identify_threshold(threshold, embedder)
     out_dir = _annotate_dir(annotate)
@@ -333,12 +333,12 @@ def default_detector(landmarks: LandmarkMode | str, min_face: int | None):
 
 
 def _open_gallery(
-    gallery: Gallery, embedder: EmbedderOrLoader, index_kind: IndexKind | str
+    gallery: Gallery, embedder: EmbedderOrLoader, index_kind: IndexKind | str, model: ModelInfo | None = None
 ) -> tuple[Embedder, LoadedIndex]:
-    """The model (loaded now, checked against the gallery's) and the search index; an empty
-    gallery is an error."""
+    """The model (loaded now, checked against the gallery's: ``model`` when just read) and the
+    search index; an empty gallery is an error."""
     embedder = resolve_embedder(embedder)
-    gallery.check_model(ModelInfo.of(embedder))
+    gallery.check_model(ModelInfo.of(embedder), ours=model)
     loaded = load_index(gallery, index_kind)
     if not loaded.names:
         raise InputError(f"gallery {gallery.path} is empty", hint="Enroll people first with `kface enroll DIR`.")

@@ -387,11 +387,9 @@ def onnx_bytes_from_module(module: torch.nn.Module, opset: int = DEFAULT_OPSET) 
 
 def default_cache_dir() -> Path:
     """Where ONNX exports made for the ONNX Runtime backend are cached: $KFACE_CACHE or ~/.cache/kface."""
-    env = os.environ.get("KFACE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "kface"
+    from kface_cli.workspace import cache_dir
+
+    return cache_dir()
 
 
 def _cached_onnx_session(module: torch.nn.Module, digest: str) -> Any:

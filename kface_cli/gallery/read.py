@@ -76,10 +76,10 @@ class GalleryReads:
             source=_attr_text(a.get("model_source", "")),
         )
 
-    def check_model(self, model: ModelInfo) -> None:
-        """Refuse to mix embeddings of two models (:class:`ModelMismatchError`)."""
-        ours = self.model()
-        self._check(ours, model)
+    def check_model(self, model: ModelInfo, *, ours: ModelInfo | None = None) -> None:
+        """Refuse to mix embeddings of two models (:class:`ModelMismatchError`); ``ours``: the
+        gallery's :meth:`model`, when the caller has just read it (the file is not opened again)."""
+        self._check(self.model() if ours is None else ours, model)
 
     def _check(self, ours: ModelInfo, model: ModelInfo) -> None:
         if ours.fingerprint != model.fingerprint or ours.embedding_size != model.embedding_size:

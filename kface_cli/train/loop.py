@@ -146,21 +146,14 @@ def train(
     quiet_before = console.MODE.quiet
     if not info.is_main:
         console.set_mode(quiet=True)  # one progress bar, from rank 0
+    ended = False
     try:
-        return _train(config, info, resume, on_step)
+        result = _train(config, info, resume, on_step)
+        ended = True
+        return result
     finally:
         console.set_mode(quiet=quiet_before)
-        distributed.cleanup(info)
-
-
-# ------------------------------------------------------------------------------------------
-# Data order: a pure function of (seed, epoch)
-# ------------------------------------------------------------------------------------------
-
-
-# ------------------------------------------------------------------------------------------
-# The run
-# ------------------------------------------------------------------------------------------
+        distributed.cleanup(info, drain=ended)
 
 
 # ------------------------------------------------------------------------------------------
