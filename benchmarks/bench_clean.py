@@ -29,7 +29,8 @@ K-Face file names start with the person's ID, the ground truth of every image.
    a 95% bootstrap interval (each draw's seeds resampled within the draw, folders independently).
 
 A run's name holds a digest of its training folder's file list, its seed and epochs, so a changed
-folder or setting trains afresh (never a stale run reused by name).
+folder or setting trains afresh (never a stale run reused by name), and a run is reused only if it
+ended (its log holds the "end" record: an interrupted run also has a best-epoch backbone.pth).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import wilson  # noqa: E402
+from runs import finished  # noqa: E402
 
 NOISE_FRACTION = 0.10  # share of the kept identities' images moved to a wrong identity
 OUTLIER_IDS = 3  # identities whose images are mixed in as outliers
@@ -180,7 +182,7 @@ def main() -> None:
         name = f"bc-{folder_digest(data)}-{loss}-s{seed}-e{args.epochs}" + (
             "" if args.augment == "jitter" else f"-{args.augment.replace(',', '-')}"
         )
-        if not (ws / "runs" / name / "backbone.pth").exists():
+        if not finished(ws / "runs" / name):
             shutil.rmtree(ws / "runs" / name, ignore_errors=True)  # an interrupted run: start again
             opts = {"workdir": str(ws), "data": str(data), "loss": loss, "name": name, "seed": seed}
             train_from_options(TRAIN_CONFIG, {**opts, "epochs": args.epochs, "augment": args.augment})

@@ -44,6 +44,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from intervals import wilson  # noqa: E402
+from runs import finished  # noqa: E402
 
 TEMPLATE_CODES = "_L1_E01_C7"  # the frontal, evenly lit, neutral crop of each identity
 TIME_STEPS = 3  # steps timed per network (the per-step cost is constant)
@@ -191,7 +192,7 @@ def make_models(args: argparse.Namespace) -> tuple[Path, Path]:
                 for f in sorted((train / i).iterdir()):
                     os.link(f, folder / i / f.name)
         name = f"bench-invert-{half}-{network}-e{args.epochs}"
-        if not (ws / "runs" / name / "backbone.pth").is_file():
+        if not finished(ws / "runs" / name):  # never an interrupted run's best epoch
             import shutil
 
             shutil.rmtree(ws / "runs" / name, ignore_errors=True)
