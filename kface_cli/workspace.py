@@ -40,14 +40,19 @@ TEST_PAIRS_CSV = "test_pairs.csv"  # split/: test pairs (``kface split --test-id
 GALLERY_FILE = "gallery.h5"
 
 
+def user_cache_dir() -> Path:
+    """The platform's user cache folder for kface (Linux: $XDG_CACHE_HOME/kface or ~/.cache/kface),
+    the default of :func:`cache_dir` and of the model packs' $KFACE_HOME."""
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("kface", appauthor=False))
+
+
 def cache_dir() -> Path:
-    """kface's cache of things made once and used again (ONNX Runtime's optimised graphs, index
-    digests): $KFACE_CACHE, else $XDG_CACHE_HOME/kface or ~/.cache/kface."""
+    """kface's cache of things made once and used again (ONNX Runtime's graphs, index digests):
+    $KFACE_CACHE, else :func:`user_cache_dir`."""
     env = os.environ.get("KFACE_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "kface"
+    return Path(env).expanduser() if env else user_cache_dir()
 
 
 RESOLUTIONS = ("High", "Middle", "Low")

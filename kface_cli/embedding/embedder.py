@@ -14,7 +14,7 @@ in-memory ONNX export (``backend="onnx"``); ``.onnx`` files always run on ONNX R
 ``backend="auto"`` (the default) the choice is the one benchmarks/bench_embed.py measured to be
 faster on CPU: see :data:`AUTO_PREFERS_ONNX`. On a CUDA machine torch models stay on torch. The
 in-memory export takes 1-6 s (mbf-r50), so it is cached on disk per weights digest in
-``$KFACE_CACHE`` (default ``~/.cache/kface``) under ``onnx/``; later loads are instant.
+``$KFACE_CACHE`` (default: the user's cache folder, ``~/.cache/kface`` on Linux) under ``onnx/``; later loads are instant.
 
 ONNX Runtime sessions on the CPU: ONNX Runtime optimises a model's graph each time it opens it
 (0.30 s of 0.43 s for MobileFaceNet on the shared 2-core machine); the optimised graph is cached
@@ -40,6 +40,7 @@ from kface_cli.defaults import DEFAULT_OPSET, EMBED_BATCH_SIZE, FACE_SIZE
 from kface_cli.embedding.onnx_digest import ONNX_GRAPH_FIELD, protobuf_fields
 from kface_cli.errors import InputError, KFaceError
 from kface_cli.face.preprocess import PREPROCESS_SPEC, faces_to_input
+from kface_cli.workspace import cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -385,13 +386,6 @@ def onnx_bytes_from_module(module: torch.nn.Module, opset: int = DEFAULT_OPSET) 
     return buf.getvalue()
 
 
-def default_cache_dir() -> Path:
-    """Where ONNX exports made for the ONNX Runtime backend are cached: $KFACE_CACHE or ~/.cache/kface."""
-    from kface_cli.workspace import cache_dir
-
-    return cache_dir()
-
-
 def _cached_onnx_session(module: torch.nn.Module, digest: str) -> Any:
     """An ONNX Runtime session over ``module``, exported once per weights digest and cached on disk.
 
@@ -401,7 +395,7 @@ def _cached_onnx_session(module: torch.nn.Module, digest: str) -> Any:
     """
     from kface_cli.atomic import write_bytes
 
-    cached = default_cache_dir() / "onnx" / f"{digest[:32]}-opset{DEFAULT_OPSET}.onnx"
+    cached = cache_dir() / "onnx" / f"{digest[:32]}-opset{DEFAULT_OPSET}.onnx"
     try:
         if cached.is_file():
             return ort_session(cached.read_bytes())  # a damaged cache file is exported again, never fatal
@@ -445,7 +439,7 @@ def embedder_from_module(
     safe to call in the middle of training. The fingerprint is a snapshot of the weights at the
     time of the call: build a new embedder after the weights change.
     ``backend="onnx"`` exports the module to ONNX in memory and runs it with ONNX Runtime
-    (``cache_onnx=True``: keep the export in :func:`default_cache_dir`, keyed by the weights).
+    (``cache_onnx=True``: keep the export in :func:`~kface_cli.workspace.cache_dir`, keyed by the weights).
     ``channels_last=True`` when the module was converted to the channels-last memory format.
     """
     backend = check_backend(backend)
@@ -560,7 +554,7 @@ def _optimized_path(model: Path) -> Path | None:
     except OSError:
         return None
     key = f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}|{ort.__version__}|{_cpu_signature()}"
-    return default_cache_dir() / "onnx-optimized" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
+    return cache_dir() / "onnx-optimized" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.onnx"
 
 
 def _cpu_signature() -> str:

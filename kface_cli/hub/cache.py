@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from kface_cli.errors import InputError
+from kface_cli.workspace import user_cache_dir
 
 HOME_ENV = "KFACE_HOME"
 MODELS_DIR = "models"
@@ -32,11 +33,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 def home() -> Path:
     """The cache root: ``$KFACE_HOME``, else the platform's user cache folder for kface."""
     env = os.environ.get(HOME_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("kface", appauthor=False))
+    return Path(env).expanduser() if env else user_cache_dir()
 
 
 def models_root() -> Path:
