@@ -122,8 +122,12 @@ def atomic_path(target: str | Path, suffix: str | None = None, mode: int | None 
         fd, tmp = tempfile.mkstemp(
             prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix, dir=target.parent
         )
-    except OSError as e:
-        raise (storage_error(e, target) or e) from None
+    except OSError as e:  # nothing was written: the place itself takes no files
+        existing = next((p for p in target.parents if p.exists()), None)
+        reason = f"{existing} is a file, not a folder" if existing and not existing.is_dir() else e.strerror or e
+        raise storage_error(e, target) or KFaceError(
+            f"cannot write {target}: {reason}", hint="Write it somewhere else: a folder where files can be created."
+        ) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

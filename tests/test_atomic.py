@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 
 from kface_cli.atomic import atomic_open, atomic_path, write_bytes, write_text
+from kface_cli.errors import KFaceError
 
 
 def test_write_creates_folders_and_leaves_no_temporary_file(tmp_path):
@@ -136,3 +138,18 @@ def test_check_output_folder_refuses_the_input_folder(tmp_path):
     with pytest.raises(InputError, match="holds the input photos"):
         check_output_folder(tmp_path / ".", inputs=[tmp_path], option="--annotate")
     assert check_output_folder(tmp_path / "out", inputs=[tmp_path / "a.jpg"], option="--annotate")
+
+
+def test_a_place_that_takes_no_files_is_one_line(tmp_path):
+    """A target under a regular file, or in a folder where no file can be created (/proc), is a
+    KFaceError naming the target, not a traceback; nothing is written."""
+    blocker = tmp_path / "notes.txt"
+    blocker.write_text("keep")
+    with pytest.raises(KFaceError, match=r"cannot write .*notes\.txt/out\.npy: .*notes\.txt is a file, not a folder"):
+        with atomic_path(blocker / "out.npy"):
+            pass
+    assert blocker.read_text() == "keep"
+    if Path("/proc/self").is_dir():  # Linux: /proc exists, and refuses new files
+        with pytest.raises(KFaceError, match=r"cannot write /proc/out\.npy"):
+            with atomic_path("/proc/out.npy"):
+                pass
